@@ -1,0 +1,14 @@
+DROP TABLE quotas;
+DROP TABLE restores;
+DROP TABLE jobs;
+DROP TABLE bad_chunks;
+DROP TABLE segment_refs;
+DROP TABLE segments;
+DROP TABLE backup_disks;
+DROP TABLE backups;
+DROP TABLE schedule_runs;
+DROP TABLE policy_instances;
+DROP TABLE policies;
+DROP TABLE disks;
+DROP TABLE instances;
+DROP TABLE hosts;

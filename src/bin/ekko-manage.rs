@@ -1,0 +1,96 @@
+//! ekko-manage: database and administrative tasks.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use ekko::config::ConfigArgs;
+use ekko::db::Db;
+
+#[derive(Parser)]
+#[command(name = "ekko-manage", version, about = "Ekko database and admin tasks")]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Database schema tasks.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+    /// Configuration tasks.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbAction {
+    /// Apply pending migrations (idempotent).
+    Sync,
+    /// Show whether the schema is up to date.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the sample configuration (or write it to --output).
+    Sample {
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Load and validate the configuration, then print the effective values.
+    Check,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config {
+            action: ConfigAction::Sample { output },
+        } => {
+            let text = ekko::config::sample::generate();
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+                None => print!("{text}"),
+            }
+        }
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            let config = ekko::cli::start(&cli.config)?;
+            println!("configuration is valid ({} file(s) read)", config.loaded_files.len());
+            println!("{config:#?}");
+        }
+        Command::Db { action } => {
+            let config = ekko::cli::start(&cli.config)?;
+            let db = Db::open(&config.database)?;
+            match action {
+                DbAction::Sync => {
+                    let applied = db.sync()?;
+                    if applied.is_empty() {
+                        println!("database {} is up to date", db.url.redacted());
+                    } else {
+                        println!("applied to {}: {}", db.url.redacted(), applied.join(", "));
+                    }
+                }
+                DbAction::Version => {
+                    let pending = db.pending_migrations()?;
+                    if pending.is_empty() {
+                        println!("database {} is up to date", db.url.redacted());
+                    } else {
+                        println!("pending migrations: {}", pending.join(", "));
+                        std::process::exit(3);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,604 @@
+//! Configuration, read the way oslo.config reads it.
+//!
+//! * Files: `--config-file` (repeatable, later files win) then every `*.conf`
+//!   of each `--config-dir` in name order. With neither flag,
+//!   `/etc/ekko/ekko.conf` and `/etc/ekko/ekko.conf.d/` are used when present;
+//!   with nothing at all, the defaults give the single-machine configuration
+//!   (SQLite, a local directory store, the in-process queue).
+//! * Environment: `EKKO__<SECTION>__<KEY>` overrides any file, e.g.
+//!   `EKKO__DEFAULT__DEBUG=true`, `EKKO__DATABASE__CONNECTION=…`.
+//! * `$name`, `${name}` and `${section.name}` refer to other options (oslo's
+//!   substitution); `$$` is a literal `$`.
+//! * Everything is checked at start-up: an unknown section or key, or a bad
+//!   value, is an error that names the file (or variable), section and key.
+
+pub mod ini;
+pub mod options;
+pub mod sample;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use options::{
+    all_options, ApiOptions, AuthStrategy, BackupOptions, DatabaseOptions, DefaultOptions,
+    KeystoneAuthtokenOptions, LocalStoreOptions, OptionInfo, OsloPolicyOptions,
+    RetentionOptions, StorageBackend, StorageOptions, SwiftOptions,
+};
+pub use types::{ByteSize, CommaList, Secret};
+
+/// Prefix of environment overrides: `EKKO__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "EKKO";
+const ENV_SEPARATOR: &str = "__";
+const DEFAULT_CONFIG_FILE: &str = "/etc/ekko/ekko.conf";
+const DEFAULT_CONFIG_DIR: &str = "/etc/ekko/ekko.conf.d";
+
+/// Sections other OpenStack libraries own. Devstack and deployment tools
+/// write them into every service's file; Ekko ignores them with a warning
+/// instead of refusing to start.
+const FOREIGN_SECTIONS: &[&str] = &[
+    "oslo_messaging_rabbit",
+    "oslo_messaging_notifications",
+    "oslo_concurrency",
+    "oslo_middleware",
+    "cors",
+    "healthcheck",
+];
+
+/// The whole configuration, one field per section.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EkkoConfig {
+    #[serde(rename = "default")]
+    pub default: DefaultOptions,
+    pub api: ApiOptions,
+    pub database: DatabaseOptions,
+    pub keystone_authtoken: KeystoneAuthtokenOptions,
+    pub oslo_policy: OsloPolicyOptions,
+    pub storage: StorageOptions,
+    pub swift: SwiftOptions,
+    pub local_store: LocalStoreOptions,
+    pub backup: BackupOptions,
+    pub retention: RetentionOptions,
+    /// The files that were read, in order (for locating `policy_file`).
+    #[serde(skip)]
+    pub loaded_files: Vec<PathBuf>,
+}
+
+/// Where to read configuration from (the oslo command-line flags).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// Configuration file; repeat it to layer files (later ones win).
+    #[arg(long = "config-file", value_name = "PATH", global = true)]
+    pub config_file: Vec<PathBuf>,
+    /// Directory whose `*.conf` files are read after the config files.
+    #[arg(long = "config-dir", value_name = "DIR", global = true)]
+    pub config_dir: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Syntax { path: PathBuf, source: ini::IniError },
+    #[error("{origin}: unknown section [{section}]")]
+    UnknownSection { origin: String, section: String },
+    #[error("{origin}: unknown option {key:?} in section [{section}]")]
+    UnknownKey {
+        origin: String,
+        section: String,
+        key: String,
+    },
+    #[error("{origin}: invalid value for [{section}] {key}: {message}")]
+    Invalid {
+        origin: String,
+        section: String,
+        key: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Other(String),
+}
+
+/// A raw value and where it came from.
+#[derive(Debug, Clone)]
+struct Raw {
+    value: String,
+    origin: String,
+}
+
+impl ConfigArgs {
+    /// The files to read, in order: explicit files, then config dirs; or the
+    /// system defaults when no flag was given.
+    pub fn files(&self) -> Result<Vec<PathBuf>, ConfigError> {
+        let (mut files, dirs) = if self.config_file.is_empty() && self.config_dir.is_empty() {
+            let file = PathBuf::from(DEFAULT_CONFIG_FILE);
+            let dir = PathBuf::from(DEFAULT_CONFIG_DIR);
+            (
+                if file.is_file() { vec![file] } else { vec![] },
+                if dir.is_dir() { vec![dir] } else { vec![] },
+            )
+        } else {
+            (self.config_file.clone(), self.config_dir.clone())
+        };
+        for dir in dirs {
+            let read = std::fs::read_dir(&dir).map_err(|source| ConfigError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+            let mut in_dir: Vec<PathBuf> = read
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "conf") && p.is_file())
+                .collect();
+            in_dir.sort();
+            files.extend(in_dir);
+        }
+        Ok(files)
+    }
+
+    pub fn load(&self) -> Result<EkkoConfig, ConfigError> {
+        self.load_with_env(std::env::vars())
+    }
+
+    pub fn load_with_env(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<EkkoConfig, ConfigError> {
+        EkkoConfig::load(&self.files()?, env)
+    }
+}
+
+impl EkkoConfig {
+    /// Read `files` in order and the `EKKO__…` variables of `env`, check
+    /// everything, and build the typed configuration.
+    pub fn load(
+        files: &[PathBuf],
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<EkkoConfig, ConfigError> {
+        let registry: BTreeMap<(String, String), OptionInfo> = all_options()
+            .into_iter()
+            .map(|o| ((ini::table_name(o.section), o.name.to_string()), o))
+            .collect();
+        let known_section = |table: &str| registry.keys().any(|(s, _)| s == table);
+
+        // Check each file on its own first, so errors can name file and line.
+        let mut builder = config::Config::builder();
+        for path in files {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let entries = ini::parse(&text).map_err(|source| ConfigError::Syntax {
+                path: path.clone(),
+                source,
+            })?;
+            for e in &entries {
+                let origin = format!("{}:{}", path.display(), e.line);
+                let table = ini::table_name(&e.section);
+                if !known_section(&table) {
+                    if FOREIGN_SECTIONS.contains(&e.section.as_str()) {
+                        tracing::warn!(%origin, section = %e.section, "ignoring section of another library");
+                        continue;
+                    }
+                    return Err(ConfigError::UnknownSection {
+                        origin,
+                        section: e.section.clone(),
+                    });
+                }
+                if !registry.contains_key(&(table, e.key.clone())) {
+                    return Err(ConfigError::UnknownKey {
+                        origin,
+                        section: e.section.clone(),
+                        key: e.key.clone(),
+                    });
+                }
+            }
+            let foreign: Vec<String> = FOREIGN_SECTIONS.iter().map(|s| s.to_string()).collect();
+            let filtered = strip_sections(&text, &foreign);
+            builder = builder.add_source(
+                config::File::from_str(&filtered, ini::OsloIni).required(true),
+            );
+        }
+
+        // Environment overrides; unknown names are errors too.
+        let mut env_vars: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")) else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once(ENV_SEPARATOR) else {
+                return Err(ConfigError::Other(format!(
+                    "environment variable {name}: expected {ENV_PREFIX}__<SECTION>__<KEY>"
+                )));
+            };
+            let (table, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            if !registry.contains_key(&(table.clone(), key.clone())) {
+                return Err(ConfigError::UnknownKey {
+                    origin: format!("environment variable {name}"),
+                    section: section.to_string(),
+                    key,
+                });
+            }
+            env_vars.insert(name.clone(), value.clone());
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
+                .source(Some(env_vars.into_iter().collect())),
+        );
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError::Other(e.to_string()))?;
+
+        // Raw strings of every option: defaults overlaid by files and env.
+        let mut raw: BTreeMap<(String, String), Raw> = BTreeMap::new();
+        for ((table, key), info) in &registry {
+            let entry = match merged.get::<config::Value>(&format!("{table}.{key}")) {
+                Ok(v) => Raw {
+                    origin: v
+                        .origin()
+                        .map(|o| o.to_string())
+                        .unwrap_or_else(|| "environment".to_string()),
+                    value: v.into_string().map_err(|e| ConfigError::Invalid {
+                        origin: "configuration".into(),
+                        section: info.section.into(),
+                        key: key.clone(),
+                        message: e.to_string(),
+                    })?,
+                },
+                Err(_) => Raw {
+                    value: info.default.clone(),
+                    origin: "default".to_string(),
+                },
+            };
+            raw.insert((table.clone(), key.clone()), entry);
+        }
+
+        // Substitute $references, then check every value against its type.
+        let substituted = substitute_all(&raw)?;
+        let mut typed = config::Config::builder();
+        for ((table, key), value) in &substituted {
+            let info = &registry[&(table.clone(), key.clone())];
+            (info.check)(value).map_err(|message| ConfigError::Invalid {
+                origin: raw[&(table.clone(), key.clone())].origin.clone(),
+                section: info.section.to_string(),
+                key: key.clone(),
+                message,
+            })?;
+            typed = typed
+                .set_override(format!("{table}.{key}"), value.clone())
+                .map_err(|e| ConfigError::Other(e.to_string()))?;
+        }
+        let mut cfg: EkkoConfig = typed
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Other(e.to_string()))?;
+        cfg.loaded_files = files.to_vec();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that involve several options or facts beyond one value.
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        let invalid = |section: &str, key: &str, message: String| ConfigError::Invalid {
+            origin: "configuration".into(),
+            section: section.into(),
+            key: key.into(),
+            message,
+        };
+        if self.default.host.is_empty() {
+            self.default.host = hostname();
+        }
+        let chunk = self.backup.chunk_size.bytes();
+        if !chunk.is_power_of_two() || !(4096..=(16 << 20)).contains(&chunk) {
+            return Err(invalid(
+                "backup",
+                "chunk_size",
+                format!("must be a power of two between 4K and 16M, found {chunk}"),
+            ));
+        }
+        if self.backup.segment_size.bytes() < chunk {
+            return Err(invalid(
+                "backup",
+                "segment_size",
+                "must be at least chunk_size".into(),
+            ));
+        }
+        if !(-7..=22).contains(&self.backup.compression_level) {
+            return Err(invalid(
+                "backup",
+                "compression_level",
+                "zstd levels go from -7 to 22".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.retention.compaction_threshold) {
+            return Err(invalid(
+                "retention",
+                "compaction_threshold",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.retention.scrub_percentage) {
+            return Err(invalid(
+                "retention",
+                "scrub_percentage",
+                "must be between 0 and 100".into(),
+            ));
+        }
+        crate::db::DatabaseUrl::parse(&self.database.connection)
+            .map_err(|e| invalid("database", "connection", e.to_string()))?;
+        crate::queue::TransportUrl::parse(&self.default.transport_url)
+            .map_err(|e| invalid("DEFAULT", "transport_url", e.to_string()))?;
+        Ok(())
+    }
+
+    /// Where `[oslo_policy] policy_file` is: absolute, or next to the last
+    /// configuration file that was read (oslo looks in the config dirs).
+    pub fn policy_file_path(&self) -> Option<PathBuf> {
+        let p = Path::new(&self.oslo_policy.policy_file);
+        if p.is_absolute() {
+            return Some(p.to_path_buf());
+        }
+        self.loaded_files
+            .iter()
+            .rev()
+            .filter_map(|f| f.parent().map(|d| d.join(p)))
+            .chain(std::iter::once(Path::new("/etc/ekko").join(p)))
+            .find(|c| c.is_file())
+    }
+}
+
+/// Remove whole sections from INI text (used for sections Ekko ignores).
+fn strip_sections(text: &str, sections: &[String]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut skipping = false;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            skipping = sections.iter().any(|s| s == name.trim());
+        }
+        if !skipping {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn substitute_all(
+    raw: &BTreeMap<(String, String), Raw>,
+) -> Result<BTreeMap<(String, String), String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for ((table, key), entry) in raw {
+        let value = substitute(raw, table, &entry.value, 0).map_err(|message| {
+            ConfigError::Invalid {
+                origin: entry.origin.clone(),
+                section: table.clone(),
+                key: key.clone(),
+                message,
+            }
+        })?;
+        out.insert((table.clone(), key.clone()), value);
+    }
+    Ok(out)
+}
+
+/// oslo.config substitution: `$name` / `${name}` look in the same section,
+/// then in `[DEFAULT]`; `${section.name}` names the section; `$$` is `$`.
+fn substitute(
+    raw: &BTreeMap<(String, String), Raw>,
+    table: &str,
+    value: &str,
+    depth: usize,
+) -> Result<String, String> {
+    if depth > 10 {
+        return Err("substitution nests too deep (a reference loop?)".into());
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+            continue;
+        }
+        let (name, tail) = if let Some(inner) = after.strip_prefix('{') {
+            let end = inner
+                .find('}')
+                .ok_or_else(|| format!("unclosed ${{ in {value:?}"))?;
+            (&inner[..end], &inner[end + 1..])
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        if name.is_empty() {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        let (sect, key) = match name.split_once('.') {
+            Some((s, k)) => (ini::table_name(s), k.to_string()),
+            None => (table.to_string(), name.to_string()),
+        };
+        let found = raw
+            .get(&(sect.clone(), key.clone()))
+            .or_else(|| raw.get(&("default".to_string(), key.clone())))
+            .ok_or_else(|| format!("${name} refers to no known option"))?;
+        out.push_str(&substitute(raw, &sect, &found.value, depth + 1)?);
+        rest = tail;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        p
+    }
+
+    fn no_env() -> Vec<(String, String)> {
+        vec![]
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_configuration() {
+        let cfg = EkkoConfig::load(&[], no_env()).unwrap();
+        assert_eq!(cfg.default.transport_url, "memory://");
+        assert_eq!(
+            cfg.database.connection,
+            "sqlite:////var/lib/ekko/ekko.sqlite"
+        );
+        assert_eq!(cfg.storage.backend, StorageBackend::Local);
+        assert_eq!(cfg.local_store.path, "/var/lib/ekko/store");
+        assert!(!cfg.default.host.is_empty());
+    }
+
+    #[test]
+    fn later_files_win_and_substitution_follows_state_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(
+            dir.path(),
+            "a.conf",
+            "[DEFAULT]\nstate_path = /srv/ekko\ndebug = True\n[api]\nbind_port = 7000\n",
+        );
+        let b = write(dir.path(), "b.conf", "[api]\nbind_port = 7001\n");
+        let cfg = EkkoConfig::load(&[a, b], no_env()).unwrap();
+        assert_eq!(cfg.api.bind_port, 7001);
+        assert!(cfg.default.debug);
+        assert_eq!(cfg.local_store.path, "/srv/ekko/store");
+        assert_eq!(cfg.database.connection, "sqlite:////srv/ekko/ekko.sqlite");
+    }
+
+    #[test]
+    fn environment_reaches_default_section() {
+        let env = vec![
+            ("EKKO__DEFAULT__DEBUG".to_string(), "yes".to_string()),
+            ("EKKO__API__BIND_PORT".to_string(), "7100".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let cfg = EkkoConfig::load(&[], env).unwrap();
+        assert!(cfg.default.debug);
+        assert_eq!(cfg.api.bind_port, 7100);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_section_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(dir.path(), "ekko.conf", "[api]\n\nbind_prot = 1\n");
+        let err = EkkoConfig::load(&[a.clone()], no_env()).unwrap_err().to_string();
+        assert!(err.contains(&format!("{}:3", a.display())), "{err}");
+        assert!(err.contains("[api]") && err.contains("bind_prot"), "{err}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error_but_foreign_ones_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(dir.path(), "a.conf", "[databse]\nconnection = x\n");
+        let err = EkkoConfig::load(&[a], no_env()).unwrap_err().to_string();
+        assert!(err.contains("unknown section [databse]"), "{err}");
+        let b = write(
+            dir.path(),
+            "b.conf",
+            "[oslo_messaging_rabbit]\nheartbeat_rate = 2\n[api]\nbind_port = 1\n",
+        );
+        assert_eq!(EkkoConfig::load(&[b], no_env()).unwrap().api.bind_port, 1);
+    }
+
+    #[test]
+    fn bad_values_name_file_section_key_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("[api]\nbind_port = 99999\n", "bind_port", "integer"),
+            ("[DEFAULT]\ndebug = maybe\n", "debug", "boolean"),
+            ("[storage]\nbackend = s3\n", "backend", "one of local, swift"),
+            ("[backup]\nchunk_size = 3K\n", "chunk_size", "power of two"),
+            ("[backup]\nsegment_size = lots\n", "segment_size", "size"),
+            ("[database]\nconnection = postgres://x/y\n", "connection", "mysql"),
+            ("[DEFAULT]\ntransport_url = kafka://h\n", "transport_url", "rabbit"),
+        ];
+        for (i, (text, key, reason)) in cases.iter().enumerate() {
+            let p = write(dir.path(), &format!("c{i}.conf"), text);
+            let err = EkkoConfig::load(&[p.clone()], no_env())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+            assert!(err.contains(reason), "{text:?} -> {err}");
+        }
+        let err = EkkoConfig::load(
+            &[],
+            vec![("EKKO__API__BIND_PORT".into(), "http".into())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bind_port") && err.contains("integer"), "{err}");
+        let err = EkkoConfig::load(&[], vec![("EKKO__API__NOPE".into(), "1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("EKKO__API__NOPE"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_and_syntax_errors_are_clear() {
+        let err = EkkoConfig::load(&[PathBuf::from("/nonexistent/ekko.conf")], no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/ekko.conf"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "bad.conf", "[api]\nthis is not an assignment\n");
+        let err = EkkoConfig::load(&[p], no_env()).unwrap_err().to_string();
+        assert!(err.contains("bad.conf") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn config_dir_files_are_read_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "20-b.conf", "[api]\nbind_port = 2\n");
+        write(dir.path(), "10-a.conf", "[api]\nbind_port = 1\n");
+        write(dir.path(), "ignored.txt", "garbage");
+        let args = ConfigArgs {
+            config_file: vec![],
+            config_dir: vec![dir.path().to_path_buf()],
+        };
+        assert_eq!(args.load_with_env(no_env()).unwrap().api.bind_port, 2);
+    }
+
+    #[test]
+    fn substitution_escapes_and_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "a.conf",
+            "[keystone_authtoken]\npassword = pa$$word\nusername = ${api.bind_host}\n",
+        );
+        let cfg = EkkoConfig::load(&[p], no_env()).unwrap();
+        assert_eq!(cfg.keystone_authtoken.password.expose(), "pa$word");
+        assert_eq!(cfg.keystone_authtoken.username.as_deref(), Some("0.0.0.0"));
+        let q = write(dir.path(), "b.conf", "[DEFAULT]\nstate_path = $nosuch/x\n");
+        let err = EkkoConfig::load(&[q], no_env()).unwrap_err().to_string();
+        assert!(err.contains("nosuch"), "{err}");
+    }
+}

@@ -1,0 +1,302 @@
+//! Every option Ekko reads, one struct per INI section. Each option carries
+//! its help text and default in one place; the sample file
+//! (`etc/ekko/ekko.conf.sample`), the validator and the typed structs are all
+//! generated from these declarations, so they cannot disagree.
+
+use super::types::{ByteSize, CommaList, OptionType, Secret};
+use crate::choice_option;
+
+/// Description of one option, for validation and the sample file.
+#[derive(Debug, Clone)]
+pub struct OptionInfo {
+    pub section: &'static str,
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: &'static str,
+    pub default: String,
+    pub choices: &'static [&'static str],
+    /// Parses a raw (substituted) value, returning why it is invalid.
+    pub check: fn(&str) -> Result<(), String>,
+}
+
+/// Declare one INI section: the struct, its defaults and its descriptions.
+macro_rules! option_group {
+    (
+        $(#[doc = $gdoc:literal])*
+        pub struct $name:ident in $section:literal {
+            $(
+                $(#[doc = $doc:literal])+
+                pub $field:ident: $ty:ty = $default:expr;
+            )*
+        }
+    ) => {
+        $(#[doc = $gdoc])*
+        #[derive(Debug, Clone, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $(
+                $(#[doc = $doc])+
+                #[serde(deserialize_with = "super::types::deserialize_option")]
+                pub $field: $ty,
+            )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $($field: $default,)* }
+            }
+        }
+
+        impl $name {
+            pub const SECTION: &'static str = $section;
+
+            pub fn describe() -> Vec<OptionInfo> {
+                let defaults = Self::default();
+                vec![$(
+                    OptionInfo {
+                        section: $section,
+                        name: stringify!($field),
+                        help: concat!($($doc, "\n"),+),
+                        kind: <$ty as OptionType>::KIND,
+                        default: OptionType::render(&defaults.$field),
+                        choices: <$ty as OptionType>::choices(),
+                        check: |raw| <$ty as OptionType>::parse_value(raw).map(|_| ()),
+                    },
+                )*]
+            }
+        }
+    };
+}
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+choice_option! {
+    /// Where segment and manifest objects are kept.
+    pub enum StorageBackend { Local = "local", Swift = "swift" }
+}
+
+choice_option! {
+    /// How ekko-api authenticates requests.
+    pub enum AuthStrategy { Keystone = "keystone", Noauth = "noauth" }
+}
+
+option_group! {
+    /// `[DEFAULT]`: process-wide options.
+    pub struct DefaultOptions in "DEFAULT" {
+        /// The message bus, oslo.messaging style: `rabbit://user:pass@host:5672/vhost`
+        /// (several hosts separated by commas), or `memory://` for the in-process
+        /// queue of the single-machine default.
+        pub transport_url: String = s("memory://");
+        /// The AMQP topic exchange Ekko's jobs and results are published on.
+        pub control_exchange: String = s("ekko");
+        /// Name of this host. ekko-backup consumes the jobs routed to this name,
+        /// so it must match the host the instances run on. Empty means the
+        /// machine's hostname.
+        pub host: String = s("");
+        /// Top-level directory for Ekko's state (the SQLite database, the local
+        /// store, caches and scratch space of the default configuration).
+        pub state_path: String = s("/var/lib/ekko");
+        /// Log at debug level instead of info.
+        pub debug: bool = false;
+        /// Write logs to this file instead of standard error.
+        pub log_file: Option<String> = None;
+    }
+}
+
+option_group! {
+    /// `[api]`: the REST API service (ekko-api).
+    pub struct ApiOptions in "api" {
+        /// Address the API listens on.
+        pub bind_host: String = s("0.0.0.0");
+        /// Port the API listens on.
+        pub bind_port: u16 = 6800;
+        /// `keystone` validates every request's token with Keystone;
+        /// `noauth` trusts the X-Project-Id and X-Roles headers and is only for
+        /// the single-machine default. Never use noauth on a network.
+        pub auth_strategy: AuthStrategy = AuthStrategy::Keystone;
+        /// Number of HTTP worker threads; 0 means one per CPU.
+        pub workers: u16 = 0;
+        /// The largest page a list request may ask for with `limit`.
+        pub max_limit: u32 = 1000;
+        /// Base URL clients should use in links (for a service behind a proxy);
+        /// empty means the URL of each request.
+        pub public_endpoint: Option<String> = None;
+    }
+}
+
+option_group! {
+    /// `[database]`: the catalog of backups, chunks and segments.
+    pub struct DatabaseOptions in "database" {
+        /// SQLAlchemy-style URL: `mysql+pymysql://user:pass@host/ekko`,
+        /// `mysql://…`, or `sqlite:///absolute/path.sqlite`.
+        pub connection: String = s("sqlite:///$state_path/ekko.sqlite");
+        /// Largest number of open connections per process.
+        pub max_pool_size: u32 = 10;
+        /// Seconds to wait for a free connection from the pool.
+        pub pool_timeout: u64 = 30;
+        /// Attempts to connect at start-up before giving up (-1 means forever).
+        pub max_retries: i64 = 10;
+        /// Seconds between connection attempts at start-up.
+        pub retry_interval: u64 = 10;
+    }
+}
+
+option_group! {
+    /// `[keystone_authtoken]`: token validation, as keystonemiddleware does it,
+    /// and the credentials of Ekko's service user (also used for Swift).
+    pub struct KeystoneAuthtokenOptions in "keystone_authtoken" {
+        /// Public Keystone URL sent to clients in `WWW-Authenticate`.
+        pub www_authenticate_uri: Option<String> = None;
+        /// Keystone URL Ekko authenticates its service user against.
+        pub auth_url: Option<String> = None;
+        /// Authentication plugin; only `password` is supported.
+        pub auth_type: String = s("password");
+        /// Service user name.
+        pub username: Option<String> = None;
+        /// Service user password.
+        pub password: Secret = Secret::default();
+        /// Project of the service user.
+        pub project_name: String = s("service");
+        /// Domain of the service user.
+        pub user_domain_name: String = s("Default");
+        /// Domain of the service user's project.
+        pub project_domain_name: String = s("Default");
+        /// Region used to pick endpoints from the catalog.
+        pub region_name: Option<String> = None;
+        /// Endpoint interface used from the catalog (public, internal, admin).
+        pub interface: String = s("internal");
+        /// memcached servers (host:port) for the token cache; empty keeps the
+        /// cache in process memory.
+        pub memcached_servers: CommaList = CommaList::default();
+        /// Seconds a validated token is cached; -1 disables the cache.
+        pub token_cache_time: i64 = 300;
+        /// A service token (X-Service-Token) must carry one of these roles.
+        pub service_token_roles: CommaList = CommaList::from_strs(&["service"]);
+        /// Reject service tokens without one of `service_token_roles`.
+        pub service_token_roles_required: bool = true;
+        /// Seconds to wait for Keystone to answer.
+        pub http_connect_timeout: u64 = 10;
+        /// How many times a failed request to Keystone is retried.
+        pub http_request_max_retries: u32 = 3;
+        /// CA bundle to verify Keystone's certificate with.
+        pub cafile: Option<String> = None;
+        /// Do not verify Keystone's certificate (tests only).
+        pub insecure: bool = false;
+    }
+}
+
+option_group! {
+    /// `[oslo_policy]`: access rules.
+    pub struct OsloPolicyOptions in "oslo_policy" {
+        /// Policy file (oslo.policy YAML) overriding the defaults in code;
+        /// relative paths are looked up next to the configuration files.
+        pub policy_file: String = s("policy.yaml");
+        /// Use the secure-RBAC defaults (reader/member/admin/service personas).
+        pub enforce_new_defaults: bool = true;
+    }
+}
+
+option_group! {
+    /// `[storage]`: where backup data goes.
+    pub struct StorageOptions in "storage" {
+        /// `swift` for an OpenStack object store, `local` for a directory.
+        pub backend: StorageBackend = StorageBackend::Local;
+    }
+}
+
+option_group! {
+    /// `[swift]`: the Swift object store (backend = swift). Ekko authenticates
+    /// as the service user of `[keystone_authtoken]` and keeps each project's
+    /// data in its own container of the service account.
+    pub struct SwiftOptions in "swift" {
+        /// Object-store URL of the service account; empty means the catalog's
+        /// endpoint for the service user's project.
+        pub endpoint_override: Option<String> = None;
+        /// Containers are named `<container_prefix><project id>`.
+        pub container_prefix: String = s("ekko-");
+        /// Swift storage policy for new containers; empty means the cluster's default.
+        pub storage_policy: Option<String> = None;
+        /// Requests in flight per backup or restore.
+        pub concurrency: u32 = 8;
+        /// Seconds before a request to Swift times out.
+        pub timeout: u64 = 120;
+        /// Retries (with exponential back-off) on 5xx, 429 and timeouts.
+        pub max_retries: u32 = 5;
+    }
+}
+
+option_group! {
+    /// `[local_store]`: a directory as object store (backend = local).
+    pub struct LocalStoreOptions in "local_store" {
+        /// Directory holding one sub-directory per project.
+        pub path: String = s("$state_path/store");
+        /// fsync objects and directories before reporting them stored.
+        pub fsync: bool = true;
+    }
+}
+
+option_group! {
+    /// `[backup]`: the backup engine and the ekko-backup worker.
+    pub struct BackupOptions in "backup" {
+        /// Size of the fixed, aligned chunks a disk is cut into (power of two).
+        pub chunk_size: ByteSize = ByteSize::kib(256);
+        /// Target size of the segment objects chunks are packed into.
+        pub segment_size: ByteSize = ByteSize::mib(32);
+        /// zstd compression level (negative levels are faster).
+        pub compression_level: i64 = 1;
+        /// Directory for fleecing overlays (copy-before-write data of guest
+        /// writes made while a backup runs).
+        pub scratch_dir: String = s("$state_path/scratch");
+        /// Largest scratch space one backup may use; it fails (the guest does
+        /// not) when the space runs out. 0 means only the disk's free space.
+        pub scratch_limit: ByteSize = ByteSize::gib(16);
+        /// Read rate limit per backup in bytes per second; 0 means unlimited.
+        pub read_rate_limit: ByteSize = ByteSize(0);
+        /// NBD read requests in flight per disk.
+        pub nbd_requests_in_flight: u32 = 16;
+        /// Backups run at the same time on this host.
+        pub max_concurrent_backups: u32 = 2;
+        /// Seconds a backup may run before it is cancelled.
+        pub job_timeout: u64 = 21600;
+        /// Seconds between this worker's heartbeats.
+        pub heartbeat_interval: u64 = 10;
+        /// Instances this host serves, as `instance_id:project_id:qmp_socket`
+        /// entries.
+        pub instances: CommaList = CommaList::default();
+        /// Directory scanned for `<instance_id>.json` files describing instances
+        /// (QMP socket, project, optional guest agent socket).
+        pub discovery_dir: Option<String> = None;
+    }
+}
+
+option_group! {
+    /// `[retention]`: ekko-retention, expiry and garbage collection.
+    pub struct RetentionOptions in "retention" {
+        /// Seconds between retention passes.
+        pub interval: u64 = 3600;
+        /// Seconds an unreferenced segment waits before it is deleted; must
+        /// exceed the longest backup or restore.
+        pub gc_grace_period: u64 = 86400;
+        /// Segments whose live share falls below this fraction are compacted.
+        pub compaction_threshold: f64 = 0.5;
+        /// Share of segments (percent) re-read and checked by each scrub pass.
+        pub scrub_percentage: f64 = 1.0;
+    }
+}
+
+/// All sections, in the order of the sample file.
+pub fn all_options() -> Vec<OptionInfo> {
+    let mut all = DefaultOptions::describe();
+    all.extend(ApiOptions::describe());
+    all.extend(DatabaseOptions::describe());
+    all.extend(KeystoneAuthtokenOptions::describe());
+    all.extend(OsloPolicyOptions::describe());
+    all.extend(StorageOptions::describe());
+    all.extend(SwiftOptions::describe());
+    all.extend(LocalStoreOptions::describe());
+    all.extend(BackupOptions::describe());
+    all.extend(RetentionOptions::describe());
+    all
+}

@@ -1,0 +1,273 @@
+//! Backups and their per-disk records, with the status state machine.
+//!
+//! ```text
+//!  queued ──► running ──► available ──► deleting ──► deleted
+//!    │           │                         ▲
+//!    └───────────┴──► error ───────────────┘
+//! ```
+//! A queued or running backup may also be deleted (cancelled): it goes to
+//! `deleting`. `error → queued` is a retry. Every change is one conditional
+//! UPDATE, so two processes cannot both make the same transition.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::{backup_disks, backups};
+use super::{now, DbConnection, DbError, DbResult, OptionalRow};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupStatus {
+    Queued,
+    Running,
+    Available,
+    Error,
+    Deleting,
+    Deleted,
+}
+
+impl BackupStatus {
+    pub const ALL: [BackupStatus; 6] = [
+        BackupStatus::Queued,
+        BackupStatus::Running,
+        BackupStatus::Available,
+        BackupStatus::Error,
+        BackupStatus::Deleting,
+        BackupStatus::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupStatus::Queued => "queued",
+            BackupStatus::Running => "running",
+            BackupStatus::Available => "available",
+            BackupStatus::Error => "error",
+            BackupStatus::Deleting => "deleting",
+            BackupStatus::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BackupStatus> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The states a backup may be in to move to `self`.
+    pub fn allowed_from(self) -> &'static [BackupStatus] {
+        use BackupStatus::*;
+        match self {
+            Queued => &[Error],
+            Running => &[Queued],
+            Available => &[Running],
+            Error => &[Queued, Running],
+            Deleting => &[Queued, Running, Available, Error],
+            Deleted => &[Deleting],
+            
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = backups)]
+pub struct Backup {
+    pub id: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub instance_id: String,
+    pub policy_id: Option<String>,
+    pub name: String,
+    pub description: String,
+    pub status: String,
+    pub mode: String,
+    pub kind: Option<String>,
+    pub consistency: Option<String>,
+    pub progress: i32,
+    pub logical_bytes: i64,
+    pub read_bytes: i64,
+    pub new_bytes: i64,
+    pub stored_bytes: i64,
+    pub error: Option<String>,
+    pub protected: bool,
+    pub metadata: String,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub started_at: Option<NaiveDateTime>,
+    pub completed_at: Option<NaiveDateTime>,
+    pub deleted_at: Option<NaiveDateTime>,
+}
+
+impl Backup {
+    /// A new queued backup.
+    pub fn queued(project_id: &str, user_id: &str, instance_id: &str, name: &str, mode: &str) -> Backup {
+        let at = now();
+        Backup {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: project_id.into(),
+            user_id: user_id.into(),
+            instance_id: instance_id.into(),
+            policy_id: None,
+            name: name.into(),
+            description: String::new(),
+            status: BackupStatus::Queued.as_str().into(),
+            mode: mode.into(),
+            kind: None,
+            consistency: None,
+            progress: 0,
+            logical_bytes: 0,
+            read_bytes: 0,
+            new_bytes: 0,
+            stored_bytes: 0,
+            error: None,
+            protected: false,
+            metadata: "{}".into(),
+            created_at: at,
+            updated_at: at,
+            started_at: None,
+            completed_at: None,
+            deleted_at: None,
+        }
+    }
+
+    pub fn status(&self) -> Option<BackupStatus> {
+        BackupStatus::parse(&self.status)
+    }
+}
+
+/// One disk's record in a backup: its place in the disk's history and the
+/// root of its index tree.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = backup_disks)]
+pub struct BackupDisk {
+    pub id: i64,
+    pub backup_id: String,
+    pub disk_id: String,
+    pub seq: i64,
+    pub virtual_size: i64,
+    pub chunk_size: i32,
+    pub root_digest: Vec<u8>,
+    pub root_segment: i64,
+    pub bitmap_name: Option<String>,
+    pub full_read: bool,
+    pub read_bytes: i64,
+    pub new_bytes: i64,
+    pub stored_bytes: i64,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Insertable)]
+#[diesel(table_name = backup_disks)]
+pub struct NewBackupDisk {
+    pub backup_id: String,
+    pub disk_id: String,
+    pub seq: i64,
+    pub virtual_size: i64,
+    pub chunk_size: i32,
+    pub root_digest: Vec<u8>,
+    pub root_segment: i64,
+    pub bitmap_name: Option<String>,
+    pub full_read: bool,
+    pub read_bytes: i64,
+    pub new_bytes: i64,
+    pub stored_bytes: i64,
+    pub created_at: NaiveDateTime,
+}
+
+pub fn insert(conn: &mut DbConnection, backup: &Backup) -> DbResult<()> {
+    diesel::insert_into(backups::table).values(backup).execute(conn)?;
+    Ok(())
+}
+
+pub fn get(conn: &mut DbConnection, id: &str) -> DbResult<Backup> {
+    backups::table
+        .find(id)
+        .select(Backup::as_select())
+        .first(conn)
+        .found(|| format!("backup {id}"))
+}
+
+/// Move a backup to `to`, if its current state allows it. The error says
+/// which state blocked the change.
+pub fn transition(conn: &mut DbConnection, id: &str, to: BackupStatus, error: Option<&str>) -> DbResult<Backup> {
+    let at = now();
+    let from: Vec<&str> = to.allowed_from().iter().map(|s| s.as_str()).collect();
+    let target = backups::table.find(id).filter(backups::status.eq_any(from));
+    let updated = match to {
+        BackupStatus::Running => diesel::update(target)
+            .set((backups::status.eq(to.as_str()), backups::started_at.eq(at), backups::updated_at.eq(at)))
+            .execute(conn)?,
+        BackupStatus::Available | BackupStatus::Error => diesel::update(target)
+            .set((
+                backups::status.eq(to.as_str()),
+                backups::error.eq(error),
+                backups::completed_at.eq(at),
+                backups::updated_at.eq(at),
+            ))
+            .execute(conn)?,
+        BackupStatus::Deleted => diesel::update(target)
+            .set((backups::status.eq(to.as_str()), backups::deleted_at.eq(at), backups::updated_at.eq(at)))
+            .execute(conn)?,
+        BackupStatus::Queued | BackupStatus::Deleting => diesel::update(target)
+            .set((backups::status.eq(to.as_str()), backups::updated_at.eq(at)))
+            .execute(conn)?,
+    };
+    let current = get(conn, id)?;
+    if updated == 0 {
+        return Err(DbError::Conflict(format!(
+            "backup {id} is {}, it cannot become {}",
+            current.status,
+            to.as_str()
+        )));
+    }
+    Ok(current)
+}
+
+/// Listing filters; `None` means "any".
+#[derive(Debug, Clone, Default)]
+pub struct BackupFilter {
+    pub project_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub status: Option<BackupStatus>,
+    /// Hide `deleted` backups unless asked for by status.
+    pub include_deleted: bool,
+}
+
+/// Backups matching `filter`, newest first, at most `limit`, after the
+/// backup `marker` (exclusive) in that order.
+pub fn list(conn: &mut DbConnection, filter: &BackupFilter, limit: i64, marker: Option<&str>) -> DbResult<Vec<Backup>> {
+    let mut q = backups::table.into_boxed();
+    if let Some(p) = &filter.project_id {
+        q = q.filter(backups::project_id.eq(p.clone()));
+    }
+    if let Some(i) = &filter.instance_id {
+        q = q.filter(backups::instance_id.eq(i.clone()));
+    }
+    match filter.status {
+        Some(s) => q = q.filter(backups::status.eq(s.as_str())),
+        None if !filter.include_deleted => q = q.filter(backups::status.ne("deleted")),
+        None => {}
+    }
+    if let Some(m) = marker {
+        let m = get(conn, m)?;
+        q = q.filter(
+            backups::created_at
+                .lt(m.created_at)
+                .or(backups::created_at.eq(m.created_at).and(backups::id.lt(m.id))),
+        );
+    }
+    Ok(q.order((backups::created_at.desc(), backups::id.desc()))
+        .limit(limit)
+        .select(Backup::as_select())
+        .load(conn)?)
+}
+
+pub fn disks_of(conn: &mut DbConnection, backup_id: &str) -> DbResult<Vec<BackupDisk>> {
+    Ok(backup_disks::table
+        .filter(backup_disks::backup_id.eq(backup_id))
+        .order(backup_disks::id.asc())
+        .select(BackupDisk::as_select())
+        .load(conn)?)
+}
+
+pub fn insert_disk_record(conn: &mut DbConnection, rec: &NewBackupDisk) -> DbResult<()> {
+    diesel::insert_into(backup_disks::table).values(rec).execute(conn)?;
+    Ok(())
+}

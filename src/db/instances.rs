@@ -1,0 +1,150 @@
+//! Instances known to Ekko and their disks.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::{disks, instances};
+use super::{now, DbConnection, DbResult, OptionalRow};
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = instances)]
+pub struct Instance {
+    pub id: String,
+    pub project_id: String,
+    pub host: String,
+    pub name: String,
+    pub status: String,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = disks)]
+pub struct Disk {
+    pub id: String,
+    pub instance_id: String,
+    pub project_id: String,
+    pub device: String,
+    pub node_name: String,
+    pub virtual_size: i64,
+    pub head_seq: i64,
+    pub bitmap_name: Option<String>,
+    pub needs_full_read: bool,
+    pub retired_at: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+}
+
+/// What a host reports about one disk of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskReport {
+    pub device: String,
+    pub node_name: String,
+    pub virtual_size: i64,
+}
+
+/// Register or refresh an instance and its disks as a host reports them.
+/// Disks keep their ids (and backup history) across reports.
+pub fn upsert(
+    conn: &mut DbConnection,
+    id: &str,
+    project_id: &str,
+    host: &str,
+    name: &str,
+    reported: &[DiskReport],
+) -> DbResult<Instance> {
+    conn.transaction(|conn| {
+        let at = now();
+        let existing: Option<Instance> = instances::table
+            .find(id)
+            .select(Instance::as_select())
+            .first(conn)
+            .optional()?;
+        match existing {
+            Some(inst) if inst.project_id != project_id => {
+                return Err(super::DbError::Conflict(format!(
+                    "instance {id} is registered to another project"
+                )))
+            }
+            Some(_) => {
+                diesel::update(instances::table.find(id))
+                    .set((
+                        instances::host.eq(host),
+                        instances::name.eq(name),
+                        instances::status.eq("active"),
+                        instances::updated_at.eq(at),
+                    ))
+                    .execute(conn)?;
+            }
+            None => {
+                diesel::insert_into(instances::table)
+                    .values(&Instance {
+                        id: id.to_string(),
+                        project_id: project_id.to_string(),
+                        host: host.to_string(),
+                        name: name.to_string(),
+                        status: "active".to_string(),
+                        created_at: at,
+                        updated_at: at,
+                    })
+                    .execute(conn)?;
+            }
+        }
+        for d in reported {
+            let updated = diesel::update(
+                disks::table
+                    .filter(disks::instance_id.eq(id))
+                    .filter(disks::device.eq(&d.device)),
+            )
+            .set((
+                disks::node_name.eq(&d.node_name),
+                disks::virtual_size.eq(d.virtual_size),
+            ))
+            .execute(conn)?;
+            if updated == 0 {
+                diesel::insert_into(disks::table)
+                    .values(&Disk {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        instance_id: id.to_string(),
+                        project_id: project_id.to_string(),
+                        device: d.device.clone(),
+                        node_name: d.node_name.clone(),
+                        virtual_size: d.virtual_size,
+                        head_seq: 0,
+                        bitmap_name: None,
+                        needs_full_read: false,
+                        retired_at: None,
+                        created_at: at,
+                    })
+                    .execute(conn)?;
+            }
+        }
+        get(conn, id)
+    })
+}
+
+pub fn get(conn: &mut DbConnection, id: &str) -> DbResult<Instance> {
+    instances::table
+        .find(id)
+        .select(Instance::as_select())
+        .first(conn)
+        .found(|| format!("instance {id}"))
+}
+
+/// Instances of one project (or all, for `None`), oldest first.
+pub fn list(conn: &mut DbConnection, project_id: Option<&str>) -> DbResult<Vec<Instance>> {
+    let mut q = instances::table.into_boxed();
+    if let Some(p) = project_id {
+        q = q.filter(instances::project_id.eq(p));
+    }
+    Ok(q.order((instances::created_at.asc(), instances::id.asc()))
+        .select(Instance::as_select())
+        .load(conn)?)
+}
+
+pub fn disks_of(conn: &mut DbConnection, instance_id: &str) -> DbResult<Vec<Disk>> {
+    Ok(disks::table
+        .filter(disks::instance_id.eq(instance_id))
+        .order(disks::device.asc())
+        .select(Disk::as_select())
+        .load(conn)?)
+}

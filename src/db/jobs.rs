@@ -1,0 +1,120 @@
+//! Work handed to workers over the queue, tracked so that nothing stays
+//! `running` for ever: a job carries a deadline and a heartbeat.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::jobs;
+use super::{now, DbConnection, DbError, DbResult, OptionalRow};
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = jobs)]
+pub struct Job {
+    pub id: String,
+    pub kind: String,
+    pub project_id: String,
+    pub backup_id: Option<String>,
+    pub restore_id: Option<String>,
+    pub host: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub payload: String,
+    pub error: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub started_at: Option<NaiveDateTime>,
+    pub heartbeat_at: Option<NaiveDateTime>,
+    pub deadline_at: Option<NaiveDateTime>,
+}
+
+pub fn insert(conn: &mut DbConnection, job: &Job) -> DbResult<()> {
+    diesel::insert_into(jobs::table).values(job).execute(conn)?;
+    Ok(())
+}
+
+pub fn get(conn: &mut DbConnection, id: &str) -> DbResult<Job> {
+    jobs::table
+        .find(id)
+        .select(Job::as_select())
+        .first(conn)
+        .found(|| format!("job {id}"))
+}
+
+/// A worker started (or restarted, after a redelivery) the job. Returns
+/// `Conflict` when the job already ended, so a redelivered message is
+/// acknowledged and dropped instead of running twice.
+pub fn start(conn: &mut DbConnection, id: &str, host: &str) -> DbResult<Job> {
+    let at = now();
+    let updated = diesel::update(
+        jobs::table
+            .find(id)
+            .filter(jobs::status.eq_any(["queued", "running"])),
+    )
+    .set((
+        jobs::status.eq("running"),
+        jobs::host.eq(host),
+        jobs::attempts.eq(jobs::attempts + 1),
+        jobs::started_at.eq(at),
+        jobs::heartbeat_at.eq(at),
+        jobs::updated_at.eq(at),
+    ))
+    .execute(conn)?;
+    let job = get(conn, id)?;
+    if updated == 0 {
+        return Err(DbError::Conflict(format!(
+            "job {id} is already {}",
+            job.status
+        )));
+    }
+    Ok(job)
+}
+
+pub fn heartbeat(conn: &mut DbConnection, id: &str) -> DbResult<()> {
+    let at = now();
+    diesel::update(jobs::table.find(id).filter(jobs::status.eq("running")))
+        .set((jobs::heartbeat_at.eq(at), jobs::updated_at.eq(at)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// End a job; only a queued or running job can end, and only once.
+pub fn finish(conn: &mut DbConnection, id: &str, status: &str, error: Option<&str>) -> DbResult<bool> {
+    debug_assert!(matches!(status, "succeeded" | "failed" | "cancelled"));
+    let updated = diesel::update(
+        jobs::table
+            .find(id)
+            .filter(jobs::status.eq_any(["queued", "running"])),
+    )
+    .set((
+        jobs::status.eq(status),
+        jobs::error.eq(error),
+        jobs::updated_at.eq(now()),
+    ))
+    .execute(conn)?;
+    Ok(updated == 1)
+}
+
+/// Running jobs whose worker stopped heart-beating before `stale_before`,
+/// or whose deadline passed: candidates for retry or failure.
+pub fn stalled(conn: &mut DbConnection, stale_before: NaiveDateTime) -> DbResult<Vec<Job>> {
+    let at = now();
+    Ok(jobs::table
+        .filter(jobs::status.eq("running"))
+        .filter(
+            jobs::heartbeat_at
+                .lt(stale_before)
+                .or(jobs::deadline_at.lt(at)),
+        )
+        .select(Job::as_select())
+        .load(conn)?)
+}
+
+/// Start of the oldest job still queued or running: garbage collection
+/// must not delete anything such a writer may still reference.
+pub fn oldest_active_start(conn: &mut DbConnection) -> DbResult<Option<NaiveDateTime>> {
+    Ok(jobs::table
+        .filter(jobs::status.eq_any(["queued", "running"]))
+        .select(diesel::dsl::min(jobs::created_at))
+        .first(conn)?)
+}

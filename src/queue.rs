@@ -1,0 +1,219 @@
+//! The message bus seam: jobs from the API to the workers, results back.
+//!
+//! One trait ([`MessageQueue`]) with two implementations: RabbitMQ through
+//! lapin ([`rabbitmq::RabbitQueue`]: durable topic exchange, durable queues,
+//! persistent messages, publisher confirms, manual ack, prefetch, reconnect
+//! with back-off) and an in-process broker ([`memory::MemoryQueue`]) for the
+//! single-machine default, with the same semantics: topic routing, manual
+//! ack, and redelivery of what a consumer took but did not acknowledge.
+//!
+//! Delivery is at least once: consumers must treat a redelivered message as
+//! possibly already handled (every job carries an id to check).
+
+pub mod memory;
+pub mod message;
+pub mod rabbitmq;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use message::{Envelope, MESSAGE_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("invalid transport_url: {0}")]
+    Url(String),
+    #[error("message bus unreachable: {0}")]
+    Unavailable(String),
+    #[error("the broker refused the message (publisher confirm was a nack)")]
+    Nacked,
+    #[error("bad message: {0}")]
+    BadMessage(String),
+    #[error("the queue was closed")]
+    Closed,
+}
+
+pub type QueueResult<T> = Result<T, QueueError>;
+
+#[async_trait]
+pub trait MessageQueue: Send + Sync {
+    /// Declare (idempotently) a durable queue that receives the messages
+    /// whose routing key matches one of `bindings` (AMQP topic patterns).
+    async fn declare_queue(&self, queue: &str, bindings: &[String]) -> QueueResult<()>;
+
+    /// Publish durably; returns once the broker has taken responsibility.
+    async fn publish(&self, routing_key: &str, message: &Envelope) -> QueueResult<()>;
+
+    /// Consume with manual acknowledgement, at most `prefetch` unacked.
+    async fn consume(&self, queue: &str, prefetch: u16) -> QueueResult<Box<dyn Consumer>>;
+
+    /// Delete a queue (tests and decommissioned hosts).
+    async fn delete_queue(&self, queue: &str) -> QueueResult<()>;
+}
+
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next message; waits (reconnecting if need be) until one comes.
+    async fn next(&mut self) -> QueueResult<Delivery>;
+}
+
+/// A message taken from a queue. Acknowledge it once handled; dropping it
+/// unacknowledged, or `nack(true)`, puts it back for another consumer.
+pub struct Delivery {
+    pub envelope: Envelope,
+    pub redelivered: bool,
+    acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    pub(crate) fn new(envelope: Envelope, redelivered: bool, acker: Box<dyn Acker>) -> Delivery {
+        Delivery {
+            envelope,
+            redelivered,
+            acker,
+        }
+    }
+
+    pub async fn ack(self) -> QueueResult<()> {
+        self.acker.ack().await
+    }
+
+    pub async fn nack(self, requeue: bool) -> QueueResult<()> {
+        self.acker.nack(requeue).await
+    }
+}
+
+#[async_trait]
+pub(crate) trait Acker: Send {
+    async fn ack(self: Box<Self>) -> QueueResult<()>;
+    async fn nack(self: Box<Self>, requeue: bool) -> QueueResult<()>;
+}
+
+/// A parsed `[DEFAULT] transport_url`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TransportUrl {
+    /// `memory://`: the in-process broker.
+    Memory,
+    /// `rabbit://` (oslo.messaging) or `amqp://`: one AMQP URI per host, tried in order.
+    Rabbit(Vec<String>),
+}
+
+impl std::fmt::Debug for TransportUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransportUrl::Memory => f.write_str("memory://"),
+            TransportUrl::Rabbit(hosts) => {
+                let shown: Vec<String> = hosts.iter().map(|h| redact_uri(h)).collect();
+                write!(f, "{}", shown.join(","))
+            }
+        }
+    }
+}
+
+fn redact_uri(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("****"));
+            u.to_string()
+        }
+        _ => uri.to_string(),
+    }
+}
+
+impl TransportUrl {
+    /// oslo.messaging's form: `rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost`.
+    pub fn parse(raw: &str) -> QueueResult<TransportUrl> {
+        let (scheme, rest) = raw
+            .split_once("://")
+            .ok_or_else(|| QueueError::Url(format!("{raw:?} has no scheme; expected rabbit://… or memory://")))?;
+        match scheme {
+            "memory" => Ok(TransportUrl::Memory),
+            "rabbit" | "amqp" | "amqps" => {
+                let (hosts, vhost) = match rest.split_once('/') {
+                    Some((h, v)) => (h, v),
+                    None => (rest, ""),
+                };
+                let vhost = vhost.split('?').next().unwrap_or("");
+                // oslo: an empty vhost is RabbitMQ's default "/".
+                let vhost = if vhost.is_empty() { "%2f" } else { vhost };
+                let amqp = if scheme == "amqps" { "amqps" } else { "amqp" };
+                let uris: Vec<String> = hosts
+                    .split(',')
+                    .filter(|h| !h.is_empty())
+                    .map(|h| format!("{amqp}://{h}/{vhost}"))
+                    .collect();
+                if uris.is_empty() {
+                    return Err(QueueError::Url(format!("{}: no host", redact_uri(raw))));
+                }
+                for u in &uris {
+                    url::Url::parse(u).map_err(|e| QueueError::Url(format!("{}: {e}", redact_uri(u))))?;
+                }
+                Ok(TransportUrl::Rabbit(uris))
+            }
+            other => Err(QueueError::Url(format!(
+                "unsupported transport {other:?}: expected rabbit://… or memory://"
+            ))),
+        }
+    }
+}
+
+/// Open the queue `transport_url` names, publishing on `exchange`.
+pub async fn connect(transport_url: &str, exchange: &str) -> QueueResult<Arc<dyn MessageQueue>> {
+    match TransportUrl::parse(transport_url)? {
+        TransportUrl::Memory => Ok(Arc::new(memory::MemoryQueue::new())),
+        TransportUrl::Rabbit(uris) => Ok(Arc::new(rabbitmq::RabbitQueue::connect(uris, exchange).await?)),
+    }
+}
+
+/// AMQP topic matching: words split on `.`, `*` is one word, `#` zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match p.split_first() {
+            None => k.is_empty(),
+            Some((&"#", rest)) => (0..=k.len()).any(|i| go(rest, &k[i..])),
+            Some((&w, rest)) => match k.split_first() {
+                Some((kw, krest)) => (w == "*" || w == *kw) && go(rest, krest),
+                None => false,
+            },
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oslo_transport_urls() {
+        assert_eq!(TransportUrl::parse("memory://").unwrap(), TransportUrl::Memory);
+        let t = TransportUrl::parse("rabbit://ekko:pw@10.0.0.1:5672,ekko:pw@10.0.0.2:5672/").unwrap();
+        assert_eq!(
+            t,
+            TransportUrl::Rabbit(vec![
+                "amqp://ekko:pw@10.0.0.1:5672/%2f".into(),
+                "amqp://ekko:pw@10.0.0.2:5672/%2f".into()
+            ])
+        );
+        assert!(!format!("{t:?}").contains("pw"));
+        let t = TransportUrl::parse("rabbit://u:p@h:5672/ekko").unwrap();
+        assert_eq!(t, TransportUrl::Rabbit(vec!["amqp://u:p@h:5672/ekko".into()]));
+        assert!(TransportUrl::parse("kafka://h").is_err());
+        assert!(TransportUrl::parse("rabbit:///").is_err());
+    }
+
+    #[test]
+    fn topics() {
+        assert!(topic_matches("backup.host1", "backup.host1"));
+        assert!(!topic_matches("backup.host1", "backup.host2"));
+        assert!(topic_matches("backup.*", "backup.host2"));
+        assert!(!topic_matches("backup.*", "backup.a.b"));
+        assert!(topic_matches("results.#", "results"));
+        assert!(topic_matches("results.#", "results.backup.done"));
+        assert!(topic_matches("#", "anything.at.all"));
+        assert!(!topic_matches("a.*.c", "a.c"));
+    }
+}

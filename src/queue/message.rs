@@ -1,0 +1,81 @@
+//! Messages on the bus are versioned JSON envelopes. The version is the
+//! envelope's major version: a consumer refuses (and dead-letters) what is
+//! newer than it understands instead of misreading it.
+
+use serde::{Deserialize, Serialize};
+
+use super::{QueueError, QueueResult};
+
+/// Envelope format version this code writes and understands.
+pub const MESSAGE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    /// Unique per message; a redelivery keeps it.
+    pub id: String,
+    /// What the body is, e.g. `backup.run`, `backup.result`.
+    pub kind: String,
+    /// RFC 3339 UTC time of sending.
+    pub sent_at: String,
+    pub body: serde_json::Value,
+}
+
+impl Envelope {
+    pub fn new<T: Serialize>(kind: &str, body: &T) -> QueueResult<Envelope> {
+        Ok(Envelope {
+            version: MESSAGE_VERSION,
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: kind.to_string(),
+            sent_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            body: serde_json::to_value(body).map_err(|e| QueueError::BadMessage(e.to_string()))?,
+        })
+    }
+
+    pub fn to_bytes(&self) -> QueueResult<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|e| QueueError::BadMessage(e.to_string()))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> QueueResult<Envelope> {
+        let env: Envelope = serde_json::from_slice(bytes)
+            .map_err(|e| QueueError::BadMessage(format!("not an Ekko message: {e}")))?;
+        if env.version > MESSAGE_VERSION {
+            return Err(QueueError::BadMessage(format!(
+                "message {} has version {}, newer than the {} this Ekko understands",
+                env.id, env.version, MESSAGE_VERSION
+            )));
+        }
+        Ok(env)
+    }
+
+    /// The body as `T`, checking the kind.
+    pub fn body_as<T: for<'de> Deserialize<'de>>(&self, kind: &str) -> QueueResult<T> {
+        if self.kind != kind {
+            return Err(QueueError::BadMessage(format!(
+                "expected a {kind} message, got {}",
+                self.kind
+            )));
+        }
+        serde_json::from_value(self.body.clone())
+            .map_err(|e| QueueError::BadMessage(format!("{} message {}: {e}", self.kind, self.id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_version_check() {
+        let e = Envelope::new("test.ping", &serde_json::json!({"n": 1})).unwrap();
+        let back = Envelope::from_bytes(&e.to_bytes().unwrap()).unwrap();
+        assert_eq!(e, back);
+        assert_eq!(back.body_as::<serde_json::Value>("test.ping").unwrap()["n"], 1);
+        assert!(back.body_as::<serde_json::Value>("other").is_err());
+        let mut newer = e.clone();
+        newer.version = MESSAGE_VERSION + 1;
+        let err = Envelope::from_bytes(&newer.to_bytes().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("newer"));
+        assert!(Envelope::from_bytes(b"{not json").is_err());
+    }
+}

@@ -1,0 +1,333 @@
+//! RabbitMQ through lapin: a durable topic exchange, durable queues,
+//! persistent messages with publisher confirms, manual ack with a prefetch
+//! window, and reconnection with exponential back-off (capped) on any
+//! connection or channel failure. Messages a dead consumer had not
+//! acknowledged are redelivered by the broker to another consumer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+
+use super::{Acker, Consumer, Delivery, Envelope, MessageQueue, QueueError, QueueResult};
+
+/// How long `publish` keeps retrying through a broker outage.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(120);
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+struct Link {
+    connection: Connection,
+    /// Publishing channel, in confirm mode.
+    channel: Channel,
+}
+
+struct Inner {
+    uris: Vec<String>,
+    exchange: String,
+    link: Mutex<Option<Link>>,
+    /// Queues declared so far, re-declared after a reconnect.
+    topology: Mutex<Vec<(String, Vec<String>)>>,
+}
+
+#[derive(Clone)]
+pub struct RabbitQueue {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+fn next_backoff(d: Duration) -> Duration {
+    (d * 2).min(BACKOFF_MAX)
+}
+
+impl RabbitQueue {
+    /// Connect (trying each host in turn) and declare the exchange.
+    pub async fn connect(uris: Vec<String>, exchange: &str) -> QueueResult<RabbitQueue> {
+        let q = RabbitQueue {
+            inner: Arc::new(Inner {
+                uris,
+                exchange: exchange.to_string(),
+                link: Mutex::new(None),
+                topology: Mutex::new(Vec::new()),
+            }),
+        };
+        q.publish_channel().await?;
+        Ok(q)
+    }
+
+    async fn open_connection(&self) -> QueueResult<Connection> {
+        let mut last = None;
+        for uri in &self.inner.uris {
+            let props = ConnectionProperties::default().with_connection_name("ekko".into());
+            match Connection::connect(uri, props).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(unavailable(last.map_or_else(|| "no broker configured".to_string(), |e| e.to_string())))
+    }
+
+    /// Declare the exchange and every known queue on a fresh channel.
+    async fn declare_topology(&self, channel: &Channel) -> QueueResult<()> {
+        channel
+            .exchange_declare(
+                self.inner.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let topology = self.inner.topology.lock().await.clone();
+        for (queue, bindings) in topology {
+            self.declare_on(channel, &queue, &bindings).await?;
+        }
+        Ok(())
+    }
+
+    async fn declare_on(&self, channel: &Channel, queue: &str, bindings: &[String]) -> QueueResult<()> {
+        channel
+            .queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default())
+            .await
+            .map_err(unavailable)?;
+        for key in bindings {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    self.inner.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// The publishing channel, (re)connecting if the link is down.
+    async fn publish_channel(&self) -> QueueResult<Channel> {
+        let mut link = self.inner.link.lock().await;
+        if let Some(l) = link.as_ref() {
+            if l.connection.status().connected() && l.channel.status().connected() {
+                return Ok(l.channel.clone());
+            }
+        }
+        *link = None;
+        let connection = self.open_connection().await?;
+        let channel = connection.create_channel().await.map_err(unavailable)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(unavailable)?;
+        self.declare_topology(&channel).await?;
+        *link = Some(Link {
+            connection,
+            channel: channel.clone(),
+        });
+        Ok(channel)
+    }
+
+    async fn publish_once(&self, routing_key: &str, payload: &[u8]) -> QueueResult<()> {
+        let channel = self.publish_channel().await?;
+        let props = BasicProperties::default()
+            .with_delivery_mode(2) // persistent
+            .with_content_type("application/json".into());
+        let confirm = channel
+            .basic_publish(
+                self.inner.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                payload,
+                props,
+            )
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
+        if confirm.is_ack() {
+            Ok(())
+        } else {
+            Err(QueueError::Nacked)
+        }
+    }
+
+    async fn reset(&self) {
+        *self.inner.link.lock().await = None;
+    }
+}
+
+#[async_trait]
+impl MessageQueue for RabbitQueue {
+    async fn declare_queue(&self, queue: &str, bindings: &[String]) -> QueueResult<()> {
+        {
+            let mut topology = self.inner.topology.lock().await;
+            if !topology.iter().any(|(q, b)| q == queue && b == bindings) {
+                topology.push((queue.to_string(), bindings.to_vec()));
+            }
+        }
+        let channel = self.publish_channel().await?;
+        self.declare_on(&channel, queue, bindings).await
+    }
+
+    async fn publish(&self, routing_key: &str, message: &Envelope) -> QueueResult<()> {
+        let payload = message.to_bytes()?;
+        let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
+        let mut backoff = BACKOFF_START;
+        loop {
+            match self.publish_once(routing_key, &payload).await {
+                Ok(()) => return Ok(()),
+                Err(QueueError::Nacked) => return Err(QueueError::Nacked),
+                Err(e) if tokio::time::Instant::now() + backoff > deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, routing_key, "publish failed, reconnecting");
+                    self.reset().await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = next_backoff(backoff);
+                }
+            }
+        }
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> QueueResult<Box<dyn Consumer>> {
+        let mut consumer = RabbitConsumer {
+            parent: self.clone(),
+            queue: queue.to_string(),
+            prefetch: prefetch.max(1),
+            current: None,
+        };
+        consumer.subscribe().await?;
+        Ok(Box::new(consumer))
+    }
+
+    async fn delete_queue(&self, queue: &str) -> QueueResult<()> {
+        self.inner.topology.lock().await.retain(|(q, _)| q != queue);
+        let channel = self.publish_channel().await?;
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+struct Subscription {
+    // Kept so the consumer's own connection lives as long as it does.
+    _connection: Connection,
+    _channel: Channel,
+    stream: lapin::Consumer,
+}
+
+/// A consumer on its own connection, so a slow handler never blocks
+/// publishing, and a broken link is rebuilt without losing the queue.
+struct RabbitConsumer {
+    parent: RabbitQueue,
+    queue: String,
+    prefetch: u16,
+    current: Option<Subscription>,
+}
+
+impl RabbitConsumer {
+    async fn subscribe(&mut self) -> QueueResult<()> {
+        let connection = self.parent.open_connection().await?;
+        let channel = connection.create_channel().await.map_err(unavailable)?;
+        self.parent.declare_topology(&channel).await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(unavailable)?;
+        let stream = channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                format!("ekko-{}", uuid::Uuid::new_v4()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        self.current = Some(Subscription {
+            _connection: connection,
+            _channel: channel,
+            stream,
+        });
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Consumer for RabbitConsumer {
+    async fn next(&mut self) -> QueueResult<Delivery> {
+        let mut backoff = BACKOFF_START;
+        loop {
+            if self.current.is_none() {
+                if let Err(e) = self.subscribe().await {
+                    tracing::warn!(error = %e, queue = %self.queue, "cannot consume, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = next_backoff(backoff);
+                    continue;
+                }
+                backoff = BACKOFF_START;
+            }
+            let Some(sub) = self.current.as_mut() else { continue };
+            match sub.stream.next().await {
+                Some(Ok(d)) => match Envelope::from_bytes(&d.data) {
+                    Ok(envelope) => {
+                        let acker = RabbitAcker { acker: d.acker };
+                        return Ok(Delivery::new(envelope, d.redelivered, Box::new(acker)));
+                    }
+                    Err(e) => {
+                        // Unreadable: reject without requeue so it cannot loop.
+                        tracing::error!(error = %e, queue = %self.queue, "dropping unreadable message");
+                        let _ = d.acker.nack(BasicNackOptions { requeue: false, ..Default::default() }).await;
+                    }
+                },
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, queue = %self.queue, "consumer link failed, reconnecting");
+                    self.current = None;
+                }
+                None => {
+                    tracing::warn!(queue = %self.queue, "consumer cancelled, reconnecting");
+                    self.current = None;
+                }
+            }
+        }
+    }
+}
+
+struct RabbitAcker {
+    acker: lapin::Acker,
+}
+
+#[async_trait]
+impl Acker for RabbitAcker {
+    async fn ack(self: Box<Self>) -> QueueResult<()> {
+        self.acker.ack(BasicAckOptions::default()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn nack(self: Box<Self>, requeue: bool) -> QueueResult<()> {
+        self.acker
+            .nack(BasicNackOptions {
+                requeue,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,119 @@
+//! The object store seam: where segments and manifests live.
+//!
+//! Objects are write-once: [`ObjectStore::put`] makes an object visible
+//! atomically and durably, or not at all. Each project's objects live in its
+//! own container. Implementations: a local directory
+//! ([`local::LocalStore`], the single-machine default); Swift comes behind
+//! the same trait. `tests/integration/store.rs` runs one conformance suite
+//! against every implementation.
+
+pub mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+use crate::config::{EkkoConfig, StorageBackend};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {container}/{name} not found")]
+    NotFound { container: String, name: String },
+    #[error("invalid object name {0:?}")]
+    InvalidName(String),
+    #[error("range {offset}+{length} is outside object {container}/{name} of {size} bytes")]
+    BadRange {
+        container: String,
+        name: String,
+        offset: u64,
+        length: u64,
+        size: u64,
+    },
+    #[error("object store I/O on {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object store unavailable: {0}")]
+    Unavailable(String),
+    #[error("object store backend {0} is not available in this build")]
+    Unsupported(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A stream of object data.
+pub type ByteStream = BoxStream<'static, StoreResult<Bytes>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub name: String,
+    pub size: u64,
+    pub last_modified: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Store an object; visible only once complete and durable.
+    async fn put(&self, container: &str, name: &str, body: Bytes) -> StoreResult<()>;
+    /// Store an object from a stream of parts; returns its size.
+    async fn put_stream(&self, container: &str, name: &str, body: ByteStream) -> StoreResult<u64>;
+    async fn get(&self, container: &str, name: &str) -> StoreResult<Bytes>;
+    /// `length` bytes from `offset`; the range must lie inside the object.
+    async fn get_range(&self, container: &str, name: &str, offset: u64, length: u64) -> StoreResult<Bytes>;
+    async fn get_stream(&self, container: &str, name: &str) -> StoreResult<ByteStream>;
+    async fn head(&self, container: &str, name: &str) -> StoreResult<ObjectMeta>;
+    /// Objects whose name starts with `prefix`, in name order.
+    async fn list(&self, container: &str, prefix: &str) -> StoreResult<Vec<ObjectMeta>>;
+    /// Delete an object; `NotFound` if it was not there.
+    async fn delete(&self, container: &str, name: &str) -> StoreResult<()>;
+}
+
+/// Object and container names: printable, no `..` segments, no leading `/`.
+pub fn check_name(name: &str) -> StoreResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 512
+        && !name.starts_with('/')
+        && !name.ends_with('/')
+        && name
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with(".tmp-"))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidName(name.to_string()))
+    }
+}
+
+/// Open the store `[storage] backend` names.
+pub fn open(config: &EkkoConfig) -> StoreResult<Arc<dyn ObjectStore>> {
+    match config.storage.backend {
+        StorageBackend::Local => Ok(Arc::new(local::LocalStore::new(
+            &config.local_store.path,
+            config.local_store.fsync,
+        )?)),
+        StorageBackend::Swift => Err(StoreError::Unsupported("swift".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["segments/00ff", "manifests/a-b_c.json", "x"] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "/abs", "a/../b", "a//b", "a/", "sp ace", ".tmp-x", "a/./b", "ü"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}
