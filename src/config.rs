@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 pub use options::{
     all_options, ApiOptions, AuthStrategy, BackupOptions, DatabaseOptions, DefaultOptions,
-    KeystoneAuthtokenOptions, LocalStoreOptions, OptionInfo, OsloPolicyOptions,
-    RetentionOptions, StorageBackend, StorageOptions, SwiftOptions,
+    KeystoneAuthtokenOptions, LocalStoreOptions, OptionInfo, OsloPolicyOptions, RetentionOptions,
+    StorageBackend, StorageOptions, SwiftOptions,
 };
 pub use types::{ByteSize, CommaList, Secret};
 
@@ -84,7 +84,10 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{path}: {source}")]
-    Syntax { path: PathBuf, source: ini::IniError },
+    Syntax {
+        path: PathBuf,
+        source: ini::IniError,
+    },
     #[error("{origin}: unknown section [{section}]")]
     UnknownSection { origin: String, section: String },
     #[error("{origin}: unknown option {key:?} in section [{section}]")]
@@ -167,6 +170,9 @@ impl EkkoConfig {
 
         // Check each file on its own first, so errors can name file and line.
         let mut builder = config::Config::builder();
+        // Where the winning value of each option was set (later files win,
+        // the environment wins over files).
+        let mut origins: BTreeMap<(String, String), String> = BTreeMap::new();
         for path in files {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -189,19 +195,19 @@ impl EkkoConfig {
                         section: e.section.clone(),
                     });
                 }
-                if !registry.contains_key(&(table, e.key.clone())) {
+                if !registry.contains_key(&(table.clone(), e.key.clone())) {
                     return Err(ConfigError::UnknownKey {
                         origin,
                         section: e.section.clone(),
                         key: e.key.clone(),
                     });
                 }
+                origins.insert((table, e.key.clone()), origin);
             }
             let foreign: Vec<String> = FOREIGN_SECTIONS.iter().map(|s| s.to_string()).collect();
             let filtered = strip_sections(&text, &foreign);
-            builder = builder.add_source(
-                config::File::from_str(&filtered, ini::OsloIni).required(true),
-            );
+            builder =
+                builder.add_source(config::File::from_str(&filtered, ini::OsloIni).required(true));
         }
 
         // Environment overrides; unknown names are errors too.
@@ -223,6 +229,7 @@ impl EkkoConfig {
                     key,
                 });
             }
+            origins.insert((table, key), format!("environment variable {name}"));
             env_vars.insert(name.clone(), value.clone());
         }
         builder = builder.add_source(
@@ -240,10 +247,10 @@ impl EkkoConfig {
         for ((table, key), info) in &registry {
             let entry = match merged.get::<config::Value>(&format!("{table}.{key}")) {
                 Ok(v) => Raw {
-                    origin: v
-                        .origin()
-                        .map(|o| o.to_string())
-                        .unwrap_or_else(|| "environment".to_string()),
+                    origin: origins
+                        .get(&(table.clone(), key.clone()))
+                        .cloned()
+                        .unwrap_or_else(|| "configuration".to_string()),
                     value: v.into_string().map_err(|e| ConfigError::Invalid {
                         origin: "configuration".into(),
                         section: info.section.into(),
@@ -374,14 +381,13 @@ fn substitute_all(
 ) -> Result<BTreeMap<(String, String), String>, ConfigError> {
     let mut out = BTreeMap::new();
     for ((table, key), entry) in raw {
-        let value = substitute(raw, table, &entry.value, 0).map_err(|message| {
-            ConfigError::Invalid {
+        let value =
+            substitute(raw, table, &entry.value, 0).map_err(|message| ConfigError::Invalid {
                 origin: entry.origin.clone(),
                 section: table.clone(),
                 key: key.clone(),
                 message,
-            }
-        })?;
+            })?;
         out.insert((table.clone(), key.clone()), value);
     }
     Ok(out)
@@ -509,7 +515,9 @@ mod tests {
     fn unknown_key_names_file_line_section_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let a = write(dir.path(), "ekko.conf", "[api]\n\nbind_prot = 1\n");
-        let err = EkkoConfig::load(&[a.clone()], no_env()).unwrap_err().to_string();
+        let err = EkkoConfig::load(std::slice::from_ref(&a), no_env())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&format!("{}:3", a.display())), "{err}");
         assert!(err.contains("[api]") && err.contains("bind_prot"), "{err}");
     }
@@ -534,27 +542,39 @@ mod tests {
         let cases = [
             ("[api]\nbind_port = 99999\n", "bind_port", "integer"),
             ("[DEFAULT]\ndebug = maybe\n", "debug", "boolean"),
-            ("[storage]\nbackend = s3\n", "backend", "one of local, swift"),
+            (
+                "[storage]\nbackend = s3\n",
+                "backend",
+                "one of local, swift",
+            ),
             ("[backup]\nchunk_size = 3K\n", "chunk_size", "power of two"),
             ("[backup]\nsegment_size = lots\n", "segment_size", "size"),
-            ("[database]\nconnection = postgres://x/y\n", "connection", "mysql"),
-            ("[DEFAULT]\ntransport_url = kafka://h\n", "transport_url", "rabbit"),
+            (
+                "[database]\nconnection = postgres://x/y\n",
+                "connection",
+                "mysql",
+            ),
+            (
+                "[DEFAULT]\ntransport_url = kafka://h\n",
+                "transport_url",
+                "rabbit",
+            ),
         ];
         for (i, (text, key, reason)) in cases.iter().enumerate() {
             let p = write(dir.path(), &format!("c{i}.conf"), text);
-            let err = EkkoConfig::load(&[p.clone()], no_env())
+            let err = EkkoConfig::load(std::slice::from_ref(&p), no_env())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(key), "{text:?} -> {err}");
             assert!(err.contains(reason), "{text:?} -> {err}");
         }
-        let err = EkkoConfig::load(
-            &[],
-            vec![("EKKO__API__BIND_PORT".into(), "http".into())],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("bind_port") && err.contains("integer"), "{err}");
+        let err = EkkoConfig::load(&[], vec![("EKKO__API__BIND_PORT".into(), "http".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bind_port") && err.contains("integer"),
+            "{err}"
+        );
         let err = EkkoConfig::load(&[], vec![("EKKO__API__NOPE".into(), "1".into())])
             .unwrap_err()
             .to_string();

@@ -67,6 +67,8 @@ pub enum DbError {
     Conflict(String),
     #[error("database task failed: {0}")]
     Task(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl DbError {
@@ -103,9 +105,11 @@ impl DatabaseUrl {
     /// `mysql+pymysql://u:p@host[:port]/db?charset=utf8`, `mysql://…`,
     /// `sqlite:////absolute/path` and `sqlite:///relative/path`.
     pub fn parse(raw: &str) -> Result<DatabaseUrl, DbError> {
-        let (scheme, rest) = raw
-            .split_once("://")
-            .ok_or_else(|| DbError::Url(format!("{raw:?} has no scheme; expected mysql+pymysql://… or sqlite:///…")))?;
+        let (scheme, rest) = raw.split_once("://").ok_or_else(|| {
+            DbError::Url(format!(
+                "{raw:?} has no scheme; expected mysql+pymysql://… or sqlite:///…"
+            ))
+        })?;
         let dialect = scheme.split('+').next().unwrap_or(scheme);
         match dialect {
             "mysql" | "mariadb" => {
@@ -359,17 +363,29 @@ mod tests {
 
     #[test]
     fn urls_in_openstack_forms() {
-        let u = DatabaseUrl::parse("mysql+pymysql://ekko:s3cret@db.example:3306/ekko?charset=utf8").unwrap();
+        let u = DatabaseUrl::parse("mysql+pymysql://ekko:s3cret@db.example:3306/ekko?charset=utf8")
+            .unwrap();
         assert_eq!(u.backend, Backend::Mysql);
         assert_eq!(u.target, "mysql://ekko:s3cret@db.example:3306/ekko");
         assert!(!format!("{u:?}").contains("s3cret"));
-        let u = DatabaseUrl::parse("mysql://ekko@127.0.0.1/ekko?unix_socket=/run/mysqld/mysqld.sock").unwrap();
+        let u =
+            DatabaseUrl::parse("mysql://ekko@127.0.0.1/ekko?unix_socket=/run/mysqld/mysqld.sock")
+                .unwrap();
         assert!(u.target.contains("unix_socket="));
         let u = DatabaseUrl::parse("sqlite:////var/lib/ekko/ekko.sqlite").unwrap();
-        assert_eq!((u.backend, u.target.as_str()), (Backend::Sqlite, "/var/lib/ekko/ekko.sqlite"));
+        assert_eq!(
+            (u.backend, u.target.as_str()),
+            (Backend::Sqlite, "/var/lib/ekko/ekko.sqlite")
+        );
         let u = DatabaseUrl::parse("sqlite:///ekko.sqlite").unwrap();
         assert_eq!(u.target, "ekko.sqlite");
-        for bad in ["postgresql://x/y", "sqlite://", "mysql://host", "nonsense", "mysql:///db"] {
+        for bad in [
+            "postgresql://x/y",
+            "sqlite://",
+            "mysql://host",
+            "nonsense",
+            "mysql:///db",
+        ] {
             assert!(DatabaseUrl::parse(bad).is_err(), "{bad}");
         }
     }

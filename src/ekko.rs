@@ -24,36 +24,65 @@ pub enum ConnectError {
 #[derive(Clone)]
 pub struct Ekko {
     pub config: Arc<EkkoConfig>,
-    /// The catalog (MariaDB or SQLite).
-    pub db: Db,
+    /// The catalog (MariaDB or SQLite); `None` on compute hosts, which
+    /// hold no database credentials and report over the message bus.
+    db: Option<Db>,
     /// Segments and manifests (Swift or a local directory).
     pub store: Arc<dyn ObjectStore>,
     /// Jobs and results (RabbitMQ or in-process).
     pub queue: Arc<dyn MessageQueue>,
 }
 
+/// How a process uses the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Catalog {
+    /// Open it and refuse a schema older than the code (services).
+    Required,
+    /// Open it without the schema check (`db sync`, `ekko init`).
+    Unchecked,
+    /// Do not open it (ekko-backup on a compute host).
+    None,
+}
+
 impl Ekko {
-    /// Connect all three seams. With `require_schema`, refuse a database
-    /// whose schema is older than this code (services); `ekko-manage db
-    /// sync` passes false.
-    pub async fn connect(config: EkkoConfig, require_schema: bool) -> Result<Ekko, ConnectError> {
-        let db_opts = config.database.clone();
-        let db = tokio::task::spawn_blocking(move || Db::open(&db_opts))
-            .await
-            .map_err(|e| DbError::Task(e.to_string()))??;
-        if require_schema {
-            let check = db.clone();
-            tokio::task::spawn_blocking(move || check.check_schema())
+    /// Connect the seams this process uses.
+    pub async fn connect(config: EkkoConfig, catalog: Catalog) -> Result<Ekko, ConnectError> {
+        let db = if catalog == Catalog::None {
+            None
+        } else {
+            let db_opts = config.database.clone();
+            let db = tokio::task::spawn_blocking(move || Db::open(&db_opts))
                 .await
                 .map_err(|e| DbError::Task(e.to_string()))??;
-        }
+            if catalog == Catalog::Required {
+                let check = db.clone();
+                tokio::task::spawn_blocking(move || check.check_schema())
+                    .await
+                    .map_err(|e| DbError::Task(e.to_string()))??;
+            }
+            Some(db)
+        };
         let store = crate::store::open(&config)?;
-        let queue = crate::queue::connect(&config.default.transport_url, &config.default.control_exchange).await?;
+        let queue = crate::queue::connect(
+            &config.default.transport_url,
+            &config.default.control_exchange,
+        )
+        .await?;
         Ok(Ekko {
             config: Arc::new(config),
             db,
             store,
             queue,
+        })
+    }
+
+    /// The catalog, or an error saying this process has none.
+    pub fn db(&self) -> Result<&Db, DbError> {
+        self.db.as_ref().ok_or_else(|| {
+            DbError::Unavailable(
+                "this process has no catalog access (compute hosts report over the message bus)"
+                    .into(),
+            )
         })
     }
 }

@@ -124,9 +124,11 @@ fn redact_uri(uri: &str) -> String {
 impl TransportUrl {
     /// oslo.messaging's form: `rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost`.
     pub fn parse(raw: &str) -> QueueResult<TransportUrl> {
-        let (scheme, rest) = raw
-            .split_once("://")
-            .ok_or_else(|| QueueError::Url(format!("{raw:?} has no scheme; expected rabbit://… or memory://")))?;
+        let (scheme, rest) = raw.split_once("://").ok_or_else(|| {
+            QueueError::Url(format!(
+                "{raw:?} has no scheme; expected rabbit://… or memory://"
+            ))
+        })?;
         match scheme {
             "memory" => Ok(TransportUrl::Memory),
             "rabbit" | "amqp" | "amqps" => {
@@ -147,7 +149,8 @@ impl TransportUrl {
                     return Err(QueueError::Url(format!("{}: no host", redact_uri(raw))));
                 }
                 for u in &uris {
-                    url::Url::parse(u).map_err(|e| QueueError::Url(format!("{}: {e}", redact_uri(u))))?;
+                    url::Url::parse(u)
+                        .map_err(|e| QueueError::Url(format!("{}: {e}", redact_uri(u))))?;
                 }
                 Ok(TransportUrl::Rabbit(uris))
             }
@@ -162,7 +165,9 @@ impl TransportUrl {
 pub async fn connect(transport_url: &str, exchange: &str) -> QueueResult<Arc<dyn MessageQueue>> {
     match TransportUrl::parse(transport_url)? {
         TransportUrl::Memory => Ok(Arc::new(memory::MemoryQueue::new())),
-        TransportUrl::Rabbit(uris) => Ok(Arc::new(rabbitmq::RabbitQueue::connect(uris, exchange).await?)),
+        TransportUrl::Rabbit(uris) => Ok(Arc::new(
+            rabbitmq::RabbitQueue::connect(uris, exchange).await?,
+        )),
     }
 }
 
@@ -189,8 +194,12 @@ mod tests {
 
     #[test]
     fn oslo_transport_urls() {
-        assert_eq!(TransportUrl::parse("memory://").unwrap(), TransportUrl::Memory);
-        let t = TransportUrl::parse("rabbit://ekko:pw@10.0.0.1:5672,ekko:pw@10.0.0.2:5672/").unwrap();
+        assert_eq!(
+            TransportUrl::parse("memory://").unwrap(),
+            TransportUrl::Memory
+        );
+        let t =
+            TransportUrl::parse("rabbit://ekko:pw@10.0.0.1:5672,ekko:pw@10.0.0.2:5672/").unwrap();
         assert_eq!(
             t,
             TransportUrl::Rabbit(vec![
@@ -200,7 +209,10 @@ mod tests {
         );
         assert!(!format!("{t:?}").contains("pw"));
         let t = TransportUrl::parse("rabbit://u:p@h:5672/ekko").unwrap();
-        assert_eq!(t, TransportUrl::Rabbit(vec!["amqp://u:p@h:5672/ekko".into()]));
+        assert_eq!(
+            t,
+            TransportUrl::Rabbit(vec!["amqp://u:p@h:5672/ekko".into()])
+        );
         assert!(TransportUrl::parse("kafka://h").is_err());
         assert!(TransportUrl::parse("rabbit:///").is_err());
     }

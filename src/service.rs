@@ -63,19 +63,24 @@ pub async fn record_status(ekko: &Ekko, message: &Envelope) -> Result<(), Servic
         HEARTBEAT_KIND => {
             let hb: Heartbeat = message.body_as(HEARTBEAT_KIND)?;
             let capacity = i32::try_from(hb.capacity).unwrap_or(i32::MAX);
-            ekko.db
+            ekko.db()?
                 .run(move |c| crate::db::hosts::heartbeat(c, &hb.host, &hb.version, capacity))
                 .await?;
             Ok(())
         }
-        other => Err(QueueError::BadMessage(format!("unknown status message kind {other:?}")).into()),
+        other => {
+            Err(QueueError::BadMessage(format!("unknown status message kind {other:?}")).into())
+        }
     }
 }
 
 /// The conductor loop: record status messages until shutdown. A message is
 /// acknowledged only once it is in the catalog; a database outage leaves it
 /// on the queue for the next try.
-pub async fn run_conductor(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+pub async fn run_conductor(
+    ekko: Ekko,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
     declare_topology(&ekko).await?;
     let mut consumer = ekko.queue.consume(STATUS_QUEUE, 32).await?;
     tokio::pin!(shutdown);
@@ -106,21 +111,31 @@ pub async fn run_api(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// ekko-backup: heartbeat, and take this host's jobs off its queue.
-pub async fn run_backup(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+pub async fn run_backup(
+    ekko: Ekko,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
     let host = ekko.config.default.host.clone();
     declare_topology(&ekko).await?;
     let queue = host_queue(&host);
-    ekko.queue.declare_queue(&queue, &[host_routing_key(&host)]).await?;
+    ekko.queue
+        .declare_queue(&queue, &[host_routing_key(&host)])
+        .await?;
     let mut jobs = ekko
         .queue
-        .consume(&queue, ekko.config.backup.max_concurrent_backups.clamp(1, 64) as u16)
+        .consume(
+            &queue,
+            ekko.config.backup.max_concurrent_backups.clamp(1, 64) as u16,
+        )
         .await?;
     let beat = Heartbeat {
         host: host.clone(),
         version: crate::VERSION.to_string(),
         capacity: ekko.config.backup.max_concurrent_backups,
     };
-    let mut ticker = tokio::time::interval(Duration::from_secs(ekko.config.backup.heartbeat_interval.max(1)));
+    let mut ticker = tokio::time::interval(Duration::from_secs(
+        ekko.config.backup.heartbeat_interval.max(1),
+    ));
     tracing::info!(%host, %queue, "ekko-backup ready");
     tokio::pin!(shutdown);
     loop {
@@ -145,14 +160,18 @@ pub async fn run_backup(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Resul
 
 /// ekko-retention: periodic passes (retention rules, GC and compaction
 /// arrive with the retention engine).
-pub async fn run_retention(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
-    let mut ticker = tokio::time::interval(Duration::from_secs(ekko.config.retention.interval.max(1)));
+pub async fn run_retention(
+    ekko: Ekko,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    let mut ticker =
+        tokio::time::interval(Duration::from_secs(ekko.config.retention.interval.max(1)));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             _ = ticker.tick() => {
-                let hosts = ekko.db.run(crate::db::hosts::list).await?;
+                let hosts = ekko.db()?.run(crate::db::hosts::list).await?;
                 tracing::info!(hosts = hosts.len(), "retention pass: nothing to expire");
             }
         }

@@ -14,13 +14,18 @@ use crate::Ekko;
 /// Apply migrations and exercise each seam once; returns a report.
 pub async fn init(ekko: &Ekko) -> anyhow::Result<String> {
     let mut out = String::new();
-    let db = ekko.db.clone();
+    let db = ekko.db()?.clone();
+    let url = db.url.redacted();
     let applied = tokio::task::spawn_blocking(move || db.sync()).await??;
     let _ = writeln!(
         out,
         "catalog   {} ({})",
-        ekko.db.url.redacted(),
-        if applied.is_empty() { "schema up to date".to_string() } else { format!("applied {}", applied.join(", ")) }
+        url,
+        if applied.is_empty() {
+            "schema up to date".to_string()
+        } else {
+            format!("applied {}", applied.join(", "))
+        }
     );
 
     let container = "ekko-selftest";
@@ -30,19 +35,37 @@ pub async fn init(ekko: &Ekko) -> anyhow::Result<String> {
     let back = ekko.store.get(container, &name).await?;
     ekko.store.delete(container, &name).await?;
     anyhow::ensure!(back == payload, "object store returned different bytes");
-    let _ = writeln!(out, "store     {:?} backend: put, get and delete work", ekko.config.storage.backend.as_str());
+    let _ = writeln!(
+        out,
+        "store     {:?} backend: put, get and delete work",
+        ekko.config.storage.backend.as_str()
+    );
 
     let queue = format!("ekko.selftest.{}", uuid::Uuid::new_v4());
-    ekko.queue.declare_queue(&queue, &[queue.clone()]).await?;
+    ekko.queue
+        .declare_queue(&queue, std::slice::from_ref(&queue))
+        .await?;
     let sent = Envelope::new("selftest.ping", &serde_json::json!({"hello": "ekko"}))?;
     ekko.queue.publish(&queue, &sent).await?;
     let mut consumer = ekko.queue.consume(&queue, 1).await?;
     let got = tokio::time::timeout(Duration::from_secs(30), consumer.next()).await??;
-    anyhow::ensure!(got.envelope == sent, "message bus returned a different message");
+    anyhow::ensure!(
+        got.envelope == sent,
+        "message bus returned a different message"
+    );
     got.ack().await?;
     drop(consumer);
     ekko.queue.delete_queue(&queue).await?;
-    let _ = writeln!(out, "queue     {:?}: publish, consume and ack work", ekko.config.default.transport_url.split("://").next().unwrap_or("?"));
+    let _ = writeln!(
+        out,
+        "queue     {:?}: publish, consume and ack work",
+        ekko.config
+            .default
+            .transport_url
+            .split("://")
+            .next()
+            .unwrap_or("?")
+    );
     Ok(out)
 }
 
@@ -59,7 +82,11 @@ pub async fn run_all(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("all roles running in one process");
     shutdown.await;
     let _ = tx.send(true);
-    for (name, task) in [("conductor", api), ("backup", backup), ("retention", retention)] {
+    for (name, task) in [
+        ("conductor", api),
+        ("backup", backup),
+        ("retention", retention),
+    ] {
         match task.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(role = name, error = %e, "role failed"),

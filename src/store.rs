@@ -64,7 +64,13 @@ pub trait ObjectStore: Send + Sync {
     async fn put_stream(&self, container: &str, name: &str, body: ByteStream) -> StoreResult<u64>;
     async fn get(&self, container: &str, name: &str) -> StoreResult<Bytes>;
     /// `length` bytes from `offset`; the range must lie inside the object.
-    async fn get_range(&self, container: &str, name: &str, offset: u64, length: u64) -> StoreResult<Bytes>;
+    async fn get_range(
+        &self,
+        container: &str,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> StoreResult<Bytes>;
     async fn get_stream(&self, container: &str, name: &str) -> StoreResult<ByteStream>;
     async fn head(&self, container: &str, name: &str) -> StoreResult<ObjectMeta>;
     /// Objects whose name starts with `prefix`, in name order.
@@ -112,7 +118,9 @@ mod tests {
         for ok in ["segments/00ff", "manifests/a-b_c.json", "x"] {
             assert!(check_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/abs", "a/../b", "a//b", "a/", "sp ace", ".tmp-x", "a/./b", "ü"] {
+        for bad in [
+            "", "/abs", "a/../b", "a//b", "a/", "sp ace", ".tmp-x", "a/./b", "ü",
+        ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
     }

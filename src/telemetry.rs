@@ -13,11 +13,19 @@ pub fn init(opts: &DefaultOptions) -> std::io::Result<()> {
     let level = if opts.debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},lapin=warn,amq_protocol=warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     match &opts.log_file {
         Some(path) => {
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            let _ = builder.with_ansi(false).with_writer(Mutex::new(file)).try_init();
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            let _ = builder
+                .with_ansi(false)
+                .with_writer(Mutex::new(file))
+                .try_init();
         }
         None => {
             let _ = builder.with_writer(std::io::stderr).try_init();

@@ -65,7 +65,10 @@ fn main() -> anyhow::Result<()> {
             action: ConfigAction::Check,
         } => {
             let config = ekko::cli::start(&cli.config)?;
-            println!("configuration is valid ({} file(s) read)", config.loaded_files.len());
+            println!(
+                "configuration is valid ({} file(s) read)",
+                config.loaded_files.len()
+            );
             println!("{config:#?}");
         }
         Command::Db { action } => {

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use ekko::config::ConfigArgs;
 
 #[derive(Parser)]
-#[command(name = "ekko", version, about = "Ekko: block-based backup for OpenStack instances")]
+#[command(
+    name = "ekko",
+    version,
+    about = "Ekko: block-based backup for OpenStack instances"
+)]
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
@@ -30,18 +34,21 @@ async fn main() -> anyhow::Result<()> {
     let config = ekko::cli::start(&cli.config)?;
     match cli.command {
         Command::Init => {
-            let ekko = ekko::Ekko::connect(config, false).await?;
+            let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Unchecked).await?;
             let report = ekko::standalone::init(&ekko).await?;
             print!("{report}");
         }
         Command::AllInOne => {
-            let ekko = ekko::Ekko::connect(config, true).await?;
+            let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
             ekko::standalone::run_all(ekko, ekko::cli::shutdown_signal()).await?;
         }
         Command::Hosts => {
-            let ekko = ekko::Ekko::connect(config, true).await?;
-            for h in ekko.db.run(ekko::db::hosts::list).await? {
-                println!("{:<32} {:<10} capacity {:<3} last heartbeat {} UTC", h.name, h.version, h.capacity, h.heartbeat_at);
+            let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
+            for h in ekko.db()?.run(ekko::db::hosts::list).await? {
+                println!(
+                    "{:<32} {:<10} capacity {:<3} last heartbeat {} UTC",
+                    h.name, h.version, h.capacity, h.heartbeat_at
+                );
             }
         }
     }

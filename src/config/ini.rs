@@ -163,14 +163,22 @@ impl config::Format for OsloIni {
     ) -> Result<config::Map<String, config::Value>, Box<dyn std::error::Error + Send + Sync>> {
         let mut tables: BTreeMap<String, config::Map<String, config::Value>> = BTreeMap::new();
         for entry in parse(text)? {
-            tables.entry(table_name(&entry.section)).or_default().insert(
-                entry.key,
-                config::Value::new(uri, config::ValueKind::String(entry.value)),
-            );
+            tables
+                .entry(table_name(&entry.section))
+                .or_default()
+                .insert(
+                    entry.key,
+                    config::Value::new(uri, config::ValueKind::String(entry.value)),
+                );
         }
         Ok(tables
             .into_iter()
-            .map(|(name, table)| (name, config::Value::new(uri, config::ValueKind::Table(table))))
+            .map(|(name, table)| {
+                (
+                    name,
+                    config::Value::new(uri, config::ValueKind::Table(table)),
+                )
+            })
             .collect())
     }
 }

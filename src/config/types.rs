@@ -31,7 +31,11 @@ impl OptionType for String {
 impl OptionType for Option<String> {
     const KIND: &'static str = "string value";
     fn parse_value(raw: &str) -> Result<Self, String> {
-        Ok(if raw.is_empty() { None } else { Some(raw.to_string()) })
+        Ok(if raw.is_empty() {
+            None
+        } else {
+            Some(raw.to_string())
+        })
     }
     fn render(&self) -> String {
         self.clone().unwrap_or_default()
@@ -181,7 +185,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"****\"" })
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"****\""
+        })
     }
 }
 

@@ -61,7 +61,6 @@ impl BackupStatus {
             Error => &[Queued, Running],
             Deleting => &[Queued, Running, Available, Error],
             Deleted => &[Deleting],
-            
         }
     }
 }
@@ -97,7 +96,13 @@ pub struct Backup {
 
 impl Backup {
     /// A new queued backup.
-    pub fn queued(project_id: &str, user_id: &str, instance_id: &str, name: &str, mode: &str) -> Backup {
+    pub fn queued(
+        project_id: &str,
+        user_id: &str,
+        instance_id: &str,
+        name: &str,
+        mode: &str,
+    ) -> Backup {
         let at = now();
         Backup {
             id: uuid::Uuid::new_v4().to_string(),
@@ -172,7 +177,9 @@ pub struct NewBackupDisk {
 }
 
 pub fn insert(conn: &mut DbConnection, backup: &Backup) -> DbResult<()> {
-    diesel::insert_into(backups::table).values(backup).execute(conn)?;
+    diesel::insert_into(backups::table)
+        .values(backup)
+        .execute(conn)?;
     Ok(())
 }
 
@@ -186,13 +193,22 @@ pub fn get(conn: &mut DbConnection, id: &str) -> DbResult<Backup> {
 
 /// Move a backup to `to`, if its current state allows it. The error says
 /// which state blocked the change.
-pub fn transition(conn: &mut DbConnection, id: &str, to: BackupStatus, error: Option<&str>) -> DbResult<Backup> {
+pub fn transition(
+    conn: &mut DbConnection,
+    id: &str,
+    to: BackupStatus,
+    error: Option<&str>,
+) -> DbResult<Backup> {
     let at = now();
     let from: Vec<&str> = to.allowed_from().iter().map(|s| s.as_str()).collect();
     let target = backups::table.find(id).filter(backups::status.eq_any(from));
     let updated = match to {
         BackupStatus::Running => diesel::update(target)
-            .set((backups::status.eq(to.as_str()), backups::started_at.eq(at), backups::updated_at.eq(at)))
+            .set((
+                backups::status.eq(to.as_str()),
+                backups::started_at.eq(at),
+                backups::updated_at.eq(at),
+            ))
             .execute(conn)?,
         BackupStatus::Available | BackupStatus::Error => diesel::update(target)
             .set((
@@ -203,7 +219,11 @@ pub fn transition(conn: &mut DbConnection, id: &str, to: BackupStatus, error: Op
             ))
             .execute(conn)?,
         BackupStatus::Deleted => diesel::update(target)
-            .set((backups::status.eq(to.as_str()), backups::deleted_at.eq(at), backups::updated_at.eq(at)))
+            .set((
+                backups::status.eq(to.as_str()),
+                backups::deleted_at.eq(at),
+                backups::updated_at.eq(at),
+            ))
             .execute(conn)?,
         BackupStatus::Queued | BackupStatus::Deleting => diesel::update(target)
             .set((backups::status.eq(to.as_str()), backups::updated_at.eq(at)))
@@ -232,7 +252,12 @@ pub struct BackupFilter {
 
 /// Backups matching `filter`, newest first, at most `limit`, after the
 /// backup `marker` (exclusive) in that order.
-pub fn list(conn: &mut DbConnection, filter: &BackupFilter, limit: i64, marker: Option<&str>) -> DbResult<Vec<Backup>> {
+pub fn list(
+    conn: &mut DbConnection,
+    filter: &BackupFilter,
+    limit: i64,
+    marker: Option<&str>,
+) -> DbResult<Vec<Backup>> {
     let mut q = backups::table.into_boxed();
     if let Some(p) = &filter.project_id {
         q = q.filter(backups::project_id.eq(p.clone()));
@@ -248,9 +273,9 @@ pub fn list(conn: &mut DbConnection, filter: &BackupFilter, limit: i64, marker: 
     if let Some(m) = marker {
         let m = get(conn, m)?;
         q = q.filter(
-            backups::created_at
-                .lt(m.created_at)
-                .or(backups::created_at.eq(m.created_at).and(backups::id.lt(m.id))),
+            backups::created_at.lt(m.created_at).or(backups::created_at
+                .eq(m.created_at)
+                .and(backups::id.lt(m.id))),
         );
     }
     Ok(q.order((backups::created_at.desc(), backups::id.desc()))
@@ -268,6 +293,8 @@ pub fn disks_of(conn: &mut DbConnection, backup_id: &str) -> DbResult<Vec<Backup
 }
 
 pub fn insert_disk_record(conn: &mut DbConnection, rec: &NewBackupDisk) -> DbResult<()> {
-    diesel::insert_into(backup_disks::table).values(rec).execute(conn)?;
+    diesel::insert_into(backup_disks::table)
+        .values(rec)
+        .execute(conn)?;
     Ok(())
 }

@@ -17,7 +17,12 @@ pub struct Host {
 }
 
 /// Record a heartbeat, registering the host on its first one.
-pub fn heartbeat(conn: &mut DbConnection, name: &str, version: &str, capacity: i32) -> DbResult<()> {
+pub fn heartbeat(
+    conn: &mut DbConnection,
+    name: &str,
+    version: &str,
+    capacity: i32,
+) -> DbResult<()> {
     let at = now();
     let updated = diesel::update(hosts::table.find(name))
         .set((

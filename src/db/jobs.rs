@@ -79,7 +79,12 @@ pub fn heartbeat(conn: &mut DbConnection, id: &str) -> DbResult<()> {
 }
 
 /// End a job; only a queued or running job can end, and only once.
-pub fn finish(conn: &mut DbConnection, id: &str, status: &str, error: Option<&str>) -> DbResult<bool> {
+pub fn finish(
+    conn: &mut DbConnection,
+    id: &str,
+    status: &str,
+    error: Option<&str>,
+) -> DbResult<bool> {
     debug_assert!(matches!(status, "succeeded" | "failed" | "cancelled"));
     let updated = diesel::update(
         jobs::table

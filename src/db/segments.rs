@@ -60,7 +60,9 @@ pub struct SegmentRef {
 }
 
 pub fn insert(conn: &mut DbConnection, seg: &Segment) -> DbResult<()> {
-    diesel::insert_into(segments::table).values(seg).execute(conn)?;
+    diesel::insert_into(segments::table)
+        .values(seg)
+        .execute(conn)?;
     Ok(())
 }
 
@@ -75,7 +77,13 @@ pub fn get(conn: &mut DbConnection, id: i64) -> DbResult<Segment> {
 /// Record that from backup record `seq` on, disk `disk_id` holds
 /// `refs` references into `segment_id` (0 = none any more). Closes the
 /// open interval of that pair at `seq - 1` and opens a new one.
-pub fn set_ref_count(conn: &mut DbConnection, disk_id: &str, seq: i64, segment_id: i64, refs: i64) -> DbResult<()> {
+pub fn set_ref_count(
+    conn: &mut DbConnection,
+    disk_id: &str,
+    seq: i64,
+    segment_id: i64,
+    refs: i64,
+) -> DbResult<()> {
     diesel::update(
         segment_refs::table
             .filter(segment_refs::disk_id.eq(disk_id))

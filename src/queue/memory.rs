@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::{topic_matches, Acker, Consumer, Delivery, Envelope, MessageQueue, QueueError, QueueResult};
+use super::{
+    topic_matches, Acker, Consumer, Delivery, Envelope, MessageQueue, QueueError, QueueResult,
+};
 
 #[derive(Default)]
 struct Queue {
@@ -35,7 +37,10 @@ impl MemoryQueue {
 
     /// Messages waiting in a queue (not counting unacknowledged ones).
     pub fn ready_count(&self, queue: &str) -> usize {
-        lock(&self.broker).queues.get(queue).map_or(0, |q| q.ready.len())
+        lock(&self.broker)
+            .queues
+            .get(queue)
+            .map_or(0, |q| q.ready.len())
     }
 }
 

@@ -70,7 +70,10 @@ mod tests {
         let e = Envelope::new("test.ping", &serde_json::json!({"n": 1})).unwrap();
         let back = Envelope::from_bytes(&e.to_bytes().unwrap()).unwrap();
         assert_eq!(e, back);
-        assert_eq!(back.body_as::<serde_json::Value>("test.ping").unwrap()["n"], 1);
+        assert_eq!(
+            back.body_as::<serde_json::Value>("test.ping").unwrap()["n"],
+            1
+        );
         assert!(back.body_as::<serde_json::Value>("other").is_err());
         let mut newer = e.clone();
         newer.version = MESSAGE_VERSION + 1;

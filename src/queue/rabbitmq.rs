@@ -76,7 +76,10 @@ impl RabbitQueue {
                 Err(e) => last = Some(e),
             }
         }
-        Err(unavailable(last.map_or_else(|| "no broker configured".to_string(), |e| e.to_string())))
+        Err(unavailable(last.map_or_else(
+            || "no broker configured".to_string(),
+            |e| e.to_string(),
+        )))
     }
 
     /// Declare the exchange and every known queue on a fresh channel.
@@ -100,9 +103,18 @@ impl RabbitQueue {
         Ok(())
     }
 
-    async fn declare_on(&self, channel: &Channel, queue: &str, bindings: &[String]) -> QueueResult<()> {
+    async fn declare_on(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        bindings: &[String],
+    ) -> QueueResult<()> {
         channel
-            .queue_declare(queue.into(), QueueDeclareOptions::durable(), FieldTable::default())
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
             .await
             .map_err(unavailable)?;
         for key in bindings {
@@ -283,7 +295,9 @@ impl Consumer for RabbitConsumer {
                 }
                 backoff = BACKOFF_START;
             }
-            let Some(sub) = self.current.as_mut() else { continue };
+            let Some(sub) = self.current.as_mut() else {
+                continue;
+            };
             match sub.stream.next().await {
                 Some(Ok(d)) => match Envelope::from_bytes(&d.data) {
                     Ok(envelope) => {
@@ -293,7 +307,13 @@ impl Consumer for RabbitConsumer {
                     Err(e) => {
                         // Unreadable: reject without requeue so it cannot loop.
                         tracing::error!(error = %e, queue = %self.queue, "dropping unreadable message");
-                        let _ = d.acker.nack(BasicNackOptions { requeue: false, ..Default::default() }).await;
+                        let _ = d
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: false,
+                                ..Default::default()
+                            })
+                            .await;
                     }
                 },
                 Some(Err(e)) => {
@@ -316,7 +336,10 @@ struct RabbitAcker {
 #[async_trait]
 impl Acker for RabbitAcker {
     async fn ack(self: Box<Self>) -> QueueResult<()> {
-        self.acker.ack(BasicAckOptions::default()).await.map_err(unavailable)?;
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 

@@ -65,9 +65,17 @@ impl LocalStore {
     }
 
     /// Write an object from an iterator of parts, atomically.
-    fn write_atomic(&self, container: &str, name: &str, parts: impl IntoIterator<Item = StoreResult<Bytes>>) -> StoreResult<u64> {
+    fn write_atomic(
+        &self,
+        container: &str,
+        name: &str,
+        parts: impl IntoIterator<Item = StoreResult<Bytes>>,
+    ) -> StoreResult<u64> {
         let path = self.path(container, name)?;
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
         fs::create_dir_all(&dir).map_err(io(dir.display()))?;
         let tmp = dir.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
         let result = (|| {
@@ -100,7 +108,10 @@ impl LocalStore {
     }
 
     fn meta(name: String, md: &fs::Metadata) -> ObjectMeta {
-        let modified: DateTime<Utc> = md.modified().map(DateTime::<Utc>::from).unwrap_or_else(|_| Utc::now());
+        let modified: DateTime<Utc> = md
+            .modified()
+            .map(DateTime::<Utc>::from)
+            .unwrap_or_else(|_| Utc::now());
         ObjectMeta {
             name,
             size: md.len(),
@@ -120,7 +131,11 @@ impl LocalStore {
             if file_name.starts_with(TMP_PREFIX) {
                 continue;
             }
-            let name = if rel.is_empty() { file_name } else { format!("{rel}/{file_name}") };
+            let name = if rel.is_empty() {
+                file_name
+            } else {
+                format!("{rel}/{file_name}")
+            };
             let md = entry.metadata().map_err(io(entry.path().display()))?;
             if md.is_dir() {
                 // Descend only where names under it can still match the prefix.
@@ -136,7 +151,9 @@ impl LocalStore {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
@@ -149,7 +166,12 @@ impl ObjectStore for LocalStore {
         blocking(move || this.write_atomic(&c, &n, [Ok(body)]).map(|_| ())).await
     }
 
-    async fn put_stream(&self, container: &str, name: &str, mut body: ByteStream) -> StoreResult<u64> {
+    async fn put_stream(
+        &self,
+        container: &str,
+        name: &str,
+        mut body: ByteStream,
+    ) -> StoreResult<u64> {
         // Bridge the async stream to the blocking writer through a bounded
         // channel, so memory stays flat whatever the object size.
         let (tx, rx) = std::sync::mpsc::sync_channel::<StoreResult<Bytes>>(4);
@@ -178,7 +200,13 @@ impl ObjectStore for LocalStore {
         .await
     }
 
-    async fn get_range(&self, container: &str, name: &str, offset: u64, length: u64) -> StoreResult<Bytes> {
+    async fn get_range(
+        &self,
+        container: &str,
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> StoreResult<Bytes> {
         let (this, c, n) = (self.clone(), container.to_string(), name.to_string());
         blocking(move || {
             let (mut f, size) = this.open_read(&c, &n)?;
@@ -191,7 +219,8 @@ impl ObjectStore for LocalStore {
                     size,
                 });
             }
-            f.seek(SeekFrom::Start(offset)).map_err(io(format!("{c}/{n}")))?;
+            f.seek(SeekFrom::Start(offset))
+                .map_err(io(format!("{c}/{n}")))?;
             let mut buf = vec![0u8; length as usize];
             f.read_exact(&mut buf).map_err(io(format!("{c}/{n}")))?;
             Ok(Bytes::from(buf))

@@ -1,1 +1,11 @@
-fn main(){}
+//! Integration tests against the real services of `tools/test-env.sh`
+//! (MariaDB, RabbitMQ, …) and the real binaries. One binary, one module per
+//! area. With `EKKO_TEST_REQUIRE_SERVICES=1` (what tools/run-tests.sh sets)
+//! a missing service fails the test instead of skipping it.
+
+mod helpers;
+
+mod cli;
+mod db;
+mod queue;
+mod store;

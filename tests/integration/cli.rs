@@ -1,0 +1,198 @@
+//! The binaries as an operator runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{mariadb_db, rabbit_lock, service_env};
+
+fn bin(name: &str) -> Command {
+    let path = match name {
+        "ekko" => env!("CARGO_BIN_EXE_ekko"),
+        "ekko-manage" => env!("CARGO_BIN_EXE_ekko-manage"),
+        "ekko-api" => env!("CARGO_BIN_EXE_ekko-api"),
+        "ekko-backup" => env!("CARGO_BIN_EXE_ekko-backup"),
+        "ekko-retention" => env!("CARGO_BIN_EXE_ekko-retention"),
+        other => panic!("no binary {other}"),
+    };
+    let mut c = Command::new(path);
+    // The test's own EKKO__* variables must not leak into the binaries.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("EKKO__") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_conf(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn sample_file_matches_the_code() {
+    let out = run(bin("ekko-manage").args(["config", "sample"]));
+    assert!(out.status.success(), "{}", text(&out));
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/etc/ekko/ekko.conf.sample"
+    ))
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == committed,
+        "etc/ekko/ekko.conf.sample is stale: run `ekko-manage config sample --output etc/ekko/ekko.conf.sample`"
+    );
+}
+
+#[test]
+fn embedded_default_initialises_and_services_check_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_conf(
+        dir.path(),
+        "ekko.conf",
+        &format!("[DEFAULT]\nstate_path = {}\n", dir.path().display()),
+    );
+    let cf = conf.to_str().unwrap();
+
+    // A service refuses a database that was never synced, and says why.
+    let out = run(bin("ekko-retention").args(["--config-file", cf]));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("ekko-manage db sync"), "{}", text(&out));
+
+    let out = run(bin("ekko").args(["--config-file", cf, "init"]));
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    for line in ["catalog", "store", "queue", "applied"] {
+        assert!(report.contains(line), "{report}");
+    }
+    assert!(dir.path().join("ekko.sqlite").is_file());
+    assert!(dir.path().join("store").is_dir());
+    let out = run(bin("ekko-manage").args(["--config-file", cf, "db", "version"]));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("up to date"));
+}
+
+#[test]
+fn configuration_errors_name_file_section_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_conf(
+        dir.path(),
+        "ekko.conf",
+        "[DEFAULT]\ndebug = false\n\n[backup]\nchunk_sise = 1M\n",
+    );
+    let out =
+        run(bin("ekko-manage").args(["--config-file", conf.to_str().unwrap(), "config", "check"]));
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(
+        msg.contains(&format!("{}:5", conf.display()))
+            && msg.contains("[backup]")
+            && msg.contains("chunk_sise"),
+        "{msg}"
+    );
+
+    let conf = write_conf(dir.path(), "bad.conf", "[api]\nbind_port = eighty\n");
+    let out =
+        run(bin("ekko-manage").args(["--config-file", conf.to_str().unwrap(), "config", "check"]));
+    let msg = text(&out);
+    assert!(
+        !out.status.success() && msg.contains("bind_port") && msg.contains("bad.conf"),
+        "{msg}"
+    );
+
+    let out = run(bin("ekko-manage").args([
+        "--config-file",
+        "/nonexistent/ekko.conf",
+        "config",
+        "check",
+    ]));
+    assert!(!out.status.success() && text(&out).contains("/nonexistent/ekko.conf"));
+}
+
+fn terminate(child: &mut Child) -> bool {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    false
+}
+
+/// ekko-backup (no database credentials) heartbeats over RabbitMQ; the
+/// conductor in ekko-api records it in MariaDB; both stop on SIGTERM.
+#[test]
+fn host_heartbeats_reach_the_catalog_through_rabbitmq() {
+    let _guard = rabbit_lock();
+    let Some(amqp) = service_env("EKKO_AMQP_URL") else {
+        return;
+    };
+    let Some(t) = mariadb_db() else { return };
+    t.db.sync().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = format!(
+        "compute-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let exchange = format!("ekko-test-{host}");
+    let common = format!(
+        "[DEFAULT]\ntransport_url = {amqp}\ncontrol_exchange = {exchange}\nstate_path = {}\n",
+        dir.path().display()
+    );
+    let api_conf = write_conf(
+        dir.path(),
+        "api.conf",
+        &format!("{common}[database]\nconnection = {}\n", t.url),
+    );
+    let host_conf = write_conf(
+        dir.path(),
+        "host.conf",
+        &format!("{common}host = {host}\n[backup]\nheartbeat_interval = 1\n"),
+    );
+    let mut api = bin("ekko-api")
+        .args(["--config-file", api_conf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut worker = bin("ekko-backup")
+        .args(["--config-file", host_conf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = false;
+    while Instant::now() < deadline && !seen {
+        let mut c = t.db.conn().unwrap();
+        seen = ekko::db::hosts::list(&mut c)
+            .unwrap()
+            .iter()
+            .any(|h| h.name == host);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let worker_ok = terminate(&mut worker);
+    let api_ok = terminate(&mut api);
+    assert!(seen, "heartbeat of {host} never reached the catalog");
+    assert!(worker_ok && api_ok, "services must exit cleanly on SIGTERM");
+}

@@ -1,0 +1,291 @@
+//! One catalog suite, run against SQLite and against the real MariaDB.
+
+use ekko::db::backups::{self, Backup, BackupFilter, BackupStatus, NewBackupDisk};
+use ekko::db::instances::{self, DiskReport};
+use ekko::db::segments::{self, Segment};
+use ekko::db::{hosts, jobs, now, Db, DbConnection, DbError};
+
+use crate::helpers::{mariadb_db, sqlite_db};
+
+fn suite(db: &Db) {
+    fresh_database_needs_sync(db);
+    let mut c = db.conn().expect("connection");
+    hosts_register_on_first_heartbeat(&mut c);
+    instances_keep_disk_ids_across_reports(&mut c);
+    backup_state_machine(&mut c);
+    listing_pages_with_marker(&mut c);
+    reference_intervals_track_liveness(&mut c);
+    jobs_end_once(&mut c);
+}
+
+#[test]
+fn catalog_on_sqlite() {
+    let t = sqlite_db();
+    suite(&t.db);
+}
+
+#[test]
+fn catalog_on_mariadb() {
+    let Some(t) = mariadb_db() else { return };
+    suite(&t.db);
+}
+
+fn fresh_database_needs_sync(db: &Db) {
+    let err = db.check_schema().expect_err("empty database is outdated");
+    assert!(matches!(err, DbError::SchemaOutdated(_)));
+    assert!(err.to_string().contains("ekko-manage db sync"), "{err}");
+    let applied = db.sync().expect("migrations apply");
+    assert!(!applied.is_empty());
+    assert!(db.sync().expect("idempotent").is_empty());
+    db.check_schema().expect("up to date after sync");
+}
+
+fn hosts_register_on_first_heartbeat(c: &mut DbConnection) {
+    hosts::heartbeat(c, "compute-1", "0.1.0", 2).unwrap();
+    let first = hosts::list(c).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    hosts::heartbeat(c, "compute-1", "0.1.1", 4).unwrap();
+    let h = hosts::list(c).unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!((h[0].version.as_str(), h[0].capacity), ("0.1.1", 4));
+    assert_eq!(h[0].created_at, first[0].created_at);
+    assert!(h[0].heartbeat_at > first[0].heartbeat_at);
+}
+
+fn disks(sizes: &[(&str, i64)]) -> Vec<DiskReport> {
+    sizes
+        .iter()
+        .map(|(d, s)| DiskReport {
+            device: d.to_string(),
+            node_name: format!("{d}-format"),
+            virtual_size: *s,
+        })
+        .collect()
+}
+
+fn instances_keep_disk_ids_across_reports(c: &mut DbConnection) {
+    instances::upsert(
+        c,
+        "inst-1",
+        "proj-a",
+        "compute-1",
+        "web",
+        &disks(&[("vda", 1 << 30)]),
+    )
+    .unwrap();
+    let before = instances::disks_of(c, "inst-1").unwrap();
+    instances::upsert(
+        c,
+        "inst-1",
+        "proj-a",
+        "compute-2",
+        "web",
+        &disks(&[("vda", 2 << 30), ("vdb", 1 << 20)]),
+    )
+    .unwrap();
+    let after = instances::disks_of(c, "inst-1").unwrap();
+    assert_eq!(after.len(), 2);
+    assert_eq!(
+        after[0].id, before[0].id,
+        "a disk keeps its id (and history)"
+    );
+    assert_eq!(after[0].virtual_size, 2 << 30);
+    assert_eq!(instances::get(c, "inst-1").unwrap().host, "compute-2");
+    let err = instances::upsert(c, "inst-1", "proj-b", "compute-2", "web", &[]).unwrap_err();
+    assert!(matches!(err, DbError::Conflict(_)), "{err}");
+    assert_eq!(instances::list(c, Some("proj-b")).unwrap().len(), 0);
+    assert!(matches!(
+        instances::get(c, "nope"),
+        Err(DbError::NotFound(_))
+    ));
+}
+
+fn backup_state_machine(c: &mut DbConnection) {
+    let b = Backup::queued("proj-a", "user-1", "inst-1", "nightly", "auto");
+    backups::insert(c, &b).unwrap();
+    let run = backups::transition(c, &b.id, BackupStatus::Running, None).unwrap();
+    assert!(run.started_at.is_some());
+    // A second worker cannot start the same backup.
+    let err = backups::transition(c, &b.id, BackupStatus::Running, None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is running, it cannot become running"),
+        "{err}"
+    );
+    assert!(backups::transition(c, &b.id, BackupStatus::Deleted, None).is_err());
+    let done = backups::transition(c, &b.id, BackupStatus::Available, None).unwrap();
+    assert_eq!(done.status(), Some(BackupStatus::Available));
+    assert!(done.completed_at.is_some());
+    backups::transition(c, &b.id, BackupStatus::Deleting, None).unwrap();
+    let gone = backups::transition(c, &b.id, BackupStatus::Deleted, None).unwrap();
+    assert!(gone.deleted_at.is_some());
+
+    let e = Backup::queued("proj-a", "user-1", "inst-1", "failing", "full");
+    backups::insert(c, &e).unwrap();
+    backups::transition(c, &e.id, BackupStatus::Running, None).unwrap();
+    let failed =
+        backups::transition(c, &e.id, BackupStatus::Error, Some("NBD connection lost")).unwrap();
+    assert_eq!(failed.error.as_deref(), Some("NBD connection lost"));
+    backups::transition(c, &e.id, BackupStatus::Queued, None).expect("error can be retried");
+
+    // Per-disk records: one row per disk, unique per (disk, seq).
+    let disk = &instances::disks_of(c, "inst-1").unwrap()[0];
+    let rec = NewBackupDisk {
+        backup_id: e.id.clone(),
+        disk_id: disk.id.clone(),
+        seq: 1,
+        virtual_size: disk.virtual_size,
+        chunk_size: 256 << 10,
+        root_digest: vec![7u8; 32],
+        root_segment: 42,
+        bitmap_name: Some("ekko-1".into()),
+        full_read: true,
+        read_bytes: 10,
+        new_bytes: 5,
+        stored_bytes: 3,
+        created_at: now(),
+    };
+    backups::insert_disk_record(c, &rec).unwrap();
+    let err = backups::insert_disk_record(c, &rec).unwrap_err();
+    assert!(err.is_unique_violation(), "{err}");
+    let recs = backups::disks_of(c, &e.id).unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].root_digest, vec![7u8; 32]);
+}
+
+fn listing_pages_with_marker(c: &mut DbConnection) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let b = Backup::queued("proj-list", "u", "inst-9", &format!("b{i}"), "auto");
+        backups::insert(c, &b).unwrap();
+        ids.push(b.id);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let other = Backup::queued("proj-other", "u", "inst-8", "x", "auto");
+    backups::insert(c, &other).unwrap();
+    let f = BackupFilter {
+        project_id: Some("proj-list".into()),
+        ..Default::default()
+    };
+    let page1 = backups::list(c, &f, 2, None).unwrap();
+    let page2 = backups::list(c, &f, 2, Some(&page1[1].id)).unwrap();
+    let page3 = backups::list(c, &f, 2, Some(&page2[1].id)).unwrap();
+    let seen: Vec<String> = page1
+        .iter()
+        .chain(&page2)
+        .chain(&page3)
+        .map(|b| b.id.clone())
+        .collect();
+    ids.reverse();
+    assert_eq!(
+        seen, ids,
+        "newest first, every backup once, no other project"
+    );
+    assert!(matches!(
+        backups::list(c, &f, 2, Some("missing")),
+        Err(DbError::NotFound(_))
+    ));
+}
+
+fn record(c: &mut DbConnection, disk_id: &str, seq: i64) -> String {
+    let b = Backup::queued("proj-gc", "u", "inst-gc", &format!("s{seq}"), "auto");
+    backups::insert(c, &b).unwrap();
+    backups::insert_disk_record(
+        c,
+        &NewBackupDisk {
+            backup_id: b.id.clone(),
+            disk_id: disk_id.into(),
+            seq,
+            virtual_size: 1 << 30,
+            chunk_size: 1 << 18,
+            root_digest: vec![0; 32],
+            root_segment: 1,
+            bitmap_name: None,
+            full_read: false,
+            read_bytes: 0,
+            new_bytes: 0,
+            stored_bytes: 0,
+            created_at: now(),
+        },
+    )
+    .unwrap();
+    b.id
+}
+
+fn delete(c: &mut DbConnection, backup_id: &str) {
+    backups::transition(c, backup_id, BackupStatus::Deleting, None).unwrap();
+    backups::transition(c, backup_id, BackupStatus::Deleted, None).unwrap();
+}
+
+fn reference_intervals_track_liveness(c: &mut DbConnection) {
+    let (s1, s2) = (0x1111_i64, 0x2222_i64);
+    segments::insert(c, &Segment::live(s1, "proj-gc", 32 << 20, 100)).unwrap();
+    segments::insert(c, &Segment::live(s2, "proj-gc", 32 << 20, 100)).unwrap();
+    assert_eq!(segments::get(c, s1).unwrap().status, "live");
+    // Backup 1 writes into s1; backup 2 stops using s1 and writes s2.
+    let b1 = record(c, "disk-gc", 1);
+    segments::set_ref_count(c, "disk-gc", 1, s1, 10).unwrap();
+    let b2 = record(c, "disk-gc", 2);
+    segments::set_ref_count(c, "disk-gc", 2, s1, 0).unwrap();
+    segments::set_ref_count(c, "disk-gc", 2, s2, 7).unwrap();
+    // Backup 3 changes nothing for either segment: no rows at all.
+    let rows_before = segments::refs_of_segment(c, s1).unwrap().len()
+        + segments::refs_of_segment(c, s2).unwrap().len();
+    let b3 = record(c, "disk-gc", 3);
+    let rows_after = segments::refs_of_segment(c, s1).unwrap().len()
+        + segments::refs_of_segment(c, s2).unwrap().len();
+    assert_eq!(rows_before, rows_after, "rows grow with what changed");
+    let r1 = segments::refs_of_segment(c, s1).unwrap();
+    assert_eq!((r1[0].from_seq, r1[0].to_seq, r1[0].refs), (1, Some(1), 10));
+    assert!(
+        segments::is_referenced(c, s1).unwrap(),
+        "backup 1 still uses s1"
+    );
+    delete(c, &b1);
+    assert!(
+        !segments::is_referenced(c, s1).unwrap(),
+        "nothing live uses s1 any more"
+    );
+    // s2's interval is open (the disk's head): deleting every record keeps it.
+    delete(c, &b2);
+    delete(c, &b3);
+    assert!(
+        segments::is_referenced(c, s2).unwrap(),
+        "the head's segments stay pinned"
+    );
+}
+
+fn jobs_end_once(c: &mut DbConnection) {
+    let at = now();
+    let job = jobs::Job {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: "backup".into(),
+        project_id: "proj-a".into(),
+        backup_id: None,
+        restore_id: None,
+        host: None,
+        status: "queued".into(),
+        attempts: 0,
+        max_attempts: 3,
+        payload: "{}".into(),
+        error: None,
+        created_at: at,
+        updated_at: at,
+        started_at: None,
+        heartbeat_at: None,
+        deadline_at: None,
+    };
+    jobs::insert(c, &job).unwrap();
+    assert_eq!(jobs::oldest_active_start(c).unwrap(), Some(at));
+    assert_eq!(jobs::start(c, &job.id, "compute-1").unwrap().attempts, 1);
+    // A redelivery restarts the attempt instead of running a second copy.
+    assert_eq!(jobs::start(c, &job.id, "compute-1").unwrap().attempts, 2);
+    assert!(jobs::finish(c, &job.id, "succeeded", None).unwrap());
+    assert!(
+        !jobs::finish(c, &job.id, "failed", Some("late")).unwrap(),
+        "a job ends once"
+    );
+    let err = jobs::start(c, &job.id, "compute-2").unwrap_err();
+    assert!(err.to_string().contains("already succeeded"), "{err}");
+    assert_eq!(jobs::oldest_active_start(c).unwrap(), None);
+}

@@ -1,0 +1,131 @@
+//! Reaching the test environment: fresh databases, queues and directories.
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use ekko::config::DatabaseOptions;
+use ekko::db::Db;
+
+/// An environment variable the test environment exports, or `None` (the
+/// test is skipped) unless services are required, in which case it panics.
+pub fn service_env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            if std::env::var("EKKO_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+                panic!("{name} is not set: run the tests through tools/run-tests.sh (or source the test environment's env.sh)");
+            }
+            eprintln!(
+                "skipping: {name} is not set (start tools/test-env.sh and source its env.sh)"
+            );
+            None
+        }
+    }
+}
+
+fn db_options(connection: String) -> DatabaseOptions {
+    DatabaseOptions {
+        connection,
+        max_retries: 3,
+        retry_interval: 1,
+        ..DatabaseOptions::default()
+    }
+}
+
+/// A database that is dropped with the test.
+pub struct TestDb {
+    pub db: Db,
+    pub url: String,
+    cleanup: Option<(mysql_admin::Admin, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.cleanup.take() {
+            admin.drop_database(&name);
+        }
+    }
+}
+
+/// A fresh, empty SQLite database in a temporary directory.
+pub fn sqlite_db() -> TestDb {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite:///{}/ekko.sqlite", dir.path().display());
+    let db = Db::open(&db_options(url.clone())).expect("open sqlite");
+    TestDb {
+        db,
+        url,
+        cleanup: None,
+        _dir: Some(dir),
+    }
+}
+
+/// A fresh, empty database on the test environment's MariaDB.
+pub fn mariadb_db() -> Option<TestDb> {
+    let server = service_env("EKKO_DATABASE_URL")?;
+    let admin = mysql_admin::Admin::new(&server);
+    let name = format!(
+        "ekko_test_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    admin.create_database(&name);
+    let url = admin.url_for(&name);
+    let db = Db::open(&db_options(url.clone())).expect("open mariadb");
+    Some(TestDb {
+        db,
+        url,
+        cleanup: Some((admin, name)),
+        _dir: None,
+    })
+}
+
+/// Creating and dropping per-test databases through diesel's MySQL driver.
+pub mod mysql_admin {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, MysqlConnection};
+
+    pub struct Admin {
+        server: url::Url,
+    }
+
+    impl Admin {
+        pub fn new(database_url: &str) -> Admin {
+            let server = url::Url::parse(database_url).expect("EKKO_DATABASE_URL is a URL");
+            Admin { server }
+        }
+
+        fn connect(&self) -> MysqlConnection {
+            MysqlConnection::establish(self.server.as_str()).expect("connect to MariaDB")
+        }
+
+        pub fn create_database(&self, name: &str) {
+            self.connect()
+                .batch_execute(&format!(
+                    "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                ))
+                .expect("create database");
+        }
+
+        pub fn drop_database(&self, name: &str) {
+            if let Ok(mut c) = MysqlConnection::establish(self.server.as_str()) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS `{name}`"));
+            }
+        }
+
+        /// An OpenStack-style URL for database `name` on the same server.
+        pub fn url_for(&self, name: &str) -> String {
+            let mut u = self.server.clone();
+            u.set_path(&format!("/{name}"));
+            format!("mysql+pymysql{}", &u.as_str()["mysql".len()..])
+        }
+    }
+}
+
+/// Tests that restart or reconfigure a shared service take this lock, and
+/// every test that uses that service takes it too.
+pub fn rabbit_lock() -> MutexGuard<'static, ()> {
+    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| Mutex::new(()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,142 @@
+//! One object-store suite, run against every backend.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ekko::store::local::LocalStore;
+use ekko::store::{ObjectStore, StoreError};
+use futures::StreamExt;
+
+async fn suite(store: Arc<dyn ObjectStore>, container: &str) {
+    let data: Vec<u8> = (0..(5 << 20) + 17)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    store
+        .put(container, "segments/00/a", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.get(container, "segments/00/a").await.unwrap(), data);
+    assert_eq!(
+        store.head(container, "segments/00/a").await.unwrap().size,
+        data.len() as u64
+    );
+    let r = store
+        .get_range(container, "segments/00/a", 4096, 100)
+        .await
+        .unwrap();
+    assert_eq!(&r[..], &data[4096..4196]);
+    let bad = store
+        .get_range(container, "segments/00/a", data.len() as u64 - 10, 11)
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadRange { .. })), "{bad:?}");
+
+    // Streaming in and out, larger than one part.
+    let parts: Vec<Result<Bytes, StoreError>> = data
+        .chunks(1 << 20)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let n = store
+        .put_stream(
+            container,
+            "manifests/m1.json",
+            futures::stream::iter(parts).boxed(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    let mut streamed = Vec::new();
+    let mut s = store
+        .get_stream(container, "manifests/m1.json")
+        .await
+        .unwrap();
+    while let Some(part) = s.next().await {
+        streamed.extend_from_slice(&part.unwrap());
+    }
+    assert_eq!(streamed, data);
+
+    // Overwrite is atomic and complete.
+    store
+        .put(container, "manifests/m1.json", Bytes::from_static(b"v2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(container, "manifests/m1.json").await.unwrap(),
+        Bytes::from_static(b"v2")
+    );
+
+    store
+        .put(container, "segments/01/b", Bytes::from_static(b"b"))
+        .await
+        .unwrap();
+    let names: Vec<String> = store
+        .list(container, "segments/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, vec!["segments/00/a", "segments/01/b"]);
+    assert_eq!(store.list(container, "").await.unwrap().len(), 3);
+    assert_eq!(
+        store.list("ekko-empty-container", "").await.unwrap().len(),
+        0
+    );
+
+    store.delete(container, "segments/00/a").await.unwrap();
+    assert!(matches!(
+        store.get(container, "segments/00/a").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.delete(container, "segments/00/a").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.head(container, "nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.put(container, "../escape", Bytes::new()).await,
+        Err(StoreError::InvalidName(_))
+    ));
+    // A failed stream stores nothing.
+    let failing = futures::stream::iter(vec![
+        Ok(Bytes::from_static(b"part")),
+        Err(StoreError::Unavailable("client went away".into())),
+    ])
+    .boxed();
+    assert!(store
+        .put_stream(container, "manifests/half", failing)
+        .await
+        .is_err());
+    assert!(matches!(
+        store.head(container, "manifests/half").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn local_directory_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalStore::new(dir.path(), true).unwrap());
+    suite(store, "ekko-project-a").await;
+    // No temporary files are left behind.
+    let leftovers: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
