@@ -4,8 +4,11 @@
 //! a missing service fails the test instead of skipping it.
 
 mod helpers;
+mod qsd;
 
 mod cli;
 mod db;
+mod extract;
+mod qmp_peer;
 mod queue;
 mod store;

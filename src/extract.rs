@@ -1,0 +1,127 @@
+//! Where the changed blocks of an instance's disks come from.
+//!
+//! The seam between extraction and the data format is [`DiskSnapshot`]: a
+//! point-in-time view of one disk that says which ranges changed since the
+//! previous backup (everything, for a full read), which of them read as
+//! zeros, and reads the rest. [`pull`] implements it for QEMU over QMP and
+//! NBD (pull-mode backup with persistent dirty bitmaps); a libvirt driver
+//! for Nova-managed instances (libvirt owns their QMP socket) can implement
+//! it with `virDomainBackupBegin` later.
+
+pub mod agent;
+pub mod pull;
+pub mod throttle;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+/// Why a disk is read in full instead of incrementally.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullReason {
+    /// Asked for (`mode: full`) or the disk has no committed backup.
+    Requested,
+    NoBitmap,
+    /// QEMU stopped without closing the image: the bitmap cannot be trusted.
+    BitmapInconsistent,
+    /// The bitmap is not the one the catalog says tracks the last backup.
+    BitmapMismatch,
+    Resized,
+}
+
+/// A consistent view of one disk at the backup instant.
+#[async_trait]
+pub trait DiskSnapshot: Send + Sync {
+    fn device(&self) -> &str;
+    fn size(&self) -> u64;
+    /// `None` for an incremental; why otherwise.
+    fn full_reason(&self) -> Option<&FullReason>;
+    /// Byte ranges written since the previous backup (sorted, disjoint);
+    /// the whole disk for a full read.
+    fn changed(&self) -> &[(u64, u64)];
+    /// Ranges of the disk that read as zeros (holes, zero clusters): cost
+    /// no read and no storage.
+    fn zeros(&self) -> &[(u64, u64)];
+    /// Read `ranges` (inside the disk) in order, many requests in flight.
+    fn read_ranges<'a>(
+        &'a self,
+        ranges: Vec<(u64, u64)>,
+    ) -> BoxStream<'a, Result<(u64, Bytes), ExtractError>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error(transparent)]
+    Qmp(#[from] crate::qmp::QmpError),
+    #[error(transparent)]
+    Nbd(#[from] crate::nbd::NbdError),
+    #[error("disk {0}: no such block node")]
+    NoSuchDisk(String),
+    #[error("scratch space: {0}")]
+    Scratch(String),
+    #[error("guest agent: {0}")]
+    Agent(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Intersect two sorted lists of disjoint ranges.
+pub fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < a.len() && j < b.len() {
+        let (a0, a1) = (a[i].0, a[i].0 + a[i].1);
+        let (b0, b1) = (b[j].0, b[j].0 + b[j].1);
+        let (lo, hi) = (a0.max(b0), a1.min(b1));
+        if lo < hi {
+            out.push((lo, hi - lo));
+        }
+        if a1 < b1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+/// `a` minus `b`, both sorted lists of disjoint ranges.
+pub fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for &(off, len) in a {
+        let (mut start, end) = (off, off + len);
+        while j < b.len() && b[j].0 + b[j].1 <= start {
+            j += 1;
+        }
+        let mut k = j;
+        while k < b.len() && b[k].0 < end {
+            if b[k].0 > start {
+                out.push((start, b[k].0 - start));
+            }
+            start = start.max(b[k].0 + b[k].1);
+            k += 1;
+        }
+        if start < end {
+            out.push((start, end - start));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_algebra() {
+        let a = [(0, 10), (20, 10), (40, 5)];
+        let b = [(5, 20), (44, 10)];
+        assert_eq!(intersect(&a, &b), vec![(5, 5), (20, 5), (44, 1)]);
+        assert_eq!(subtract(&a, &b), vec![(0, 5), (25, 5), (40, 4)]);
+        assert_eq!(subtract(&a, &[]), a.to_vec());
+        assert_eq!(intersect(&a, &[]), vec![]);
+        assert_eq!(subtract(&[(0, 100)], &[(0, 100)]), vec![]);
+    }
+}

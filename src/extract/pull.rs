@@ -1,0 +1,723 @@
+//! Pull-mode backup of all disks of one QEMU instance at once
+//! (shared/qemu recipe §3–4; `docs/design.md`):
+//!
+//! 1. clean up what a killed worker left (exports, jobs, fleece nodes) and
+//!    put half-rotated bitmaps back (`merge new → old, enable old, remove new`);
+//! 2. decide per disk: incremental (one enabled, persistent, consistent
+//!    bitmap whose name the catalog expects, same size) or full read;
+//! 3. one `transaction`: a new bitmap per disk, the previous one disabled,
+//!    and a `sync: none` (copy-before-write) job into a fleece overlay, so the
+//!    overlay is a point-in-time view while the guest keeps writing;
+//! 4. export each overlay over NBD with the frozen bitmap; what to read is
+//!    dirty ∩ not-zero;
+//! 5. tear down in order (NBD, export, job, nodes, file, server); on success
+//!    drop the old bitmaps, on failure restore the exact previous state.
+//!
+//! Node, job and export names are short (QEMU caps node names at 31 bytes)
+//! and carry the `ekko-` prefix so leftovers can be found.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::agent::GuestAgent;
+use super::throttle::RateLimiter;
+use super::{DiskSnapshot, ExtractError, FullReason};
+use crate::nbd::protocol::{ranges_where, STATE_DIRTY, STATE_ZERO};
+use crate::nbd::NbdClient;
+use crate::qmp::commands as cmd;
+use crate::qmp::QmpClient;
+
+const PREFIX: &str = "ekko-";
+/// Leave this much free on the scratch filesystem, whatever the limit says.
+const SCRATCH_MARGIN: u64 = 64 << 20;
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// One disk to back up, with what the catalog knows about it.
+#[derive(Debug, Clone)]
+pub struct DiskRequest {
+    /// Ekko's name for the disk (e.g. `vda`).
+    pub device: String,
+    /// QEMU's format node of the disk.
+    pub node: String,
+    /// The bitmap that tracks writes since the disk's last committed backup.
+    pub expected_bitmap: Option<String>,
+    /// Virtual size at the last committed backup.
+    pub expected_size: Option<u64>,
+    /// Read everything even if the bitmap could be trusted.
+    pub force_full: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Names the new bitmaps (`ekko-<backup_id>`) and the scratch files.
+    pub backup_id: String,
+    pub scratch_dir: PathBuf,
+    /// Largest total size of the fleece overlays; 0 = only free space.
+    pub scratch_limit: u64,
+    pub granularity: u32,
+    pub requests_in_flight: usize,
+    /// Bytes per second; 0 = unlimited.
+    pub read_rate_limit: u64,
+    pub qmp_timeout: Duration,
+    pub agent_socket: Option<PathBuf>,
+    pub agent_timeout: Duration,
+    /// Use this NBD server socket when QEMU already runs a server.
+    pub existing_nbd_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    Crash,
+    Application,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Crash => "crash",
+            Consistency::Application => "application",
+        }
+    }
+}
+
+/// One disk of a running pull backup.
+pub struct PulledDisk {
+    pub device: String,
+    pub node: String,
+    pub size: u64,
+    /// The bitmap created at this backup's instant.
+    pub new_bitmap: String,
+    /// The bitmap that was exported (disabled), dropped on success.
+    pub old_bitmap: Option<String>,
+    full_reason: Option<FullReason>,
+    changed: Vec<(u64, u64)>,
+    zeros: Vec<(u64, u64)>,
+    nbd: Option<NbdClient>,
+    fleece_node: String,
+    fleece_path: PathBuf,
+    job_id: String,
+    export_id: String,
+    limiter: Arc<RateLimiter>,
+    depth: usize,
+    scratch_exceeded: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl DiskSnapshot for PulledDisk {
+    fn device(&self) -> &str {
+        &self.device
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn full_reason(&self) -> Option<&FullReason> {
+        self.full_reason.as_ref()
+    }
+    fn changed(&self) -> &[(u64, u64)] {
+        &self.changed
+    }
+    fn zeros(&self) -> &[(u64, u64)] {
+        &self.zeros
+    }
+    fn read_ranges<'a>(
+        &'a self,
+        ranges: Vec<(u64, u64)>,
+    ) -> BoxStream<'a, Result<(u64, Bytes), ExtractError>> {
+        let Some(nbd) = self.nbd.as_ref() else {
+            return futures::stream::once(async {
+                Err(ExtractError::Other("disk is torn down".into()))
+            })
+            .boxed();
+        };
+        let exceeded = self.scratch_exceeded.clone();
+        let limiter = self.limiter.clone();
+        nbd.read_ranges(&ranges, self.depth)
+            .then(move |piece| {
+                let (exceeded, limiter) = (exceeded.clone(), limiter.clone());
+                async move {
+                    let piece = piece?;
+                    if exceeded.load(Ordering::Relaxed) {
+                        return Err(ExtractError::Scratch(
+                            "scratch space ran out during the backup; the backup was cancelled to protect the guest".into(),
+                        ));
+                    }
+                    limiter.acquire(piece.1.len() as u64).await;
+                    Ok(piece)
+                }
+            })
+            .boxed()
+    }
+}
+
+/// A pull backup in progress. End it with [`PullBackup::commit`] after the
+/// catalog committed the backup, or [`PullBackup::abort`] on any failure.
+pub struct PullBackup {
+    qmp: Arc<QmpClient>,
+    opts: PullOptions,
+    pub disks: Vec<PulledDisk>,
+    pub consistency: Consistency,
+    server_started: bool,
+    nbd_socket: PathBuf,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn short_id(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect()
+}
+
+/// The free bytes of the filesystem holding `path`.
+pub fn free_space(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Bytes a (sparse) file really occupies.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
+}
+
+impl Drop for PullBackup {
+    fn drop(&mut self) {
+        // Without commit or abort (a crash of this task) the next backup's
+        // recovery cleans QEMU up; only the watchdog must not outlive us.
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+    }
+}
+
+impl PullBackup {
+    /// Remove what a previous, interrupted backup left on this QEMU, and
+    /// put its bitmaps back to the state before it started.
+    pub async fn recover(qmp: &QmpClient, timeout: Duration) -> Result<(), ExtractError> {
+        for id in cmd::export_ids(qmp)
+            .await?
+            .into_iter()
+            .filter(|i| i.starts_with(PREFIX))
+        {
+            tracing::warn!(export = %id, "removing export left by an interrupted backup");
+            cmd::export_del(qmp, &id, true, timeout).await?;
+        }
+        for (id, _) in cmd::jobs(qmp)
+            .await?
+            .into_iter()
+            .filter(|(i, _)| i.starts_with(PREFIX))
+        {
+            tracing::warn!(job = %id, "cancelling job left by an interrupted backup");
+            cmd::job_cancel(qmp, &id, timeout).await?;
+        }
+        let nodes = cmd::block_nodes(qmp).await?;
+        let fleece: Vec<&str> = nodes
+            .iter()
+            .map(|n| n.node_name.as_str())
+            .filter(|n| n.starts_with("ekko-fl") && !n.ends_with("-file"))
+            .collect();
+        for node in fleece {
+            let file_node = format!("{node}-file");
+            let file = nodes.iter().find(|n| n.node_name == file_node);
+            cmd::blockdev_del(qmp, node).await?;
+            if let Some(file) = file {
+                cmd::blockdev_del(qmp, &file_node).await?;
+                if let Some(path) = file
+                    .filename
+                    .as_deref()
+                    .filter(|p| p.contains("ekko-fleece-"))
+                {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        // A bitmap pair (new enabled, old disabled) means the worker died
+        // between the transaction and the end: undo the rotation.
+        for node in cmd::block_nodes(qmp).await? {
+            let ours: Vec<_> = node
+                .bitmaps
+                .iter()
+                .filter(|b| b.name.as_deref().is_some_and(|n| n.starts_with(PREFIX)))
+                .collect();
+            let enabled: Vec<_> = ours
+                .iter()
+                .filter(|b| b.recording && !b.inconsistent)
+                .collect();
+            let disabled: Vec<_> = ours
+                .iter()
+                .filter(|b| !b.recording && !b.inconsistent)
+                .collect();
+            if ours.len() == 2 && enabled.len() == 1 && disabled.len() == 1 {
+                let (new, old) = (
+                    enabled[0].name.clone().unwrap_or_default(),
+                    disabled[0].name.clone().unwrap_or_default(),
+                );
+                tracing::warn!(node = %node.node_name, %old, %new, "restoring bitmaps of an interrupted backup");
+                cmd::transaction(
+                    qmp,
+                    vec![
+                        cmd::bitmap_merge(&node.node_name, &old, &[&new]),
+                        cmd::bitmap_enable(&node.node_name, &old),
+                        cmd::bitmap_remove(&node.node_name, &new),
+                    ],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Start the backup of `disks` (see the module documentation).
+    pub async fn begin(
+        qmp: Arc<QmpClient>,
+        disks: &[DiskRequest],
+        opts: PullOptions,
+    ) -> Result<PullBackup, ExtractError> {
+        let timeout = opts.qmp_timeout;
+        Self::recover(&qmp, timeout).await?;
+        std::fs::create_dir_all(&opts.scratch_dir).map_err(|e| {
+            ExtractError::Scratch(format!("cannot create {}: {e}", opts.scratch_dir.display()))
+        })?;
+        let free = free_space(&opts.scratch_dir)
+            .map_err(|e| ExtractError::Scratch(format!("{}: {e}", opts.scratch_dir.display())))?;
+        if free < SCRATCH_MARGIN * 2 {
+            return Err(ExtractError::Scratch(format!(
+                "only {} MiB free in {}",
+                free >> 20,
+                opts.scratch_dir.display()
+            )));
+        }
+
+        // ---- decide, per disk
+        let nodes = cmd::block_nodes(&qmp).await?;
+        let new_bitmap = format!("{PREFIX}{}", opts.backup_id);
+        let tag = short_id(&opts.backup_id);
+        let mut planned = Vec::new();
+        for (i, d) in disks.iter().enumerate() {
+            let node = nodes
+                .iter()
+                .find(|n| n.node_name == d.node)
+                .ok_or_else(|| {
+                    ExtractError::NoSuchDisk(format!("{} (node {})", d.device, d.node))
+                })?;
+            let size = node
+                .virtual_size
+                .ok_or_else(|| ExtractError::Other(format!("node {} reports no size", d.node)))?;
+            let ours: Vec<_> = node
+                .bitmaps
+                .iter()
+                .filter(|b| b.name.as_deref().is_some_and(|n| n.starts_with(PREFIX)))
+                .collect();
+            let usable = ours.len() == 1
+                && ours[0].recording
+                && ours[0].persistent
+                && !ours[0].inconsistent
+                && ours[0].name == d.expected_bitmap;
+            let reason = if ours.iter().any(|b| b.inconsistent) {
+                Some(FullReason::BitmapInconsistent)
+            } else if d.expected_bitmap.is_none() || ours.is_empty() {
+                Some(FullReason::NoBitmap)
+            } else if !usable {
+                Some(FullReason::BitmapMismatch)
+            } else if d.expected_size.is_some_and(|s| s != size) {
+                Some(FullReason::Resized)
+            } else if d.force_full {
+                Some(FullReason::Requested)
+            } else {
+                None
+            };
+            // Bitmaps that cannot be trusted are useless: drop them now.
+            let old_bitmap = if usable {
+                d.expected_bitmap.clone()
+            } else {
+                None
+            };
+            for b in &ours {
+                if let Some(name) = b
+                    .name
+                    .as_deref()
+                    .filter(|n| Some(*n) != old_bitmap.as_deref())
+                {
+                    tracing::warn!(node = %d.node, bitmap = name, ?reason, "removing untrusted bitmap");
+                    cmd::bitmap_remove_now(&qmp, &d.node, name).await?;
+                }
+            }
+            let fleece_node = format!("ekko-fl{i}-{tag}");
+            planned.push(PulledDisk {
+                device: d.device.clone(),
+                node: d.node.clone(),
+                size,
+                new_bitmap: new_bitmap.clone(),
+                old_bitmap,
+                full_reason: reason,
+                changed: Vec::new(),
+                zeros: Vec::new(),
+                nbd: None,
+                fleece_path: opts
+                    .scratch_dir
+                    .join(format!("ekko-fleece-{}-{i}.qcow2", opts.backup_id)),
+                fleece_node,
+                job_id: format!("ekko-job{i}-{tag}"),
+                export_id: format!("ekko-exp{i}-{tag}"),
+                limiter: Arc::new(RateLimiter::new(opts.read_rate_limit)),
+                depth: opts.requests_in_flight.max(1),
+                scratch_exceeded: Arc::new(AtomicBool::new(false)),
+            });
+        }
+
+        let mut backup = PullBackup {
+            qmp,
+            opts,
+            disks: planned,
+            consistency: Consistency::Crash,
+            server_started: false,
+            nbd_socket: PathBuf::new(),
+            watchdog: None,
+        };
+        match backup.start().await {
+            Ok(()) => Ok(backup),
+            Err(e) => {
+                if let Err(t) = backup.teardown(true).await {
+                    tracing::error!(error = %t, "teardown after a failed start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Overlays, the transaction, exports and NBD connections. On error the
+    /// caller tears down; the transaction is atomic, so the bitmaps are
+    /// either all rotated (and `abort` puts them back) or untouched.
+    async fn start(&mut self) -> Result<(), ExtractError> {
+        let qmp = self.qmp.clone();
+        let timeout = self.opts.qmp_timeout;
+        for d in &self.disks {
+            let path = d.fleece_path.to_string_lossy().into_owned();
+            cmd::add_overlay(&qmp, &d.fleece_node, &path, d.size, &d.node, timeout).await?;
+        }
+        let socket = self
+            .opts
+            .scratch_dir
+            .join(format!("ekko-nbd-{}.sock", short_id(&self.opts.backup_id)));
+        let mut started = cmd::nbd_server_start(&qmp, &socket.to_string_lossy()).await?;
+        if !started && self.stop_stale_server().await? {
+            started = cmd::nbd_server_start(&qmp, &socket.to_string_lossy()).await?;
+        }
+        let socket = if started {
+            self.server_started = true;
+            socket
+        } else {
+            self.opts.existing_nbd_socket.clone().ok_or_else(|| {
+                ExtractError::Other(
+                    "QEMU already runs an NBD server whose socket is not configured".into(),
+                )
+            })?
+        };
+
+        self.nbd_socket = socket.clone();
+        let mut actions = Vec::new();
+        for d in &self.disks {
+            actions.push(cmd::bitmap_add(
+                &d.node,
+                &d.new_bitmap,
+                self.opts.granularity,
+            ));
+            if let Some(old) = &d.old_bitmap {
+                actions.push(cmd::bitmap_disable(&d.node, old));
+            }
+            actions.push(cmd::fleece_job(&d.job_id, &d.node, &d.fleece_node)?);
+        }
+        // Freeze the guest around the transaction only.
+        let mut agent = match &self.opts.agent_socket {
+            Some(path) => match GuestAgent::connect(path, self.opts.agent_timeout).await {
+                Ok(mut a) => match a.freeze().await {
+                    Ok(n) => {
+                        tracing::info!(filesystems = n, "guest frozen");
+                        Some(a)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "guest freeze failed; the backup is crash-consistent");
+                        let _ = a.thaw().await;
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "guest agent unreachable; the backup is crash-consistent");
+                    None
+                }
+            },
+            None => None,
+        };
+        let result = cmd::transaction(&qmp, actions).await;
+        if let Some(a) = agent.as_mut() {
+            match a.thaw().await {
+                Ok(_) if result.is_ok() => self.consistency = Consistency::Application,
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "GUEST LEFT FROZEN: thaw failed"),
+            }
+        }
+        if let Err(e) = result {
+            // Nothing was rotated: forget the bitmaps so teardown does not
+            // try to undo a transaction that did not happen.
+            for d in &mut self.disks {
+                d.old_bitmap = None;
+                d.new_bitmap.clear();
+            }
+            return Err(e.into());
+        }
+
+        self.watchdog = Some(self.spawn_watchdog());
+        for (i, d) in self.disks.iter_mut().enumerate() {
+            let name = format!("ekko-{i}");
+            cmd::export_add(
+                &qmp,
+                &d.export_id,
+                &d.fleece_node,
+                &name,
+                d.old_bitmap.as_deref(),
+            )
+            .await?;
+            let mut contexts = vec!["base:allocation".to_string()];
+            let dirty_ctx = d
+                .old_bitmap
+                .as_ref()
+                .map(|b| format!("qemu:dirty-bitmap:{b}"));
+            contexts.extend(dirty_ctx.clone());
+            let nbd = NbdClient::connect_unix(&socket, &name, &contexts).await?;
+            let alloc = nbd.block_status("base:allocation", 0, d.size).await?;
+            d.zeros = ranges_where(&alloc, |f| f & STATE_ZERO != 0);
+            d.changed = match (&d.full_reason, &dirty_ctx) {
+                (None, Some(ctx)) => ranges_where(&nbd.block_status(ctx, 0, d.size).await?, |f| {
+                    f & STATE_DIRTY != 0
+                }),
+                _ => vec![(0, d.size)],
+            };
+            d.nbd = Some(nbd);
+        }
+        Ok(())
+    }
+
+    /// A server is running: if a socket of ours is in the scratch directory,
+    /// a killed worker started it; stop it (our sockets only ever serve
+    /// our exports). Returns whether it did.
+    async fn stop_stale_server(&self) -> Result<bool, ExtractError> {
+        let stale: Vec<PathBuf> = std::fs::read_dir(&self.opts.scratch_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("ekko-nbd-") && n.ends_with(".sock"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if stale.is_empty() {
+            return Ok(false);
+        }
+        tracing::warn!(sockets = ?stale, "stopping the NBD server an interrupted backup left running");
+        cmd::nbd_server_stop(&self.qmp).await?;
+        for s in stale {
+            let _ = std::fs::remove_file(s);
+        }
+        Ok(true)
+    }
+
+    /// Cancel the fleecing jobs before the overlays outgrow the scratch
+    /// limit or the filesystem: a copy-before-write that fails would fail
+    /// the guest's write; a cancelled backup fails only the backup.
+    fn spawn_watchdog(&self) -> tokio::task::JoinHandle<()> {
+        let qmp = self.qmp.clone();
+        let files: Vec<PathBuf> = self.disks.iter().map(|d| d.fleece_path.clone()).collect();
+        let jobs: Vec<String> = self.disks.iter().map(|d| d.job_id.clone()).collect();
+        let flags: Vec<Arc<AtomicBool>> = self
+            .disks
+            .iter()
+            .map(|d| d.scratch_exceeded.clone())
+            .collect();
+        let (dir, limit, timeout) = (
+            self.opts.scratch_dir.clone(),
+            self.opts.scratch_limit,
+            self.opts.qmp_timeout,
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(WATCH_INTERVAL).await;
+                let used: u64 = files.iter().map(|f| allocated(f)).sum();
+                let free = free_space(&dir).unwrap_or(0);
+                let over_limit = limit > 0 && used > limit;
+                if over_limit || free < SCRATCH_MARGIN {
+                    tracing::error!(
+                        used,
+                        free,
+                        limit,
+                        "scratch space exhausted: cancelling the backup"
+                    );
+                    for f in &flags {
+                        f.store(true, Ordering::Relaxed);
+                    }
+                    for j in &jobs {
+                        if let Err(e) = cmd::job_cancel(&qmp, j, timeout).await {
+                            tracing::warn!(job = %j, error = %e, "cancel");
+                        }
+                    }
+                    return;
+                }
+            }
+        })
+    }
+
+    /// The NBD URI of disk `i`'s point-in-time export (for tools such as
+    /// `qemu-img`, and for tests that check what the worker reads).
+    pub fn nbd_uri(&self, i: usize) -> String {
+        format!("nbd+unix:///ekko-{i}?socket={}", self.nbd_socket.display())
+    }
+
+    /// Whether the watchdog had to cancel this backup.
+    pub fn scratch_exceeded(&self) -> bool {
+        self.disks
+            .iter()
+            .any(|d| d.scratch_exceeded.load(Ordering::Relaxed))
+    }
+
+    async fn teardown(&mut self, hard: bool) -> Result<(), ExtractError> {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        let qmp = self.qmp.clone();
+        let timeout = self.opts.qmp_timeout;
+        let mut first_err: Option<ExtractError> = None;
+        let mut note = |r: Result<(), ExtractError>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "teardown step failed");
+                first_err.get_or_insert(e);
+            }
+        };
+        let exports = cmd::export_ids(&qmp).await.unwrap_or_default();
+        let jobs: Vec<String> = cmd::jobs(&qmp)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|j| j.0)
+            .collect();
+        let nodes: Vec<String> = cmd::block_nodes(&qmp)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.node_name)
+            .collect();
+        for d in &mut self.disks {
+            if let Some(nbd) = d.nbd.take() {
+                if let Err(e) = nbd.disconnect().await {
+                    tracing::debug!(error = %e, "NBD disconnect");
+                }
+            }
+            if exports.contains(&d.export_id) {
+                let r = match cmd::export_del(&qmp, &d.export_id, hard, timeout).await {
+                    Err(_) if !hard => cmd::export_del(&qmp, &d.export_id, true, timeout).await,
+                    r => r,
+                };
+                note(r.map_err(Into::into));
+            }
+            if jobs.contains(&d.job_id) {
+                note(
+                    cmd::job_cancel(&qmp, &d.job_id, timeout)
+                        .await
+                        .map_err(Into::into),
+                );
+            }
+            if nodes.contains(&d.fleece_node) {
+                note(
+                    cmd::blockdev_del(&qmp, &d.fleece_node)
+                        .await
+                        .map_err(Into::into),
+                );
+            }
+            let file_node = format!("{}-file", d.fleece_node);
+            if nodes.contains(&file_node) {
+                note(
+                    cmd::blockdev_del(&qmp, &file_node)
+                        .await
+                        .map_err(Into::into),
+                );
+            }
+            match std::fs::remove_file(&d.fleece_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => note(Err(
+                    ExtractError::Scratch(format!("{}: {e}", d.fleece_path.display())),
+                )),
+                _ => {}
+            }
+        }
+        if self.server_started {
+            note(cmd::nbd_server_stop(&qmp).await.map_err(Into::into));
+            self.server_started = false;
+            let _ = std::fs::remove_file(&self.nbd_socket);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// All data was read: tear down and drop the old bitmaps; the new ones
+    /// now track writes since this backup. Call it once the catalog has
+    /// committed the backup. If the snapshot was broken meanwhile (scratch
+    /// space ran out), this restores the bitmaps instead and fails.
+    pub async fn commit(mut self) -> Result<(), ExtractError> {
+        if self.scratch_exceeded() {
+            self.abort_in_place().await?;
+            return Err(ExtractError::Scratch(
+                "scratch space ran out during the backup; it was cancelled to protect the guest"
+                    .into(),
+            ));
+        }
+        self.teardown(false).await?;
+        for d in &self.disks {
+            if let Some(old) = &d.old_bitmap {
+                cmd::bitmap_remove_now(&self.qmp, &d.node, old).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The backup failed: tear down and restore the exact bitmap state
+    /// from before it started, so no guest write is missed.
+    pub async fn abort(self) -> Result<(), ExtractError> {
+        let mut this = self;
+        this.abort_in_place().await
+    }
+
+    async fn abort_in_place(&mut self) -> Result<(), ExtractError> {
+        let teardown = self.teardown(true).await;
+        let mut actions = Vec::new();
+        for d in &self.disks {
+            if d.new_bitmap.is_empty() {
+                continue;
+            }
+            if let Some(old) = &d.old_bitmap {
+                actions.push(cmd::bitmap_merge(&d.node, old, &[&d.new_bitmap]));
+                actions.push(cmd::bitmap_enable(&d.node, old));
+            }
+            actions.push(cmd::bitmap_remove(&d.node, &d.new_bitmap));
+        }
+        if !actions.is_empty() {
+            cmd::transaction(&self.qmp, actions).await?;
+        }
+        teardown
+    }
+}

@@ -1,0 +1,13 @@
+//! An NBD client: fixed newstyle handshake, structured replies, meta
+//! contexts (`base:allocation`, `qemu:dirty-bitmap:NAME`), block status, and
+//! reads with many requests in flight, over unix or TCP sockets.
+//! No crate offers block status; this follows the NBD protocol document
+//! (<https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md>).
+//!
+//! [`protocol`] is pure encoding and decoding; [`client`] does the I/O.
+
+pub mod client;
+pub mod protocol;
+
+pub use client::{NbdClient, NbdError};
+pub use protocol::Extent;

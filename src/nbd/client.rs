@@ -1,0 +1,639 @@
+//! The NBD connection: handshake, then a reader task that routes reply
+//! chunks to the requests in flight by cookie, so many reads can be in
+//! flight at once (`read_ranges` keeps a window of them).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use super::protocol::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NbdError {
+    #[error("cannot connect to NBD server {target}: {source}")]
+    Connect {
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("NBD I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("NBD handshake: {0}")]
+    Handshake(String),
+    #[error("NBD server did not grant meta context {0:?}")]
+    ContextRefused(String),
+    #[error("NBD connection closed")]
+    Disconnected,
+    #[error("NBD {command} at {offset}+{length} failed: errno {errno}: {message}")]
+    Server {
+        command: &'static str,
+        offset: u64,
+        length: u64,
+        errno: u32,
+        message: String,
+    },
+    #[error("NBD protocol: {0}")]
+    Protocol(String),
+}
+
+type Tx<T> = oneshot::Sender<Result<T, NbdError>>;
+
+enum Request {
+    Read {
+        offset: u64,
+        buf: BytesMut,
+        tx: Tx<Bytes>,
+    },
+    Status {
+        start: u64,
+        end: u64,
+        found: HashMap<u32, Vec<Extent>>,
+        tx: Tx<HashMap<u32, Vec<Extent>>>,
+    },
+    Plain {
+        tx: Tx<()>,
+    },
+}
+
+struct InFlight {
+    command: &'static str,
+    offset: u64,
+    length: u64,
+    request: Request,
+    error: Option<(u32, String)>,
+}
+
+type Pending = Arc<Mutex<Option<HashMap<u64, InFlight>>>>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// What the handshake established.
+#[derive(Debug, Clone)]
+pub struct ExportInfo {
+    pub size: u64,
+    pub transmission_flags: u16,
+    /// Minimum, preferred and maximum request sizes.
+    pub block_size: (u32, u32, u32),
+    /// Granted meta contexts: name → id.
+    pub contexts: HashMap<String, u32>,
+}
+
+pub struct NbdClient {
+    writer: tokio::sync::Mutex<Writer>,
+    pending: Pending,
+    next_cookie: AtomicU64,
+    info: ExportInfo,
+    bytes_read: Arc<AtomicU64>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NbdClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, n: usize) -> Result<Vec<u8>, NbdError> {
+    let mut buf = vec![0u8; n];
+    r.read_exact(&mut buf).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => NbdError::Disconnected,
+        _ => NbdError::Io(e),
+    })?;
+    Ok(buf)
+}
+
+/// Read one option reply: (type, data).
+async fn option_reply<R: AsyncRead + Unpin>(
+    r: &mut R,
+    opt: u32,
+) -> Result<(u32, Vec<u8>), NbdError> {
+    let h = read_exact(r, 20).await?;
+    if be_u64(&h) != OPT_REPLY_MAGIC || be_u32(&h[8..]) != opt {
+        return Err(NbdError::Handshake(format!("bad reply to option {opt}")));
+    }
+    let typ = be_u32(&h[12..]);
+    let len = be_u32(&h[16..]) as usize;
+    if len > 64 << 20 {
+        return Err(NbdError::Handshake(format!("option reply of {len} bytes")));
+    }
+    let data = if len > 0 {
+        read_exact(r, len).await?
+    } else {
+        Vec::new()
+    };
+    Ok((typ, data))
+}
+
+fn refused(what: &str, typ: u32, data: &[u8]) -> NbdError {
+    NbdError::Handshake(format!(
+        "{what} refused (reply {typ:#x}): {}",
+        String::from_utf8_lossy(data)
+    ))
+}
+
+/// Fixed-newstyle handshake with structured replies, the given meta
+/// contexts (all must be granted) and NBD_OPT_GO.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    export: &str,
+    contexts: &[String],
+) -> Result<ExportInfo, NbdError> {
+    let h = read_exact(s, 18).await?;
+    if &h[..8] != NBDMAGIC || be_u64(&h[8..]) != IHAVEOPT {
+        return Err(NbdError::Handshake("not a newstyle NBD server".into()));
+    }
+    let server_flags = be_u16(&h[16..]);
+    if server_flags & FLAG_FIXED_NEWSTYLE == 0 {
+        return Err(NbdError::Handshake(
+            "server does not speak fixed newstyle".into(),
+        ));
+    }
+    let mut client_flags = CLIENT_FIXED_NEWSTYLE;
+    if server_flags & FLAG_NO_ZEROES != 0 {
+        client_flags |= CLIENT_NO_ZEROES;
+    }
+    s.write_all(&client_flags.to_be_bytes()).await?;
+
+    s.write_all(&option(OPT_STRUCTURED_REPLY, &[])).await?;
+    let (typ, data) = option_reply(s, OPT_STRUCTURED_REPLY).await?;
+    if typ != REP_ACK {
+        return Err(refused("structured replies", typ, &data));
+    }
+
+    let mut granted = HashMap::new();
+    if !contexts.is_empty() {
+        s.write_all(&option(
+            OPT_SET_META_CONTEXT,
+            &set_meta_context_data(export, contexts),
+        ))
+        .await?;
+        loop {
+            let (typ, data) = option_reply(s, OPT_SET_META_CONTEXT).await?;
+            match typ {
+                REP_META_CONTEXT if data.len() >= 4 => {
+                    granted.insert(
+                        String::from_utf8_lossy(&data[4..]).into_owned(),
+                        be_u32(&data),
+                    );
+                }
+                REP_ACK => break,
+                _ => return Err(refused("meta contexts", typ, &data)),
+            }
+        }
+        if let Some(missing) = contexts.iter().find(|c| !granted.contains_key(*c)) {
+            return Err(NbdError::ContextRefused(missing.clone()));
+        }
+    }
+
+    s.write_all(&option(OPT_GO, &go_data(export))).await?;
+    let (mut size, mut tflags) = (None, 0u16);
+    let mut block_size = (1, 4096, DEFAULT_MAX_REQUEST);
+    loop {
+        let (typ, data) = option_reply(s, OPT_GO).await?;
+        match typ {
+            REP_INFO if data.len() >= 2 => match be_u16(&data) {
+                INFO_EXPORT if data.len() >= 12 => {
+                    size = Some(be_u64(&data[2..]));
+                    tflags = be_u16(&data[10..]);
+                }
+                INFO_BLOCK_SIZE if data.len() >= 14 => {
+                    block_size = (be_u32(&data[2..]), be_u32(&data[6..]), be_u32(&data[10..]));
+                }
+                _ => {}
+            },
+            REP_ACK => break,
+            _ if typ & REP_FLAG_ERROR != 0 => {
+                return Err(refused(&format!("export {export:?}"), typ, &data));
+            }
+            _ => {}
+        }
+    }
+    let size = size.ok_or_else(|| NbdError::Handshake("server sent no export size".into()))?;
+    Ok(ExportInfo {
+        size,
+        transmission_flags: tflags,
+        block_size,
+        contexts: granted,
+    })
+}
+
+impl NbdClient {
+    pub async fn connect_unix(
+        path: impl AsRef<Path>,
+        export: &str,
+        contexts: &[String],
+    ) -> Result<NbdClient, NbdError> {
+        let path = path.as_ref();
+        let mut s = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|source| NbdError::Connect {
+                target: path.display().to_string(),
+                source,
+            })?;
+        let info = handshake(&mut s, export, contexts).await?;
+        let (r, w) = s.into_split();
+        Ok(Self::start(Box::new(r), Box::new(w), info))
+    }
+
+    pub async fn connect_tcp(
+        addr: &str,
+        export: &str,
+        contexts: &[String],
+    ) -> Result<NbdClient, NbdError> {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|source| NbdError::Connect {
+                target: addr.to_string(),
+                source,
+            })?;
+        s.set_nodelay(true)?;
+        let info = handshake(&mut s, export, contexts).await?;
+        let (r, w) = s.into_split();
+        Ok(Self::start(Box::new(r), Box::new(w), info))
+    }
+
+    fn start(reader: Reader, writer: Writer, info: ExportInfo) -> NbdClient {
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let bytes_read = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(reply_loop(reader, pending.clone(), bytes_read.clone()));
+        NbdClient {
+            writer: tokio::sync::Mutex::new(writer),
+            pending,
+            next_cookie: AtomicU64::new(1),
+            info,
+            bytes_read,
+            reader: task,
+        }
+    }
+
+    pub fn info(&self) -> &ExportInfo {
+        &self.info
+    }
+
+    pub fn size(&self) -> u64 {
+        self.info.size
+    }
+
+    /// Largest single request this client sends.
+    pub fn max_request(&self) -> u64 {
+        let max = if self.info.block_size.2 == 0 {
+            DEFAULT_MAX_REQUEST
+        } else {
+            self.info.block_size.2
+        };
+        max.min(DEFAULT_MAX_REQUEST) as u64
+    }
+
+    /// Payload bytes received so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    async fn submit(
+        &self,
+        cmd: u16,
+        command: &'static str,
+        offset: u64,
+        length: u64,
+        request: Request,
+        payload: Option<&[u8]>,
+    ) -> Result<(), NbdError> {
+        let len32 = u32::try_from(length)
+            .map_err(|_| NbdError::Protocol(format!("{command} of {length} bytes is too large")))?;
+        let cookie = self.next_cookie.fetch_add(1, Ordering::Relaxed);
+        match lock(&self.pending).as_mut() {
+            Some(map) => {
+                map.insert(
+                    cookie,
+                    InFlight {
+                        command,
+                        offset,
+                        length,
+                        request,
+                        error: None,
+                    },
+                );
+            }
+            None => return Err(NbdError::Disconnected),
+        }
+        let header = request_header(cmd, cookie, offset, len32);
+        let result = async {
+            let mut w = self.writer.lock().await;
+            w.write_all(&header).await?;
+            if let Some(p) = payload {
+                w.write_all(p).await?;
+            }
+            w.flush().await
+        }
+        .await;
+        if let Err(e) = result {
+            if let Some(map) = lock(&self.pending).as_mut() {
+                map.remove(&cookie);
+            }
+            return Err(NbdError::Io(e));
+        }
+        Ok(())
+    }
+
+    /// Read `length` bytes (at most `max_request`) at `offset`. Holes come
+    /// back as zeros.
+    pub async fn read(&self, offset: u64, length: u64) -> Result<Bytes, NbdError> {
+        let (tx, rx) = oneshot::channel();
+        let mut buf = BytesMut::zeroed(length as usize);
+        buf.truncate(length as usize);
+        self.submit(
+            CMD_READ,
+            "read",
+            offset,
+            length,
+            Request::Read { offset, buf, tx },
+            None,
+        )
+        .await?;
+        rx.await.map_err(|_| NbdError::Disconnected)?
+    }
+
+    /// Read many ranges, `depth` requests in flight, yielding pieces of at
+    /// most `max_request` bytes in order.
+    pub fn read_ranges<'a>(
+        &'a self,
+        ranges: &[(u64, u64)],
+        depth: usize,
+    ) -> impl Stream<Item = Result<(u64, Bytes), NbdError>> + 'a {
+        let max = self.max_request();
+        let mut pieces = Vec::new();
+        for &(mut off, mut len) in ranges {
+            while len > 0 {
+                let n = len.min(max);
+                pieces.push((off, n));
+                off += n;
+                len -= n;
+            }
+        }
+        futures::stream::iter(pieces)
+            .map(move |(off, n)| async move { self.read(off, n).await.map(|b| (off, b)) })
+            .buffered(depth.max(1))
+    }
+
+    /// Block status of one granted context over `[offset, offset+length)`,
+    /// merged into runs; asks again where the server answered short.
+    pub async fn block_status(
+        &self,
+        context: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<Extent>, NbdError> {
+        let id = *self
+            .info
+            .contexts
+            .get(context)
+            .ok_or_else(|| NbdError::ContextRefused(context.to_string()))?;
+        let end = offset.saturating_add(length).min(self.info.size);
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let window = (end - pos).min(1 << 30);
+            let (tx, rx) = oneshot::channel();
+            let req = Request::Status {
+                start: pos,
+                end: pos + window,
+                found: HashMap::new(),
+                tx,
+            };
+            self.submit(CMD_BLOCK_STATUS, "block status", pos, window, req, None)
+                .await?;
+            let found = rx.await.map_err(|_| NbdError::Disconnected)??;
+            let extents = found.get(&id).cloned().unwrap_or_default();
+            let covered: u64 = extents.iter().map(|e| e.length).sum();
+            if covered == 0 {
+                return Err(NbdError::Protocol(format!(
+                    "no {context} extents at offset {pos}"
+                )));
+            }
+            merge_into(&mut out, extents);
+            pos += covered;
+        }
+        Ok(out)
+    }
+
+    async fn plain(
+        &self,
+        cmd: u16,
+        command: &'static str,
+        offset: u64,
+        length: u64,
+        payload: Option<&[u8]>,
+    ) -> Result<(), NbdError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(cmd, command, offset, length, Request::Plain { tx }, payload)
+            .await?;
+        rx.await.map_err(|_| NbdError::Disconnected)?
+    }
+
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
+        self.plain(CMD_WRITE, "write", offset, data.len() as u64, Some(data))
+            .await
+    }
+
+    pub async fn write_zeroes(&self, offset: u64, length: u64) -> Result<(), NbdError> {
+        self.plain(CMD_WRITE_ZEROES, "write zeroes", offset, length, None)
+            .await
+    }
+
+    pub async fn trim(&self, offset: u64, length: u64) -> Result<(), NbdError> {
+        self.plain(CMD_TRIM, "trim", offset, length, None).await
+    }
+
+    pub async fn flush(&self) -> Result<(), NbdError> {
+        self.plain(CMD_FLUSH, "flush", 0, 0, None).await
+    }
+
+    /// Clean disconnect (NBD_CMD_DISC, then close).
+    pub async fn disconnect(self) -> Result<(), NbdError> {
+        let cookie = self.next_cookie.fetch_add(1, Ordering::Relaxed);
+        let mut w = self.writer.lock().await;
+        w.write_all(&request_header(CMD_DISC, cookie, 0, 0)).await?;
+        w.flush().await?;
+        w.shutdown().await?;
+        Ok(())
+    }
+}
+
+fn request_header(cmd: u16, cookie: u64, offset: u64, length: u32) -> [u8; 28] {
+    request(cmd, 0, cookie, offset, length)
+}
+
+async fn reply_loop(mut r: Reader, pending: Pending, bytes_read: Arc<AtomicU64>) {
+    let err = loop {
+        if let Err(e) = handle_reply(&mut r, &pending, &bytes_read).await {
+            break e;
+        }
+    };
+    if !matches!(err, NbdError::Disconnected) {
+        tracing::warn!(error = %err, "NBD connection failed");
+    }
+    if let Some(map) = lock(&pending).take() {
+        for (_, f) in map {
+            fail(f.request, NbdError::Disconnected);
+        }
+    }
+}
+
+fn fail(req: Request, e: NbdError) {
+    match req {
+        Request::Read { tx, .. } => {
+            let _ = tx.send(Err(e));
+        }
+        Request::Status { tx, .. } => {
+            let _ = tx.send(Err(e));
+        }
+        Request::Plain { tx } => {
+            let _ = tx.send(Err(e));
+        }
+    }
+}
+
+fn complete(f: InFlight) {
+    if let Some((errno, message)) = f.error {
+        let e = NbdError::Server {
+            command: f.command,
+            offset: f.offset,
+            length: f.length,
+            errno,
+            message,
+        };
+        return fail(f.request, e);
+    }
+    match f.request {
+        Request::Read { buf, tx, .. } => {
+            let _ = tx.send(Ok(buf.freeze()));
+        }
+        Request::Status { found, tx, .. } => {
+            let _ = tx.send(Ok(found));
+        }
+        Request::Plain { tx } => {
+            let _ = tx.send(Ok(()));
+        }
+    }
+}
+
+async fn handle_reply(
+    r: &mut Reader,
+    pending: &Pending,
+    bytes_read: &AtomicU64,
+) -> Result<(), NbdError> {
+    let magic = be_u32(&read_exact(r, 4).await?);
+    match magic {
+        SIMPLE_REPLY_MAGIC => {
+            let h = read_exact(r, 12).await?;
+            let (errno, cookie) = (be_u32(&h), be_u64(&h[4..]));
+            let mut f = take(pending, cookie)?;
+            if errno != 0 {
+                f.error = Some((errno, String::new()));
+            } else if let Request::Read { ref mut buf, .. } = f.request {
+                // A simple reply to a read carries the data inline.
+                let data = read_exact(r, buf.len()).await?;
+                bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+                buf.copy_from_slice(&data);
+            }
+            complete(f);
+            Ok(())
+        }
+        STRUCTURED_REPLY_MAGIC => {
+            let h = read_exact(r, 16).await?;
+            let (flags, typ, cookie, len) = (
+                be_u16(&h),
+                be_u16(&h[2..]),
+                be_u64(&h[4..]),
+                be_u32(&h[12..]) as usize,
+            );
+            if len > (64 << 20) + 64 {
+                return Err(NbdError::Protocol(format!("reply chunk of {len} bytes")));
+            }
+            let payload = if len > 0 {
+                read_exact(r, len).await?
+            } else {
+                Vec::new()
+            };
+            let mut map = lock(pending);
+            let map = map.as_mut().ok_or(NbdError::Disconnected)?;
+            let f = map
+                .get_mut(&cookie)
+                .ok_or_else(|| NbdError::Protocol(format!("reply for unknown cookie {cookie}")))?;
+            apply_chunk(f, typ, &payload, bytes_read)?;
+            if flags & REPLY_FLAG_DONE != 0 {
+                if let Some(f) = map.remove(&cookie) {
+                    complete(f);
+                }
+            }
+            Ok(())
+        }
+        other => Err(NbdError::Protocol(format!("bad reply magic {other:#x}"))),
+    }
+}
+
+fn take(pending: &Pending, cookie: u64) -> Result<InFlight, NbdError> {
+    lock(pending)
+        .as_mut()
+        .ok_or(NbdError::Disconnected)?
+        .remove(&cookie)
+        .ok_or_else(|| NbdError::Protocol(format!("reply for unknown cookie {cookie}")))
+}
+
+fn apply_chunk(
+    f: &mut InFlight,
+    typ: u16,
+    p: &[u8],
+    bytes_read: &AtomicU64,
+) -> Result<(), NbdError> {
+    if typ & REPLY_TYPE_ERROR_BIT != 0 {
+        f.error = Some(parse_error_payload(p));
+        return Ok(());
+    }
+    match (typ, &mut f.request) {
+        (REPLY_TYPE_NONE, _) => {}
+        (REPLY_TYPE_OFFSET_DATA, Request::Read { offset, buf, .. }) => {
+            if p.len() < 8 {
+                return Err(NbdError::Protocol("short data chunk".into()));
+            }
+            let at = be_u64(p);
+            let data = &p[8..];
+            let start = at
+                .checked_sub(*offset)
+                .ok_or_else(|| NbdError::Protocol("data chunk before request".into()))?
+                as usize;
+            let dst = buf
+                .get_mut(start..start + data.len())
+                .ok_or_else(|| NbdError::Protocol("data chunk beyond request".into()))?;
+            dst.copy_from_slice(data);
+            bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        (REPLY_TYPE_OFFSET_HOLE, Request::Read { .. }) => {} // already zeros
+        (
+            REPLY_TYPE_BLOCK_STATUS,
+            Request::Status {
+                start, end, found, ..
+            },
+        ) => {
+            let (id, ext) = parse_block_status(p, *start, *end)
+                .ok_or_else(|| NbdError::Protocol("bad block status chunk".into()))?;
+            merge_into(found.entry(id).or_default(), ext);
+        }
+        (t, _) => {
+            return Err(NbdError::Protocol(format!(
+                "unexpected reply chunk type {t} for {}",
+                f.command
+            )))
+        }
+    }
+    Ok(())
+}
