@@ -34,6 +34,12 @@ pub const CMD_TRIM: u16 = 4;
 pub const CMD_WRITE_ZEROES: u16 = 6;
 pub const CMD_BLOCK_STATUS: u16 = 7;
 
+/// Request flag: reply to a read with one data chunk (no hole detection on
+/// the server; the client already knows where the data is).
+pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// Transmission flag: the server honours `CMD_FLAG_DF`.
+pub const FLAG_SEND_DF: u16 = 1 << 7;
+
 pub const REPLY_FLAG_DONE: u16 = 1;
 pub const REPLY_TYPE_NONE: u16 = 0;
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
