@@ -20,14 +20,19 @@
 //!
 //! The binaries in `src/bin` only wire configuration to this library.
 
+pub mod backup;
+pub mod chunk;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod ekko;
 pub mod extract;
+pub mod format;
+pub mod index;
 pub mod nbd;
 pub mod qmp;
 pub mod queue;
+pub mod segment;
 pub mod service;
 pub mod standalone;
 pub mod store;

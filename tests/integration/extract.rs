@@ -48,7 +48,7 @@ impl Rng {
     }
 }
 
-fn options(dir: &Path, backup_id: &str) -> PullOptions {
+pub fn options(dir: &Path, backup_id: &str) -> PullOptions {
     PullOptions {
         backup_id: backup_id.to_string(),
         scratch_dir: dir.join("scratch"),
@@ -63,7 +63,7 @@ fn options(dir: &Path, backup_id: &str) -> PullOptions {
     }
 }
 
-async fn connect(q: &Qsd) -> Arc<QmpClient> {
+pub async fn connect(q: &Qsd) -> Arc<QmpClient> {
     Arc::new(
         QmpClient::connect(&q.qmp_socket, Duration::from_secs(10))
             .await
@@ -73,12 +73,12 @@ async fn connect(q: &Qsd) -> Arc<QmpClient> {
 
 /// What the catalog would remember about a disk after a committed backup.
 #[derive(Clone, Default)]
-struct Committed {
-    bitmap: Option<String>,
-    size: Option<u64>,
+pub struct Committed {
+    pub bitmap: Option<String>,
+    pub size: Option<u64>,
 }
 
-fn request(i: usize, c: &Committed) -> DiskRequest {
+pub fn request(i: usize, c: &Committed) -> DiskRequest {
     DiskRequest {
         device: format!("vd{}", (b'a' + i as u8) as char),
         node: format!("disk{i}"),

@@ -8,6 +8,7 @@ mod qsd;
 
 mod cli;
 mod db;
+mod engine;
 mod extract;
 mod qmp_peer;
 mod queue;

@@ -1,0 +1,97 @@
+//! Packing records into segments and uploading each one once it reaches the
+//! target size.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{segment_object, EngineError};
+use crate::chunk::{ChunkDigest, ChunkRef};
+use crate::segment::SegmentWriter;
+use crate::store::ObjectStore;
+
+/// A segment this backup wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenSegment {
+    pub id: u64,
+    pub size: u64,
+    pub records: u32,
+}
+
+pub struct SegmentPacker {
+    store: Arc<dyn ObjectStore>,
+    container: String,
+    target: usize,
+    current: Option<SegmentWriter>,
+    pub written: Vec<WrittenSegment>,
+    pub stored_bytes: u64,
+}
+
+/// A random, non-zero 63-bit segment id (0 means "zero chunk").
+pub fn new_segment_id() -> u64 {
+    loop {
+        let id = (uuid::Uuid::new_v4().as_u128() as u64) >> 1;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+impl SegmentPacker {
+    pub fn new(store: Arc<dyn ObjectStore>, container: &str, target: usize) -> SegmentPacker {
+        SegmentPacker {
+            store,
+            container: container.to_string(),
+            target,
+            current: None,
+            written: Vec::new(),
+            stored_bytes: 0,
+        }
+    }
+
+    /// Add an encoded record; uploads the segment when it is full.
+    pub async fn push(
+        &mut self,
+        kind: u8,
+        digest: ChunkDigest,
+        raw_len: u32,
+        codec: u8,
+        payload: &[u8],
+    ) -> Result<ChunkRef, EngineError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let target = self.target;
+        let w = self
+            .current
+            .get_or_insert_with(|| SegmentWriter::new(new_segment_id(), now, target));
+        w.push_encoded(kind, digest, raw_len, codec, payload);
+        let r = ChunkRef {
+            digest,
+            segment: w.id(),
+        };
+        if w.len() >= self.target {
+            self.flush().await?;
+        }
+        Ok(r)
+    }
+
+    /// Upload the segment being filled, if any.
+    pub async fn flush(&mut self) -> Result<(), EngineError> {
+        if let Some(w) = self.current.take() {
+            if w.is_empty() {
+                return Ok(());
+            }
+            let (id, records) = (w.id(), w.records() as u32);
+            let bytes = w.finish();
+            let size = bytes.len() as u64;
+            self.store
+                .put(&self.container, &segment_object(id), Bytes::from(bytes))
+                .await?;
+            self.stored_bytes += size;
+            self.written.push(WrittenSegment { id, size, records });
+        }
+        Ok(())
+    }
+}

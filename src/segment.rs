@@ -1,0 +1,425 @@
+//! Segments: objects that pack many records (chunks and index pages), so
+//! the object store is hit once per tens of MiB, not once per chunk. A
+//! segment describes itself, so data can be found and checked without the
+//! database:
+//!
+//! ```text
+//! header   32 B   magic "EKKOSEG1", version, segment id, creation time, crc
+//! record   64 B header (kind, codec, cipher, lengths, crc32 of the record,
+//!                 digest, nonce) + payload            … repeated
+//! trailer  48 B per record: digest, offset, length, kind
+//! footer   32 B   trailer offset, record count, trailer crc32, magic "EKKOIDX1"
+//! ```
+//! All integers are little-endian. A reader fetches the footer, then the
+//! trailer, then only the records it needs (ranged GETs).
+
+use crate::chunk::{decompress, ChunkDigest, ChunkError, Compressor};
+use crate::format::*;
+
+pub const HEADER_LEN: usize = 32;
+pub const RECORD_HEADER_LEN: usize = 64;
+pub const TRAILER_ENTRY_LEN: usize = 48;
+pub const FOOTER_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("segment {segment:016x}: {message}")]
+    Corrupt { segment: u64, message: String },
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+}
+
+fn corrupt(segment: u64, message: impl Into<String>) -> SegmentError {
+    SegmentError::Corrupt {
+        segment,
+        message: message.into(),
+    }
+}
+
+fn le_u16(b: &[u8]) -> u16 {
+    u16::from_le_bytes([b[0], b[1]])
+}
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// Where one record lives in its segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrailerEntry {
+    pub digest: ChunkDigest,
+    /// Offset of the record header from the start of the segment.
+    pub offset: u64,
+    /// Record header plus payload.
+    pub length: u32,
+    pub kind: u8,
+}
+
+/// A record's fixed header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: u8,
+    pub codec: u8,
+    pub cipher: u8,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub crc: u32,
+    pub digest: ChunkDigest,
+    pub nonce: [u8; 12],
+}
+
+impl RecordHeader {
+    fn encode(&self) -> [u8; RECORD_HEADER_LEN] {
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        h[0] = self.kind;
+        h[1] = self.codec;
+        h[2] = self.cipher;
+        h[4..8].copy_from_slice(&self.stored_len.to_le_bytes());
+        h[8..12].copy_from_slice(&self.raw_len.to_le_bytes());
+        h[12..16].copy_from_slice(&self.crc.to_le_bytes());
+        h[16..48].copy_from_slice(&self.digest.0);
+        h[48..60].copy_from_slice(&self.nonce);
+        h
+    }
+
+    fn decode(h: &[u8]) -> Option<RecordHeader> {
+        if h.len() < RECORD_HEADER_LEN {
+            return None;
+        }
+        Some(RecordHeader {
+            kind: h[0],
+            codec: h[1],
+            cipher: h[2],
+            stored_len: le_u32(&h[4..]),
+            raw_len: le_u32(&h[8..]),
+            crc: le_u32(&h[12..]),
+            digest: ChunkDigest::from_slice(&h[16..48])?,
+            nonce: h[48..60].try_into().ok()?,
+        })
+    }
+}
+
+/// The record checksum covers the whole header (its crc field zeroed) and
+/// the payload, so any damaged byte of a record is caught without a key.
+fn record_crc(header: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&header[..12]);
+    h.update(&[0u8; 4]);
+    h.update(&header[16..RECORD_HEADER_LEN]);
+    h.update(payload);
+    h.finalize()
+}
+
+/// Builds one segment in memory (bounded by the target size).
+pub struct SegmentWriter {
+    id: u64,
+    buf: Vec<u8>,
+    trailer: Vec<TrailerEntry>,
+    raw_bytes: u64,
+}
+
+impl SegmentWriter {
+    pub fn new(id: u64, created_unix: u64, capacity: usize) -> SegmentWriter {
+        let mut buf = Vec::with_capacity(capacity + 4096);
+        buf.extend_from_slice(&SEGMENT_MAGIC);
+        buf.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        buf.extend_from_slice(&[0u8; 6]);
+        buf.extend_from_slice(&id.to_le_bytes());
+        buf.extend_from_slice(&created_unix.to_le_bytes());
+        debug_assert_eq!(buf.len(), HEADER_LEN);
+        SegmentWriter {
+            id,
+            buf,
+            trailer: Vec::new(),
+            raw_bytes: 0,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Bytes so far (what the segment would weigh if finished now).
+    pub fn len(&self) -> usize {
+        self.buf.len() + self.trailer.len() * TRAILER_ENTRY_LEN + FOOTER_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.trailer.is_empty()
+    }
+
+    pub fn records(&self) -> usize {
+        self.trailer.len()
+    }
+
+    /// Plaintext bytes of the records so far.
+    pub fn raw_bytes(&self) -> u64 {
+        self.raw_bytes
+    }
+
+    /// Append a record whose payload is already encoded (see [`encode_payload`]).
+    pub fn push_encoded(
+        &mut self,
+        kind: u8,
+        digest: ChunkDigest,
+        raw_len: u32,
+        codec: u8,
+        payload: &[u8],
+    ) -> TrailerEntry {
+        let mut header = RecordHeader {
+            kind,
+            codec,
+            cipher: CIPHER_NONE,
+            stored_len: payload.len() as u32,
+            raw_len,
+            crc: 0,
+            digest,
+            nonce: [0; 12],
+        };
+        header.crc = record_crc(&header.encode(), payload);
+        let entry = TrailerEntry {
+            digest,
+            offset: self.buf.len() as u64,
+            length: (RECORD_HEADER_LEN + payload.len()) as u32,
+            kind,
+        };
+        self.buf.extend_from_slice(&header.encode());
+        self.buf.extend_from_slice(payload);
+        self.trailer.push(entry);
+        self.raw_bytes += raw_len as u64;
+        entry
+    }
+
+    /// Finish: append trailer and footer; the segment's bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        let trailer_offset = self.buf.len() as u64;
+        let start = self.buf.len();
+        for e in &self.trailer {
+            self.buf.extend_from_slice(&e.digest.0);
+            self.buf.extend_from_slice(&e.offset.to_le_bytes());
+            self.buf.extend_from_slice(&e.length.to_le_bytes());
+            self.buf.push(e.kind);
+            self.buf.extend_from_slice(&[0u8; 3]);
+        }
+        let crc = crc32fast::hash(&self.buf[start..]);
+        self.buf.extend_from_slice(&trailer_offset.to_le_bytes());
+        self.buf
+            .extend_from_slice(&(self.trailer.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf.extend_from_slice(&self.id.to_le_bytes());
+        self.buf.extend_from_slice(&SEGMENT_FOOTER_MAGIC);
+        self.buf
+    }
+}
+
+/// Compress a plaintext for storage: (codec, payload).
+pub fn encode_payload(
+    compressor: &mut Compressor,
+    plain: &[u8],
+) -> Result<(u8, Vec<u8>), ChunkError> {
+    Ok(match compressor.compress(plain)? {
+        Some(z) => (CODEC_ZSTD, z),
+        None => (CODEC_NONE, plain.to_vec()),
+    })
+}
+
+/// The footer: where the trailer is and how many records it lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footer {
+    pub trailer_offset: u64,
+    pub count: u32,
+    pub crc: u32,
+    pub segment: u64,
+}
+
+pub fn parse_footer(segment: u64, b: &[u8]) -> Result<Footer, SegmentError> {
+    if b.len() != FOOTER_LEN || b[24..32] != SEGMENT_FOOTER_MAGIC {
+        return Err(corrupt(
+            segment,
+            "bad footer (not an Ekko segment, or truncated)",
+        ));
+    }
+    let f = Footer {
+        trailer_offset: le_u64(b),
+        count: le_u32(&b[8..]),
+        crc: le_u32(&b[12..]),
+        segment: le_u64(&b[16..]),
+    };
+    if f.segment != segment {
+        return Err(corrupt(
+            segment,
+            format!("footer names segment {:016x} (swapped object?)", f.segment),
+        ));
+    }
+    Ok(f)
+}
+
+pub fn parse_trailer(
+    segment: u64,
+    footer: &Footer,
+    b: &[u8],
+) -> Result<Vec<TrailerEntry>, SegmentError> {
+    if b.len() != footer.count as usize * TRAILER_ENTRY_LEN {
+        return Err(corrupt(segment, "trailer length does not match the footer"));
+    }
+    if crc32fast::hash(b) != footer.crc {
+        return Err(corrupt(segment, "trailer checksum mismatch"));
+    }
+    Ok(b.chunks_exact(TRAILER_ENTRY_LEN)
+        .map(|e| TrailerEntry {
+            digest: ChunkDigest::from_slice(&e[..32]).unwrap_or_default(),
+            offset: le_u64(&e[32..]),
+            length: le_u32(&e[40..]),
+            kind: e[44],
+        })
+        .collect())
+}
+
+/// Check the header of a whole segment and return its trailer.
+pub fn read_whole(segment: u64, bytes: &[u8]) -> Result<Vec<TrailerEntry>, SegmentError> {
+    if bytes.len() < HEADER_LEN + FOOTER_LEN || bytes[..8] != SEGMENT_MAGIC {
+        return Err(corrupt(segment, "bad header (not an Ekko segment)"));
+    }
+    let version = le_u16(&bytes[8..]);
+    if version != SEGMENT_VERSION {
+        return Err(corrupt(
+            segment,
+            format!("unsupported segment version {version}"),
+        ));
+    }
+    if le_u64(&bytes[16..]) != segment {
+        return Err(corrupt(
+            segment,
+            "header names another segment (swapped object?)",
+        ));
+    }
+    let footer = parse_footer(segment, &bytes[bytes.len() - FOOTER_LEN..])?;
+    let start = footer.trailer_offset as usize;
+    let end = bytes.len() - FOOTER_LEN;
+    let trailer = bytes
+        .get(start..end)
+        .ok_or_else(|| corrupt(segment, "trailer offset out of range"))?;
+    parse_trailer(segment, &footer, trailer)
+}
+
+/// Decode one record (header + payload): checks the crc, decompresses and
+/// checks the digest. `expected` is the digest the caller looked for.
+pub fn decode_record(
+    segment: u64,
+    record: &[u8],
+    expected: &ChunkDigest,
+) -> Result<Vec<u8>, SegmentError> {
+    let h = RecordHeader::decode(record).ok_or_else(|| corrupt(segment, "short record"))?;
+    let what = format!("record {:?} in segment {segment:016x}", expected);
+    if h.digest != *expected {
+        return Err(corrupt(
+            segment,
+            format!("{what}: header names another digest"),
+        ));
+    }
+    let payload = record
+        .get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + h.stored_len as usize)
+        .ok_or_else(|| corrupt(segment, format!("{what}: truncated")))?;
+    if record_crc(&record[..RECORD_HEADER_LEN], payload) != h.crc {
+        return Err(corrupt(segment, format!("{what}: checksum mismatch")));
+    }
+    if h.cipher != CIPHER_NONE {
+        return Err(corrupt(
+            segment,
+            format!("{what}: encrypted, and no key is configured"),
+        ));
+    }
+    let plain = match h.codec {
+        CODEC_NONE => payload.to_vec(),
+        CODEC_ZSTD => decompress(payload, h.raw_len as usize, &what)?,
+        other => return Err(corrupt(segment, format!("{what}: unknown codec {other}"))),
+    };
+    if ChunkDigest::of(&plain) != *expected {
+        return Err(ChunkError::DigestMismatch { what }.into());
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(id: u64, items: &[Vec<u8>]) -> (Vec<u8>, Vec<TrailerEntry>) {
+        let mut c = Compressor::new(1).unwrap();
+        let mut w = SegmentWriter::new(id, 1_700_000_000, 1 << 20);
+        let mut entries = Vec::new();
+        for it in items {
+            let (codec, payload) = encode_payload(&mut c, it).unwrap();
+            entries.push(w.push_encoded(
+                RECORD_CHUNK,
+                ChunkDigest::of(it),
+                it.len() as u32,
+                codec,
+                &payload,
+            ));
+        }
+        (w.finish(), entries)
+    }
+
+    #[test]
+    fn round_trip_finds_every_record_without_a_database() {
+        let items: Vec<Vec<u8>> = vec![
+            b"a".repeat(5000),
+            (0..3000u32).map(|i| i as u8).collect(),
+            b"zzz".to_vec(),
+        ];
+        let (bytes, written) = build(42, &items);
+        let trailer = read_whole(42, &bytes).unwrap();
+        assert_eq!(trailer, written);
+        for (it, e) in items.iter().zip(&trailer) {
+            let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
+            assert_eq!(&decode_record(42, rec, &e.digest).unwrap(), it);
+        }
+        // Footer alone, then trailer alone: what a ranged reader does.
+        let footer = parse_footer(42, &bytes[bytes.len() - FOOTER_LEN..]).unwrap();
+        assert_eq!(footer.count, 3);
+    }
+
+    #[test]
+    fn corruption_swaps_and_truncation_are_detected() {
+        let items = vec![b"hello".repeat(100)];
+        let (mut bytes, entries) = build(7, &items);
+        assert!(
+            read_whole(8, &bytes).is_err(),
+            "a segment under another name is refused"
+        );
+        let e = entries[0];
+        let at = (e.offset as usize) + RECORD_HEADER_LEN + 3;
+        bytes[at] ^= 0xFF;
+        let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
+        let err = decode_record(7, rec, &e.digest).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+        assert!(
+            read_whole(7, &bytes[..bytes.len() - 5]).is_err(),
+            "truncated"
+        );
+        let other = ChunkDigest::of(b"other");
+        assert!(decode_record(7, rec, &other).is_err());
+    }
+
+    #[test]
+    fn every_damaged_byte_of_a_record_is_caught() {
+        let items = vec![b"x".repeat(10)];
+        let (bytes, entries) = build(9, &items);
+        let e = entries[0];
+        let (s, end) = (e.offset as usize, (e.offset + e.length as u64) as usize);
+        for i in s..end {
+            let mut copy = bytes[s..end].to_vec();
+            copy[i - s] ^= 0x01;
+            assert!(
+                decode_record(9, &copy, &e.digest).is_err(),
+                "flip at byte {} not caught",
+                i - s
+            );
+        }
+    }
+}
