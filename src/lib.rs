@@ -25,6 +25,7 @@ pub mod chunk;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod ekko;
 pub mod extract;
 pub mod format;

@@ -26,6 +26,16 @@ enum Command {
     AllInOne,
     /// Show the hosts that reported in.
     Hosts,
+    /// Back up a live (qemu-storage-daemon) disk fully and incrementally,
+    /// restore it and compare: the main job, on this machine.
+    Demo {
+        /// Working directory (kept afterwards).
+        #[arg(long, default_value = "ekko-demo")]
+        dir: std::path::PathBuf,
+        /// Disk size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+    },
 }
 
 #[tokio::main]
@@ -41,6 +51,10 @@ async fn main() -> anyhow::Result<()> {
         Command::AllInOne => {
             let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
             ekko::standalone::run_all(ekko, ekko::cli::shutdown_signal()).await?;
+        }
+        Command::Demo { dir, size_mib } => {
+            let report = ekko::demo::run_demo(&config, &dir, size_mib).await?;
+            print!("{report}");
         }
         Command::Hosts => {
             let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;

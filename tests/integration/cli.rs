@@ -196,3 +196,19 @@ fn host_heartbeats_reach_the_catalog_through_rabbitmq() {
     assert!(seen, "heartbeat of {host} never reached the catalog");
     assert!(worker_ok && api_ok, "services must exit cleanly on SIGTERM");
 }
+
+/// The README's first command: the main job on the embedded default.
+#[test]
+fn demo_backs_up_incrementally_and_restores_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("demo");
+    let out = run(bin("ekko")
+        .args(["demo", "--size-mib", "64", "--dir"])
+        .arg(&work)
+        .env("EKKO__DEFAULT__STATE_PATH", dir.path()));
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    for needle in ["full", "incremental", "restore", "identical"] {
+        assert!(report.contains(needle), "{report}");
+    }
+}
