@@ -31,6 +31,7 @@ pub mod extract;
 pub mod format;
 pub mod index;
 pub mod nbd;
+pub mod operator;
 pub mod qmp;
 pub mod queue;
 pub mod segment;

@@ -298,3 +298,132 @@ pub fn insert_disk_record(conn: &mut DbConnection, rec: &NewBackupDisk) -> DbRes
         .execute(conn)?;
     Ok(())
 }
+
+/// What one disk of a finished backup adds to the catalog.
+#[derive(Debug, Clone)]
+pub struct DiskCommit {
+    pub disk_id: String,
+    /// The disk head the worker built its map and deltas on.
+    pub base_seq: i64,
+    pub virtual_size: i64,
+    pub chunk_size: i32,
+    pub root_digest: Vec<u8>,
+    pub root_segment: i64,
+    /// The bitmap that tracks writes since this backup.
+    pub bitmap_name: Option<String>,
+    pub full_read: bool,
+    pub read_bytes: i64,
+    pub new_bytes: i64,
+    pub stored_bytes: i64,
+    /// Segments written: (id, size, records).
+    pub new_segments: Vec<(i64, i64, i32)>,
+    /// Per segment: references this disk's map gained or lost.
+    pub ref_deltas: Vec<(i64, i64)>,
+}
+
+/// Make a backup visible, in one transaction, once all its data is
+/// durably stored: segments, per-disk records, reference intervals, disk
+/// heads, and the status. Fails (changing nothing) when another backup of
+/// a disk committed meanwhile or a reused segment is being deleted.
+pub fn commit(
+    conn: &mut DbConnection,
+    backup_id: &str,
+    kind: &str,
+    consistency: &str,
+    disks: &[DiskCommit],
+) -> DbResult<Backup> {
+    use super::schema::disks as d;
+    use super::segments;
+    conn.transaction(|conn| {
+        let backup = get(conn, backup_id)?;
+        let at = now();
+        for dc in disks {
+            let head: i64 = d::table.find(&dc.disk_id).select(d::head_seq).first(conn).found(|| format!("disk {}", dc.disk_id))?;
+            if head != dc.base_seq {
+                return Err(DbError::Conflict(format!(
+                    "disk {} moved on (head {head}, backup built on {}): another backup committed meanwhile",
+                    dc.disk_id, dc.base_seq
+                )));
+            }
+            let seq = head + 1;
+            for &(id, size, records) in &dc.new_segments {
+                segments::insert(conn, &segments::Segment::live(id, &backup.project_id, size, records))?;
+            }
+            for &(segment, delta) in &dc.ref_deltas {
+                if delta > 0 {
+                    segments::reuse(conn, segment, &backup.project_id)?;
+                }
+                let current = segments::open_count(conn, &dc.disk_id, segment)?;
+                let next = current + delta;
+                if next < 0 {
+                    return Err(DbError::Conflict(format!(
+                        "disk {}: segment {segment:016x} would have {next} references (catalog out of step)",
+                        dc.disk_id
+                    )));
+                }
+                segments::set_ref_count(conn, &dc.disk_id, seq, segment, next)?;
+            }
+            insert_disk_record(
+                conn,
+                &NewBackupDisk {
+                    backup_id: backup_id.to_string(),
+                    disk_id: dc.disk_id.clone(),
+                    seq,
+                    virtual_size: dc.virtual_size,
+                    chunk_size: dc.chunk_size,
+                    root_digest: dc.root_digest.clone(),
+                    root_segment: dc.root_segment,
+                    bitmap_name: dc.bitmap_name.clone(),
+                    full_read: dc.full_read,
+                    read_bytes: dc.read_bytes,
+                    new_bytes: dc.new_bytes,
+                    stored_bytes: dc.stored_bytes,
+                    created_at: at,
+                },
+            )?;
+            diesel::update(d::table.find(&dc.disk_id))
+                .set((
+                    d::head_seq.eq(seq),
+                    d::bitmap_name.eq(&dc.bitmap_name),
+                    d::needs_full_read.eq(false),
+                    d::virtual_size.eq(dc.virtual_size),
+                ))
+                .execute(conn)?;
+        }
+        let sum = |f: fn(&DiskCommit) -> i64| disks.iter().map(f).sum::<i64>();
+        let updated = diesel::update(backups::table.find(backup_id).filter(backups::status.eq(BackupStatus::Running.as_str())))
+            .set((
+                backups::status.eq(BackupStatus::Available.as_str()),
+                backups::kind.eq(kind),
+                backups::consistency.eq(consistency),
+                backups::progress.eq(100),
+                backups::logical_bytes.eq(sum(|d| d.virtual_size)),
+                backups::read_bytes.eq(sum(|d| d.read_bytes)),
+                backups::new_bytes.eq(sum(|d| d.new_bytes)),
+                backups::stored_bytes.eq(sum(|d| d.stored_bytes)),
+                backups::completed_at.eq(at),
+                backups::updated_at.eq(at),
+            ))
+            .execute(conn)?;
+        if updated == 0 {
+            return Err(DbError::Conflict(format!("backup {backup_id} is {}, not running", backup.status)));
+        }
+        get(conn, backup_id)
+    })
+}
+
+/// The newest committed record of a disk (its head), if any.
+pub fn head_record(conn: &mut DbConnection, disk_id: &str) -> DbResult<Option<BackupDisk>> {
+    use super::schema::disks as d;
+    let head: i64 = d::table
+        .find(disk_id)
+        .select(d::head_seq)
+        .first(conn)
+        .found(|| format!("disk {disk_id}"))?;
+    Ok(backup_disks::table
+        .filter(backup_disks::disk_id.eq(disk_id))
+        .filter(backup_disks::seq.eq(head))
+        .select(BackupDisk::as_select())
+        .first(conn)
+        .optional()?)
+}

@@ -143,3 +143,46 @@ pub fn is_referenced(conn: &mut DbConnection, segment_id: i64) -> DbResult<bool>
     .get_result(conn)?;
     Ok(row.n > 0)
 }
+
+/// The reference count of `disk`'s open interval on `segment` (0 if none).
+pub fn open_count(conn: &mut DbConnection, disk_id: &str, segment_id: i64) -> DbResult<i64> {
+    Ok(segment_refs::table
+        .filter(segment_refs::disk_id.eq(disk_id))
+        .filter(segment_refs::segment_id.eq(segment_id))
+        .filter(segment_refs::to_seq.is_null())
+        .select(segment_refs::refs)
+        .first(conn)
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// A committing backup reuses `segment`: it must exist in the project and
+/// not be on its way out; a condemned segment (not yet deleted, by the
+/// grace period) becomes live again.
+pub fn reuse(conn: &mut DbConnection, segment_id: i64, project_id: &str) -> DbResult<()> {
+    let seg = get(conn, segment_id)?;
+    if seg.project_id != project_id {
+        return Err(super::DbError::Conflict(format!(
+            "segment {segment_id:016x} belongs to another project"
+        )));
+    }
+    match seg.status.as_str() {
+        "live" => Ok(()),
+        "condemned" => {
+            diesel::update(
+                segments::table
+                    .find(segment_id)
+                    .filter(segments::status.eq("condemned")),
+            )
+            .set((
+                segments::status.eq("live"),
+                segments::condemned_at.eq(None::<NaiveDateTime>),
+            ))
+            .execute(conn)?;
+            Ok(())
+        }
+        other => Err(super::DbError::Conflict(format!(
+            "segment {segment_id:016x} is {other}: the backup must be retried without reusing it"
+        ))),
+    }
+}

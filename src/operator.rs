@@ -1,0 +1,345 @@
+//! What the `ekko` command line does for an operator on the catalog and
+//! the store directly: back up an instance through its QMP socket, restore,
+//! verify and delete backups. The API and the workers reach the same
+//! engine through the message bus.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backup::container;
+use crate::backup::disk::{back_up_disk, DiskBackupOptions, DiskBackupResult, PreviousRecord};
+use crate::backup::reader::RecordReader;
+use crate::backup::restore::{restore, verify, RestoreStats, TargetFormat};
+use crate::chunk::{ChunkDigest, ChunkRef};
+use crate::db::backups::{self, Backup, BackupStatus, DiskCommit};
+use crate::db::instances::{self, DiskReport};
+use crate::extract::pull::{DiskRequest, PullBackup, PullOptions};
+use crate::extract::DiskSnapshot;
+use crate::qmp::{commands, QmpClient};
+use crate::Ekko;
+
+/// A backup request from the command line.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    pub qmp_socket: std::path::PathBuf,
+    pub instance_id: String,
+    pub project_id: String,
+    pub name: String,
+    pub full: bool,
+    pub agent_socket: Option<std::path::PathBuf>,
+}
+
+/// The outcome, per disk.
+pub struct BackupOutcome {
+    pub backup: Backup,
+    pub disks: Vec<(String, DiskBackupResult)>,
+}
+
+fn engine_options(ekko: &Ekko) -> DiskBackupOptions {
+    DiskBackupOptions {
+        chunk_size: ekko.config.backup.chunk_size.bytes(),
+        compression_level: ekko.config.backup.compression_level as i32,
+        segment_size: ekko.config.backup.segment_size.bytes() as usize,
+    }
+}
+
+fn project_container(ekko: &Ekko, project: &str) -> String {
+    container(&ekko.config.swift.container_prefix, project)
+}
+
+/// Back up every qcow2 disk of the instance behind `qmp_socket`.
+pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result<BackupOutcome> {
+    let db = ekko.db()?.clone();
+    let qmp = Arc::new(QmpClient::connect(&req.qmp_socket, Duration::from_secs(30)).await?);
+    let nodes = commands::block_nodes(&qmp).await?;
+    let reports: Vec<DiskReport> = nodes
+        .iter()
+        .filter(|n| n.driver == "qcow2" && !n.node_name.starts_with("ekko-"))
+        .map(|n| DiskReport {
+            device: n.node_name.clone(),
+            node_name: n.node_name.clone(),
+            virtual_size: n.virtual_size.unwrap_or(0) as i64,
+        })
+        .collect();
+    anyhow::ensure!(
+        !reports.is_empty(),
+        "no qcow2 disk found behind {}",
+        req.qmp_socket.display()
+    );
+
+    let host = ekko.config.default.host.clone();
+    let (r2, id, project, name, mode) = (
+        reports.clone(),
+        req.instance_id.clone(),
+        req.project_id.clone(),
+        req.name.clone(),
+        if req.full { "full" } else { "auto" },
+    );
+    let (backup, disks) = db
+        .run(move |c| {
+            instances::upsert(c, &id, &project, &host, &id, &r2)?;
+            let b = Backup::queued(&project, "operator", &id, &name, mode);
+            backups::insert(c, &b)?;
+            backups::transition(c, &b.id, BackupStatus::Running, None)?;
+            let disks = instances::disks_of(c, &id)?;
+            let mut out = Vec::new();
+            for d in disks
+                .into_iter()
+                .filter(|d| r2.iter().any(|r| r.device == d.device))
+            {
+                let head = backups::head_record(c, &d.id)?;
+                out.push((d, head));
+            }
+            Ok((b, out))
+        })
+        .await?;
+
+    let result = run_backup(ekko, &qmp, req, &backup, &disks).await;
+    match result {
+        Ok(outcome) => Ok(outcome),
+        Err(e) => {
+            let (id, why) = (backup.id.clone(), format!("{e:#}"));
+            db.run(move |c| {
+                backups::transition(c, &id, BackupStatus::Error, Some(&why)).map(|_| ())
+            })
+            .await?;
+            Err(e)
+        }
+    }
+}
+
+async fn run_backup(
+    ekko: &Ekko,
+    qmp: &Arc<QmpClient>,
+    req: &BackupRequest,
+    backup: &Backup,
+    disks: &[(crate::db::instances::Disk, Option<backups::BackupDisk>)],
+) -> anyhow::Result<BackupOutcome> {
+    let engine = engine_options(ekko);
+    let requests: Vec<DiskRequest> = disks
+        .iter()
+        .map(|(d, head)| DiskRequest {
+            device: d.device.clone(),
+            node: d.node_name.clone(),
+            expected_bitmap: head.as_ref().and(d.bitmap_name.clone()),
+            expected_size: head.as_ref().map(|h| h.virtual_size as u64),
+            force_full: req.full || d.needs_full_read,
+        })
+        .collect();
+    let cfg = &ekko.config.backup;
+    let opts = PullOptions {
+        backup_id: backup.id.clone(),
+        scratch_dir: cfg.scratch_dir.clone().into(),
+        scratch_limit: cfg.scratch_limit.bytes(),
+        granularity: 65536,
+        requests_in_flight: cfg.nbd_requests_in_flight as usize,
+        read_rate_limit: cfg.read_rate_limit.bytes(),
+        qmp_timeout: Duration::from_secs(60),
+        agent_socket: req.agent_socket.clone(),
+        agent_timeout: Duration::from_secs(30),
+        existing_nbd_socket: None,
+    };
+    let pull = PullBackup::begin(qmp.clone(), &requests, opts).await?;
+    let store = ekko.store.clone();
+    let container = project_container(ekko, &backup.project_id);
+    let mut results = Vec::new();
+    let mut commits = Vec::new();
+    for ((d, head), snap) in disks.iter().zip(&pull.disks) {
+        let prev = head.as_ref().and_then(|h| {
+            Some(PreviousRecord {
+                root: ChunkRef {
+                    digest: ChunkDigest::from_slice(&h.root_digest)?,
+                    segment: h.root_segment as u64,
+                },
+                disk_size: h.virtual_size as u64,
+                chunk_size: h.chunk_size as u64,
+            })
+        });
+        // A previous record with another chunk size cannot be merged into.
+        let usable =
+            prev.filter(|p| p.chunk_size == engine.chunk_size && p.disk_size == snap.size());
+        let res =
+            match back_up_disk(snap, usable.as_ref(), store.clone(), &container, &engine).await {
+                Ok(r) => r,
+                Err(e) => {
+                    pull.abort().await?;
+                    return Err(e.into());
+                }
+            };
+        commits.push(DiskCommit {
+            disk_id: d.id.clone(),
+            base_seq: d.head_seq,
+            virtual_size: res.size as i64,
+            chunk_size: res.chunk_size as i32,
+            root_digest: res.root.digest.0.to_vec(),
+            root_segment: res.root.segment as i64,
+            bitmap_name: Some(snap.new_bitmap.clone()),
+            full_read: res.full_read,
+            read_bytes: res.read_bytes as i64,
+            new_bytes: res.new_bytes as i64,
+            stored_bytes: res.stored_bytes as i64,
+            new_segments: res
+                .segments
+                .iter()
+                .map(|s| (s.id as i64, s.size as i64, s.records as i32))
+                .collect(),
+            ref_deltas: res
+                .ref_deltas
+                .iter()
+                .map(|(s, d)| (*s as i64, *d))
+                .collect(),
+        });
+        results.push((d.device.clone(), res));
+    }
+    // The manifest goes to the store first, so the catalog can be rebuilt
+    // from the store; the catalog commit makes the backup visible.
+    let manifest = serde_json::json!({
+        "version": crate::format::MANIFEST_VERSION,
+        "backup_id": backup.id,
+        "project_id": backup.project_id,
+        "instance_id": backup.instance_id,
+        "created_at": backup.created_at.to_string(),
+        "disks": commits.iter().zip(&results).map(|(c, (dev, r))| serde_json::json!({
+            "disk_id": c.disk_id, "device": dev, "seq": c.base_seq + 1, "size": r.size,
+            "chunk_size": r.chunk_size, "root_digest": r.root.digest.to_hex(),
+            "root_segment": format!("{:016x}", r.root.segment),
+        })).collect::<Vec<_>>(),
+    });
+    let body = bytes::Bytes::from(serde_json::to_vec_pretty(&manifest)?);
+    if let Err(e) = store
+        .put(&container, &format!("manifests/{}.json", backup.id), body)
+        .await
+    {
+        pull.abort().await?;
+        return Err(e.into());
+    }
+    let kind = if results.iter().any(|r| r.1.full_read) {
+        "full"
+    } else {
+        "incremental"
+    };
+    let consistency = pull.consistency.as_str().to_string();
+    let (id, kind) = (backup.id.clone(), kind.to_string());
+    let committed = ekko
+        .db()?
+        .run(move |c| backups::commit(c, &id, &kind, &consistency, &commits))
+        .await;
+    match committed {
+        Ok(b) => {
+            // Only now may the old bitmaps go.
+            if let Err(e) = pull.commit().await {
+                tracing::error!(error = %e, "backup committed, but the bitmap rotation did not finish; the next backup re-reads the disk");
+            }
+            Ok(BackupOutcome {
+                backup: b,
+                disks: results,
+            })
+        }
+        Err(e) => {
+            pull.abort().await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// Restore disk `device` (or the only disk) of a backup to `path`.
+pub async fn restore_backup(
+    ekko: &Ekko,
+    backup_id: &str,
+    device: Option<&str>,
+    path: &Path,
+    format: TargetFormat,
+) -> anyhow::Result<RestoreStats> {
+    let (backup, rec) = record_of(ekko, backup_id, device).await?;
+    anyhow::ensure!(
+        backup.status() == Some(BackupStatus::Available),
+        "backup {backup_id} is {}, not available",
+        backup.status
+    );
+    let reader = RecordReader::new(
+        ekko.store.clone(),
+        &project_container(ekko, &backup.project_id),
+    );
+    let root = root_of(&rec)?;
+    Ok(restore(
+        &reader,
+        root,
+        rec.virtual_size as u64,
+        rec.chunk_size as u64,
+        path,
+        format,
+    )
+    .await?)
+}
+
+/// Re-read every chunk of every disk of a backup and check its digest.
+pub async fn verify_backup(
+    ekko: &Ekko,
+    backup_id: &str,
+) -> anyhow::Result<Vec<(String, RestoreStats)>> {
+    let id = backup_id.to_string();
+    let (backup, recs) = ekko
+        .db()?
+        .run(move |c| Ok((backups::get(c, &id)?, backups::disks_of(c, &id)?)))
+        .await?;
+    let reader = RecordReader::new(
+        ekko.store.clone(),
+        &project_container(ekko, &backup.project_id),
+    );
+    let mut out = Vec::new();
+    for rec in recs {
+        let stats = verify(
+            &reader,
+            root_of(&rec)?,
+            rec.virtual_size as u64,
+            rec.chunk_size as u64,
+        )
+        .await?;
+        out.push((rec.disk_id.clone(), stats));
+    }
+    Ok(out)
+}
+
+async fn record_of(
+    ekko: &Ekko,
+    backup_id: &str,
+    device: Option<&str>,
+) -> anyhow::Result<(Backup, backups::BackupDisk)> {
+    let (id, dev) = (backup_id.to_string(), device.map(String::from));
+    let (backup, recs, disks) = ekko
+        .db()?
+        .run(move |c| {
+            let b = backups::get(c, &id)?;
+            let recs = backups::disks_of(c, &id)?;
+            let disks = instances::disks_of(c, &b.instance_id)?;
+            Ok((b, recs, disks))
+        })
+        .await?;
+    let rec = match dev {
+        Some(dev) => {
+            let disk = disks
+                .iter()
+                .find(|d| d.device == dev)
+                .ok_or_else(|| anyhow::anyhow!("backup {backup_id} has no disk {dev}"))?;
+            recs.into_iter().find(|r| r.disk_id == disk.id)
+        }
+        None if recs.len() == 1 => recs.into_iter().next(),
+        None => anyhow::bail!(
+            "backup {backup_id} has {} disks: name one with --disk",
+            recs.len()
+        ),
+    };
+    Ok((
+        backup,
+        rec.ok_or_else(|| anyhow::anyhow!("backup {backup_id} has no record for that disk"))?,
+    ))
+}
+
+fn root_of(rec: &backups::BackupDisk) -> anyhow::Result<ChunkRef> {
+    Ok(ChunkRef {
+        digest: ChunkDigest::from_slice(&rec.root_digest)
+            .ok_or_else(|| anyhow::anyhow!("corrupt root digest in the catalog"))?,
+        segment: rec.root_segment as u64,
+    })
+}
