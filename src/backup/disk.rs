@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 
 use super::reader::RecordReader;
@@ -209,94 +208,95 @@ pub async fn back_up_disk(
         }
     }
 
-    // ---- read, hash and compress in parallel; decide in order
+    // ---- read, hash and compress in parallel; decide in order. The reader
+    // feeds batches through a small channel so NBD reads, hashing and
+    // compression (on the blocking pool) and packing overlap.
     let mut packer = SegmentPacker::new(store.clone(), container, opts.segment_size);
     let mut session: HashMap<ChunkDigest, ChunkRef> = HashMap::new();
     let mut prev_leaf_cache: Option<(u64, Vec<ChunkRef>)> = None;
     let level = opts.compression_level;
-    let mut pending = FuturesOrdered::new();
-    let mut stream = snap.read_ranges(to_read);
-    let mut partial: Vec<u8> = Vec::new();
-    let mut partial_pos = 0u64;
-    let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut done = false;
-    loop {
-        // Keep a few batches in flight on the blocking pool.
-        while !done && pending.len() < 3 {
-            match stream.next().await {
-                Some(piece) => {
-                    let (off, bytes) = piece?;
-                    result.read_bytes += bytes.len() as u64;
-                    let mut at = off;
-                    let mut rest: &[u8] = &bytes;
-                    while !rest.is_empty() {
-                        if partial.is_empty() {
-                            partial_pos = at / c;
-                        }
-                        let want = (((partial_pos + 1) * c).min(size) - partial_pos * c) as usize
-                            - partial.len();
-                        let take = want.min(rest.len());
-                        partial.extend_from_slice(&rest[..take]);
-                        rest = &rest[take..];
-                        at += take as u64;
-                        if partial.len() as u64
-                            == ((partial_pos + 1) * c).min(size) - partial_pos * c
-                        {
-                            batch.push((partial_pos, std::mem::take(&mut partial)));
-                        }
-                    }
-                    if batch.len() * c as usize >= (4 << 20) {
-                        pending.push_back(process(std::mem::take(&mut batch), level));
-                    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<(u64, Vec<u8>)>>(4);
+    let producer = async {
+        let mut stream = snap.read_ranges(to_read);
+        let mut read_bytes = 0u64;
+        let mut partial: Vec<u8> = Vec::new();
+        let mut partial_pos = 0u64;
+        let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+        while let Some(piece) = stream.next().await {
+            let (off, bytes) = piece?;
+            read_bytes += bytes.len() as u64;
+            let mut at = off;
+            let mut rest: &[u8] = &bytes;
+            while !rest.is_empty() {
+                if partial.is_empty() {
+                    partial_pos = at / c;
                 }
-                None => {
-                    done = true;
-                    if !batch.is_empty() {
-                        pending.push_back(process(std::mem::take(&mut batch), level));
-                    }
+                let chunk_len = (((partial_pos + 1) * c).min(size) - partial_pos * c) as usize;
+                let take = (chunk_len - partial.len()).min(rest.len());
+                partial.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                at += take as u64;
+                if partial.len() == chunk_len {
+                    batch.push((partial_pos, std::mem::take(&mut partial)));
                 }
             }
+            if batch.len() * c as usize >= (4 << 20)
+                && tx.send(std::mem::take(&mut batch)).await.is_err()
+            {
+                break;
+            }
         }
-        let Some(processed) = pending.next().await else {
-            break;
-        };
-        for ch in processed? {
-            let entry = if ch.zero {
-                result.zero_chunks += 1;
-                ChunkRef::ZERO
-            } else if let Some(r) = session.get(&ch.digest) {
-                result.reused_chunks += 1;
-                *r
-            } else {
-                // Same data as the previous record at this position?
-                let old = match &prev_levels {
-                    Some(levels) => {
-                        old_entry(&reader, levels, &mut prev_leaf_cache, ch.pos).await?
-                    }
-                    None => ChunkRef::ZERO,
-                };
-                if !old.is_zero() && old.digest == ch.digest {
+        if !batch.is_empty() {
+            let _ = tx.send(batch).await;
+        }
+        drop(tx);
+        Ok::<u64, EngineError>(read_bytes)
+    };
+    let consumer = async {
+        let mut processed_batches =
+            std::pin::pin!(tokio_stream_from(rx).map(|b| process(b, level)).buffered(3));
+        while let Some(processed) = processed_batches.next().await {
+            for ch in processed? {
+                let entry = if ch.zero {
+                    result.zero_chunks += 1;
+                    ChunkRef::ZERO
+                } else if let Some(r) = session.get(&ch.digest) {
                     result.reused_chunks += 1;
-                    old
+                    *r
                 } else {
-                    let (codec, payload) = ch
-                        .encoded
-                        .ok_or_else(|| EngineError::Other("chunk was not encoded".into()))?;
-                    let r = packer
-                        .push(RECORD_CHUNK, ch.digest, ch.raw_len, codec, &payload)
-                        .await?;
-                    result.new_chunks += 1;
-                    result.new_bytes += ch.raw_len as u64;
-                    r
+                    // Same data as the previous record at this position?
+                    let old = match &prev_levels {
+                        Some(levels) => {
+                            old_entry(&reader, levels, &mut prev_leaf_cache, ch.pos).await?
+                        }
+                        None => ChunkRef::ZERO,
+                    };
+                    if !old.is_zero() && old.digest == ch.digest {
+                        result.reused_chunks += 1;
+                        old
+                    } else {
+                        let (codec, payload) = ch
+                            .encoded
+                            .ok_or_else(|| EngineError::Other("chunk was not encoded".into()))?;
+                        let r = packer
+                            .push(RECORD_CHUNK, ch.digest, ch.raw_len, codec, &payload)
+                            .await?;
+                        result.new_chunks += 1;
+                        result.new_bytes += ch.raw_len as u64;
+                        r
+                    }
+                };
+                if !entry.is_zero() {
+                    session.insert(entry.digest, entry);
                 }
-            };
-            if !entry.is_zero() {
-                session.insert(entry.digest, entry);
+                new_entries.insert(ch.pos, entry);
             }
-            new_entries.insert(ch.pos, entry);
         }
-    }
-    drop(stream);
+        Ok::<(), EngineError>(())
+    };
+    let (read, consumed) = tokio::join!(producer, consumer);
+    consumed?;
+    result.read_bytes = read?;
     packer.flush().await?;
 
     // ---- the new map: unchanged leaves and subtrees are reused as is
@@ -436,6 +436,13 @@ async fn old_entry(
         .map(|c| &c.1)
         .ok_or_else(|| EngineError::Other("leaf cache".into()))?;
     Ok(entries[(pos % crate::format::INDEX_FANOUT as u64) as usize])
+}
+
+/// A stream over an mpsc receiver (without pulling in tokio-stream).
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }
 
 /// Hash, zero-check and compress a batch of chunks on the blocking pool.

@@ -23,9 +23,14 @@ pub struct SegmentPacker {
     container: String,
     target: usize,
     current: Option<SegmentWriter>,
+    /// Uploads in flight, so packing goes on while a segment is stored.
+    uploads: std::collections::VecDeque<tokio::task::JoinHandle<Result<(), EngineError>>>,
     pub written: Vec<WrittenSegment>,
     pub stored_bytes: u64,
 }
+
+/// Segments uploading at once per backup.
+const UPLOADS_IN_FLIGHT: usize = 2;
 
 /// A random, non-zero 63-bit segment id (0 means "zero chunk").
 pub fn new_segment_id() -> u64 {
@@ -44,6 +49,7 @@ impl SegmentPacker {
             container: container.to_string(),
             target,
             current: None,
+            uploads: std::collections::VecDeque::new(),
             written: Vec::new(),
             stored_bytes: 0,
         }
@@ -72,25 +78,52 @@ impl SegmentPacker {
             segment: w.id(),
         };
         if w.len() >= self.target {
-            self.flush().await?;
+            self.seal().await?;
         }
         Ok(r)
     }
 
-    /// Upload the segment being filled, if any.
-    pub async fn flush(&mut self) -> Result<(), EngineError> {
-        if let Some(w) = self.current.take() {
-            if w.is_empty() {
-                return Ok(());
+    /// Start uploading the segment being filled (waiting for an upload
+    /// slot).
+    async fn seal(&mut self) -> Result<(), EngineError> {
+        let Some(w) = self.current.take() else {
+            return Ok(());
+        };
+        if w.is_empty() {
+            return Ok(());
+        }
+        while self.uploads.len() >= UPLOADS_IN_FLIGHT {
+            if let Some(h) = self.uploads.pop_front() {
+                h.await
+                    .map_err(|e| EngineError::Other(format!("upload task: {e}")))??;
             }
-            let (id, records) = (w.id(), w.records() as u32);
-            let bytes = w.finish();
-            let size = bytes.len() as u64;
-            self.store
-                .put(&self.container, &segment_object(id), Bytes::from(bytes))
-                .await?;
-            self.stored_bytes += size;
-            self.written.push(WrittenSegment { id, size, records });
+        }
+        let (id, records) = (w.id(), w.records() as u32);
+        let bytes = Bytes::from(w.finish());
+        let size = bytes.len() as u64;
+        let (store, container, name) = (
+            self.store.clone(),
+            self.container.clone(),
+            segment_object(id),
+        );
+        self.uploads.push_back(tokio::spawn(async move {
+            store
+                .put(&container, &name, bytes)
+                .await
+                .map_err(EngineError::from)
+        }));
+        self.stored_bytes += size;
+        self.written.push(WrittenSegment { id, size, records });
+        Ok(())
+    }
+
+    /// Upload the segment being filled, and wait until every segment is
+    /// stored.
+    pub async fn flush(&mut self) -> Result<(), EngineError> {
+        self.seal().await?;
+        while let Some(h) = self.uploads.pop_front() {
+            h.await
+                .map_err(|e| EngineError::Other(format!("upload task: {e}")))??;
         }
         Ok(())
     }

@@ -466,6 +466,12 @@ impl PullBackup {
             },
             None => None,
         };
+        // One transaction makes all disks' snapshots and bitmap rotations
+        // atomic. `completion-mode: grouped` is not used: QEMU refuses it
+        // for bitmap actions ("Action 'block-dirty-bitmap-add' does not
+        // support transaction property completion-mode = grouped", checked
+        // on 10.0), and `sync: none` jobs never complete on their own
+        // anyway; they end when we cancel them at teardown.
         let result = cmd::transaction(&qmp, actions).await;
         if let Some(a) = agent.as_mut() {
             match a.thaw().await {
