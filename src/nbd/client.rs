@@ -402,18 +402,13 @@ impl NbdClient {
         depth: usize,
     ) -> impl Stream<Item = Result<(u64, Bytes), NbdError>> + 'a {
         let max = self.max_request().min(read_piece());
-        let mut pieces = Vec::new();
-        for &(mut off, mut len) in ranges {
-            while len > 0 {
-                let n = len.min(max);
-                pieces.push((off, n));
-                off += n;
-                len -= n;
-            }
-        }
-        futures::stream::iter(pieces)
-            .map(move |(off, n)| async move { self.read(off, n).await.map(|b| (off, b)) })
-            .buffered(depth.max(1))
+        read_pieces(std::slice::from_ref(self), pieces_of(ranges, max), depth)
+    }
+
+    /// Whether the server allows several connections to one export
+    /// (NBD_FLAG_CAN_MULTI_CONN), so reads can be spread over them.
+    pub fn can_multi_conn(&self) -> bool {
+        self.info.transmission_flags & FLAG_CAN_MULTI_CONN != 0
     }
 
     /// Block status of one granted context over `[offset, offset+length)`,
@@ -498,6 +493,48 @@ impl NbdClient {
         w.shutdown().await?;
         Ok(())
     }
+}
+
+/// Cut ranges into pieces of at most [`READ_PIECE`] bytes.
+fn pieces_of(ranges: &[(u64, u64)], max: u64) -> Vec<(u64, u64)> {
+    let mut pieces = Vec::new();
+    for &(mut off, mut len) in ranges {
+        while len > 0 {
+            let n = len.min(max);
+            pieces.push((off, n));
+            off += n;
+            len -= n;
+        }
+    }
+    pieces
+}
+
+/// Read pieces spread round-robin over several connections to the same
+/// export, `depth` requests in flight on each, yielding them in order.
+fn read_pieces(
+    conns: &[NbdClient],
+    pieces: Vec<(u64, u64)>,
+    depth: usize,
+) -> impl Stream<Item = Result<(u64, Bytes), NbdError>> + '_ {
+    let n = conns.len().max(1);
+    futures::stream::iter(pieces.into_iter().enumerate())
+        .map(move |(i, (off, len))| async move { conns[i % n].read(off, len).await.map(|b| (off, b)) })
+        .buffered(depth.max(1) * n)
+}
+
+/// [`NbdClient::read_ranges`] over several connections to one export.
+pub fn read_ranges_multi<'a>(
+    conns: &'a [NbdClient],
+    ranges: &[(u64, u64)],
+    depth: usize,
+) -> impl Stream<Item = Result<(u64, Bytes), NbdError>> + 'a {
+    let max = conns
+        .iter()
+        .map(|c| c.max_request())
+        .min()
+        .unwrap_or(DEFAULT_MAX_REQUEST as u64)
+        .min(read_piece());
+    read_pieces(conns, pieces_of(ranges, max), depth)
 }
 
 fn request_header(cmd: u16, cookie: u64, offset: u64, length: u32) -> [u8; 28] {

@@ -39,6 +39,8 @@ pub const CMD_BLOCK_STATUS: u16 = 7;
 pub const CMD_FLAG_DF: u16 = 1 << 2;
 /// Transmission flag: the server honours `CMD_FLAG_DF`.
 pub const FLAG_SEND_DF: u16 = 1 << 7;
+/// Transmission flag: several connections may serve one export.
+pub const FLAG_CAN_MULTI_CONN: u16 = 1 << 8;
 
 pub const REPLY_FLAG_DONE: u16 = 1;
 pub const REPLY_TYPE_NONE: u16 = 0;
