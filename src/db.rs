@@ -26,7 +26,7 @@ use diesel::sqlite::SqliteConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use crate::config::DatabaseOptions;
+use crate::config::{redact_url, DatabaseOptions};
 
 const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -114,12 +114,12 @@ impl DatabaseUrl {
         match dialect {
             "mysql" | "mariadb" => {
                 let mut url = url::Url::parse(&format!("mysql://{rest}"))
-                    .map_err(|e| DbError::Url(format!("{}: {e}", redact(raw))))?;
+                    .map_err(|e| DbError::Url(format!("{}: {e}", redact_url(raw))))?;
                 if url.host_str().unwrap_or("").is_empty() {
-                    return Err(DbError::Url(format!("{}: no host", redact(raw))));
+                    return Err(DbError::Url(format!("{}: no host", redact_url(raw))));
                 }
                 if url.path().trim_matches('/').is_empty() {
-                    return Err(DbError::Url(format!("{}: no database name", redact(raw))));
+                    return Err(DbError::Url(format!("{}: no database name", redact_url(raw))));
                 }
                 // Keep only the query parameters diesel's MySQL driver knows;
                 // drop SQLAlchemy ones such as charset=utf8.
@@ -160,17 +160,7 @@ impl DatabaseUrl {
 
     /// The URL with any password hidden, for logs and errors.
     pub fn redacted(&self) -> String {
-        redact(&self.target)
-    }
-}
-
-fn redact(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("****"));
-            u.to_string()
-        }
-        _ => raw.to_string(),
+        redact_url(&self.target)
     }
 }
 

@@ -20,6 +20,8 @@ use async_trait::async_trait;
 
 pub use message::{Envelope, MESSAGE_VERSION};
 
+use crate::config::redact_url;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("invalid transport_url: {0}")]
@@ -104,20 +106,10 @@ impl std::fmt::Debug for TransportUrl {
         match self {
             TransportUrl::Memory => f.write_str("memory://"),
             TransportUrl::Rabbit(hosts) => {
-                let shown: Vec<String> = hosts.iter().map(|h| redact_uri(h)).collect();
+                let shown: Vec<String> = hosts.iter().map(|h| redact_url(h)).collect();
                 write!(f, "{}", shown.join(","))
             }
         }
-    }
-}
-
-fn redact_uri(uri: &str) -> String {
-    match url::Url::parse(uri) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("****"));
-            u.to_string()
-        }
-        _ => uri.to_string(),
     }
 }
 
@@ -146,11 +138,11 @@ impl TransportUrl {
                     .map(|h| format!("{amqp}://{h}/{vhost}"))
                     .collect();
                 if uris.is_empty() {
-                    return Err(QueueError::Url(format!("{}: no host", redact_uri(raw))));
+                    return Err(QueueError::Url(format!("{}: no host", redact_url(raw))));
                 }
                 for u in &uris {
                     url::Url::parse(u)
-                        .map_err(|e| QueueError::Url(format!("{}: {e}", redact_uri(u))))?;
+                        .map_err(|e| QueueError::Url(format!("{}: {e}", redact_url(u))))?;
                 }
                 Ok(TransportUrl::Rabbit(uris))
             }

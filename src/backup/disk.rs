@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::reader::RecordReader;
-use super::writer::{new_segment_id, SegmentPacker, WrittenSegment};
+use super::writer::{new_segment_id, now_unix, SegmentPacker, WrittenSegment};
 use super::EngineError;
 use crate::chunk::{is_zero, ChunkDigest, ChunkRef, Compressor};
 use crate::extract::DiskSnapshot;
@@ -130,13 +130,6 @@ impl PagePacker {
         }
         Ok(r)
     }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn bump(deltas: &mut BTreeMap<u64, i64>, r: &ChunkRef, by: i64) {
@@ -397,20 +390,10 @@ pub async fn back_up_disk(
     // A one-leaf tree's root is its leaf, counted above.
     let mut finished = std::mem::take(&mut pages.finished);
     finished.extend(pages.current.take());
-    for w in finished.into_iter().filter(|w| !w.is_empty()) {
-        let (id, records) = (w.id(), w.records() as u32);
-        let bytes = w.finish();
-        let size = bytes.len() as u64;
-        store
-            .put(
-                container,
-                &super::segment_object(id),
-                bytes::Bytes::from(bytes),
-            )
-            .await?;
-        packer.written.push(WrittenSegment { id, size, records });
-        packer.stored_bytes += size;
+    for w in finished {
+        packer.upload(w).await?;
     }
+    packer.flush().await?;
     deltas.retain(|_, v| *v != 0);
     result.root = root;
     result.stored_bytes = packer.stored_bytes;

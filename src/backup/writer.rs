@@ -29,6 +29,14 @@ pub struct SegmentPacker {
     pub stored_bytes: u64,
 }
 
+/// Seconds since the epoch, stamped into segment headers.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Segments uploading at once per backup.
 const UPLOADS_IN_FLIGHT: usize = 2;
 
@@ -64,10 +72,7 @@ impl SegmentPacker {
         codec: u8,
         payload: &[u8],
     ) -> Result<ChunkRef, EngineError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = now_unix();
         let target = self.target;
         let w = self
             .current
@@ -86,9 +91,15 @@ impl SegmentPacker {
     /// Start uploading the segment being filled (waiting for an upload
     /// slot).
     async fn seal(&mut self) -> Result<(), EngineError> {
-        let Some(w) = self.current.take() else {
-            return Ok(());
-        };
+        match self.current.take() {
+            Some(w) => self.upload(w).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Upload a finished segment (waiting for an upload slot); also used for
+    /// the segments of index pages, which are packed separately.
+    pub async fn upload(&mut self, w: SegmentWriter) -> Result<(), EngineError> {
         if w.is_empty() {
             return Ok(());
         }
