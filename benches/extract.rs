@@ -111,7 +111,7 @@ async fn main() {
         requests_in_flight: std::env::var("EKKO_BENCH_DEPTH")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(4),
+            .unwrap_or(ekko::config::BackupOptions::default().nbd_requests_in_flight as usize),
         read_rate_limit: 0,
         qmp_timeout: Duration::from_secs(30),
         agent_socket: None,
@@ -176,7 +176,7 @@ async fn main() {
     );
     println!(
         "{:<34} {:>10.0} {:>10?}",
-        "ekko NBD client (4 MiB x depth)",
+        "ekko NBD client (1 MiB x depth)",
         e,
         ekko.iter().map(|v| v.round()).collect::<Vec<_>>()
     );
