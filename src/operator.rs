@@ -16,6 +16,7 @@ use crate::db::backups::{self, Backup, BackupStatus, DiskCommit};
 use crate::db::instances::{self, DiskReport};
 use crate::extract::pull::{DiskRequest, PullBackup, PullOptions};
 use crate::extract::DiskSnapshot;
+use crate::manifest::{self, Manifest, ManifestDisk};
 use crate::qmp::{commands, QmpClient};
 use crate::Ekko;
 
@@ -76,9 +77,14 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
         req.name.clone(),
         if req.full { "full" } else { "auto" },
     );
-    let (backup, disks) = db
+    let (backup, disks, interrupted) = db
         .run(move |c| {
             instances::upsert(c, &id, &project, &host, &id, &r2)?;
+            // QEMU serves one QMP client at a time and we hold it: a backup
+            // of this instance still `running` belongs to a process that
+            // died. Its bitmaps were rolled back by `PullBackup::recover`.
+            let interrupted =
+                backups::interrupt_running(c, &id, "interrupted: the process running it stopped")?;
             let b = Backup::queued(&project, "operator", &id, &name, mode);
             backups::insert(c, &b)?;
             backups::transition(c, &b.id, BackupStatus::Running, None)?;
@@ -91,9 +97,15 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
                 let head = backups::head_record(c, &d.id)?;
                 out.push((d, head));
             }
-            Ok((b, out))
+            Ok((b, out, interrupted))
         })
         .await?;
+    // Their manifests may have reached the store: a catalog rebuild must
+    // not bring them back. Their segments are left to the orphan sweep.
+    for stale in &interrupted {
+        tracing::warn!(backup = %stale, "marked an interrupted backup as failed");
+        remove_manifest(ekko, &req.project_id, stale).await;
+    }
 
     let result = run_backup(ekko, &qmp, req, &backup, &disks).await;
     match result {
@@ -192,33 +204,55 @@ async fn run_backup(
         });
         results.push((d.device.clone(), res));
     }
-    // The manifest goes to the store first, so the catalog can be rebuilt
-    // from the store; the catalog commit makes the backup visible.
-    let manifest = serde_json::json!({
-        "version": crate::format::MANIFEST_VERSION,
-        "backup_id": backup.id,
-        "project_id": backup.project_id,
-        "instance_id": backup.instance_id,
-        "created_at": backup.created_at.to_string(),
-        "disks": commits.iter().zip(&results).map(|(c, (dev, r))| serde_json::json!({
-            "disk_id": c.disk_id, "device": dev, "seq": c.base_seq + 1, "size": r.size,
-            "chunk_size": r.chunk_size, "root_digest": r.root.digest.to_hex(),
-            "root_segment": format!("{:016x}", r.root.segment),
-        })).collect::<Vec<_>>(),
-    });
-    let body = bytes::Bytes::from(serde_json::to_vec_pretty(&manifest)?);
-    if let Err(e) = store
-        .put(&container, &format!("manifests/{}.json", backup.id), body)
-        .await
-    {
-        pull.abort().await?;
-        return Err(e.into());
-    }
     let kind = if results.iter().any(|r| r.1.full_read) {
         "full"
     } else {
         "incremental"
     };
+    // The manifest goes to the store first, so the catalog can be rebuilt
+    // from the store; the catalog commit makes the backup visible.
+    let manifest = Manifest {
+        version: crate::format::MANIFEST_VERSION,
+        backup_id: backup.id.clone(),
+        project_id: backup.project_id.clone(),
+        user_id: backup.user_id.clone(),
+        instance_id: backup.instance_id.clone(),
+        instance_name: backup.instance_id.clone(),
+        host: ekko.config.default.host.clone(),
+        name: backup.name.clone(),
+        description: backup.description.clone(),
+        kind: kind.to_string(),
+        consistency: pull.consistency.as_str().to_string(),
+        created_at: backup.created_at,
+        disks: commits
+            .iter()
+            .zip(&results)
+            .zip(disks)
+            .map(|((c, (dev, r)), (d, _))| ManifestDisk {
+                disk_id: c.disk_id.clone(),
+                device: dev.clone(),
+                node_name: d.node_name.clone(),
+                seq: c.base_seq + 1,
+                size: r.size,
+                chunk_size: r.chunk_size,
+                root_digest: r.root.digest.to_hex(),
+                root_segment: format!("{:016x}", r.root.segment),
+                full_read: r.full_read,
+                read_bytes: r.read_bytes,
+                new_bytes: r.new_bytes,
+                stored_bytes: r.stored_bytes,
+            })
+            .collect(),
+    };
+    let manifest_name = manifest::object_name(&backup.id);
+    if let Err(e) = store
+        .put(&container, &manifest_name, manifest.encode().into())
+        .await
+    {
+        pull.abort().await?;
+        return Err(e.into());
+    }
+    crate::failpoint::hit("backup.before-commit");
     let consistency = pull.consistency.as_str().to_string();
     let (id, kind) = (backup.id.clone(), kind.to_string());
     let committed = ekko
@@ -238,8 +272,40 @@ async fn run_backup(
         }
         Err(e) => {
             pull.abort().await?;
+            remove_manifest(ekko, &backup.project_id, &backup.id).await;
             Err(e.into())
         }
+    }
+}
+
+/// Delete a backup: it disappears from the catalog at once (ekko-retention
+/// reclaims its space), then its manifest leaves the store so a catalog
+/// rebuild does not bring it back.
+pub async fn delete_backup(ekko: &Ekko, backup_id: &str) -> anyhow::Result<Backup> {
+    let id = backup_id.to_string();
+    let backup = ekko
+        .db()?
+        .run(move |c| {
+            backups::transition(c, &id, BackupStatus::Deleting, None)?;
+            backups::transition(c, &id, BackupStatus::Deleted, None)
+        })
+        .await?;
+    remove_manifest(ekko, &backup.project_id, backup_id).await;
+    Ok(backup)
+}
+
+/// Remove the manifest of a backup that is not (or no longer) committed, so
+/// a catalog rebuild does not bring it back. Best effort: a failure is
+/// logged and the orphan sweep of ekko-retention removes it later.
+async fn remove_manifest(ekko: &Ekko, project_id: &str, backup_id: &str) {
+    let container = project_container(ekko, project_id);
+    match ekko
+        .store
+        .delete(&container, &manifest::object_name(backup_id))
+        .await
+    {
+        Ok(()) | Err(crate::store::StoreError::NotFound { .. }) => {}
+        Err(e) => tracing::warn!(error = %e, backup = backup_id, "manifest not removed"),
     }
 }
 

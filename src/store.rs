@@ -77,6 +77,9 @@ pub trait ObjectStore: Send + Sync {
     async fn list(&self, container: &str, prefix: &str) -> StoreResult<Vec<ObjectMeta>>;
     /// Delete an object; `NotFound` if it was not there.
     async fn delete(&self, container: &str, name: &str) -> StoreResult<()>;
+    /// Containers whose name starts with `prefix`, in name order (the
+    /// catalog rebuild finds projects this way).
+    async fn containers(&self, prefix: &str) -> StoreResult<Vec<String>>;
 }
 
 /// Object and container names: printable, no `..` segments, no leading `/`.

@@ -29,30 +29,54 @@ pub struct RestoreStats {
     pub bad: Vec<(u64, u64, String)>,
 }
 
-/// Every leaf entry of a record's map, in position order.
-pub async fn map_entries(
+/// A record's map: every index page (all levels, root first) and every leaf
+/// entry in position order.
+pub struct MapTree {
+    pub pages: Vec<ChunkRef>,
+    pub entries: Vec<ChunkRef>,
+}
+
+impl MapTree {
+    /// References the record holds into each segment: one per index page
+    /// and one per stored (non-zero) leaf entry. The catalog's reference
+    /// intervals count the same way (`disk::back_up_disk`'s deltas).
+    pub fn references(&self) -> std::collections::BTreeMap<u64, i64> {
+        let mut refs = std::collections::BTreeMap::new();
+        for r in self.pages.iter().chain(&self.entries) {
+            if !r.is_zero() {
+                *refs.entry(r.segment).or_insert(0) += 1;
+            }
+        }
+        refs
+    }
+}
+
+/// Load a record's whole map tree.
+pub async fn map_tree(
     reader: &RecordReader,
     root: ChunkRef,
     disk_size: u64,
     chunk_size: u64,
-) -> Result<Vec<ChunkRef>, EngineError> {
+) -> Result<MapTree, EngineError> {
     let n = positions(disk_size, chunk_size);
     let levels = shape(n).len();
+    let mut pages = vec![root];
     let mut frontier = vec![root];
     for _ in 1..levels {
         let mut next = Vec::new();
         for r in &frontier {
             next.extend(reader.page(r).await?.entries);
         }
+        pages.extend(&next);
         frontier = next;
     }
     // `frontier` now holds the leaf pages' refs.
     let mut entries = Vec::with_capacity(n as usize);
-    let pages: Vec<_> = futures::stream::iter(frontier.iter().map(|r| reader.page(r)))
+    let leaves: Vec<_> = futures::stream::iter(frontier.iter().map(|r| reader.page(r)))
         .buffered(16)
         .collect()
         .await;
-    for p in pages {
+    for p in leaves {
         entries.extend(p?.entries);
     }
     if entries.len() as u64 != n {
@@ -61,7 +85,17 @@ pub async fn map_entries(
             entries.len()
         )));
     }
-    Ok(entries)
+    Ok(MapTree { pages, entries })
+}
+
+/// Every leaf entry of a record's map, in position order.
+pub async fn map_entries(
+    reader: &RecordReader,
+    root: ChunkRef,
+    disk_size: u64,
+    chunk_size: u64,
+) -> Result<Vec<ChunkRef>, EngineError> {
+    Ok(map_tree(reader, root, disk_size, chunk_size).await?.entries)
 }
 
 /// Read every chunk of a record; with `target`, write it there.

@@ -22,6 +22,11 @@ enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// Catalog tasks.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
     /// Configuration tasks.
     Config {
         #[command(subcommand)]
@@ -35,6 +40,13 @@ enum DbAction {
     Sync,
     /// Show whether the schema is up to date.
     Version,
+}
+
+#[derive(Subcommand)]
+enum CatalogAction {
+    /// Recreate a lost catalog from the manifests and segments in the
+    /// object store (into an empty, synced database).
+    Rebuild,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +82,23 @@ fn main() -> anyhow::Result<()> {
                 config.loaded_files.len()
             );
             println!("{config:#?}");
+        }
+        Command::Catalog {
+            action: CatalogAction::Rebuild,
+        } => {
+            let config = ekko::cli::start(&cli.config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(async {
+                let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
+                ekko::rebuild::rebuild(&ekko).await
+            })?;
+            println!(
+                "rebuilt {} backup(s) of {} project(s): {} segment(s) referenced, {} unreferenced (left to the orphan sweep)",
+                report.backups, report.projects, report.segments, report.unreferenced_segments
+            );
+            for (what, why) in &report.skipped {
+                println!("  skipped {what}: {why}");
+            }
         }
         Command::Db { action } => {
             let config = ekko::cli::start(&cli.config)?;

@@ -197,23 +197,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Delete { backup } => {
             let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
-            let id = backup.clone();
-            ekko.db()?
-                .run(move |c| {
-                    ekko::db::backups::transition(
-                        c,
-                        &id,
-                        ekko::db::backups::BackupStatus::Deleting,
-                        None,
-                    )?;
-                    ekko::db::backups::transition(
-                        c,
-                        &id,
-                        ekko::db::backups::BackupStatus::Deleted,
-                        None,
-                    )
-                })
-                .await?;
+            ekko::operator::delete_backup(&ekko, &backup).await?;
             println!("deleted {backup}");
         }
         Command::Hosts => {

@@ -240,6 +240,35 @@ pub fn transition(
     Ok(current)
 }
 
+/// Whether the catalog records any backup at all.
+pub fn any(conn: &mut DbConnection) -> DbResult<bool> {
+    Ok(backups::table
+        .select(backups::id)
+        .first::<String>(conn)
+        .optional()?
+        .is_some())
+}
+
+/// Mark the `running` backups of an instance as failed with `why` (their
+/// process is known to be gone); returns their ids.
+pub fn interrupt_running(
+    conn: &mut DbConnection,
+    instance_id: &str,
+    why: &str,
+) -> DbResult<Vec<String>> {
+    conn.transaction(|conn| {
+        let ids: Vec<String> = backups::table
+            .filter(backups::instance_id.eq(instance_id))
+            .filter(backups::status.eq(BackupStatus::Running.as_str()))
+            .select(backups::id)
+            .load(conn)?;
+        for id in &ids {
+            transition(conn, id, BackupStatus::Error, Some(why))?;
+        }
+        Ok(ids)
+    })
+}
+
 /// Listing filters; `None` means "any".
 #[derive(Debug, Clone, Default)]
 pub struct BackupFilter {

@@ -148,3 +148,15 @@ pub fn disks_of(conn: &mut DbConnection, instance_id: &str) -> DbResult<Vec<Disk
         .select(Disk::as_select())
         .load(conn)?)
 }
+
+/// Distrust a disk's dirty bitmap: its next backup reads the whole disk
+/// (after a catalog rebuild, which cannot know the bitmaps QEMU holds).
+pub fn require_full_read(conn: &mut DbConnection, disk_id: &str) -> DbResult<()> {
+    diesel::update(disks::table.find(disk_id))
+        .set((
+            disks::needs_full_read.eq(true),
+            disks::bitmap_name.eq(None::<String>),
+        ))
+        .execute(conn)?;
+    Ok(())
+}

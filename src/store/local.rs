@@ -286,4 +286,22 @@ impl ObjectStore for LocalStore {
         })
         .await
     }
+
+    async fn containers(&self, prefix: &str) -> StoreResult<Vec<String>> {
+        let (root, p) = (self.root.clone(), prefix.to_string());
+        blocking(move || {
+            let mut out = Vec::new();
+            for e in fs::read_dir(&root).map_err(io(root.display()))? {
+                let e = e.map_err(io(root.display()))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let is_dir = e.file_type().map_err(io(e.path().display()))?.is_dir();
+                if is_dir && name.starts_with(&p) && check_name(&name).is_ok() {
+                    out.push(name);
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
 }

@@ -213,87 +213,230 @@ fn demo_backs_up_incrementally_and_restores_identically() {
     }
 }
 
-/// An operator's session on the embedded default (SQLite, local store):
-/// full then incremental backup of a live instance, list, restore each
-/// bit-exact, verify, delete.
-#[test]
-fn operator_backs_up_restores_verifies_and_deletes() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = crate::qsd::Qsd::start(dir.path(), &[64 << 20]);
-    let state = dir.path().join("state");
-    let conf = write_conf(
-        dir.path(),
-        "ekko.conf",
-        &format!("[DEFAULT]\nstate_path = {}\n", state.display()),
-    );
-    let cf = conf.to_str().unwrap();
-    let ekko = |args: &[&str]| {
-        let out = run(bin("ekko").arg("--config-file").arg(cf).args(args));
+/// An operator with the `ekko` command line on the embedded default
+/// (SQLite, local store) and one live instance with a 64 MiB disk.
+struct Operator {
+    dir: tempfile::TempDir,
+    q: crate::qsd::Qsd,
+    conf: PathBuf,
+    rng: crate::extract::Rng,
+}
+
+impl Operator {
+    fn start(seed: u64) -> Operator {
+        let dir = tempfile::tempdir().unwrap();
+        let q = crate::qsd::Qsd::start(dir.path(), &[64 << 20]);
+        let state = dir.path().join("state");
+        let conf = write_conf(
+            dir.path(),
+            "ekko.conf",
+            &format!("[DEFAULT]\nstate_path = {}\n", state.display()),
+        );
+        let op = Operator {
+            dir,
+            q,
+            conf,
+            rng: crate::extract::Rng::new(seed),
+        };
+        let (ok, msg) = op.ekko(&["init"]);
+        assert!(ok, "{msg}");
+        op
+    }
+
+    fn run(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+        let mut cmd = bin(name);
+        cmd.arg("--config-file").arg(&self.conf).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = run(&mut cmd);
         (out.status.success(), text(&out))
-    };
-    let (ok, msg) = ekko(&["init"]);
-    assert!(ok, "{msg}");
-    let mut rng = crate::extract::Rng::new(5);
-    q.write(0, 0, &rng.bytes(8 << 20));
-    let sock = q.qmp_socket.to_str().unwrap().to_string();
-    let backup = |extra: &[&str]| {
-        let mut args = vec![
+    }
+
+    fn ekko(&self, args: &[&str]) -> (bool, String) {
+        self.run("ekko", args, &[])
+    }
+
+    fn backup_args(&self) -> Vec<String> {
+        [
             "backup",
             "--qmp-socket",
-            &sock,
+            self.q.qmp_socket.to_str().unwrap(),
             "--instance",
             "inst-1",
             "--project",
             "proj-a",
-        ];
-        args.extend_from_slice(extra);
-        let (ok, msg) = ekko(&args);
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Back up the instance; returns the new backup's id.
+    fn backup(&self) -> String {
+        let args = self.backup_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, msg) = self.ekko(&args);
         assert!(ok, "{msg}");
         msg.split_whitespace().nth(1).unwrap().to_string()
-    };
-    let first = backup(&[]);
-    let ref1 = dir.path().join("ref1.raw");
-    q.snapshot_to(0, &ref1);
-    q.write(0, 30 << 20, &rng.bytes(1 << 20));
-    let second = backup(&[]);
-    let ref2 = dir.path().join("ref2.raw");
-    q.snapshot_to(0, &ref2);
+    }
 
-    let (ok, list) = ekko(&["list"]);
-    assert!(
-        ok && list.contains(&first) && list.contains(&second),
-        "{list}"
-    );
-    assert!(
-        list.contains("full") && list.contains("incremental"),
-        "{list}"
-    );
-    for (id, reference) in [(&second, &ref2), (&first, &ref1)] {
-        let out = dir.path().join(format!("{id}.raw"));
-        let (ok, msg) = ekko(&["restore", id, "--output", out.to_str().unwrap()]);
+    /// Write `len` random bytes at `offset` of the live disk.
+    fn write(&mut self, offset: u64, len: usize) {
+        let data = self.rng.bytes(len);
+        self.q.write(0, offset, &data);
+    }
+
+    /// The disk as it is now, saved as `name`.
+    fn snapshot(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        self.q.snapshot_to(0, &p);
+        p
+    }
+
+    fn assert_restores(&self, id: &str, reference: &Path) {
+        let out = self.dir.path().join(format!("{id}.raw"));
+        let (ok, msg) = self.ekko(&["restore", id, "--output", out.to_str().unwrap()]);
         assert!(ok, "{msg}");
         assert!(
             crate::qsd::identical(&out, reference),
             "backup {id} restores bit-exact"
         );
-        let (ok, msg) = ekko(&["verify", id]);
+        let (ok, msg) = self.ekko(&["verify", id]);
         assert!(ok && msg.contains("0 damaged"), "{msg}");
+        std::fs::remove_file(out).unwrap();
     }
+
+    /// The `list` line of a backup.
+    fn listed(&self, id: &str) -> Option<String> {
+        let (ok, list) = self.ekko(&["list"]);
+        assert!(ok, "{list}");
+        list.lines().find(|l| l.contains(id)).map(String::from)
+    }
+}
+
+/// An operator's session: full then incremental backup of a live instance,
+/// list, restore each bit-exact, verify, delete.
+#[test]
+fn operator_backs_up_restores_verifies_and_deletes() {
+    let mut op = Operator::start(5);
+    op.write(0, 8 << 20);
+    let first = op.backup();
+    let ref1 = op.snapshot("ref1.raw");
+    op.write(30 << 20, 1 << 20);
+    let second = op.backup();
+    let ref2 = op.snapshot("ref2.raw");
+
+    assert!(op.listed(&first).unwrap().contains("full"));
+    assert!(op.listed(&second).unwrap().contains("incremental"));
+    op.assert_restores(&second, &ref2);
+    op.assert_restores(&first, &ref1);
     // Delete the full backup: the incremental still restores on its own.
-    let (ok, msg) = ekko(&["delete", &first]);
+    let (ok, msg) = op.ekko(&["delete", &first]);
     assert!(ok, "{msg}");
-    let out = dir.path().join("again.raw");
-    let (ok, msg) = ekko(&["restore", &second, "--output", out.to_str().unwrap()]);
-    assert!(ok, "{msg}");
-    assert!(crate::qsd::identical(&out, &ref2));
-    let (ok, msg) = ekko(&["restore", &first, "--output", out.to_str().unwrap()]);
+    op.assert_restores(&second, &ref2);
+    let out = op.dir.path().join("again.raw");
+    let (ok, msg) = op.ekko(&["restore", &first, "--output", out.to_str().unwrap()]);
     assert!(
         !ok && msg.contains("deleted"),
         "a deleted backup is not restored: {msg}"
     );
     // A third backup still builds on the (pinned) head.
-    q.write(0, 50 << 20, &rng.bytes(4096));
-    let third = backup(&[]);
-    let (ok, list) = ekko(&["list"]);
-    assert!(ok && list.contains(&third), "{list}");
+    op.write(50 << 20, 4096);
+    let third = op.backup();
+    assert!(op.listed(&third).unwrap().contains("incremental"));
+}
+
+/// The process dies (SIGKILL) after every segment and the manifest are in
+/// the store but before the catalog commit: no backup becomes visible, the
+/// bitmaps roll back, and the next backup is complete and correct.
+#[test]
+fn crash_between_upload_and_commit_leaves_no_backup() {
+    let mut op = Operator::start(6);
+    op.write(0, 4 << 20);
+    let first = op.backup();
+    let ref1 = op.snapshot("ref1.raw");
+    op.write(20 << 20, 2 << 20);
+    let args = op.backup_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, msg) = op.run("ekko", &args, &[("EKKO_FAILPOINT", "backup.before-commit")]);
+    assert!(!ok, "the failpoint kills the backup: {msg}");
+    let (ok, list) = op.ekko(&["list"]);
+    assert!(ok, "{list}");
+    let visible: Vec<&str> = list.lines().filter(|l| l.contains("available")).collect();
+    assert_eq!(visible.len(), 1, "only the first backup is visible: {list}");
+    assert!(visible[0].contains(&first), "{list}");
+
+    // More writes, then the next backup: it must hold every write since
+    // the first backup (the crashed one's bitmap state was rolled back).
+    op.write(40 << 20, 64 << 10);
+    let next = op.backup();
+    let ref_next = op.snapshot("next.raw");
+    assert!(op.listed(&next).unwrap().contains("available"));
+    op.assert_restores(&next, &ref_next);
+    op.assert_restores(&first, &ref1);
+    // The crashed backup is reported as failed, and its manifest is gone
+    // from the store, so a catalog rebuild will not bring it back.
+    let (ok, list) = op.ekko(&["list"]);
+    assert!(ok && list.contains("error"), "{list}");
+    let manifests = op.dir.path().join("state/store/ekko-proj-a/manifests");
+    let count = std::fs::read_dir(&manifests)
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("{}: {e}", manifests.display()));
+    assert_eq!(count, 2, "manifests of the two committed backups only");
+}
+
+/// The database is lost: `ekko-manage catalog rebuild` recreates the
+/// catalog from the store alone; every backup restores bit-exact, a
+/// deleted one stays deleted, and the next backup reads the whole disk.
+#[test]
+fn catalog_rebuilt_from_the_store_restores_bit_exact() {
+    let mut op = Operator::start(7);
+    op.write(0, 6 << 20);
+    let first = op.backup();
+    let ref1 = op.snapshot("ref1.raw");
+    op.write(10 << 20, 1 << 20);
+    let second = op.backup();
+    op.write(33 << 20, 256 << 10);
+    op.write(2 << 20, 4096);
+    let third = op.backup();
+    let ref3 = op.snapshot("ref3.raw");
+    let (ok, msg) = op.ekko(&["delete", &second]);
+    assert!(ok, "{msg}");
+
+    // Lose the database, create an empty one, rebuild.
+    std::fs::remove_file(op.dir.path().join("state/ekko.sqlite")).unwrap();
+    let (ok, msg) = op.run("ekko-manage", &["db", "sync"], &[]);
+    assert!(ok, "{msg}");
+    let (ok, msg) = op.run("ekko-manage", &["catalog", "rebuild"], &[]);
+    assert!(
+        ok && msg.contains("rebuilt 2 backup(s) of 1 project(s)"),
+        "{msg}"
+    );
+    assert!(!msg.contains("skipped"), "{msg}");
+
+    assert!(
+        op.listed(&second).is_none(),
+        "a deleted backup stays deleted"
+    );
+    assert!(op.listed(&first).unwrap().contains("full"));
+    assert!(op.listed(&third).unwrap().contains("incremental"));
+    op.assert_restores(&third, &ref3);
+    op.assert_restores(&first, &ref1);
+
+    // QEMU's bitmaps cannot be trusted against a rebuilt catalog: the next
+    // backup is a full read, and correct.
+    op.write(50 << 20, 128 << 10);
+    let fourth = op.backup();
+    let ref4 = op.snapshot("ref4.raw");
+    assert!(op.listed(&fourth).unwrap().contains("full"));
+    op.assert_restores(&fourth, &ref4);
+    // Then incrementals resume on the rebuilt history.
+    op.write(60 << 20, 64 << 10);
+    let fifth = op.backup();
+    let ref5 = op.snapshot("ref5.raw");
+    assert!(op.listed(&fifth).unwrap().contains("incremental"));
+    op.assert_restores(&fifth, &ref5);
+    // A second rebuild into a non-empty catalog is refused.
+    let (ok, msg) = op.run("ekko-manage", &["catalog", "rebuild"], &[]);
+    assert!(!ok && msg.contains("empty catalog"), "{msg}");
 }

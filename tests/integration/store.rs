@@ -113,6 +113,15 @@ async fn suite(store: Arc<dyn ObjectStore>, container: &str) {
         store.head(container, "manifests/half").await,
         Err(StoreError::NotFound { .. })
     ));
+    // Containers are found by prefix (the catalog rebuild walks them).
+    let prefix = &container[..container.len() - 1];
+    let found = store.containers(prefix).await.unwrap();
+    assert!(found.iter().any(|c| c == container), "{found:?}");
+    assert!(store
+        .containers("no-such-prefix-")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]

@@ -1,0 +1,172 @@
+//! The backup manifest: the catalog's record of one backup, copied to the
+//! object store (`manifests/<backup id>.json`) before the catalog commit,
+//! so `ekko-manage catalog rebuild` can recreate the catalog from the store
+//! alone. The layout is in `docs/format.md`.
+
+use chrono::NaiveDateTime;
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{ChunkDigest, ChunkRef};
+use crate::format::MANIFEST_VERSION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest {name}: {why}")]
+    Invalid { name: String, why: String },
+    #[error("manifest {name} has version {version}; this Ekko reads up to {MANIFEST_VERSION}")]
+    TooNew { name: String, version: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub backup_id: String,
+    pub project_id: String,
+    #[serde(default)]
+    pub user_id: String,
+    pub instance_id: String,
+    #[serde(default)]
+    pub instance_name: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// `full` or `incremental`.
+    pub kind: String,
+    /// `crash` or `application`.
+    pub consistency: String,
+    /// UTC, when the backup was requested.
+    pub created_at: NaiveDateTime,
+    pub disks: Vec<ManifestDisk>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestDisk {
+    pub disk_id: String,
+    pub device: String,
+    #[serde(default)]
+    pub node_name: String,
+    /// Position of this record in the disk's history.
+    pub seq: i64,
+    pub size: u64,
+    pub chunk_size: u64,
+    /// Root page of the disk's map: digest (hex) and segment (16 hex).
+    pub root_digest: String,
+    pub root_segment: String,
+    #[serde(default)]
+    pub full_read: bool,
+    #[serde(default)]
+    pub read_bytes: u64,
+    #[serde(default)]
+    pub new_bytes: u64,
+    #[serde(default)]
+    pub stored_bytes: u64,
+}
+
+impl ManifestDisk {
+    pub fn root(&self) -> Option<ChunkRef> {
+        Some(ChunkRef {
+            digest: ChunkDigest::from_hex(&self.root_digest)?,
+            segment: u64::from_str_radix(&self.root_segment, 16).ok()?,
+        })
+    }
+}
+
+/// The object name of a backup's manifest.
+pub fn object_name(backup_id: &str) -> String {
+    format!("manifests/{backup_id}.json")
+}
+
+impl Manifest {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain strings and numbers cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// Parse and check a manifest read from object `name`.
+    pub fn decode(name: &str, bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let invalid = |why: String| ManifestError::Invalid {
+            name: name.to_string(),
+            why,
+        };
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v: Version = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+        if v.version > MANIFEST_VERSION {
+            return Err(ManifestError::TooNew {
+                name: name.to_string(),
+                version: v.version,
+            });
+        }
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+        if object_name(&m.backup_id) != name {
+            return Err(invalid(format!("names backup {}", m.backup_id)));
+        }
+        if let Some(d) = m.disks.iter().find(|d| d.root().is_none()) {
+            return Err(invalid(format!("disk {} has a malformed root", d.device)));
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            version: MANIFEST_VERSION,
+            backup_id: "b1".into(),
+            project_id: "p".into(),
+            user_id: "u".into(),
+            instance_id: "i".into(),
+            instance_name: "vm".into(),
+            host: "h".into(),
+            name: "n".into(),
+            description: String::new(),
+            kind: "full".into(),
+            consistency: "crash".into(),
+            created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0)
+                .unwrap()
+                .naive_utc(),
+            disks: vec![ManifestDisk {
+                disk_id: "d".into(),
+                device: "vda".into(),
+                node_name: "vda".into(),
+                seq: 1,
+                size: 1 << 30,
+                chunk_size: 1 << 18,
+                root_digest: ChunkDigest::of(b"x").to_hex(),
+                root_segment: format!("{:016x}", 42u64),
+                full_read: true,
+                read_bytes: 1,
+                new_bytes: 2,
+                stored_bytes: 3,
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_checks() {
+        let m = sample();
+        let back = Manifest::decode("manifests/b1.json", &m.encode()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.disks[0].root().unwrap().segment, 42);
+        // Stored under another backup's name: refused.
+        assert!(Manifest::decode("manifests/b2.json", &m.encode()).is_err());
+        let mut newer = m.clone();
+        newer.version = MANIFEST_VERSION + 1;
+        assert!(matches!(
+            Manifest::decode("manifests/b1.json", &newer.encode()),
+            Err(ManifestError::TooNew { .. })
+        ));
+        let mut bad = m;
+        bad.disks[0].root_segment = "zz".into();
+        assert!(Manifest::decode("manifests/b1.json", &bad.encode()).is_err());
+        assert!(Manifest::decode("manifests/b1.json", b"{").is_err());
+    }
+}

@@ -1,0 +1,233 @@
+//! Rebuild the catalog from the object store alone (`ekko-manage catalog
+//! rebuild`), for when the database is lost. Every committed backup left a
+//! manifest (`manifests/<id>.json`) in its project's container; replaying
+//! them in time order through the ordinary catalog commit recreates the
+//! instances, disks, backups, segments and reference intervals.
+//!
+//! What the store cannot tell is which dirty bitmaps QEMU still holds, so
+//! every rebuilt disk's next backup reads the whole disk. A manifest whose
+//! map or data is no longer complete in the store (a segment is missing) is
+//! skipped and reported, never half-imported.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use diesel::Connection;
+
+use crate::backup::reader::RecordReader;
+use crate::backup::restore::map_tree;
+use crate::db::backups::{self, Backup, BackupStatus, DiskCommit};
+use crate::db::instances::{self, DiskReport};
+use crate::manifest::Manifest;
+use crate::Ekko;
+
+/// What a rebuild did.
+#[derive(Debug, Default)]
+pub struct RebuildReport {
+    pub projects: usize,
+    pub backups: usize,
+    /// Manifests not imported, with the reason.
+    pub skipped: Vec<(String, String)>,
+    pub segments: usize,
+    /// Segments no imported backup references (left to the orphan sweep).
+    pub unreferenced_segments: usize,
+}
+
+/// Rebuild an empty catalog from the store.
+pub async fn rebuild(ekko: &Ekko) -> anyhow::Result<RebuildReport> {
+    let db = ekko.db()?.clone();
+    anyhow::ensure!(
+        !db.run(backups::any).await?,
+        "the catalog already records backups; rebuild only into an empty catalog (run `ekko-manage db sync` on a new database)"
+    );
+    let prefix = &ekko.config.swift.container_prefix;
+    let mut report = RebuildReport::default();
+    for container in ekko.store.containers(prefix).await? {
+        let project = container[prefix.len()..].to_string();
+        if project.is_empty() {
+            continue;
+        }
+        rebuild_project(ekko, &container, &project, &mut report).await?;
+    }
+    Ok(report)
+}
+
+async fn rebuild_project(
+    ekko: &Ekko,
+    container: &str,
+    project: &str,
+    report: &mut RebuildReport,
+) -> anyhow::Result<()> {
+    let store = &ekko.store;
+    let db = ekko.db()?.clone();
+    let segment_sizes: HashMap<u64, u64> = store
+        .list(container, "segments/")
+        .await?
+        .into_iter()
+        .filter_map(|m| {
+            let id = u64::from_str_radix(m.name.strip_prefix("segments/")?, 16).ok()?;
+            Some((id, m.size))
+        })
+        .collect();
+    let manifest_objects = store.list(container, "manifests/").await?;
+    if manifest_objects.is_empty() && segment_sizes.is_empty() {
+        return Ok(()); // not a project's container (e.g. the self-test's)
+    }
+    report.projects += 1;
+    let mut manifests = Vec::new();
+    for meta in manifest_objects {
+        let bytes = store.get(container, &meta.name).await?;
+        match Manifest::decode(&meta.name, &bytes) {
+            Ok(m) if m.project_id == project => manifests.push(m),
+            Ok(m) => report.skipped.push((
+                m.backup_id,
+                format!("names project {}, found in {container}", m.project_id),
+            )),
+            Err(e) => report.skipped.push((meta.name.clone(), e.to_string())),
+        }
+    }
+    // Oldest first, so each disk's records get their sequence in order.
+    manifests.sort_by(|a, b| (a.created_at, &a.backup_id).cmp(&(b.created_at, &b.backup_id)));
+
+    let reader = RecordReader::new(store.clone(), container);
+    // Per catalog disk: the references its head record holds.
+    let mut head_refs: HashMap<String, BTreeMap<u64, i64>> = HashMap::new();
+    let mut known_segments: BTreeSet<u64> = BTreeSet::new();
+    let mut touched_disks: BTreeSet<String> = BTreeSet::new();
+    for m in manifests {
+        // Load every disk's map first; a manifest is imported whole or not.
+        let mut maps = Vec::new();
+        let mut missing = None;
+        for d in &m.disks {
+            let Some(root) = d.root() else { continue };
+            match map_tree(&reader, root, d.size, d.chunk_size).await {
+                Ok(tree) => {
+                    let refs = tree.references();
+                    if let Some(seg) = refs.keys().find(|s| !segment_sizes.contains_key(s)) {
+                        missing = Some(format!("disk {}: segment {seg:016x} is missing", d.device));
+                    }
+                    maps.push(refs);
+                }
+                Err(e) => missing = Some(format!("disk {}: {e}", d.device)),
+            }
+        }
+        if let Some(why) = missing {
+            tracing::warn!(backup = %m.backup_id, why, "manifest not imported");
+            report.skipped.push((m.backup_id.clone(), why));
+            continue;
+        }
+        let mut chunk_counts = HashMap::new();
+        for refs in &maps {
+            for seg in refs.keys().filter(|s| !known_segments.contains(s)) {
+                let trailer = reader.trailer(*seg).await?;
+                chunk_counts.insert(*seg, trailer.len() as i32);
+            }
+        }
+
+        let reports: Vec<DiskReport> = m
+            .disks
+            .iter()
+            .map(|d| DiskReport {
+                device: d.device.clone(),
+                node_name: if d.node_name.is_empty() {
+                    d.device.clone()
+                } else {
+                    d.node_name.clone()
+                },
+                virtual_size: d.size as i64,
+            })
+            .collect();
+        let (m2, maps2) = (m.clone(), maps.clone());
+        let prev = head_refs.clone();
+        let known = known_segments.clone();
+        let sizes: HashMap<u64, u64> = maps
+            .iter()
+            .flat_map(|r| r.keys())
+            .map(|s| (*s, segment_sizes[s]))
+            .collect();
+        let committed = db
+            .run(move |c| {
+                c.transaction(|c| {
+                    let m = m2;
+                    let name = if m.instance_name.is_empty() {
+                        &m.instance_id
+                    } else {
+                        &m.instance_name
+                    };
+                    instances::upsert(c, &m.instance_id, &m.project_id, &m.host, name, &reports)?;
+                    let disks = instances::disks_of(c, &m.instance_id)?;
+                    let mut b =
+                        Backup::queued(&m.project_id, &m.user_id, &m.instance_id, &m.name, "auto");
+                    b.id = m.backup_id.clone();
+                    b.description = m.description.clone();
+                    b.created_at = m.created_at;
+                    b.status = BackupStatus::Running.as_str().into();
+                    backups::insert(c, &b)?;
+                    let mut new_known = known;
+                    let mut commits = Vec::new();
+                    let mut heads = Vec::new();
+                    for (d, refs) in m.disks.iter().zip(maps2) {
+                        let disk =
+                            disks.iter().find(|x| x.device == d.device).ok_or_else(|| {
+                                crate::db::DbError::Conflict(format!("disk {} vanished", d.device))
+                            })?;
+                        let before = prev.get(&disk.id).cloned().unwrap_or_default();
+                        let mut deltas: BTreeMap<u64, i64> = refs.clone();
+                        for (seg, n) in &before {
+                            *deltas.entry(*seg).or_insert(0) -= n;
+                        }
+                        deltas.retain(|_, v| *v != 0);
+                        let new_segments = refs
+                            .keys()
+                            .filter(|s| new_known.insert(**s))
+                            .map(|s| (*s as i64, sizes[s] as i64, chunk_counts[s]))
+                            .collect();
+                        let root = d.root().unwrap_or(crate::chunk::ChunkRef::ZERO);
+                        commits.push(DiskCommit {
+                            disk_id: disk.id.clone(),
+                            base_seq: disk.head_seq,
+                            virtual_size: d.size as i64,
+                            chunk_size: d.chunk_size as i32,
+                            root_digest: root.digest.0.to_vec(),
+                            root_segment: root.segment as i64,
+                            bitmap_name: None,
+                            full_read: d.full_read,
+                            read_bytes: d.read_bytes as i64,
+                            new_bytes: d.new_bytes as i64,
+                            stored_bytes: d.stored_bytes as i64,
+                            new_segments,
+                            ref_deltas: deltas.into_iter().map(|(s, v)| (s as i64, v)).collect(),
+                        });
+                        heads.push((disk.id.clone(), refs));
+                    }
+                    backups::commit(c, &m.backup_id, &m.kind, &m.consistency, &commits)?;
+                    Ok((heads, new_known))
+                })
+            })
+            .await;
+        match committed {
+            Ok((heads, known)) => {
+                for (disk, refs) in heads {
+                    touched_disks.insert(disk.clone());
+                    head_refs.insert(disk, refs);
+                }
+                known_segments = known;
+                report.backups += 1;
+            }
+            Err(e) => report.skipped.push((m.backup_id.clone(), e.to_string())),
+        }
+    }
+    let disks: Vec<String> = touched_disks.into_iter().collect();
+    db.run(move |c| {
+        for d in &disks {
+            instances::require_full_read(c, d)?;
+        }
+        Ok(())
+    })
+    .await?;
+    report.segments += known_segments.len();
+    report.unreferenced_segments += segment_sizes
+        .keys()
+        .filter(|s| !known_segments.contains(s))
+        .count();
+    Ok(())
+}
