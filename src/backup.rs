@@ -6,10 +6,12 @@
 //! * [`reader`]: finds records in segments (footer → trailer → ranged GET),
 //!   caching trailers; loads index pages.
 //! * [`writer`]: packs records into segments and uploads full ones.
+//! * [`dedup`]: the project's chunks a backup may reuse.
 //! * [`disk`]: backs up one disk; computes the segment reference deltas the
 //!   catalog commit records.
 //! * [`restore`]: restores or verifies a record.
 
+pub mod dedup;
 pub mod disk;
 pub mod reader;
 pub mod restore;
@@ -50,4 +52,30 @@ pub fn segment_object(id: u64) -> String {
 /// The container holding a project's objects.
 pub fn container(prefix: &str, project_id: &str) -> String {
     format!("{prefix}{project_id}")
+}
+
+/// Bytes of work done and to do, shared with whoever shows or reports
+/// progress (the command line's bar, a worker's status messages).
+#[derive(Debug, Default)]
+pub struct Progress {
+    total: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn add_total(&self, bytes: u64) {
+        self.total
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn advance(&self, bytes: u64) {
+        self.done
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (done, total) in bytes.
+    pub fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.done.load(Relaxed), self.total.load(Relaxed))
+    }
 }

@@ -40,3 +40,51 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutdown requested");
 }
+
+/// A terminal progress bar following a [`Progress`](crate::backup::Progress)
+/// (drawn on stderr, hidden when stderr is not a terminal). It stops when
+/// dropped.
+pub struct ProgressBar {
+    progress: std::sync::Arc<crate::backup::Progress>,
+    ticker: tokio::task::JoinHandle<()>,
+    bar: indicatif::ProgressBar,
+}
+
+impl ProgressBar {
+    pub fn start(what: &str) -> ProgressBar {
+        let progress = std::sync::Arc::new(crate::backup::Progress::default());
+        let bar = indicatif::ProgressBar::new(0);
+        let style = indicatif::ProgressStyle::with_template(
+            "{msg:>9} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(what.to_string());
+        let (p, b) = (progress.clone(), bar.clone());
+        let ticker = tokio::spawn(async move {
+            loop {
+                let (done, total) = p.get();
+                b.set_length(total);
+                b.set_position(done);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        ProgressBar {
+            progress,
+            ticker,
+            bar,
+        }
+    }
+
+    pub fn progress(&self) -> std::sync::Arc<crate::backup::Progress> {
+        self.progress.clone()
+    }
+}
+
+impl Drop for ProgressBar {
+    fn drop(&mut self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+}

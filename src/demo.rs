@@ -9,17 +9,13 @@ use std::fmt::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backup::disk::{back_up_disk, DiskBackupOptions, DiskBackupResult, PreviousRecord};
-use crate::backup::reader::RecordReader;
-use crate::backup::restore::{restore, TargetFormat};
-use crate::config::EkkoConfig;
-use crate::extract::pull::{DiskRequest, PullBackup, PullOptions};
-use crate::qmp::QmpClient;
-use crate::store::local::LocalStore;
-use crate::store::ObjectStore;
+use crate::backup::restore::TargetFormat;
+use crate::config::{EkkoConfig, StorageBackend};
+use crate::ekko::Catalog;
+use crate::operator::{backup_instance, restore_backup, BackupRequest};
+use crate::Ekko;
 
 const MIB: u64 = 1 << 20;
 
@@ -61,23 +57,6 @@ fn noise(seed: &mut u64, n: usize) -> Vec<u8> {
     }
     v.truncate(n);
     v
-}
-
-fn line(out: &mut String, label: &str, r: &DiskBackupResult, secs: f64) {
-    let mib = |b: u64| b as f64 / MIB as f64;
-    let _ = writeln!(
-        out,
-        "{label:<12} {:>8.2} s  read {:>8.1} MiB  new {:>8.1} MiB  stored {:>8.1} MiB  ({:.0} MiB/s, {} chunks new, {} reused, {} zero, {} pages)",
-        secs,
-        mib(r.read_bytes),
-        mib(r.new_bytes),
-        mib(r.stored_bytes),
-        mib(r.read_bytes) / secs.max(1e-9),
-        r.new_chunks,
-        r.reused_chunks,
-        r.zero_chunks,
-        r.pages_written
-    );
 }
 
 /// Run the demo in `dir` (created if needed); returns the report.
@@ -151,24 +130,25 @@ pub async fn run_demo(config: &EkkoConfig, dir: &Path, disk_mib: u64) -> anyhow:
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let qmp = Arc::new(QmpClient::connect(&qmp_sock, Duration::from_secs(10)).await?);
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(
-        dir.join("store"),
-        config.local_store.fsync,
-    )?);
-    let container = "ekko-demo";
-    let engine = DiskBackupOptions {
-        chunk_size: config.backup.chunk_size.bytes(),
-        compression_level: config.backup.compression_level as i32,
-        segment_size: config.backup.segment_size.bytes() as usize,
+    let ekko = demo_ekko(config, dir).await?;
+    let _ = writeln!(
+        out,
+        "disk: {disk_mib} MiB qcow2 (half text, a quarter random, a quarter never written), chunk {} KiB; catalog and store in {}",
+        ekko.config.backup.chunk_size.bytes() >> 10,
+        dir.display()
+    );
+    let mut req = BackupRequest {
+        qmp_socket: qmp_sock.clone(),
+        instance_id: "demo-instance".into(),
+        project_id: "demo".into(),
+        name: String::new(),
+        full: false,
+        agent_socket: None,
+        progress: None,
     };
-    let _ = writeln!(out, "disk: {disk_mib} MiB qcow2 (half text, a quarter random, a quarter never written), chunk {} KiB", engine.chunk_size >> 10);
-
-    let mut expected_bitmap = None;
-    let mut prev = None;
-    let mut last = DiskBackupResult::default();
-    for (round, label) in ["full", "incremental"].iter().enumerate() {
-        if round == 1 {
+    let mut last = None;
+    for round in ["full", "incremental"] {
+        if round == "incremental" {
             // The guest rewrites ~1% of the disk in scattered 4 KiB–256 KiB writes.
             let f = std::fs::OpenOptions::new().write(true).open(&guest)?;
             let mut written = 0;
@@ -187,65 +167,17 @@ pub async fn run_demo(config: &EkkoConfig, dir: &Path, disk_mib: u64) -> anyhow:
                 written as f64 / MIB as f64
             );
         }
+        req.name = format!("demo {round}");
         let t = Instant::now();
-        let opts = PullOptions {
-            backup_id: uuid::Uuid::new_v4().to_string(),
-            scratch_dir: dir.join("scratch"),
-            scratch_limit: config.backup.scratch_limit.bytes(),
-            granularity: 65536,
-            requests_in_flight: config.backup.nbd_requests_in_flight as usize,
-            read_rate_limit: config.backup.read_rate_limit.bytes(),
-            qmp_timeout: Duration::from_secs(60),
-            agent_socket: None,
-            agent_timeout: Duration::from_secs(10),
-            existing_nbd_socket: None,
-        };
-        let req = DiskRequest {
-            device: "vda".into(),
-            node: "disk0".into(),
-            expected_bitmap: expected_bitmap.clone(),
-            expected_size: Some(size),
-            force_full: false,
-        };
-        let backup = PullBackup::begin(qmp.clone(), &[req], opts).await?;
-        let result = match back_up_disk(
-            &backup.disks[0],
-            prev.as_ref(),
-            store.clone(),
-            container,
-            &engine,
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                backup.abort().await?;
-                return Err(e.into());
-            }
-        };
-        expected_bitmap = Some(backup.disks[0].new_bitmap.clone());
-        backup.commit().await?;
-        line(&mut out, label, &result, t.elapsed().as_secs_f64());
-        prev = Some(PreviousRecord {
-            root: result.root,
-            disk_size: size,
-            chunk_size: engine.chunk_size,
-        });
-        last = result;
+        let outcome = backup_instance(&ekko, &req).await?;
+        out.push_str(&outcome.summary(t.elapsed()));
+        last = Some(outcome.backup.id);
     }
+    let last = last.unwrap_or_default();
 
     let t = Instant::now();
     let restored = dir.join("restored.raw");
-    let reader = RecordReader::new(store.clone(), container);
-    let stats = restore(
-        &reader,
-        last.root,
-        size,
-        engine.chunk_size,
-        &restored,
-        TargetFormat::Raw,
-    )
-    .await?;
+    let stats = restore_backup(&ekko, &last, None, &restored, TargetFormat::Raw, None).await?;
     let secs = t.elapsed().as_secs_f64();
     let _ = writeln!(
         out,
@@ -267,4 +199,23 @@ pub async fn run_demo(config: &EkkoConfig, dir: &Path, disk_mib: u64) -> anyhow:
     );
     let _ = std::fs::remove_file(&restored);
     Ok(out)
+}
+
+/// The embedded default inside the demo directory: a fresh SQLite catalog,
+/// a local store and the in-process queue, whatever else is configured.
+async fn demo_ekko(config: &EkkoConfig, dir: &Path) -> anyhow::Result<Ekko> {
+    for stale in ["ekko.sqlite", "ekko.sqlite-wal", "ekko.sqlite-shm"] {
+        let _ = std::fs::remove_file(dir.join(stale));
+    }
+    let _ = std::fs::remove_dir_all(dir.join("store"));
+    let mut config = config.clone();
+    config.database.connection = format!("sqlite:///{}", dir.join("ekko.sqlite").display());
+    config.storage.backend = StorageBackend::Local;
+    config.local_store.path = dir.join("store").display().to_string();
+    config.backup.scratch_dir = dir.join("scratch").display().to_string();
+    config.default.transport_url = "memory://".into();
+    let ekko = Ekko::connect(config, Catalog::Unchecked).await?;
+    let db = ekko.db()?.clone();
+    tokio::task::spawn_blocking(move || db.sync()).await??;
+    Ok(ekko)
 }

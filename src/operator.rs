@@ -7,10 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backup::container;
+use crate::backup::dedup::KnownChunks;
 use crate::backup::disk::{back_up_disk, DiskBackupOptions, DiskBackupResult, PreviousRecord};
 use crate::backup::reader::RecordReader;
 use crate::backup::restore::{restore, verify, RestoreStats, TargetFormat};
+use crate::backup::{container, Progress};
 use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::db::backups::{self, Backup, BackupStatus, DiskCommit};
 use crate::db::instances::{self, DiskReport};
@@ -29,6 +30,8 @@ pub struct BackupRequest {
     pub name: String,
     pub full: bool,
     pub agent_socket: Option<std::path::PathBuf>,
+    /// Advanced by the bytes read, for a progress display.
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// The outcome, per disk.
@@ -37,12 +40,71 @@ pub struct BackupOutcome {
     pub disks: Vec<(String, DiskBackupResult)>,
 }
 
-fn engine_options(ekko: &Ekko) -> DiskBackupOptions {
+impl BackupOutcome {
+    /// The figures an operator reads after a backup: what was scanned,
+    /// read, new and stored, the dedup and compression ratios, throughput.
+    pub fn summary(&self, took: Duration) -> String {
+        use std::fmt::Write;
+        let b = &self.backup;
+        let secs = took.as_secs_f64().max(1e-9);
+        let mib = |v: u64| v as f64 / (1 << 20) as f64;
+        let mut out = format!(
+            "backup {} {} ({}, {}-consistent) in {secs:.2} s\n",
+            b.id,
+            b.status,
+            b.kind.as_deref().unwrap_or("?"),
+            b.consistency.as_deref().unwrap_or("?"),
+        );
+        let (mut scanned, mut read, mut new, mut stored) = (0, 0, 0, 0);
+        for (dev, r) in &self.disks {
+            let _ = writeln!(
+                out,
+                "  {dev}: {:.1} MiB scanned, {:.1} MiB read, {:.1} MiB new, {:.1} MiB stored; {} chunks new, {} reused, {} zero, {} index pages",
+                mib(r.size), mib(r.read_bytes), mib(r.new_bytes), mib(r.stored_bytes),
+                r.new_chunks, r.reused_chunks, r.zero_chunks, r.pages_written
+            );
+            scanned += r.size;
+            read += r.read_bytes;
+            new += r.new_bytes;
+            stored += r.stored_bytes;
+        }
+        let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+        let _ = writeln!(
+            out,
+            "  total: {:.1} MiB scanned, {:.1} MiB read ({:.0} MiB/s), dedup {:.2}x (read/new), compression {:.2}x (new/stored)",
+            mib(scanned),
+            mib(read),
+            mib(read) / secs,
+            ratio(read, new),
+            ratio(new, stored)
+        );
+        out
+    }
+}
+
+fn engine_options(ekko: &Ekko, progress: Option<Arc<Progress>>) -> DiskBackupOptions {
     DiskBackupOptions {
         chunk_size: ekko.config.backup.chunk_size.bytes(),
         compression_level: ekko.config.backup.compression_level as i32,
         segment_size: ekko.config.backup.segment_size.bytes() as usize,
+        progress,
     }
+}
+
+/// Largest cross-disk dedup table (entries of 256 KiB chunks: 512 GiB of
+/// data, about 150 MiB of memory).
+const DEDUP_MAX_ENTRIES: usize = 2 << 20;
+
+/// A committed record as the base of an incremental or a dedup source.
+fn previous_record(rec: &backups::BackupDisk) -> Option<PreviousRecord> {
+    Some(PreviousRecord {
+        root: ChunkRef {
+            digest: ChunkDigest::from_slice(&rec.root_digest)?,
+            segment: rec.root_segment as u64,
+        },
+        disk_size: rec.virtual_size as u64,
+        chunk_size: rec.chunk_size as u64,
+    })
 }
 
 fn project_container(ekko: &Ekko, project: &str) -> String {
@@ -77,7 +139,8 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
         req.name.clone(),
         if req.full { "full" } else { "auto" },
     );
-    let (backup, disks, interrupted) = db
+    let dedup_heads = ekko.config.backup.dedup_heads as usize;
+    let (backup, disks, interrupted, project_heads) = db
         .run(move |c| {
             instances::upsert(c, &id, &project, &host, &id, &r2)?;
             // QEMU serves one QMP client at a time and we hold it: a backup
@@ -97,7 +160,9 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
                 let head = backups::head_record(c, &d.id)?;
                 out.push((d, head));
             }
-            Ok((b, out, interrupted))
+            let own: Vec<String> = out.iter().map(|(d, _)| d.id.clone()).collect();
+            let others = backups::project_heads(c, &project, &own, dedup_heads)?;
+            Ok((b, out, interrupted, others))
         })
         .await?;
     // Their manifests may have reached the store: a catalog rebuild must
@@ -107,7 +172,7 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
         remove_manifest(ekko, &req.project_id, stale).await;
     }
 
-    let result = run_backup(ekko, &qmp, req, &backup, &disks).await;
+    let result = run_backup(ekko, &qmp, req, &backup, &disks, &project_heads).await;
     match result {
         Ok(outcome) => Ok(outcome),
         Err(e) => {
@@ -121,14 +186,49 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
     }
 }
 
+/// Back up one disk: a full read first loads the chunks it may reuse (its
+/// own previous record and the project's other heads).
+async fn back_up_one(
+    reader: &RecordReader,
+    snap: &crate::extract::pull::PulledDisk,
+    prev: Option<PreviousRecord>,
+    project_heads: &[backups::BackupDisk],
+    engine: &DiskBackupOptions,
+    ekko: &Ekko,
+) -> anyhow::Result<DiskBackupResult> {
+    let container = reader.container().to_string();
+    let known = if snap.full_reason().is_some() {
+        let sources: Vec<PreviousRecord> = prev
+            .into_iter()
+            .chain(project_heads.iter().filter_map(previous_record))
+            .filter(|r| r.chunk_size == engine.chunk_size)
+            .collect();
+        let known = KnownChunks::load(reader, &sources, DEDUP_MAX_ENTRIES).await?;
+        tracing::info!(disk = %snap.device, sources = sources.len(), chunks = known.len(), "full read: dedup table loaded");
+        known
+    } else {
+        KnownChunks::default()
+    };
+    Ok(back_up_disk(
+        snap,
+        prev.as_ref(),
+        Arc::new(known),
+        ekko.store.clone(),
+        &container,
+        engine,
+    )
+    .await?)
+}
+
 async fn run_backup(
     ekko: &Ekko,
     qmp: &Arc<QmpClient>,
     req: &BackupRequest,
     backup: &Backup,
     disks: &[(crate::db::instances::Disk, Option<backups::BackupDisk>)],
+    project_heads: &[backups::BackupDisk],
 ) -> anyhow::Result<BackupOutcome> {
-    let engine = engine_options(ekko);
+    let engine = engine_options(ekko, req.progress.clone());
     let requests: Vec<DiskRequest> = disks
         .iter()
         .map(|(d, head)| DiskRequest {
@@ -155,30 +255,22 @@ async fn run_backup(
     let pull = PullBackup::begin(qmp.clone(), &requests, opts).await?;
     let store = ekko.store.clone();
     let container = project_container(ekko, &backup.project_id);
+    let reader = RecordReader::new(store.clone(), &container);
     let mut results = Vec::new();
     let mut commits = Vec::new();
     for ((d, head), snap) in disks.iter().zip(&pull.disks) {
-        let prev = head.as_ref().and_then(|h| {
-            Some(PreviousRecord {
-                root: ChunkRef {
-                    digest: ChunkDigest::from_slice(&h.root_digest)?,
-                    segment: h.root_segment as u64,
-                },
-                disk_size: h.virtual_size as u64,
-                chunk_size: h.chunk_size as u64,
-            })
-        });
         // A previous record with another chunk size cannot be merged into.
-        let usable =
-            prev.filter(|p| p.chunk_size == engine.chunk_size && p.disk_size == snap.size());
-        let res =
-            match back_up_disk(snap, usable.as_ref(), store.clone(), &container, &engine).await {
-                Ok(r) => r,
-                Err(e) => {
-                    pull.abort().await?;
-                    return Err(e.into());
-                }
-            };
+        let usable = head
+            .as_ref()
+            .and_then(previous_record)
+            .filter(|p| p.chunk_size == engine.chunk_size && p.disk_size == snap.size());
+        let res = match back_up_one(&reader, snap, usable, project_heads, &engine, ekko).await {
+            Ok(r) => r,
+            Err(e) => {
+                pull.abort().await?;
+                return Err(e);
+            }
+        };
         commits.push(DiskCommit {
             disk_id: d.id.clone(),
             base_seq: d.head_seq,
@@ -316,6 +408,7 @@ pub async fn restore_backup(
     device: Option<&str>,
     path: &Path,
     format: TargetFormat,
+    progress: Option<&Progress>,
 ) -> anyhow::Result<RestoreStats> {
     let (backup, rec) = record_of(ekko, backup_id, device).await?;
     anyhow::ensure!(
@@ -335,6 +428,7 @@ pub async fn restore_backup(
         rec.chunk_size as u64,
         path,
         format,
+        progress,
     )
     .await?)
 }
@@ -343,6 +437,7 @@ pub async fn restore_backup(
 pub async fn verify_backup(
     ekko: &Ekko,
     backup_id: &str,
+    progress: Option<&Progress>,
 ) -> anyhow::Result<Vec<(String, RestoreStats)>> {
     let id = backup_id.to_string();
     let (backup, recs) = ekko
@@ -360,6 +455,7 @@ pub async fn verify_backup(
             root_of(&rec)?,
             rec.virtual_size as u64,
             rec.chunk_size as u64,
+            progress,
         )
         .await?;
         out.push((rec.disk_id.clone(), stats));

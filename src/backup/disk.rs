@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
+use super::dedup::KnownChunks;
 use super::reader::RecordReader;
 use super::writer::{new_segment_id, now_unix, SegmentPacker, WrittenSegment};
 use super::EngineError;
+use super::Progress;
 use crate::chunk::{is_zero, ChunkDigest, ChunkRef, Compressor};
 use crate::extract::DiskSnapshot;
 use crate::format::{RECORD_CHUNK, RECORD_INDEX_PAGE};
@@ -30,11 +32,13 @@ pub struct PreviousRecord {
     pub chunk_size: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DiskBackupOptions {
     pub chunk_size: u64,
     pub compression_level: i32,
     pub segment_size: usize,
+    /// Advanced by the bytes read.
+    pub progress: Option<Arc<Progress>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -138,10 +142,12 @@ fn bump(deltas: &mut BTreeMap<u64, i64>, r: &ChunkRef, by: i64) {
     }
 }
 
-/// Back up one disk into `container` of `store`.
+/// Back up one disk into `container` of `store`. A chunk found in `known`
+/// (the project's heads, see [`KnownChunks`]) is referenced, not stored.
 pub async fn back_up_disk(
     snap: &dyn DiskSnapshot,
     prev: Option<&PreviousRecord>,
+    known: Arc<KnownChunks>,
     store: Arc<dyn ObjectStore>,
     container: &str,
     opts: &DiskBackupOptions,
@@ -209,6 +215,8 @@ pub async fn back_up_disk(
     let mut prev_leaf_cache: Option<(u64, Vec<ChunkRef>)> = None;
     let level = opts.compression_level;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<(u64, Vec<u8>)>>(4);
+    let progress = opts.progress.clone().unwrap_or_default();
+    progress.add_total(to_read.iter().map(|r| r.1).sum());
     let producer = async {
         let mut stream = snap.read_ranges(to_read);
         let mut read_bytes = 0u64;
@@ -218,6 +226,7 @@ pub async fn back_up_disk(
         while let Some(piece) = stream.next().await {
             let (off, bytes) = piece?;
             read_bytes += bytes.len() as u64;
+            progress.advance(bytes.len() as u64);
             let mut at = off;
             let mut rest: &[u8] = &bytes;
             while !rest.is_empty() {
@@ -246,8 +255,9 @@ pub async fn back_up_disk(
         Ok::<u64, EngineError>(read_bytes)
     };
     let consumer = async {
-        let mut processed_batches =
-            std::pin::pin!(tokio_stream_from(rx).map(|b| process(b, level)).buffered(3));
+        let mut processed_batches = std::pin::pin!(tokio_stream_from(rx)
+            .map(|b| process(b, level, known.clone()))
+            .buffered(3));
         while let Some(processed) = processed_batches.next().await {
             for ch in processed? {
                 let entry = if ch.zero {
@@ -256,6 +266,9 @@ pub async fn back_up_disk(
                 } else if let Some(r) = session.get(&ch.digest) {
                     result.reused_chunks += 1;
                     *r
+                } else if let Some(r) = known.get(&ch.digest) {
+                    result.reused_chunks += 1;
+                    r
                 } else {
                     // Same data as the previous record at this position?
                     let old = match &prev_levels {
@@ -429,7 +442,12 @@ fn tokio_stream_from<T: Send + 'static>(
 }
 
 /// Hash, zero-check and compress a batch of chunks on the blocking pool.
-async fn process(batch: Vec<(u64, Vec<u8>)>, level: i32) -> Result<Vec<Processed>, EngineError> {
+/// Hash and (unless already known) compress a batch of chunks.
+async fn process(
+    batch: Vec<(u64, Vec<u8>)>,
+    level: i32,
+    known: Arc<KnownChunks>,
+) -> Result<Vec<Processed>, EngineError> {
     tokio::task::spawn_blocking(move || {
         let mut compressor = Compressor::new(level)?;
         let mut out = Vec::with_capacity(batch.len());
@@ -446,7 +464,11 @@ async fn process(batch: Vec<(u64, Vec<u8>)>, level: i32) -> Result<Vec<Processed
                 continue;
             }
             let digest = ChunkDigest::of(&data);
-            let encoded = Some(encode_payload(&mut compressor, &data)?);
+            // A known chunk is referenced, never stored: skip the zstd work.
+            let encoded = match known.get(&digest) {
+                Some(_) => None,
+                None => Some(encode_payload(&mut compressor, &data)?),
+            };
             out.push(Processed {
                 pos,
                 digest,

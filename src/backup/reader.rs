@@ -30,6 +30,10 @@ impl RecordReader {
         }
     }
 
+    pub fn container(&self) -> &str {
+        &self.container
+    }
+
     /// The trailer of a segment (footer, then trailer: two ranged GETs).
     pub async fn trailer(&self, segment: u64) -> Result<Trailer, EngineError> {
         if let Some(t) = self.trailers.lock().await.get(&segment) {

@@ -11,6 +11,7 @@ use futures::StreamExt;
 
 use super::reader::RecordReader;
 use super::EngineError;
+use super::Progress;
 use crate::chunk::ChunkRef;
 use crate::index::{positions, shape};
 
@@ -106,8 +107,13 @@ async fn walk(
     chunk_size: u64,
     target: Option<Arc<std::fs::File>>,
     concurrency: usize,
+    progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
     let entries = map_entries(reader, root, disk_size, chunk_size).await?;
+    if let Some(p) = progress {
+        let stored = entries.iter().filter(|e| !e.is_zero()).count() as u64;
+        p.add_total((stored * chunk_size).min(disk_size));
+    }
     let mut stats = RestoreStats::default();
     let jobs = entries.into_iter().enumerate().filter_map(|(pos, r)| {
         if r.is_zero() {
@@ -146,6 +152,9 @@ async fn walk(
             Ok(n) => {
                 stats.chunks += 1;
                 stats.bytes_written += n;
+                if let Some(p) = progress {
+                    p.advance(n);
+                }
             }
             Err(why) => {
                 let start = pos * chunk_size;
@@ -165,8 +174,9 @@ pub async fn verify(
     root: ChunkRef,
     disk_size: u64,
     chunk_size: u64,
+    progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
-    walk(reader, root, disk_size, chunk_size, None, 16).await
+    walk(reader, root, disk_size, chunk_size, None, 16, progress).await
 }
 
 /// Restore a record to `path`. Fails (naming the byte ranges) when a chunk
@@ -178,6 +188,7 @@ pub async fn restore(
     chunk_size: u64,
     path: &Path,
     format: TargetFormat,
+    progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
     let raw_path = match format {
         TargetFormat::Raw => path.to_path_buf(),
@@ -198,7 +209,16 @@ pub async fn restore(
             source,
         })?;
     let file = Arc::new(file);
-    let stats = walk(reader, root, disk_size, chunk_size, Some(file.clone()), 16).await?;
+    let stats = walk(
+        reader,
+        root,
+        disk_size,
+        chunk_size,
+        Some(file.clone()),
+        16,
+        progress,
+    )
+    .await?;
     file.sync_all().map_err(|source| EngineError::Target {
         path: raw_path.display().to_string(),
         source,

@@ -102,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
             agent_socket,
         } => {
             let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
+            let bar = ekko::cli::ProgressBar::start("backup");
             let req = ekko::operator::BackupRequest {
                 qmp_socket,
                 instance_id: instance,
@@ -109,25 +110,12 @@ async fn main() -> anyhow::Result<()> {
                 name,
                 full,
                 agent_socket,
+                progress: Some(bar.progress()),
             };
             let t = std::time::Instant::now();
-            let out = ekko::operator::backup_instance(&ekko, &req).await?;
-            let b = &out.backup;
-            println!(
-                "backup {} {} ({}, {}-consistent) in {:.2} s",
-                b.id,
-                b.status,
-                b.kind.as_deref().unwrap_or("?"),
-                b.consistency.as_deref().unwrap_or("?"),
-                t.elapsed().as_secs_f64()
-            );
-            for (dev, r) in &out.disks {
-                let mib = |v: u64| v as f64 / (1 << 20) as f64;
-                println!(
-                    "  {dev}: {:.1} MiB scanned, {:.1} MiB read, {:.1} MiB new, {:.1} MiB stored; {} new chunks, {} reused, {} zero",
-                    mib(r.size), mib(r.read_bytes), mib(r.new_bytes), mib(r.stored_bytes), r.new_chunks, r.reused_chunks, r.zero_chunks
-                );
-            }
+            let out = ekko::operator::backup_instance(&ekko, &req).await;
+            drop(bar);
+            print!("{}", out?.summary(t.elapsed()));
         }
         Command::List { instance } => {
             let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
@@ -167,9 +155,18 @@ async fn main() -> anyhow::Result<()> {
                 ekko::backup::restore::TargetFormat::Raw
             };
             let t = std::time::Instant::now();
-            let stats =
-                ekko::operator::restore_backup(&ekko, &backup, disk.as_deref(), &output, format)
-                    .await?;
+            let bar = ekko::cli::ProgressBar::start("restore");
+            let stats = ekko::operator::restore_backup(
+                &ekko,
+                &backup,
+                disk.as_deref(),
+                &output,
+                format,
+                Some(&bar.progress()),
+            )
+            .await;
+            drop(bar);
+            let stats = stats?;
             println!(
                 "restored {} to {} in {:.2} s ({} chunks, {} zero chunks left sparse)",
                 backup,
@@ -182,7 +179,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Verify { backup } => {
             let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
             let mut bad = 0;
-            for (disk, stats) in ekko::operator::verify_backup(&ekko, &backup).await? {
+            let bar = ekko::cli::ProgressBar::start("verify");
+            let verified =
+                ekko::operator::verify_backup(&ekko, &backup, Some(&bar.progress())).await;
+            drop(bar);
+            for (disk, stats) in verified? {
                 println!(
                     "disk {disk}: {} chunks checked, {} damaged",
                     stats.chunks + stats.bad.len() as u64,

@@ -258,6 +258,11 @@ option_group! {
         /// qemu-storage-daemon (`cargo bench --bench extract`): 8 to 16 read
         /// fastest; fewer leave the server idle, more only thrash caches.
         pub nbd_requests_in_flight: u32 = 8;
+        /// Before a disk is read in full (a new instance, or a lost
+        /// bitmap), load the maps of up to this many of the project's other
+        /// disk heads and reuse their chunks (instances booted from one
+        /// image share most of their data). 0 disables cross-disk dedup.
+        pub dedup_heads: u32 = 8;
         /// Backups run at the same time on this host.
         pub max_concurrent_backups: u32 = 2;
         /// Seconds a backup may run before it is cancelled.

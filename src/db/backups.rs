@@ -441,6 +441,31 @@ pub fn commit(
     })
 }
 
+/// The head records of a project's live disks other than `exclude`, newest
+/// first, at most `limit`: what cross-disk dedup may reuse.
+pub fn project_heads(
+    conn: &mut DbConnection,
+    project_id: &str,
+    exclude: &[String],
+    limit: usize,
+) -> DbResult<Vec<BackupDisk>> {
+    use super::schema::disks as d;
+    let ids: Vec<String> = d::table
+        .filter(d::project_id.eq(project_id))
+        .filter(d::head_seq.gt(0))
+        .filter(d::retired_at.is_null())
+        .filter(d::id.ne_all(exclude))
+        .select(d::id)
+        .load(conn)?;
+    let mut heads = Vec::new();
+    for id in ids {
+        heads.extend(head_record(conn, &id)?);
+    }
+    heads.sort_by_key(|h| std::cmp::Reverse(h.created_at));
+    heads.truncate(limit);
+    Ok(heads)
+}
+
 /// The newest committed record of a disk (its head), if any.
 pub fn head_record(conn: &mut DbConnection, disk_id: &str) -> DbResult<Option<BackupDisk>> {
     use super::schema::disks as d;

@@ -258,26 +258,27 @@ impl Operator {
     }
 
     fn backup_args(&self) -> Vec<String> {
-        [
-            "backup",
-            "--qmp-socket",
-            self.q.qmp_socket.to_str().unwrap(),
-            "--instance",
-            "inst-1",
-            "--project",
-            "proj-a",
-        ]
-        .map(String::from)
-        .to_vec()
+        backup_args(&self.q.qmp_socket, "inst-1", "proj-a")
     }
 
     /// Back up the instance; returns the new backup's id.
     fn backup(&self) -> String {
-        let args = self.backup_args();
+        self.backup_of(&self.q.qmp_socket, "inst-1", "proj-a")
+    }
+
+    /// Back up the instance behind `qmp` as `instance` of `project`.
+    fn backup_of(&self, qmp: &Path, instance: &str, project: &str) -> String {
+        let args = backup_args(qmp, instance, project);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (ok, msg) = self.ekko(&args);
         assert!(ok, "{msg}");
         msg.split_whitespace().nth(1).unwrap().to_string()
+    }
+
+    /// Bytes a backup stored (the last column of `list`).
+    fn stored_bytes(&self, id: &str) -> u64 {
+        let line = self.listed(id).unwrap();
+        line.split_whitespace().last().unwrap().parse().unwrap()
     }
 
     /// Write `len` random bytes at `offset` of the live disk.
@@ -312,6 +313,56 @@ impl Operator {
         assert!(ok, "{list}");
         list.lines().find(|l| l.contains(id)).map(String::from)
     }
+}
+
+fn backup_args(qmp: &Path, instance: &str, project: &str) -> Vec<String> {
+    [
+        "backup",
+        "--qmp-socket",
+        qmp.to_str().unwrap(),
+        "--instance",
+        instance,
+        "--project",
+        project,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Instances booted from one image: the second instance's first (full)
+/// backup reuses the first's chunks, in the same project only.
+#[test]
+fn instances_from_one_image_dedup_within_a_project_only() {
+    let mut op = Operator::start(8);
+    op.write(0, 12 << 20);
+    let first = op.backup();
+    let image = std::fs::read(op.snapshot("image.raw")).unwrap();
+    let dir2 = op.dir.path().join("inst2");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let q2 = crate::qsd::Qsd::start(&dir2, &[64 << 20]);
+    q2.write(0, 0, &image[..16 << 20]);
+    q2.write(0, 40 << 20, &op.rng.bytes(256 << 10)); // its own change
+    let ref2 = dir2.join("ref.raw");
+    q2.snapshot_to(0, &ref2);
+
+    let same_project = op.backup_of(&q2.qmp_socket, "inst-2", "proj-a");
+    let other_project = op.backup_of(&q2.qmp_socket, "inst-2b", "proj-b");
+    let (full, shared, foreign) = (
+        op.stored_bytes(&first),
+        op.stored_bytes(&same_project),
+        op.stored_bytes(&other_project),
+    );
+    assert!(full > 8 << 20, "{full}");
+    assert!(
+        shared < (1 << 20),
+        "the same image in the same project stores only what differs: {shared} of {full}"
+    );
+    assert!(
+        foreign >= full,
+        "no dedup across projects: {foreign} vs {full}"
+    );
+    op.assert_restores(&same_project, &ref2);
+    op.assert_restores(&other_project, &ref2);
 }
 
 /// An operator's session: full then incremental backup of a live instance,

@@ -24,6 +24,7 @@ fn engine_opts() -> DiskBackupOptions {
         chunk_size: 256 << 10,
         compression_level: 1,
         segment_size: 8 << 20,
+        progress: None,
     }
 }
 
@@ -73,6 +74,7 @@ async fn records_restore_bit_exact_and_damage_is_named() {
         let res = back_up_disk(
             snap,
             prev.as_ref(),
+            Default::default(),
             store.clone(),
             container,
             &engine_opts(),
@@ -119,12 +121,22 @@ async fn records_restore_bit_exact_and_damage_is_named() {
     for i in [2usize, 0, 1] {
         let (rec, reference) = &records[i];
         let out = dir.path().join(format!("restored{i}.raw"));
-        let stats = restore(&reader, rec.root, DISK, 256 << 10, &out, TargetFormat::Raw)
-            .await
-            .unwrap();
+        let stats = restore(
+            &reader,
+            rec.root,
+            DISK,
+            256 << 10,
+            &out,
+            TargetFormat::Raw,
+            None,
+        )
+        .await
+        .unwrap();
         assert!(stats.bad.is_empty());
         assert!(identical(&out, reference), "record {i} restores bit-exact");
-        let v = verify(&reader, rec.root, DISK, 256 << 10).await.unwrap();
+        let v = verify(&reader, rec.root, DISK, 256 << 10, None)
+            .await
+            .unwrap();
         assert!(v.bad.is_empty());
     }
     let q2 = dir.path().join("restored.qcow2");
@@ -135,6 +147,7 @@ async fn records_restore_bit_exact_and_damage_is_named() {
         256 << 10,
         &q2,
         TargetFormat::Qcow2,
+        None,
     )
     .await
     .unwrap();
@@ -163,7 +176,7 @@ async fn records_restore_bit_exact_and_damage_is_named() {
     bytes[200] ^= 0x55;
     std::fs::write(&path, &bytes).unwrap();
     let fresh = RecordReader::new(store.clone(), container);
-    let v = verify(&fresh, records[0].0.root, DISK, 256 << 10)
+    let v = verify(&fresh, records[0].0.root, DISK, 256 << 10, None)
         .await
         .unwrap();
     assert!(
@@ -178,6 +191,7 @@ async fn records_restore_bit_exact_and_damage_is_named() {
         256 << 10,
         &dir.path().join("bad.raw"),
         TargetFormat::Raw,
+        None,
     )
     .await
     .unwrap_err()
@@ -186,7 +200,7 @@ async fn records_restore_bit_exact_and_damage_is_named() {
     // A missing segment is reported too.
     std::fs::remove_file(&path).unwrap();
     let fresh = RecordReader::new(store.clone(), container);
-    let v = verify(&fresh, records[0].0.root, DISK, 256 << 10)
+    let v = verify(&fresh, records[0].0.root, DISK, 256 << 10, None)
         .await
         .unwrap();
     assert!(!v.bad.is_empty(), "verify reports the missing segment");
