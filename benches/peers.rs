@@ -12,7 +12,10 @@
 //!
 //! Setup notes: restic repositories are always encrypted (AES-256, its
 //! default zstd compression); borg runs with `-e none` and its default lz4;
-//! Ekko stores zstd level 1, unencrypted. EKKO_BENCH_IMAGE_MIB sets the size.
+//! Ekko stores zstd level 1, unencrypted. EKKO_BENCH_IMAGE_MIB sets the size;
+//! EKKO_BENCH_PEERS (default `restic,borg`; empty for Ekko alone) picks the
+//! peers, and `EKKO__BACKUP__*` variables reach Ekko (e.g. a chunk-size
+//! sweep: `EKKO__BACKUP__CHUNK_SIZE=1M EKKO_BENCH_PEERS= cargo bench --bench peers`).
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -59,6 +62,20 @@ fn measure(cmd: &mut Command) -> Cost {
         cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
         rss_mib: ru.ru_maxrss as f64 / 1024.0,
     }
+}
+
+/// A restore is finished when its data is on disk: the command's time plus
+/// a `sync` (Ekko fsyncs its target before it reports success; restic and
+/// borg leave theirs in the page cache). Dirty data from earlier steps is
+/// flushed first, untimed.
+fn measure_durable(cmd: &mut Command) -> Cost {
+    let sync = || assert!(Command::new("sync").status().unwrap().success());
+    sync();
+    let mut cost = measure(cmd);
+    let t = Instant::now();
+    sync();
+    cost.wall += t.elapsed().as_secs_f64();
+    cost
 }
 
 fn du(path: &Path) -> u64 {
@@ -208,13 +225,19 @@ fn main() {
         .arg("init"));
     let restic_repo = d.join("restic");
     let borg_repo = d.join("borg");
-    sh(Command::new("restic")
-        .args(["init", "-q", "--repo"])
-        .arg(&restic_repo)
-        .env("RESTIC_PASSWORD", "bench"));
-    sh(Command::new("borg")
-        .args(["init", "-e", "none"])
-        .arg(&borg_repo));
+    let peers = std::env::var("EKKO_BENCH_PEERS").unwrap_or_else(|_| "restic,borg".into());
+    let with = |tool: &str| peers.split(',').any(|p| p.trim() == tool);
+    if with("restic") {
+        sh(Command::new("restic")
+            .args(["init", "-q", "--repo"])
+            .arg(&restic_repo)
+            .env("RESTIC_PASSWORD", "bench"));
+    }
+    if with("borg") {
+        sh(Command::new("borg")
+            .args(["init", "-e", "none"])
+            .arg(&borg_repo));
+    }
 
     let mut rows: Vec<Row> = Vec::new();
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
@@ -240,20 +263,25 @@ fn main() {
             scanned: size,
             stored: du(&ekko_state) - sizes.0,
         });
-        let cost = measure(
-            Command::new("restic")
-                .args(["backup", "-q", "--repo"])
-                .arg(&restic_repo)
-                .arg(&raw)
-                .env("RESTIC_PASSWORD", "bench"),
-        );
-        rows.push(Row {
-            tool: "restic",
-            step,
-            cost,
-            scanned: size,
-            stored: du(&restic_repo) - sizes.1,
-        });
+        if with("restic") {
+            let cost = measure(
+                Command::new("restic")
+                    .args(["backup", "-q", "--repo"])
+                    .arg(&restic_repo)
+                    .arg(&raw)
+                    .env("RESTIC_PASSWORD", "bench"),
+            );
+            rows.push(Row {
+                tool: "restic",
+                step,
+                cost,
+                scanned: size,
+                stored: du(&restic_repo) - sizes.1,
+            });
+        }
+        if !with("borg") {
+            continue;
+        }
         let archive = format!("{}::b{}", borg_repo.display(), rows.len());
         last_archive = archive.clone();
         let cost = measure(
@@ -288,7 +316,7 @@ fn main() {
         .unwrap_or_default()
         .to_string();
     let target = out.join("ekko.raw");
-    let cost = measure(
+    let cost = measure_durable(
         Command::new(ekko)
             .arg("--config-file")
             .arg(&conf)
@@ -313,37 +341,41 @@ fn main() {
         stored: 0,
     });
     let _ = std::fs::remove_file(&target);
-    let cost = measure(
-        Command::new("restic")
-            .args(["restore", "latest", "-q", "--repo"])
-            .arg(&restic_repo)
-            .arg("--target")
-            .arg(out.join("restic"))
-            .env("RESTIC_PASSWORD", "bench"),
-    );
-    rows.push(Row {
-        tool: "restic",
-        step: "restore",
-        cost,
-        scanned: size,
-        stored: 0,
-    });
-    let _ = std::fs::remove_dir_all(out.join("restic"));
-    let borg_out = out.join("borg");
-    std::fs::create_dir_all(&borg_out).unwrap();
-    let cost = measure(
-        Command::new("borg")
-            .arg("extract")
-            .arg(&last_archive)
-            .current_dir(&borg_out),
-    );
-    rows.push(Row {
-        tool: "borg",
-        step: "restore",
-        cost,
-        scanned: size,
-        stored: 0,
-    });
+    if with("restic") {
+        let cost = measure_durable(
+            Command::new("restic")
+                .args(["restore", "latest", "-q", "--repo"])
+                .arg(&restic_repo)
+                .arg("--target")
+                .arg(out.join("restic"))
+                .env("RESTIC_PASSWORD", "bench"),
+        );
+        rows.push(Row {
+            tool: "restic",
+            step: "restore",
+            cost,
+            scanned: size,
+            stored: 0,
+        });
+        let _ = std::fs::remove_dir_all(out.join("restic"));
+    }
+    if with("borg") {
+        let borg_out = out.join("borg");
+        std::fs::create_dir_all(&borg_out).unwrap();
+        let cost = measure_durable(
+            Command::new("borg")
+                .arg("extract")
+                .arg(&last_archive)
+                .current_dir(&borg_out),
+        );
+        rows.push(Row {
+            tool: "borg",
+            step: "restore",
+            cost,
+            scanned: size,
+            stored: 0,
+        });
+    }
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(qsd.id().to_string())

@@ -5,6 +5,7 @@ use crate::config::{ConfigArgs, EkkoConfig};
 
 /// Load and validate the configuration, then start logging.
 pub fn start(args: &ConfigArgs) -> anyhow::Result<EkkoConfig> {
+    install_crypto_provider();
     let config = args.load()?;
     crate::telemetry::init(&config.default)
         .map_err(|e| anyhow::anyhow!("cannot open log file: {e}"))?;
@@ -15,6 +16,12 @@ pub fn start(args: &ConfigArgs) -> anyhow::Result<EkkoConfig> {
         "configuration loaded"
     );
     Ok(config)
+}
+
+/// One TLS crypto provider (ring) for every client: Keystone, Swift, AMQP.
+/// Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Resolves on SIGTERM or SIGINT (what systemd and operators send).

@@ -17,9 +17,13 @@
 //! | L2 | [`store`] | `ObjectStore` trait; local directory (Swift later) |
 //! | L2 | [`queue`] | `MessageQueue` trait; RabbitMQ (lapin) and in-process; versioned messages |
 //! | L3 | [`ekko`] | `Ekko`, the composition root holding config, db, store and queue |
+//! | L4 | [`auth`], [`policy`] | Keystone token validation (noauth for the embedded default); oslo.policy rules |
+//! | L5 | [`api`] | ekko-api: actix-web handlers over the catalog and the queue |
 //!
 //! The binaries in `src/bin` only wire configuration to this library.
 
+pub mod api;
+pub mod auth;
 pub mod backup;
 pub mod chunk;
 pub mod cli;
@@ -34,6 +38,7 @@ pub mod index;
 pub mod manifest;
 pub mod nbd;
 pub mod operator;
+pub mod policy;
 pub mod qmp;
 pub mod queue;
 pub mod rebuild;

@@ -105,9 +105,18 @@ pub async fn run_conductor(
 }
 
 /// ekko-api: the conductor (the REST API joins it here).
-pub async fn run_api(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
-    tracing::info!("starting the conductor");
-    run_conductor(ekko, shutdown).await
+pub async fn run_api(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    use futures::FutureExt;
+    let shutdown = Box::pin(shutdown).shared();
+    tracing::info!("starting the REST API and the conductor");
+    let http = crate::api::serve(ekko.clone(), shutdown.clone());
+    let conductor = async {
+        run_conductor(ekko, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    tokio::try_join!(http, conductor)?;
+    Ok(())
 }
 
 /// ekko-backup: heartbeat, and take this host's jobs off its queue.

@@ -71,19 +71,42 @@ pub async fn init(ekko: &Ekko) -> anyhow::Result<String> {
 
 /// Run the conductor, a backup worker for this host and the retention
 /// worker together until `shutdown`.
-pub async fn run_all(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run_all(mut ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    use crate::config::AuthStrategy;
+    let cfg = &ekko.config;
+    if cfg.api.auth_strategy == AuthStrategy::Keystone && cfg.keystone_authtoken.auth_url.is_none()
+    {
+        // Nothing configured: the single-machine default. The API trusts
+        // its callers' headers, so it listens on loopback only.
+        tracing::warn!(
+            "no [keystone_authtoken] auth_url: the API runs in noauth mode on 127.0.0.1 only"
+        );
+        let mut single = (**cfg).clone();
+        single.api.auth_strategy = AuthStrategy::Noauth;
+        single.api.bind_host = "127.0.0.1".into();
+        ekko.config = std::sync::Arc::new(single);
+    }
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let api = tokio::spawn(crate::service::run_api(ekko.clone(), stop(rx.clone())));
-    let backup = tokio::spawn(crate::service::run_backup(ekko.clone(), stop(rx.clone())));
-    let retention = tokio::spawn(crate::service::run_retention(ekko.clone(), stop(rx)));
+    let (e, r) = (ekko.clone(), rx.clone());
+    let backup = tokio::spawn(async move {
+        crate::service::run_backup(e, stop(r))
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    let retention = tokio::spawn(async move {
+        crate::service::run_retention(ekko, stop(rx))
+            .await
+            .map_err(anyhow::Error::from)
+    });
     tracing::info!("all roles running in one process");
     shutdown.await;
     let _ = tx.send(true);
     for (name, task) in [
-        ("conductor", api),
+        ("api and conductor", api),
         ("backup", backup),
         ("retention", retention),
     ] {

@@ -30,6 +30,10 @@ impl RecordReader {
         }
     }
 
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     pub fn container(&self) -> &str {
         &self.container
     }

@@ -3,6 +3,7 @@
 //! at its position. Zero chunks are never written, so a raw target stays
 //! sparse; a qcow2 target is converted from it with `qemu-img`.
 
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -99,7 +100,156 @@ pub async fn map_entries(
     Ok(map_tree(reader, root, disk_size, chunk_size).await?.entries)
 }
 
-/// Read every chunk of a record; with `target`, write it there.
+/// Records closer than this in a segment are fetched with one GET (the gap
+/// is read and dropped: cheaper than another request).
+const RANGE_GAP: u64 = 256 << 10;
+/// Largest single GET of a restore; with `concurrency` in flight this bounds
+/// the memory a restore uses, whatever the disk size.
+const RANGE_MAX: u64 = 8 << 20;
+
+/// One stored record and the disk positions that hold it.
+struct Wanted {
+    offset: u64,
+    length: u32,
+    digest: crate::chunk::ChunkDigest,
+    positions: Vec<u64>,
+}
+
+/// Consecutive records of one segment fetched with one ranged GET.
+struct Fetch {
+    segment: u64,
+    start: u64,
+    end: u64,
+    records: Vec<Wanted>,
+}
+
+/// Group a map's stored entries into ranged GETs: per segment, in offset
+/// order, adjacent records merged (a chunk shared by several positions is
+/// fetched once). Entries whose segment cannot be located are returned
+/// with the reason.
+async fn plan_fetches(
+    reader: &RecordReader,
+    entries: Vec<ChunkRef>,
+) -> (Vec<Fetch>, Vec<(u64, String)>) {
+    let mut by_record: HashMap<(u64, u64), Wanted> = HashMap::new();
+    let mut unlocated = Vec::new();
+    for (pos, r) in entries.into_iter().enumerate() {
+        if r.is_zero() {
+            continue;
+        }
+        match reader.locate(&r).await {
+            Ok(e) => by_record
+                .entry((r.segment, e.offset))
+                .or_insert_with(|| Wanted {
+                    offset: e.offset,
+                    length: e.length,
+                    digest: r.digest,
+                    positions: Vec::new(),
+                })
+                .positions
+                .push(pos as u64),
+            Err(e) => unlocated.push((pos as u64, e.to_string())),
+        }
+    }
+    let mut records: Vec<((u64, u64), Wanted)> = by_record.into_iter().collect();
+    records.sort_by_key(|(k, _)| *k);
+    let mut fetches: Vec<Fetch> = Vec::new();
+    for ((segment, _), w) in records {
+        let end = w.offset + w.length as u64;
+        match fetches.last_mut() {
+            Some(f)
+                if f.segment == segment
+                    && w.offset <= f.end + RANGE_GAP
+                    && end - f.start <= RANGE_MAX =>
+            {
+                f.end = end;
+                f.records.push(w);
+            }
+            _ => fetches.push(Fetch {
+                segment,
+                start: w.offset,
+                end,
+                records: vec![w],
+            }),
+        }
+    }
+    (fetches, unlocated)
+}
+
+/// Per disk position: the bytes restored there, or why it failed.
+type PositionOutcomes = Vec<(u64, Result<u64, String>)>;
+
+/// Decode (and with `target`, write) the records of one fetched range.
+/// Returns per position the bytes written or why it failed.
+fn decode_fetch(
+    f: &Fetch,
+    bytes: &[u8],
+    chunk_size: u64,
+    target: Option<&std::fs::File>,
+) -> Result<PositionOutcomes, EngineError> {
+    let mut out = Vec::new();
+    let mut written: Vec<(u64, u64)> = Vec::new();
+    for w in &f.records {
+        let at = (w.offset - f.start) as usize;
+        let Some(record) = bytes.get(at..at + w.length as usize) else {
+            let why = format!("segment {:016x}: short read", f.segment);
+            out.extend(w.positions.iter().map(|&p| (p, Err(why.clone()))));
+            continue;
+        };
+        match crate::segment::decode_record(f.segment, record, &w.digest) {
+            Ok(plain) => {
+                for &pos in &w.positions {
+                    if let Some(file) = target {
+                        file.write_all_at(&plain, pos * chunk_size)
+                            .map_err(|source| EngineError::Target {
+                                path: "restore target".into(),
+                                source,
+                            })?;
+                        written.push((pos * chunk_size, plain.len() as u64));
+                    }
+                    out.push((pos, Ok(plain.len() as u64)));
+                }
+            }
+            Err(e) => out.extend(w.positions.iter().map(|&p| (p, Err(e.to_string())))),
+        }
+    }
+    if let Some(file) = target {
+        start_writeback(file, written);
+    }
+    Ok(out)
+}
+
+/// Start writing back what was just written (without waiting), so the
+/// disk works while later ranges are fetched and the final fsync finds
+/// little left to do.
+fn start_writeback(file: &std::fs::File, mut written: Vec<(u64, u64)>) {
+    use std::os::fd::AsRawFd;
+    written.sort_unstable();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (off, len) in written {
+        match runs.last_mut() {
+            Some(r) if r.0 + r.1 == off => r.1 += len,
+            _ => runs.push((off, len)),
+        }
+    }
+    for (off, len) in runs {
+        // SAFETY: a plain syscall on an open descriptor; a failure only
+        // means the final fsync does the work.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                off as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+}
+
+/// Read every chunk of a record; with `target`, write it there. Chunks are
+/// fetched in ranges of adjacent records (few large GETs rather than one
+/// per chunk), `concurrency` ranges in flight, each decoded and written on
+/// the blocking pool.
 async fn walk(
     reader: &RecordReader,
     root: ChunkRef,
@@ -110,51 +260,58 @@ async fn walk(
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
     let entries = map_entries(reader, root, disk_size, chunk_size).await?;
+    let stored = entries.iter().filter(|e| !e.is_zero()).count() as u64;
     if let Some(p) = progress {
-        let stored = entries.iter().filter(|e| !e.is_zero()).count() as u64;
         p.add_total((stored * chunk_size).min(disk_size));
     }
-    let mut stats = RestoreStats::default();
-    let jobs = entries.into_iter().enumerate().filter_map(|(pos, r)| {
-        if r.is_zero() {
-            None
-        } else {
-            Some((pos as u64, r))
-        }
-    });
-    stats.zero_chunks = positions(disk_size, chunk_size);
-    let mut results = futures::stream::iter(jobs.map(|(pos, r)| {
+    let mut stats = RestoreStats {
+        zero_chunks: positions(disk_size, chunk_size) - stored,
+        ..Default::default()
+    };
+    let (fetches, unlocated) = plan_fetches(reader, entries).await;
+    let mut outcomes: PositionOutcomes = unlocated
+        .into_iter()
+        .map(|(pos, why)| (pos, Err(why)))
+        .collect();
+    let mut results = futures::stream::iter(fetches.into_iter().map(|f| {
         let target = target.clone();
         async move {
-            let data = reader.read(&r).await;
-            match (data, target) {
-                (Ok(d), Some(f)) => {
-                    let len = d.len() as u64;
-                    tokio::task::spawn_blocking(move || f.write_all_at(&d, pos * chunk_size))
-                        .await
-                        .map_err(|e| EngineError::Other(e.to_string()))?
-                        .map_err(|source| EngineError::Target {
-                            path: "restore target".into(),
-                            source,
-                        })?;
-                    Ok::<_, EngineError>((pos, Ok(len)))
+            let name = super::segment_object(f.segment);
+            let bytes = match reader
+                .store()
+                .get_range(reader.container(), &name, f.start, f.end - f.start)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    let why = e.to_string();
+                    return Ok(f
+                        .records
+                        .iter()
+                        .flat_map(|w| w.positions.iter().map(|&p| (p, Err(why.clone()))))
+                        .collect());
                 }
-                (Ok(d), None) => Ok((pos, Ok(d.len() as u64))),
-                (Err(e), _) => Ok((pos, Err(e.to_string()))),
-            }
+            };
+            tokio::task::spawn_blocking(move || {
+                decode_fetch(&f, &bytes, chunk_size, target.as_deref())
+            })
+            .await
+            .map_err(|e| EngineError::Other(format!("restore worker: {e}")))?
         }
     }))
     .buffer_unordered(concurrency.max(1));
     while let Some(res) = results.next().await {
-        let (pos, outcome) = res?;
-        stats.zero_chunks -= 1;
+        let done: PositionOutcomes = res?;
+        if let Some(p) = progress {
+            p.advance(done.iter().filter_map(|d| d.1.as_ref().ok()).sum());
+        }
+        outcomes.extend(done);
+    }
+    for (pos, outcome) in outcomes {
         match outcome {
             Ok(n) => {
                 stats.chunks += 1;
                 stats.bytes_written += n;
-                if let Some(p) = progress {
-                    p.advance(n);
-                }
             }
             Err(why) => {
                 let start = pos * chunk_size;
@@ -176,7 +333,7 @@ pub async fn verify(
     chunk_size: u64,
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
-    walk(reader, root, disk_size, chunk_size, None, 16, progress).await
+    walk(reader, root, disk_size, chunk_size, None, 4, progress).await
 }
 
 /// Restore a record to `path`. Fails (naming the byte ranges) when a chunk
@@ -215,7 +372,7 @@ pub async fn restore(
         disk_size,
         chunk_size,
         Some(file.clone()),
-        16,
+        4,
         progress,
     )
     .await?;

@@ -27,6 +27,11 @@ enum Command {
         #[command(subcommand)]
         action: CatalogAction,
     },
+    /// Policy tasks.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// Configuration tasks.
     Config {
         #[command(subcommand)]
@@ -50,6 +55,15 @@ enum CatalogAction {
 }
 
 #[derive(Subcommand)]
+enum PolicyAction {
+    /// Print every policy rule with its default (or write it to --output).
+    Sample {
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigAction {
     /// Print the sample configuration (or write it to --output).
     Sample {
@@ -65,14 +79,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Config {
             action: ConfigAction::Sample { output },
-        } => {
-            let text = ekko::config::sample::generate();
-            match output {
-                Some(path) => std::fs::write(&path, text)
-                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
-                None => print!("{text}"),
-            }
-        }
+        } => write_or_print(output, &ekko::config::sample::generate())?,
+        Command::Policy {
+            action: PolicyAction::Sample { output },
+        } => write_or_print(output, &ekko::policy::sample())?,
         Command::Config {
             action: ConfigAction::Check,
         } => {
@@ -125,4 +135,15 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn write_or_print(output: Option<PathBuf>, text: &str) -> anyhow::Result<()> {
+    match output {
+        Some(path) => std::fs::write(&path, text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
 }

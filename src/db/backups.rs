@@ -277,6 +277,9 @@ pub struct BackupFilter {
     pub status: Option<BackupStatus>,
     /// Hide `deleted` backups unless asked for by status.
     pub include_deleted: bool,
+    pub name: Option<String>,
+    /// Oldest first (default: newest first).
+    pub ascending: bool,
 }
 
 /// Backups matching `filter`, newest first, at most `limit`, after the
@@ -299,18 +302,77 @@ pub fn list(
         None if !filter.include_deleted => q = q.filter(backups::status.ne("deleted")),
         None => {}
     }
+    if let Some(n) = &filter.name {
+        q = q.filter(backups::name.eq(n.clone()));
+    }
     if let Some(m) = marker {
         let m = get(conn, m)?;
-        q = q.filter(
-            backups::created_at.lt(m.created_at).or(backups::created_at
-                .eq(m.created_at)
-                .and(backups::id.lt(m.id))),
-        );
+        q = if filter.ascending {
+            q.filter(
+                backups::created_at.gt(m.created_at).or(backups::created_at
+                    .eq(m.created_at)
+                    .and(backups::id.gt(m.id))),
+            )
+        } else {
+            q.filter(
+                backups::created_at.lt(m.created_at).or(backups::created_at
+                    .eq(m.created_at)
+                    .and(backups::id.lt(m.id))),
+            )
+        };
     }
-    Ok(q.order((backups::created_at.desc(), backups::id.desc()))
-        .limit(limit)
+    q = if filter.ascending {
+        q.order((backups::created_at.asc(), backups::id.asc()))
+    } else {
+        q.order((backups::created_at.desc(), backups::id.desc()))
+    };
+    Ok(q.limit(limit).select(Backup::as_select()).load(conn)?)
+}
+
+/// A queued or running backup of the instance, if any.
+pub fn active_for_instance(conn: &mut DbConnection, instance_id: &str) -> DbResult<Option<Backup>> {
+    Ok(backups::table
+        .filter(backups::instance_id.eq(instance_id))
+        .filter(backups::status.eq_any([
+            BackupStatus::Queued.as_str(),
+            BackupStatus::Running.as_str(),
+        ]))
         .select(Backup::as_select())
-        .load(conn)?)
+        .first(conn)
+        .optional()?)
+}
+
+/// The newest available backup of the instance, if any.
+pub fn last_available(conn: &mut DbConnection, instance_id: &str) -> DbResult<Option<Backup>> {
+    Ok(backups::table
+        .filter(backups::instance_id.eq(instance_id))
+        .filter(backups::status.eq(BackupStatus::Available.as_str()))
+        .order((backups::created_at.desc(), backups::id.desc()))
+        .select(Backup::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Change what a tenant may change: name, description, protection.
+pub fn update_details(
+    conn: &mut DbConnection,
+    id: &str,
+    name: Option<&str>,
+    description: Option<&str>,
+    protected: Option<bool>,
+) -> DbResult<Backup> {
+    conn.transaction(|conn| {
+        let b = get(conn, id)?;
+        diesel::update(backups::table.find(id))
+            .set((
+                backups::name.eq(name.unwrap_or(&b.name)),
+                backups::description.eq(description.unwrap_or(&b.description)),
+                backups::protected.eq(protected.unwrap_or(b.protected)),
+                backups::updated_at.eq(now()),
+            ))
+            .execute(conn)?;
+        get(conn, id)
+    })
 }
 
 pub fn disks_of(conn: &mut DbConnection, backup_id: &str) -> DbResult<Vec<BackupDisk>> {

@@ -160,3 +160,13 @@ pub fn require_full_read(conn: &mut DbConnection, disk_id: &str) -> DbResult<()>
         .execute(conn)?;
     Ok(())
 }
+
+/// The backup policy an instance is attached to, if any.
+pub fn policy_of(conn: &mut DbConnection, instance_id: &str) -> DbResult<Option<String>> {
+    use super::schema::policy_instances as pi;
+    Ok(pi::table
+        .find(instance_id)
+        .select(pi::policy_id)
+        .first(conn)
+        .optional()?)
+}

@@ -44,18 +44,20 @@ fn write_conf(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 #[test]
-fn sample_file_matches_the_code() {
-    let out = run(bin("ekko-manage").args(["config", "sample"]));
-    assert!(out.status.success(), "{}", text(&out));
-    let committed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/etc/ekko/ekko.conf.sample"
-    ))
-    .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout) == committed,
-        "etc/ekko/ekko.conf.sample is stale: run `ekko-manage config sample --output etc/ekko/ekko.conf.sample`"
-    );
+fn sample_files_match_the_code() {
+    for (what, file) in [
+        ("config", "etc/ekko/ekko.conf.sample"),
+        ("policy", "etc/ekko/policy.yaml.sample"),
+    ] {
+        let out = run(bin("ekko-manage").args([what, "sample"]));
+        assert!(out.status.success(), "{}", text(&out));
+        let committed =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout) == committed,
+            "{file} is stale: run `ekko-manage {what} sample --output {file}`"
+        );
+    }
 }
 
 #[test]
@@ -162,7 +164,11 @@ fn host_heartbeats_reach_the_catalog_through_rabbitmq() {
     let api_conf = write_conf(
         dir.path(),
         "api.conf",
-        &format!("{common}[database]\nconnection = {}\n", t.url),
+        &format!(
+            "{common}[database]\nconnection = {}\n[api]\nauth_strategy = noauth\nbind_host = 127.0.0.1\nbind_port = {}\n",
+            t.url,
+            crate::helpers::free_port()
+        ),
     );
     let host_conf = write_conf(
         dir.path(),

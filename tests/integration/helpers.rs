@@ -22,6 +22,14 @@ pub fn service_env(name: &str) -> Option<String> {
     }
 }
 
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 fn db_options(connection: String) -> DatabaseOptions {
     DatabaseOptions {
         connection,

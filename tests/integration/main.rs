@@ -6,6 +6,7 @@
 mod helpers;
 mod qsd;
 
+mod api;
 mod cli;
 mod db;
 mod engine;

@@ -1,0 +1,389 @@
+//! ekko-api: the REST API, thin handlers over the catalog and the queue.
+//!
+//! One middleware does what keystonemiddleware and oslo.middleware do for a
+//! Python service: a request id (`x-openstack-request-id`, keeping a valid
+//! inbound global request id), microversion negotiation, authentication
+//! (Keystone or the embedded default's `noauth`), and errors in the
+//! API-SIG shape. Handlers receive a [`RequestContext`] and check policy
+//! with [`RequestContext::authorize`]; a resource of another project is
+//! answered 404, never 403, so its existence does not leak.
+//!
+//! * [`version`]: discovery documents, `OpenStack-API-Version`.
+//! * [`error`]: the error body.
+//! * [`backups`], [`instances`]: the resources.
+
+pub mod backups;
+pub mod error;
+pub mod instances;
+pub mod version;
+
+use std::future::Future;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+
+use crate::auth::{AuthError, Credentials, KeystoneAuth};
+use crate::config::AuthStrategy;
+use crate::policy::{Policy, Target};
+use crate::Ekko;
+use error::ApiError;
+use version::Microversion;
+
+/// The service type in the catalog, error codes and microversion headers
+/// (`backup` is freezer's and `data-protection-orchestration` Karbor's).
+pub const SERVICE_TYPE: &str = "instance-backup";
+
+/// What every handler shares.
+pub struct ApiState {
+    pub ekko: Ekko,
+    pub policy: Policy,
+    /// `None` in noauth mode.
+    pub keystone: Option<KeystoneAuth>,
+}
+
+impl ApiState {
+    pub fn new(ekko: Ekko) -> anyhow::Result<ApiState> {
+        let cfg = &ekko.config;
+        let keystone = match cfg.api.auth_strategy {
+            AuthStrategy::Keystone => Some(KeystoneAuth::new(&cfg.keystone_authtoken)?),
+            AuthStrategy::Noauth => {
+                tracing::warn!("auth_strategy = noauth: callers are who their headers say; use only on a single machine");
+                None
+            }
+        };
+        let policy_file = policy_path(&ekko);
+        let policy = Policy::load(policy_file.as_deref(), cfg.oslo_policy.enforce_new_defaults)?;
+        Ok(ApiState {
+            ekko,
+            policy,
+            keystone,
+        })
+    }
+}
+
+/// `[oslo_policy] policy_file`, relative paths next to the configuration files.
+fn policy_path(ekko: &Ekko) -> Option<std::path::PathBuf> {
+    let file = std::path::PathBuf::from(&ekko.config.oslo_policy.policy_file);
+    if file.is_absolute() {
+        return Some(file);
+    }
+    ekko.config
+        .loaded_files
+        .iter()
+        .rev()
+        .filter_map(|f| f.parent())
+        .map(|dir| dir.join(&file))
+        .find(|p| p.exists())
+}
+
+/// Who asks, what for, under which request id and microversion.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub global_request_id: Option<String>,
+    pub version: Microversion,
+    pub creds: Credentials,
+}
+
+impl RequestContext {
+    /// The caller's project; project-scoped tokens only.
+    pub fn project_id(&self) -> Result<&str, ApiError> {
+        self.creds.project_id.as_deref().ok_or_else(|| {
+            ApiError::new(
+                actix_web::http::StatusCode::FORBIDDEN,
+                "project_scope_required",
+                "this API needs a project-scoped token",
+            )
+        })
+    }
+
+    /// Check `action` against a resource of `project_id`. Refusals on
+    /// another project's resource answer 404 (`what` `id`), not 403.
+    pub fn authorize(
+        &self,
+        state: &ApiState,
+        action: &str,
+        project_id: &str,
+        not_found: Option<(&str, &str)>,
+    ) -> Result<(), ApiError> {
+        let target: Target = &[("project_id", project_id), ("user_id", &self.creds.user_id)];
+        if state.policy.enforce(action, &self.creds, target) {
+            return Ok(());
+        }
+        match not_found {
+            Some((what, id)) if self.creds.project_id.as_deref() != Some(project_id) => {
+                Err(ApiError::not_found(what, id))
+            }
+            _ => Err(ApiError::forbidden(action)),
+        }
+    }
+
+    /// Whether `action` is allowed at all (e.g. listing every project).
+    pub fn allowed(&self, state: &ApiState, action: &str) -> bool {
+        let project = self.creds.project_id.clone().unwrap_or_default();
+        let target: Target = &[("project_id", &project)];
+        state.policy.enforce(action, &self.creds, target)
+    }
+}
+
+impl FromRequest for RequestContext {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<RequestContext, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(
+            req.extensions()
+                .get::<RequestContext>()
+                .cloned()
+                .ok_or_else(|| ApiError::internal("request context missing")),
+        )
+    }
+}
+
+const REQUEST_ID: &str = "x-openstack-request-id";
+
+/// `req-<uuid>`
+fn valid_request_id(v: &str) -> bool {
+    v.strip_prefix("req-")
+        .is_some_and(|u| u.len() == 36 && uuid::Uuid::parse_str(u).is_ok())
+}
+
+/// Request id, microversion, authentication, error bodies, headers.
+async fn frame(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let request_id = format!("req-{}", uuid::Uuid::new_v4());
+    let global = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v))
+        .map(String::from);
+    let versions = req
+        .headers()
+        .get_all(version::HEADER)
+        .filter_map(|v| v.to_str().ok())
+        .map(String::from)
+        .collect::<Vec<_>>();
+    let negotiated = version::negotiate(versions.iter().map(String::as_str));
+    let state = req
+        .app_data::<web::Data<ApiState>>()
+        .cloned()
+        .ok_or_else(|| actix_web::error::ErrorInternalServerError("no API state"))?;
+    let discovery = matches!(req.path(), "/" | "/v1" | "/v1/");
+
+    let outcome = match negotiated {
+        Err(e) => Err(e),
+        Ok(version) if discovery => Ok(Some(version)),
+        Ok(version) => match authenticate(&state, &req).await {
+            Ok(creds) => {
+                req.extensions_mut().insert(RequestContext {
+                    request_id: request_id.clone(),
+                    global_request_id: global.clone(),
+                    version,
+                    creds,
+                });
+                Ok(Some(version))
+            }
+            Err(e) => Err(e),
+        },
+    };
+    let (version, mut res) = match outcome {
+        Ok(version) => {
+            let res = next.call(req).await?.map_into_boxed_body();
+            (version, res)
+        }
+        Err(e) => {
+            let resp = e.response(&request_id);
+            (None, req.into_response(resp).map_into_boxed_body())
+        }
+    };
+    // Errors raised by handlers and extractors get the request id now.
+    if let Some(api) = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<ApiError>())
+    {
+        let rebuilt = api.response(&request_id);
+        res = res.into_response(rebuilt).map_into_boxed_body();
+    } else if let Some(err) = res
+        .response()
+        .error()
+        .filter(|_| res.status().is_client_error() || res.status().is_server_error())
+    {
+        // actix's own errors (e.g. an unreadable body) in the same shape.
+        let status = res.status();
+        let code = if status.is_server_error() {
+            "internal_error"
+        } else {
+            "bad_request"
+        };
+        let rebuilt = ApiError::new(status, code, err.to_string()).response(&request_id);
+        res = res.into_response(rebuilt).map_into_boxed_body();
+    }
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert(HeaderName::from_static(REQUEST_ID), v);
+    }
+    let v = version.unwrap_or(version::MIN_VERSION);
+    if let Ok(v) = HeaderValue::from_str(&format!("{SERVICE_TYPE} {v}")) {
+        h.insert(HeaderName::from_static("openstack-api-version"), v);
+    }
+    h.insert(
+        actix_web::http::header::VARY,
+        HeaderValue::from_static("OpenStack-API-Version"),
+    );
+    let status = res.status().as_u16();
+    tracing::info!(request_id = %request_id, global_request_id = ?global, status, "{} {}", res.request().method(), res.request().path());
+    Ok(res)
+}
+
+async fn authenticate(state: &ApiState, req: &ServiceRequest) -> Result<Credentials, ApiError> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let result = match &state.keystone {
+        Some(ks) => {
+            let token = header("X-Auth-Token").or_else(|| header("X-Storage-Token"));
+            ks.authenticate(token, header("X-Service-Token")).await
+        }
+        None => crate::auth::noauth(
+            header("X-Project-Id"),
+            header("X-User-Id"),
+            header("X-Roles"),
+        ),
+    };
+    result.map_err(|e| match e {
+        AuthError::Unavailable(why) => ApiError::unavailable(why),
+        other => {
+            let mut err = ApiError::new(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                other.to_string(),
+            );
+            if let Some(ks) = &state.keystone {
+                err = err.header(
+                    "WWW-Authenticate",
+                    format!("Keystone uri=\"{}\"", ks.www_authenticate_uri()),
+                );
+            }
+            err
+        }
+    })
+}
+
+/// The URL clients use to reach this API (for links).
+pub fn base_url(req: &HttpRequest, state: &ApiState) -> String {
+    match &state.ekko.config.api.public_endpoint {
+        Some(p) => p.trim_end_matches('/').to_string(),
+        None => {
+            let ci = req.connection_info();
+            format!("{}://{}", ci.scheme(), ci.host())
+        }
+    }
+}
+
+async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no resource at {}", req.path()),
+    ))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.path()),
+    ))
+}
+
+/// The routes; the middleware wraps them all.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let json = web::JsonConfig::default()
+        .limit(64 << 10)
+        .error_handler(|e, _| ApiError::bad_request(format!("invalid JSON body: {e}")).into());
+    let query = web::QueryConfig::default()
+        .error_handler(|e, _| ApiError::bad_request(format!("invalid query: {e}")).into());
+    let path = web::PathConfig::default()
+        .error_handler(|e, _| ApiError::bad_request(format!("invalid path: {e}")).into());
+    cfg.app_data(json)
+        .app_data(query)
+        .app_data(path)
+        .service(
+            web::resource("/")
+                .route(web::get().to(version::versions))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource(["/v1", "/v1/"])
+                .route(web::get().to(version::v1))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/backups")
+                .route(web::get().to(backups::list))
+                .route(web::post().to(backups::create))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/backups/{backup_id}")
+                .route(web::get().to(backups::show))
+                .route(web::put().to(backups::update))
+                .route(web::delete().to(backups::delete))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/instances")
+                .route(web::get().to(instances::list))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/instances/{instance_id}")
+                .route(web::get().to(instances::show))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .default_service(web::to(not_found));
+}
+
+/// Serve the API until `shutdown` resolves.
+pub async fn serve(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let api = &ekko.config.api;
+    let (host, port, workers) = (api.bind_host.clone(), api.bind_port, api.workers);
+    let state = web::Data::new(ApiState::new(ekko)?);
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(frame))
+            .configure(routes)
+    })
+    .disable_signals()
+    .workers(if workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        workers as usize
+    })
+    .bind((host.as_str(), port))
+    .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?
+    .run();
+    tracing::info!(%host, port, "ekko-api listening");
+    let handle = server.handle();
+    let stopper = async move {
+        shutdown.await;
+        handle.stop(true).await;
+    };
+    let (served, ()) = tokio::join!(server, stopper);
+    served?;
+    Ok(())
+}
+
+/// Shared in tests and handlers: a JSON timestamp.
+pub fn timestamp(t: &chrono::NaiveDateTime) -> String {
+    t.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Shared handle type for handlers.
+pub type State = web::Data<ApiState>;

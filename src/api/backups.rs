@@ -1,0 +1,416 @@
+//! `/v1/backups`: create (202, queued), list, show, update, delete.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::{base_url, timestamp, RequestContext, State};
+use crate::db::backups::{self, Backup, BackupFilter, BackupStatus};
+use crate::db::instances;
+use crate::db::jobs::Job;
+
+/// A backup as the API shows it.
+pub fn view(b: &Backup, base: &str) -> serde_json::Value {
+    let ratio = |a: i64, b: i64| {
+        if b > 0 {
+            json!(((a as f64 / b as f64) * 100.0).round() / 100.0)
+        } else {
+            json!(null)
+        }
+    };
+    let metadata: serde_json::Value =
+        serde_json::from_str(&b.metadata).unwrap_or_else(|_| json!({}));
+    json!({
+        "id": b.id,
+        "name": b.name,
+        "description": b.description,
+        "status": b.status,
+        "instance_id": b.instance_id,
+        "project_id": b.project_id,
+        "user_id": b.user_id,
+        "policy_id": b.policy_id,
+        "mode": b.mode,
+        "kind": b.kind,
+        "consistency": b.consistency,
+        "progress": b.progress,
+        "size": b.logical_bytes,
+        "read_bytes": b.read_bytes,
+        "new_bytes": b.new_bytes,
+        "stored_bytes": b.stored_bytes,
+        "dedup_ratio": ratio(b.read_bytes, b.new_bytes),
+        "compression_ratio": ratio(b.new_bytes, b.stored_bytes),
+        "error": b.error,
+        "protected": b.protected,
+        "metadata": metadata,
+        "created_at": timestamp(&b.created_at),
+        "updated_at": timestamp(&b.updated_at),
+        "started_at": b.started_at.as_ref().map(timestamp),
+        "completed_at": b.completed_at.as_ref().map(timestamp),
+        "links": [{"rel": "self", "href": format!("{base}/v1/backups/{}", b.id)}],
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    marker: Option<String>,
+    /// `created_at:asc` or `created_at:desc` (the default).
+    sort: Option<String>,
+    status: Option<String>,
+    instance_id: Option<String>,
+    name: Option<String>,
+    all_projects: Option<bool>,
+    project_id: Option<String>,
+}
+
+pub async fn list(
+    req: HttpRequest,
+    ctx: RequestContext,
+    state: State,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let all = q.all_projects.unwrap_or(false) || q.project_id.is_some();
+    let project = if all {
+        if !ctx.allowed(&state, "ekko:backup:get_all_projects") {
+            return Err(ApiError::forbidden("ekko:backup:get_all_projects"));
+        }
+        q.project_id.clone()
+    } else {
+        let p = ctx.project_id()?.to_string();
+        ctx.authorize(&state, "ekko:backup:get_all", &p, None)?;
+        Some(p)
+    };
+    let max = state.ekko.config.api.max_limit as i64;
+    let limit = match q.limit {
+        None => max,
+        Some(l) if (1..=max).contains(&l) => l,
+        Some(l) => {
+            return Err(ApiError::bad_request(format!(
+                "limit {l} is out of range 1..{max}"
+            )))
+        }
+    };
+    let ascending = match q.sort.as_deref() {
+        None | Some("created_at") | Some("created_at:desc") => false,
+        Some("created_at:asc") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported sort {other:?}: use created_at:asc or created_at:desc"
+            )))
+        }
+    };
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(
+            BackupStatus::parse(s)
+                .ok_or_else(|| ApiError::bad_request(format!("unknown status {s:?}")))?,
+        ),
+    };
+    let filter = BackupFilter {
+        project_id: project.clone(),
+        instance_id: q.instance_id.clone(),
+        status,
+        include_deleted: false,
+        name: q.name.clone(),
+        ascending,
+    };
+    let marker = q.marker.clone();
+    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
+    let page = db
+        .run(move |c| {
+            // An unknown marker (or one of another project) is a 400.
+            if let Some(m) = &marker {
+                let b = backups::get(c, m)
+                    .map_err(|_| crate::db::DbError::Conflict(format!("marker {m} not found")))?;
+                if project.as_deref().is_some_and(|p| p != b.project_id) {
+                    return Err(crate::db::DbError::Conflict(format!(
+                        "marker {m} not found"
+                    )));
+                }
+            }
+            backups::list(c, &filter, limit, marker.as_deref())
+        })
+        .await
+        .map_err(|e| match e {
+            crate::db::DbError::Conflict(why) => ApiError::bad_request(why),
+            other => other.into(),
+        })?;
+    let base = base_url(&req, &state);
+    let mut body = json!({
+        "backups": page.iter().map(|b| view(b, &base)).collect::<Vec<_>>(),
+    });
+    if page.len() as i64 == limit {
+        if let Some(last) = page.last() {
+            let mut next =
+                url::Url::parse(&format!("{base}{}", req.path())).map_err(ApiError::internal)?;
+            {
+                let mut pairs = next.query_pairs_mut();
+                for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+                    if k != "marker" {
+                        pairs.append_pair(&k, &v);
+                    }
+                }
+                pairs.append_pair("marker", &last.id);
+            }
+            body["backups_links"] = json!([{"rel": "next", "href": next.to_string()}]);
+        }
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Load a backup the caller may see under `action`; 404 otherwise.
+async fn visible(
+    ctx: &RequestContext,
+    state: &State,
+    id: &str,
+    action: &str,
+) -> Result<Backup, ApiError> {
+    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
+    let id_owned = id.to_string();
+    let b = db
+        .run(move |c| backups::get(c, &id_owned))
+        .await
+        .map_err(|e| match e {
+            crate::db::DbError::NotFound(_) => ApiError::not_found("backup", id),
+            other => other.into(),
+        })?;
+    if b.status() == Some(BackupStatus::Deleted) {
+        return Err(ApiError::not_found("backup", id));
+    }
+    ctx.authorize(state, action, &b.project_id, Some(("backup", id)))?;
+    Ok(b)
+}
+
+pub async fn show(
+    req: HttpRequest,
+    ctx: RequestContext,
+    state: State,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let b = visible(&ctx, &state, &id, "ekko:backup:get").await?;
+    Ok(HttpResponse::Ok().json(json!({ "backup": view(&b, &base_url(&req, &state)) })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    backup: CreateBackup,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBackup {
+    instance_id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    /// `auto` (incremental when possible) or `full`.
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+const MAX_NAME: usize = 255;
+const MAX_DESCRIPTION: usize = 4096;
+
+/// The job message a compute host's ekko-backup receives.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BackupJob {
+    pub job_id: String,
+    pub backup_id: String,
+    pub instance_id: String,
+    pub project_id: String,
+    pub full: bool,
+}
+
+pub const BACKUP_JOB_KIND: &str = "backup.create";
+
+pub async fn create(
+    req: HttpRequest,
+    ctx: RequestContext,
+    state: State,
+    body: web::Json<CreateBody>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner().backup;
+    let mode = b.mode.unwrap_or_else(|| "auto".into());
+    if mode != "auto" && mode != "full" {
+        return Err(ApiError::bad_request(format!(
+            "mode must be auto or full, not {mode:?}"
+        )));
+    }
+    let name = b.name.unwrap_or_default();
+    let description = b.description.unwrap_or_default();
+    if name.len() > MAX_NAME || description.len() > MAX_DESCRIPTION {
+        return Err(ApiError::bad_request(format!(
+            "name (at most {MAX_NAME} bytes) or description (at most {MAX_DESCRIPTION}) too long"
+        )));
+    }
+    let metadata = serde_json::Value::Object(b.metadata.unwrap_or_default()).to_string();
+    if metadata.len() > 16 << 10 {
+        return Err(ApiError::bad_request("metadata is larger than 16 KiB"));
+    }
+    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
+    let instance_id = b.instance_id.clone();
+    let instance = db
+        .run(move |c| instances::get(c, &instance_id))
+        .await
+        .map_err(|e| match e {
+            crate::db::DbError::NotFound(_) => ApiError::not_found("instance", &b.instance_id),
+            other => other.into(),
+        })?;
+    ctx.authorize(
+        &state,
+        "ekko:backup:create",
+        &instance.project_id,
+        Some(("instance", &instance.id)),
+    )?;
+
+    let mut backup = Backup::queued(
+        &instance.project_id,
+        &ctx.creds.user_id,
+        &instance.id,
+        &name,
+        &mode,
+    );
+    backup.description = description;
+    backup.metadata = metadata;
+    let at = crate::db::now();
+    let job = Job {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: BACKUP_JOB_KIND.into(),
+        project_id: instance.project_id.clone(),
+        backup_id: Some(backup.id.clone()),
+        restore_id: None,
+        host: Some(instance.host.clone()),
+        status: "queued".into(),
+        attempts: 0,
+        max_attempts: 3,
+        payload: "{}".into(),
+        error: None,
+        created_at: at,
+        updated_at: at,
+        started_at: None,
+        heartbeat_at: None,
+        deadline_at: None,
+    };
+    let message = BackupJob {
+        job_id: job.id.clone(),
+        backup_id: backup.id.clone(),
+        instance_id: instance.id.clone(),
+        project_id: instance.project_id.clone(),
+        full: mode == "full",
+    };
+    let (b2, j2) = (backup.clone(), job.clone());
+    db.run(move |c| {
+        use diesel::Connection;
+        c.transaction(|c| {
+            if let Some(active) = backups::active_for_instance(c, &b2.instance_id)? {
+                return Err(crate::db::DbError::Conflict(format!(
+                    "instance {} already has backup {} {}; try again when it finishes",
+                    b2.instance_id, active.id, active.status
+                )));
+            }
+            backups::insert(c, &b2)?;
+            crate::db::jobs::insert(c, &j2)
+        })
+    })
+    .await?;
+    let envelope =
+        crate::queue::Envelope::new(BACKUP_JOB_KIND, &message).map_err(ApiError::internal)?;
+    let key = crate::service::host_routing_key(&instance.host);
+    if let Err(e) = state.ekko.queue.publish(&key, &envelope).await {
+        // Nothing will run it: say so rather than leave it queued for ever.
+        let (id, why) = (
+            backup.id.clone(),
+            format!("the message bus refused the job: {e}"),
+        );
+        let _ = db
+            .run(move |c| backups::transition(c, &id, BackupStatus::Error, Some(&why)))
+            .await;
+        return Err(ApiError::unavailable(format!(
+            "the message bus is unavailable: {e}"
+        )));
+    }
+    tracing::info!(backup = %backup.id, instance = %instance.id, host = %instance.host, "backup queued");
+    Ok(HttpResponse::Accepted().json(json!({ "backup": view(&backup, &base_url(&req, &state)) })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    backup: UpdateBackup,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBackup {
+    name: Option<String>,
+    description: Option<String>,
+    protected: Option<bool>,
+}
+
+pub async fn update(
+    req: HttpRequest,
+    ctx: RequestContext,
+    state: State,
+    id: web::Path<String>,
+    body: web::Json<UpdateBody>,
+) -> Result<HttpResponse, ApiError> {
+    let u = body.into_inner().backup;
+    if u.name.as_ref().is_some_and(|n| n.len() > MAX_NAME)
+        || u.description
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_DESCRIPTION)
+    {
+        return Err(ApiError::bad_request("name or description too long"));
+    }
+    let b = visible(&ctx, &state, &id, "ekko:backup:update").await?;
+    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
+    let updated = db
+        .run(move |c| {
+            backups::update_details(
+                c,
+                &b.id,
+                u.name.as_deref(),
+                u.description.as_deref(),
+                u.protected,
+            )
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "backup": view(&updated, &base_url(&req, &state)) })))
+}
+
+pub async fn delete(
+    ctx: RequestContext,
+    state: State,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let b = visible(&ctx, &state, &id, "ekko:backup:delete").await?;
+    if b.protected {
+        return Err(ApiError::conflict(format!(
+            "backup {} is protected; unprotect it first",
+            b.id
+        )));
+    }
+    match b.status() {
+        Some(BackupStatus::Available | BackupStatus::Error) => {}
+        _ => {
+            return Err(ApiError::conflict(format!(
+                "backup {} is {}; it can be deleted once available or failed",
+                b.id, b.status
+            )))
+        }
+    }
+    crate::operator::delete_backup(&state.ekko, &b.id)
+        .await
+        .map_err(|e| match e.downcast::<crate::db::DbError>() {
+            Ok(db) => ApiError::from(db),
+            Err(other) => ApiError::internal(other),
+        })?;
+    Ok(HttpResponse::Accepted().finish())
+}

@@ -1,0 +1,108 @@
+//! `/v1/instances`: the instances known to Ekko, their disks, host, last
+//! backup and whether a backup policy protects them.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::{base_url, timestamp, RequestContext, State};
+use crate::db::backups;
+use crate::db::instances::{self, Instance};
+
+async fn view(state: &State, i: Instance, base: &str) -> Result<serde_json::Value, ApiError> {
+    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
+    let id = i.id.clone();
+    let (disks, last, policy) = db
+        .run(move |c| {
+            Ok((
+                instances::disks_of(c, &id)?,
+                backups::last_available(c, &id)?,
+                instances::policy_of(c, &id)?,
+            ))
+        })
+        .await?;
+    Ok(json!({
+        "id": i.id,
+        "name": i.name,
+        "project_id": i.project_id,
+        "host": i.host,
+        "status": i.status,
+        "disks": disks.iter().filter(|d| d.retired_at.is_none()).map(|d| json!({
+            "device": d.device,
+            "size": d.virtual_size,
+            "backups": d.head_seq,
+            "next_backup_reads_everything": d.needs_full_read || d.head_seq == 0,
+        })).collect::<Vec<_>>(),
+        "last_backup": last.map(|b| json!({
+            "id": b.id,
+            "created_at": timestamp(&b.created_at),
+            "kind": b.kind,
+            "links": [{"rel": "self", "href": format!("{base}/v1/backups/{}", b.id)}],
+        })),
+        "policy_id": policy,
+        "protected": policy.is_some(),
+        "created_at": timestamp(&i.created_at),
+        "updated_at": timestamp(&i.updated_at),
+        "links": [{"rel": "self", "href": format!("{base}/v1/instances/{}", i.id)}],
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    all_projects: Option<bool>,
+}
+
+pub async fn list(
+    req: HttpRequest,
+    ctx: RequestContext,
+    state: State,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let project = if q.all_projects.unwrap_or(false) {
+        if !ctx.allowed(&state, "ekko:instance:get_all_projects") {
+            return Err(ApiError::forbidden("ekko:instance:get_all_projects"));
+        }
+        None
+    } else {
+        let p = ctx.project_id()?.to_string();
+        ctx.authorize(&state, "ekko:instance:get_all", &p, None)?;
+        Some(p)
+    };
+    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
+    let found = db
+        .run(move |c| instances::list(c, project.as_deref()))
+        .await?;
+    let base = base_url(&req, &state);
+    let mut out = Vec::with_capacity(found.len());
+    for i in found {
+        out.push(view(&state, i, &base).await?);
+    }
+    Ok(HttpResponse::Ok().json(json!({ "instances": out })))
+}
+
+pub async fn show(
+    req: HttpRequest,
+    ctx: RequestContext,
+    state: State,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
+    let wanted = id.clone();
+    let i = db
+        .run(move |c| instances::get(c, &wanted))
+        .await
+        .map_err(|e| match e {
+            crate::db::DbError::NotFound(_) => ApiError::not_found("instance", &id),
+            other => other.into(),
+        })?;
+    ctx.authorize(
+        &state,
+        "ekko:instance:get",
+        &i.project_id,
+        Some(("instance", &id)),
+    )?;
+    let base = base_url(&req, &state);
+    Ok(HttpResponse::Ok().json(json!({ "instance": view(&state, i, &base).await? })))
+}

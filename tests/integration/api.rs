@@ -1,0 +1,475 @@
+//! ekko-api against the real Keystone and MariaDB of the test environment:
+//! authentication, policy personas, project isolation, OpenStack API
+//! conventions (request ids, microversions, error bodies, pagination).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ekko::db::backups::{self, Backup, BackupStatus};
+use ekko::db::instances::{self, DiskReport};
+use serde_json::{json, Value};
+
+use crate::helpers::{free_port, mariadb_db, service_env};
+
+struct Api {
+    child: Child,
+    base: String,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start ekko-api with `auth_url`, on MariaDB database `db_url`.
+async fn start_api(dir: &Path, name: &str, db_url: &str, auth_url: &str) -> Api {
+    ekko::cli::install_crypto_provider();
+    let port = free_port();
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "[DEFAULT]\nstate_path = {state}\n[api]\nbind_host = 127.0.0.1\nbind_port = {port}\nworkers = 2\nmax_limit = 50\n\
+             [database]\nconnection = {db_url}\n\
+             [keystone_authtoken]\nauth_url = {auth_url}\nwww_authenticate_uri = http://keystone.example:5000\n\
+             username = {user}\npassword = {password}\nproject_name = {project}\nhttp_request_max_retries = 1\n",
+            state = dir.join("state").display(),
+            user = std::env::var("EKKO_SERVICE_USERNAME").unwrap(),
+            password = std::env::var("EKKO_SERVICE_PASSWORD").unwrap(),
+            project = std::env::var("EKKO_SERVICE_PROJECT").unwrap(),
+        ),
+    )
+    .unwrap();
+    let log = dir.join(format!("{name}.log"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ekko-api"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("EKKO__") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .arg("--config-file")
+        .arg(&conf)
+        .env("RUST_LOG", "info,ekko::auth=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{base}/")).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ekko-api did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Api { child, base, log }
+}
+
+/// A project-scoped token for `user` (password from the environment).
+async fn token(user_var: &str, password_var: &str, project: &str) -> String {
+    token_and_user(user_var, password_var, project).await.0
+}
+
+/// A token and its user's id.
+async fn token_and_user(user_var: &str, password_var: &str, project: &str) -> (String, String) {
+    let auth_url = std::env::var("EKKO_KEYSTONE_AUTH_URL").unwrap();
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": std::env::var(user_var).unwrap(),
+            "domain": {"name": "Default"},
+            "password": std::env::var(password_var).unwrap(),
+        }}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
+    }});
+    let resp = reqwest::Client::new()
+        .post(format!("{auth_url}/auth/tokens?nocatalog"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success(),
+        "token for {user_var}: {}",
+        resp.status()
+    );
+    let token = resp.headers()["X-Subject-Token"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = resp.json().await.unwrap();
+    (
+        token,
+        body["token"]["user"]["id"].as_str().unwrap().to_string(),
+    )
+}
+
+struct Caller {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Caller {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut req = self.http.request(method.parse().unwrap(), url);
+        if let Some(t) = &self.token {
+            req = req.header("X-Auth-Token", t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, headers, value)
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let (s, _, v) = self.call("GET", path, None).await;
+        (s, v)
+    }
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The error body of the API-SIG, with the request id of the header.
+fn assert_error(status: u16, headers: &reqwest::header::HeaderMap, body: &Value, code: &str) {
+    let e = &body["errors"][0];
+    assert_eq!(e["status"], status, "{body}");
+    assert_eq!(e["code"], format!("instance-backup.{code}"), "{body}");
+    assert!(
+        e["title"].is_string() && e["detail"].is_string() && e["links"].is_array(),
+        "{body}"
+    );
+    assert_eq!(
+        e["request_id"].as_str().unwrap(),
+        headers["x-openstack-request-id"].to_str().unwrap(),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystone_personas_projects_and_conventions() {
+    let Some(auth_url) = service_env("EKKO_KEYSTONE_AUTH_URL") else {
+        return;
+    };
+    let Some(t) = mariadb_db() else { return };
+    t.db.sync().unwrap();
+    let demo_project = std::env::var("EKKO_DEMO_PROJECT_ID").unwrap();
+    let alt_project = std::env::var("EKKO_ALT_PROJECT_ID").unwrap();
+    let conn = &mut t.db.conn().unwrap();
+    let disk = [DiskReport {
+        device: "vda".into(),
+        node_name: "vda".into(),
+        virtual_size: 1 << 30,
+    }];
+    instances::upsert(conn, "inst-demo", &demo_project, "compute-1", "web", &disk).unwrap();
+    instances::upsert(conn, "inst-alt", &alt_project, "compute-1", "db", &disk).unwrap();
+    // Older, finished backups of the demo instance, for listing and paging.
+    let mut finished = Vec::new();
+    for n in 0..5 {
+        let mut b = Backup::queued(
+            &demo_project,
+            "someone",
+            "inst-demo",
+            &format!("old-{n}"),
+            "auto",
+        );
+        b.created_at -= chrono::Duration::hours(10 - n);
+        backups::insert(conn, &b).unwrap();
+        backups::transition(conn, &b.id, BackupStatus::Error, Some("test")).unwrap();
+        finished.push(b.id);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let api = start_api(dir.path(), "api", &t.url, &auth_url).await;
+    let http = reqwest::Client::new();
+    let as_ = |token: Option<String>| Caller {
+        http: http.clone(),
+        base: api.base.clone(),
+        token,
+    };
+    let anonymous = as_(None);
+    let (member_token, demo_user) =
+        token_and_user("EKKO_DEMO_USERNAME", "EKKO_DEMO_PASSWORD", "demo").await;
+    let member = as_(Some(member_token));
+    let reader = as_(Some(
+        token("EKKO_READER_USERNAME", "EKKO_READER_PASSWORD", "demo").await,
+    ));
+    let alt_name = std::env::var("EKKO_ALT_PROJECT").unwrap();
+    let alt = as_(Some(
+        token("EKKO_ALT_USERNAME", "EKKO_ALT_PASSWORD", &alt_name).await,
+    ));
+    let admin = as_(Some(token("OS_USERNAME", "OS_PASSWORD", "admin").await));
+
+    // Version discovery needs no token; every response carries the headers.
+    let (s, h, v) = anonymous.call("GET", "/", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["versions"][0]["id"], "v1");
+    assert_eq!(v["versions"][0]["status"], "CURRENT");
+    assert!(h["x-openstack-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req-"));
+    assert_eq!(h["openstack-api-version"], "instance-backup 1.0");
+    assert!(h["vary"]
+        .to_str()
+        .unwrap()
+        .contains("OpenStack-API-Version"));
+
+    // No token, a bad token: 401 with WWW-Authenticate.
+    let (s, h, v) = anonymous.call("GET", "/v1/backups", None).await;
+    assert_eq!(s, 401);
+    assert_eq!(
+        h["www-authenticate"],
+        "Keystone uri=\"http://keystone.example:5000\""
+    );
+    assert_error(s, &h, &v, "unauthorized");
+    let forged = as_(Some("gAAAAABnot-a-real-token".into()));
+    let (s, h, _) = forged.call("GET", "/v1/backups", None).await;
+    assert_eq!(s, 401);
+    assert!(h.contains_key("www-authenticate"));
+
+    // Microversions: out of range 406, malformed 400.
+    let (s, h, v) = {
+        let r = http
+            .get(format!("{}/v1/backups", api.base))
+            .header("X-Auth-Token", member.token.clone().unwrap())
+            .header("OpenStack-API-Version", "instance-backup 9.9")
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        let h = r.headers().clone();
+        (s, h, r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(s, 406);
+    assert_error(s, &h, &v, "version_not_supported");
+    assert_eq!(v["errors"][0]["max_version"], "1.0");
+    let r = http
+        .get(format!("{}/v1/backups", api.base))
+        .header("X-Auth-Token", member.token.clone().unwrap())
+        .header("OpenStack-API-Version", "instance-backup one")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    // The member creates a backup: 202 and queued; a second one while it
+    // is queued conflicts.
+    let (s, _, v) = member
+        .call(
+            "POST",
+            "/v1/backups",
+            Some(json!({"backup": {"instance_id": "inst-demo", "name": "nightly"}})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["backup"]["status"], "queued");
+    let created = v["backup"]["id"].as_str().unwrap().to_string();
+    let (s, h, v) = member
+        .call(
+            "POST",
+            "/v1/backups",
+            Some(json!({"backup": {"instance_id": "inst-demo"}})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_error(s, &h, &v, "conflict");
+    // Bad input: clear 400s.
+    for bad in [
+        json!({"backup": {"instance_id": "inst-demo", "mode": "sometimes"}}),
+        json!({"backup": {"instance_id": "inst-demo", "colour": "red"}}),
+        json!({"nothing": {}}),
+    ] {
+        let (s, h, v) = member.call("POST", "/v1/backups", Some(bad)).await;
+        assert_eq!(s, 400, "{v}");
+        assert_error(s, &h, &v, "bad_request");
+    }
+    // Another project's instance does not exist for the member.
+    let (s, _, _) = member
+        .call(
+            "POST",
+            "/v1/backups",
+            Some(json!({"backup": {"instance_id": "inst-alt"}})),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    let (s, v) = member.get(&format!("/v1/backups/{created}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["backup"]["name"], "nightly");
+    let (s, v) = member.get("/v1/backups").await;
+    assert_eq!(s, 200);
+    assert_eq!(ids(&v).len(), 6);
+
+    // The reader reads, but may not create or delete.
+    let (s, v) = reader.get("/v1/backups").await;
+    assert_eq!(s, 200);
+    assert!(ids(&v).contains(&created));
+    let (s, h, v) = reader
+        .call(
+            "POST",
+            "/v1/backups",
+            Some(json!({"backup": {"instance_id": "inst-demo"}})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    assert_error(s, &h, &v, "forbidden");
+    let (s, _, _) = reader
+        .call("DELETE", &format!("/v1/backups/{}", finished[0]), None)
+        .await;
+    assert_eq!(s, 403);
+
+    // The other project sees nothing of demo's: 404, never 403.
+    let (s, v) = alt.get("/v1/backups").await;
+    assert_eq!(s, 200);
+    assert!(ids(&v).is_empty(), "{v}");
+    for method in ["GET", "DELETE"] {
+        let (s, h, v) = alt
+            .call(method, &format!("/v1/backups/{created}"), None)
+            .await;
+        assert_eq!(s, 404, "{method}");
+        assert_error(s, &h, &v, "not_found");
+    }
+    let (s, _) = alt.get("/v1/instances/inst-demo").await;
+    assert_eq!(s, 404);
+    let (s, _) = alt.get("/v1/backups?all_projects=true").await;
+    assert_eq!(s, 403);
+
+    // The admin sees every project.
+    let (s, v) = admin.get("/v1/backups?all_projects=true").await;
+    assert_eq!(s, 200);
+    assert!(ids(&v).contains(&created));
+    let (s, v) = admin.get(&format!("/v1/backups/{created}")).await;
+    assert_eq!(s, 200, "{v}");
+
+    // Instances: the member's project only.
+    let (s, v) = member.get("/v1/instances").await;
+    assert_eq!(s, 200);
+    let listed: Vec<&str> = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec!["inst-demo"]);
+    assert_eq!(v["instances"][0]["disks"][0]["device"], "vda");
+
+    // Pagination: limit, marker, next links, sort.
+    let mut seen = Vec::new();
+    let mut next = Some("/v1/backups?limit=2&sort=created_at:asc".to_string());
+    while let Some(url) = next {
+        let (s, v) = member.get(&url).await;
+        assert_eq!(s, 200, "{v}");
+        seen.extend(ids(&v));
+        next = v["backups_links"][0]["href"].as_str().map(String::from);
+    }
+    let mut expected = finished.clone();
+    expected.push(created.clone());
+    assert_eq!(seen, expected, "every backup once, oldest first");
+    let (s, _) = member.get("/v1/backups?marker=no-such-backup").await;
+    assert_eq!(s, 400);
+    let (s, _) = member.get("/v1/backups?limit=0").await;
+    assert_eq!(s, 400);
+    let (s, _) = member.get("/v1/backups?sort=size:asc").await;
+    assert_eq!(s, 400);
+
+    // Protect, refuse the delete, unprotect, delete.
+    let old = &finished[0];
+    let (s, _, v) = member
+        .call(
+            "PUT",
+            &format!("/v1/backups/{old}"),
+            Some(json!({"backup": {"protected": true}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["backup"]["protected"], true);
+    let (s, _, _) = member
+        .call("DELETE", &format!("/v1/backups/{old}"), None)
+        .await;
+    assert_eq!(s, 409);
+    member
+        .call(
+            "PUT",
+            &format!("/v1/backups/{old}"),
+            Some(json!({"backup": {"protected": false}})),
+        )
+        .await;
+    let (s, _, _) = member
+        .call("DELETE", &format!("/v1/backups/{old}"), None)
+        .await;
+    assert_eq!(s, 202);
+    let (s, _) = member.get(&format!("/v1/backups/{old}")).await;
+    assert_eq!(s, 404, "a deleted backup is gone");
+
+    // Unknown paths and methods: error bodies too.
+    let (s, h, v) = member.call("GET", "/v1/nothing-here", None).await;
+    assert_eq!(s, 404);
+    assert_error(s, &h, &v, "not_found");
+    let (s, _, _) = member.call("PATCH", "/v1/backups", None).await;
+    assert_eq!(s, 405);
+
+    // Each token was validated by Keystone once, then served from the cache.
+    let log = std::fs::read_to_string(&api.log).unwrap();
+    let validations = log
+        .lines()
+        .filter(|l| l.contains("token validated by Keystone") && l.contains(&demo_user))
+        .count();
+    assert_eq!(
+        validations, 1,
+        "the member's token is validated once per cache period"
+    );
+}
+
+/// Keystone cannot be reached: 503, not 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystone_unreachable_answers_503() {
+    if service_env("EKKO_KEYSTONE_AUTH_URL").is_none() {
+        return;
+    }
+    let Some(t) = mariadb_db() else { return };
+    t.db.sync().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("http://127.0.0.1:{}/v3", free_port());
+    let api = start_api(dir.path(), "down", &t.url, &closed).await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/backups", api.base))
+        .header("X-Auth-Token", "some-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["errors"][0]["code"],
+        "instance-backup.service_unavailable"
+    );
+}
