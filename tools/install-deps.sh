@@ -7,14 +7,14 @@
 #   - block devices: qemu-img, qemu-nbd, qemu-storage-daemon >= 10, from
 #     bookworm-backports (bookworm main only has 7.2: never install that one,
 #     it would downgrade the machine's qemu-utils)
-#   - benchmark peers: restic, borgbackup
+#   - benchmark peers and drivers: restic, borgbackup, wrk, curl
 #   - lint: shellcheck
 # The OpenStack services for the integration tests are installed by
 # tools/test-env.sh.
 set -euo pipefail
 
 PKGS=(gcc pkg-config libmariadb-dev libmariadb-dev-compat libsqlite3-dev
-      restic borgbackup shellcheck)
+      restic borgbackup wrk curl shellcheck)
 QEMU_MIN_MAJOR=10
 BACKPORTS_LIST=/etc/apt/sources.list.d/ekko-bookworm-backports.list
 
