@@ -10,11 +10,12 @@
 //!
 //! * [`version`]: discovery documents, `OpenStack-API-Version`.
 //! * [`error`]: the error body.
-//! * [`backups`], [`instances`]: the resources.
+//! * [`backups`], [`instances`], [`quotas`]: the resources.
 
 pub mod backups;
 pub mod error;
 pub mod instances;
+pub mod quotas;
 pub mod version;
 
 use std::future::Future;
@@ -45,6 +46,28 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// The catalog (ekko-api always has one).
+    pub fn db(&self) -> Result<crate::db::Db, ApiError> {
+        Ok(self.ekko.db().map_err(ApiError::internal)?.clone())
+    }
+
+    /// Load one row with `load`; a missing row answers 404 naming `what` `id`.
+    pub async fn find<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        id: &str,
+        load: fn(&mut crate::db::DbConnection, &str) -> crate::db::DbResult<T>,
+    ) -> Result<T, ApiError> {
+        let owned = id.to_string();
+        self.db()?
+            .run(move |c| load(c, &owned))
+            .await
+            .map_err(|e| match e {
+                crate::db::DbError::NotFound(_) => ApiError::not_found(what, id),
+                other => other.into(),
+            })
+    }
+
     pub fn new(ekko: Ekko) -> anyhow::Result<ApiState> {
         let cfg = &ekko.config;
         let keystone = match cfg.api.auth_strategy {
@@ -344,6 +367,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/instances/{instance_id}")
                 .route(web::get().to(instances::show))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/quotas/{project_id}")
+                .route(web::get().to(quotas::show))
+                .route(web::put().to(quotas::update))
                 .default_service(web::to(method_not_allowed)),
         )
         .default_service(web::to(not_found));

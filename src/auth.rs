@@ -253,7 +253,23 @@ impl KeystoneAuth {
                 (Ok(_), Some(s)) if s == reqwest::StatusCode::UNAUTHORIZED && !renewed => {
                     renewed = true;
                 }
-                (Ok(_), Some(s)) if s == reqwest::StatusCode::NOT_FOUND || s.is_client_error() => {
+                // Keystone's answer for an unknown, expired or revoked token.
+                (Ok(_), Some(s)) if s == reqwest::StatusCode::NOT_FOUND => {
+                    self.validations.fetch_add(1, Ordering::Relaxed);
+                    return Err(AuthError::Invalid);
+                }
+                // Our own credentials are refused or may not validate tokens:
+                // an operator problem, not the caller's.
+                (Ok(_), Some(s))
+                    if s == reqwest::StatusCode::UNAUTHORIZED
+                        || s == reqwest::StatusCode::FORBIDDEN =>
+                {
+                    tracing::error!(%s, "Keystone refuses Ekko's service user to validate tokens; check [keystone_authtoken]");
+                    return Err(AuthError::Unavailable(format!(
+                        "the identity service refused to validate the token ({s})"
+                    )));
+                }
+                (Ok(_), Some(s)) if s.is_client_error() => {
                     self.validations.fetch_add(1, Ordering::Relaxed);
                     return Err(AuthError::Invalid);
                 }

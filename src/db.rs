@@ -12,6 +12,7 @@ pub mod backups;
 pub mod hosts;
 pub mod instances;
 pub mod jobs;
+pub mod quotas;
 pub mod schema;
 pub mod segments;
 
@@ -65,6 +66,9 @@ pub enum DbError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A quota would be exceeded.
+    #[error("{0}")]
+    LimitExceeded(String),
     #[error("database task failed: {0}")]
     Task(String),
     #[error("{0}")]

@@ -144,6 +144,18 @@ pub const DEFAULTS: &[RuleDefault] = &[
         description: "List the instances of every project (all_projects=true).",
         operations: &["GET /v1/instances?all_projects=true"],
     },
+    RuleDefault {
+        name: "ekko:quota:get",
+        check: ADMIN_OR_READER,
+        description: "Show a project's quotas and usage.",
+        operations: &["GET /v1/quotas/{project_id}"],
+    },
+    RuleDefault {
+        name: "ekko:quota:update",
+        check: "rule:context_is_admin",
+        description: "Set a project's quotas.",
+        operations: &["PUT /v1/quotas/{project_id}"],
+    },
 ];
 
 /// The legacy (pre-secure-RBAC) personas, used when

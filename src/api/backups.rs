@@ -118,7 +118,7 @@ pub async fn list(
         ascending,
     };
     let marker = q.marker.clone();
-    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
+    let db = state.db()?;
     let page = db
         .run(move |c| {
             // An unknown marker (or one of another project) is a 400.
@@ -168,15 +168,7 @@ async fn visible(
     id: &str,
     action: &str,
 ) -> Result<Backup, ApiError> {
-    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
-    let id_owned = id.to_string();
-    let b = db
-        .run(move |c| backups::get(c, &id_owned))
-        .await
-        .map_err(|e| match e {
-            crate::db::DbError::NotFound(_) => ApiError::not_found("backup", id),
-            other => other.into(),
-        })?;
+    let b = state.find("backup", id, backups::get).await?;
     if b.status() == Some(BackupStatus::Deleted) {
         return Err(ApiError::not_found("backup", id));
     }
@@ -254,15 +246,10 @@ pub async fn create(
     if metadata.len() > 16 << 10 {
         return Err(ApiError::bad_request("metadata is larger than 16 KiB"));
     }
-    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
-    let instance_id = b.instance_id.clone();
-    let instance = db
-        .run(move |c| instances::get(c, &instance_id))
-        .await
-        .map_err(|e| match e {
-            crate::db::DbError::NotFound(_) => ApiError::not_found("instance", &b.instance_id),
-            other => other.into(),
-        })?;
+    let db = state.db()?;
+    let instance = state
+        .find("instance", &b.instance_id, instances::get)
+        .await?;
     ctx.authorize(
         &state,
         "ekko:backup:create",
@@ -279,25 +266,9 @@ pub async fn create(
     );
     backup.description = description;
     backup.metadata = metadata;
-    let at = crate::db::now();
-    let job = Job {
-        id: uuid::Uuid::new_v4().to_string(),
-        kind: BACKUP_JOB_KIND.into(),
-        project_id: instance.project_id.clone(),
-        backup_id: Some(backup.id.clone()),
-        restore_id: None,
-        host: Some(instance.host.clone()),
-        status: "queued".into(),
-        attempts: 0,
-        max_attempts: 3,
-        payload: "{}".into(),
-        error: None,
-        created_at: at,
-        updated_at: at,
-        started_at: None,
-        heartbeat_at: None,
-        deadline_at: None,
-    };
+    let mut job = Job::queued(BACKUP_JOB_KIND, &instance.project_id);
+    job.backup_id = Some(backup.id.clone());
+    job.host = Some(instance.host.clone());
     let message = BackupJob {
         job_id: job.id.clone(),
         backup_id: backup.id.clone(),
@@ -306,9 +277,13 @@ pub async fn create(
         full: mode == "full",
     };
     let (b2, j2) = (backup.clone(), job.clone());
+    let quota = state.ekko.config.quota.clone();
     db.run(move |c| {
         use diesel::Connection;
         c.transaction(|c| {
+            if let Some(why) = super::quotas::check_one_more(c, &quota, &b2.project_id)? {
+                return Err(crate::db::DbError::LimitExceeded(why));
+            }
             if let Some(active) = backups::active_for_instance(c, &b2.instance_id)? {
                 return Err(crate::db::DbError::Conflict(format!(
                     "instance {} already has backup {} {}; try again when it finishes",
@@ -370,7 +345,7 @@ pub async fn update(
         return Err(ApiError::bad_request("name or description too long"));
     }
     let b = visible(&ctx, &state, &id, "ekko:backup:update").await?;
-    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
+    let db = state.db()?;
     let updated = db
         .run(move |c| {
             backups::update_details(

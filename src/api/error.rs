@@ -134,6 +134,9 @@ impl From<crate::db::DbError> for ApiError {
                 format!("{what} could not be found"),
             ),
             crate::db::DbError::Conflict(why) => ApiError::conflict(why),
+            crate::db::DbError::LimitExceeded(why) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", why)
+            }
             crate::db::DbError::Pool(e) => {
                 ApiError::unavailable(format!("the catalog is unavailable: {e}"))
             }

@@ -11,7 +11,7 @@ use crate::db::backups;
 use crate::db::instances::{self, Instance};
 
 async fn view(state: &State, i: Instance, base: &str) -> Result<serde_json::Value, ApiError> {
-    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
+    let db = state.db()?;
     let id = i.id.clone();
     let (disks, last, policy) = db
         .run(move |c| {
@@ -70,7 +70,7 @@ pub async fn list(
         ctx.authorize(&state, "ekko:instance:get_all", &p, None)?;
         Some(p)
     };
-    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
+    let db = state.db()?;
     let found = db
         .run(move |c| instances::list(c, project.as_deref()))
         .await?;
@@ -88,15 +88,7 @@ pub async fn show(
     state: State,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let db = state.ekko.db().map_err(ApiError::internal)?.clone();
-    let wanted = id.clone();
-    let i = db
-        .run(move |c| instances::get(c, &wanted))
-        .await
-        .map_err(|e| match e {
-            crate::db::DbError::NotFound(_) => ApiError::not_found("instance", &id),
-            other => other.into(),
-        })?;
+    let i = state.find("instance", &id, instances::get).await?;
     ctx.authorize(
         &state,
         "ekko:instance:get",

@@ -293,6 +293,17 @@ option_group! {
     }
 }
 
+option_group! {
+    /// `[quota]`: default per-project limits (an admin sets others with
+    /// `PUT /v1/quotas/{project_id}`); -1 means unlimited.
+    pub struct QuotaOptions in "quota" {
+        /// Backups a project may keep (queued, running, available or failed).
+        pub backups: i64 = 1000;
+        /// GiB of backup data a project may store (bytes each backup stored).
+        pub backup_gigabytes: i64 = 10240;
+    }
+}
+
 /// All sections, in the order of the sample file.
 pub fn all_options() -> Vec<OptionInfo> {
     let mut all = DefaultOptions::describe();
@@ -305,5 +316,6 @@ pub fn all_options() -> Vec<OptionInfo> {
     all.extend(LocalStoreOptions::describe());
     all.extend(BackupOptions::describe());
     all.extend(RetentionOptions::describe());
+    all.extend(QuotaOptions::describe());
     all
 }

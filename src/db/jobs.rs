@@ -28,6 +28,31 @@ pub struct Job {
     pub deadline_at: Option<NaiveDateTime>,
 }
 
+impl Job {
+    /// A new queued job of `kind` for `project_id` (three attempts).
+    pub fn queued(kind: &str, project_id: &str) -> Job {
+        let at = now();
+        Job {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: kind.to_string(),
+            project_id: project_id.to_string(),
+            backup_id: None,
+            restore_id: None,
+            host: None,
+            status: "queued".into(),
+            attempts: 0,
+            max_attempts: 3,
+            payload: "{}".into(),
+            error: None,
+            created_at: at,
+            updated_at: at,
+            started_at: None,
+            heartbeat_at: None,
+            deadline_at: None,
+        }
+    }
+}
+
 pub fn insert(conn: &mut DbConnection, job: &Job) -> DbResult<()> {
     diesel::insert_into(jobs::table).values(job).execute(conn)?;
     Ok(())

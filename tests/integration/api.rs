@@ -430,6 +430,38 @@ async fn keystone_personas_projects_and_conventions() {
     let (s, _) = member.get(&format!("/v1/backups/{old}")).await;
     assert_eq!(s, 404, "a deleted backup is gone");
 
+    // Quotas: readers see their project's, admins set them, creating past
+    // a limit answers 413.
+    let quota_url = format!("/v1/quotas/{demo_project}");
+    let (s, v) = reader.get(&quota_url).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["quota"]["backups"]["in_use"], 5, "{v}");
+    assert_eq!(v["quota"]["backups"]["limit"], 1000);
+    let (s, _) = alt.get(&quota_url).await;
+    assert_eq!(s, 404);
+    let (s, _, _) = member
+        .call("PUT", &quota_url, Some(json!({"quota": {"backups": 100}})))
+        .await;
+    assert_eq!(s, 403);
+    let (s, _, v) = admin
+        .call("PUT", &quota_url, Some(json!({"quota": {"backups": 5}})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["quota"]["backups"]["limit"], 5);
+    let (s, h, v) = member
+        .call(
+            "POST",
+            "/v1/backups",
+            Some(json!({"backup": {"instance_id": "inst-demo"}})),
+        )
+        .await;
+    assert_eq!(s, 413, "{v}");
+    assert_error(s, &h, &v, "quota_exceeded");
+    let (s, _, _) = admin
+        .call("PUT", &quota_url, Some(json!({"quota": {"backups": -5}})))
+        .await;
+    assert_eq!(s, 400);
+
     // Unknown paths and methods: error bodies too.
     let (s, h, v) = member.call("GET", "/v1/nothing-here", None).await;
     assert_eq!(s, 404);

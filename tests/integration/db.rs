@@ -256,25 +256,8 @@ fn reference_intervals_track_liveness(c: &mut DbConnection) {
 }
 
 fn jobs_end_once(c: &mut DbConnection) {
-    let at = now();
-    let job = jobs::Job {
-        id: uuid::Uuid::new_v4().to_string(),
-        kind: "backup".into(),
-        project_id: "proj-a".into(),
-        backup_id: None,
-        restore_id: None,
-        host: None,
-        status: "queued".into(),
-        attempts: 0,
-        max_attempts: 3,
-        payload: "{}".into(),
-        error: None,
-        created_at: at,
-        updated_at: at,
-        started_at: None,
-        heartbeat_at: None,
-        deadline_at: None,
-    };
+    let job = jobs::Job::queued("backup", "proj-a");
+    let at = job.created_at;
     jobs::insert(c, &job).unwrap();
     assert_eq!(jobs::oldest_active_start(c).unwrap(), Some(at));
     assert_eq!(jobs::start(c, &job.id, "compute-1").unwrap().attempts, 1);

@@ -1,0 +1,119 @@
+//! `/v1/quotas/{project_id}`: a project's limits and usage; admins set them.
+//! Creating a backup over a limit answers 413 (`quota_exceeded`).
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::{RequestContext, State};
+use crate::db::quotas::{self, BACKUPS, BACKUP_GIGABYTES};
+use crate::db::DbConnection;
+
+const GIB: i64 = 1 << 30;
+
+/// A project's limits: its own where set, else the configured defaults.
+pub fn limits(
+    conn: &mut DbConnection,
+    config: &crate::config::QuotaOptions,
+    project_id: &str,
+) -> crate::db::DbResult<(i64, i64)> {
+    Ok((
+        quotas::get(conn, project_id, BACKUPS)?.unwrap_or(config.backups),
+        quotas::get(conn, project_id, BACKUP_GIGABYTES)?.unwrap_or(config.backup_gigabytes),
+    ))
+}
+
+/// Refuse one more backup for `project_id` if it would pass a limit.
+pub fn check_one_more(
+    conn: &mut DbConnection,
+    config: &crate::config::QuotaOptions,
+    project_id: &str,
+) -> crate::db::DbResult<Option<String>> {
+    let (max_backups, max_gib) = limits(conn, config, project_id)?;
+    let (kept, bytes) = quotas::usage(conn, project_id)?;
+    if max_backups >= 0 && kept + 1 > max_backups {
+        return Ok(Some(format!(
+            "quota exceeded: the project keeps {kept} of {max_backups} backups; delete some or ask for more"
+        )));
+    }
+    if max_gib >= 0 && bytes >= max_gib * GIB {
+        return Ok(Some(format!(
+            "quota exceeded: the project stores {:.1} GiB of {max_gib} GiB of backups; delete some or ask for more",
+            bytes as f64 / GIB as f64
+        )));
+    }
+    Ok(None)
+}
+
+async fn view(state: &State, project_id: String) -> Result<serde_json::Value, ApiError> {
+    let config = state.ekko.config.quota.clone();
+    let p = project_id.clone();
+    let ((max_backups, max_gib), (kept, bytes)) = state
+        .db()?
+        .run(move |c| Ok((limits(c, &config, &p)?, quotas::usage(c, &p)?)))
+        .await?;
+    Ok(json!({"quota": {
+        "project_id": project_id,
+        BACKUPS: {"limit": max_backups, "in_use": kept},
+        BACKUP_GIGABYTES: {"limit": max_gib, "in_use": (bytes as f64 / GIB as f64 * 100.0).round() / 100.0},
+    }}))
+}
+
+pub async fn show(
+    ctx: RequestContext,
+    state: State,
+    project_id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    ctx.authorize(
+        &state,
+        "ekko:quota:get",
+        &project_id,
+        Some(("quota of project", &project_id)),
+    )?;
+    Ok(HttpResponse::Ok().json(view(&state, project_id.into_inner()).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    quota: UpdateQuota,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateQuota {
+    backups: Option<i64>,
+    backup_gigabytes: Option<i64>,
+}
+
+pub async fn update(
+    ctx: RequestContext,
+    state: State,
+    project_id: web::Path<String>,
+    body: web::Json<UpdateBody>,
+) -> Result<HttpResponse, ApiError> {
+    ctx.authorize(&state, "ekko:quota:update", &project_id, None)?;
+    let q = body.into_inner().quota;
+    let changes: Vec<(&'static str, i64)> =
+        [(BACKUPS, q.backups), (BACKUP_GIGABYTES, q.backup_gigabytes)]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+    if let Some((k, v)) = changes.iter().find(|(_, v)| *v < -1) {
+        return Err(ApiError::bad_request(format!(
+            "{k} must be -1 (unlimited) or a limit of 0 or more, not {v}"
+        )));
+    }
+    let p = project_id.clone();
+    state
+        .db()?
+        .run(move |c| {
+            for (k, v) in &changes {
+                quotas::set(c, &p, k, *v)?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(view(&state, project_id.into_inner()).await?))
+}
