@@ -1,7 +1,7 @@
 //! `/v1/backups`: create (202, queued), list, show, update, delete.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
@@ -10,45 +10,91 @@ use crate::db::backups::{self, Backup, BackupFilter, BackupStatus};
 use crate::db::instances;
 use crate::db::jobs::Job;
 
-/// A backup as the API shows it.
-pub fn view(b: &Backup, base: &str) -> serde_json::Value {
-    let ratio = |a: i64, b: i64| {
-        if b > 0 {
-            json!(((a as f64 / b as f64) * 100.0).round() / 100.0)
-        } else {
-            json!(null)
-        }
+/// A link in a resource (`self`, `next`).
+#[derive(Debug, Serialize)]
+pub struct Link {
+    pub rel: &'static str,
+    pub href: String,
+}
+
+/// A backup as the API shows it (serialized straight from the row: the
+/// list is the hottest path, and a `serde_json::Value` tree costs more
+/// than the database query).
+#[derive(Debug, Serialize)]
+pub struct BackupView<'a> {
+    id: &'a str,
+    name: &'a str,
+    description: &'a str,
+    status: &'a str,
+    instance_id: &'a str,
+    project_id: &'a str,
+    user_id: &'a str,
+    policy_id: Option<&'a str>,
+    mode: &'a str,
+    kind: Option<&'a str>,
+    consistency: Option<&'a str>,
+    progress: i32,
+    size: i64,
+    read_bytes: i64,
+    new_bytes: i64,
+    stored_bytes: i64,
+    dedup_ratio: Option<f64>,
+    compression_ratio: Option<f64>,
+    error: Option<&'a str>,
+    protected: bool,
+    metadata: serde_json::Value,
+    created_at: String,
+    updated_at: String,
+    started_at: Option<String>,
+    completed_at: Option<String>,
+    links: [Link; 1],
+}
+
+pub fn view<'a>(b: &'a Backup, base: &str) -> BackupView<'a> {
+    let ratio = |a: i64, b: i64| (b > 0).then(|| ((a as f64 / b as f64) * 100.0).round() / 100.0);
+    let metadata = if b.metadata == "{}" {
+        serde_json::Value::Object(Default::default())
+    } else {
+        serde_json::from_str(&b.metadata).unwrap_or_else(|_| json!({}))
     };
-    let metadata: serde_json::Value =
-        serde_json::from_str(&b.metadata).unwrap_or_else(|_| json!({}));
-    json!({
-        "id": b.id,
-        "name": b.name,
-        "description": b.description,
-        "status": b.status,
-        "instance_id": b.instance_id,
-        "project_id": b.project_id,
-        "user_id": b.user_id,
-        "policy_id": b.policy_id,
-        "mode": b.mode,
-        "kind": b.kind,
-        "consistency": b.consistency,
-        "progress": b.progress,
-        "size": b.logical_bytes,
-        "read_bytes": b.read_bytes,
-        "new_bytes": b.new_bytes,
-        "stored_bytes": b.stored_bytes,
-        "dedup_ratio": ratio(b.read_bytes, b.new_bytes),
-        "compression_ratio": ratio(b.new_bytes, b.stored_bytes),
-        "error": b.error,
-        "protected": b.protected,
-        "metadata": metadata,
-        "created_at": timestamp(&b.created_at),
-        "updated_at": timestamp(&b.updated_at),
-        "started_at": b.started_at.as_ref().map(timestamp),
-        "completed_at": b.completed_at.as_ref().map(timestamp),
-        "links": [{"rel": "self", "href": format!("{base}/v1/backups/{}", b.id)}],
-    })
+    BackupView {
+        id: &b.id,
+        name: &b.name,
+        description: &b.description,
+        status: &b.status,
+        instance_id: &b.instance_id,
+        project_id: &b.project_id,
+        user_id: &b.user_id,
+        policy_id: b.policy_id.as_deref(),
+        mode: &b.mode,
+        kind: b.kind.as_deref(),
+        consistency: b.consistency.as_deref(),
+        progress: b.progress,
+        size: b.logical_bytes,
+        read_bytes: b.read_bytes,
+        new_bytes: b.new_bytes,
+        stored_bytes: b.stored_bytes,
+        dedup_ratio: ratio(b.read_bytes, b.new_bytes),
+        compression_ratio: ratio(b.new_bytes, b.stored_bytes),
+        error: b.error.as_deref(),
+        protected: b.protected,
+        metadata,
+        created_at: timestamp(&b.created_at),
+        updated_at: timestamp(&b.updated_at),
+        started_at: b.started_at.as_ref().map(timestamp),
+        completed_at: b.completed_at.as_ref().map(timestamp),
+        links: [Link {
+            rel: "self",
+            href: format!("{base}/v1/backups/{}", b.id),
+        }],
+    }
+}
+
+#[derive(Serialize)]
+struct BackupList<'a> {
+    backups: Vec<BackupView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backups_links: Option<[Link; 1]>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,13 +185,14 @@ pub async fn list(
             other => other.into(),
         })?;
     let base = base_url(&req, &state);
-    let mut body = json!({
-        "backups": page.iter().map(|b| view(b, &base)).collect::<Vec<_>>(),
-    });
+    let mut body = BackupList {
+        backups: page.iter().map(|b| view(b, &base)).collect(),
+        backups_links: None,
+    };
     if page.len() as i64 == limit {
         if let Some(last) = page.last() {
-            let mut next =
-                url::Url::parse(&format!("{base}{}", req.path())).map_err(ApiError::internal)?;
+            let mut next = url::Url::parse(&format!("{base}{}", req.path()))
+                .map_err(ApiError::internal)?;
             {
                 let mut pairs = next.query_pairs_mut();
                 for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
@@ -155,7 +202,10 @@ pub async fn list(
                 }
                 pairs.append_pair("marker", &last.id);
             }
-            body["backups_links"] = json!([{"rel": "next", "href": next.to_string()}]);
+            body.backups_links = Some([Link {
+                rel: "next",
+                href: next.to_string(),
+            }]);
         }
     }
     Ok(HttpResponse::Ok().json(body))
