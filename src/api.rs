@@ -10,11 +10,12 @@
 //!
 //! * [`version`]: discovery documents, `OpenStack-API-Version`.
 //! * [`error`]: the error body.
-//! * [`backups`], [`instances`], [`quotas`]: the resources.
+//! * [`backups`], [`instances`], [`policies`], [`quotas`]: the resources.
 
 pub mod backups;
 pub mod error;
 pub mod instances;
+pub mod policies;
 pub mod quotas;
 pub mod version;
 
@@ -367,6 +368,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/instances/{instance_id}")
                 .route(web::get().to(instances::show))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/policies")
+                .route(web::get().to(policies::list))
+                .route(web::post().to(policies::create))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/policies/{policy_id}")
+                .route(web::get().to(policies::show))
+                .route(web::put().to(policies::update))
+                .route(web::delete().to(policies::delete))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/policies/{policy_id}/instances")
+                .route(web::post().to(policies::add_instance))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/policies/{policy_id}/instances/{instance_id}")
+                .route(web::delete().to(policies::remove_instance))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

@@ -42,6 +42,7 @@ pub mod policy;
 pub mod qmp;
 pub mod queue;
 pub mod rebuild;
+pub mod schedule;
 pub mod segment;
 pub mod service;
 pub mod standalone;

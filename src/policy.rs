@@ -145,6 +145,40 @@ pub const DEFAULTS: &[RuleDefault] = &[
         operations: &["GET /v1/instances?all_projects=true"],
     },
     RuleDefault {
+        name: "ekko:policy:get",
+        check: ADMIN_OR_READER,
+        description: "Show a backup policy.",
+        operations: &["GET /v1/policies/{policy_id}"],
+    },
+    RuleDefault {
+        name: "ekko:policy:get_all",
+        check: ADMIN_OR_READER,
+        description: "List the project's backup policies.",
+        operations: &["GET /v1/policies"],
+    },
+    RuleDefault {
+        name: "ekko:policy:create",
+        check: ADMIN_OR_MEMBER,
+        description: "Create a backup policy.",
+        operations: &["POST /v1/policies"],
+    },
+    RuleDefault {
+        name: "ekko:policy:update",
+        check: ADMIN_OR_MEMBER,
+        description: "Change a backup policy, add or remove instances.",
+        operations: &[
+            "PUT /v1/policies/{policy_id}",
+            "POST /v1/policies/{policy_id}/instances",
+            "DELETE /v1/policies/{policy_id}/instances/{instance_id}",
+        ],
+    },
+    RuleDefault {
+        name: "ekko:policy:delete",
+        check: ADMIN_OR_MEMBER,
+        description: "Delete a backup policy (its instances are detached).",
+        operations: &["DELETE /v1/policies/{policy_id}"],
+    },
+    RuleDefault {
         name: "ekko:quota:get",
         check: ADMIN_OR_READER,
         description: "Show a project's quotas and usage.",

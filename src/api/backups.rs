@@ -191,8 +191,8 @@ pub async fn list(
     };
     if page.len() as i64 == limit {
         if let Some(last) = page.last() {
-            let mut next = url::Url::parse(&format!("{base}{}", req.path()))
-                .map_err(ApiError::internal)?;
+            let mut next =
+                url::Url::parse(&format!("{base}{}", req.path())).map_err(ApiError::internal)?;
             {
                 let mut pairs = next.query_pairs_mut();
                 for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {

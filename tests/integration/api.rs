@@ -430,6 +430,91 @@ async fn keystone_personas_projects_and_conventions() {
     let (s, _) = member.get(&format!("/v1/backups/{old}")).await;
     assert_eq!(s, 404, "a deleted backup is gone");
 
+    // Policies: schedules and retention rules, attached instances.
+    let (s, _, v) = member
+        .call(
+            "POST",
+            "/v1/policies",
+            Some(json!({"policy": {"name": "nightly", "schedule": "0 2 * * *", "timezone": "Europe/Paris",
+                                   "retention": {"keep_daily": 7, "keep_weekly": 4}}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["policy"]["retention"]["keep_daily"], 7);
+    assert_eq!(v["policy"]["retention"]["keep_last"], Value::Null);
+    let policy = v["policy"]["id"].as_str().unwrap().to_string();
+    let policy_url = format!("/v1/policies/{policy}");
+    for bad in [
+        json!({"policy": {"name": "x", "schedule": "0 25 * * *"}}),
+        json!({"policy": {"name": "x", "timezone": "Mars/Base"}}),
+        json!({"policy": {"name": "x", "retention": {"keep_daily": -1}}}),
+        json!({"policy": {"schedule": "0 2 * * *"}}),
+    ] {
+        let (s, h, v) = member.call("POST", "/v1/policies", Some(bad)).await;
+        assert_eq!(s, 400, "{v}");
+        assert_error(s, &h, &v, "bad_request");
+    }
+    let (s, _, _) = reader
+        .call(
+            "POST",
+            "/v1/policies",
+            Some(json!({"policy": {"name": "r"}})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let members_url = format!("{policy_url}/instances");
+    let (s, _, v) = member
+        .call(
+            "POST",
+            &members_url,
+            Some(json!({"instance_id": "inst-demo"})),
+        )
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let (s, _, _) = member
+        .call(
+            "POST",
+            &members_url,
+            Some(json!({"instance_id": "inst-alt"})),
+        )
+        .await;
+    assert_eq!(s, 404, "another project's instance does not exist here");
+    let (s, v) = reader.get(&policy_url).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["policy"]["instances"], json!(["inst-demo"]));
+    let (_, v) = member.get("/v1/instances/inst-demo").await;
+    assert_eq!(v["instance"]["protected"], true);
+    assert_eq!(v["instance"]["policy_id"], policy);
+    let (s, _) = alt.get(&policy_url).await;
+    assert_eq!(s, 404);
+    let (s, _, _) = alt.call("DELETE", &policy_url, None).await;
+    assert_eq!(s, 404);
+    let (s, _, v) = member
+        .call(
+            "PUT",
+            &policy_url,
+            Some(json!({"policy": {"schedule": null, "enabled": false}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["policy"]["schedule"], Value::Null);
+    assert_eq!(
+        v["policy"]["timezone"], "Europe/Paris",
+        "untouched fields stay"
+    );
+    let (s, _, _) = member
+        .call("DELETE", &format!("{members_url}/inst-demo"), None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, _, _) = member
+        .call("DELETE", &format!("{members_url}/inst-demo"), None)
+        .await;
+    assert_eq!(s, 404);
+    let (s, _, _) = member.call("DELETE", &policy_url, None).await;
+    assert_eq!(s, 204);
+    let (s, _) = member.get(&policy_url).await;
+    assert_eq!(s, 404);
+
     // Quotas: readers see their project's, admins set them, creating past
     // a limit answers 413.
     let quota_url = format!("/v1/quotas/{demo_project}");
