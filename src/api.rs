@@ -133,8 +133,24 @@ impl RequestContext {
         project_id: &str,
         not_found: Option<(&str, &str)>,
     ) -> Result<(), ApiError> {
-        let target: Target = &[("project_id", project_id), ("user_id", &self.creds.user_id)];
-        if state.policy.enforce(action, &self.creds, target) {
+        self.authorize_owned(state, action, project_id, None, not_found)
+    }
+
+    /// [`Self::authorize`] for a resource with an owner: rules may use
+    /// `user_id:%(user_id)s` (the resource's owner, not the caller).
+    pub fn authorize_owned(
+        &self,
+        state: &ApiState,
+        action: &str,
+        project_id: &str,
+        owner: Option<&str>,
+        not_found: Option<(&str, &str)>,
+    ) -> Result<(), ApiError> {
+        let mut target: Vec<(&str, &str)> = vec![("project_id", project_id)];
+        if let Some(owner) = owner {
+            target.push(("user_id", owner));
+        }
+        if state.policy.enforce(action, &self.creds, &target) {
             return Ok(());
         }
         match not_found {

@@ -269,7 +269,12 @@ impl KeystoneAuth {
                         "the identity service refused to validate the token ({s})"
                     )));
                 }
-                (Ok(_), Some(s)) if s.is_client_error() => {
+                // Rate limiting and timeouts say nothing about the token.
+                (Ok(_), Some(s))
+                    if s.is_client_error()
+                        && s != reqwest::StatusCode::TOO_MANY_REQUESTS
+                        && s != reqwest::StatusCode::REQUEST_TIMEOUT =>
+                {
                     self.validations.fetch_add(1, Ordering::Relaxed);
                     return Err(AuthError::Invalid);
                 }

@@ -109,6 +109,18 @@ impl Manifest {
         if let Some(d) = m.disks.iter().find(|d| d.root().is_none()) {
             return Err(invalid(format!("disk {} has a malformed root", d.device)));
         }
+        // Guard what a reader allocates from: a chunk size Ekko can write
+        // (power of two, 4 KiB-64 MiB) and a disk of at most 1 PiB.
+        if let Some(d) = m.disks.iter().find(|d| {
+            !d.chunk_size.is_power_of_two()
+                || !(4096..=64 << 20).contains(&d.chunk_size)
+                || d.size > 1 << 50
+        }) {
+            return Err(invalid(format!(
+                "disk {} has an impossible size {} or chunk size {}",
+                d.device, d.size, d.chunk_size
+            )));
+        }
         Ok(m)
     }
 }
@@ -164,6 +176,15 @@ mod tests {
             Manifest::decode("manifests/b1.json", &newer.encode()),
             Err(ManifestError::TooNew { .. })
         ));
+        for (size, chunk) in [(1 << 30, 0), (1 << 30, 3 << 18), (1 << 60, 1 << 18)] {
+            let mut odd = m.clone();
+            odd.disks[0].size = size;
+            odd.disks[0].chunk_size = chunk;
+            assert!(
+                Manifest::decode("manifests/b1.json", &odd.encode()).is_err(),
+                "size {size} chunk {chunk}"
+            );
+        }
         let mut bad = m;
         bad.disks[0].root_segment = "zz".into();
         assert!(Manifest::decode("manifests/b1.json", &bad.encode()).is_err());

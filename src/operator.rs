@@ -363,8 +363,20 @@ async fn run_backup(
             })
         }
         Err(e) => {
-            pull.abort().await?;
-            remove_manifest(ekko, &backup.project_id, &backup.id).await;
+            // The commit's outcome may be unknown (connection lost after
+            // COMMIT): keep the manifest unless the catalog says the backup
+            // is not available.
+            let id = backup.id.clone();
+            let committed = match ekko.db()?.run(move |c| backups::get(c, &id)).await {
+                Ok(b) => b.status() == Some(BackupStatus::Available),
+                Err(_) => true,
+            };
+            if !committed {
+                remove_manifest(ekko, &backup.project_id, &backup.id).await;
+            }
+            if let Err(abort) = pull.abort().await {
+                tracing::error!(error = %abort, "rolling back the bitmaps failed; the next backup re-reads the disk");
+            }
             Err(e.into())
         }
     }
@@ -377,10 +389,7 @@ pub async fn delete_backup(ekko: &Ekko, backup_id: &str) -> anyhow::Result<Backu
     let id = backup_id.to_string();
     let backup = ekko
         .db()?
-        .run(move |c| {
-            backups::transition(c, &id, BackupStatus::Deleting, None)?;
-            backups::transition(c, &id, BackupStatus::Deleted, None)
-        })
+        .run(move |c| backups::delete_if_allowed(c, &id))
         .await?;
     remove_manifest(ekko, &backup.project_id, backup_id).await;
     Ok(backup)

@@ -41,24 +41,51 @@ pub async fn rebuild(ekko: &Ekko) -> anyhow::Result<RebuildReport> {
     );
     let prefix = &ekko.config.swift.container_prefix;
     let mut report = RebuildReport::default();
+    // Read everything first: a store outage aborts the rebuild before the
+    // catalog is touched, so it can simply be run again.
+    let mut plans = Vec::new();
     for container in ekko.store.containers(prefix).await? {
         let project = container[prefix.len()..].to_string();
         if project.is_empty() {
             continue;
         }
-        rebuild_project(ekko, &container, &project, &mut report).await?;
+        if let Some(plan) = plan_project(ekko, &container, &project, &mut report).await? {
+            plans.push(plan);
+        }
+    }
+    for plan in plans {
+        commit_project(ekko, plan, &mut report).await?;
     }
     Ok(report)
 }
 
-async fn rebuild_project(
+/// A project's manifests whose data is complete in the store, oldest first,
+/// with each disk's references per segment.
+struct ProjectPlan {
+    segment_sizes: HashMap<u64, u64>,
+    chunk_counts: HashMap<u64, i32>,
+    planned: Vec<(Manifest, Vec<BTreeMap<u64, i64>>)>,
+}
+
+/// Whether an error means the data is gone or damaged (skip the backup),
+/// rather than the store being unavailable (stop and let the operator retry).
+fn is_missing(e: &crate::backup::EngineError) -> bool {
+    use crate::backup::EngineError as E;
+    use crate::store::StoreError as S;
+    match e {
+        E::Store(S::NotFound { .. } | S::BadRange { .. } | S::InvalidName(_)) => true,
+        E::Store(_) | E::Extract(_) | E::Target { .. } => false,
+        E::Segment(_) | E::Chunk(_) | E::Index(_) | E::Other(_) => true,
+    }
+}
+
+async fn plan_project(
     ekko: &Ekko,
     container: &str,
     project: &str,
     report: &mut RebuildReport,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<ProjectPlan>> {
     let store = &ekko.store;
-    let db = ekko.db()?.clone();
     let segment_sizes: HashMap<u64, u64> = store
         .list(container, "segments/")
         .await?
@@ -70,12 +97,16 @@ async fn rebuild_project(
         .collect();
     let manifest_objects = store.list(container, "manifests/").await?;
     if manifest_objects.is_empty() && segment_sizes.is_empty() {
-        return Ok(()); // not a project's container (e.g. the self-test's)
+        return Ok(None); // not a project's container (e.g. the self-test's)
     }
     report.projects += 1;
     let mut manifests = Vec::new();
     for meta in manifest_objects {
-        let bytes = store.get(container, &meta.name).await?;
+        let bytes = match store.get(container, &meta.name).await {
+            Ok(b) => b,
+            Err(crate::store::StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
         match Manifest::decode(&meta.name, &bytes) {
             Ok(m) if m.project_id == project => manifests.push(m),
             Ok(m) => report.skipped.push((
@@ -89,10 +120,8 @@ async fn rebuild_project(
     manifests.sort_by(|a, b| (a.created_at, &a.backup_id).cmp(&(b.created_at, &b.backup_id)));
 
     let reader = RecordReader::new(store.clone(), container);
-    // Per catalog disk: the references its head record holds.
-    let mut head_refs: HashMap<String, BTreeMap<u64, i64>> = HashMap::new();
-    let mut known_segments: BTreeSet<u64> = BTreeSet::new();
-    let mut touched_disks: BTreeSet<String> = BTreeSet::new();
+    let mut planned = Vec::new();
+    let mut chunk_counts = HashMap::new();
     for m in manifests {
         // Load every disk's map first; a manifest is imported whole or not.
         let mut maps = Vec::new();
@@ -107,7 +136,8 @@ async fn rebuild_project(
                     }
                     maps.push(refs);
                 }
-                Err(e) => missing = Some(format!("disk {}: {e}", d.device)),
+                Err(e) if is_missing(&e) => missing = Some(format!("disk {}: {e}", d.device)),
+                Err(e) => return Err(e.into()),
             }
         }
         if let Some(why) = missing {
@@ -115,14 +145,40 @@ async fn rebuild_project(
             report.skipped.push((m.backup_id.clone(), why));
             continue;
         }
-        let mut chunk_counts = HashMap::new();
         for refs in &maps {
-            for seg in refs.keys().filter(|s| !known_segments.contains(s)) {
-                let trailer = reader.trailer(*seg).await?;
-                chunk_counts.insert(*seg, trailer.len() as i32);
+            for seg in refs.keys() {
+                if !chunk_counts.contains_key(seg) {
+                    let trailer = reader.trailer(*seg).await?;
+                    chunk_counts.insert(*seg, trailer.len() as i32);
+                }
             }
         }
+        planned.push((m, maps));
+    }
+    Ok(Some(ProjectPlan {
+        segment_sizes,
+        chunk_counts,
+        planned,
+    }))
+}
 
+/// Replay a project's planned manifests through the catalog commit.
+async fn commit_project(
+    ekko: &Ekko,
+    plan: ProjectPlan,
+    report: &mut RebuildReport,
+) -> anyhow::Result<()> {
+    let db = ekko.db()?.clone();
+    let ProjectPlan {
+        segment_sizes,
+        chunk_counts,
+        planned,
+    } = plan;
+    // Per catalog disk: the references its head record holds.
+    let mut head_refs: HashMap<String, BTreeMap<u64, i64>> = HashMap::new();
+    let mut known_segments: BTreeSet<u64> = BTreeSet::new();
+    let mut touched_disks: BTreeSet<String> = BTreeSet::new();
+    for (m, maps) in planned {
         let reports: Vec<DiskReport> = m
             .disks
             .iter()
@@ -143,6 +199,11 @@ async fn rebuild_project(
             .iter()
             .flat_map(|r| r.keys())
             .map(|s| (*s, segment_sizes[s]))
+            .collect();
+        let counts: HashMap<u64, i32> = maps
+            .iter()
+            .flat_map(|r| r.keys())
+            .map(|s| (*s, chunk_counts[s]))
             .collect();
         let committed = db
             .run(move |c| {
@@ -179,7 +240,7 @@ async fn rebuild_project(
                         let new_segments = refs
                             .keys()
                             .filter(|s| new_known.insert(**s))
-                            .map(|s| (*s as i64, sizes[s] as i64, chunk_counts[s]))
+                            .map(|s| (*s as i64, sizes[s] as i64, counts[s]))
                             .collect();
                         let root = d.root().unwrap_or(crate::chunk::ChunkRef::ZERO);
                         commits.push(DiskCommit {

@@ -222,7 +222,13 @@ async fn visible(
     if b.status() == Some(BackupStatus::Deleted) {
         return Err(ApiError::not_found("backup", id));
     }
-    ctx.authorize(state, action, &b.project_id, Some(("backup", id)))?;
+    ctx.authorize_owned(
+        state,
+        action,
+        &b.project_id,
+        Some(&b.user_id),
+        Some(("backup", id)),
+    )?;
     Ok(b)
 }
 
@@ -297,15 +303,25 @@ pub async fn create(
         return Err(ApiError::bad_request("metadata is larger than 16 KiB"));
     }
     let db = state.db()?;
+    // The instance is named in the body: a missing one (or one of another
+    // project) is a bad request, not a missing URL.
+    let missing = |e: ApiError| match e.status {
+        actix_web::http::StatusCode::NOT_FOUND => {
+            ApiError::bad_request(format!("instance {} does not exist", b.instance_id))
+        }
+        _ => e,
+    };
     let instance = state
         .find("instance", &b.instance_id, instances::get)
-        .await?;
+        .await
+        .map_err(missing)?;
     ctx.authorize(
         &state,
         "ekko:backup:create",
         &instance.project_id,
         Some(("instance", &instance.id)),
-    )?;
+    )
+    .map_err(missing)?;
 
     let mut backup = Backup::queued(
         &instance.project_id,
@@ -362,7 +378,10 @@ pub async fn create(
         )));
     }
     tracing::info!(backup = %backup.id, instance = %instance.id, host = %instance.host, "backup queued");
-    Ok(HttpResponse::Accepted().json(json!({ "backup": view(&backup, &base_url(&req, &state)) })))
+    let base = base_url(&req, &state);
+    Ok(HttpResponse::Accepted()
+        .insert_header(("Location", format!("{base}/v1/backups/{}", backup.id)))
+        .json(json!({ "backup": view(&backup, &base) })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -416,21 +435,7 @@ pub async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let b = visible(&ctx, &state, &id, "ekko:backup:delete").await?;
-    if b.protected {
-        return Err(ApiError::conflict(format!(
-            "backup {} is protected; unprotect it first",
-            b.id
-        )));
-    }
-    match b.status() {
-        Some(BackupStatus::Available | BackupStatus::Error) => {}
-        _ => {
-            return Err(ApiError::conflict(format!(
-                "backup {} is {}; it can be deleted once available or failed",
-                b.id, b.status
-            )))
-        }
-    }
+    // Protection and status are checked by the conditional UPDATE itself.
     crate::operator::delete_backup(&state.ekko, &b.id)
         .await
         .map_err(|e| match e.downcast::<crate::db::DbError>() {

@@ -134,8 +134,9 @@ impl From<crate::db::DbError> for ApiError {
                 format!("{what} could not be found"),
             ),
             crate::db::DbError::Conflict(why) => ApiError::conflict(why),
+            // API-SIG: over quota is 403, not 413.
             crate::db::DbError::LimitExceeded(why) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", why)
+                ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", why)
             }
             crate::db::DbError::Pool(e) => {
                 ApiError::unavailable(format!("the catalog is unavailable: {e}"))

@@ -156,8 +156,12 @@ async fn respond(
         .db()?
         .run(move |c| policies::instances_of(c, &id))
         .await?;
-    Ok(HttpResponse::build(status)
-        .json(json!({ "policy": view(&p, &members, &base_url(req, state)) })))
+    let base = base_url(req, state);
+    let mut resp = HttpResponse::build(status);
+    if status == actix_web::http::StatusCode::CREATED {
+        resp.insert_header(("Location", format!("{base}/v1/policies/{}", p.id)));
+    }
+    Ok(resp.json(json!({ "policy": view(&p, &members, &base) })))
 }
 
 pub async fn create(
@@ -249,11 +253,15 @@ pub async fn add_instance(
 ) -> Result<HttpResponse, ApiError> {
     let p = load(&ctx, &state, &id, "ekko:policy:update").await?;
     let instance_id = body.into_inner().instance_id;
-    let i = state.find("instance", &instance_id, instances::get).await?;
-    // Another project's instance does not exist for this caller.
-    if i.project_id != p.project_id {
-        return Err(ApiError::not_found("instance", &instance_id));
-    }
+    // Named in the body: a missing instance (or another project's, which
+    // does not exist for this caller) is a bad request.
+    let missing = || ApiError::bad_request(format!("instance {instance_id} does not exist"));
+    let i = match state.find("instance", &instance_id, instances::get).await {
+        Ok(i) if i.project_id == p.project_id => i,
+        Ok(_) => return Err(missing()),
+        Err(e) if e.status == actix_web::http::StatusCode::NOT_FOUND => return Err(missing()),
+        Err(e) => return Err(e),
+    };
     state
         .db()?
         .run(move |c| policies::attach(c, &p.id, &i.id))

@@ -1,5 +1,5 @@
 //! `/v1/quotas/{project_id}`: a project's limits and usage; admins set them.
-//! Creating a backup over a limit answers 413 (`quota_exceeded`).
+//! Creating a backup over a limit answers 403 `quota_exceeded` (API-SIG).
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -37,7 +37,7 @@ pub fn check_one_more(
             "quota exceeded: the project keeps {kept} of {max_backups} backups; delete some or ask for more"
         )));
     }
-    if max_gib >= 0 && bytes >= max_gib * GIB {
+    if max_gib >= 0 && bytes >= max_gib.saturating_mul(GIB) {
         return Ok(Some(format!(
             "quota exceeded: the project stores {:.1} GiB of {max_gib} GiB of backups; delete some or ask for more",
             bytes as f64 / GIB as f64
@@ -100,9 +100,9 @@ pub async fn update(
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect();
-    if let Some((k, v)) = changes.iter().find(|(_, v)| *v < -1) {
+    if let Some((k, v)) = changes.iter().find(|(_, v)| *v < -1 || *v > 1 << 40) {
         return Err(ApiError::bad_request(format!(
-            "{k} must be -1 (unlimited) or a limit of 0 or more, not {v}"
+            "{k} must be -1 (unlimited) or a limit from 0 to 2^40, not {v}"
         )));
     }
     let p = project_id.clone();

@@ -37,7 +37,14 @@ impl KnownChunks {
                 tracing::info!(max_entries, "dedup table full; further heads not loaded");
                 break;
             }
-            let tree = map_tree(reader, r.root, r.disk_size, r.chunk_size).await?;
+            // An unreadable head costs dedup, never the backup.
+            let tree = match map_tree(reader, r.root, r.disk_size, r.chunk_size).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a project head's map is unreadable; not used for dedup");
+                    continue;
+                }
+            };
             for e in tree.entries.into_iter().filter(|e| !e.is_zero()) {
                 chunks.entry(e.digest).or_insert(e);
             }

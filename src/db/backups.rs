@@ -240,6 +240,40 @@ pub fn transition(
     Ok(current)
 }
 
+/// Mark a backup deleted in one conditional UPDATE: only an available or
+/// failed backup that is not protected (so a concurrent protect or retry
+/// wins). The error says why when nothing changed.
+pub fn delete_if_allowed(conn: &mut DbConnection, id: &str) -> DbResult<Backup> {
+    let at = now();
+    let updated = diesel::update(
+        backups::table
+            .find(id)
+            .filter(backups::protected.eq(false))
+            .filter(backups::status.eq_any([
+                BackupStatus::Available.as_str(),
+                BackupStatus::Error.as_str(),
+            ])),
+    )
+    .set((
+        backups::status.eq(BackupStatus::Deleted.as_str()),
+        backups::deleted_at.eq(at),
+        backups::updated_at.eq(at),
+    ))
+    .execute(conn)?;
+    let b = get(conn, id)?;
+    if updated == 0 {
+        return Err(DbError::Conflict(if b.protected {
+            format!("backup {id} is protected; unprotect it first")
+        } else {
+            format!(
+                "backup {id} is {}; it can be deleted once available or failed",
+                b.status
+            )
+        }));
+    }
+    Ok(b)
+}
+
 /// Whether the catalog records any backup at all.
 pub fn any(conn: &mut DbConnection) -> DbResult<bool> {
     Ok(backups::table

@@ -283,7 +283,7 @@ async fn keystone_personas_projects_and_conventions() {
 
     // The member creates a backup: 202 and queued; a second one while it
     // is queued conflicts.
-    let (s, _, v) = member
+    let (s, h, v) = member
         .call(
             "POST",
             "/v1/backups",
@@ -293,6 +293,10 @@ async fn keystone_personas_projects_and_conventions() {
     assert_eq!(s, 202, "{v}");
     assert_eq!(v["backup"]["status"], "queued");
     let created = v["backup"]["id"].as_str().unwrap().to_string();
+    assert!(h["location"]
+        .to_str()
+        .unwrap()
+        .ends_with(&format!("/v1/backups/{created}")));
     let (s, h, v) = member
         .call(
             "POST",
@@ -312,15 +316,22 @@ async fn keystone_personas_projects_and_conventions() {
         assert_eq!(s, 400, "{v}");
         assert_error(s, &h, &v, "bad_request");
     }
-    // Another project's instance does not exist for the member.
-    let (s, _, _) = member
-        .call(
-            "POST",
-            "/v1/backups",
-            Some(json!({"backup": {"instance_id": "inst-alt"}})),
-        )
-        .await;
-    assert_eq!(s, 404);
+    // Another project's instance does not exist for the member (named in
+    // the body: 400, as for an unknown one).
+    for other in ["inst-alt", "no-such-instance"] {
+        let (s, _, v) = member
+            .call(
+                "POST",
+                "/v1/backups",
+                Some(json!({"backup": {"instance_id": other}})),
+            )
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert!(v["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"));
+    }
 
     let (s, v) = member.get(&format!("/v1/backups/{created}")).await;
     assert_eq!(s, 200);
@@ -478,7 +489,7 @@ async fn keystone_personas_projects_and_conventions() {
             Some(json!({"instance_id": "inst-alt"})),
         )
         .await;
-    assert_eq!(s, 404, "another project's instance does not exist here");
+    assert_eq!(s, 400, "another project's instance does not exist here");
     let (s, v) = reader.get(&policy_url).await;
     assert_eq!(s, 200);
     assert_eq!(v["policy"]["instances"], json!(["inst-demo"]));
@@ -516,7 +527,7 @@ async fn keystone_personas_projects_and_conventions() {
     assert_eq!(s, 404);
 
     // Quotas: readers see their project's, admins set them, creating past
-    // a limit answers 413.
+    // a limit answers 403 (API-SIG).
     let quota_url = format!("/v1/quotas/{demo_project}");
     let (s, v) = reader.get(&quota_url).await;
     assert_eq!(s, 200, "{v}");
@@ -540,7 +551,7 @@ async fn keystone_personas_projects_and_conventions() {
             Some(json!({"backup": {"instance_id": "inst-demo"}})),
         )
         .await;
-    assert_eq!(s, 413, "{v}");
+    assert_eq!(s, 403, "{v}");
     assert_error(s, &h, &v, "quota_exceeded");
     let (s, _, _) = admin
         .call("PUT", &quota_url, Some(json!({"quota": {"backups": -5}})))
