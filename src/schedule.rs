@@ -59,8 +59,10 @@ impl CronSchedule {
             days_of_month,
             months,
             days_of_week,
-            dom_restricted: fields[2] != "*",
-            dow_restricted: fields[4] != "*",
+            // As Vixie cron: a field starting with `*` (even `*/2`) does
+            // not restrict the day.
+            dom_restricted: !fields[2].starts_with('*'),
+            dow_restricted: !fields[4].starts_with('*'),
         })
     }
 

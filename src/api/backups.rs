@@ -347,6 +347,10 @@ pub async fn create(
     db.run(move |c| {
         use diesel::Connection;
         c.transaction(|c| {
+            // Lock the instance row first: concurrent creates for one
+            // instance then run one after the other, so the "one active
+            // backup" check below cannot be raced.
+            instances::touch(c, &b2.instance_id)?;
             if let Some(why) = super::quotas::check_one_more(c, &quota, &b2.project_id)? {
                 return Err(crate::db::DbError::LimitExceeded(why));
             }

@@ -170,3 +170,12 @@ pub fn policy_of(conn: &mut DbConnection, instance_id: &str) -> DbResult<Option<
         .first(conn)
         .optional()?)
 }
+
+/// Update an instance's `updated_at`; inside a transaction this locks its
+/// row until the transaction ends (serialising work on one instance).
+pub fn touch(conn: &mut DbConnection, id: &str) -> DbResult<()> {
+    diesel::update(instances::table.find(id))
+        .set(instances::updated_at.eq(now()))
+        .execute(conn)?;
+    Ok(())
+}
