@@ -161,6 +161,29 @@ impl RequestContext {
         }
     }
 
+    /// Whose resources a list shows, for resource `kind` (`backup`, …): the
+    /// caller's project (`ekko:<kind>:get_all`), or, when asked for with
+    /// `all_projects` or `project_id`, every project or that one
+    /// (`ekko:<kind>:get_all_projects`, admins by default).
+    pub fn list_scope(
+        &self,
+        state: &ApiState,
+        kind: &str,
+        all_projects: bool,
+        project_id: Option<String>,
+    ) -> Result<Option<String>, ApiError> {
+        if all_projects || project_id.is_some() {
+            let action = format!("ekko:{kind}:get_all_projects");
+            if !self.allowed(state, &action) {
+                return Err(ApiError::forbidden(&action));
+            }
+            return Ok(project_id);
+        }
+        let p = self.project_id()?.to_string();
+        self.authorize(state, &format!("ekko:{kind}:get_all"), &p, None)?;
+        Ok(Some(p))
+    }
+
     /// Whether `action` is allowed at all (e.g. listing every project).
     pub fn allowed(&self, state: &ApiState, action: &str) -> bool {
         let project = self.creds.project_id.clone().unwrap_or_default();

@@ -118,17 +118,12 @@ pub async fn list(
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let all = q.all_projects.unwrap_or(false) || q.project_id.is_some();
-    let project = if all {
-        if !ctx.allowed(&state, "ekko:backup:get_all_projects") {
-            return Err(ApiError::forbidden("ekko:backup:get_all_projects"));
-        }
-        q.project_id.clone()
-    } else {
-        let p = ctx.project_id()?.to_string();
-        ctx.authorize(&state, "ekko:backup:get_all", &p, None)?;
-        Some(p)
-    };
+    let project = ctx.list_scope(
+        &state,
+        "backup",
+        q.all_projects.unwrap_or(false),
+        q.project_id.clone(),
+    )?;
     let max = state.ekko.config.api.max_limit as i64;
     let limit = match q.limit {
         None => max,

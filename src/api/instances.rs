@@ -60,16 +60,7 @@ pub async fn list(
     state: State,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let project = if q.all_projects.unwrap_or(false) {
-        if !ctx.allowed(&state, "ekko:instance:get_all_projects") {
-            return Err(ApiError::forbidden("ekko:instance:get_all_projects"));
-        }
-        None
-    } else {
-        let p = ctx.project_id()?.to_string();
-        ctx.authorize(&state, "ekko:instance:get_all", &p, None)?;
-        Some(p)
-    };
+    let project = ctx.list_scope(&state, "instance", q.all_projects.unwrap_or(false), None)?;
     let db = state.db()?;
     let found = db
         .run(move |c| instances::list(c, project.as_deref()))
