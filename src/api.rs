@@ -364,6 +364,11 @@ async fn method_not_allowed(req: HttpRequest) -> Result<actix_web::HttpResponse,
     ))
 }
 
+/// A resource whose other methods answer 405 in the API's error shape.
+fn resource(paths: &[&str]) -> actix_web::Resource {
+    web::resource(paths.to_vec()).default_service(web::to(method_not_allowed))
+}
+
 /// The routes; the middleware wraps them all.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let json = web::JsonConfig::default()
@@ -376,67 +381,44 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(json)
         .app_data(query)
         .app_data(path)
+        .service(resource(&["/"]).route(web::get().to(version::versions)))
+        .service(resource(&["/v1", "/v1/"]).route(web::get().to(version::v1)))
         .service(
-            web::resource("/")
-                .route(web::get().to(version::versions))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource(["/v1", "/v1/"])
-                .route(web::get().to(version::v1))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/v1/backups")
+            resource(&["/v1/backups"])
                 .route(web::get().to(backups::list))
-                .route(web::post().to(backups::create))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::post().to(backups::create)),
         )
         .service(
-            web::resource("/v1/backups/{backup_id}")
+            resource(&["/v1/backups/{backup_id}"])
                 .route(web::get().to(backups::show))
                 .route(web::put().to(backups::update))
-                .route(web::delete().to(backups::delete))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::delete().to(backups::delete)),
         )
+        .service(resource(&["/v1/instances"]).route(web::get().to(instances::list)))
+        .service(resource(&["/v1/instances/{instance_id}"]).route(web::get().to(instances::show)))
         .service(
-            web::resource("/v1/instances")
-                .route(web::get().to(instances::list))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/v1/instances/{instance_id}")
-                .route(web::get().to(instances::show))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/v1/policies")
+            resource(&["/v1/policies"])
                 .route(web::get().to(policies::list))
-                .route(web::post().to(policies::create))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::post().to(policies::create)),
         )
         .service(
-            web::resource("/v1/policies/{policy_id}")
+            resource(&["/v1/policies/{policy_id}"])
                 .route(web::get().to(policies::show))
                 .route(web::put().to(policies::update))
-                .route(web::delete().to(policies::delete))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::delete().to(policies::delete)),
         )
         .service(
-            web::resource("/v1/policies/{policy_id}/instances")
-                .route(web::post().to(policies::add_instance))
-                .default_service(web::to(method_not_allowed)),
+            resource(&["/v1/policies/{policy_id}/instances"])
+                .route(web::post().to(policies::add_instance)),
         )
         .service(
-            web::resource("/v1/policies/{policy_id}/instances/{instance_id}")
-                .route(web::delete().to(policies::remove_instance))
-                .default_service(web::to(method_not_allowed)),
+            resource(&["/v1/policies/{policy_id}/instances/{instance_id}"])
+                .route(web::delete().to(policies::remove_instance)),
         )
         .service(
-            web::resource("/v1/quotas/{project_id}")
+            resource(&["/v1/quotas/{project_id}"])
                 .route(web::get().to(quotas::show))
-                .route(web::put().to(quotas::update))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::put().to(quotas::update)),
         )
         .default_service(web::to(not_found));
 }

@@ -98,10 +98,7 @@ const DEDUP_MAX_ENTRIES: usize = 2 << 20;
 /// A committed record as the base of an incremental or a dedup source.
 fn previous_record(rec: &backups::BackupDisk) -> Option<PreviousRecord> {
     Some(PreviousRecord {
-        root: ChunkRef {
-            digest: ChunkDigest::from_slice(&rec.root_digest)?,
-            segment: rec.root_segment as u64,
-        },
+        root: root_of(rec).ok()?,
         disk_size: rec.virtual_size as u64,
         chunk_size: rec.chunk_size as u64,
     })
