@@ -23,6 +23,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::KeystoneAuthtokenOptions;
+use crate::keystone::ServiceSession;
 
 /// The caller, as the token (or the noauth headers) describes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,11 +68,7 @@ struct CacheEntry {
 
 /// Validates tokens against Keystone.
 pub struct KeystoneAuth {
-    http: reqwest::Client,
-    /// `…/v3`.
-    identity_url: String,
-    opts: KeystoneAuthtokenOptions,
-    service_token: tokio::sync::Mutex<Option<(String, DateTime<Utc>)>>,
+    session: ServiceSession,
     cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
     /// Tokens validated by a call to Keystone (not from the cache).
     validations: AtomicU64,
@@ -105,35 +102,15 @@ struct Named {
 
 impl KeystoneAuth {
     pub fn new(opts: &KeystoneAuthtokenOptions) -> anyhow::Result<KeystoneAuth> {
-        let auth_url = opts.auth_url.clone().ok_or_else(|| {
-            anyhow::anyhow!(
-                "[keystone_authtoken] auth_url is required with auth_strategy = keystone"
-            )
-        })?;
         anyhow::ensure!(
-            opts.username.is_some(),
-            "[keystone_authtoken] username is required with auth_strategy = keystone"
+            opts.auth_url.is_some() && opts.username.is_some(),
+            "[keystone_authtoken] auth_url and username are required with auth_strategy = keystone"
         );
-        let base = auth_url.trim_end_matches('/');
-        let identity_url = if base.ends_with("/v3") {
-            base.to_string()
-        } else {
-            format!("{base}/v3")
-        };
-        crate::cli::install_crypto_provider();
-        let mut http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(opts.http_connect_timeout.max(1)))
-            .danger_accept_invalid_certs(opts.insecure);
-        if let Some(ca) = &opts.cafile {
-            let pem =
-                std::fs::read(ca).map_err(|e| anyhow::anyhow!("cannot read cafile {ca}: {e}"))?;
-            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
-        }
         Ok(KeystoneAuth {
-            http: http.build()?,
-            identity_url,
-            opts: opts.clone(),
-            service_token: tokio::sync::Mutex::new(None),
+            session: ServiceSession::new(
+                opts,
+                Duration::from_secs(opts.http_connect_timeout.max(1)),
+            )?,
             cache: Mutex::new(HashMap::new()),
             validations: AtomicU64::new(0),
         })
@@ -141,10 +118,16 @@ impl KeystoneAuth {
 
     /// The Keystone URL clients are sent to in `WWW-Authenticate`.
     pub fn www_authenticate_uri(&self) -> String {
-        self.opts
+        self.session
+            .options()
             .www_authenticate_uri
             .clone()
-            .unwrap_or_else(|| self.identity_url.trim_end_matches("/v3").to_string())
+            .unwrap_or_else(|| {
+                self.session
+                    .identity_url()
+                    .trim_end_matches("/v3")
+                    .to_string()
+            })
     }
 
     /// How many tokens were validated by asking Keystone.
@@ -167,8 +150,9 @@ impl KeystoneAuth {
                 AuthError::Unavailable(_) => e,
                 _ => AuthError::InvalidServiceToken,
             })?;
-            let allowed = &self.opts.service_token_roles.0;
-            if self.opts.service_token_roles_required
+            let opts = self.session.options();
+            let allowed = &opts.service_token_roles.0;
+            if opts.service_token_roles_required
                 && !service.roles.iter().any(|r| allowed.contains(r))
             {
                 return Err(AuthError::InvalidServiceToken);
@@ -190,8 +174,9 @@ impl KeystoneAuth {
             Err(AuthError::Unavailable(why)) => return Err(AuthError::Unavailable(why)),
             Err(e) => (Err(e), None),
         };
-        if self.opts.token_cache_time >= 0 {
-            let mut ttl = Duration::from_secs(self.opts.token_cache_time as u64);
+        let cache_time = self.session.options().token_cache_time;
+        if cache_time >= 0 {
+            let mut ttl = Duration::from_secs(cache_time as u64);
             if let Some(exp) = expires {
                 let left = (exp - Utc::now()).to_std().unwrap_or_default();
                 ttl = ttl.min(left);
@@ -228,11 +213,15 @@ impl KeystoneAuth {
         let mut attempt = 0;
         let mut renewed = false;
         loop {
-            let service = self.service_token(renewed).await?;
+            let service = self.session.token(renewed).await?;
             let sent = self
-                .http
-                .get(format!("{}/auth/tokens?nocatalog", self.identity_url))
-                .header("X-Auth-Token", &service)
+                .session
+                .http()
+                .get(format!(
+                    "{}/auth/tokens?nocatalog",
+                    self.session.identity_url()
+                ))
+                .header("X-Auth-Token", &service.token)
                 .header("X-Subject-Token", token)
                 .send()
                 .await;
@@ -284,7 +273,7 @@ impl KeystoneAuth {
                         Err(e) => format!("cannot reach Keystone: {e}"),
                     };
                     attempt += 1;
-                    if attempt > self.opts.http_request_max_retries {
+                    if attempt > self.session.options().http_request_max_retries {
                         tracing::warn!(why, "token validation failed");
                         return Err(AuthError::Unavailable(why));
                     }
@@ -292,51 +281,6 @@ impl KeystoneAuth {
                 }
             }
         }
-    }
-
-    /// Ekko's own token, cached until a minute before it expires.
-    async fn service_token(&self, force_renew: bool) -> Result<String, AuthError> {
-        let mut slot = self.service_token.lock().await;
-        if let Some((tok, exp)) = slot.as_ref() {
-            if !force_renew && *exp - chrono::Duration::seconds(60) > Utc::now() {
-                return Ok(tok.clone());
-            }
-        }
-        let o = &self.opts;
-        let body = serde_json::json!({"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": o.username.clone().unwrap_or_default(),
-                "domain": {"name": o.user_domain_name},
-                "password": o.password.expose(),
-            }}},
-            "scope": {"project": {"name": o.project_name, "domain": {"name": o.project_domain_name}}},
-        }});
-        let resp = self
-            .http
-            .post(format!("{}/auth/tokens?nocatalog", self.identity_url))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| AuthError::Unavailable(format!("cannot reach Keystone: {e}")))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            tracing::error!(%status, "Ekko's service user cannot authenticate; check [keystone_authtoken]");
-            return Err(AuthError::Unavailable(format!(
-                "the service user cannot authenticate (Keystone answered {status})"
-            )));
-        }
-        let tok = resp
-            .headers()
-            .get("X-Subject-Token")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-            .ok_or_else(|| AuthError::Unavailable("Keystone sent no X-Subject-Token".into()))?;
-        let body: TokenBody = resp
-            .json()
-            .await
-            .map_err(|e| AuthError::Unavailable(format!("unreadable token body: {e}")))?;
-        *slot = Some((tok.clone(), body.token.expires_at));
-        Ok(tok)
     }
 }
 

@@ -35,6 +35,7 @@ pub mod extract;
 pub mod failpoint;
 pub mod format;
 pub mod index;
+pub mod keystone;
 pub mod manifest;
 pub mod nbd;
 pub mod operator;

@@ -3,11 +3,12 @@
 //! Objects are write-once: [`ObjectStore::put`] makes an object visible
 //! atomically and durably, or not at all. Each project's objects live in its
 //! own container. Implementations: a local directory
-//! ([`local::LocalStore`], the single-machine default); Swift comes behind
-//! the same trait. `tests/integration/store.rs` runs one conformance suite
+//! ([`local::LocalStore`], the single-machine default) and OpenStack Swift
+//! ([`swift::SwiftStore`]). `tests/integration/store.rs` runs one conformance suite
 //! against every implementation.
 
 pub mod local;
+pub mod swift;
 
 use std::sync::Arc;
 
@@ -108,7 +109,7 @@ pub fn open(config: &EkkoConfig) -> StoreResult<Arc<dyn ObjectStore>> {
             &config.local_store.path,
             config.local_store.fsync,
         )?)),
-        StorageBackend::Swift => Err(StoreError::Unsupported("swift".into())),
+        StorageBackend::Swift => Ok(Arc::new(swift::SwiftStore::new(config)?)),
     }
 }
 

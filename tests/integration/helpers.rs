@@ -137,3 +137,111 @@ pub fn rabbit_lock() -> MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
 }
+
+/// The test environment's Keystone and service user as a `[keystone_authtoken]`
+/// section, or `None` (skip) when the environment is not there.
+pub fn keystone_section() -> Option<String> {
+    let auth_url = service_env("EKKO_KEYSTONE_AUTH_URL")?;
+    Some(format!(
+        "[keystone_authtoken]\nauth_url = {auth_url}\nusername = {}\npassword = {}\nproject_name = {}\n\
+         region_name = RegionOne\ninterface = internal\n",
+        service_env("EKKO_SERVICE_USERNAME")?,
+        service_env("EKKO_SERVICE_PASSWORD")?,
+        service_env("EKKO_SERVICE_PROJECT")?,
+    ))
+}
+
+/// A configuration for the Swift store of the test environment (`extra` is
+/// appended, e.g. a `[swift]` section), loaded like a service loads it.
+pub fn swift_config(dir: &std::path::Path, extra: &str) -> Option<ekko::config::EkkoConfig> {
+    let conf = dir.join("swift.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[DEFAULT]\nstate_path = {}\n[storage]\nbackend = swift\n{}{extra}",
+            dir.join("state").display(),
+            keystone_section()?
+        ),
+    )
+    .expect("write swift.conf");
+    Some(
+        ekko::config::EkkoConfig::load(&[conf], std::iter::empty())
+            .expect("a valid swift configuration"),
+    )
+}
+
+/// An HTTP proxy on loopback in front of `upstream` (host:port) that answers
+/// `503` to every `fail_every`-th request instead of forwarding it. Each
+/// request gets its own upstream connection (`Connection: close`), so every
+/// request is counted. Returns the proxy's address and the request counter.
+pub async fn faulty_proxy(
+    upstream: String,
+    fail_every: u64,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                // Read the request head.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match client.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let length: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                if client.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                if n % fail_every == 0 {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                // Forward with Connection: close, then relay the answer.
+                let mut lines: Vec<&str> = text
+                    .trim_end()
+                    .split("\r\n")
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                    .collect();
+                lines.push("Connection: close");
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let request = format!("{}\r\n\r\n", lines.join("\r\n"));
+                if up.write_all(request.as_bytes()).await.is_err()
+                    || up.write_all(&body).await.is_err()
+                {
+                    return;
+                }
+                let _ = tokio::io::copy(&mut up, &mut client).await;
+                let _ = client.shutdown().await;
+            });
+        }
+    });
+    (addr, count)
+}

@@ -149,3 +149,54 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// The same suite against the test environment's Swift, in the Ekko service
+/// user's account.
+#[tokio::test]
+async fn swift_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(config) = crate::helpers::swift_config(dir.path(), "") else {
+        return;
+    };
+    let store = Arc::new(ekko::store::swift::SwiftStore::new(&config).unwrap());
+    let container = format!(
+        "ekko-test-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    suite(store.clone(), &container).await;
+    for m in store.list(&container, "").await.unwrap() {
+        store.delete(&container, &m.name).await.unwrap();
+    }
+}
+
+/// Swift answering 503 to one request in three: every operation still
+/// succeeds, through retries.
+#[tokio::test]
+async fn swift_store_retries_through_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(swift) = crate::helpers::service_env("EKKO_SWIFT_URL") else {
+        return;
+    };
+    let Some(service_project) = crate::helpers::service_env("EKKO_SERVICE_PROJECT_ID") else {
+        return;
+    };
+    let upstream = swift
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let (proxy, requests) = crate::helpers::faulty_proxy(upstream, 3).await;
+    let extra = format!(
+        "[swift]\nendpoint_override = http://{proxy}/v1/AUTH_{service_project}\nmax_retries = 6\n"
+    );
+    let config = crate::helpers::swift_config(dir.path(), &extra).unwrap();
+    let store = Arc::new(ekko::store::swift::SwiftStore::new(&config).unwrap());
+    let container = format!(
+        "ekko-test-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    suite(store.clone(), &container).await;
+    assert!(
+        requests.load(std::sync::atomic::Ordering::SeqCst) > 30,
+        "the proxy saw the traffic"
+    );
+}
