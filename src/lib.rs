@@ -27,6 +27,7 @@ pub mod auth;
 pub mod backup;
 pub mod chunk;
 pub mod cli;
+pub mod conductor;
 pub mod config;
 pub mod db;
 pub mod demo;
@@ -35,6 +36,8 @@ pub mod extract;
 pub mod failpoint;
 pub mod format;
 pub mod index;
+pub mod inventory;
+pub mod job;
 pub mod keystone;
 pub mod manifest;
 pub mod nbd;
@@ -49,6 +52,7 @@ pub mod service;
 pub mod standalone;
 pub mod store;
 pub mod telemetry;
+pub mod worker;
 
 pub use ekko::Ekko;
 

@@ -1,12 +1,12 @@
 //! The long-running roles, each a function over an [`Ekko`] that returns
 //! when `shutdown` resolves. The binaries only call these.
 //!
-//! * ekko-backup (one per compute host, no database credentials) consumes
-//!   the jobs routed to its host and reports to the bus: heartbeats now,
-//!   progress and results as the engine lands.
-//! * ekko-api hosts the *conductor*: the consumer of `ekko.status` that
-//!   records what the hosts report in the catalog (as nova-conductor does
-//!   for nova-compute), so compute hosts never touch the database.
+//! * ekko-backup (one per compute host, no database credentials) runs the
+//!   jobs routed to its host and reports to the bus ([`crate::worker`]).
+//! * ekko-api hosts the *conductor* ([`crate::conductor`]): the consumer of
+//!   `ekko.status` that records what the hosts report in the catalog (as
+//!   nova-conductor does for nova-compute), fails stalled jobs and starts
+//!   scheduled backups.
 //! * ekko-retention runs retention passes on `[retention] interval`.
 
 use std::future::Future;
@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{Envelope, QueueError};
+use crate::conductor::ConductorError;
+use crate::queue::QueueError;
 use crate::Ekko;
 
 /// Queue the conductor consumes; every status message is routed to it.
@@ -47,6 +48,10 @@ pub enum ServiceError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Conductor(#[from] ConductorError),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// Declare the queues every role relies on (idempotent).
@@ -56,42 +61,35 @@ pub async fn declare_topology(ekko: &Ekko) -> Result<(), QueueError> {
         .await
 }
 
-/// Handle one status message in the catalog. Unknown kinds are an error so
-/// the caller can reject them instead of losing them silently.
-pub async fn record_status(ekko: &Ekko, message: &Envelope) -> Result<(), ServiceError> {
-    match message.kind.as_str() {
-        HEARTBEAT_KIND => {
-            let hb: Heartbeat = message.body_as(HEARTBEAT_KIND)?;
-            let capacity = i32::try_from(hb.capacity).unwrap_or(i32::MAX);
-            ekko.db()?
-                .run(move |c| crate::db::hosts::heartbeat(c, &hb.host, &hb.version, capacity))
-                .await?;
-            Ok(())
-        }
-        other => {
-            Err(QueueError::BadMessage(format!("unknown status message kind {other:?}")).into())
-        }
-    }
-}
+/// How often the conductor looks for stalled jobs and due policies.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
-/// The conductor loop: record status messages until shutdown. A message is
-/// acknowledged only once it is in the catalog; a database outage leaves it
-/// on the queue for the next try.
+/// The conductor loop: record status messages until shutdown, and fail
+/// stalled jobs. A message is acknowledged only once it is in the catalog;
+/// a database outage leaves it on the queue for the next try.
 pub async fn run_conductor(
     ekko: Ekko,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
     declare_topology(&ekko).await?;
     let mut consumer = ekko.queue.consume(STATUS_QUEUE, 32).await?;
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+    let stall = Duration::from_secs(ekko.config.backup.job_stall_timeout.max(10));
     tokio::pin!(shutdown);
     loop {
         let delivery = tokio::select! {
             _ = &mut shutdown => return Ok(()),
+            _ = housekeeping.tick() => {
+                if let Err(e) = crate::conductor::reap_stalled(&ekko, stall).await {
+                    tracing::warn!(error = %e, "stalled-job check failed");
+                }
+                continue;
+            }
             d = consumer.next() => d?,
         };
-        match record_status(&ekko, &delivery.envelope).await {
+        match crate::conductor::record(&ekko, &delivery.envelope).await {
             Ok(()) => delivery.ack().await?,
-            Err(ServiceError::Queue(QueueError::BadMessage(why))) => {
+            Err(ConductorError::Queue(QueueError::BadMessage(why))) => {
                 tracing::error!(id = %delivery.envelope.id, %why, "rejecting status message");
                 delivery.nack(false).await?;
             }
@@ -119,52 +117,12 @@ pub async fn run_api(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-/// ekko-backup: heartbeat, and take this host's jobs off its queue.
+/// ekko-backup: see [`crate::worker`].
 pub async fn run_backup(
     ekko: Ekko,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
-    let host = ekko.config.default.host.clone();
-    declare_topology(&ekko).await?;
-    let queue = host_queue(&host);
-    ekko.queue
-        .declare_queue(&queue, &[host_routing_key(&host)])
-        .await?;
-    let mut jobs = ekko
-        .queue
-        .consume(
-            &queue,
-            ekko.config.backup.max_concurrent_backups.clamp(1, 64) as u16,
-        )
-        .await?;
-    let beat = Heartbeat {
-        host: host.clone(),
-        version: crate::VERSION.to_string(),
-        capacity: ekko.config.backup.max_concurrent_backups,
-    };
-    let mut ticker = tokio::time::interval(Duration::from_secs(
-        ekko.config.backup.heartbeat_interval.max(1),
-    ));
-    tracing::info!(%host, %queue, "ekko-backup ready");
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = ticker.tick() => {
-                let msg = Envelope::new(HEARTBEAT_KIND, &beat)?;
-                if let Err(e) = ekko.queue.publish(HEARTBEAT_KEY, &msg).await {
-                    tracing::warn!(error = %e, "heartbeat not sent");
-                }
-            }
-            d = jobs.next() => {
-                let d = d?;
-                // No job kinds are implemented by this worker yet: reject
-                // without requeue so nothing loops, and say so.
-                tracing::error!(id = %d.envelope.id, kind = %d.envelope.kind, "rejecting job of unknown kind");
-                d.nack(false).await?;
-            }
-        }
-    }
+    crate::worker::run(ekko, shutdown).await
 }
 
 /// ekko-retention: periodic passes (retention rules, GC and compaction

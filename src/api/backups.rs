@@ -8,7 +8,6 @@ use super::error::ApiError;
 use super::{base_url, timestamp, RequestContext, State};
 use crate::db::backups::{self, Backup, BackupFilter, BackupStatus};
 use crate::db::instances;
-use crate::db::jobs::Job;
 
 /// A link in a resource (`self`, `next`).
 #[derive(Debug, Serialize)]
@@ -261,18 +260,6 @@ pub struct CreateBackup {
 const MAX_NAME: usize = 255;
 const MAX_DESCRIPTION: usize = 4096;
 
-/// The job message a compute host's ekko-backup receives.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct BackupJob {
-    pub job_id: String,
-    pub backup_id: String,
-    pub instance_id: String,
-    pub project_id: String,
-    pub full: bool,
-}
-
-pub const BACKUP_JOB_KIND: &str = "backup.create";
-
 pub async fn create(
     req: HttpRequest,
     ctx: RequestContext,
@@ -297,7 +284,6 @@ pub async fn create(
     if metadata.len() > 16 << 10 {
         return Err(ApiError::bad_request("metadata is larger than 16 KiB"));
     }
-    let db = state.db()?;
     // The instance is named in the body: a missing one (or one of another
     // project) is a bad request, not a missing URL.
     let missing = |e: ApiError| match e.status {
@@ -318,65 +304,23 @@ pub async fn create(
     )
     .map_err(missing)?;
 
-    let mut backup = Backup::queued(
-        &instance.project_id,
-        &ctx.creds.user_id,
-        &instance.id,
-        &name,
-        &mode,
-    );
-    backup.description = description;
-    backup.metadata = metadata;
-    let mut job = Job::queued(BACKUP_JOB_KIND, &instance.project_id);
-    job.backup_id = Some(backup.id.clone());
-    job.host = Some(instance.host.clone());
-    let message = BackupJob {
-        job_id: job.id.clone(),
-        backup_id: backup.id.clone(),
+    let new = crate::conductor::NewBackup {
         instance_id: instance.id.clone(),
-        project_id: instance.project_id.clone(),
-        full: mode == "full",
+        user_id: ctx.creds.user_id.clone(),
+        name,
+        description,
+        mode,
+        metadata,
+        policy_id: None,
     };
-    let (b2, j2) = (backup.clone(), job.clone());
-    let quota = state.ekko.config.quota.clone();
-    db.run(move |c| {
-        use diesel::Connection;
-        c.transaction(|c| {
-            // Lock the instance row first: concurrent creates for one
-            // instance then run one after the other, so the "one active
-            // backup" check below cannot be raced.
-            instances::touch(c, &b2.instance_id)?;
-            if let Some(why) = super::quotas::check_one_more(c, &quota, &b2.project_id)? {
-                return Err(crate::db::DbError::LimitExceeded(why));
+    let backup = crate::conductor::submit_backup(&state.ekko, new)
+        .await
+        .map_err(|e| match e {
+            crate::conductor::ConductorError::Db(db) => ApiError::from(db),
+            crate::conductor::ConductorError::Queue(q) => {
+                ApiError::unavailable(format!("the message bus is unavailable: {q}"))
             }
-            if let Some(active) = backups::active_for_instance(c, &b2.instance_id)? {
-                return Err(crate::db::DbError::Conflict(format!(
-                    "instance {} already has backup {} {}; try again when it finishes",
-                    b2.instance_id, active.id, active.status
-                )));
-            }
-            backups::insert(c, &b2)?;
-            crate::db::jobs::insert(c, &j2)
-        })
-    })
-    .await?;
-    let envelope =
-        crate::queue::Envelope::new(BACKUP_JOB_KIND, &message).map_err(ApiError::internal)?;
-    let key = crate::service::host_routing_key(&instance.host);
-    if let Err(e) = state.ekko.queue.publish(&key, &envelope).await {
-        // Nothing will run it: say so rather than leave it queued for ever.
-        let (id, why) = (
-            backup.id.clone(),
-            format!("the message bus refused the job: {e}"),
-        );
-        let _ = db
-            .run(move |c| backups::transition(c, &id, BackupStatus::Error, Some(&why)))
-            .await;
-        return Err(ApiError::unavailable(format!(
-            "the message bus is unavailable: {e}"
-        )));
-    }
-    tracing::info!(backup = %backup.id, instance = %instance.id, host = %instance.host, "backup queued");
+        })?;
     let base = base_url(&req, &state);
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("{base}/v1/backups/{}", backup.id)))

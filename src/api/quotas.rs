@@ -7,44 +7,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::{RequestContext, State};
-use crate::db::quotas::{self, BACKUPS, BACKUP_GIGABYTES};
-use crate::db::DbConnection;
-
-const GIB: i64 = 1 << 30;
-
-/// A project's limits: its own where set, else the configured defaults.
-pub fn limits(
-    conn: &mut DbConnection,
-    config: &crate::config::QuotaOptions,
-    project_id: &str,
-) -> crate::db::DbResult<(i64, i64)> {
-    Ok((
-        quotas::get(conn, project_id, BACKUPS)?.unwrap_or(config.backups),
-        quotas::get(conn, project_id, BACKUP_GIGABYTES)?.unwrap_or(config.backup_gigabytes),
-    ))
-}
-
-/// Refuse one more backup for `project_id` if it would pass a limit.
-pub fn check_one_more(
-    conn: &mut DbConnection,
-    config: &crate::config::QuotaOptions,
-    project_id: &str,
-) -> crate::db::DbResult<Option<String>> {
-    let (max_backups, max_gib) = limits(conn, config, project_id)?;
-    let (kept, bytes) = quotas::usage(conn, project_id)?;
-    if max_backups >= 0 && kept + 1 > max_backups {
-        return Ok(Some(format!(
-            "quota exceeded: the project keeps {kept} of {max_backups} backups; delete some or ask for more"
-        )));
-    }
-    if max_gib >= 0 && bytes >= max_gib.saturating_mul(GIB) {
-        return Ok(Some(format!(
-            "quota exceeded: the project stores {:.1} GiB of {max_gib} GiB of backups; delete some or ask for more",
-            bytes as f64 / GIB as f64
-        )));
-    }
-    Ok(None)
-}
+use crate::db::quotas::{self, limits, BACKUPS, BACKUP_GIGABYTES, GIB};
 
 async fn view(state: &State, project_id: String) -> Result<serde_json::Value, ApiError> {
     let config = state.ekko.config.quota.clone();

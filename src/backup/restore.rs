@@ -74,10 +74,10 @@ pub async fn map_tree(
     }
     // `frontier` now holds the leaf pages' refs.
     let mut entries = Vec::with_capacity(n as usize);
-    let leaves: Vec<_> = futures::stream::iter(frontier.iter().map(|r| reader.page(r)))
-        .buffered(16)
-        .collect()
-        .await;
+    // Futures collected first: a lazily mapping iterator inside the stream
+    // makes the caller's future not `Send` for every lifetime.
+    let fetches: Vec<_> = frontier.iter().map(|r| reader.page(r)).collect();
+    let leaves: Vec<_> = futures::stream::iter(fetches).buffered(16).collect().await;
     for p in leaves {
         entries.extend(p?.entries);
     }

@@ -267,6 +267,12 @@ option_group! {
         pub max_concurrent_backups: u32 = 2;
         /// Seconds a backup may run before it is cancelled.
         pub job_timeout: u64 = 21600;
+        /// Seconds a running job may go without a progress report before the
+        /// conductor fails it (its worker or host is gone).
+        pub job_stall_timeout: u64 = 300;
+        /// Seconds ekko-backup lets running backups finish on SIGTERM before it
+        /// rolls them back (they run again after restart).
+        pub shutdown_timeout: u64 = 300;
         /// Seconds between this worker's heartbeats.
         pub heartbeat_interval: u64 = 10;
         /// Instances this host serves, as `instance_id:project_id:qmp_socket`

@@ -376,6 +376,21 @@ pub fn active_for_instance(conn: &mut DbConnection, instance_id: &str) -> DbResu
         .optional()?)
 }
 
+/// Record a running backup's progress (percent of the bytes to read).
+pub fn set_progress(conn: &mut DbConnection, id: &str, percent: i32) -> DbResult<()> {
+    diesel::update(
+        backups::table
+            .find(id)
+            .filter(backups::status.eq(BackupStatus::Running.as_str())),
+    )
+    .set((
+        backups::progress.eq(percent.clamp(0, 99)),
+        backups::updated_at.eq(now()),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
 /// The newest available backup of the instance, if any.
 pub fn last_available(conn: &mut DbConnection, instance_id: &str) -> DbResult<Option<Backup>> {
     Ok(backups::table
@@ -425,7 +440,7 @@ pub fn insert_disk_record(conn: &mut DbConnection, rec: &NewBackupDisk) -> DbRes
 }
 
 /// What one disk of a finished backup adds to the catalog.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DiskCommit {
     pub disk_id: String,
     /// The disk head the worker built its map and deltas on.

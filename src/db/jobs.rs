@@ -125,15 +125,16 @@ pub fn finish(
     Ok(updated == 1)
 }
 
-/// Running jobs whose worker stopped heart-beating before `stale_before`,
-/// or whose deadline passed: candidates for retry or failure.
+/// Jobs to fail: running ones whose worker stopped heart-beating before
+/// `stale_before`, and queued or running ones past their deadline.
 pub fn stalled(conn: &mut DbConnection, stale_before: NaiveDateTime) -> DbResult<Vec<Job>> {
     let at = now();
     Ok(jobs::table
-        .filter(jobs::status.eq("running"))
+        .filter(jobs::status.eq_any(["queued", "running"]))
         .filter(
-            jobs::heartbeat_at
-                .lt(stale_before)
+            jobs::status
+                .eq("running")
+                .and(jobs::heartbeat_at.lt(stale_before))
                 .or(jobs::deadline_at.lt(at)),
         )
         .select(Job::as_select())

@@ -50,3 +50,39 @@ pub fn usage(conn: &mut DbConnection, project_id: &str) -> DbResult<(i64, i64)> 
     let (count, bytes) = (stored.len() as i64, stored.iter().sum::<i64>());
     Ok((count, bytes))
 }
+
+pub const GIB: i64 = 1 << 30;
+
+/// A project's limits: its own where set, else the configured defaults.
+pub fn limits(
+    conn: &mut DbConnection,
+    config: &crate::config::QuotaOptions,
+    project_id: &str,
+) -> DbResult<(i64, i64)> {
+    Ok((
+        get(conn, project_id, BACKUPS)?.unwrap_or(config.backups),
+        get(conn, project_id, BACKUP_GIGABYTES)?.unwrap_or(config.backup_gigabytes),
+    ))
+}
+
+/// Refuse one more backup for `project_id` if it would pass a limit.
+pub fn check_one_more(
+    conn: &mut DbConnection,
+    config: &crate::config::QuotaOptions,
+    project_id: &str,
+) -> DbResult<Option<String>> {
+    let (max_backups, max_gib) = limits(conn, config, project_id)?;
+    let (kept, bytes) = usage(conn, project_id)?;
+    if max_backups >= 0 && kept + 1 > max_backups {
+        return Ok(Some(format!(
+            "quota exceeded: the project keeps {kept} of {max_backups} backups; delete some or ask for more"
+        )));
+    }
+    if max_gib >= 0 && bytes >= max_gib.saturating_mul(GIB) {
+        return Ok(Some(format!(
+            "quota exceeded: the project stores {:.1} GiB of {max_gib} GiB of backups; delete some or ask for more",
+            bytes as f64 / GIB as f64
+        )));
+    }
+    Ok(None)
+}

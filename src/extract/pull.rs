@@ -268,24 +268,27 @@ impl PullBackup {
         // A bitmap pair (new enabled, old disabled) means the worker died
         // between the transaction and the end: undo the rotation.
         for node in cmd::block_nodes(qmp).await? {
-            let ours: Vec<_> = node
-                .bitmaps
-                .iter()
-                .filter(|b| b.name.as_deref().is_some_and(|n| n.starts_with(PREFIX)))
-                .collect();
-            let enabled: Vec<_> = ours
-                .iter()
-                .filter(|b| b.recording && !b.inconsistent)
-                .collect();
-            let disabled: Vec<_> = ours
-                .iter()
-                .filter(|b| !b.recording && !b.inconsistent)
-                .collect();
-            if ours.len() == 2 && enabled.len() == 1 && disabled.len() == 1 {
-                let (new, old) = (
-                    enabled[0].name.clone().unwrap_or_default(),
-                    disabled[0].name.clone().unwrap_or_default(),
-                );
+            // Names only: no borrow of `node` may live across the await.
+            let pair = {
+                let ours: Vec<_> = node
+                    .bitmaps
+                    .iter()
+                    .filter(|b| b.name.as_deref().is_some_and(|n| n.starts_with(PREFIX)))
+                    .collect();
+                let enabled: Vec<String> = ours
+                    .iter()
+                    .filter(|b| b.recording && !b.inconsistent)
+                    .filter_map(|b| b.name.clone())
+                    .collect();
+                let disabled: Vec<String> = ours
+                    .iter()
+                    .filter(|b| !b.recording && !b.inconsistent)
+                    .filter_map(|b| b.name.clone())
+                    .collect();
+                (ours.len() == 2 && enabled.len() == 1 && disabled.len() == 1)
+                    .then(|| (enabled[0].clone(), disabled[0].clone()))
+            };
+            if let Some((new, old)) = pair {
                 tracing::warn!(node = %node.node_name, %old, %new, "restoring bitmaps of an interrupted backup");
                 cmd::transaction(
                     qmp,

@@ -1,0 +1,356 @@
+//! The catalog side of distributed operation (as nova-conductor is for
+//! nova-compute): compute hosts hold no database credentials, so the
+//! conductor plans their jobs from the catalog and records what they
+//! report. It runs inside ekko-api (every ekko-api process consumes the
+//! shared `ekko.status` queue; the broker spreads messages over them).
+//!
+//! Exactly-once in effect over at-least-once delivery: every state change
+//! is a conditional UPDATE (a job starts only if queued or running, ends
+//! only once; a backup commits only while running and only on the disk
+//! heads it was planned on), so a redelivered or duplicated message
+//! changes nothing the second time.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel::Connection;
+
+use crate::db::backups::{self, Backup, BackupStatus};
+use crate::db::jobs::{self, Job};
+use crate::db::{instances, quotas, DbConnection, DbError, DbResult};
+use crate::job::{
+    BackupFinished, BackupJob, HostInventory, JobDisk, JobFailed, JobProgress, JobStarted,
+    RecordRef, BACKUP_FAILED, BACKUP_FINISHED, BACKUP_PROGRESS, BACKUP_RUN, BACKUP_STARTED,
+    HOST_INVENTORY,
+};
+use crate::queue::{Envelope, QueueError};
+use crate::service::{Heartbeat, HEARTBEAT_KIND};
+use crate::Ekko;
+
+/// A backup someone (a tenant, a policy, an operator) asks for.
+#[derive(Debug, Clone)]
+pub struct NewBackup {
+    pub instance_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub description: String,
+    /// `auto` or `full`.
+    pub mode: String,
+    /// A JSON object.
+    pub metadata: String,
+    pub policy_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConductorError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// What planning needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub quota: crate::config::QuotaOptions,
+    pub dedup_heads: usize,
+    pub job_timeout: Duration,
+}
+
+impl PlanOptions {
+    pub fn of(ekko: &Ekko) -> PlanOptions {
+        PlanOptions {
+            quota: ekko.config.quota.clone(),
+            dedup_heads: ekko.config.backup.dedup_heads as usize,
+            job_timeout: Duration::from_secs(ekko.config.backup.job_timeout.max(60)),
+        }
+    }
+}
+
+/// In one transaction: check quota and that the instance has no backup in
+/// flight, record a queued backup and its job, and build the job message
+/// from the catalog (each disk's head, the project's dedup sources).
+pub fn plan_backup(
+    c: &mut DbConnection,
+    opts: &PlanOptions,
+    new: &NewBackup,
+) -> DbResult<(Backup, Job, BackupJob)> {
+    c.transaction(|c| {
+        // Lock the instance row first: concurrent plans for one instance
+        // run one after the other, so the "one active backup" check below
+        // cannot be raced.
+        instances::touch(c, &new.instance_id)?;
+        let instance = instances::get(c, &new.instance_id)?;
+        if let Some(why) = quotas::check_one_more(c, &opts.quota, &instance.project_id)? {
+            return Err(DbError::LimitExceeded(why));
+        }
+        if let Some(active) = backups::active_for_instance(c, &instance.id)? {
+            return Err(DbError::Conflict(format!(
+                "instance {} already has backup {} {}; try again when it finishes",
+                instance.id, active.id, active.status
+            )));
+        }
+        let disks = instances::disks_of(c, &instance.id)?;
+        if disks.is_empty() {
+            return Err(DbError::Conflict(format!(
+                "instance {} has no disk its host reported",
+                instance.id
+            )));
+        }
+        let mut backup = Backup::queued(
+            &instance.project_id,
+            &new.user_id,
+            &instance.id,
+            &new.name,
+            &new.mode,
+        );
+        backup.description = new.description.clone();
+        backup.metadata = new.metadata.clone();
+        backup.policy_id = new.policy_id.clone();
+        backups::insert(c, &backup)?;
+
+        let mut job_disks = Vec::new();
+        for d in &disks {
+            let head = backups::head_record(c, &d.id)?;
+            job_disks.push(JobDisk {
+                disk_id: d.id.clone(),
+                device: d.device.clone(),
+                node_name: d.node_name.clone(),
+                base_seq: d.head_seq,
+                expected_bitmap: head.as_ref().and(d.bitmap_name.clone()),
+                head: head.as_ref().and_then(RecordRef::of),
+                needs_full_read: d.needs_full_read,
+            });
+        }
+        let own: Vec<String> = disks.iter().map(|d| d.id.clone()).collect();
+        let dedup_sources =
+            backups::project_heads(c, &instance.project_id, &own, opts.dedup_heads)?
+                .iter()
+                .filter_map(RecordRef::of)
+                .collect();
+        let deadline = Utc::now()
+            + chrono::Duration::from_std(opts.job_timeout).unwrap_or(chrono::Duration::hours(6));
+        let mut job = Job::queued(BACKUP_RUN, &instance.project_id);
+        job.backup_id = Some(backup.id.clone());
+        job.host = Some(instance.host.clone());
+        job.deadline_at = Some(deadline.naive_utc());
+        let message = BackupJob {
+            job_id: job.id.clone(),
+            backup_id: backup.id.clone(),
+            project_id: instance.project_id.clone(),
+            user_id: new.user_id.clone(),
+            instance_id: instance.id.clone(),
+            instance_name: instance.name.clone(),
+            name: backup.name.clone(),
+            description: backup.description.clone(),
+            created_at: backup.created_at.and_utc(),
+            full: new.mode == "full",
+            disks: job_disks,
+            dedup_sources,
+            deadline,
+        };
+        job.payload = serde_json::to_string(&message)
+            .map_err(|e| DbError::Conflict(format!("job {}: {e}", job.id)))?;
+        jobs::insert(c, &job)?;
+        Ok((backup, job, message))
+    })
+}
+
+/// Plan a backup and send its job to the instance's host. If the bus
+/// refuses the job, the backup fails at once (nothing would run it).
+pub async fn submit_backup(ekko: &Ekko, new: NewBackup) -> Result<Backup, ConductorError> {
+    let opts = PlanOptions::of(ekko);
+    let db = ekko.db()?.clone();
+    let (backup, job, message) = db.run(move |c| plan_backup(c, &opts, &new)).await?;
+    let host = job.host.clone().unwrap_or_default();
+    let sent = match Envelope::new(BACKUP_RUN, &message) {
+        Ok(env) => {
+            ekko.queue
+                .publish(&crate::service::host_routing_key(&host), &env)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
+        let why = format!("the message bus refused the job: {e}");
+        let (bid, jid, w) = (backup.id.clone(), job.id.clone(), why.clone());
+        let _ = db
+            .run(move |c| fail_job(c, &jid, &bid, &w).map(|_| ()))
+            .await;
+        return Err(e.into());
+    }
+    tracing::info!(backup = %backup.id, instance = %backup.instance_id, %host, "backup queued");
+    Ok(backup)
+}
+
+/// End a job and its backup as failed (each only if not ended yet).
+pub fn fail_job(c: &mut DbConnection, job_id: &str, backup_id: &str, why: &str) -> DbResult<bool> {
+    c.transaction(|c| {
+        let ended = jobs::finish(c, job_id, "failed", Some(why))?;
+        match backups::transition(c, backup_id, BackupStatus::Error, Some(why)) {
+            Ok(_) | Err(DbError::Conflict(_)) => Ok(ended),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// A worker started (or restarted) a job: job and backup become running.
+/// `Conflict` when the job already ended (cancelled, timed out).
+pub fn job_started(c: &mut DbConnection, s: &JobStarted) -> DbResult<()> {
+    c.transaction(|c| {
+        jobs::start(c, &s.job_id, &s.host)?;
+        match backups::transition(c, &s.backup_id, BackupStatus::Running, None) {
+            // A restart after a redelivery: it is running already.
+            Ok(_) => Ok(()),
+            Err(DbError::Conflict(_))
+                if backups::get(c, &s.backup_id)?.status() == Some(BackupStatus::Running) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// Commit a finished backup and end its job. A duplicate (the backup is
+/// already available from this very job) is a no-op.
+pub fn job_finished(c: &mut DbConnection, f: &BackupFinished) -> DbResult<Backup> {
+    c.transaction(|c| {
+        let current = backups::get(c, &f.backup_id)?;
+        if current.status() == Some(BackupStatus::Available) {
+            let job = jobs::get(c, &f.job_id)?;
+            if job.status == "succeeded" {
+                return Ok(current);
+            }
+        }
+        let b = backups::commit(c, &f.backup_id, &f.kind, &f.consistency, &f.disks)?;
+        jobs::finish(c, &f.job_id, "succeeded", None)?;
+        Ok(b)
+    })
+}
+
+/// Handle one status message. Unknown kinds and unreadable bodies are
+/// `BadMessage` (the caller rejects them); a `Conflict` is a verdict (the
+/// message is handled); anything else is retried.
+pub async fn record(ekko: &Ekko, message: &Envelope) -> Result<(), ConductorError> {
+    let db = ekko.db()?.clone();
+    match message.kind.as_str() {
+        HEARTBEAT_KIND => {
+            let hb: Heartbeat = message.body_as(HEARTBEAT_KIND)?;
+            let capacity = i32::try_from(hb.capacity).unwrap_or(i32::MAX);
+            db.run(move |c| crate::db::hosts::heartbeat(c, &hb.host, &hb.version, capacity))
+                .await?;
+        }
+        HOST_INVENTORY => {
+            let inv: HostInventory = message.body_as(HOST_INVENTORY)?;
+            db.run(move |c| {
+                for i in &inv.instances {
+                    let reports: Vec<_> = i.disks.iter().map(|d| d.report()).collect();
+                    match instances::upsert(c, &i.id, &i.project_id, &inv.host, &i.name, &reports) {
+                        Ok(_) => {}
+                        Err(DbError::Conflict(why)) => {
+                            tracing::error!(host = %inv.host, instance = %i.id, %why, "inventory entry refused");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        BACKUP_STARTED => {
+            let s: JobStarted = message.body_as(BACKUP_STARTED)?;
+            match db.run(move |c| job_started(c, &s)).await {
+                Ok(()) | Err(DbError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        BACKUP_PROGRESS => {
+            let p: JobProgress = message.body_as(BACKUP_PROGRESS)?;
+            let percent = p
+                .done_bytes
+                .saturating_mul(100)
+                .checked_div(p.total_bytes)
+                .map_or(0, |v| v.min(99) as i32);
+            db.run(move |c| {
+                jobs::heartbeat(c, &p.job_id)?;
+                backups::set_progress(c, &p.backup_id, percent)
+            })
+            .await?;
+        }
+        BACKUP_FINISHED => {
+            let f: BackupFinished = message.body_as(BACKUP_FINISHED)?;
+            let f2 = f.clone();
+            match db.run(move |c| job_finished(c, &f2)).await {
+                Ok(b) => {
+                    tracing::info!(backup = %b.id, host = %f.host, kind = %f.kind, "backup committed")
+                }
+                Err(DbError::Conflict(why)) => {
+                    // The backup cannot be committed (cancelled, timed out,
+                    // or another backup of a disk committed first): it
+                    // fails, and its manifest must not outlive it.
+                    tracing::warn!(backup = %f.backup_id, %why, "finished backup refused");
+                    let (jid, bid, w) = (f.job_id.clone(), f.backup_id.clone(), why.clone());
+                    db.run(move |c| fail_job(c, &jid, &bid, &w)).await?;
+                    crate::operator::remove_manifest(ekko, &f.project_id, &f.backup_id).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        BACKUP_FAILED => {
+            let f: JobFailed = message.body_as(BACKUP_FAILED)?;
+            tracing::warn!(backup = %f.backup_id, host = %f.host, error = %f.error, "backup failed");
+            let (jid, bid, w) = (f.job_id.clone(), f.backup_id.clone(), f.error.clone());
+            let project = db
+                .run(move |c| {
+                    fail_job(c, &jid, &bid, &w)?;
+                    Ok(backups::get(c, &bid)?.project_id)
+                })
+                .await?;
+            if f.manifest_written {
+                crate::operator::remove_manifest(ekko, &project, &f.backup_id).await;
+            }
+        }
+        other => {
+            return Err(
+                QueueError::BadMessage(format!("unknown status message kind {other:?}")).into(),
+            )
+        }
+    }
+    Ok(())
+}
+
+/// Fail the jobs whose worker stopped reporting for `stall_timeout`, and
+/// those not even started by their deadline (their host is gone). Several
+/// conductors may run this at once: each job ends once.
+pub async fn reap_stalled(ekko: &Ekko, stall_timeout: Duration) -> Result<usize, ConductorError> {
+    let stale_before = (Utc::now()
+        - chrono::Duration::from_std(stall_timeout).unwrap_or(chrono::Duration::minutes(5)))
+    .naive_utc();
+    let failed = ekko
+        .db()?
+        .run(move |c| {
+            let mut n = 0;
+            for job in jobs::stalled(c, stale_before)? {
+                let why = match job.status.as_str() {
+                    "queued" => format!(
+                        "host {} did not start the job before its deadline",
+                        job.host.as_deref().unwrap_or("?")
+                    ),
+                    _ => format!(
+                        "host {} stopped reporting progress (worker or host down)",
+                        job.host.as_deref().unwrap_or("?")
+                    ),
+                };
+                if let Some(bid) = &job.backup_id {
+                    if fail_job(c, &job.id, bid, &why)? {
+                        tracing::warn!(job = %job.id, backup = %bid, %why, "job failed by the conductor");
+                        n += 1;
+                    }
+                }
+            }
+            Ok(n)
+        })
+        .await?;
+    Ok(failed)
+}

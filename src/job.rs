@@ -1,0 +1,206 @@
+//! What travels between the conductor (the catalog side, in ekko-api) and
+//! the ekko-backup workers (compute hosts, no database): jobs one way,
+//! inventory, progress and outcomes the other.
+//!
+//! A job carries everything the worker needs from the catalog (each disk's
+//! head record, expected bitmap, the project's dedup sources), so a worker
+//! never reads the database; an outcome carries everything the catalog
+//! commit needs. Both are plain serde structs inside a versioned
+//! [`Envelope`](crate::queue::Envelope).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::backup::disk::PreviousRecord;
+use crate::chunk::{ChunkDigest, ChunkRef};
+use crate::db::backups::{BackupDisk, DiskCommit};
+use crate::db::instances::DiskReport;
+
+/// Message kinds.
+pub const BACKUP_RUN: &str = "backup.run";
+pub const BACKUP_STARTED: &str = "backup.started";
+pub const BACKUP_PROGRESS: &str = "backup.progress";
+pub const BACKUP_FINISHED: &str = "backup.finished";
+pub const BACKUP_FAILED: &str = "backup.failed";
+pub const BACKUP_CANCEL: &str = "backup.cancel";
+pub const HOST_INVENTORY: &str = "host.inventory";
+
+/// Routing key of a status message of `kind` (all go to the conductor).
+pub fn status_key(kind: &str) -> String {
+    format!("status.{kind}")
+}
+
+/// A committed record, as a base for an incremental or a dedup source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordRef {
+    /// Hex SHA-256 of the map tree's root page.
+    pub root_digest: String,
+    pub root_segment: u64,
+    pub disk_size: u64,
+    pub chunk_size: u64,
+}
+
+impl RecordRef {
+    pub fn of(rec: &BackupDisk) -> Option<RecordRef> {
+        Some(RecordRef {
+            root_digest: ChunkDigest::from_slice(&rec.root_digest)?.to_hex(),
+            root_segment: u64::try_from(rec.root_segment).ok()?,
+            disk_size: u64::try_from(rec.virtual_size).ok()?,
+            chunk_size: u64::try_from(rec.chunk_size).ok()?,
+        })
+    }
+
+    pub fn previous(&self) -> Option<PreviousRecord> {
+        Some(PreviousRecord {
+            root: ChunkRef {
+                digest: ChunkDigest::from_hex(&self.root_digest)?,
+                segment: self.root_segment,
+            },
+            disk_size: self.disk_size,
+            chunk_size: self.chunk_size,
+        })
+    }
+}
+
+/// One disk of a backup job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDisk {
+    pub disk_id: String,
+    pub device: String,
+    pub node_name: String,
+    /// The catalog head this backup builds on (checked again at commit).
+    pub base_seq: i64,
+    /// The head record, when the disk has one.
+    pub head: Option<RecordRef>,
+    /// The bitmap the catalog expects to track writes since the head.
+    pub expected_bitmap: Option<String>,
+    /// The catalog lost track of the disk (e.g. after a rebuild).
+    pub needs_full_read: bool,
+}
+
+/// `backup.run`: back up one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupJob {
+    pub job_id: String,
+    pub backup_id: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub instance_id: String,
+    pub instance_name: String,
+    pub name: String,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    /// Read every disk in full.
+    pub full: bool,
+    pub disks: Vec<JobDisk>,
+    /// Other heads of the project a full read may reuse chunks from.
+    pub dedup_sources: Vec<RecordRef>,
+    /// A worker that receives the job later than this fails it instead.
+    pub deadline: DateTime<Utc>,
+}
+
+/// Sent by a worker as it starts (or restarts) a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStarted {
+    pub job_id: String,
+    pub backup_id: String,
+    pub host: String,
+    /// Attempts on this host so far, this one included.
+    pub attempt: u32,
+}
+
+/// Sent every few seconds while a job runs; also the job's heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub job_id: String,
+    pub backup_id: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// A backup's data and manifest are stored: what the catalog commits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupFinished {
+    pub job_id: String,
+    pub backup_id: String,
+    pub project_id: String,
+    pub host: String,
+    /// `full` or `incremental`.
+    pub kind: String,
+    /// `crash` or `application`.
+    pub consistency: String,
+    pub disks: Vec<DiskCommit>,
+}
+
+/// A job ended without a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFailed {
+    pub job_id: String,
+    pub backup_id: String,
+    pub host: String,
+    pub error: String,
+    /// The backup's manifest may have been stored and must be removed.
+    pub manifest_written: bool,
+}
+
+/// `backup.cancel`: stop a queued or running backup on its host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelJob {
+    pub backup_id: String,
+}
+
+/// One instance a host can back up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryInstance {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub disks: Vec<InventoryDisk>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryDisk {
+    pub device: String,
+    pub node_name: String,
+    pub virtual_size: u64,
+}
+
+impl InventoryDisk {
+    pub fn report(&self) -> DiskReport {
+        DiskReport {
+            device: self.device.clone(),
+            node_name: self.node_name.clone(),
+            virtual_size: i64::try_from(self.virtual_size).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// `host.inventory`: the instances a host serves now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInventory {
+    pub host: String,
+    pub instances: Vec<InventoryInstance>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_refs_round_trip() {
+        let rec = RecordRef {
+            root_digest: "ab".repeat(32),
+            root_segment: 42,
+            disk_size: 1 << 30,
+            chunk_size: 1 << 18,
+        };
+        let p = rec.previous().unwrap();
+        assert_eq!(p.root.segment, 42);
+        assert_eq!(p.root.digest.to_hex(), rec.root_digest);
+        let bad = RecordRef {
+            root_digest: "zz".into(),
+            ..rec
+        };
+        assert!(bad.previous().is_none());
+    }
+}

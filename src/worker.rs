@@ -1,0 +1,802 @@
+//! ekko-backup: the worker on each compute host. It runs the backup jobs
+//! routed to its host and reports to the conductor over the bus; it never
+//! reads the catalog (a job carries what it needs).
+//!
+//! * [`execute`] turns a [`BackupJob`] into stored segments and a stored
+//!   manifest, with the bitmaps still to rotate: the caller rotates them
+//!   only once the outcome is handed on (published with a publisher
+//!   confirm, or committed), and rolls them back otherwise.
+//! * [`run`] is the daemon: heartbeats and inventory, jobs from the host's
+//!   durable queue (at most `max_concurrent_backups` at once), cancels from
+//!   its control queue, graceful shutdown.
+//!
+//! Redelivery: a job is acknowledged only once its outcome is published,
+//! so a worker killed mid-job gets it again from the broker; its local
+//! journal (`$state_path/jobs`) counts attempts (a job that kills the
+//! worker three times fails instead of looping) and remembers finished
+//! jobs (a redelivery after the outcome was sent is dropped).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::backup::dedup::KnownChunks;
+use crate::backup::disk::{back_up_disk, DiskBackupOptions, DiskBackupResult};
+use crate::backup::reader::RecordReader;
+use crate::backup::{container, Progress};
+use crate::db::backups::DiskCommit;
+use crate::extract::pull::{DiskRequest, PullBackup, PullOptions};
+use crate::extract::DiskSnapshot;
+use crate::inventory::{ConfiguredInstances, InstanceSource, LocalInstance};
+use crate::job::{
+    BackupFinished, BackupJob, CancelJob, HostInventory, InventoryInstance, JobFailed, JobProgress,
+    JobStarted, BACKUP_CANCEL, BACKUP_FAILED, BACKUP_FINISHED, BACKUP_PROGRESS, BACKUP_RUN,
+    BACKUP_STARTED, HOST_INVENTORY,
+};
+use crate::manifest::{self, Manifest, ManifestDisk};
+use crate::qmp::QmpClient;
+use crate::queue::{Delivery, Envelope, QueueError};
+use crate::service::{Heartbeat, ServiceError, HEARTBEAT_KEY, HEARTBEAT_KIND};
+use crate::Ekko;
+
+/// Largest cross-disk dedup table (entries of 256 KiB chunks: 512 GiB of
+/// data, about 150 MiB of memory).
+const DEDUP_MAX_ENTRIES: usize = 2 << 20;
+/// Attempts of one job on one host before it fails instead of running again.
+const MAX_ATTEMPTS: u32 = 3;
+/// Seconds between progress reports of a running job.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// How long a finished job's outcome is retried on the bus before the job
+/// is rolled back and left for redelivery.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(120);
+
+/// A backup whose data and manifest are stored; its bitmaps still wait
+/// for [`PullBackup::commit`] (rotate) or [`PullBackup::abort`].
+pub struct Executed {
+    pub finished: BackupFinished,
+    pub results: Vec<(String, DiskBackupResult)>,
+    pub pull: PullBackup,
+}
+
+pub fn engine_options(ekko: &Ekko, progress: Option<Arc<Progress>>) -> DiskBackupOptions {
+    DiskBackupOptions {
+        chunk_size: ekko.config.backup.chunk_size.bytes(),
+        compression_level: ekko.config.backup.compression_level as i32,
+        segment_size: ekko.config.backup.segment_size.bytes() as usize,
+        progress,
+    }
+}
+
+/// Back up one disk: a full read first loads the chunks it may reuse (its
+/// own previous record and the project's other heads).
+async fn back_up_one(
+    reader: &RecordReader,
+    snap: &crate::extract::pull::PulledDisk,
+    disk: &crate::job::JobDisk,
+    job: &BackupJob,
+    engine: &DiskBackupOptions,
+    ekko: &Ekko,
+) -> anyhow::Result<DiskBackupResult> {
+    // A previous record with another chunk or disk size cannot be merged into.
+    let prev = disk
+        .head
+        .as_ref()
+        .and_then(|h| h.previous())
+        .filter(|p| p.chunk_size == engine.chunk_size && p.disk_size == snap.size());
+    let known = if snap.full_reason().is_some() {
+        let sources: Vec<_> = prev
+            .into_iter()
+            .chain(job.dedup_sources.iter().filter_map(|r| r.previous()))
+            .filter(|r| r.chunk_size == engine.chunk_size)
+            .collect();
+        let known = KnownChunks::load(reader, &sources, DEDUP_MAX_ENTRIES).await?;
+        tracing::info!(disk = %snap.device, sources = sources.len(), chunks = known.len(), "full read: dedup table loaded");
+        known
+    } else {
+        KnownChunks::default()
+    };
+    Ok(back_up_disk(
+        snap,
+        prev.as_ref(),
+        Arc::new(known),
+        ekko.store.clone(),
+        reader.container(),
+        engine,
+    )
+    .await?)
+}
+
+/// Run a backup job against the instance behind `qmp`: snapshot every
+/// disk the job names, store chunks and the manifest. On error the bitmaps
+/// are already rolled back. `attempt_tag` makes the new bitmaps' names
+/// unique per attempt, so a bitmap of an attempt whose outcome was lost
+/// never passes for the catalog's.
+pub async fn execute(
+    ekko: &Ekko,
+    qmp: Arc<QmpClient>,
+    job: &BackupJob,
+    agent_socket: Option<PathBuf>,
+    attempt_tag: &str,
+    progress: Option<Arc<Progress>>,
+) -> anyhow::Result<Executed> {
+    let engine = engine_options(ekko, progress);
+    let requests: Vec<DiskRequest> = job
+        .disks
+        .iter()
+        .map(|d| DiskRequest {
+            device: d.device.clone(),
+            node: d.node_name.clone(),
+            expected_bitmap: d.expected_bitmap.clone(),
+            expected_size: d.head.as_ref().map(|h| h.disk_size),
+            force_full: job.full || d.needs_full_read,
+        })
+        .collect();
+    let cfg = &ekko.config.backup;
+    let opts = PullOptions {
+        backup_id: attempt_tag.to_string(),
+        scratch_dir: cfg.scratch_dir.clone().into(),
+        scratch_limit: cfg.scratch_limit.bytes(),
+        granularity: 65536,
+        requests_in_flight: cfg.nbd_requests_in_flight as usize,
+        read_rate_limit: cfg.read_rate_limit.bytes(),
+        qmp_timeout: Duration::from_secs(60),
+        agent_socket,
+        agent_timeout: Duration::from_secs(30),
+        existing_nbd_socket: None,
+    };
+    let pull = PullBackup::begin(qmp, &requests, opts).await?;
+    let container = container(&ekko.config.swift.container_prefix, &job.project_id);
+    let reader = RecordReader::new(ekko.store.clone(), &container);
+    let mut results = Vec::new();
+    let mut commits = Vec::new();
+    anyhow::ensure!(
+        pull.disks.len() == job.disks.len(),
+        "the snapshot has {} disks, the job {}",
+        pull.disks.len(),
+        job.disks.len()
+    );
+    // By index: a zip of borrowing iterators held across the awaits makes
+    // the future not `Send` for every lifetime (rustc #110338).
+    for i in 0..job.disks.len() {
+        let (d, snap) = (&job.disks[i], &pull.disks[i]);
+        let res = match back_up_one(&reader, snap, d, job, &engine, ekko).await {
+            Ok(r) => r,
+            Err(e) => {
+                pull.abort().await?;
+                return Err(e);
+            }
+        };
+        commits.push(DiskCommit {
+            disk_id: d.disk_id.clone(),
+            base_seq: d.base_seq,
+            virtual_size: res.size as i64,
+            chunk_size: res.chunk_size as i32,
+            root_digest: res.root.digest.0.to_vec(),
+            root_segment: res.root.segment as i64,
+            bitmap_name: Some(snap.new_bitmap.clone()),
+            full_read: res.full_read,
+            read_bytes: res.read_bytes as i64,
+            new_bytes: res.new_bytes as i64,
+            stored_bytes: res.stored_bytes as i64,
+            new_segments: res
+                .segments
+                .iter()
+                .map(|s| (s.id as i64, s.size as i64, s.records as i32))
+                .collect(),
+            ref_deltas: res
+                .ref_deltas
+                .iter()
+                .map(|(s, d)| (*s as i64, *d))
+                .collect(),
+        });
+        results.push((d.device.clone(), res));
+    }
+    let kind = if results.iter().any(|r| r.1.full_read) {
+        "full"
+    } else {
+        "incremental"
+    };
+    // The manifest goes to the store first, so the catalog can be rebuilt
+    // from the store; the catalog commit makes the backup visible.
+    let manifest = Manifest {
+        version: crate::format::MANIFEST_VERSION,
+        backup_id: job.backup_id.clone(),
+        project_id: job.project_id.clone(),
+        user_id: job.user_id.clone(),
+        instance_id: job.instance_id.clone(),
+        instance_name: job.instance_name.clone(),
+        host: ekko.config.default.host.clone(),
+        name: job.name.clone(),
+        description: job.description.clone(),
+        kind: kind.to_string(),
+        consistency: pull.consistency.as_str().to_string(),
+        created_at: job.created_at.naive_utc(),
+        disks: commits
+            .iter()
+            .zip(&results)
+            .zip(&job.disks)
+            .map(|((c, (dev, r)), d)| ManifestDisk {
+                disk_id: c.disk_id.clone(),
+                device: dev.clone(),
+                node_name: d.node_name.clone(),
+                seq: c.base_seq + 1,
+                size: r.size,
+                chunk_size: r.chunk_size,
+                root_digest: r.root.digest.to_hex(),
+                root_segment: format!("{:016x}", r.root.segment),
+                full_read: r.full_read,
+                read_bytes: r.read_bytes,
+                new_bytes: r.new_bytes,
+                stored_bytes: r.stored_bytes,
+            })
+            .collect(),
+    };
+    if let Err(e) = ekko
+        .store
+        .put(
+            &container,
+            &manifest::object_name(&job.backup_id),
+            manifest.encode().into(),
+        )
+        .await
+    {
+        pull.abort().await?;
+        return Err(e.into());
+    }
+    Ok(Executed {
+        finished: BackupFinished {
+            job_id: job.job_id.clone(),
+            backup_id: job.backup_id.clone(),
+            project_id: job.project_id.clone(),
+            host: ekko.config.default.host.clone(),
+            kind: kind.to_string(),
+            consistency: pull.consistency.as_str().to_string(),
+            disks: commits,
+        },
+        results,
+        pull,
+    })
+}
+
+/// The worker's local record of jobs: attempts and finished ones.
+struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    fn open(dir: PathBuf) -> std::io::Result<Journal> {
+        std::fs::create_dir_all(&dir)?;
+        // Forget jobs older than a week (their messages are long gone).
+        let week = std::time::SystemTime::now() - Duration::from_secs(7 * 86400);
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            if e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < week)
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(Journal { dir })
+    }
+
+    fn path(&self, job_id: &str, what: &str) -> Option<PathBuf> {
+        uuid::Uuid::parse_str(job_id)
+            .ok()
+            .map(|u| self.dir.join(format!("{u}.{what}")))
+    }
+
+    fn is_done(&self, job_id: &str) -> bool {
+        self.path(job_id, "done").is_some_and(|p| p.exists())
+    }
+
+    /// Count one more attempt (durably, before the work starts).
+    fn begin(&self, job_id: &str) -> std::io::Result<u32> {
+        let path = self.path(job_id, "attempts").ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "job id is not a UUID")
+        })?;
+        let n = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0)
+            + 1;
+        write_durably(&path, n.to_string().as_bytes())?;
+        Ok(n)
+    }
+
+    /// An attempt that was rolled back on purpose (shutdown) does not count.
+    fn undo(&self, job_id: &str, attempt: u32) {
+        if let Some(path) = self.path(job_id, "attempts") {
+            let _ = write_durably(&path, attempt.saturating_sub(1).to_string().as_bytes());
+        }
+    }
+
+    fn done(&self, job_id: &str) {
+        if let Some(path) = self.path(job_id, "done") {
+            if let Err(e) = write_durably(&path, b"") {
+                tracing::warn!(job = job_id, error = %e, "cannot record the job as done");
+            }
+        }
+    }
+}
+
+fn write_durably(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Why a running job stops early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Run,
+    /// The worker shuts down: roll back, leave the job for redelivery.
+    Shutdown,
+    /// A tenant or operator cancelled the backup.
+    Cancelled,
+}
+
+struct Worker {
+    ekko: Ekko,
+    host: String,
+    source: Box<dyn InstanceSource>,
+    journal: Journal,
+    /// Running jobs by backup id, with their stop signal.
+    running: Mutex<HashMap<String, (String, watch::Sender<Stop>)>>,
+    /// Disks last seen per instance (a busy instance's QMP is not probed).
+    known_disks: Mutex<HashMap<String, Vec<crate::job::InventoryDisk>>>,
+}
+
+impl Worker {
+    async fn publish<T: serde::Serialize>(&self, kind: &str, body: &T) -> Result<(), QueueError> {
+        let env = Envelope::new(kind, body)?;
+        self.ekko
+            .queue
+            .publish(&crate::job::status_key(kind), &env)
+            .await
+    }
+
+    /// Publish an outcome, retrying while the bus is down (the work it
+    /// reports is done and stored).
+    async fn publish_patiently<T: serde::Serialize>(
+        &self,
+        kind: &str,
+        body: &T,
+    ) -> Result<(), QueueError> {
+        let start = std::time::Instant::now();
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match self.publish(kind, body).await {
+                Ok(()) => return Ok(()),
+                Err(e) if start.elapsed() > PUBLISH_PATIENCE => return Err(e),
+                Err(e) => {
+                    tracing::warn!(kind, error = %e, "cannot report yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    fn busy_instances(&self) -> Vec<String> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(instance, _)| instance.clone())
+            .collect()
+    }
+
+    /// Heartbeat and inventory.
+    async fn report(&self) {
+        let beat = Heartbeat {
+            host: self.host.clone(),
+            version: crate::VERSION.to_string(),
+            capacity: self.ekko.config.backup.max_concurrent_backups,
+        };
+        if let Err(e) = self
+            .ekko
+            .queue
+            .publish(
+                HEARTBEAT_KEY,
+                &match Envelope::new(HEARTBEAT_KIND, &beat) {
+                    Ok(env) => env,
+                    Err(_) => return,
+                },
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "heartbeat not sent");
+            return;
+        }
+        let instances = match self.source.instances().await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this host's instances");
+                return;
+            }
+        };
+        let busy = self.busy_instances();
+        let mut report = HostInventory {
+            host: self.host.clone(),
+            instances: Vec::new(),
+        };
+        for inst in instances {
+            let disks = if busy.contains(&inst.id) {
+                self.known_disks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&inst.id)
+                    .cloned()
+            } else {
+                match crate::inventory::probe(&inst).await {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        tracing::warn!(instance = %inst.id, error = %e, "instance not reachable over QMP");
+                        None
+                    }
+                }
+            };
+            let Some(disks) = disks else { continue };
+            self.known_disks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(inst.id.clone(), disks.clone());
+            report.instances.push(InventoryInstance {
+                id: inst.id,
+                project_id: inst.project_id,
+                name: inst.name,
+                disks,
+            });
+        }
+        if let Err(e) = self.publish(HOST_INVENTORY, &report).await {
+            tracing::warn!(error = %e, "inventory not sent");
+        }
+    }
+
+    fn stop_all(&self, why: Stop) {
+        for (_, (_, tx)) in self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = tx.send(why);
+        }
+    }
+
+    fn cancel(&self, backup_id: &str) -> bool {
+        match self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(backup_id)
+        {
+            Some((_, tx)) => tx.send(Stop::Cancelled).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Tell the conductor a job failed, then drop its message.
+    async fn fail(&self, delivery: Delivery, job: &BackupJob, error: String, manifest: bool) {
+        tracing::error!(backup = %job.backup_id, %error, "backup failed");
+        let failed = JobFailed {
+            job_id: job.job_id.clone(),
+            backup_id: job.backup_id.clone(),
+            host: self.host.clone(),
+            error,
+            manifest_written: manifest,
+        };
+        match self.publish_patiently(BACKUP_FAILED, &failed).await {
+            Ok(()) => {
+                self.journal.done(&job.job_id);
+                let _ = delivery.ack().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot report the failure; leaving the job for redelivery");
+                let _ = delivery.nack(true).await;
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, delivery: Delivery) {
+        let job: BackupJob = match delivery.envelope.body_as(BACKUP_RUN) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(id = %delivery.envelope.id, error = %e, "rejecting a job this worker cannot read");
+                let _ = delivery.nack(false).await;
+                return;
+            }
+        };
+        if self.journal.is_done(&job.job_id) {
+            tracing::info!(job = %job.job_id, "job already handled; dropping the redelivery");
+            let _ = delivery.ack().await;
+            return;
+        }
+        if Utc::now() > job.deadline {
+            let why = format!("the job reached host {} after its deadline", self.host);
+            return self.fail(delivery, &job, why, false).await;
+        }
+        let instance = match self.source.find(&job.instance_id).await {
+            Ok(Some(i)) if i.project_id == job.project_id => i,
+            Ok(Some(_)) => {
+                let why = format!(
+                    "instance {} on host {} belongs to another project",
+                    job.instance_id, self.host
+                );
+                return self.fail(delivery, &job, why, false).await;
+            }
+            Ok(None) => {
+                let why = format!(
+                    "instance {} is not served by host {}",
+                    job.instance_id, self.host
+                );
+                return self.fail(delivery, &job, why, false).await;
+            }
+            Err(e) => {
+                return self
+                    .fail(delivery, &job, format!("instance lookup: {e:#}"), false)
+                    .await
+            }
+        };
+        let attempt = match self.journal.begin(&job.job_id) {
+            Ok(n) => n,
+            Err(e) => {
+                return self
+                    .fail(delivery, &job, format!("job journal: {e}"), false)
+                    .await
+            }
+        };
+        if attempt > MAX_ATTEMPTS {
+            let why = format!(
+                "the worker on host {} stopped {} times while running this backup",
+                self.host,
+                attempt - 1
+            );
+            return self.fail(delivery, &job, why, false).await;
+        }
+        let started = JobStarted {
+            job_id: job.job_id.clone(),
+            backup_id: job.backup_id.clone(),
+            host: self.host.clone(),
+            attempt,
+        };
+        if let Err(e) = self.publish(BACKUP_STARTED, &started).await {
+            tracing::warn!(error = %e, "cannot report the start; leaving the job for later");
+            self.journal.undo(&job.job_id, attempt);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery.nack(true).await;
+            return;
+        }
+        tracing::info!(backup = %job.backup_id, instance = %job.instance_id, attempt, "backup started");
+
+        let (stop_tx, mut stop_rx) = watch::channel(Stop::Run);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.backup_id.clone(), (job.instance_id.clone(), stop_tx));
+        let progress = Arc::new(Progress::default());
+        let reporter = {
+            let this = self.clone();
+            let (progress, job_id, backup_id) =
+                (progress.clone(), job.job_id.clone(), job.backup_id.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PROGRESS_EVERY);
+                loop {
+                    tick.tick().await;
+                    let (done, total) = progress.get();
+                    let p = JobProgress {
+                        job_id: job_id.clone(),
+                        backup_id: backup_id.clone(),
+                        done_bytes: done,
+                        total_bytes: total,
+                    };
+                    if let Err(e) = this.publish(BACKUP_PROGRESS, &p).await {
+                        tracing::debug!(error = %e, "progress not sent");
+                    }
+                }
+            })
+        };
+        let outcome = self
+            .run_job(&job, &instance, attempt, progress, &mut stop_rx)
+            .await;
+        reporter.abort();
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job.backup_id);
+
+        match outcome {
+            Ok(executed) => self.hand_on(delivery, &job, executed).await,
+            Err(Stop::Shutdown) => {
+                tracing::warn!(backup = %job.backup_id, "rolled back for shutdown; the job runs again after restart");
+                self.journal.undo(&job.job_id, attempt);
+                let _ = delivery.nack(true).await;
+            }
+            Err(_) => {
+                let why = format!("cancelled on host {}", self.host);
+                self.fail(delivery, &job, why, false).await
+            }
+        }
+    }
+
+    /// Execute until done, failed, stopped or past the deadline. A failure
+    /// is reported here; `Err` says why the job was stopped.
+    async fn run_job(
+        &self,
+        job: &BackupJob,
+        instance: &LocalInstance,
+        attempt: u32,
+        progress: Arc<Progress>,
+        stop: &mut watch::Receiver<Stop>,
+    ) -> Result<Result<Executed, String>, Stop> {
+        let qmp = match QmpClient::connect(&instance.qmp_socket, Duration::from_secs(30)).await {
+            Ok(q) => Arc::new(q),
+            Err(e) => return Ok(Err(format!("QMP {}: {e}", instance.qmp_socket.display()))),
+        };
+        let tag = format!("{}-{attempt}", job.backup_id);
+        let left = (job.deadline - Utc::now()).to_std().unwrap_or_default();
+        let work = execute(
+            &self.ekko,
+            qmp.clone(),
+            job,
+            instance.agent_socket.clone(),
+            &tag,
+            Some(progress),
+        );
+        let stopped = async {
+            loop {
+                if stop.changed().await.is_err() {
+                    return Stop::Shutdown;
+                }
+                let s = *stop.borrow();
+                if s != Stop::Run {
+                    return s;
+                }
+            }
+        };
+        let why = tokio::select! {
+            r = work => return Ok(r.map_err(|e| format!("{e:#}"))),
+            s = stopped => s,
+            _ = tokio::time::sleep(left) => {
+                recover(&qmp).await;
+                return Ok(Err(format!("timed out after [backup] job_timeout on host {}", self.host)));
+            }
+        };
+        // The work future is dropped mid-way: put QEMU back as it was.
+        recover(&qmp).await;
+        Err(why)
+    }
+
+    /// Report the outcome; rotate the bitmaps only once it is on the bus.
+    async fn hand_on(
+        &self,
+        delivery: Delivery,
+        job: &BackupJob,
+        executed: Result<Executed, String>,
+    ) {
+        let executed = match executed {
+            Ok(e) => e,
+            Err(why) => return self.fail(delivery, job, why, false).await,
+        };
+        crate::failpoint::hit("worker.before-report");
+        match self
+            .publish_patiently(BACKUP_FINISHED, &executed.finished)
+            .await
+        {
+            Ok(()) => {
+                if let Err(e) = executed.pull.commit().await {
+                    tracing::error!(error = %e, "outcome sent, but the bitmap rotation did not finish; the next backup re-reads the disk");
+                }
+                self.journal.done(&job.job_id);
+                let _ = delivery.ack().await;
+                tracing::info!(backup = %job.backup_id, "backup stored and reported");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot report the backup; rolling back for a later retry");
+                if let Err(e) = executed.pull.abort().await {
+                    tracing::error!(error = %e, "bitmap rollback failed; the next backup re-reads the disk");
+                }
+                let _ = delivery.nack(true).await;
+            }
+        }
+    }
+}
+
+/// Undo what an interrupted pull left on QEMU (bitmaps back as before).
+async fn recover(qmp: &QmpClient) {
+    if let Err(e) = PullBackup::recover(qmp, Duration::from_secs(60)).await {
+        tracing::error!(error = %e, "cleaning up after a stopped backup failed; the next backup cleans up");
+    }
+}
+
+/// Queue of one compute host's control messages (cancels).
+pub fn control_queue(host: &str) -> String {
+    format!("ekko.control.{host}")
+}
+
+pub fn control_routing_key(host: &str) -> String {
+    format!("control.{host}")
+}
+
+/// The ekko-backup daemon (see the module documentation).
+pub async fn run(
+    ekko: Ekko,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    let host = ekko.config.default.host.clone();
+    crate::service::declare_topology(&ekko).await?;
+    let queue = crate::service::host_queue(&host);
+    ekko.queue
+        .declare_queue(&queue, &[crate::service::host_routing_key(&host)])
+        .await?;
+    ekko.queue
+        .declare_queue(&control_queue(&host), &[control_routing_key(&host)])
+        .await?;
+    let capacity = ekko.config.backup.max_concurrent_backups.clamp(1, 64);
+    let source = ConfiguredInstances::from_config(&ekko.config)
+        .map_err(|e| ServiceError::Config(format!("{e:#}")))?;
+    let journal = Journal::open(PathBuf::from(&ekko.config.default.state_path).join("jobs"))
+        .map_err(|e| ServiceError::Config(format!("job journal: {e}")))?;
+    let worker = Arc::new(Worker {
+        host: host.clone(),
+        source: Box::new(source),
+        journal,
+        running: Mutex::new(HashMap::new()),
+        known_disks: Mutex::new(HashMap::new()),
+        ekko: ekko.clone(),
+    });
+    let mut jobs = ekko.queue.consume(&queue, capacity as u16).await?;
+    let mut control = ekko.queue.consume(&control_queue(&host), 16).await?;
+    let mut ticker = tokio::time::interval(Duration::from_secs(
+        ekko.config.backup.heartbeat_interval.max(1),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    tracing::info!(%host, %queue, capacity, "ekko-backup ready");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => worker.report().await,
+            d = jobs.next() => {
+                tasks.spawn(worker.clone().handle(d?));
+            }
+            c = control.next() => {
+                let c = c?;
+                match c.envelope.body_as::<CancelJob>(BACKUP_CANCEL) {
+                    Ok(cancel) => {
+                        let found = worker.cancel(&cancel.backup_id);
+                        tracing::info!(backup = %cancel.backup_id, running_here = found, "cancel received");
+                        c.ack().await?;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "rejecting a control message");
+                        c.nack(false).await?;
+                    }
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    // Graceful shutdown: no new jobs; give running ones the grace period
+    // to finish, then roll them back (they are redelivered after restart).
+    let grace = Duration::from_secs(ekko.config.backup.shutdown_timeout);
+    tracing::info!(
+        running = tasks.len(),
+        grace_s = grace.as_secs(),
+        "shutting down"
+    );
+    let finished =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if finished.is_err() {
+        worker.stop_all(Stop::Shutdown);
+        while tasks.join_next().await.is_some() {}
+    }
+    Ok(())
+}
