@@ -19,14 +19,28 @@ use crate::queue::QueueError;
 use crate::Ekko;
 
 /// Queue the conductor consumes; every status message is routed to it.
-pub const STATUS_QUEUE: &str = "ekko.status";
+/// Queue names start with the exchange, so deployments (and tests) sharing
+/// a broker never share queues.
+pub fn status_queue(ekko: &Ekko) -> String {
+    format!("{}.status", ekko.config.default.control_exchange)
+}
 /// Routing key of host heartbeats.
 pub const HEARTBEAT_KEY: &str = "status.host.heartbeat";
 pub const HEARTBEAT_KIND: &str = "host.heartbeat";
 
 /// Queue of one compute host's jobs.
-pub fn host_queue(host: &str) -> String {
-    format!("ekko.backup.{host}")
+pub fn host_queue(ekko: &Ekko, host: &str) -> String {
+    format!("{}.backup.{host}", ekko.config.default.control_exchange)
+}
+
+/// Queue of one compute host's control messages (cancels).
+pub fn control_queue(ekko: &Ekko, host: &str) -> String {
+    format!("{}.control.{host}", ekko.config.default.control_exchange)
+}
+
+/// Routing key of control messages for one compute host.
+pub fn control_routing_key(host: &str) -> String {
+    format!("control.{host}")
 }
 
 /// Routing key of jobs for one compute host.
@@ -57,7 +71,7 @@ pub enum ServiceError {
 /// Declare the queues every role relies on (idempotent).
 pub async fn declare_topology(ekko: &Ekko) -> Result<(), QueueError> {
     ekko.queue
-        .declare_queue(STATUS_QUEUE, &["status.#".to_string()])
+        .declare_queue(&status_queue(ekko), &["status.#".to_string()])
         .await
 }
 
@@ -72,7 +86,7 @@ pub async fn run_conductor(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
     declare_topology(&ekko).await?;
-    let mut consumer = ekko.queue.consume(STATUS_QUEUE, 32).await?;
+    let mut consumer = ekko.queue.consume(&status_queue(&ekko), 32).await?;
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
     let stall = Duration::from_secs(ekko.config.backup.job_stall_timeout.max(10));
     tokio::pin!(shutdown);

@@ -40,7 +40,9 @@ use crate::job::{
 use crate::manifest::{self, Manifest, ManifestDisk};
 use crate::qmp::QmpClient;
 use crate::queue::{Delivery, Envelope, QueueError};
-use crate::service::{Heartbeat, ServiceError, HEARTBEAT_KEY, HEARTBEAT_KIND};
+use crate::service::{
+    control_queue, control_routing_key, Heartbeat, ServiceError, HEARTBEAT_KEY, HEARTBEAT_KIND,
+};
 use crate::Ekko;
 
 /// Largest cross-disk dedup table (entries of 256 KiB chunks: 512 GiB of
@@ -716,15 +718,6 @@ async fn recover(qmp: &QmpClient) {
     }
 }
 
-/// Queue of one compute host's control messages (cancels).
-pub fn control_queue(host: &str) -> String {
-    format!("ekko.control.{host}")
-}
-
-pub fn control_routing_key(host: &str) -> String {
-    format!("control.{host}")
-}
-
 /// The ekko-backup daemon (see the module documentation).
 pub async fn run(
     ekko: Ekko,
@@ -732,12 +725,12 @@ pub async fn run(
 ) -> Result<(), ServiceError> {
     let host = ekko.config.default.host.clone();
     crate::service::declare_topology(&ekko).await?;
-    let queue = crate::service::host_queue(&host);
+    let queue = crate::service::host_queue(&ekko, &host);
     ekko.queue
         .declare_queue(&queue, &[crate::service::host_routing_key(&host)])
         .await?;
     ekko.queue
-        .declare_queue(&control_queue(&host), &[control_routing_key(&host)])
+        .declare_queue(&control_queue(&ekko, &host), &[control_routing_key(&host)])
         .await?;
     let capacity = ekko.config.backup.max_concurrent_backups.clamp(1, 64);
     let source = ConfiguredInstances::from_config(&ekko.config)
@@ -753,7 +746,7 @@ pub async fn run(
         ekko: ekko.clone(),
     });
     let mut jobs = ekko.queue.consume(&queue, capacity as u16).await?;
-    let mut control = ekko.queue.consume(&control_queue(&host), 16).await?;
+    let mut control = ekko.queue.consume(&control_queue(&ekko, &host), 16).await?;
     let mut ticker = tokio::time::interval(Duration::from_secs(
         ekko.config.backup.heartbeat_interval.max(1),
     ));

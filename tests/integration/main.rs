@@ -9,6 +9,7 @@ mod qsd;
 mod api;
 mod cli;
 mod db;
+mod distributed;
 mod engine;
 mod extract;
 mod qmp_peer;
