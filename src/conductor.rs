@@ -223,6 +223,11 @@ pub fn job_finished(c: &mut DbConnection, f: &BackupFinished) -> DbResult<Backup
                 return Ok(current);
             }
         }
+        // The worker's start report may have been lost (a broker restart):
+        // the outcome says it ran.
+        if current.status() == Some(BackupStatus::Queued) {
+            backups::transition(c, &f.backup_id, BackupStatus::Running, None)?;
+        }
         let b = backups::commit(c, &f.backup_id, &f.kind, &f.consistency, &f.disks)?;
         jobs::finish(c, &f.job_id, "succeeded", None)?;
         Ok(b)

@@ -245,3 +245,58 @@ pub async fn faulty_proxy(
     });
     (addr, count)
 }
+
+/// Run the test environment's `rabbitmqctl`.
+pub fn rabbitmqctl(args: &[&str]) {
+    let ctl = std::env::var("EKKO_RABBITMQCTL").unwrap_or_else(|_| {
+        format!(
+            "{}/bin/rabbitmqctl",
+            std::env::var("EKKO_OS_STATE").unwrap_or_else(|_| "/var/lib/ekko-openstack".into())
+        )
+    });
+    let status = std::process::Command::new(&ctl)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("{ctl}: {e}"));
+    assert!(status.success(), "{ctl} {args:?} failed");
+}
+
+/// Stop the test environment's MariaDB (SIGTERM, as a service manager
+/// would) and wait until it is gone. Only for tests that run alone.
+pub fn mariadb_stop() {
+    let state = std::env::var("EKKO_OS_STATE").unwrap_or_else(|_| "/var/lib/ekko-openstack".into());
+    let pid_file = format!("{state}/run/mariadb.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{pid_file}: {e}"))
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: sending a signal has no memory-safety effect.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGTERM) },
+        0,
+        "kill mariadbd"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mariadbd did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Start whatever of the test environment is not running (the project's
+/// own idempotent script).
+pub fn services_start() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/test-env.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("bash");
+    assert!(status.success(), "{script} failed");
+}

@@ -3,6 +3,7 @@
 //! area. With `EKKO_TEST_REQUIRE_SERVICES=1` (what tools/run-tests.sh sets)
 //! a missing service fails the test instead of skipping it.
 
+mod cluster;
 mod helpers;
 mod qsd;
 

@@ -175,20 +175,6 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let ctl = std::env::var("EKKO_RABBITMQCTL").unwrap_or_else(|_| {
-        format!(
-            "{}/bin/rabbitmqctl",
-            std::env::var("EKKO_OS_STATE").unwrap_or_else(|_| "/var/lib/ekko-openstack".into())
-        )
-    });
-    let status = std::process::Command::new(&ctl)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{ctl}: {e}"));
-    assert!(status.success(), "{ctl} {args:?} failed");
-}
-
 #[test]
 fn rabbitmq_restart_loses_nothing() {
     let _guard = rabbit_lock();
@@ -208,8 +194,8 @@ async fn restart_scenario() {
     // A message that waits in the queue through the restart.
     q.publish(&name, &msg(2)).await.unwrap();
     tokio::task::spawn_blocking(|| {
-        rabbitmqctl(&["stop_app"]);
-        rabbitmqctl(&["start_app"]);
+        crate::helpers::rabbitmqctl(&["stop_app"]);
+        crate::helpers::rabbitmqctl(&["start_app"]);
     })
     .await
     .unwrap();

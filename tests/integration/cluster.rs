@@ -1,0 +1,358 @@
+//! A whole Ekko deployment on loopback for the distributed tests: ekko-api
+//! (with its conductor) on MariaDB and Keystone, two ekko-backup processes
+//! acting as two compute hosts (each with a qemu-storage-daemon as its
+//! instance, no database credentials), RabbitMQ between them and Swift for
+//! the data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{free_port, keystone_section, mariadb_db, service_env};
+use crate::qsd::{identical, Qsd};
+
+pub const MIB: u64 = 1 << 20;
+
+/// A service process, killed with the test.
+pub struct Service {
+    name: String,
+    child: Option<Child>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Service {
+    pub fn start(bin: &str, conf: &Path, log: PathBuf, env: &[(&str, &str)]) -> Service {
+        let mut s = Service {
+            name: bin.to_string(),
+            child: None,
+            args: vec!["--config-file".into(), conf.display().to_string()],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let bin = match self.name.as_str() {
+            "ekko-api" => env!("CARGO_BIN_EXE_ekko-api"),
+            _ => env!("CARGO_BIN_EXE_ekko-backup"),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(bin);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("EKKO__") || k == "EKKO_FAILPOINT" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(&self.args)
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.kill9();
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.spawn();
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process exited by itself (e.g. killed by a failpoint).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub async fn token(user: &str, password: &str, project: &str) -> String {
+    let auth_url = std::env::var("EKKO_KEYSTONE_AUTH_URL").unwrap();
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": std::env::var(user).unwrap(),
+            "domain": {"name": "Default"},
+            "password": std::env::var(password).unwrap(),
+        }}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
+    }});
+    let resp = reqwest::Client::new()
+        .post(format!("{auth_url}/auth/tokens?nocatalog"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "token: {}", resp.status());
+    resp.headers()["X-Subject-Token"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .header("X-Auth-Token", &self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+            }
+            Err(e) => (0, json!({ "transport_error": e.to_string() })),
+        }
+    }
+
+    /// Ask for a backup of `instance` and wait until it ends; returns the
+    /// final backup body.
+    pub async fn backup(&self, instance: &str, mode: &str, wait: Duration) -> Value {
+        let (s, v) = self
+            .call(
+                "POST",
+                "/v1/backups",
+                Some(json!({"backup": {"instance_id": instance, "mode": mode}})),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let id = v["backup"]["id"].as_str().unwrap().to_string();
+        self.wait_for(&id, &["available", "error"], wait).await
+    }
+
+    pub async fn wait_for(&self, id: &str, states: &[&str], wait: Duration) -> Value {
+        let deadline = Instant::now() + wait;
+        loop {
+            let (s, v) = self.call("GET", &format!("/v1/backups/{id}"), None).await;
+            if s == 200 && states.contains(&v["backup"]["status"].as_str().unwrap_or("")) {
+                return v["backup"].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backup {id} did not reach {states:?}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// One compute host: its instance (a qemu-storage-daemon) and its worker.
+pub struct Host {
+    pub name: String,
+    pub instance: String,
+    pub qsd: Qsd,
+    pub worker: Service,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub api: Service,
+    pub hosts: Vec<Host>,
+    pub member: Client,
+    /// Config for the operator CLI on the same catalog and store.
+    pub operator_conf: PathBuf,
+    _db: crate::helpers::TestDb,
+}
+
+impl Cluster {
+    pub fn restore_cli(&self, backup: &str, out: &Path) {
+        let o = Command::new(env!("CARGO_BIN_EXE_ekko"))
+            .args(["--config-file", self.operator_conf.to_str().unwrap()])
+            .args(["restore", backup, "--output"])
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "restore {backup}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Restore `backup` and compare it with the host's disk as it is now.
+    pub fn assert_restores(&self, host: &Host, backup: &str, tag: &str) {
+        let reference = self.dir.join(format!("{tag}-ref.raw"));
+        host.qsd.snapshot_to(0, &reference);
+        let out = self.dir.join(format!("{tag}-restored.raw"));
+        self.restore_cli(backup, &out);
+        assert!(
+            identical(&reference, &out),
+            "{tag}: restore of {backup} differs from the disk"
+        );
+    }
+}
+
+pub async fn start_cluster(dir: &Path, swift_proxy: Option<String>) -> Option<Cluster> {
+    ekko::cli::install_crypto_provider();
+    let amqp = service_env("EKKO_AMQP_URL")?;
+    let keystone = keystone_section()?;
+    let demo_project = service_env("EKKO_DEMO_PROJECT_ID")?;
+    let t = mariadb_db()?;
+    t.db.sync().unwrap();
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let exchange = format!("ekko-test-{tag}");
+    // `default` goes into [DEFAULT], `swift` into [swift].
+    let common = |state: &str, default: &str, swift: &str| {
+        format!(
+            "[DEFAULT]\ntransport_url = {amqp}\ncontrol_exchange = {exchange}\nstate_path = {}\n{default}\
+             [storage]\nbackend = swift\n[swift]\ncontainer_prefix = ekko-{tag}-\n{swift}{keystone}",
+            dir.join(state).display()
+        )
+    };
+    let api_port = free_port();
+    let api_conf = dir.join("api.conf");
+    std::fs::write(
+        &api_conf,
+        format!(
+            "{}[database]\nconnection = {}\n[api]\nbind_host = 127.0.0.1\nbind_port = {api_port}\n\
+             [backup]\njob_stall_timeout = 20\n",
+            common("api", "", ""),
+            t.url
+        ),
+    )
+    .unwrap();
+    let operator_conf = dir.join("operator.conf");
+    std::fs::write(
+        &operator_conf,
+        format!(
+            "{}[database]\nconnection = {}\n",
+            common("operator", "", ""),
+            t.url
+        ),
+    )
+    .unwrap();
+    let api = Service::start("ekko-api", &api_conf, dir.join("api.log"), &[]);
+
+    let mut hosts = Vec::new();
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        let host = format!("host-{name}-{tag}");
+        let instance = format!("inst-{name}-{tag}");
+        let qdir = dir.join(format!("qsd-{name}"));
+        std::fs::create_dir_all(&qdir).unwrap();
+        let qsd = Qsd::start(&qdir, &[64 * MIB]);
+        let discovery = dir.join(format!("discovery-{name}"));
+        std::fs::create_dir_all(&discovery).unwrap();
+        std::fs::write(
+            discovery.join(format!("{instance}.json")),
+            json!({"project_id": demo_project, "name": format!("vm-{name}"),
+                   "qmp_socket": qsd.qmp_socket})
+            .to_string(),
+        )
+        .unwrap();
+        // Host b reaches Swift through the fault-injecting proxy.
+        let swift = match (&swift_proxy, i) {
+            (Some(url), 1) => format!("endpoint_override = {url}\nmax_retries = 8\n"),
+            _ => String::new(),
+        };
+        let conf = dir.join(format!("host-{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "{}[backup]\nheartbeat_interval = 1\ndiscovery_dir = {}\nshutdown_timeout = 5\n",
+                common(
+                    &format!("state-{name}"),
+                    &format!("host = {host}\n"),
+                    &swift
+                ),
+                discovery.display()
+            ),
+        )
+        .unwrap();
+        let worker = Service::start(
+            "ekko-backup",
+            &conf,
+            dir.join(format!("worker-{name}.log")),
+            &[],
+        );
+        hosts.push(Host {
+            name: host,
+            instance,
+            qsd,
+            worker,
+        });
+    }
+    let base = format!("http://127.0.0.1:{api_port}");
+    let member = Client {
+        http: reqwest::Client::new(),
+        base,
+        token: token("EKKO_DEMO_USERNAME", "EKKO_DEMO_PASSWORD", "demo").await,
+    };
+    // Both hosts report their instance to the conductor.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, v) = member.call("GET", "/v1/instances", None).await;
+        let listed: Vec<&str> = v["instances"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|i| i["id"].as_str()).collect())
+            .unwrap_or_default();
+        if s == 200 && hosts.iter().all(|h| listed.contains(&h.instance.as_str())) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instances never reported ({s} {v}); api: {}\nworker a: {}",
+            api.log(),
+            hosts[0].worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Some(Cluster {
+        dir: dir.to_path_buf(),
+        api,
+        hosts,
+        member,
+        operator_conf,
+        _db: t,
+    })
+}
+
+/// Segments of the project's container in Swift.
+pub async fn swift_segments(cluster_conf: &Path) -> usize {
+    let config =
+        ekko::config::EkkoConfig::load(&[cluster_conf.to_path_buf()], std::iter::empty()).unwrap();
+    let store = ekko::store::open(&config).unwrap();
+    let project = std::env::var("EKKO_DEMO_PROJECT_ID").unwrap();
+    let container = format!("{}{project}", config.swift.container_prefix);
+    store.list(&container, "segments/").await.unwrap().len()
+}
