@@ -9,6 +9,9 @@ use crate::cluster::{start_cluster, swift_segments, MIB};
 use crate::helpers::rabbit_lock;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The broker lock is held for the whole test on purpose: no broker restart
+// may happen under it.
+#[allow(clippy::await_holding_lock)]
 async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     let _guard = rabbit_lock();
     let dir = tempfile::tempdir().unwrap();

@@ -264,6 +264,7 @@ pub fn rabbitmqctl(args: &[&str]) {
 
 /// Stop the test environment's MariaDB (SIGTERM, as a service manager
 /// would) and wait until it is gone. Only for tests that run alone.
+#[allow(dead_code)] // used by the restarts binary only
 pub fn mariadb_stop() {
     let state = std::env::var("EKKO_OS_STATE").unwrap_or_else(|_| "/var/lib/ekko-openstack".into());
     let pid_file = format!("{state}/run/mariadb.pid");
@@ -290,6 +291,7 @@ pub fn mariadb_stop() {
 
 /// Start whatever of the test environment is not running (the project's
 /// own idempotent script).
+#[allow(dead_code)] // used by the restarts binary only
 pub fn services_start() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/test-env.sh");
     let status = std::process::Command::new("bash")
