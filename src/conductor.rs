@@ -359,3 +359,77 @@ pub async fn reap_stalled(ekko: &Ekko, stall_timeout: Duration) -> Result<usize,
         .await?;
     Ok(failed)
 }
+
+/// Start the backups of every policy whose run is due: each run is claimed
+/// in the catalog first (one row per policy and instant), so several
+/// conductors never start it twice. An instance whose previous backup is
+/// still queued or running is skipped for this run. Missed runs (all
+/// conductors down) are caught up once, not once per missed instant.
+pub async fn run_due_policies(ekko: &Ekko) -> Result<usize, ConductorError> {
+    use crate::db::policies;
+    let db = ekko.db()?.clone();
+    let now = Utc::now();
+    let due = db.run(move |c| policies::due(c, now.naive_utc())).await?;
+    let mut started = 0;
+    for p in due {
+        let schedule = p
+            .schedule
+            .as_deref()
+            .map(|s| crate::schedule::Schedule::new(s, &p.timezone));
+        let schedule = match schedule {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::error!(policy = %p.id, error = %e, "policy schedule unusable; disabled until edited");
+                let id = p.id.clone();
+                db.run(move |c| policies::set_next_run(c, &id, p.next_run_at, None))
+                    .await?;
+                continue;
+            }
+            None => continue,
+        };
+        let Some(at) = p.next_run_at.map(|n| n.and_utc()) else {
+            // New or edited: compute the first run.
+            let next = schedule.next_after(now).map(|t| t.naive_utc());
+            let id = p.id.clone();
+            db.run(move |c| policies::set_next_run(c, &id, None, next))
+                .await?;
+            continue;
+        };
+        let next = schedule.next_after(now.max(at)).map(|t| t.naive_utc());
+        let (id, at_naive) = (p.id.clone(), at.naive_utc());
+        let claimed = db
+            .run(move |c| {
+                c.transaction(|c| {
+                    if !policies::claim_run(c, &id, at_naive)? {
+                        return Ok(None);
+                    }
+                    policies::set_next_run(c, &id, Some(at_naive), next)?;
+                    Ok(Some(policies::instances_of(c, &id)?))
+                })
+            })
+            .await?;
+        let Some(instances) = claimed else { continue };
+        tracing::info!(policy = %p.id, scheduled_for = %at, instances = instances.len(), "policy run");
+        for instance_id in instances {
+            let new = NewBackup {
+                instance_id: instance_id.clone(),
+                user_id: "scheduler".into(),
+                name: format!("{} {}", p.name, at.format("%Y-%m-%dT%H:%MZ")),
+                description: format!("scheduled by policy {}", p.id),
+                mode: "auto".into(),
+                metadata: "{}".into(),
+                policy_id: Some(p.id.clone()),
+            };
+            match submit_backup(ekko, new).await {
+                Ok(_) => started += 1,
+                Err(ConductorError::Db(DbError::Conflict(why))) => {
+                    tracing::info!(policy = %p.id, instance = %instance_id, %why, "scheduled backup skipped")
+                }
+                Err(e) => {
+                    tracing::warn!(policy = %p.id, instance = %instance_id, error = %e, "scheduled backup not started")
+                }
+            }
+        }
+    }
+    Ok(started)
+}

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid cron schedule {expr:?}: {why}")]
 pub struct ScheduleError {
@@ -131,6 +133,75 @@ fn field(
     Ok(out)
 }
 
+/// A cron schedule in a time zone: when it fires, as UTC instants.
+pub struct Schedule {
+    cron: CronSchedule,
+    tz: tz::TimeZone,
+}
+
+/// How far ahead a firing is looked for (a schedule like `0 0 29 2 1`
+/// can wait years; past this it is treated as never firing).
+const LOOKAHEAD_DAYS: i64 = 4 * 366;
+
+impl Schedule {
+    pub fn new(expr: &str, time_zone: &str) -> Result<Schedule, ScheduleError> {
+        let cron = CronSchedule::parse(expr)?;
+        let err = |why: String| ScheduleError {
+            expr: expr.to_string(),
+            why,
+        };
+        if !known_time_zone(time_zone) {
+            return Err(err(format!("unknown time zone {time_zone:?}")));
+        }
+        let tz = tz::TimeZone::from_posix_tz(time_zone)
+            .map_err(|e| err(format!("time zone {time_zone:?}: {e}")))?;
+        Ok(Schedule { cron, tz })
+    }
+
+    fn local(&self, at: DateTime<Utc>) -> Option<NaiveDateTime> {
+        let offset = self
+            .tz
+            .find_local_time_type(at.timestamp())
+            .ok()?
+            .ut_offset();
+        Some(at.naive_utc() + chrono::Duration::seconds(i64::from(offset)))
+    }
+
+    /// The first minute strictly after `after` at which the schedule fires
+    /// (in its time zone's local time), or `None` within the look-ahead.
+    /// Local times skipped by a DST change never fire.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let start = after.timestamp().div_euclid(60) * 60 + 60;
+        let mut at = DateTime::<Utc>::from_timestamp(start, 0)?;
+        let end = at + chrono::Duration::days(LOOKAHEAD_DAYS);
+        while at < end {
+            let l = self.local(at)?;
+            let c = &self.cron;
+            let day_ok = c.matches(
+                *c.minutes.first()?,
+                *c.hours.first()?,
+                l.day(),
+                l.month(),
+                l.weekday().num_days_from_sunday(),
+            );
+            // Skip whole local days and hours that cannot match.
+            if !day_ok {
+                at += chrono::Duration::minutes(i64::from(24 * 60 - l.hour() * 60 - l.minute()));
+                continue;
+            }
+            if !c.hours.contains(&l.hour()) {
+                at += chrono::Duration::minutes(i64::from(60 - l.minute()));
+                continue;
+            }
+            if c.minutes.contains(&l.minute()) {
+                return Some(at);
+            }
+            at += chrono::Duration::minutes(1);
+        }
+        None
+    }
+}
+
 /// Whether `tz` names a time zone this host knows (IANA database).
 pub fn known_time_zone(tz: &str) -> bool {
     if tz == "UTC" || tz == "Etc/UTC" {
@@ -191,6 +262,52 @@ mod tests {
         ] {
             assert!(CronSchedule::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn next_firing_in_a_time_zone() {
+        let s = Schedule::new("30 2 * * *", "UTC").unwrap();
+        assert_eq!(
+            s.next_after(utc("2026-11-26T12:00:00Z")),
+            Some(utc("2026-11-27T02:30:00Z"))
+        );
+        // Strictly after: a firing instant itself moves on to the next day.
+        assert_eq!(
+            s.next_after(utc("2026-11-27T02:30:00Z")),
+            Some(utc("2026-11-28T02:30:00Z"))
+        );
+        // Paris is UTC+1 in winter, UTC+2 in summer.
+        let p = Schedule::new("0 3 * * *", "Europe/Paris").unwrap();
+        assert_eq!(
+            p.next_after(utc("2026-11-26T12:00:00Z")),
+            Some(utc("2026-11-27T02:00:00Z"))
+        );
+        assert_eq!(
+            p.next_after(utc("2026-07-01T12:00:00Z")),
+            Some(utc("2026-07-02T01:00:00Z"))
+        );
+        // 02:30 does not exist in Paris on 2026-03-29 (clocks jump 2→3).
+        let gap = Schedule::new("30 2 * * *", "Europe/Paris").unwrap();
+        assert_eq!(
+            gap.next_after(utc("2026-03-28T12:00:00Z")),
+            Some(utc("2026-03-30T00:30:00Z"))
+        );
+        let every = Schedule::new("*/15 * * * mon", "UTC").unwrap();
+        assert_eq!(
+            every.next_after(utc("2026-11-26T12:07:00Z")),
+            Some(utc("2026-11-30T00:00:00Z")),
+            "next Monday"
+        );
+        let leap = Schedule::new("0 0 29 2 *", "UTC").unwrap();
+        assert_eq!(
+            leap.next_after(utc("2026-11-26T00:00:00Z")),
+            Some(utc("2028-02-29T00:00:00Z"))
+        );
+        assert!(Schedule::new("* * * * *", "Mars/Base").is_err());
     }
 
     #[test]

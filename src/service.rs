@@ -97,6 +97,9 @@ pub async fn run_conductor(
                 if let Err(e) = crate::conductor::reap_stalled(&ekko, stall).await {
                     tracing::warn!(error = %e, "stalled-job check failed");
                 }
+                if let Err(e) = crate::conductor::run_due_policies(&ekko).await {
+                    tracing::warn!(error = %e, "scheduler pass failed");
+                }
                 continue;
             }
             d = consumer.next() => d?,

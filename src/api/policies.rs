@@ -20,6 +20,7 @@ fn view(p: &Policy, instances: &[String], base: &str) -> serde_json::Value {
         "schedule": p.schedule,
         "timezone": p.timezone,
         "enabled": p.enabled,
+        "next_run_at": p.next_run_at.as_ref().map(timestamp),
         "retention": {
             "keep_last": p.keep_last,
             "keep_hourly": p.keep_hourly,
@@ -94,6 +95,8 @@ fn apply(p: &mut Policy, f: PolicyFields) -> Result<(), ApiError> {
             CronSchedule::parse(expr).map_err(|e| ApiError::bad_request(e.to_string()))?;
         }
         p.schedule = schedule;
+        // The scheduler computes the next run from the new schedule.
+        p.next_run_at = None;
     }
     if let Some(tz) = f.timezone {
         if !known_time_zone(&tz) {
@@ -102,9 +105,11 @@ fn apply(p: &mut Policy, f: PolicyFields) -> Result<(), ApiError> {
             )));
         }
         p.timezone = tz;
+        p.next_run_at = None;
     }
     if let Some(e) = f.enabled {
         p.enabled = e;
+        p.next_run_at = None;
     }
     if let Some(r) = f.retention {
         for (slot, value, name) in [

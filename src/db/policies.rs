@@ -4,7 +4,7 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::schema::{policies, policy_instances};
+use super::schema::{policies, policy_instances, schedule_runs};
 use super::{now, DbConnection, DbError, DbResult, OptionalRow};
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
@@ -152,4 +152,59 @@ pub fn detach(conn: &mut DbConnection, policy_id: &str, instance_id: &str) -> Db
         )));
     }
     Ok(())
+}
+
+/// Enabled, scheduled policies whose next run is due by `at` (or not yet
+/// computed).
+pub fn due(conn: &mut DbConnection, at: NaiveDateTime) -> DbResult<Vec<Policy>> {
+    Ok(policies::table
+        .filter(policies::enabled.eq(true))
+        .filter(policies::schedule.is_not_null())
+        .filter(
+            policies::next_run_at
+                .is_null()
+                .or(policies::next_run_at.le(at)),
+        )
+        .select(Policy::as_select())
+        .load(conn)?)
+}
+
+/// Move a policy's next run from `expected` to `next`; false when another
+/// scheduler (or an update) changed it first.
+pub fn set_next_run(
+    conn: &mut DbConnection,
+    id: &str,
+    expected: Option<NaiveDateTime>,
+    next: Option<NaiveDateTime>,
+) -> DbResult<bool> {
+    let target = policies::table.find(id);
+    let updated = match expected {
+        Some(e) => diesel::update(target.filter(policies::next_run_at.eq(e)))
+            .set(policies::next_run_at.eq(next))
+            .execute(conn)?,
+        None => diesel::update(target.filter(policies::next_run_at.is_null()))
+            .set(policies::next_run_at.eq(next))
+            .execute(conn)?,
+    };
+    Ok(updated == 1)
+}
+
+/// Claim the run of `policy_id` scheduled for `at`: the primary key lets
+/// exactly one scheduler win, however many run.
+pub fn claim_run(conn: &mut DbConnection, policy_id: &str, at: NaiveDateTime) -> DbResult<bool> {
+    let inserted = diesel::insert_into(schedule_runs::table)
+        .values((
+            schedule_runs::policy_id.eq(policy_id),
+            schedule_runs::scheduled_for.eq(at),
+            schedule_runs::created_at.eq(now()),
+        ))
+        .execute(conn);
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }

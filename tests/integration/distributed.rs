@@ -142,4 +142,49 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     let b = c.member.backup(&bh.instance, "auto", wait).await;
     assert_eq!(b["status"], "available", "{b}\n{}", c.api.log());
     c.assert_restores(bh, b["id"].as_str().unwrap(), "after-lost-b");
+
+    // A policy with a schedule: the conductor starts its backups on time,
+    // on the instance's host, marked with the policy.
+    let (s, v) = c
+        .member
+        .call(
+            "POST",
+            "/v1/policies",
+            Some(json!({"policy": {"name": "every-minute", "schedule": "* * * * *", "timezone": "UTC"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let policy = v["policy"]["id"].as_str().unwrap().to_string();
+    let a = &c.hosts[0];
+    let (s, v) = c
+        .member
+        .call(
+            "POST",
+            &format!("/v1/policies/{policy}/instances"),
+            Some(json!({"instance_id": a.instance})),
+        )
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let scheduled = loop {
+        let (_, listed) = c
+            .member
+            .call(
+                "GET",
+                &format!("/v1/backups?instance_id={}", a.instance),
+                None,
+            )
+            .await;
+        let found = listed["backups"].as_array().and_then(|all| {
+            all.iter()
+                .find(|b| b["policy_id"] == policy.as_str() && b["status"] == "available")
+                .cloned()
+        });
+        if let Some(b) = found {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "no scheduled backup: {listed}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(scheduled["user_id"], "scheduler", "{scheduled}");
 }

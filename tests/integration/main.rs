@@ -15,4 +15,5 @@ mod engine;
 mod extract;
 mod qmp_peer;
 mod queue;
+mod scheduler;
 mod store;
