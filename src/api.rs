@@ -10,13 +10,15 @@
 //!
 //! * [`version`]: discovery documents, `OpenStack-API-Version`.
 //! * [`error`]: the error body.
-//! * [`backups`], [`instances`], [`policies`], [`quotas`]: the resources.
+//! * [`backups`], [`restores`], [`instances`], [`policies`], [`quotas`]: the
+//!   resources.
 
 pub mod backups;
 pub mod error;
 pub mod instances;
 pub mod policies;
 pub mod quotas;
+pub mod restores;
 pub mod version;
 
 use std::future::Future;
@@ -396,6 +398,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource(&["/v1/instances"]).route(web::get().to(instances::list)))
         .service(resource(&["/v1/instances/{instance_id}"]).route(web::get().to(instances::show)))
+        .service(
+            resource(&["/v1/backups/{backup_id}/action"]).route(web::post().to(backups::action)),
+        )
+        .service(
+            resource(&["/v1/restores"])
+                .route(web::get().to(restores::list))
+                .route(web::post().to(restores::create)),
+        )
+        .service(resource(&["/v1/restores/{restore_id}"]).route(web::get().to(restores::show)))
         .service(
             resource(&["/v1/policies"])
                 .route(web::get().to(policies::list))

@@ -17,11 +17,13 @@ use diesel::Connection;
 
 use crate::db::backups::{self, Backup, BackupStatus};
 use crate::db::jobs::{self, Job};
+use crate::db::restores::{self, Restore};
 use crate::db::{instances, quotas, DbConnection, DbError, DbResult};
 use crate::job::{
-    BackupFinished, BackupJob, HostInventory, JobDisk, JobFailed, JobProgress, JobStarted,
-    RecordRef, BACKUP_FAILED, BACKUP_FINISHED, BACKUP_PROGRESS, BACKUP_RUN, BACKUP_STARTED,
-    HOST_INVENTORY,
+    BackupFinished, BackupJob, CancelJob, HostInventory, JobDisk, JobFailed, JobProgress,
+    JobStarted, RecordRef, RestoreFinished, RestoreJob, BACKUP_FINISHED, BACKUP_RUN,
+    HOST_INVENTORY, JOB_CANCEL, JOB_FAILED, JOB_PROGRESS, JOB_STARTED, RESTORE_FINISHED,
+    RESTORE_RUN,
 };
 use crate::queue::{Envelope, QueueError};
 use crate::service::{Heartbeat, HEARTBEAT_KIND};
@@ -163,47 +165,54 @@ pub async fn submit_backup(ekko: &Ekko, new: NewBackup) -> Result<Backup, Conduc
     let db = ekko.db()?.clone();
     let (backup, job, message) = db.run(move |c| plan_backup(c, &opts, &new)).await?;
     let host = job.host.clone().unwrap_or_default();
-    let sent = match Envelope::new(BACKUP_RUN, &message) {
-        Ok(env) => {
-            ekko.queue
-                .publish(&crate::service::host_routing_key(&host), &env)
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = sent {
-        let why = format!("the message bus refused the job: {e}");
-        let (bid, jid, w) = (backup.id.clone(), job.id.clone(), why.clone());
-        let _ = db
-            .run(move |c| fail_job(c, &jid, &bid, &w).map(|_| ()))
-            .await;
-        return Err(e.into());
-    }
+    publish_or_fail(
+        ekko,
+        &job.id,
+        BACKUP_RUN,
+        &crate::service::host_routing_key(&host),
+        &message,
+    )
+    .await?;
     tracing::info!(backup = %backup.id, instance = %backup.instance_id, %host, "backup queued");
     Ok(backup)
 }
 
-/// End a job and its backup as failed (each only if not ended yet).
-pub fn fail_job(c: &mut DbConnection, job_id: &str, backup_id: &str, why: &str) -> DbResult<bool> {
+/// End a job and its backup or restore as failed (each only if not ended
+/// yet); true when this call ended the job.
+pub fn fail_job(c: &mut DbConnection, job_id: &str, why: &str) -> DbResult<bool> {
     c.transaction(|c| {
+        let job = jobs::get(c, job_id)?;
         let ended = jobs::finish(c, job_id, "failed", Some(why))?;
-        match backups::transition(c, backup_id, BackupStatus::Error, Some(why)) {
-            Ok(_) | Err(DbError::Conflict(_)) => Ok(ended),
+        let subject = match (&job.backup_id, &job.restore_id) {
+            (_, Some(r)) => restores::transition(c, r, "error", Some(why), None),
+            (Some(b), None) => {
+                backups::transition(c, b, BackupStatus::Error, Some(why)).map(|_| ())
+            }
+            (None, None) => Ok(()),
+        };
+        match subject {
+            Ok(()) | Err(DbError::Conflict(_)) => Ok(ended),
             Err(e) => Err(e),
         }
     })
 }
 
-/// A worker started (or restarted) a job: job and backup become running.
+/// A worker started (or restarted) a job: job and subject become running.
 /// `Conflict` when the job already ended (cancelled, timed out).
 pub fn job_started(c: &mut DbConnection, s: &JobStarted) -> DbResult<()> {
     c.transaction(|c| {
-        jobs::start(c, &s.job_id, &s.host)?;
-        match backups::transition(c, &s.backup_id, BackupStatus::Running, None) {
+        let job = jobs::start(c, &s.job_id, &s.host)?;
+        if let Some(r) = &job.restore_id {
+            return restores::transition(c, r, "running", None, None);
+        }
+        let Some(b) = &job.backup_id else {
+            return Ok(());
+        };
+        match backups::transition(c, b, BackupStatus::Running, None) {
             // A restart after a redelivery: it is running already.
             Ok(_) => Ok(()),
             Err(DbError::Conflict(_))
-                if backups::get(c, &s.backup_id)?.status() == Some(BackupStatus::Running) =>
+                if backups::get(c, b)?.status() == Some(BackupStatus::Running) =>
             {
                 Ok(())
             }
@@ -263,25 +272,36 @@ pub async fn record(ekko: &Ekko, message: &Envelope) -> Result<(), ConductorErro
             })
             .await?;
         }
-        BACKUP_STARTED => {
-            let s: JobStarted = message.body_as(BACKUP_STARTED)?;
+        JOB_STARTED => {
+            let s: JobStarted = message.body_as(JOB_STARTED)?;
             match db.run(move |c| job_started(c, &s)).await {
-                Ok(()) | Err(DbError::Conflict(_)) => {}
+                Ok(()) | Err(DbError::Conflict(_)) | Err(DbError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        BACKUP_PROGRESS => {
-            let p: JobProgress = message.body_as(BACKUP_PROGRESS)?;
+        JOB_PROGRESS => {
+            let p: JobProgress = message.body_as(JOB_PROGRESS)?;
             let percent = p
                 .done_bytes
                 .saturating_mul(100)
                 .checked_div(p.total_bytes)
                 .map_or(0, |v| v.min(99) as i32);
-            db.run(move |c| {
-                jobs::heartbeat(c, &p.job_id)?;
-                backups::set_progress(c, &p.backup_id, percent)
-            })
-            .await?;
+            let done = i64::try_from(p.done_bytes).unwrap_or(i64::MAX);
+            match db
+                .run(move |c| {
+                    jobs::heartbeat(c, &p.job_id)?;
+                    let job = jobs::get(c, &p.job_id)?;
+                    match (&job.backup_id, &job.restore_id) {
+                        (_, Some(r)) => restores::set_progress(c, r, percent, done),
+                        (Some(b), None) => backups::set_progress(c, b, percent),
+                        _ => Ok(()),
+                    }
+                })
+                .await
+            {
+                Ok(()) | Err(DbError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         BACKUP_FINISHED => {
             let f: BackupFinished = message.body_as(BACKUP_FINISHED)?;
@@ -295,25 +315,54 @@ pub async fn record(ekko: &Ekko, message: &Envelope) -> Result<(), ConductorErro
                     // or another backup of a disk committed first): it
                     // fails, and its manifest must not outlive it.
                     tracing::warn!(backup = %f.backup_id, %why, "finished backup refused");
-                    let (jid, bid, w) = (f.job_id.clone(), f.backup_id.clone(), why.clone());
-                    db.run(move |c| fail_job(c, &jid, &bid, &w)).await?;
+                    let (jid, w) = (f.job_id.clone(), why.clone());
+                    db.run(move |c| fail_job(c, &jid, &w)).await?;
                     crate::operator::remove_manifest(ekko, &f.project_id, &f.backup_id).await;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        BACKUP_FAILED => {
-            let f: JobFailed = message.body_as(BACKUP_FAILED)?;
-            tracing::warn!(backup = %f.backup_id, host = %f.host, error = %f.error, "backup failed");
-            let (jid, bid, w) = (f.job_id.clone(), f.backup_id.clone(), f.error.clone());
-            let project = db
+        RESTORE_FINISHED => {
+            let f: RestoreFinished = message.body_as(RESTORE_FINISHED)?;
+            let written = i64::try_from(f.bytes_written).unwrap_or(i64::MAX);
+            let outcome = db
                 .run(move |c| {
-                    fail_job(c, &jid, &bid, &w)?;
-                    Ok(backups::get(c, &bid)?.project_id)
+                    c.transaction(|c| {
+                        let job = jobs::get(c, &f.job_id)?;
+                        let Some(r) = &job.restore_id else {
+                            return Err(DbError::Conflict(format!(
+                                "job {} is no restore",
+                                f.job_id
+                            )));
+                        };
+                        restores::transition(c, r, "completed", None, Some(written))?;
+                        jobs::finish(c, &f.job_id, "succeeded", None)?;
+                        Ok(())
+                    })
                 })
-                .await?;
-            if f.manifest_written {
-                crate::operator::remove_manifest(ekko, &project, &f.backup_id).await;
+                .await;
+            match outcome {
+                Ok(()) | Err(DbError::Conflict(_)) | Err(DbError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        JOB_FAILED => {
+            let f: JobFailed = message.body_as(JOB_FAILED)?;
+            tracing::warn!(job = %f.job_id, host = %f.host, error = %f.error, "job failed");
+            let (jid, w) = (f.job_id.clone(), f.error.clone());
+            let job = match db
+                .run(move |c| {
+                    fail_job(c, &jid, &w)?;
+                    jobs::get(c, &jid)
+                })
+                .await
+            {
+                Ok(job) => job,
+                Err(DbError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            if let (true, Some(b)) = (f.manifest_written, &job.backup_id) {
+                crate::operator::remove_manifest(ekko, &job.project_id, b).await;
             }
         }
         other => {
@@ -323,6 +372,192 @@ pub async fn record(ekko: &Ekko, message: &Envelope) -> Result<(), ConductorErro
         }
     }
     Ok(())
+}
+
+/// A restore someone asks for: one disk of an available backup, written to
+/// `path` under `[backup] restore_dir` on `host` (the instance's host when
+/// `None`).
+#[derive(Debug, Clone)]
+pub struct NewRestore {
+    pub backup_id: String,
+    pub user_id: String,
+    pub device: Option<String>,
+    pub host: Option<String>,
+    pub path: String,
+    pub format: String,
+}
+
+/// Record a queued restore and its job, and send the job to its host.
+pub async fn submit_restore(ekko: &Ekko, new: NewRestore) -> Result<Restore, ConductorError> {
+    let timeout = PlanOptions::of(ekko).job_timeout;
+    let db = ekko.db()?.clone();
+    let (restore, job, message) = db
+        .run(move |c| {
+            c.transaction(|c| {
+                let b = backups::get(c, &new.backup_id)?;
+                if b.status() != Some(BackupStatus::Available) {
+                    return Err(DbError::Conflict(format!(
+                        "backup {} is {}; only an available backup can be restored",
+                        b.id, b.status
+                    )));
+                }
+                let records = backups::disks_of(c, &b.id)?;
+                let disks = instances::disks_of(c, &b.instance_id)?;
+                let record = match &new.device {
+                    Some(dev) => {
+                        let disk = disks.iter().find(|d| &d.device == dev).ok_or_else(|| {
+                            DbError::Conflict(format!("backup {} has no disk {dev}", b.id))
+                        })?;
+                        records.iter().find(|r| r.disk_id == disk.id)
+                    }
+                    None if records.len() == 1 => records.first(),
+                    None => {
+                        return Err(DbError::Conflict(format!(
+                            "backup {} has {} disks: name one with \"disk\"",
+                            b.id,
+                            records.len()
+                        )))
+                    }
+                }
+                .ok_or_else(|| {
+                    DbError::Conflict(format!("backup {} has no such disk record", b.id))
+                })?;
+                let device = disks
+                    .iter()
+                    .find(|d| d.id == record.disk_id)
+                    .map(|d| d.device.clone())
+                    .unwrap_or_default();
+                let host = match &new.host {
+                    Some(h) => h.clone(),
+                    None => instances::get(c, &b.instance_id)?.host,
+                };
+                let target = serde_json::json!({
+                    "type": "file", "host": host, "path": new.path, "device": device,
+                })
+                .to_string();
+                let r = Restore::queued(&b.project_id, &new.user_id, &b.id, &target, &new.format);
+                restores::insert(c, &r)?;
+                let deadline = Utc::now()
+                    + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::hours(6));
+                let mut job = Job::queued(RESTORE_RUN, &b.project_id);
+                job.restore_id = Some(r.id.clone());
+                job.host = Some(host);
+                job.deadline_at = Some(deadline.naive_utc());
+                let message = RestoreJob {
+                    job_id: job.id.clone(),
+                    restore_id: r.id.clone(),
+                    backup_id: b.id.clone(),
+                    project_id: b.project_id.clone(),
+                    record: RecordRef::of(record).ok_or_else(|| {
+                        DbError::Conflict(format!("backup {} has a corrupt record", b.id))
+                    })?,
+                    path: new.path.clone(),
+                    format: new.format.clone(),
+                    deadline,
+                };
+                job.payload = serde_json::to_string(&message)
+                    .map_err(|e| DbError::Conflict(format!("job {}: {e}", job.id)))?;
+                jobs::insert(c, &job)?;
+                Ok((r, job, message))
+            })
+        })
+        .await?;
+    let host = job.host.clone().unwrap_or_default();
+    publish_or_fail(
+        ekko,
+        &job.id,
+        RESTORE_RUN,
+        &crate::service::host_routing_key(&host),
+        &message,
+    )
+    .await?;
+    tracing::info!(restore = %restore.id, backup = %restore.backup_id, %host, "restore queued");
+    Ok(restore)
+}
+
+/// Publish a job; if the bus refuses it, the job fails at once (nothing
+/// would run it).
+async fn publish_or_fail<T: serde::Serialize>(
+    ekko: &Ekko,
+    job_id: &str,
+    kind: &str,
+    key: &str,
+    message: &T,
+) -> Result<(), ConductorError> {
+    let sent = match Envelope::new(kind, message) {
+        Ok(env) => ekko.queue.publish(key, &env).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
+        let (jid, why) = (
+            job_id.to_string(),
+            format!("the message bus refused the job: {e}"),
+        );
+        let _ = ekko
+            .db()?
+            .run(move |c| fail_job(c, &jid, &why).map(|_| ()))
+            .await;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Cancel a queued or running backup: it fails at once with `why`, and its
+/// host is told to stop (or not to start) the job. A backup whose outcome
+/// arrives later is refused, so the cancel holds whatever the host does.
+pub async fn cancel_backup(
+    ekko: &Ekko,
+    backup_id: &str,
+    why: &str,
+) -> Result<Backup, ConductorError> {
+    let (bid, w) = (backup_id.to_string(), why.to_string());
+    let (backup, job) = ekko
+        .db()?
+        .run(move |c| {
+            c.transaction(|c| {
+                let b = backups::get(c, &bid)?;
+                if !matches!(
+                    b.status(),
+                    Some(BackupStatus::Queued | BackupStatus::Running)
+                ) {
+                    return Err(DbError::Conflict(format!(
+                        "backup {bid} is {}; only a queued or running backup can be cancelled",
+                        b.status
+                    )));
+                }
+                let job = jobs::active_for_backup(c, &bid)?;
+                match &job {
+                    Some(j) => {
+                        fail_job(c, &j.id, &w)?;
+                    }
+                    None => {
+                        backups::transition(c, &bid, BackupStatus::Error, Some(&w))?;
+                    }
+                }
+                Ok((backups::get(c, &bid)?, job))
+            })
+        })
+        .await?;
+    if let Some(job) = job {
+        let host = job.host.clone().unwrap_or_default();
+        let cancel = CancelJob {
+            job_id: job.id.clone(),
+        };
+        let sent = match Envelope::new(JOB_CANCEL, &cancel) {
+            Ok(env) => {
+                ekko.queue
+                    .publish(&crate::service::control_routing_key(&host), &env)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            // The backup is cancelled in the catalog regardless.
+            tracing::warn!(backup = %backup.id, %host, error = %e, "cancel not sent to the host");
+        }
+    }
+    tracing::info!(backup = %backup.id, "backup cancelled");
+    Ok(backup)
 }
 
 /// Fail the jobs whose worker stopped reporting for `stall_timeout`, and
@@ -347,11 +582,9 @@ pub async fn reap_stalled(ekko: &Ekko, stall_timeout: Duration) -> Result<usize,
                         job.host.as_deref().unwrap_or("?")
                     ),
                 };
-                if let Some(bid) = &job.backup_id {
-                    if fail_job(c, &job.id, bid, &why)? {
-                        tracing::warn!(job = %job.id, backup = %bid, %why, "job failed by the conductor");
-                        n += 1;
-                    }
+                if fail_job(c, &job.id, &why)? {
+                    tracing::warn!(job = %job.id, %why, "job failed by the conductor");
+                    n += 1;
                 }
             }
             Ok(n)

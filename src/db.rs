@@ -14,6 +14,7 @@ pub mod instances;
 pub mod jobs;
 pub mod policies;
 pub mod quotas;
+pub mod restores;
 pub mod schema;
 pub mod segments;
 

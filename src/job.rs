@@ -18,11 +18,13 @@ use crate::db::instances::DiskReport;
 
 /// Message kinds.
 pub const BACKUP_RUN: &str = "backup.run";
-pub const BACKUP_STARTED: &str = "backup.started";
-pub const BACKUP_PROGRESS: &str = "backup.progress";
 pub const BACKUP_FINISHED: &str = "backup.finished";
-pub const BACKUP_FAILED: &str = "backup.failed";
-pub const BACKUP_CANCEL: &str = "backup.cancel";
+pub const RESTORE_RUN: &str = "restore.run";
+pub const RESTORE_FINISHED: &str = "restore.finished";
+pub const JOB_STARTED: &str = "job.started";
+pub const JOB_PROGRESS: &str = "job.progress";
+pub const JOB_FAILED: &str = "job.failed";
+pub const JOB_CANCEL: &str = "job.cancel";
 pub const HOST_INVENTORY: &str = "host.inventory";
 
 /// Routing key of a status message of `kind` (all go to the conductor).
@@ -99,11 +101,27 @@ pub struct BackupJob {
     pub deadline: DateTime<Utc>,
 }
 
-/// Sent by a worker as it starts (or restarts) a job.
+/// `restore.run`: write one disk of a backup to a file on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreJob {
+    pub job_id: String,
+    pub restore_id: String,
+    pub backup_id: String,
+    pub project_id: String,
+    /// The disk's record in the backup.
+    pub record: RecordRef,
+    /// File name under the host's `[backup] restore_dir`.
+    pub path: String,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    pub deadline: DateTime<Utc>,
+}
+
+/// Sent by a worker as it starts (or restarts) a job. Status messages name
+/// the job only: the conductor finds its backup or restore in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobStarted {
     pub job_id: String,
-    pub backup_id: String,
     pub host: String,
     /// Attempts on this host so far, this one included.
     pub attempt: u32,
@@ -113,7 +131,6 @@ pub struct JobStarted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobProgress {
     pub job_id: String,
-    pub backup_id: String,
     pub done_bytes: u64,
     pub total_bytes: u64,
 }
@@ -136,17 +153,24 @@ pub struct BackupFinished {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobFailed {
     pub job_id: String,
-    pub backup_id: String,
     pub host: String,
     pub error: String,
     /// The backup's manifest may have been stored and must be removed.
     pub manifest_written: bool,
 }
 
-/// `backup.cancel`: stop a queued or running backup on its host.
+/// A restore is written and synced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreFinished {
+    pub job_id: String,
+    pub host: String,
+    pub bytes_written: u64,
+}
+
+/// `job.cancel`: stop a queued or running job on its host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelJob {
-    pub backup_id: String,
+    pub job_id: String,
 }
 
 /// One instance a host can back up.

@@ -127,7 +127,6 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
             let planned = conductor::plan_backup(c, &plan, &new)?;
             let started = JobStarted {
                 job_id: planned.1.id.clone(),
-                backup_id: planned.0.id.clone(),
                 host: h2.clone(),
                 attempt: 1,
             };
@@ -142,8 +141,8 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
         remove_manifest(ekko, &req.project_id, stale).await;
     }
     let fail = |why: String| {
-        let (jid, bid) = (job.id.clone(), backup.id.clone());
-        db.run(move |c| conductor::fail_job(c, &jid, &bid, &why))
+        let jid = job.id.clone();
+        db.run(move |c| conductor::fail_job(c, &jid, &why))
     };
     let executed = match crate::worker::execute(
         ekko,

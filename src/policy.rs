@@ -127,6 +127,36 @@ pub const DEFAULTS: &[RuleDefault] = &[
         operations: &["DELETE /v1/backups/{backup_id}"],
     },
     RuleDefault {
+        name: "ekko:backup:cancel",
+        check: ADMIN_OR_MEMBER,
+        description: "Cancel a queued or running backup.",
+        operations: &["POST /v1/backups/{backup_id}/action (cancel)"],
+    },
+    RuleDefault {
+        name: "ekko:restore:create",
+        check: "rule:context_is_admin",
+        description: "Restore a backup to a file on a compute host (an operator action).",
+        operations: &["POST /v1/restores"],
+    },
+    RuleDefault {
+        name: "ekko:restore:get",
+        check: ADMIN_OR_READER,
+        description: "Show a restore.",
+        operations: &["GET /v1/restores/{restore_id}"],
+    },
+    RuleDefault {
+        name: "ekko:restore:get_all",
+        check: ADMIN_OR_READER,
+        description: "List the project's restores.",
+        operations: &["GET /v1/restores"],
+    },
+    RuleDefault {
+        name: "ekko:restore:get_all_projects",
+        check: "rule:context_is_admin",
+        description: "List the restores of every project (all_projects=true).",
+        operations: &["GET /v1/restores?all_projects=true"],
+    },
+    RuleDefault {
         name: "ekko:instance:get",
         check: ADMIN_OR_READER,
         description: "Show an instance known to Ekko.",

@@ -21,12 +21,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::backup::dedup::KnownChunks;
 use crate::backup::disk::{back_up_disk, DiskBackupOptions, DiskBackupResult};
 use crate::backup::reader::RecordReader;
+use crate::backup::restore::{restore, TargetFormat};
 use crate::backup::{container, Progress};
 use crate::db::backups::DiskCommit;
 use crate::extract::pull::{DiskRequest, PullBackup, PullOptions};
@@ -34,8 +35,8 @@ use crate::extract::DiskSnapshot;
 use crate::inventory::{ConfiguredInstances, InstanceSource, LocalInstance};
 use crate::job::{
     BackupFinished, BackupJob, CancelJob, HostInventory, InventoryInstance, JobFailed, JobProgress,
-    JobStarted, BACKUP_CANCEL, BACKUP_FAILED, BACKUP_FINISHED, BACKUP_PROGRESS, BACKUP_RUN,
-    BACKUP_STARTED, HOST_INVENTORY,
+    JobStarted, RestoreFinished, RestoreJob, BACKUP_FINISHED, BACKUP_RUN, HOST_INVENTORY,
+    JOB_CANCEL, JOB_FAILED, JOB_PROGRESS, JOB_STARTED, RESTORE_FINISHED, RESTORE_RUN,
 };
 use crate::manifest::{self, Manifest, ManifestDisk};
 use crate::qmp::QmpClient;
@@ -349,8 +350,10 @@ struct Worker {
     host: String,
     source: Box<dyn InstanceSource>,
     journal: Journal,
-    /// Running jobs by backup id, with their stop signal.
+    /// Running jobs by job id: their instance and their stop signal.
     running: Mutex<HashMap<String, (String, watch::Sender<Stop>)>>,
+    /// Jobs cancelled before they reached this worker.
+    cancelled: Mutex<std::collections::HashSet<String>>,
     /// Disks last seen per instance (a busy instance's QMP is not probed).
     known_disks: Mutex<HashMap<String, Vec<crate::job::InventoryDisk>>>,
 }
@@ -473,31 +476,36 @@ impl Worker {
         }
     }
 
-    fn cancel(&self, backup_id: &str) -> bool {
-        match self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(backup_id)
-        {
+    /// Stop a running job, or remember not to start it.
+    fn cancel(&self, job_id: &str) -> bool {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.get(job_id) {
             Some((_, tx)) => tx.send(Stop::Cancelled).is_ok(),
-            None => false,
+            None => {
+                drop(running);
+                let mut cancelled = self.cancelled.lock().unwrap_or_else(|p| p.into_inner());
+                // Bounded: cancels of jobs that never come are forgotten.
+                if cancelled.len() > 10_000 {
+                    cancelled.clear();
+                }
+                cancelled.insert(job_id.to_string());
+                false
+            }
         }
     }
 
     /// Tell the conductor a job failed, then drop its message.
-    async fn fail(&self, delivery: Delivery, job: &BackupJob, error: String, manifest: bool) {
-        tracing::error!(backup = %job.backup_id, %error, "backup failed");
+    async fn fail(&self, delivery: Delivery, job_id: &str, error: String, manifest: bool) {
+        tracing::error!(job = job_id, %error, "job failed");
         let failed = JobFailed {
-            job_id: job.job_id.clone(),
-            backup_id: job.backup_id.clone(),
+            job_id: job_id.to_string(),
             host: self.host.clone(),
             error,
             manifest_written: manifest,
         };
-        match self.publish_patiently(BACKUP_FAILED, &failed).await {
+        match self.publish_patiently(JOB_FAILED, &failed).await {
             Ok(()) => {
-                self.journal.done(&job.job_id);
+                self.journal.done(job_id);
                 let _ = delivery.ack().await;
             }
             Err(e) => {
@@ -507,7 +515,126 @@ impl Worker {
         }
     }
 
+    /// The checks and bookkeeping before a job runs: not done already, not
+    /// past its deadline, not cancelled, attempts counted, start reported,
+    /// registered for cancels, progress reported. `None` when the delivery
+    /// was settled here.
+    async fn admit(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        job_id: &str,
+        instance_id: Option<&str>,
+        deadline: DateTime<Utc>,
+    ) -> Option<(Delivery, Admitted)> {
+        if self.journal.is_done(job_id) {
+            tracing::info!(job = job_id, "job already handled; dropping the redelivery");
+            let _ = delivery.ack().await;
+            return None;
+        }
+        if Utc::now() > deadline {
+            let why = format!("the job reached host {} after its deadline", self.host);
+            self.fail(delivery, job_id, why, false).await;
+            return None;
+        }
+        let cancelled = self
+            .cancelled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(job_id);
+        if cancelled {
+            let why = format!("cancelled before it started on host {}", self.host);
+            self.fail(delivery, job_id, why, false).await;
+            return None;
+        }
+        let attempt = match self.journal.begin(job_id) {
+            Ok(n) => n,
+            Err(e) => {
+                self.fail(delivery, job_id, format!("job journal: {e}"), false)
+                    .await;
+                return None;
+            }
+        };
+        if attempt > MAX_ATTEMPTS {
+            let why = format!(
+                "the worker on host {} stopped {} times while running this job",
+                self.host,
+                attempt - 1
+            );
+            self.fail(delivery, job_id, why, false).await;
+            return None;
+        }
+        let started = JobStarted {
+            job_id: job_id.to_string(),
+            host: self.host.clone(),
+            attempt,
+        };
+        if let Err(e) = self.publish(JOB_STARTED, &started).await {
+            tracing::warn!(error = %e, "cannot report the start; leaving the job for later");
+            self.journal.undo(job_id, attempt);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery.nack(true).await;
+            return None;
+        }
+        let (stop_tx, stop) = watch::channel(Stop::Run);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                job_id.to_string(),
+                (instance_id.unwrap_or_default().to_string(), stop_tx),
+            );
+        let progress = Arc::new(Progress::default());
+        let reporter = {
+            let this = self.clone();
+            let (progress, job_id) = (progress.clone(), job_id.to_string());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PROGRESS_EVERY);
+                loop {
+                    tick.tick().await;
+                    let (done, total) = progress.get();
+                    let p = JobProgress {
+                        job_id: job_id.clone(),
+                        done_bytes: done,
+                        total_bytes: total,
+                    };
+                    if let Err(e) = this.publish(JOB_PROGRESS, &p).await {
+                        tracing::debug!(error = %e, "progress not sent");
+                    }
+                }
+            })
+        };
+        Some((
+            delivery,
+            Admitted {
+                attempt,
+                progress,
+                stop,
+                reporter,
+            },
+        ))
+    }
+
+    /// The job stopped running here (whatever its outcome).
+    fn release(&self, job_id: &str, admitted: &Admitted) {
+        admitted.reporter.abort();
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(job_id);
+    }
+
     async fn handle(self: Arc<Self>, delivery: Delivery) {
+        match delivery.envelope.kind.as_str() {
+            BACKUP_RUN => self.handle_backup(delivery).await,
+            RESTORE_RUN => self.handle_restore(delivery).await,
+            other => {
+                tracing::error!(id = %delivery.envelope.id, kind = other, "rejecting a job of unknown kind");
+                let _ = delivery.nack(false).await;
+            }
+        }
+    }
+
+    async fn handle_backup(self: Arc<Self>, delivery: Delivery) {
         let job: BackupJob = match delivery.envelope.body_as(BACKUP_RUN) {
             Ok(j) => j,
             Err(e) => {
@@ -516,15 +643,6 @@ impl Worker {
                 return;
             }
         };
-        if self.journal.is_done(&job.job_id) {
-            tracing::info!(job = %job.job_id, "job already handled; dropping the redelivery");
-            let _ = delivery.ack().await;
-            return;
-        }
-        if Utc::now() > job.deadline {
-            let why = format!("the job reached host {} after its deadline", self.host);
-            return self.fail(delivery, &job, why, false).await;
-        }
         let instance = match self.source.find(&job.instance_id).await {
             Ok(Some(i)) if i.project_id == job.project_id => i,
             Ok(Some(_)) => {
@@ -532,98 +650,39 @@ impl Worker {
                     "instance {} on host {} belongs to another project",
                     job.instance_id, self.host
                 );
-                return self.fail(delivery, &job, why, false).await;
+                return self.fail(delivery, &job.job_id, why, false).await;
             }
             Ok(None) => {
                 let why = format!(
                     "instance {} is not served by host {}",
                     job.instance_id, self.host
                 );
-                return self.fail(delivery, &job, why, false).await;
+                return self.fail(delivery, &job.job_id, why, false).await;
             }
             Err(e) => {
-                return self
-                    .fail(delivery, &job, format!("instance lookup: {e:#}"), false)
-                    .await
+                let why = format!("instance lookup: {e:#}");
+                return self.fail(delivery, &job.job_id, why, false).await;
             }
         };
-        let attempt = match self.journal.begin(&job.job_id) {
-            Ok(n) => n,
-            Err(e) => {
-                return self
-                    .fail(delivery, &job, format!("job journal: {e}"), false)
-                    .await
-            }
-        };
-        if attempt > MAX_ATTEMPTS {
-            let why = format!(
-                "the worker on host {} stopped {} times while running this backup",
-                self.host,
-                attempt - 1
-            );
-            return self.fail(delivery, &job, why, false).await;
-        }
-        let started = JobStarted {
-            job_id: job.job_id.clone(),
-            backup_id: job.backup_id.clone(),
-            host: self.host.clone(),
-            attempt,
-        };
-        if let Err(e) = self.publish(BACKUP_STARTED, &started).await {
-            tracing::warn!(error = %e, "cannot report the start; leaving the job for later");
-            self.journal.undo(&job.job_id, attempt);
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery.nack(true).await;
+        let Some((delivery, mut admitted)) = self
+            .admit(delivery, &job.job_id, Some(&job.instance_id), job.deadline)
+            .await
+        else {
             return;
-        }
-        tracing::info!(backup = %job.backup_id, instance = %job.instance_id, attempt, "backup started");
-
-        let (stop_tx, mut stop_rx) = watch::channel(Stop::Run);
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job.backup_id.clone(), (job.instance_id.clone(), stop_tx));
-        let progress = Arc::new(Progress::default());
-        let reporter = {
-            let this = self.clone();
-            let (progress, job_id, backup_id) =
-                (progress.clone(), job.job_id.clone(), job.backup_id.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(PROGRESS_EVERY);
-                loop {
-                    tick.tick().await;
-                    let (done, total) = progress.get();
-                    let p = JobProgress {
-                        job_id: job_id.clone(),
-                        backup_id: backup_id.clone(),
-                        done_bytes: done,
-                        total_bytes: total,
-                    };
-                    if let Err(e) = this.publish(BACKUP_PROGRESS, &p).await {
-                        tracing::debug!(error = %e, "progress not sent");
-                    }
-                }
-            })
         };
-        let outcome = self
-            .run_job(&job, &instance, attempt, progress, &mut stop_rx)
-            .await;
-        reporter.abort();
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&job.backup_id);
-
+        tracing::info!(backup = %job.backup_id, instance = %job.instance_id, attempt = admitted.attempt, "backup started");
+        let outcome = self.run_job(&job, &instance, &mut admitted).await;
+        self.release(&job.job_id, &admitted);
         match outcome {
             Ok(executed) => self.hand_on(delivery, &job, executed).await,
             Err(Stop::Shutdown) => {
                 tracing::warn!(backup = %job.backup_id, "rolled back for shutdown; the job runs again after restart");
-                self.journal.undo(&job.job_id, attempt);
+                self.journal.undo(&job.job_id, admitted.attempt);
                 let _ = delivery.nack(true).await;
             }
             Err(_) => {
                 let why = format!("cancelled on host {}", self.host);
-                self.fail(delivery, &job, why, false).await
+                self.fail(delivery, &job.job_id, why, false).await
             }
         }
     }
@@ -634,15 +693,13 @@ impl Worker {
         &self,
         job: &BackupJob,
         instance: &LocalInstance,
-        attempt: u32,
-        progress: Arc<Progress>,
-        stop: &mut watch::Receiver<Stop>,
+        admitted: &mut Admitted,
     ) -> Result<Result<Executed, String>, Stop> {
         let qmp = match QmpClient::connect(&instance.qmp_socket, Duration::from_secs(30)).await {
             Ok(q) => Arc::new(q),
             Err(e) => return Ok(Err(format!("QMP {}: {e}", instance.qmp_socket.display()))),
         };
-        let tag = format!("{}-{attempt}", job.backup_id);
+        let tag = format!("{}-{}", job.backup_id, admitted.attempt);
         let left = (job.deadline - Utc::now()).to_std().unwrap_or_default();
         let work = execute(
             &self.ekko,
@@ -650,22 +707,11 @@ impl Worker {
             job,
             instance.agent_socket.clone(),
             &tag,
-            Some(progress),
+            Some(admitted.progress.clone()),
         );
-        let stopped = async {
-            loop {
-                if stop.changed().await.is_err() {
-                    return Stop::Shutdown;
-                }
-                let s = *stop.borrow();
-                if s != Stop::Run {
-                    return s;
-                }
-            }
-        };
         let why = tokio::select! {
             r = work => return Ok(r.map_err(|e| format!("{e:#}"))),
-            s = stopped => s,
+            s = stopped(&mut admitted.stop) => s,
             _ = tokio::time::sleep(left) => {
                 recover(&qmp).await;
                 return Ok(Err(format!("timed out after [backup] job_timeout on host {}", self.host)));
@@ -685,7 +731,7 @@ impl Worker {
     ) {
         let executed = match executed {
             Ok(e) => e,
-            Err(why) => return self.fail(delivery, job, why, false).await,
+            Err(why) => return self.fail(delivery, &job.job_id, why, false).await,
         };
         crate::failpoint::hit("worker.before-report");
         match self
@@ -707,6 +753,152 @@ impl Worker {
                 }
                 let _ = delivery.nack(true).await;
             }
+        }
+    }
+
+    /// Where a restore job may write: a plain file name (or relative path
+    /// without `..`) under `[backup] restore_dir`, not existing yet.
+    fn restore_target(&self, path: &str) -> Result<PathBuf, String> {
+        let rel = std::path::Path::new(path);
+        let plain = !path.is_empty()
+            && rel.is_relative()
+            && rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(format!(
+                "restore path {path:?} must be relative to [backup] restore_dir, without '..'"
+            ));
+        }
+        let full = PathBuf::from(&self.ekko.config.backup.restore_dir).join(rel);
+        if full.exists() {
+            return Err(format!(
+                "{} exists on host {}: a restore never overwrites",
+                full.display(),
+                self.host
+            ));
+        }
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        Ok(full)
+    }
+
+    async fn handle_restore(self: Arc<Self>, delivery: Delivery) {
+        let job: RestoreJob = match delivery.envelope.body_as(RESTORE_RUN) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(id = %delivery.envelope.id, error = %e, "rejecting a job this worker cannot read");
+                let _ = delivery.nack(false).await;
+                return;
+            }
+        };
+        let (target, root, format) = match (
+            self.restore_target(&job.path),
+            job.record.previous(),
+            TargetFormat::parse(&job.format),
+        ) {
+            (Ok(t), Some(r), Some(f)) => (t, r, f),
+            (Err(why), _, _) => return self.fail(delivery, &job.job_id, why, false).await,
+            (_, None, _) => {
+                let why = "the backup's record is corrupt".to_string();
+                return self.fail(delivery, &job.job_id, why, false).await;
+            }
+            (_, _, None) => {
+                let why = format!("unknown restore format {:?}", job.format);
+                return self.fail(delivery, &job.job_id, why, false).await;
+            }
+        };
+        let Some((delivery, mut admitted)) =
+            self.admit(delivery, &job.job_id, None, job.deadline).await
+        else {
+            return;
+        };
+        tracing::info!(restore = %job.restore_id, backup = %job.backup_id, target = %target.display(), "restore started");
+        let container = container(&self.ekko.config.swift.container_prefix, &job.project_id);
+        let reader = RecordReader::new(self.ekko.store.clone(), &container);
+        let left = (job.deadline - Utc::now()).to_std().unwrap_or_default();
+        let progress = admitted.progress.clone();
+        let work = restore(
+            &reader,
+            root.root,
+            root.disk_size,
+            root.chunk_size,
+            &target,
+            format,
+            Some(&progress),
+        );
+        let outcome = tokio::select! {
+            r = work => Ok(r),
+            s = stopped(&mut admitted.stop) => Err(Some(s)),
+            _ = tokio::time::sleep(left) => Err(None),
+        };
+        self.release(&job.job_id, &admitted);
+        let result = match outcome {
+            Ok(Ok(stats)) if stats.bad.is_empty() => Ok(stats),
+            Ok(Ok(stats)) => Err(format!(
+                "{} range(s) of the backup are missing or corrupt, first at byte {}: {}",
+                stats.bad.len(),
+                stats.bad[0].0,
+                stats.bad[0].2
+            )),
+            Ok(Err(e)) => Err(format!("{e}")),
+            Err(Some(Stop::Shutdown)) => {
+                let _ = std::fs::remove_file(&target);
+                self.journal.undo(&job.job_id, admitted.attempt);
+                let _ = delivery.nack(true).await;
+                return;
+            }
+            Err(Some(_)) => Err(format!("cancelled on host {}", self.host)),
+            Err(None) => Err(format!("timed out on host {}", self.host)),
+        };
+        match result {
+            Ok(stats) => {
+                let done = RestoreFinished {
+                    job_id: job.job_id.clone(),
+                    host: self.host.clone(),
+                    bytes_written: stats.bytes_written,
+                };
+                match self.publish_patiently(RESTORE_FINISHED, &done).await {
+                    Ok(()) => {
+                        self.journal.done(&job.job_id);
+                        let _ = delivery.ack().await;
+                        tracing::info!(restore = %job.restore_id, "restore written and reported");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot report the restore; it runs again");
+                        let _ = std::fs::remove_file(&target);
+                        let _ = delivery.nack(true).await;
+                    }
+                }
+            }
+            Err(why) => {
+                // A partial restore is no restore.
+                let _ = std::fs::remove_file(&target);
+                self.fail(delivery, &job.job_id, why, false).await
+            }
+        }
+    }
+}
+
+/// A job admitted to run on this worker.
+struct Admitted {
+    attempt: u32,
+    progress: Arc<Progress>,
+    stop: watch::Receiver<Stop>,
+    reporter: tokio::task::JoinHandle<()>,
+}
+
+/// Resolves when the job is told to stop, with why.
+async fn stopped(stop: &mut watch::Receiver<Stop>) -> Stop {
+    loop {
+        if stop.changed().await.is_err() {
+            return Stop::Shutdown;
+        }
+        let s = *stop.borrow();
+        if s != Stop::Run {
+            return s;
         }
     }
 }
@@ -742,6 +934,7 @@ pub async fn run(
         source: Box::new(source),
         journal,
         running: Mutex::new(HashMap::new()),
+        cancelled: Mutex::new(Default::default()),
         known_disks: Mutex::new(HashMap::new()),
         ekko: ekko.clone(),
     });
@@ -762,10 +955,10 @@ pub async fn run(
             }
             c = control.next() => {
                 let c = c?;
-                match c.envelope.body_as::<CancelJob>(BACKUP_CANCEL) {
+                match c.envelope.body_as::<CancelJob>(JOB_CANCEL) {
                     Ok(cancel) => {
-                        let found = worker.cancel(&cancel.backup_id);
-                        tracing::info!(backup = %cancel.backup_id, running_here = found, "cancel received");
+                        let found = worker.cancel(&cancel.job_id);
+                        tracing::info!(job = %cancel.job_id, running_here = found, "cancel received");
                         c.ack().await?;
                     }
                     Err(e) => {

@@ -387,3 +387,35 @@ pub async fn delete(
         })?;
     Ok(HttpResponse::Accepted().finish())
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBody {
+    /// `{"cancel": {}}`: stop a queued or running backup.
+    cancel: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `POST /v1/backups/{id}/action`: actions on a backup (OpenStack style).
+pub async fn action(
+    req: HttpRequest,
+    ctx: RequestContext,
+    state: State,
+    id: web::Path<String>,
+    body: web::Json<ActionBody>,
+) -> Result<HttpResponse, ApiError> {
+    if body.into_inner().cancel.is_none() {
+        return Err(ApiError::bad_request(
+            "unknown action: the body must be {\"cancel\": {}}",
+        ));
+    }
+    let b = visible(&ctx, &state, &id, "ekko:backup:cancel").await?;
+    let why = format!("cancelled by user {}", ctx.creds.user_id);
+    let cancelled = crate::conductor::cancel_backup(&state.ekko, &b.id, &why)
+        .await
+        .map_err(|e| match e {
+            crate::conductor::ConductorError::Db(db) => ApiError::from(db),
+            crate::conductor::ConductorError::Queue(q) => ApiError::unavailable(q.to_string()),
+        })?;
+    Ok(HttpResponse::Accepted()
+        .json(json!({ "backup": view(&cancelled, &base_url(&req, &state)) })))
+}

@@ -22,6 +22,17 @@ pub enum TargetFormat {
     Qcow2,
 }
 
+impl TargetFormat {
+    /// `raw` or `qcow2`.
+    pub fn parse(s: &str) -> Option<TargetFormat> {
+        match s {
+            "raw" => Some(TargetFormat::Raw),
+            "qcow2" => Some(TargetFormat::Qcow2),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreStats {
     pub chunks: u64,

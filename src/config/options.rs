@@ -273,6 +273,9 @@ option_group! {
         /// Seconds ekko-backup lets running backups finish on SIGTERM before it
         /// rolls them back (they run again after restart).
         pub shutdown_timeout: u64 = 300;
+        /// Directory restores to files are written under (restore targets are
+        /// paths relative to it; an existing file is never overwritten).
+        pub restore_dir: String = s("$state_path/restores");
         /// Seconds between this worker's heartbeats.
         pub heartbeat_interval: u64 = 10;
         /// Instances this host serves, as `instance_id:project_id:qmp_socket`

@@ -95,6 +95,16 @@ pub fn start(conn: &mut DbConnection, id: &str, host: &str) -> DbResult<Job> {
     Ok(job)
 }
 
+/// The queued or running job of a backup, if any.
+pub fn active_for_backup(conn: &mut DbConnection, backup_id: &str) -> DbResult<Option<Job>> {
+    Ok(jobs::table
+        .filter(jobs::backup_id.eq(backup_id))
+        .filter(jobs::status.eq_any(["queued", "running"]))
+        .select(Job::as_select())
+        .first(conn)
+        .optional()?)
+}
+
 pub fn heartbeat(conn: &mut DbConnection, id: &str) -> DbResult<()> {
     let at = now();
     diesel::update(jobs::table.find(id).filter(jobs::status.eq("running")))

@@ -190,12 +190,56 @@ pub struct Cluster {
     pub api: Service,
     pub hosts: Vec<Host>,
     pub member: Client,
+    pub admin: Client,
     /// Config for the operator CLI on the same catalog and store.
     pub operator_conf: PathBuf,
     _db: crate::helpers::TestDb,
 }
 
 impl Cluster {
+    /// Restore `backup` through the API (as admin) to a file on the host
+    /// of host `i`, and compare it with that host's disk as it is now.
+    pub async fn assert_api_restores(&self, i: usize, backup: &str, tag: &str) {
+        let (s, v) = self
+            .admin
+            .call(
+                "POST",
+                "/v1/restores",
+                Some(json!({"restore": {"backup_id": backup, "target": {"type": "file", "path": format!("{tag}.raw")}}})),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let id = v["restore"]["id"].as_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let done = loop {
+            let (s, v) = self
+                .admin
+                .call("GET", &format!("/v1/restores/{id}"), None)
+                .await;
+            let status = v["restore"]["status"].as_str().unwrap_or("").to_string();
+            if s == 200 && (status == "completed" || status == "error") {
+                break v["restore"].clone();
+            }
+            assert!(Instant::now() < deadline, "restore {id}: {v}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert_eq!(done["status"], "completed", "{done}");
+        let name = ["a", "b"][i];
+        let written = self.dir.join(format!("state-{name}/restores/{tag}.raw"));
+        let reference = self.dir.join(format!("{tag}-api-ref.raw"));
+        self.hosts[i].qsd.snapshot_to(0, &reference);
+        assert!(
+            identical(&reference, &written),
+            "{tag}: API restore of {backup} differs from the disk"
+        );
+        // Zero chunks are holes, not writes.
+        let wrote = done["bytes_written"].as_u64().unwrap();
+        assert!(
+            wrote > 0 && wrote <= std::fs::metadata(&written).unwrap().len(),
+            "{done}"
+        );
+    }
+
     pub fn restore_cli(&self, backup: &str, out: &Path) {
         let o = Command::new(env!("CARGO_BIN_EXE_ekko"))
             .args(["--config-file", self.operator_conf.to_str().unwrap()])
@@ -318,6 +362,11 @@ pub async fn start_cluster(dir: &Path, swift_proxy: Option<String>) -> Option<Cl
         base,
         token: token("EKKO_DEMO_USERNAME", "EKKO_DEMO_PASSWORD", "demo").await,
     };
+    let admin = Client {
+        http: reqwest::Client::new(),
+        base: member.base.clone(),
+        token: token("OS_USERNAME", "OS_PASSWORD", "admin").await,
+    };
     // Both hosts report their instance to the conductor.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -342,6 +391,7 @@ pub async fn start_cluster(dir: &Path, swift_proxy: Option<String>) -> Option<Cl
         api,
         hosts,
         member,
+        admin,
         operator_conf,
         _db: t,
     })

@@ -47,6 +47,28 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
         "host b never saw host a's job"
     );
 
+    // Restores through the API: an operator (admin) action on the host;
+    // a member may not write files on hosts.
+    c.assert_api_restores(0, &last[0], "api-restore-a").await;
+    let (s, v) = c
+        .member
+        .call(
+            "POST",
+            "/v1/restores",
+            Some(json!({"restore": {"backup_id": last[0], "target": {"type": "file", "path": "x.raw"}}})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = c
+        .admin
+        .call(
+            "POST",
+            "/v1/restores",
+            Some(json!({"restore": {"backup_id": last[0], "target": {"type": "file", "path": "../etc/passwd"}}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+
     // An incremental reads only what changed.
     let a = &c.hosts[0];
     a.qsd.write(0, 8 * MIB, &vec![0x33; 512 * 1024]);
@@ -138,10 +160,56 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
         assert!(Instant::now() < deadline, "{}", bh.worker.log());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Cancel: a backup queued while host b's worker is down is cancelled
+    // at once; the worker, back, does not run it (or stops it).
+    let bh = &mut c.hosts[1];
+    bh.worker.kill9();
+    let (s, v) = c
+        .member
+        .call(
+            "POST",
+            "/v1/backups",
+            Some(json!({"backup": {"instance_id": bh.instance}})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let doomed = v["backup"]["id"].as_str().unwrap().to_string();
+    let (s, v) = c
+        .member
+        .call(
+            "POST",
+            &format!("/v1/backups/{doomed}/action"),
+            Some(json!({"cancel": {}})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["backup"]["status"], "error", "{v}");
+    assert!(
+        v["backup"]["error"].as_str().unwrap().contains("cancelled"),
+        "{v}"
+    );
+    let (s, _) = c
+        .member
+        .call(
+            "POST",
+            &format!("/v1/backups/{doomed}/action"),
+            Some(json!({"cancel": {}})),
+        )
+        .await;
+    assert_eq!(s, 409, "a finished backup cannot be cancelled");
+    bh.worker.restart_with(&[]);
+    let bh = &c.hosts[1];
+    let deadline = Instant::now() + wait;
+    while !bh.worker.log().contains("cancel received") {
+        assert!(Instant::now() < deadline, "{}", bh.worker.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     bh.qsd.write(0, 50 * MIB, &vec![0x77; MIB as usize]);
     let b = c.member.backup(&bh.instance, "auto", wait).await;
     assert_eq!(b["status"], "available", "{b}\n{}", c.api.log());
     c.assert_restores(bh, b["id"].as_str().unwrap(), "after-lost-b");
+    c.assert_api_restores(1, b["id"].as_str().unwrap(), "api-after-lost-b")
+        .await;
 
     // A policy with a schedule: the conductor starts its backups on time,
     // on the instance's host, marked with the policy.

@@ -1,0 +1,141 @@
+//! Restores: one disk of a backup written to a target, with its own status
+//! (`queued`, `running`, `completed`, `error`).
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+use super::schema::restores;
+use super::{now, DbConnection, DbError, DbResult, OptionalRow};
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = restores)]
+pub struct Restore {
+    pub id: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub backup_id: String,
+    /// JSON: `{"type": "file", "host": …, "path": …, "device": …}`.
+    pub target: String,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    pub status: String,
+    pub progress: i32,
+    pub bytes_written: i64,
+    pub error: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub completed_at: Option<NaiveDateTime>,
+}
+
+impl Restore {
+    pub fn queued(
+        project_id: &str,
+        user_id: &str,
+        backup_id: &str,
+        target: &str,
+        format: &str,
+    ) -> Restore {
+        let at = now();
+        Restore {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: project_id.into(),
+            user_id: user_id.into(),
+            backup_id: backup_id.into(),
+            target: target.into(),
+            format: format.into(),
+            status: "queued".into(),
+            progress: 0,
+            bytes_written: 0,
+            error: None,
+            created_at: at,
+            updated_at: at,
+            completed_at: None,
+        }
+    }
+}
+
+pub fn insert(conn: &mut DbConnection, r: &Restore) -> DbResult<()> {
+    diesel::insert_into(restores::table)
+        .values(r)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn get(conn: &mut DbConnection, id: &str) -> DbResult<Restore> {
+    restores::table
+        .find(id)
+        .select(Restore::as_select())
+        .first(conn)
+        .found(|| format!("restore {id}"))
+}
+
+/// A project's restores (or everyone's), newest first.
+pub fn list(
+    conn: &mut DbConnection,
+    project_id: Option<&str>,
+    limit: i64,
+) -> DbResult<Vec<Restore>> {
+    let mut q = restores::table.into_boxed();
+    if let Some(p) = project_id {
+        q = q.filter(restores::project_id.eq(p.to_string()));
+    }
+    Ok(q.order((restores::created_at.desc(), restores::id.desc()))
+        .limit(limit)
+        .select(Restore::as_select())
+        .load(conn)?)
+}
+
+/// Move a restore along `queued → running → completed | error`; a restore
+/// that ended stays ended.
+pub fn transition(
+    conn: &mut DbConnection,
+    id: &str,
+    to: &str,
+    error: Option<&str>,
+    bytes_written: Option<i64>,
+) -> DbResult<()> {
+    let from: &[&str] = match to {
+        "running" => &["queued", "running"],
+        "completed" | "error" => &["queued", "running"],
+        other => return Err(DbError::Conflict(format!("unknown restore status {other}"))),
+    };
+    let at = now();
+    let ended = matches!(to, "completed" | "error");
+    let updated = diesel::update(
+        restores::table
+            .find(id)
+            .filter(restores::status.eq_any(from)),
+    )
+    .set((
+        restores::status.eq(to),
+        restores::error.eq(error),
+        restores::progress.eq(if to == "completed" { 100 } else { 0 }),
+        restores::bytes_written.eq(bytes_written.unwrap_or(0)),
+        restores::completed_at.eq(ended.then_some(at)),
+        restores::updated_at.eq(at),
+    ))
+    .execute(conn)?;
+    if updated == 0 {
+        let r = get(conn, id)?;
+        return Err(DbError::Conflict(format!(
+            "restore {id} is {}, it cannot become {to}",
+            r.status
+        )));
+    }
+    Ok(())
+}
+
+pub fn set_progress(conn: &mut DbConnection, id: &str, percent: i32, bytes: i64) -> DbResult<()> {
+    diesel::update(
+        restores::table
+            .find(id)
+            .filter(restores::status.eq("running")),
+    )
+    .set((
+        restores::progress.eq(percent.clamp(0, 99)),
+        restores::bytes_written.eq(bytes),
+        restores::updated_at.eq(now()),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
