@@ -100,6 +100,132 @@ fn sh(cmd: &mut Command) {
     );
 }
 
+/// The same full backup and restore into the local directory store and
+/// into Swift (the test environment's, on loopback: source its env.sh),
+/// each into an empty store, three rounds alternating; prints medians and
+/// the Swift / local ratio.
+fn store_comparison(d: &Path, qmp: &Path, raw: &Path, size: u64) {
+    let ekko = env!("CARGO_BIN_EXE_ekko");
+    let var = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| panic!("{k}: source the test environment's env.sh"))
+    };
+    let keystone = format!(
+        "[keystone_authtoken]\nauth_url = {}\nusername = {}\npassword = {}\nproject_name = {}\n",
+        var("EKKO_KEYSTONE_AUTH_URL"),
+        var("EKKO_SERVICE_USERNAME"),
+        var("EKKO_SERVICE_PASSWORD"),
+        var("EKKO_SERVICE_PROJECT")
+    );
+    let mut times: Vec<(&str, Vec<f64>, Vec<f64>)> =
+        vec![("local", vec![], vec![]), ("swift", vec![], vec![])];
+    for round in 0..3 {
+        for (store, backups, restores) in times.iter_mut() {
+            let state = d.join(format!("cmp-{store}-{round}"));
+            let conf = d.join(format!("cmp-{store}-{round}.conf"));
+            let tag = format!("{:08x}", std::process::id() ^ (round << 16));
+            let backend = match *store {
+                "swift" => format!(
+                    "[storage]\nbackend = swift\n[swift]\ncontainer_prefix = ekko-bench-{tag}-\n{keystone}"
+                ),
+                _ => String::new(),
+            };
+            std::fs::write(
+                &conf,
+                format!("[DEFAULT]\nstate_path = {}\n{backend}", state.display()),
+            )
+            .unwrap();
+            sh(Command::new(ekko)
+                .arg("--config-file")
+                .arg(&conf)
+                .arg("init"));
+            let instance = format!("cmp-{store}-{round}");
+            let cost = measure(
+                Command::new(ekko)
+                    .arg("--config-file")
+                    .arg(&conf)
+                    .args(["backup", "--full", "--instance", &instance, "--qmp-socket"])
+                    .arg(qmp),
+            );
+            backups.push(cost.wall);
+            let list = Command::new(ekko)
+                .arg("--config-file")
+                .arg(&conf)
+                .arg("list")
+                .output()
+                .unwrap();
+            let id = String::from_utf8_lossy(&list.stdout)
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or_default()
+                .to_string();
+            let target = d.join(format!("cmp-{store}.raw"));
+            let cost = measure_durable(
+                Command::new(ekko)
+                    .arg("--config-file")
+                    .arg(&conf)
+                    .args(["restore", &id, "--output"])
+                    .arg(&target),
+            );
+            restores.push(cost.wall);
+            assert!(
+                Command::new("cmp")
+                    .arg("-s")
+                    .arg(&target)
+                    .arg(raw)
+                    .status()
+                    .unwrap()
+                    .success(),
+                "{store} restore differs"
+            );
+            let _ = std::fs::remove_file(&target);
+            let _ = std::fs::remove_dir_all(&state);
+            if *store == "swift" {
+                // Free the loopback Swift's space for the next round.
+                let _ = Command::new("swift")
+                    .args(["--auth-version", "3", "--os-auth-url"])
+                    .arg(var("EKKO_KEYSTONE_AUTH_URL"))
+                    .args(["--os-username"])
+                    .arg(var("EKKO_SERVICE_USERNAME"))
+                    .args(["--os-password"])
+                    .arg(var("EKKO_SERVICE_PASSWORD"))
+                    .args(["--os-project-name"])
+                    .arg(var("EKKO_SERVICE_PROJECT"))
+                    .args([
+                        "--os-user-domain-name",
+                        "Default",
+                        "--os-project-domain-name",
+                        "Default",
+                        "delete",
+                        &format!("ekko-bench-{tag}-default"),
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+    println!("\nstore comparison (full backup and restore of {} MiB, median of 3, empty store each time)", size / MIB);
+    let m = |v: &Vec<f64>| median(v.clone());
+    for (store, b, r) in &times {
+        println!(
+            "{store:<6} backup {:>6.2} s   restore {:>6.2} s",
+            m(b),
+            m(r)
+        );
+    }
+    println!(
+        "swift / local: backup {:.2}x, restore {:.2}x (target: within 1.5x)",
+        m(&times[1].1) / m(&times[0].1),
+        m(&times[1].2) / m(&times[0].2)
+    );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 /// Apply deterministic scattered writes of 4 KiB–1 MiB covering `share`
 /// of the disk to every file in `targets`, generating them one at a time
 /// (so this process stays small: forked children inherit its RSS).
@@ -375,6 +501,9 @@ fn main() {
             scanned: size,
             stored: 0,
         });
+    }
+    if std::env::var("EKKO_BENCH_SWIFT").is_ok_and(|v| v == "1") {
+        store_comparison(d, &qmp, &raw, size);
     }
     let _ = Command::new("kill")
         .arg("-TERM")

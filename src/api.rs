@@ -27,6 +27,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{from_fn, Next};
+use actix_web::http::Method;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 
 use crate::auth::{AuthError, Credentials, KeystoneAuth};
@@ -239,7 +240,7 @@ async fn frame(
         .app_data::<web::Data<ApiState>>()
         .cloned()
         .ok_or_else(|| actix_web::error::ErrorInternalServerError("no API state"))?;
-    let discovery = matches!(req.path(), "/" | "/v1" | "/v1/");
+    let discovery = matches!(req.path(), "/" | "/v1" | "/v1/" | "/v1/openapi.json");
 
     let outcome = match negotiated {
         Err(e) => Err(e),
@@ -371,6 +372,93 @@ fn resource(paths: &[&str]) -> actix_web::Resource {
     web::resource(paths.to_vec()).default_service(web::to(method_not_allowed))
 }
 
+/// One path of the API (with its aliases) and its operations.
+type PathOperations = (&'static [&'static str], Vec<(Method, actix_web::Route)>);
+
+macro_rules! op {
+    ($method:ident, $handler:path) => {
+        (Method::$method, web::method(Method::$method).to($handler))
+    };
+}
+
+/// Every operation of the API, in one table: the router is built from it
+/// and a test compares it with the OpenAPI document (`api-ref/openapi.json`).
+fn operations() -> Vec<PathOperations> {
+    vec![
+        (&["/"], vec![op!(GET, version::versions)]),
+        (&["/v1", "/v1/"], vec![op!(GET, version::v1)]),
+        (&["/v1/openapi.json"], vec![op!(GET, openapi)]),
+        (
+            &["/v1/backups"],
+            vec![op!(GET, backups::list), op!(POST, backups::create)],
+        ),
+        (
+            &["/v1/backups/{backup_id}"],
+            vec![
+                op!(GET, backups::show),
+                op!(PUT, backups::update),
+                op!(DELETE, backups::delete),
+            ],
+        ),
+        (
+            &["/v1/backups/{backup_id}/action"],
+            vec![op!(POST, backups::action)],
+        ),
+        (
+            &["/v1/restores"],
+            vec![op!(GET, restores::list), op!(POST, restores::create)],
+        ),
+        (&["/v1/restores/{restore_id}"], vec![op!(GET, restores::show)]),
+        (&["/v1/instances"], vec![op!(GET, instances::list)]),
+        (&["/v1/instances/{instance_id}"], vec![op!(GET, instances::show)]),
+        (
+            &["/v1/policies"],
+            vec![op!(GET, policies::list), op!(POST, policies::create)],
+        ),
+        (
+            &["/v1/policies/{policy_id}"],
+            vec![
+                op!(GET, policies::show),
+                op!(PUT, policies::update),
+                op!(DELETE, policies::delete),
+            ],
+        ),
+        (
+            &["/v1/policies/{policy_id}/instances"],
+            vec![op!(POST, policies::add_instance)],
+        ),
+        (
+            &["/v1/policies/{policy_id}/instances/{instance_id}"],
+            vec![op!(DELETE, policies::remove_instance)],
+        ),
+        (
+            &["/v1/quotas/{project_id}"],
+            vec![op!(GET, quotas::show), op!(PUT, quotas::update)],
+        ),
+    ]
+}
+
+/// (method, path) of every operation, for the OpenAPI comparison.
+pub fn operation_list() -> Vec<(String, String)> {
+    operations()
+        .into_iter()
+        .flat_map(|(paths, ops)| {
+            ops.into_iter()
+                .map(move |(m, _)| (m.to_string(), paths[0].to_string()))
+        })
+        .collect()
+}
+
+/// The OpenAPI document of this API, as kept in the repository.
+pub const OPENAPI: &str = include_str!("../api-ref/openapi.json");
+
+/// `GET /v1/openapi.json` (no token needed, as version discovery).
+async fn openapi() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
 /// The routes; the middleware wraps them all.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let json = web::JsonConfig::default()
@@ -380,58 +468,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .error_handler(|e, _| ApiError::bad_request(format!("invalid query: {e}")).into());
     let path = web::PathConfig::default()
         .error_handler(|e, _| ApiError::bad_request(format!("invalid path: {e}")).into());
-    cfg.app_data(json)
-        .app_data(query)
-        .app_data(path)
-        .service(resource(&["/"]).route(web::get().to(version::versions)))
-        .service(resource(&["/v1", "/v1/"]).route(web::get().to(version::v1)))
-        .service(
-            resource(&["/v1/backups"])
-                .route(web::get().to(backups::list))
-                .route(web::post().to(backups::create)),
-        )
-        .service(
-            resource(&["/v1/backups/{backup_id}"])
-                .route(web::get().to(backups::show))
-                .route(web::put().to(backups::update))
-                .route(web::delete().to(backups::delete)),
-        )
-        .service(resource(&["/v1/instances"]).route(web::get().to(instances::list)))
-        .service(resource(&["/v1/instances/{instance_id}"]).route(web::get().to(instances::show)))
-        .service(
-            resource(&["/v1/backups/{backup_id}/action"]).route(web::post().to(backups::action)),
-        )
-        .service(
-            resource(&["/v1/restores"])
-                .route(web::get().to(restores::list))
-                .route(web::post().to(restores::create)),
-        )
-        .service(resource(&["/v1/restores/{restore_id}"]).route(web::get().to(restores::show)))
-        .service(
-            resource(&["/v1/policies"])
-                .route(web::get().to(policies::list))
-                .route(web::post().to(policies::create)),
-        )
-        .service(
-            resource(&["/v1/policies/{policy_id}"])
-                .route(web::get().to(policies::show))
-                .route(web::put().to(policies::update))
-                .route(web::delete().to(policies::delete)),
-        )
-        .service(
-            resource(&["/v1/policies/{policy_id}/instances"])
-                .route(web::post().to(policies::add_instance)),
-        )
-        .service(
-            resource(&["/v1/policies/{policy_id}/instances/{instance_id}"])
-                .route(web::delete().to(policies::remove_instance)),
-        )
-        .service(
-            resource(&["/v1/quotas/{project_id}"])
-                .route(web::get().to(quotas::show))
-                .route(web::put().to(quotas::update)),
-        )
-        .default_service(web::to(not_found));
+    cfg.app_data(json).app_data(query).app_data(path);
+    for (paths, ops) in operations() {
+        let mut r = resource(paths);
+        for (_, route) in ops {
+            r = r.route(route);
+        }
+        cfg.service(r);
+    }
+    cfg.default_service(web::to(not_found));
 }
 
 /// Serve the API until `shutdown` resolves.
@@ -472,3 +517,42 @@ pub fn timestamp(t: &chrono::NaiveDateTime) -> String {
 
 /// Shared handle type for handlers.
 pub type State = web::Data<ApiState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI document describes exactly the operations the router
+    /// serves (the router is built from the same table).
+    #[test]
+    fn openapi_document_matches_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let mut documented: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| *k != "parameters")
+                    .map(move |(method, _)| (method.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let mut served = operation_list();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+        // Every path parameter of the route is declared in the document.
+        for (_, path) in &served {
+            for param in path.split('/').filter(|s| s.starts_with('{')) {
+                let name = param.trim_matches(|c| c == '{' || c == '}');
+                let declared = doc["paths"][path]["parameters"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["name"] == name));
+                assert!(declared, "{path}: parameter {name} undeclared");
+            }
+        }
+    }
+}

@@ -114,6 +114,10 @@ pub async fn map_entries(
 /// Records closer than this in a segment are fetched with one GET (the gap
 /// is read and dropped: cheaper than another request).
 const RANGE_GAP: u64 = 256 << 10;
+/// Ranged GETs in flight per restore or verify: enough to keep an object
+/// store's proxy and object servers busy at once.
+const RANGES_IN_FLIGHT: usize = 8;
+
 /// Largest single GET of a restore; with `concurrency` in flight this bounds
 /// the memory a restore uses, whatever the disk size.
 const RANGE_MAX: u64 = 8 << 20;
@@ -344,7 +348,7 @@ pub async fn verify(
     chunk_size: u64,
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
-    walk(reader, root, disk_size, chunk_size, None, 4, progress).await
+    walk(reader, root, disk_size, chunk_size, None, RANGES_IN_FLIGHT, progress).await
 }
 
 /// Restore a record to `path`. Fails (naming the byte ranges) when a chunk
@@ -383,7 +387,7 @@ pub async fn restore(
         disk_size,
         chunk_size,
         Some(file.clone()),
-        4,
+        RANGES_IN_FLIGHT,
         progress,
     )
     .await?;
