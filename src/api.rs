@@ -26,8 +26,8 @@ use std::future::Future;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::{from_fn, Next};
 use actix_web::http::Method;
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 
 use crate::auth::{AuthError, Credentials, KeystoneAuth};
@@ -408,9 +408,15 @@ fn operations() -> Vec<PathOperations> {
             &["/v1/restores"],
             vec![op!(GET, restores::list), op!(POST, restores::create)],
         ),
-        (&["/v1/restores/{restore_id}"], vec![op!(GET, restores::show)]),
+        (
+            &["/v1/restores/{restore_id}"],
+            vec![op!(GET, restores::show)],
+        ),
         (&["/v1/instances"], vec![op!(GET, instances::list)]),
-        (&["/v1/instances/{instance_id}"], vec![op!(GET, instances::show)]),
+        (
+            &["/v1/instances/{instance_id}"],
+            vec![op!(GET, instances::show)],
+        ),
         (
             &["/v1/policies"],
             vec![op!(GET, policies::list), op!(POST, policies::create)],

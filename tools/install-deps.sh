@@ -9,12 +9,15 @@
 #     it would downgrade the machine's qemu-utils)
 #   - benchmark peers and drivers: restic, borgbackup, wrk, curl
 #   - lint: shellcheck
+#   - API fuzzing: schemathesis (PyPI, pinned) in the venv /opt/ekko-venv
 # The OpenStack services for the integration tests are installed by
 # tools/test-env.sh.
 set -euo pipefail
 
 PKGS=(gcc pkg-config libmariadb-dev libmariadb-dev-compat libsqlite3-dev
-      restic borgbackup wrk curl shellcheck)
+      restic borgbackup wrk curl shellcheck python3-venv python3-pip)
+SCHEMATHESIS_VERSION=4.32.5
+VENV=${EKKO_VENV:-/opt/ekko-venv}
 QEMU_MIN_MAJOR=10
 BACKPORTS_LIST=/etc/apt/sources.list.d/ekko-bookworm-backports.list
 
@@ -82,6 +85,15 @@ else
   apt_install -t bookworm-backports -- qemu-utils
   qemu_ok || die "qemu-storage-daemon is still not version ${QEMU_MIN_MAJOR}+ after installing qemu-utils from bookworm-backports: $(qemu-storage-daemon --version 2>&1 | head -1)"
   log "qemu-storage-daemon $(qemu_major).x installed"
+fi
+
+# ------------------------------------------------------------ schemathesis
+if [ "$("$VENV/bin/schemathesis" --version 2>/dev/null)" = "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
+  log "schemathesis $SCHEMATHESIS_VERSION present in $VENV"
+else
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2 || die "pip install schemathesis failed"
 fi
 
 log "done"

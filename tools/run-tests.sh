@@ -7,7 +7,8 @@
 #   3. cargo fmt --check
 #   4. cargo clippy --all-targets -- -D warnings
 #   5. cargo test --all-targets "$@" (unit + integration tests)
-#   6. shellcheck on tools/*.sh, devstack/*.sh and .ci/run
+#   6. tools/schemathesis.sh: the API against its OpenAPI document
+#   7. shellcheck on tools/*.sh, devstack/*.sh and .ci/run
 #
 # EKKO_TEST_REQUIRE_SERVICES=1 is exported, so integration tests fail instead
 # of skipping when a service is missing. Works from any directory; must run as
@@ -61,6 +62,9 @@ cargo clippy --all-targets -- -D warnings
 
 banner "cargo test --all-targets $*"
 cargo test --all-targets "$@"
+
+banner "schemathesis against ekko-api (tools/schemathesis.sh)"
+bash tools/schemathesis.sh
 
 shopt -s nullglob
 scripts=(tools/*.sh devstack/*.sh .ci/run)

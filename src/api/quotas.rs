@@ -9,6 +9,20 @@ use super::error::ApiError;
 use super::{RequestContext, State};
 use crate::db::quotas::{self, limits, BACKUPS, BACKUP_GIGABYTES, GIB};
 
+/// Keystone project ids are at most 64 characters of `[A-Za-z0-9_-]`.
+fn check_project_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("{id:?} is not a project id")))
+    }
+}
+
 async fn view(state: &State, project_id: String) -> Result<serde_json::Value, ApiError> {
     let config = state.ekko.config.quota.clone();
     let p = project_id.clone();
@@ -28,6 +42,7 @@ pub async fn show(
     state: State,
     project_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    check_project_id(&project_id)?;
     ctx.authorize(
         &state,
         "ekko:quota:get",
@@ -56,6 +71,7 @@ pub async fn update(
     project_id: web::Path<String>,
     body: web::Json<UpdateBody>,
 ) -> Result<HttpResponse, ApiError> {
+    check_project_id(&project_id)?;
     ctx.authorize(&state, "ekko:quota:update", &project_id, None)?;
     let q = body.into_inner().quota;
     let changes: Vec<(&'static str, i64)> =

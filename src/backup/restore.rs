@@ -348,7 +348,16 @@ pub async fn verify(
     chunk_size: u64,
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
-    walk(reader, root, disk_size, chunk_size, None, RANGES_IN_FLIGHT, progress).await
+    walk(
+        reader,
+        root,
+        disk_size,
+        chunk_size,
+        None,
+        RANGES_IN_FLIGHT,
+        progress,
+    )
+    .await
 }
 
 /// Restore a record to `path`. Fails (naming the byte ranges) when a chunk
