@@ -430,6 +430,10 @@ fn operations() -> Vec<PathOperations> {
             ],
         ),
         (
+            &["/v1/policies/{policy_id}/retention"],
+            vec![op!(GET, policies::retention)],
+        ),
+        (
             &["/v1/policies/{policy_id}/instances"],
             vec![op!(POST, policies::add_instance)],
         ),

@@ -46,6 +46,7 @@ pub mod policy;
 pub mod qmp;
 pub mod queue;
 pub mod rebuild;
+pub mod retention;
 pub mod schedule;
 pub mod segment;
 pub mod service;

@@ -133,10 +133,34 @@ fn field(
     Ok(out)
 }
 
+/// An IANA time zone from the system's zoneinfo.
+pub struct Zone(tz::TimeZone);
+
+impl Zone {
+    pub fn new(name: &str) -> Result<Zone, String> {
+        if !known_time_zone(name) {
+            return Err(format!("unknown time zone {name:?}"));
+        }
+        tz::TimeZone::from_posix_tz(name)
+            .map(Zone)
+            .map_err(|e| format!("time zone {name:?}: {e}"))
+    }
+
+    /// `at` as local time in this zone.
+    pub fn local_time(&self, at: DateTime<Utc>) -> Option<NaiveDateTime> {
+        let offset = self
+            .0
+            .find_local_time_type(at.timestamp())
+            .ok()?
+            .ut_offset();
+        Some(at.naive_utc() + chrono::Duration::seconds(i64::from(offset)))
+    }
+}
+
 /// A cron schedule in a time zone: when it fires, as UTC instants.
 pub struct Schedule {
     cron: CronSchedule,
-    tz: tz::TimeZone,
+    zone: Zone,
 }
 
 /// How far ahead a firing is looked for (a schedule like `0 0 29 2 1`
@@ -150,21 +174,8 @@ impl Schedule {
             expr: expr.to_string(),
             why,
         };
-        if !known_time_zone(time_zone) {
-            return Err(err(format!("unknown time zone {time_zone:?}")));
-        }
-        let tz = tz::TimeZone::from_posix_tz(time_zone)
-            .map_err(|e| err(format!("time zone {time_zone:?}: {e}")))?;
-        Ok(Schedule { cron, tz })
-    }
-
-    fn local(&self, at: DateTime<Utc>) -> Option<NaiveDateTime> {
-        let offset = self
-            .tz
-            .find_local_time_type(at.timestamp())
-            .ok()?
-            .ut_offset();
-        Some(at.naive_utc() + chrono::Duration::seconds(i64::from(offset)))
+        let zone = Zone::new(time_zone).map_err(err)?;
+        Ok(Schedule { cron, zone })
     }
 
     /// The first minute strictly after `after` at which the schedule fires
@@ -175,7 +186,7 @@ impl Schedule {
         let mut at = DateTime::<Utc>::from_timestamp(start, 0)?;
         let end = at + chrono::Duration::days(LOOKAHEAD_DAYS);
         while at < end {
-            let l = self.local(at)?;
+            let l = self.zone.local_time(at)?;
             let c = &self.cron;
             let day_ok = c.matches(
                 *c.minutes.first()?,

@@ -142,8 +142,8 @@ pub async fn run_backup(
     crate::worker::run(ekko, shutdown).await
 }
 
-/// ekko-retention: periodic passes (retention rules, GC and compaction
-/// arrive with the retention engine).
+/// ekko-retention: a retention pass (rules, then garbage collection) every
+/// `[retention] interval`. Several may run: every step is conditional.
 pub async fn run_retention(
     ekko: Ekko,
     shutdown: impl Future<Output = ()>,
@@ -155,8 +155,9 @@ pub async fn run_retention(
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             _ = ticker.tick() => {
-                let hosts = ekko.db()?.run(crate::db::hosts::list).await?;
-                tracing::info!(hosts = hosts.len(), "retention pass: nothing to expire");
+                if let Err(e) = crate::retention::run_pass(&ekko, false).await {
+                    tracing::error!(error = %format!("{e:#}"), "retention pass failed; retrying next interval");
+                }
             }
         }
     }

@@ -287,3 +287,23 @@ pub async fn remove_instance(
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }
+
+/// `GET /v1/policies/{id}/retention`: what the policy's rules keep and
+/// remove now, and why (a dry run; nothing changes).
+pub async fn retention(
+    ctx: RequestContext,
+    state: State,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let p = state.find("policy", &id, policies::get).await?;
+    ctx.authorize(
+        &state,
+        "ekko:policy:get",
+        &p.project_id,
+        Some(("policy", &p.id)),
+    )?;
+    let plans = crate::retention::plan_policy(&state.ekko, &p.id)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(json!({"retention": {"policy_id": p.id, "instances": plans}})))
+}

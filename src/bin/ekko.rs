@@ -63,6 +63,13 @@ enum Command {
     Verify { backup: String },
     /// Delete a backup (its space is reclaimed by ekko-retention).
     Delete { backup: String },
+    /// Apply every policy's retention rules and collect garbage once (what
+    /// ekko-retention does on `[retention] interval`); `--dry-run` shows
+    /// what each policy keeps and removes, and why, and changes nothing.
+    Retention {
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Back up a live (qemu-storage-daemon) disk fully and incrementally,
     /// restore it and compare: the main job, on this machine.
     Demo {
@@ -200,6 +207,43 @@ async fn main() -> anyhow::Result<()> {
             let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
             ekko::operator::delete_backup(&ekko, &backup).await?;
             println!("deleted {backup}");
+        }
+        Command::Retention { dry_run } => {
+            let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
+            if dry_run {
+                let all = ekko
+                    .db()?
+                    .run(|c| ekko::db::policies::list(c, None))
+                    .await?;
+                for p in all {
+                    println!("policy {} ({})", p.id, p.name);
+                    for i in ekko::retention::plan_policy(&ekko, &p.id).await? {
+                        println!("  instance {}", i.instance_id);
+                        for d in i.backups {
+                            println!(
+                                "    {} {} {:<6} {}",
+                                d.id,
+                                d.created_at,
+                                if d.keep { "keep" } else { "remove" },
+                                d.reasons.join("; ")
+                            );
+                        }
+                    }
+                }
+            }
+            let report = ekko::retention::run_pass(&ekko, dry_run).await?;
+            println!(
+                "{} policies: {} backups kept, {} {}; {} segments condemned, {} deleted, {:.1} MiB reclaimed; {} live segments, {:.1} MiB",
+                report.policies,
+                report.backups_kept,
+                report.backups_expired,
+                if dry_run { "would expire" } else { "expired" },
+                report.segments_condemned,
+                report.segments_deleted,
+                report.bytes_reclaimed as f64 / (1 << 20) as f64,
+                report.live_segments,
+                report.live_bytes as f64 / (1 << 20) as f64,
+            );
         }
         Command::Hosts => {
             let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;

@@ -166,23 +166,156 @@ pub fn reuse(conn: &mut DbConnection, segment_id: i64, project_id: &str) -> DbRe
             "segment {segment_id:016x} belongs to another project"
         )));
     }
-    match seg.status.as_str() {
-        "live" => Ok(()),
-        "condemned" => {
-            diesel::update(
-                segments::table
-                    .find(segment_id)
-                    .filter(segments::status.eq("condemned")),
-            )
-            .set((
-                segments::status.eq("live"),
-                segments::condemned_at.eq(None::<NaiveDateTime>),
-            ))
-            .execute(conn)?;
-            Ok(())
-        }
-        other => Err(super::DbError::Conflict(format!(
-            "segment {segment_id:016x} is {other}: the backup must be retried without reusing it"
-        ))),
+    // Always an UPDATE: it locks the row until the commit ends, so garbage
+    // collection cannot claim the segment in between (see
+    // `claim_for_deletion`).
+    let n = diesel::update(
+        segments::table
+            .find(segment_id)
+            .filter(segments::status.eq_any(["live", "condemned"])),
+    )
+    .set((
+        segments::status.eq("live"),
+        segments::condemned_at.eq(None::<NaiveDateTime>),
+    ))
+    .execute(conn)?;
+    if n == 0 {
+        return Err(super::DbError::Conflict(format!(
+            "segment {segment_id:016x} is {}: the backup must be retried without reusing it",
+            seg.status
+        )));
     }
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// Live segments created before `created_before` that no record which
+/// still counts references (see [`is_referenced`]), at most `limit`.
+pub fn unreferenced(
+    conn: &mut DbConnection,
+    created_before: NaiveDateTime,
+    limit: i64,
+) -> DbResult<Vec<i64>> {
+    let rows: Vec<IdRow> = diesel::sql_query(
+        "SELECT s.id AS id FROM segments s \
+         WHERE s.status = ? AND s.created_at < ? AND NOT EXISTS ( \
+           SELECT 1 FROM segment_refs r WHERE r.segment_id = s.id AND (r.to_seq IS NULL OR EXISTS ( \
+             SELECT 1 FROM backup_disks bd JOIN backups b ON b.id = bd.backup_id \
+             WHERE bd.disk_id = r.disk_id AND bd.seq >= r.from_seq AND bd.seq <= r.to_seq \
+               AND b.status <> ?))) \
+         ORDER BY s.id LIMIT ?",
+    )
+    .bind::<Text, _>("live")
+    .bind::<diesel::sql_types::Timestamp, _>(created_before)
+    .bind::<Text, _>("deleted")
+    .bind::<BigInt, _>(limit)
+    .load(conn)?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// Mark a live segment condemned (its deletion waits for the grace period).
+pub fn condemn(conn: &mut DbConnection, id: i64) -> DbResult<bool> {
+    let n = diesel::update(segments::table.find(id).filter(segments::status.eq("live")))
+        .set((
+            segments::status.eq("condemned"),
+            segments::condemned_at.eq(now()),
+        ))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Segments condemned before `before`, at most `limit`.
+pub fn condemned_before(
+    conn: &mut DbConnection,
+    before: NaiveDateTime,
+    limit: i64,
+) -> DbResult<Vec<Segment>> {
+    Ok(segments::table
+        .filter(segments::status.eq("condemned"))
+        .filter(segments::condemned_at.lt(before))
+        .order(segments::id.asc())
+        .limit(limit)
+        .select(Segment::as_select())
+        .load(conn)?)
+}
+
+/// Claim a condemned segment for deletion, in one transaction: it must
+/// still be condemned (a committing backup that reused it made it live)
+/// and still unreferenced. Locks the row against a concurrent
+/// [`reuse`], which then fails its backup instead.
+pub fn claim_for_deletion(conn: &mut DbConnection, id: i64, worker: &str) -> DbResult<bool> {
+    use diesel::Connection;
+    conn.transaction(|conn| {
+        let n = diesel::update(
+            segments::table
+                .find(id)
+                .filter(segments::status.eq("condemned")),
+        )
+        .set((
+            segments::status.eq("deleting"),
+            segments::claimed_by.eq(worker),
+            segments::claim_until.eq(now() + chrono::Duration::hours(1)),
+        ))
+        .execute(conn)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if is_referenced(conn, id)? {
+            diesel::update(segments::table.find(id))
+                .set((
+                    segments::status.eq("live"),
+                    segments::condemned_at.eq(None::<NaiveDateTime>),
+                    segments::claimed_by.eq(None::<String>),
+                    segments::claim_until.eq(None::<NaiveDateTime>),
+                ))
+                .execute(conn)?;
+            return Ok(false);
+        }
+        Ok(true)
+    })
+}
+
+/// Segments being deleted (a crashed pass leaves some): finish them.
+pub fn deleting(conn: &mut DbConnection, limit: i64) -> DbResult<Vec<Segment>> {
+    Ok(segments::table
+        .filter(segments::status.eq("deleting"))
+        .order(segments::id.asc())
+        .limit(limit)
+        .select(Segment::as_select())
+        .load(conn)?)
+}
+
+/// Forget a deleted segment and its (dead) reference intervals.
+pub fn forget(conn: &mut DbConnection, id: i64) -> DbResult<()> {
+    use diesel::Connection;
+    conn.transaction(|conn| {
+        diesel::delete(segment_refs::table.filter(segment_refs::segment_id.eq(id)))
+            .execute(conn)?;
+        diesel::delete(
+            segments::table
+                .find(id)
+                .filter(segments::status.eq("deleting")),
+        )
+        .execute(conn)?;
+        Ok(())
+    })
+}
+
+/// (status, segments, bytes) for every segment status.
+pub fn totals(conn: &mut DbConnection) -> DbResult<Vec<(String, i64, i64)>> {
+    let rows: Vec<(String, i64)> = segments::table
+        .select((segments::status, segments::size))
+        .load(conn)?;
+    let mut out: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    for (status, size) in rows {
+        let e = out.entry(status).or_default();
+        e.0 += 1;
+        e.1 += size;
+    }
+    Ok(out.into_iter().map(|(s, (n, b))| (s, n, b)).collect())
 }

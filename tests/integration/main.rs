@@ -15,5 +15,6 @@ mod engine;
 mod extract;
 mod qmp_peer;
 mod queue;
+mod retention;
 mod scheduler;
 mod store;

@@ -1,0 +1,229 @@
+//! ekko-retention's engine: retention rules turn old backups into deleted
+//! ones, and garbage collection turns deleted backups into reclaimed space.
+//!
+//! * [`rules`]: which backups a policy keeps, and why (pure).
+//! * [`plan_policy`] / [`run_pass`]: apply the rules of every policy to the
+//!   available backups of its instances (protected backups and backups
+//!   younger than the minimum age always stay); an expired backup becomes
+//!   `deleted` at once, in one conditional UPDATE, as a tenant's delete.
+//! * [`collect_garbage`]: segments that no counting record references are
+//!   condemned; once condemned for `[retention] gc_grace_period` and older
+//!   than the oldest job still queued or running, each is claimed (status
+//!   `deleting`, re-checked unreferenced in the same transaction), deleted
+//!   from the store, then forgotten. A crash leaves `deleting` rows that the
+//!   next pass finishes. docs/design.md §4 states the invariants.
+
+pub mod rules;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::backup::{container, segment_object};
+use crate::db::backups::{self, BackupFilter, BackupStatus};
+use crate::db::{jobs, policies, segments, DbError};
+use crate::store::StoreError;
+use crate::Ekko;
+use rules::{Candidate, Decision, Rules};
+
+/// Segments handled per catalog query.
+const BATCH: i64 = 1000;
+
+/// One instance's verdicts under a policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstancePlan {
+    pub instance_id: String,
+    pub backups: Vec<Decision>,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PassReport {
+    pub policies: usize,
+    pub backups_kept: usize,
+    pub backups_expired: usize,
+    pub segments_condemned: usize,
+    pub segments_deleted: usize,
+    pub bytes_reclaimed: i64,
+    pub live_segments: i64,
+    pub live_bytes: i64,
+}
+
+/// The verdicts of a policy's rules on the available backups of each of
+/// its instances (a dry run: nothing changes).
+pub async fn plan_policy(ekko: &Ekko, policy_id: &str) -> anyhow::Result<Vec<InstancePlan>> {
+    let id = policy_id.to_string();
+    let (policy, per_instance) = ekko
+        .db()?
+        .run(move |c| {
+            let p = policies::get(c, &id)?;
+            let mut out = Vec::new();
+            for instance in policies::instances_of(c, &id)? {
+                let filter = BackupFilter {
+                    instance_id: Some(instance.clone()),
+                    status: Some(BackupStatus::Available),
+                    ..BackupFilter::default()
+                };
+                // Every available backup of the instance, page by page.
+                let mut all = Vec::new();
+                let mut marker: Option<String> = None;
+                loop {
+                    let page = backups::list(c, &filter, 1000, marker.as_deref())?;
+                    marker = page.last().map(|b| b.id.clone());
+                    let n = page.len();
+                    all.extend(page);
+                    if n < 1000 {
+                        break;
+                    }
+                }
+                out.push((instance, all));
+            }
+            Ok((p, out))
+        })
+        .await?;
+    let zone = crate::schedule::Zone::new(&policy.timezone)
+        .map_err(|e| anyhow::anyhow!("policy {policy_id}: {e}"))?;
+    let rules = Rules::of(&policy);
+    let now = Utc::now();
+    Ok(per_instance
+        .into_iter()
+        .map(|(instance_id, list)| {
+            let candidates: Vec<Candidate> = list
+                .iter()
+                .map(|b| Candidate {
+                    id: b.id.clone(),
+                    created_at: b.created_at.and_utc(),
+                    protected: b.protected,
+                })
+                .collect();
+            InstancePlan {
+                instance_id,
+                backups: rules::decide(&rules, &candidates, now, |t| {
+                    zone.local_time(t).unwrap_or_else(|| t.naive_utc())
+                }),
+            }
+        })
+        .collect())
+}
+
+/// One retention pass over every enabled policy, then garbage collection.
+/// With `dry_run`, only counts what would expire.
+pub async fn run_pass(ekko: &Ekko, dry_run: bool) -> anyhow::Result<PassReport> {
+    let mut report = PassReport::default();
+    let all = ekko.db()?.run(|c| policies::list(c, None)).await?;
+    for p in all.into_iter().filter(|p| p.enabled) {
+        report.policies += 1;
+        let plans = match plan_policy(ekko, &p.id).await {
+            Ok(plans) => plans,
+            Err(e) => {
+                tracing::error!(policy = %p.id, error = %e, "retention rules not applied");
+                continue;
+            }
+        };
+        for d in plans.iter().flat_map(|i| &i.backups) {
+            if d.keep {
+                report.backups_kept += 1;
+                continue;
+            }
+            if dry_run {
+                report.backups_expired += 1;
+                continue;
+            }
+            match crate::operator::delete_backup(ekko, &d.id).await {
+                Ok(_) => {
+                    report.backups_expired += 1;
+                    tracing::info!(policy = %p.id, backup = %d.id, "backup expired");
+                }
+                // Protected or changed meanwhile: the conditional delete
+                // refused, and that is the verdict.
+                Err(e) if matches!(e.downcast_ref::<DbError>(), Some(DbError::Conflict(_))) => {
+                    tracing::info!(backup = %d.id, why = %e, "backup not expired");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if !dry_run {
+        let grace = Duration::from_secs(ekko.config.retention.gc_grace_period);
+        let gc = collect_garbage(ekko, grace).await?;
+        report.segments_condemned = gc.segments_condemned;
+        report.segments_deleted = gc.segments_deleted;
+        report.bytes_reclaimed = gc.bytes_reclaimed;
+    }
+    let totals = ekko.db()?.run(segments::totals).await?;
+    for (status, n, bytes) in totals {
+        if status == "live" {
+            report.live_segments = n;
+            report.live_bytes = bytes;
+        }
+    }
+    tracing::info!(?report, "retention pass");
+    Ok(report)
+}
+
+/// Condemn unreferenced segments; delete those condemned long enough.
+pub async fn collect_garbage(ekko: &Ekko, grace: Duration) -> anyhow::Result<PassReport> {
+    let mut report = PassReport::default();
+    let db = ekko.db()?.clone();
+    let grace = chrono::Duration::from_std(grace)?;
+    let worker = format!("{}:{}", ekko.config.default.host, std::process::id());
+    // 1. Condemn. A segment is only a candidate once older than the grace
+    //    period: a backup that wrote it may not have committed yet.
+    loop {
+        let before = (Utc::now() - grace).naive_utc();
+        let n = db
+            .run(move |c| {
+                let ids = segments::unreferenced(c, before, BATCH)?;
+                let mut n = 0;
+                for id in &ids {
+                    if segments::condemn(c, *id)? {
+                        n += 1;
+                    }
+                }
+                Ok((ids.len(), n))
+            })
+            .await?;
+        report.segments_condemned += n.1;
+        if (n.0 as i64) < BATCH {
+            break;
+        }
+    }
+    // 2. Claim what was condemned before the grace period and before the
+    //    oldest writer started, then delete it (and finish what a crashed
+    //    pass left `deleting`).
+    let mut cutoff = (Utc::now() - grace).naive_utc();
+    if let Some(oldest) = db.run(jobs::oldest_active_start).await? {
+        cutoff = cutoff.min(oldest);
+    }
+    let mut to_delete = db.run(|c| segments::deleting(c, BATCH)).await?;
+    let w = worker.clone();
+    let condemned = db
+        .run(move |c| {
+            let mut claimed = Vec::new();
+            for s in segments::condemned_before(c, cutoff, BATCH)? {
+                if segments::claim_for_deletion(c, s.id, &w)? {
+                    claimed.push(s);
+                }
+            }
+            Ok(claimed)
+        })
+        .await?;
+    to_delete.extend(condemned);
+    let prefix = ekko.config.swift.container_prefix.clone();
+    for s in to_delete {
+        let cont = container(&prefix, &s.project_id);
+        match ekko.store.delete(&cont, &segment_object(s.id as u64)).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(segment = s.id, error = %e, "segment not deleted yet; the next pass retries");
+                continue;
+            }
+        }
+        let id = s.id;
+        db.run(move |c| segments::forget(c, id)).await?;
+        report.segments_deleted += 1;
+        report.bytes_reclaimed += s.size;
+    }
+    Ok(report)
+}
