@@ -259,7 +259,7 @@ pub fn claim_for_deletion(conn: &mut DbConnection, id: i64, worker: &str) -> DbR
         .set((
             segments::status.eq("deleting"),
             segments::claimed_by.eq(worker),
-            segments::claim_until.eq(now() + chrono::Duration::hours(1)),
+            segments::claim_until.eq(now() + chrono::Duration::minutes(10)),
         ))
         .execute(conn)?;
         if n == 0 {
@@ -280,10 +280,12 @@ pub fn claim_for_deletion(conn: &mut DbConnection, id: i64, worker: &str) -> DbR
     })
 }
 
-/// Segments being deleted (a crashed pass leaves some): finish them.
+/// Segments a crashed pass left `deleting` (their claim ran out): finish
+/// them. A claim held by a running pass is left to it.
 pub fn deleting(conn: &mut DbConnection, limit: i64) -> DbResult<Vec<Segment>> {
     Ok(segments::table
         .filter(segments::status.eq("deleting"))
+        .filter(segments::claim_until.lt(now()))
         .order(segments::id.asc())
         .limit(limit)
         .select(Segment::as_select())
