@@ -12,6 +12,10 @@
 //!   `deleting`, re-checked unreferenced in the same transaction), deleted
 //!   from the store, then forgotten. A crash leaves `deleting` rows that the
 //!   next pass finishes. docs/design.md §4 states the invariants.
+//! * [`sweep_orphans`]: objects the catalog does not know (segments of
+//!   backups that failed or whose process died before committing,
+//!   manifests of backups that failed or were deleted) are deleted once
+//!   older than the grace period and than the oldest running job.
 
 pub mod rules;
 
@@ -46,6 +50,7 @@ pub struct PassReport {
     pub segments_condemned: usize,
     pub segments_deleted: usize,
     pub bytes_reclaimed: i64,
+    pub orphans_deleted: usize,
     pub live_segments: i64,
     pub live_bytes: i64,
 }
@@ -150,6 +155,9 @@ pub async fn run_pass(ekko: &Ekko, dry_run: bool) -> anyhow::Result<PassReport> 
         report.segments_condemned = gc.segments_condemned;
         report.segments_deleted = gc.segments_deleted;
         report.bytes_reclaimed = gc.bytes_reclaimed;
+        let (orphans, bytes) = sweep_orphans(ekko, grace).await?;
+        report.orphans_deleted = orphans;
+        report.bytes_reclaimed += bytes;
     }
     let totals = ekko.db()?.run(segments::totals).await?;
     for (status, n, bytes) in totals {
@@ -226,4 +234,68 @@ pub async fn collect_garbage(ekko: &Ekko, grace: Duration) -> anyhow::Result<Pas
         report.bytes_reclaimed += s.size;
     }
     Ok(report)
+}
+
+/// Delete the objects of the store's project containers that the catalog
+/// does not know, once older than `grace` and than the oldest queued or
+/// running job (which may still commit them). Returns (objects, bytes).
+pub async fn sweep_orphans(ekko: &Ekko, grace: Duration) -> anyhow::Result<(usize, i64)> {
+    use std::collections::HashSet;
+    let db = ekko.db()?.clone();
+    let mut cutoff = Utc::now() - chrono::Duration::from_std(grace)?;
+    if let Some(oldest) = db.run(jobs::oldest_active_start).await? {
+        cutoff = cutoff.min(oldest.and_utc());
+    }
+    let prefix = ekko.config.swift.container_prefix.clone();
+    let (mut deleted, mut bytes) = (0, 0i64);
+    for cont in ekko.store.containers(&prefix).await? {
+        let project = cont[prefix.len()..].to_string();
+        let p = project.clone();
+        let (known_segments, live_backups): (HashSet<i64>, HashSet<String>) = db
+            .run(move |c| {
+                use crate::db::schema::{backups as b, segments as s};
+                use diesel::prelude::*;
+                let segs: Vec<i64> = s::table
+                    .filter(s::project_id.eq(&p))
+                    .select(s::id)
+                    .load(c)?;
+                let ids: Vec<String> = b::table
+                    .filter(b::project_id.eq(&p))
+                    .filter(b::status.eq_any(["queued", "running", "available"]))
+                    .select(b::id)
+                    .load(c)?;
+                Ok((segs.into_iter().collect(), ids.into_iter().collect()))
+            })
+            .await?;
+        for obj in ekko.store.list(&cont, "").await? {
+            if obj.last_modified >= cutoff {
+                continue;
+            }
+            let known = if let Some(hex) = obj.name.strip_prefix("segments/") {
+                u64::from_str_radix(hex, 16)
+                    .map(|id| known_segments.contains(&(id as i64)))
+                    .unwrap_or(true)
+            } else if let Some(m) = obj.name.strip_prefix("manifests/") {
+                m.strip_suffix(".json")
+                    .is_none_or(|id| live_backups.contains(id))
+            } else {
+                // Not an object Ekko writes: never touched.
+                true
+            };
+            if known {
+                continue;
+            }
+            match ekko.store.delete(&cont, &obj.name).await {
+                Ok(()) => {
+                    tracing::info!(container = %cont, object = %obj.name, "orphan deleted");
+                    deleted += 1;
+                    bytes += obj.size as i64;
+                }
+                // Another pass got there first.
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(object = %obj.name, error = %e, "orphan not deleted yet"),
+            }
+        }
+    }
+    Ok((deleted, bytes))
 }

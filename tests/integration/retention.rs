@@ -96,6 +96,22 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
     assert_eq!(dry.segments_deleted, 0);
     let before = db.run(segments::totals).await.unwrap();
 
+    // Orphans: a segment and a manifest the catalog never knew (a backup
+    // whose process died before committing) are swept; objects Ekko does
+    // not write are left alone.
+    let container = format!("ekko-ret-{tag}-proj-ret");
+    for name in [
+        "segments/00000000deadbeef",
+        "manifests/never-committed.json",
+        "notes/operator.txt",
+    ] {
+        ekko.store
+            .put(&container, name, bytes::Bytes::from_static(b"orphan"))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
     // Two retention workers at once: two backups expire (once), their own
     // data is reclaimed (each segment once).
     let config2 = ekko.config.as_ref().clone();
@@ -111,7 +127,7 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
     let deleted = r1.segments_deleted + r2.segments_deleted;
     assert!(deleted > 0, "{r1:?} {r2:?}");
     assert!(r1.bytes_reclaimed + r2.bytes_reclaimed > 0);
-    let report = r2;
+    let report = r2.clone();
     for gone in [&ids[0], &ids[2]] {
         let id = gone.clone();
         let b = db.run(move |c| backups::get(c, &id)).await.unwrap();
@@ -128,9 +144,23 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
         assert!(identical(&out, &snaps[i]), "backup {i} after GC");
         std::fs::remove_file(&out).unwrap();
     }
+    assert_eq!(r1.orphans_deleted + r2.orphans_deleted, 2, "{r1:?} {r2:?}");
+    assert!(ekko
+        .store
+        .head(&container, "notes/operator.txt")
+        .await
+        .is_ok());
+    for (i, id) in ids.iter().enumerate() {
+        let kept = [1usize, 3, 4].contains(&i);
+        let present = ekko
+            .store
+            .head(&container, &ekko::manifest::object_name(id))
+            .await
+            .is_ok();
+        assert_eq!(present, kept, "manifest of backup {i}");
+    }
     // The store holds exactly the catalog's segments: nothing unreferenced
     // is left beyond the grace period (0 here), nothing referenced is gone.
-    let container = format!("ekko-ret-{tag}-proj-ret");
     let mut stored: Vec<String> = ekko
         .store
         .list(&container, "segments/")
