@@ -147,18 +147,7 @@ fn store_comparison(d: &Path, qmp: &Path, raw: &Path, size: u64) {
                     .arg(qmp),
             );
             backups.push(cost.wall);
-            let list = Command::new(ekko)
-                .arg("--config-file")
-                .arg(&conf)
-                .arg("list")
-                .output()
-                .unwrap();
-            let id = String::from_utf8_lossy(&list.stdout)
-                .lines()
-                .nth(1)
-                .and_then(|l| l.split_whitespace().next())
-                .unwrap_or_default()
-                .to_string();
+            let id = newest_backup(&conf);
             let target = d.join(format!("cmp-{store}.raw"));
             let cost = measure_durable(
                 Command::new(ekko)
@@ -219,6 +208,22 @@ fn store_comparison(d: &Path, qmp: &Path, raw: &Path, size: u64) {
         m(&times[1].1) / m(&times[0].1),
         m(&times[1].2) / m(&times[0].2)
     );
+}
+
+/// The id of the newest backup in the catalog of `conf` (`ekko list`).
+fn newest_backup(conf: &Path) -> String {
+    let list = Command::new(env!("CARGO_BIN_EXE_ekko"))
+        .arg("--config-file")
+        .arg(conf)
+        .arg("list")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -429,18 +434,7 @@ fn main() {
     // Restore the last backup with each tool.
     let out = d.join("restore");
     std::fs::create_dir_all(&out).unwrap();
-    let list = Command::new(ekko)
-        .arg("--config-file")
-        .arg(&conf)
-        .arg("list")
-        .output()
-        .unwrap();
-    let last = String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_default()
-        .to_string();
+    let last = newest_backup(&conf);
     let target = out.join("ekko.raw");
     let cost = measure_durable(
         Command::new(ekko)

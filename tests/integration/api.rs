@@ -79,35 +79,7 @@ async fn token(user_var: &str, password_var: &str, project: &str) -> String {
 
 /// A token and its user's id.
 async fn token_and_user(user_var: &str, password_var: &str, project: &str) -> (String, String) {
-    let auth_url = std::env::var("EKKO_KEYSTONE_AUTH_URL").unwrap();
-    let body = json!({"auth": {
-        "identity": {"methods": ["password"], "password": {"user": {
-            "name": std::env::var(user_var).unwrap(),
-            "domain": {"name": "Default"},
-            "password": std::env::var(password_var).unwrap(),
-        }}},
-        "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
-    }});
-    let resp = reqwest::Client::new()
-        .post(format!("{auth_url}/auth/tokens?nocatalog"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        resp.status().is_success(),
-        "token for {user_var}: {}",
-        resp.status()
-    );
-    let token = resp.headers()["X-Subject-Token"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let body: Value = resp.json().await.unwrap();
-    (
-        token,
-        body["token"]["user"]["id"].as_str().unwrap().to_string(),
-    )
+    crate::helpers::keystone_token(user_var, password_var, project).await
 }
 
 struct Caller {

@@ -99,26 +99,9 @@ impl Drop for Service {
 }
 
 pub async fn token(user: &str, password: &str, project: &str) -> String {
-    let auth_url = std::env::var("EKKO_KEYSTONE_AUTH_URL").unwrap();
-    let body = json!({"auth": {
-        "identity": {"methods": ["password"], "password": {"user": {
-            "name": std::env::var(user).unwrap(),
-            "domain": {"name": "Default"},
-            "password": std::env::var(password).unwrap(),
-        }}},
-        "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
-    }});
-    let resp = reqwest::Client::new()
-        .post(format!("{auth_url}/auth/tokens?nocatalog"))
-        .json(&body)
-        .send()
+    crate::helpers::keystone_token(user, password, project)
         .await
-        .unwrap();
-    assert!(resp.status().is_success(), "token: {}", resp.status());
-    resp.headers()["X-Subject-Token"]
-        .to_str()
-        .unwrap()
-        .to_string()
+        .0
 }
 
 pub struct Client {
@@ -146,9 +129,8 @@ impl Client {
         }
     }
 
-    /// Ask for a backup of `instance` and wait until it ends; returns the
-    /// final backup body.
-    pub async fn backup(&self, instance: &str, mode: &str, wait: Duration) -> Value {
+    /// Ask for a backup of `instance` (202); its id.
+    pub async fn start_backup(&self, instance: &str, mode: &str) -> String {
         let (s, v) = self
             .call(
                 "POST",
@@ -157,8 +139,23 @@ impl Client {
             )
             .await;
         assert_eq!(s, 202, "{v}");
-        let id = v["backup"]["id"].as_str().unwrap().to_string();
+        v["backup"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Ask for a backup of `instance` and wait until it ends; returns the
+    /// final backup body.
+    pub async fn backup(&self, instance: &str, mode: &str, wait: Duration) -> Value {
+        let id = self.start_backup(instance, mode).await;
         self.wait_for(&id, &["available", "error"], wait).await
+    }
+
+    /// The backups of `instance` the caller sees.
+    pub async fn backups_of(&self, instance: &str) -> Vec<Value> {
+        let (s, v) = self
+            .call("GET", &format!("/v1/backups?instance_id={instance}"), None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["backups"].as_array().cloned().unwrap_or_default()
     }
 
     pub async fn wait_for(&self, id: &str, states: &[&str], wait: Duration) -> Value {
@@ -183,6 +180,16 @@ pub struct Host {
     pub instance: String,
     pub qsd: Qsd,
     pub worker: Service,
+}
+
+impl Host {
+    /// Restart the worker so that it kills itself (as kill -9) once its
+    /// next backup is stored, before it reports.
+    pub async fn crash_before_next_report(&mut self) {
+        self.worker
+            .restart_with(&[("EKKO_FAILPOINT", "worker.before-report")]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 pub struct Cluster {

@@ -83,19 +83,8 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     // which runs it again; one backup, correct, bitmaps consistent.
     let a = &mut c.hosts[0];
     a.qsd.write(0, 20 * MIB, &vec![0x44; MIB as usize]);
-    a.worker
-        .restart_with(&[("EKKO_FAILPOINT", "worker.before-report")]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (s, v) = c
-        .member
-        .call(
-            "POST",
-            "/v1/backups",
-            Some(json!({"backup": {"instance_id": a.instance, "name": "crashy"}})),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let crashy = v["backup"]["id"].as_str().unwrap().to_string();
+    a.crash_before_next_report().await;
+    let crashy = c.member.start_backup(&a.instance, "auto").await;
     let deadline = Instant::now() + wait;
     while !a.worker.exited() {
         assert!(Instant::now() < deadline, "the failpoint never fired");
@@ -109,18 +98,11 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     assert_eq!(b["status"], "available", "{b}\n{}", a.worker.log());
     let a = &c.hosts[0];
     c.assert_restores(a, &crashy, "redelivered-a");
-    let (_, listed) = c
-        .member
-        .call(
-            "GET",
-            &format!("/v1/backups?instance_id={}", a.instance),
-            None,
-        )
-        .await;
+    let listed = c.member.backups_of(&a.instance).await;
     assert_eq!(
-        listed["backups"].as_array().unwrap().len(),
+        listed.len(),
         3,
-        "exactly one backup per request: {listed}"
+        "exactly one backup per request: {listed:?}"
     );
     // The next incremental after the redelivery is still correct.
     a.qsd.write(0, 30 * MIB, &vec![0x55; MIB as usize]);
@@ -132,19 +114,8 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     // job with a reason instead of leaving it running for ever.
     let bh = &mut c.hosts[1];
     bh.qsd.write(0, 10 * MIB, &vec![0x66; MIB as usize]);
-    bh.worker
-        .restart_with(&[("EKKO_FAILPOINT", "worker.before-report")]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (s, v) = c
-        .member
-        .call(
-            "POST",
-            "/v1/backups",
-            Some(json!({"backup": {"instance_id": bh.instance}})),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let lost = v["backup"]["id"].as_str().unwrap().to_string();
+    bh.crash_before_next_report().await;
+    let lost = c.member.start_backup(&bh.instance, "auto").await;
     let b = c.member.wait_for(&lost, &["error"], wait).await;
     assert!(
         b["error"].as_str().unwrap().contains("stopped reporting"),
@@ -164,16 +135,7 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     // at once; the worker, back, does not run it (or stops it).
     let bh = &mut c.hosts[1];
     bh.worker.kill9();
-    let (s, v) = c
-        .member
-        .call(
-            "POST",
-            "/v1/backups",
-            Some(json!({"backup": {"instance_id": bh.instance}})),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let doomed = v["backup"]["id"].as_str().unwrap().to_string();
+    let doomed = c.member.start_backup(&bh.instance, "auto").await;
     let (s, v) = c
         .member
         .call(
@@ -235,23 +197,15 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     assert_eq!(s, 204, "{v}");
     let deadline = Instant::now() + Duration::from_secs(150);
     let scheduled = loop {
-        let (_, listed) = c
-            .member
-            .call(
-                "GET",
-                &format!("/v1/backups?instance_id={}", a.instance),
-                None,
-            )
-            .await;
-        let found = listed["backups"].as_array().and_then(|all| {
-            all.iter()
-                .find(|b| b["policy_id"] == policy.as_str() && b["status"] == "available")
-                .cloned()
-        });
+        let listed = c.member.backups_of(&a.instance).await;
+        let found = listed
+            .iter()
+            .find(|b| b["policy_id"] == policy.as_str() && b["status"] == "available")
+            .cloned();
         if let Some(b) = found {
             break b;
         }
-        assert!(Instant::now() < deadline, "no scheduled backup: {listed}");
+        assert!(Instant::now() < deadline, "no scheduled backup: {listed:?}");
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     assert_eq!(scheduled["user_id"], "scheduler", "{scheduled}");

@@ -302,3 +302,38 @@ pub fn services_start() {
         .expect("bash");
     assert!(status.success(), "{script} failed");
 }
+
+/// A project-scoped token from the test environment's Keystone for the user
+/// and password named by environment variables, with the user's id.
+pub async fn keystone_token(user_var: &str, password_var: &str, project: &str) -> (String, String) {
+    let auth_url = std::env::var("EKKO_KEYSTONE_AUTH_URL").expect("EKKO_KEYSTONE_AUTH_URL");
+    let body = serde_json::json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": std::env::var(user_var).expect("user"),
+            "domain": {"name": "Default"},
+            "password": std::env::var(password_var).expect("password"),
+        }}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}},
+    }});
+    let resp = reqwest::Client::new()
+        .post(format!("{auth_url}/auth/tokens?nocatalog"))
+        .json(&body)
+        .send()
+        .await
+        .expect("Keystone answers");
+    assert!(
+        resp.status().is_success(),
+        "token for {user_var}: {}",
+        resp.status()
+    );
+    let token = resp.headers()["X-Subject-Token"]
+        .to_str()
+        .expect("a token")
+        .to_string();
+    let body: serde_json::Value = resp.json().await.expect("a token body");
+    let user = body["token"]["user"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (token, user)
+}

@@ -15,8 +15,6 @@ mod qsd;
 
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::cluster::{start_cluster, MIB};
 
 /// Swift answering 503 to one request in four for host b; RabbitMQ
@@ -41,7 +39,6 @@ async fn swift_faults_and_broker_and_database_restarts_lose_nothing() {
         return;
     };
     let wait = Duration::from_secs(180);
-    let count = |v: &serde_json::Value| v["backups"].as_array().map_or(0, |a| a.len());
 
     // Host b stores through the faulty proxy.
     let b = &c.hosts[1];
@@ -58,16 +55,7 @@ async fn swift_faults_and_broker_and_database_restarts_lose_nothing() {
     // RabbitMQ restarted mid-flow.
     let a = &c.hosts[0];
     a.qsd.write(0, 0, &vec![0x11; 16 * MIB as usize]);
-    let (s, v) = c
-        .member
-        .call(
-            "POST",
-            "/v1/backups",
-            Some(json!({"backup": {"instance_id": a.instance}})),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let id = v["backup"]["id"].as_str().unwrap().to_string();
+    let id = c.member.start_backup(&a.instance, "auto").await;
     tokio::task::spawn_blocking(|| {
         helpers::rabbitmqctl(&["stop_app"]);
         std::thread::sleep(Duration::from_secs(2));
@@ -84,33 +72,17 @@ async fn swift_faults_and_broker_and_database_restarts_lose_nothing() {
         c.api.log()
     );
     c.assert_restores(a, &id, "rabbit-restart-a");
-    let (_, listed) = c
-        .member
-        .call(
-            "GET",
-            &format!("/v1/backups?instance_id={}", a.instance),
-            None,
-        )
-        .await;
+    let listed = c.member.backups_of(&a.instance).await;
     assert_eq!(
-        count(&listed),
+        listed.len(),
         1,
-        "no lost and no duplicated backup: {listed}"
+        "no lost and no duplicated backup: {listed:?}"
     );
 
     // MariaDB restarted mid-flow: the worker finishes meanwhile, the
     // conductor records its report once the database is back.
     a.qsd.write(0, 32 * MIB, &vec![0x22; 4 * MIB as usize]);
-    let (s, v) = c
-        .member
-        .call(
-            "POST",
-            "/v1/backups",
-            Some(json!({"backup": {"instance_id": a.instance}})),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let id = v["backup"]["id"].as_str().unwrap().to_string();
+    let id = c.member.start_backup(&a.instance, "auto").await;
     tokio::task::spawn_blocking(|| {
         helpers::mariadb_stop();
         std::thread::sleep(Duration::from_secs(3));
@@ -127,13 +99,6 @@ async fn swift_faults_and_broker_and_database_restarts_lose_nothing() {
     assert_eq!(done["status"], "available", "{done}");
     assert_eq!(done["kind"], "incremental", "{done}");
     c.assert_restores(a, done["id"].as_str().unwrap(), "after-restarts-a");
-    let (_, listed) = c
-        .member
-        .call(
-            "GET",
-            &format!("/v1/backups?instance_id={}", a.instance),
-            None,
-        )
-        .await;
-    assert_eq!(count(&listed), 3, "{listed}");
+    let listed = c.member.backups_of(&a.instance).await;
+    assert_eq!(listed.len(), 3, "{listed:?}");
 }
