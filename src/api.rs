@@ -360,11 +360,21 @@ async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::new(
+    // The methods this path serves, from the operation table (RFC 9110:
+    // a 405 carries Allow).
+    let pattern = req.match_pattern().unwrap_or_default();
+    let allow: Vec<String> = operation_list()
+        .into_iter()
+        .filter(|(_, path)| *path == pattern || format!("{path}/") == pattern)
+        .map(|(m, _)| m)
+        .collect();
+    let mut e = ApiError::new(
         actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!("{} is not allowed on {}", req.method(), req.path()),
-    ))
+    );
+    e.headers.push(("Allow", allow.join(", ")));
+    Err(e)
 }
 
 /// A resource whose other methods answer 405 in the API's error shape.

@@ -534,8 +534,10 @@ async fn keystone_personas_projects_and_conventions() {
     let (s, h, v) = member.call("GET", "/v1/nothing-here", None).await;
     assert_eq!(s, 404);
     assert_error(s, &h, &v, "not_found");
-    let (s, _, _) = member.call("PATCH", "/v1/backups", None).await;
+    let (s, h, v) = member.call("PATCH", "/v1/backups", None).await;
     assert_eq!(s, 405);
+    assert_error(s, &h, &v, "method_not_allowed");
+    assert_eq!(h["allow"], "GET, POST");
 
     // Each token was validated by Keystone once, then served from the cache.
     let log = std::fs::read_to_string(&api.log).unwrap();

@@ -192,6 +192,57 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
     let again = ekko::retention::run_pass(&ekko, false).await.unwrap();
     assert_eq!((again.backups_expired, again.segments_deleted), (0, 0));
 
+    // kill -9 of a retention worker between claiming segments and deleting
+    // them: a live pass leaves its claims alone; once a claim runs out,
+    // the next pass finishes the deletion. Nothing referenced is touched.
+    let unprotect = ids[1].clone();
+    db.run(move |c| backups::update_details(c, &unprotect, None, None, Some(false)).map(|_| ()))
+        .await
+        .unwrap();
+    ekko::operator::delete_backup(&ekko, &ids[1]).await.unwrap();
+    let claimed = db
+        .run(|c| {
+            let mut claimed = Vec::new();
+            for id in segments::unreferenced(c, chrono::Utc::now().naive_utc(), 100)? {
+                segments::condemn(c, id)?;
+                if segments::claim_for_deletion(c, id, "crashed-worker")? {
+                    claimed.push(id);
+                }
+            }
+            Ok(claimed)
+        })
+        .await
+        .unwrap();
+    assert!(!claimed.is_empty(), "backup 1 held segments of its own");
+    let held = ekko::retention::run_pass(&ekko, false).await.unwrap();
+    assert_eq!(
+        held.segments_deleted, 0,
+        "claims of a running pass are left alone"
+    );
+    let object = ekko::backup::segment_object(claimed[0] as u64);
+    assert!(ekko.store.head(&container, &object).await.is_ok());
+    db.run(|c| {
+        use diesel::prelude::*;
+        use ekko::db::schema::segments as s;
+        diesel::update(s::table.filter(s::status.eq("deleting")))
+            .set(s::claim_until.eq(chrono::Utc::now().naive_utc() - chrono::Duration::minutes(1)))
+            .execute(c)?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let resumed = ekko::retention::run_pass(&ekko, false).await.unwrap();
+    assert_eq!(resumed.segments_deleted, claimed.len(), "{resumed:?}");
+    assert!(ekko.store.head(&container, &object).await.is_err());
+    for i in [3usize, 4] {
+        let out = dir.path().join(format!("after-crash-{i}.raw"));
+        restore_backup(&ekko, &ids[i], None, &out, TargetFormat::Raw, None)
+            .await
+            .unwrap();
+        assert!(identical(&out, &snaps[i]), "backup {i} after a crashed GC");
+        std::fs::remove_file(&out).unwrap();
+    }
+
     // Backups go on: an incremental on the head, restorable.
     qsd.write(0, 30 * MIB, &vec![0xee; MIB as usize]);
     let out = backup_instance(&ekko, &req).await.unwrap();
