@@ -80,6 +80,16 @@ impl Service {
         }
     }
 
+    /// SIGTERM, then wait; whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: sending a signal has no memory-safety effect.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().is_ok_and(|s| s.success())
+    }
+
     /// Whether the process exited by itself (e.g. killed by a failpoint).
     pub fn exited(&mut self) -> bool {
         self.child
@@ -340,13 +350,15 @@ pub async fn start_cluster(dir: &Path, swift_proxy: Option<String>) -> Option<Cl
         std::fs::write(
             &conf,
             format!(
-                "{}[backup]\nheartbeat_interval = 1\ndiscovery_dir = {}\nshutdown_timeout = 5\n",
+                "{}[backup]\nheartbeat_interval = 1\ndiscovery_dir = {}\nshutdown_timeout = 3\n{}",
                 common(
                     &format!("state-{name}"),
                     &format!("host = {host}\n"),
                     &swift
                 ),
-                discovery.display()
+                discovery.display(),
+                // Host b reads slowly, so a test can catch a job mid-way.
+                if i == 1 { "read_rate_limit = 4M\n" } else { "" }
             ),
         )
         .unwrap();

@@ -209,4 +209,33 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     assert_eq!(scheduled["user_id"], "scheduler", "{scheduled}");
+
+    // SIGTERM while a backup runs: the worker waits shutdown_timeout (3 s),
+    // then rolls the backup back and exits cleanly; the job waits in the
+    // broker and the restarted worker completes it, correctly.
+    let bh = &mut c.hosts[1];
+    let data: Vec<u8> = (0..40 * MIB).map(|n| ((n * 7919) >> 11) as u8).collect();
+    bh.qsd.write(0, 8 * MIB, &data);
+    let id = c.member.start_backup(&bh.instance, "auto").await;
+    c.member.wait_for(&id, &["running"], wait).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        bh.worker.terminate(),
+        "ekko-backup exits cleanly on SIGTERM"
+    );
+    assert!(
+        bh.worker.log().contains("rolled back for shutdown"),
+        "{}",
+        bh.worker.log()
+    );
+    let (_, v) = c
+        .member
+        .call("GET", &format!("/v1/backups/{id}"), None)
+        .await;
+    assert_eq!(v["backup"]["status"], "running", "{v}");
+    bh.worker.restart_with(&[]);
+    let b = c.member.wait_for(&id, &["available", "error"], wait).await;
+    assert_eq!(b["status"], "available", "{b}");
+    let bh = &c.hosts[1];
+    c.assert_restores(bh, &id, "after-sigterm-b");
 }
