@@ -53,6 +53,7 @@ pub mod service;
 pub mod standalone;
 pub mod store;
 pub mod telemetry;
+pub mod timeline;
 pub mod worker;
 
 pub use ekko::Ekko;

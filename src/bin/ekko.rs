@@ -63,6 +63,14 @@ enum Command {
     Verify { backup: String },
     /// Delete a backup (its space is reclaimed by ekko-retention).
     Delete { backup: String },
+    /// An instance's backups over time as a terminal chart (new vs reused).
+    Timeline {
+        #[arg(long)]
+        instance: String,
+        /// Bar width in characters.
+        #[arg(long, default_value_t = 40)]
+        width: usize,
+    },
     /// Apply every policy's retention rules and collect garbage once (what
     /// ekko-retention does on `[retention] interval`); `--dry-run` shows
     /// what each policy keeps and removes, and why, and changes nothing.
@@ -207,6 +215,30 @@ async fn main() -> anyhow::Result<()> {
             let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
             ekko::operator::delete_backup(&ekko, &backup).await?;
             println!("deleted {backup}");
+        }
+        Command::Timeline { instance, width } => {
+            let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
+            let filter = ekko::db::backups::BackupFilter {
+                instance_id: Some(instance.clone()),
+                status: Some(ekko::db::backups::BackupStatus::Available),
+                ascending: true,
+                ..Default::default()
+            };
+            let list = ekko
+                .db()?
+                .run(move |c| ekko::db::backups::list(c, &filter, 1000, None))
+                .await?;
+            let rows: Vec<ekko::timeline::TimelineRow> = list
+                .iter()
+                .map(|b| ekko::timeline::TimelineRow {
+                    created_at: b.created_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    kind: b.kind.clone().unwrap_or_default(),
+                    size: b.logical_bytes.max(0) as u64,
+                    new_bytes: b.new_bytes.max(0) as u64,
+                    stored_bytes: b.stored_bytes.max(0) as u64,
+                })
+                .collect();
+            print!("{}", ekko::timeline::render(&rows, width));
         }
         Command::Retention { dry_run } => {
             let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;

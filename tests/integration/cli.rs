@@ -385,6 +385,20 @@ fn operator_backs_up_restores_verifies_and_deletes() {
 
     assert!(op.listed(&first).unwrap().contains("full"));
     assert!(op.listed(&second).unwrap().contains("incremental"));
+    // The timeline: one row per backup, the incremental's bar mostly
+    // unchanged data.
+    let (ok, chart) = op.ekko(&["timeline", "--instance", "inst-1", "--width", "30"]);
+    assert!(ok, "{chart}");
+    let rows: Vec<&str> = chart.lines().filter(|l| l.starts_with("20")).collect();
+    assert_eq!(rows.len(), 2, "{chart}");
+    assert!(
+        rows[0].contains("full") && rows[1].contains("incremental"),
+        "{chart}"
+    );
+    assert!(
+        rows[1].contains('░') && rows[1].matches('█').count() < 5,
+        "{chart}"
+    );
     op.assert_restores(&second, &ref2);
     op.assert_restores(&first, &ref1);
     // Delete the full backup: the incremental still restores on its own.
