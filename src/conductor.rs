@@ -69,6 +69,11 @@ impl PlanOptions {
     }
 }
 
+/// When a job started now must be done by.
+fn deadline_after(timeout: Duration) -> chrono::DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::hours(6))
+}
+
 /// In one transaction: check quota and that the instance has no backup in
 /// flight, record a queued backup and its job, and build the job message
 /// from the catalog (each disk's head, the project's dedup sources).
@@ -130,8 +135,7 @@ pub fn plan_backup(
                 .iter()
                 .filter_map(RecordRef::of)
                 .collect();
-        let deadline = Utc::now()
-            + chrono::Duration::from_std(opts.job_timeout).unwrap_or(chrono::Duration::hours(6));
+        let deadline = deadline_after(opts.job_timeout);
         let mut job = Job::queued(BACKUP_RUN, &instance.project_id);
         job.backup_id = Some(backup.id.clone());
         job.host = Some(instance.host.clone());
@@ -437,8 +441,7 @@ pub async fn submit_restore(ekko: &Ekko, new: NewRestore) -> Result<Restore, Con
                 .to_string();
                 let r = Restore::queued(&b.project_id, &new.user_id, &b.id, &target, &new.format);
                 restores::insert(c, &r)?;
-                let deadline = Utc::now()
-                    + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::hours(6));
+                let deadline = deadline_after(timeout);
                 let mut job = Job::queued(RESTORE_RUN, &b.project_id);
                 job.restore_id = Some(r.id.clone());
                 job.host = Some(host);

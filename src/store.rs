@@ -102,6 +102,21 @@ pub fn check_name(name: &str) -> StoreResult<()> {
     }
 }
 
+/// A container name: a valid name without `/`.
+pub fn check_container(container: &str) -> StoreResult<()> {
+    check_name(container)?;
+    if container.contains('/') {
+        return Err(StoreError::InvalidName(container.to_string()));
+    }
+    Ok(())
+}
+
+/// A container and an object name in it.
+pub fn check_object(container: &str, name: &str) -> StoreResult<()> {
+    check_container(container)?;
+    check_name(name)
+}
+
 /// Open the store `[storage] backend` names.
 pub fn open(config: &EkkoConfig) -> StoreResult<Arc<dyn ObjectStore>> {
     match config.storage.backend {

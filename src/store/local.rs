@@ -12,7 +12,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
-use super::{check_name, ByteStream, ObjectMeta, ObjectStore, StoreError, StoreResult};
+use super::{
+    check_name, check_object, ByteStream, ObjectMeta, ObjectStore, StoreError, StoreResult,
+};
 
 const TMP_PREFIX: &str = ".tmp-";
 const READ_PART: usize = 4 << 20;
@@ -36,11 +38,7 @@ impl LocalStore {
     }
 
     fn path(&self, container: &str, name: &str) -> StoreResult<PathBuf> {
-        check_name(container)?;
-        if container.contains('/') {
-            return Err(StoreError::InvalidName(container.to_string()));
-        }
-        check_name(name)?;
+        check_object(container, name)?;
         Ok(self.root.join(container).join(name))
     }
 

@@ -25,7 +25,9 @@ use futures::{StreamExt, TryStreamExt};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use super::{check_name, ByteStream, ObjectMeta, ObjectStore, StoreError, StoreResult};
+use super::{
+    check_container, check_object, ByteStream, ObjectMeta, ObjectStore, StoreError, StoreResult,
+};
 use crate::config::EkkoConfig;
 use crate::keystone::ServiceSession;
 
@@ -163,14 +165,6 @@ impl SwiftStore {
         format!("{account}/{container}/{name}")
     }
 
-    fn check(container: &str, name: &str) -> StoreResult<()> {
-        check_name(name)?;
-        if container.contains('/') {
-            return Err(StoreError::InvalidName(container.to_string()));
-        }
-        check_name(container)
-    }
-
     async fn ensure_container(&self, container: &str) -> StoreResult<()> {
         let known = self
             .containers
@@ -217,7 +211,7 @@ impl SwiftStore {
         name: &str,
         range: Option<(u64, u64)>,
     ) -> StoreResult<reqwest::Response> {
-        Self::check(container, name)?;
+        check_object(container, name)?;
         let resp = self
             .send(&format!("GET {container}/{name}"), |acct, tok| {
                 let mut r = self
@@ -304,7 +298,7 @@ impl SwiftStore {
 #[async_trait]
 impl ObjectStore for SwiftStore {
     async fn put(&self, container: &str, name: &str, body: Bytes) -> StoreResult<()> {
-        Self::check(container, name)?;
+        check_object(container, name)?;
         for first in [true, false] {
             self.ensure_container(container).await?;
             let resp = self
@@ -420,7 +414,7 @@ impl ObjectStore for SwiftStore {
     }
 
     async fn head(&self, container: &str, name: &str) -> StoreResult<ObjectMeta> {
-        Self::check(container, name)?;
+        check_object(container, name)?;
         let resp = self
             .send(&format!("HEAD {container}/{name}"), |acct, tok| {
                 self.session
@@ -457,7 +451,7 @@ impl ObjectStore for SwiftStore {
     }
 
     async fn list(&self, container: &str, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
-        check_name(container)?;
+        check_container(container)?;
         Ok(self
             .listing(Some(container), prefix)
             .await?
@@ -471,7 +465,7 @@ impl ObjectStore for SwiftStore {
     }
 
     async fn delete(&self, container: &str, name: &str) -> StoreResult<()> {
-        Self::check(container, name)?;
+        check_object(container, name)?;
         let resp = self
             .send(&format!("DELETE {container}/{name}"), |acct, tok| {
                 self.session
