@@ -9,14 +9,15 @@
 #     it would downgrade the machine's qemu-utils)
 #   - benchmark peers and drivers: restic, borgbackup, wrk, curl
 #   - lint: shellcheck
-#   - API fuzzing: schemathesis (PyPI, pinned) in the venv /opt/ekko-venv
+#   - Python tools (PyPI, pinned in tools/requirements/*.txt) in the venv
+#     /opt/ekko-venv: schemathesis, python-openstackclient, Sphinx, reno
 # The OpenStack services for the integration tests are installed by
 # tools/test-env.sh.
 set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PKGS=(gcc pkg-config libmariadb-dev libmariadb-dev-compat libsqlite3-dev
       restic borgbackup wrk curl shellcheck python3-venv python3-pip)
-SCHEMATHESIS_VERSION=4.32.5
 VENV=${EKKO_VENV:-/opt/ekko-venv}
 QEMU_MIN_MAJOR=10
 BACKPORTS_LIST=/etc/apt/sources.list.d/ekko-bookworm-backports.list
@@ -87,13 +88,22 @@ else
   log "qemu-storage-daemon $(qemu_major).x installed"
 fi
 
-# ------------------------------------------------------------ schemathesis
-if [ "$("$VENV/bin/schemathesis" --version 2>/dev/null)" = "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
-  log "schemathesis $SCHEMATHESIS_VERSION present in $VENV"
+# ------------------------------------------------------------ Python tools
+# Pinned in tools/requirements/*.txt (schemathesis, the openstack CLI and
+# our plugin's dependencies, Sphinx/os-api-ref/reno), all in one venv and
+# one resolver run; reinstalled only when the pins change.
+req_files=(tools/requirements/*.txt)
+want=$(cat "${req_files[@]}" | sha256sum | cut -d' ' -f1)
+stamp="$VENV/.ekko-requirements.sha256"
+if [ -x "$VENV/bin/pip" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  log "Python tools present in $VENV (${req_files[*]})"
 else
-  log "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2 || die "pip install schemathesis failed"
+  log "installing Python tools into $VENV from ${req_files[*]}"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  pip_args=()
+  for f in "${req_files[@]}"; do pip_args+=(-r "$f"); done
+  "$VENV/bin/pip" install -q "${pip_args[@]}" >&2 || die "pip install ${pip_args[*]} failed"
+  echo "$want" >"$stamp"
 fi
 
 log "done"
