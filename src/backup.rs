@@ -44,6 +44,13 @@ pub enum EngineError {
     },
 }
 
+/// The object listing the segments compaction moved into segment `id`
+/// (`{"segment": id, "replaces": [...]}`), so a catalog rebuilt from the
+/// store alone can still follow older maps.
+pub fn relocation_object(id: u64) -> String {
+    format!("relocations/{id:016x}")
+}
+
 /// The object name of a segment.
 pub fn segment_object(id: u64) -> String {
     format!("segments/{id:016x}")

@@ -18,12 +18,12 @@ use diesel::Connection;
 use crate::db::backups::{self, Backup, BackupStatus};
 use crate::db::jobs::{self, Job};
 use crate::db::restores::{self, Restore};
-use crate::db::{instances, quotas, DbConnection, DbError, DbResult};
+use crate::db::{instances, quotas, segments, DbConnection, DbError, DbResult};
 use crate::job::{
-    BackupFinished, BackupJob, CancelJob, HostInventory, JobDisk, JobFailed, JobProgress,
-    JobStarted, RecordRef, RestoreFinished, RestoreJob, BACKUP_FINISHED, BACKUP_RUN,
-    HOST_INVENTORY, JOB_CANCEL, JOB_FAILED, JOB_PROGRESS, JOB_STARTED, RESTORE_FINISHED,
-    RESTORE_RUN,
+    BackupFinished, BackupJob, BadRecord, CancelJob, HostInventory, JobDisk, JobFailed,
+    JobProgress, JobStarted, RecordRef, Relocation, RestoreFinished, RestoreJob, BACKUP_FINISHED,
+    BACKUP_RUN, HOST_INVENTORY, JOB_CANCEL, JOB_FAILED, JOB_PROGRESS, JOB_STARTED,
+    RESTORE_FINISHED, RESTORE_RUN,
 };
 use crate::queue::{Envelope, QueueError};
 use crate::service::{Heartbeat, HEARTBEAT_KIND};
@@ -116,25 +116,36 @@ pub fn plan_backup(
         backup.policy_id = new.policy_id.clone();
         backups::insert(c, &backup)?;
 
+        // Scrub found damage in the project: a disk it flagged gets a map
+        // built from scratch (its head's pages may be the damaged copies);
+        // the head still serves dedup, minus the damaged records.
+        let bad_records = BadRecord::from_rows(&segments::bad_records(c, &instance.project_id)?);
         let mut job_disks = Vec::new();
+        let mut dedup_sources = Vec::new();
         for d in &disks {
-            let head = backups::head_record(c, &d.id)?;
+            let head = backups::head_record(c, &d.id)?
+                .as_ref()
+                .and_then(RecordRef::of);
+            let rebuild_map = d.needs_full_read && !bad_records.is_empty();
+            if rebuild_map {
+                dedup_sources.extend(head.clone());
+            }
             job_disks.push(JobDisk {
                 disk_id: d.id.clone(),
                 device: d.device.clone(),
                 node_name: d.node_name.clone(),
                 base_seq: d.head_seq,
                 expected_bitmap: head.as_ref().and(d.bitmap_name.clone()),
-                head: head.as_ref().and_then(RecordRef::of),
+                head: if rebuild_map { None } else { head },
                 needs_full_read: d.needs_full_read,
             });
         }
         let own: Vec<String> = disks.iter().map(|d| d.id.clone()).collect();
-        let dedup_sources =
+        dedup_sources.extend(
             backups::project_heads(c, &instance.project_id, &own, opts.dedup_heads)?
                 .iter()
-                .filter_map(RecordRef::of)
-                .collect();
+                .filter_map(RecordRef::of),
+        );
         let deadline = deadline_after(opts.job_timeout);
         let mut job = Job::queued(BACKUP_RUN, &instance.project_id);
         job.backup_id = Some(backup.id.clone());
@@ -153,6 +164,8 @@ pub fn plan_backup(
             full: new.mode == "full",
             disks: job_disks,
             dedup_sources,
+            relocations: Relocation::from_rows(&segments::relocations(c, &instance.project_id)?),
+            bad_records,
             deadline,
         };
         job.payload = serde_json::to_string(&message)
@@ -456,6 +469,7 @@ pub async fn submit_restore(ekko: &Ekko, new: NewRestore) -> Result<Restore, Con
                     })?,
                     path: new.path.clone(),
                     format: new.format.clone(),
+                    relocations: Relocation::from_rows(&segments::relocations(c, &b.project_id)?),
                     deadline,
                 };
                 job.payload = serde_json::to_string(&message)

@@ -97,8 +97,64 @@ pub struct BackupJob {
     pub disks: Vec<JobDisk>,
     /// Other heads of the project a full read may reuse chunks from.
     pub dedup_sources: Vec<RecordRef>,
+    /// Where compaction moved the project's segments (see [`Relocation`]).
+    #[serde(default)]
+    pub relocations: Vec<Relocation>,
+    /// Stored records scrub found damaged: never reused, stored afresh.
+    #[serde(default)]
+    pub bad_records: Vec<BadRecord>,
     /// A worker that receives the job later than this fails it instead.
     pub deadline: DateTime<Utc>,
+}
+
+/// Segment `from` (as maps name it) now lives in segment `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relocation {
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Relocation {
+    /// The catalog's (id, relocated_to) pairs of a project.
+    pub fn from_rows(rows: &[(i64, i64)]) -> Vec<Relocation> {
+        rows.iter()
+            .map(|&(from, to)| Relocation {
+                from: from as u64,
+                to: to as u64,
+            })
+            .collect()
+    }
+
+    pub fn map(list: &[Relocation]) -> crate::backup::reader::Relocations {
+        list.iter().map(|r| (r.from, r.to)).collect()
+    }
+}
+
+/// A damaged stored record: hex digest and the segment holding the copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRecord {
+    pub digest: String,
+    pub segment: u64,
+}
+
+impl BadRecord {
+    pub fn from_rows(rows: &[(Vec<u8>, i64)]) -> Vec<BadRecord> {
+        rows.iter()
+            .filter_map(|(d, s)| {
+                Some(BadRecord {
+                    digest: ChunkDigest::from_slice(d)?.to_hex(),
+                    segment: *s as u64,
+                })
+            })
+            .collect()
+    }
+
+    pub fn chunk_ref(&self) -> Option<ChunkRef> {
+        Some(ChunkRef {
+            digest: ChunkDigest::from_hex(&self.digest)?,
+            segment: self.segment,
+        })
+    }
 }
 
 /// `restore.run`: write one disk of a backup to a file on the host.
@@ -114,6 +170,8 @@ pub struct RestoreJob {
     pub path: String,
     /// `raw` or `qcow2`.
     pub format: String,
+    #[serde(default)]
+    pub relocations: Vec<Relocation>,
     pub deadline: DateTime<Utc>,
 }
 

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backup::disk::DiskBackupResult;
-use crate::backup::reader::RecordReader;
+use crate::backup::reader::{RecordReader, RelocationSource, Relocations};
 use crate::backup::restore::{restore, verify, RestoreStats, TargetFormat};
+use crate::backup::EngineError;
 use crate::backup::{container, Progress};
 use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::conductor::{self, NewBackup, PlanOptions};
 use crate::db::backups::{self, Backup, BackupStatus};
 use crate::db::instances::{self, DiskReport};
+use crate::db::segments;
 use crate::job::JobStarted;
 use crate::manifest;
 use crate::qmp::QmpClient;
@@ -237,10 +239,7 @@ pub async fn restore_backup(
         "backup {backup_id} is {}, not available",
         backup.status
     );
-    let reader = RecordReader::new(
-        ekko.store.clone(),
-        &project_container(ekko, &backup.project_id),
-    );
+    let reader = project_reader(ekko, &backup.project_id).await?;
     let root = root_of(&rec)?;
     Ok(restore(
         &reader,
@@ -254,6 +253,43 @@ pub async fn restore_backup(
     .await?)
 }
 
+/// The catalog's relocations of one project, reloaded when a reader finds a
+/// segment gone (compacted after the reader loaded its map).
+struct CatalogRelocations {
+    db: crate::db::Db,
+    project_id: String,
+}
+
+#[async_trait::async_trait]
+impl RelocationSource for CatalogRelocations {
+    async fn relocations(&self) -> Result<Relocations, EngineError> {
+        let p = self.project_id.clone();
+        let rows = self
+            .db
+            .run(move |c| segments::relocations(c, &p))
+            .await
+            .map_err(|e| EngineError::Other(format!("relocations: {e}")))?;
+        Ok(rows
+            .into_iter()
+            .map(|(f, t)| (f as u64, t as u64))
+            .collect())
+    }
+}
+
+/// A reader of a project's records that follows compaction's relocations.
+pub async fn project_reader(ekko: &Ekko, project_id: &str) -> anyhow::Result<RecordReader> {
+    let source = CatalogRelocations {
+        db: ekko.db()?.clone(),
+        project_id: project_id.to_string(),
+    };
+    let relocations = source.relocations().await?;
+    Ok(
+        RecordReader::new(ekko.store.clone(), &project_container(ekko, project_id))
+            .with_relocations(relocations)
+            .with_relocation_source(Arc::new(source)),
+    )
+}
+
 /// Re-read every chunk of every disk of a backup and check its digest.
 pub async fn verify_backup(
     ekko: &Ekko,
@@ -265,10 +301,7 @@ pub async fn verify_backup(
         .db()?
         .run(move |c| Ok((backups::get(c, &id)?, backups::disks_of(c, &id)?)))
         .await?;
-    let reader = RecordReader::new(
-        ekko.store.clone(),
-        &project_container(ekko, &backup.project_id),
-    );
+    let reader = project_reader(ekko, &backup.project_id).await?;
     let mut out = Vec::new();
     for rec in recs {
         let stats = verify(

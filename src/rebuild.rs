@@ -148,7 +148,7 @@ async fn plan_project(
         for refs in &maps {
             for seg in refs.keys() {
                 if !chunk_counts.contains_key(seg) {
-                    let trailer = reader.trailer(*seg).await?;
+                    let (_, trailer) = reader.trailer(*seg).await?;
                     chunk_counts.insert(*seg, trailer.len() as i32);
                 }
             }
@@ -257,6 +257,7 @@ async fn commit_project(
                             stored_bytes: d.stored_bytes as i64,
                             new_segments,
                             ref_deltas: deltas.into_iter().map(|(s, v)| (s as i64, v)).collect(),
+                            fresh_map: false,
                         });
                         heads.push((disk.id.clone(), refs));
                     }

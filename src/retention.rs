@@ -12,19 +12,25 @@
 //!   `deleting`, re-checked unreferenced in the same transaction), deleted
 //!   from the store, then forgotten. A crash leaves `deleting` rows that the
 //!   next pass finishes. docs/design.md §4 states the invariants.
+//! * [`compaction`]: segments whose live share fell under `[retention]
+//!   compaction_threshold` are rewritten; the old ones become redirects.
+//! * [`scrub`]: a share of the segments is re-read and checked each pass;
+//!   damage marks the backups that use it and is never deduplicated against.
 //! * [`sweep_orphans`]: objects the catalog does not know (segments of
 //!   backups that failed or whose process died before committing,
 //!   manifests of backups that failed or were deleted) are deleted once
 //!   older than the grace period and than the oldest running job.
 
+pub mod compaction;
 pub mod rules;
+pub mod scrub;
 
 use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::backup::{container, segment_object};
+use crate::backup::{container, relocation_object, segment_object};
 use crate::db::backups::{self, BackupFilter, BackupStatus};
 use crate::db::{jobs, policies, segments, DbError};
 use crate::store::StoreError;
@@ -51,6 +57,18 @@ pub struct PassReport {
     pub segments_deleted: usize,
     pub bytes_reclaimed: i64,
     pub orphans_deleted: usize,
+    /// Segments whose live share was measured for compaction, and their
+    /// stored and still-used bytes.
+    pub segments_measured: usize,
+    pub measured_bytes: i64,
+    pub measured_live_bytes: i64,
+    /// Segments rewritten (live records only), and the bytes written.
+    pub segments_compacted: usize,
+    pub bytes_rewritten: i64,
+    /// Segments scrub re-read; damaged records found; backups marked.
+    pub segments_scrubbed: usize,
+    pub damaged_records: usize,
+    pub backups_damaged: usize,
     pub live_segments: i64,
     pub live_bytes: i64,
 }
@@ -151,10 +169,12 @@ pub async fn run_pass(ekko: &Ekko, dry_run: bool) -> anyhow::Result<PassReport> 
     }
     if !dry_run {
         let grace = Duration::from_secs(ekko.config.retention.gc_grace_period);
+        compaction::compact(ekko, &mut report).await?;
         let gc = collect_garbage(ekko, grace).await?;
         report.segments_condemned = gc.segments_condemned;
         report.segments_deleted = gc.segments_deleted;
         report.bytes_reclaimed = gc.bytes_reclaimed;
+        scrub::scrub(ekko, ekko.config.retention.scrub_percentage, &mut report).await?;
         let (orphans, bytes) = sweep_orphans(ekko, grace).await?;
         report.orphans_deleted = orphans;
         report.bytes_reclaimed += bytes;
@@ -221,19 +241,55 @@ pub async fn collect_garbage(ekko: &Ekko, grace: Duration) -> anyhow::Result<Pas
     let prefix = ekko.config.swift.container_prefix.clone();
     for s in to_delete {
         let cont = container(&prefix, &s.project_id);
-        match ekko.store.delete(&cont, &segment_object(s.id as u64)).await {
-            Ok(()) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => {
-                tracing::warn!(segment = s.id, error = %e, "segment not deleted yet; the next pass retries");
-                continue;
-            }
+        let id = s.id as u64;
+        if !delete_objects(ekko, &cont, &[segment_object(id), relocation_object(id)]).await {
+            continue;
         }
-        let id = s.id;
-        db.run(move |c| segments::forget(c, id)).await?;
+        db.run(move |c| segments::forget(c, id as i64)).await?;
         report.segments_deleted += 1;
         report.bytes_reclaimed += s.size;
     }
+    // 3. Compacted segments: once the grace period (and every job that
+    //    may have planned on them) is over, their old objects go; the rows
+    //    stay as redirects until no counting record names them.
+    let relocated = db
+        .run(move |c| segments::relocated_before(c, cutoff, BATCH))
+        .await?;
+    for s in relocated {
+        let cont = container(&prefix, &s.project_id);
+        if !delete_objects(ekko, &cont, &[segment_object(s.id as u64)]).await {
+            continue;
+        }
+        let id = s.id;
+        db.run(move |c| segments::mark_moved(c, id)).await?;
+        report.segments_deleted += 1;
+        report.bytes_reclaimed += s.size;
+    }
+    let unused = db.run(|c| segments::unused_redirects(c, BATCH)).await?;
+    for s in unused {
+        let cont = container(&prefix, &s.project_id);
+        if !delete_objects(ekko, &cont, &[relocation_object(s.id as u64)]).await {
+            continue;
+        }
+        let id = s.id;
+        db.run(move |c| segments::forget(c, id)).await?;
+    }
     Ok(report)
+}
+
+/// Delete objects (already gone is fine); false if one could not be
+/// deleted now (the next pass retries).
+async fn delete_objects(ekko: &Ekko, container: &str, names: &[String]) -> bool {
+    for name in names {
+        match ekko.store.delete(container, name).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(object = %name, error = %e, "object not deleted yet; the next pass retries");
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Delete the objects of the store's project containers that the catalog
@@ -271,7 +327,11 @@ pub async fn sweep_orphans(ekko: &Ekko, grace: Duration) -> anyhow::Result<(usiz
             if obj.last_modified >= cutoff {
                 continue;
             }
-            let known = if let Some(hex) = obj.name.strip_prefix("segments/") {
+            let segment_named = obj
+                .name
+                .strip_prefix("segments/")
+                .or_else(|| obj.name.strip_prefix("relocations/"));
+            let known = if let Some(hex) = segment_named {
                 u64::from_str_radix(hex, 16)
                     .map(|id| known_segments.contains(&(id as i64)))
                     .unwrap_or(true)

@@ -194,6 +194,31 @@ impl SegmentWriter {
         entry
     }
 
+    /// Append a record copied verbatim from another segment (compaction):
+    /// header and payload as they are, so its checksum and any encryption
+    /// stay valid. The record must be whole (checked with [`decode_record`]).
+    pub fn push_record(
+        &mut self,
+        segment: u64,
+        record: &[u8],
+    ) -> Result<TrailerEntry, SegmentError> {
+        let h = RecordHeader::decode(record).ok_or_else(|| corrupt(segment, "short record"))?;
+        let len = RECORD_HEADER_LEN + h.stored_len as usize;
+        let record = record
+            .get(..len)
+            .ok_or_else(|| corrupt(segment, "truncated record"))?;
+        let entry = TrailerEntry {
+            digest: h.digest,
+            offset: self.buf.len() as u64,
+            length: len as u32,
+            kind: h.kind,
+        };
+        self.buf.extend_from_slice(record);
+        self.trailer.push(entry);
+        self.raw_bytes += h.raw_len as u64;
+        Ok(entry)
+    }
+
     /// Finish: append trailer and footer; the segment's bytes.
     pub fn finish(mut self) -> Vec<u8> {
         let trailer_offset = self.buf.len() as u64;

@@ -16,7 +16,7 @@
 //! worker three times fails instead of looping) and remembers finished
 //! jobs (a redelivery after the outcome was sent is dropped).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,14 +29,16 @@ use crate::backup::disk::{back_up_disk, DiskBackupOptions, DiskBackupResult};
 use crate::backup::reader::RecordReader;
 use crate::backup::restore::{restore, TargetFormat};
 use crate::backup::{container, Progress};
+use crate::chunk::ChunkRef;
 use crate::db::backups::DiskCommit;
 use crate::extract::pull::{DiskRequest, PullBackup, PullOptions};
 use crate::extract::DiskSnapshot;
 use crate::inventory::{ConfiguredInstances, InstanceSource, LocalInstance};
 use crate::job::{
-    BackupFinished, BackupJob, CancelJob, HostInventory, InventoryInstance, JobFailed, JobProgress,
-    JobStarted, RestoreFinished, RestoreJob, BACKUP_FINISHED, BACKUP_RUN, HOST_INVENTORY,
-    JOB_CANCEL, JOB_FAILED, JOB_PROGRESS, JOB_STARTED, RESTORE_FINISHED, RESTORE_RUN,
+    BackupFinished, BackupJob, BadRecord, CancelJob, HostInventory, InventoryInstance, JobFailed,
+    JobProgress, JobStarted, Relocation, RestoreFinished, RestoreJob, BACKUP_FINISHED, BACKUP_RUN,
+    HOST_INVENTORY, JOB_CANCEL, JOB_FAILED, JOB_PROGRESS, JOB_STARTED, RESTORE_FINISHED,
+    RESTORE_RUN,
 };
 use crate::manifest::{self, Manifest, ManifestDisk};
 use crate::qmp::QmpClient;
@@ -82,7 +84,6 @@ async fn back_up_one(
     disk: &crate::job::JobDisk,
     job: &BackupJob,
     engine: &DiskBackupOptions,
-    ekko: &Ekko,
 ) -> anyhow::Result<DiskBackupResult> {
     // A previous record with another chunk or disk size cannot be merged into.
     let prev = disk
@@ -96,21 +97,18 @@ async fn back_up_one(
             .chain(job.dedup_sources.iter().filter_map(|r| r.previous()))
             .filter(|r| r.chunk_size == engine.chunk_size)
             .collect();
-        let known = KnownChunks::load(reader, &sources, DEDUP_MAX_ENTRIES).await?;
+        let avoid: HashSet<ChunkRef> = job
+            .bad_records
+            .iter()
+            .filter_map(BadRecord::chunk_ref)
+            .collect();
+        let known = KnownChunks::load(reader, &sources, &avoid, DEDUP_MAX_ENTRIES).await?;
         tracing::info!(disk = %snap.device, sources = sources.len(), chunks = known.len(), "full read: dedup table loaded");
         known
     } else {
         KnownChunks::default()
     };
-    Ok(back_up_disk(
-        snap,
-        prev.as_ref(),
-        Arc::new(known),
-        ekko.store.clone(),
-        reader.container(),
-        engine,
-    )
-    .await?)
+    Ok(back_up_disk(snap, prev.as_ref(), Arc::new(known), reader, engine).await?)
 }
 
 /// Run a backup job against the instance behind `qmp`: snapshot every
@@ -153,7 +151,8 @@ pub async fn execute(
     };
     let pull = PullBackup::begin(qmp, &requests, opts).await?;
     let container = container(&ekko.config.swift.container_prefix, &job.project_id);
-    let reader = RecordReader::new(ekko.store.clone(), &container);
+    let reader = RecordReader::new(ekko.store.clone(), &container)
+        .with_relocations(Relocation::map(&job.relocations));
     let mut results = Vec::new();
     let mut commits = Vec::new();
     anyhow::ensure!(
@@ -166,7 +165,7 @@ pub async fn execute(
     // the future not `Send` for every lifetime (rustc #110338).
     for i in 0..job.disks.len() {
         let (d, snap) = (&job.disks[i], &pull.disks[i]);
-        let res = match back_up_one(&reader, snap, d, job, &engine, ekko).await {
+        let res = match back_up_one(&reader, snap, d, job, &engine).await {
             Ok(r) => r,
             Err(e) => {
                 pull.abort().await?;
@@ -195,6 +194,7 @@ pub async fn execute(
                 .iter()
                 .map(|(s, d)| (*s as i64, *d))
                 .collect(),
+            fresh_map: res.fresh_map,
         });
         results.push((d.device.clone(), res));
     }
@@ -817,7 +817,8 @@ impl Worker {
         };
         tracing::info!(restore = %job.restore_id, backup = %job.backup_id, target = %target.display(), "restore started");
         let container = container(&self.ekko.config.swift.container_prefix, &job.project_id);
-        let reader = RecordReader::new(self.ekko.store.clone(), &container);
+        let reader = RecordReader::new(self.ekko.store.clone(), &container)
+            .with_relocations(Relocation::map(&job.relocations));
         let left = (job.deadline - Utc::now()).to_std().unwrap_or_default();
         let progress = admitted.progress.clone();
         let work = restore(

@@ -8,7 +8,11 @@
 #   4. cargo clippy --all-targets -- -D warnings
 #   5. cargo test --all-targets "$@" (unit + integration tests)
 #   6. tools/schemathesis.sh: the API against its OpenAPI document
-#   7. shellcheck on tools/*.sh, devstack/*.sh and .ci/run
+#   7. tools/osc-test.sh: the real `openstack` CLI with our plugin
+#   8. tools/docs-build.sh: api-ref samples from real responses, api-ref
+#      and release notes built with Sphinx (warnings are errors), reno lint
+#   9. tools/devstack-test.sh: the devstack plugin's phases
+#  10. shellcheck on tools/, devstack/ and .ci/run
 #
 # EKKO_TEST_REQUIRE_SERVICES=1 is exported, so integration tests fail instead
 # of skipping when a service is missing. Works from any directory; must run as
@@ -66,10 +70,19 @@ cargo test --all-targets "$@"
 banner "schemathesis against ekko-api (tools/schemathesis.sh)"
 bash tools/schemathesis.sh
 
+banner "openstack CLI plugin against a whole Ekko (tools/osc-test.sh)"
+bash tools/osc-test.sh
+
+banner "api-ref samples, api-ref and release notes builds (tools/docs-build.sh)"
+bash tools/docs-build.sh
+
+banner "devstack plugin phases against stand-ins (tools/devstack-test.sh)"
+bash tools/devstack-test.sh
+
 shopt -s nullglob
-scripts=(tools/*.sh devstack/*.sh .ci/run)
+scripts=(tools/*.sh tools/lib/*.sh devstack/*.sh devstack/settings devstack/lib/* .ci/run)
 shopt -u nullglob
 banner "shellcheck ${scripts[*]}"
-shellcheck "${scripts[@]}"
+shellcheck -x "${scripts[@]}"
 
 banner "all tests passed"

@@ -25,10 +25,11 @@ pub struct KnownChunks {
 
 impl KnownChunks {
     /// The stored chunks of `records` (project heads), at most
-    /// `max_entries` in all.
+    /// `max_entries` in all, except the copies in `avoid` (found damaged).
     pub async fn load(
         reader: &RecordReader,
         records: &[PreviousRecord],
+        avoid: &std::collections::HashSet<ChunkRef>,
         max_entries: usize,
     ) -> Result<KnownChunks, EngineError> {
         let mut chunks = HashMap::new();
@@ -45,7 +46,11 @@ impl KnownChunks {
                     continue;
                 }
             };
-            for e in tree.entries.into_iter().filter(|e| !e.is_zero()) {
+            for e in tree
+                .entries
+                .into_iter()
+                .filter(|e| !e.is_zero() && !avoid.contains(e))
+            {
                 chunks.entry(e.digest).or_insert(e);
             }
         }

@@ -22,7 +22,6 @@ use crate::extract::DiskSnapshot;
 use crate::format::{RECORD_CHUNK, RECORD_INDEX_PAGE};
 use crate::index::{leaf_range, positions, shape, IndexError, IndexPage, TreeBuilder};
 use crate::segment::{encode_payload, SegmentWriter};
-use crate::store::ObjectStore;
 
 /// The disk's newest committed record: the base of an incremental.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +57,8 @@ pub struct DiskBackupResult {
     pub zero_chunks: u64,
     pub pages_written: u64,
     pub segments: Vec<WrittenSegment>,
+    /// Built without the previous record's map: `ref_deltas` are whole counts.
+    pub fresh_map: bool,
     /// Per segment: references this disk's map gained (+) or lost (−).
     pub ref_deltas: BTreeMap<u64, i64>,
 }
@@ -142,20 +143,19 @@ fn bump(deltas: &mut BTreeMap<u64, i64>, r: &ChunkRef, by: i64) {
     }
 }
 
-/// Back up one disk into `container` of `store`. A chunk found in `known`
+/// Back up one disk into the project container `reader` reads (its
+/// relocations say where compacted records are). A chunk found in `known`
 /// (the project's heads, see [`KnownChunks`]) is referenced, not stored.
 pub async fn back_up_disk(
     snap: &dyn DiskSnapshot,
     prev: Option<&PreviousRecord>,
     known: Arc<KnownChunks>,
-    store: Arc<dyn ObjectStore>,
-    container: &str,
+    reader: &RecordReader,
     opts: &DiskBackupOptions,
 ) -> Result<DiskBackupResult, EngineError> {
     let (size, c) = (snap.size(), opts.chunk_size);
     let n = positions(size, c);
     let full_read = snap.full_reason().is_some();
-    let reader = RecordReader::new(store.clone(), container);
     let prev = prev.filter(|p| p.disk_size == size && p.chunk_size == c);
     if prev.is_none() && !full_read {
         return Err(EngineError::Other(
@@ -163,7 +163,7 @@ pub async fn back_up_disk(
         ));
     }
     let prev_levels = match prev {
-        Some(p) => Some(previous_levels(&reader, p).await?),
+        Some(p) => Some(previous_levels(reader, p).await?),
         None => None,
     };
 
@@ -210,7 +210,11 @@ pub async fn back_up_disk(
     // ---- read, hash and compress in parallel; decide in order. The reader
     // feeds batches through a small channel so NBD reads, hashing and
     // compression (on the blocking pool) and packing overlap.
-    let mut packer = SegmentPacker::new(store.clone(), container, opts.segment_size);
+    let mut packer = SegmentPacker::new(
+        reader.store().clone(),
+        reader.container(),
+        opts.segment_size,
+    );
     let mut session: HashMap<ChunkDigest, ChunkRef> = HashMap::new();
     let mut prev_leaf_cache: Option<(u64, Vec<ChunkRef>)> = None;
     let level = opts.compression_level;
@@ -273,7 +277,7 @@ pub async fn back_up_disk(
                     // Same data as the previous record at this position?
                     let old = match &prev_levels {
                         Some(levels) => {
-                            old_entry(&reader, levels, &mut prev_leaf_cache, ch.pos).await?
+                            old_entry(reader, levels, &mut prev_leaf_cache, ch.pos).await?
                         }
                         None => ChunkRef::ZERO,
                     };
@@ -412,6 +416,7 @@ pub async fn back_up_disk(
     result.stored_bytes = packer.stored_bytes;
     result.segments = packer.written;
     result.ref_deltas = deltas;
+    result.fresh_map = prev.is_none();
     Ok(result)
 }
 

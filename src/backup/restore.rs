@@ -153,8 +153,8 @@ async fn plan_fetches(
             continue;
         }
         match reader.locate(&r).await {
-            Ok(e) => by_record
-                .entry((r.segment, e.offset))
+            Ok((segment, e)) => by_record
+                .entry((segment, e.offset))
                 .or_insert_with(|| Wanted {
                     offset: e.offset,
                     length: e.length,

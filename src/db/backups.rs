@@ -403,6 +403,15 @@ pub fn last_available(conn: &mut DbConnection, instance_id: &str) -> DbResult<Op
 }
 
 /// Change what a tenant may change: name, description, protection.
+/// Mark a backup whose stored data scrub found damaged: it stays listed
+/// with its status, and `error` says what is damaged.
+pub fn mark_damaged(conn: &mut DbConnection, id: &str, message: &str) -> DbResult<()> {
+    diesel::update(backups::table.find(id))
+        .set((backups::error.eq(message), backups::updated_at.eq(now())))
+        .execute(conn)?;
+    Ok(())
+}
+
 pub fn update_details(
     conn: &mut DbConnection,
     id: &str,
@@ -459,6 +468,11 @@ pub struct DiskCommit {
     pub new_segments: Vec<(i64, i64, i32)>,
     /// Per segment: references this disk's map gained or lost.
     pub ref_deltas: Vec<(i64, i64)>,
+    /// The map was built from scratch, not on the head's map (a resized
+    /// disk, or one whose stored data was found damaged): the deltas are
+    /// the new map's whole counts and every reference of the head ends.
+    #[serde(default)]
+    pub fresh_map: bool,
 }
 
 /// Make a backup visible, in one transaction, once all its data is
@@ -488,6 +502,9 @@ pub fn commit(
             let seq = head + 1;
             for &(id, size, records) in &dc.new_segments {
                 segments::insert(conn, &segments::Segment::live(id, &backup.project_id, size, records))?;
+            }
+            if dc.fresh_map {
+                segments::end_open_refs(conn, &dc.disk_id, seq)?;
             }
             for &(segment, delta) in &dc.ref_deltas {
                 if delta > 0 {

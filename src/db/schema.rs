@@ -138,6 +138,8 @@ diesel::table! {
         verified_at -> Nullable<Timestamp>,
         claimed_by -> Nullable<Text>,
         claim_until -> Nullable<Timestamp>,
+        live_bytes -> Nullable<BigInt>,
+        live_checked_at -> Nullable<Timestamp>,
     }
 }
 

@@ -11,7 +11,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
-use super::schema::{segment_refs, segments};
+use super::schema::{bad_chunks, segment_refs, segments};
 use super::{now, DbConnection, DbResult, OptionalRow};
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -28,6 +28,9 @@ pub struct Segment {
     pub verified_at: Option<NaiveDateTime>,
     pub claimed_by: Option<String>,
     pub claim_until: Option<NaiveDateTime>,
+    /// Bytes of its records still used, as last measured for compaction.
+    pub live_bytes: Option<i64>,
+    pub live_checked_at: Option<NaiveDateTime>,
 }
 
 impl Segment {
@@ -44,6 +47,8 @@ impl Segment {
             verified_at: None,
             claimed_by: None,
             claim_until: None,
+            live_bytes: None,
+            live_checked_at: None,
         }
     }
 }
@@ -113,6 +118,25 @@ pub fn set_ref_count(
     Ok(())
 }
 
+/// End every open interval of `disk_id` before record `seq` (its new map
+/// was built from scratch and counts all its references itself).
+pub fn end_open_refs(conn: &mut DbConnection, disk_id: &str, seq: i64) -> DbResult<()> {
+    diesel::update(
+        segment_refs::table
+            .filter(segment_refs::disk_id.eq(disk_id))
+            .filter(segment_refs::to_seq.is_null()),
+    )
+    .set(segment_refs::to_seq.eq(seq - 1))
+    .execute(conn)?;
+    diesel::delete(
+        segment_refs::table
+            .filter(segment_refs::disk_id.eq(disk_id))
+            .filter(segment_refs::to_seq.lt(segment_refs::from_seq.nullable())),
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
 pub fn refs_of_segment(conn: &mut DbConnection, segment_id: i64) -> DbResult<Vec<SegmentRef>> {
     Ok(segment_refs::table
         .filter(segment_refs::segment_id.eq(segment_id))
@@ -127,19 +151,31 @@ struct Count {
     n: i64,
 }
 
-/// Whether any backup record that still counts uses the segment: an open
-/// interval (the disk's head), or a closed one containing a record whose
-/// backup is not `deleted`.
-pub fn is_referenced(conn: &mut DbConnection, segment_id: i64) -> DbResult<bool> {
-    let row: Count = diesel::sql_query(
-        "SELECT COUNT(*) AS n FROM segment_refs r \
-         WHERE r.segment_id = ? AND (r.to_seq IS NULL OR EXISTS ( \
-           SELECT 1 FROM backup_disks bd JOIN backups b ON b.id = bd.backup_id \
-           WHERE bd.disk_id = r.disk_id AND bd.seq >= r.from_seq AND bd.seq <= r.to_seq \
-             AND b.status <> ?))",
+/// An interval `r` that still counts: open (the disk's head), or holding a
+/// record whose backup is not deleted.
+const COUNTS: &str = "(r.to_seq IS NULL OR EXISTS ( \
+    SELECT 1 FROM backup_disks bd JOIN backups b ON b.id = bd.backup_id \
+    WHERE bd.disk_id = r.disk_id AND bd.seq >= r.from_seq AND bd.seq <= r.to_seq \
+      AND b.status <> 'deleted'))";
+
+/// `s` (a segment row) is unreferenced: no counting interval names it, or
+/// names a segment whose records compaction moved into it.
+fn unreferenced_sql() -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM segment_refs r WHERE r.segment_id = s.id AND {COUNTS}) \
+         AND NOT EXISTS (SELECT 1 FROM segments x JOIN segment_refs r ON r.segment_id = x.id \
+           WHERE x.relocated_to = s.id AND {COUNTS})"
     )
+}
+
+/// Whether any backup record that still counts uses the segment's records
+/// (through its own id, or an id compaction redirected to it).
+pub fn is_referenced(conn: &mut DbConnection, segment_id: i64) -> DbResult<bool> {
+    let row: Count = diesel::sql_query(format!(
+        "SELECT COUNT(*) AS n FROM segments s WHERE s.id = ? AND NOT ({})",
+        unreferenced_sql()
+    ))
     .bind::<BigInt, _>(segment_id)
-    .bind::<Text, _>("deleted")
     .get_result(conn)?;
     Ok(row.n > 0)
 }
@@ -165,6 +201,10 @@ pub fn reuse(conn: &mut DbConnection, segment_id: i64, project_id: &str) -> DbRe
         return Err(super::DbError::Conflict(format!(
             "segment {segment_id:016x} belongs to another project"
         )));
+    }
+    // Compacted: its records live on in the segment it was moved into.
+    if let (Some(target), "relocated" | "moved") = (seg.relocated_to, seg.status.as_str()) {
+        return reuse(conn, target, project_id);
     }
     // Always an UPDATE: it locks the row until the commit ends, so garbage
     // collection cannot claim the segment in between (see
@@ -201,18 +241,22 @@ pub fn unreferenced(
     created_before: NaiveDateTime,
     limit: i64,
 ) -> DbResult<Vec<i64>> {
-    let rows: Vec<IdRow> = diesel::sql_query(
-        "SELECT s.id AS id FROM segments s \
-         WHERE s.status = ? AND s.created_at < ? AND NOT EXISTS ( \
-           SELECT 1 FROM segment_refs r WHERE r.segment_id = s.id AND (r.to_seq IS NULL OR EXISTS ( \
-             SELECT 1 FROM backup_disks bd JOIN backups b ON b.id = bd.backup_id \
-             WHERE bd.disk_id = r.disk_id AND bd.seq >= r.from_seq AND bd.seq <= r.to_seq \
-               AND b.status <> ?))) \
+    unreferenced_in(conn, "live", created_before, limit)
+}
+
+fn unreferenced_in(
+    conn: &mut DbConnection,
+    status: &str,
+    created_before: NaiveDateTime,
+    limit: i64,
+) -> DbResult<Vec<i64>> {
+    let rows: Vec<IdRow> = diesel::sql_query(format!(
+        "SELECT s.id AS id FROM segments s WHERE s.status = ? AND s.created_at < ? AND {} \
          ORDER BY s.id LIMIT ?",
-    )
-    .bind::<Text, _>("live")
+        unreferenced_sql()
+    ))
+    .bind::<Text, _>(status)
     .bind::<diesel::sql_types::Timestamp, _>(created_before)
-    .bind::<Text, _>("deleted")
     .bind::<BigInt, _>(limit)
     .load(conn)?;
     Ok(rows.into_iter().map(|r| r.id).collect())
@@ -292,20 +336,269 @@ pub fn deleting(conn: &mut DbConnection, limit: i64) -> DbResult<Vec<Segment>> {
         .load(conn)?)
 }
 
-/// Forget a deleted segment and its (dead) reference intervals.
+/// Forget a deleted segment (or an unused redirect) and its dead
+/// reference intervals and damage records.
 pub fn forget(conn: &mut DbConnection, id: i64) -> DbResult<()> {
     use diesel::Connection;
     conn.transaction(|conn| {
         diesel::delete(segment_refs::table.filter(segment_refs::segment_id.eq(id)))
             .execute(conn)?;
+        diesel::delete(bad_chunks::table.filter(bad_chunks::segment_id.eq(id))).execute(conn)?;
         diesel::delete(
             segments::table
                 .find(id)
-                .filter(segments::status.eq("deleting")),
+                .filter(segments::status.eq_any(["deleting", "moved"])),
         )
         .execute(conn)?;
         Ok(())
     })
+}
+
+/// Where compaction moved a project's segments: (id, relocated_to).
+pub fn relocations(conn: &mut DbConnection, project_id: &str) -> DbResult<Vec<(i64, i64)>> {
+    let rows: Vec<(i64, Option<i64>)> = segments::table
+        .filter(segments::project_id.eq(project_id))
+        .filter(segments::relocated_to.is_not_null())
+        .select((segments::id, segments::relocated_to))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, to)| Some((id, to?)))
+        .collect())
+}
+
+/// The ids redirected to `id` (segments compacted into it).
+pub fn redirected_to(conn: &mut DbConnection, id: i64) -> DbResult<Vec<i64>> {
+    Ok(segments::table
+        .filter(segments::relocated_to.eq(id))
+        .select(segments::id)
+        .load(conn)?)
+}
+
+/// Live segments created before `created_before` that lost a user since
+/// their live share was last measured: some record using them (directly or
+/// through a redirect) belongs to a backup deleted after that measure.
+pub fn compaction_candidates(
+    conn: &mut DbConnection,
+    created_before: NaiveDateTime,
+    limit: i64,
+) -> DbResult<Vec<Segment>> {
+    let lost = "EXISTS (SELECT 1 FROM backup_disks bd JOIN backups b ON b.id = bd.backup_id \
+        WHERE bd.disk_id = r.disk_id AND bd.seq >= r.from_seq \
+          AND (r.to_seq IS NULL OR bd.seq <= r.to_seq) AND b.status = 'deleted' \
+          AND (s.live_checked_at IS NULL OR b.deleted_at > s.live_checked_at))";
+    let rows: Vec<IdRow> = diesel::sql_query(format!(
+        "SELECT s.id AS id FROM segments s WHERE s.status = 'live' AND s.created_at < ? AND ( \
+           EXISTS (SELECT 1 FROM segment_refs r WHERE r.segment_id = s.id AND {lost}) \
+           OR EXISTS (SELECT 1 FROM segments x JOIN segment_refs r ON r.segment_id = x.id \
+             WHERE x.relocated_to = s.id AND {lost})) \
+         ORDER BY s.id LIMIT ?"
+    ))
+    .bind::<diesel::sql_types::Timestamp, _>(created_before)
+    .bind::<BigInt, _>(limit)
+    .load(conn)?;
+    let ids: Vec<i64> = rows.into_iter().map(|r| r.id).collect();
+    Ok(segments::table
+        .filter(segments::id.eq_any(ids))
+        .order(segments::id.asc())
+        .select(Segment::as_select())
+        .load(conn)?)
+}
+
+/// A backup record whose map must be walked to find the records it uses.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct RecordRoot {
+    #[diesel(sql_type = Text)]
+    pub disk_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+    #[diesel(sql_type = Text)]
+    pub backup_id: String,
+    #[diesel(sql_type = diesel::sql_types::Binary)]
+    pub root_digest: Vec<u8>,
+    #[diesel(sql_type = BigInt)]
+    pub root_segment: i64,
+    #[diesel(sql_type = BigInt)]
+    pub virtual_size: i64,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub chunk_size: i32,
+    /// 1 for the disk's head (its map is the base of the next incremental).
+    #[diesel(sql_type = BigInt)]
+    pub is_head: i64,
+}
+
+/// The records that still count and use any of `ids` (directly or through
+/// a redirect): every non-deleted record of a counting interval, and the
+/// head of an open one whatever its backup's status.
+pub fn records_using(conn: &mut DbConnection, ids: &[i64]) -> DbResult<Vec<RecordRoot>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut all: Vec<i64> = segments::table
+        .filter(segments::relocated_to.eq_any(ids))
+        .select(segments::id)
+        .load(conn)?;
+    all.extend_from_slice(ids);
+    // Integers only: safe to inline.
+    let list = all.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    Ok(diesel::sql_query(format!(
+        "SELECT DISTINCT bd.disk_id AS disk_id, bd.seq AS seq, bd.backup_id AS backup_id, \
+           bd.root_digest AS root_digest, bd.root_segment AS root_segment, \
+           bd.virtual_size AS virtual_size, bd.chunk_size AS chunk_size, \
+           CASE WHEN bd.seq = d.head_seq THEN 1 ELSE 0 END AS is_head \
+         FROM segment_refs r \
+         JOIN backup_disks bd ON bd.disk_id = r.disk_id AND bd.seq >= r.from_seq \
+           AND (r.to_seq IS NULL OR bd.seq <= r.to_seq) \
+         JOIN backups b ON b.id = bd.backup_id \
+         JOIN disks d ON d.id = bd.disk_id \
+         WHERE r.segment_id IN ({list}) \
+           AND (b.status <> 'deleted' OR (r.to_seq IS NULL AND bd.seq = d.head_seq)) \
+         ORDER BY bd.disk_id, bd.seq"
+    ))
+    .load(conn)?)
+}
+
+/// Record a segment's measured live share.
+pub fn set_live_bytes(conn: &mut DbConnection, id: i64, live: Option<i64>) -> DbResult<()> {
+    diesel::update(segments::table.find(id))
+        .set((
+            segments::live_bytes.eq(live),
+            segments::live_checked_at.eq(now()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Switch the catalog from `old` to `new` (its live records rewritten), in
+/// one transaction: `new` becomes live, `old` is `relocated` to it (its
+/// object waits out the grace period), and segments earlier compacted into
+/// `old` now redirect to `new` (one hop for every reader). False, changing
+/// nothing, if `old` is no longer live (another pass compacted or
+/// condemned it first).
+pub fn relocate(conn: &mut DbConnection, old: i64, new: &Segment) -> DbResult<bool> {
+    use diesel::Connection;
+    conn.transaction(|conn| {
+        let n = diesel::update(
+            segments::table
+                .find(old)
+                .filter(segments::status.eq("live")),
+        )
+        .set((
+            segments::status.eq("relocated"),
+            segments::relocated_to.eq(new.id),
+            segments::condemned_at.eq(now()),
+        ))
+        .execute(conn)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        insert(conn, new)?;
+        diesel::update(segments::table.filter(segments::relocated_to.eq(old)))
+            .set(segments::relocated_to.eq(new.id))
+            .execute(conn)?;
+        Ok(true)
+    })
+}
+
+/// Relocated segments whose old object may go: relocated before `before`.
+pub fn relocated_before(
+    conn: &mut DbConnection,
+    before: NaiveDateTime,
+    limit: i64,
+) -> DbResult<Vec<Segment>> {
+    Ok(segments::table
+        .filter(segments::status.eq("relocated"))
+        .filter(segments::condemned_at.lt(before))
+        .order(segments::id.asc())
+        .limit(limit)
+        .select(Segment::as_select())
+        .load(conn)?)
+}
+
+/// A relocated segment's object is deleted: the row stays as a redirect.
+pub fn mark_moved(conn: &mut DbConnection, id: i64) -> DbResult<()> {
+    diesel::update(
+        segments::table
+            .find(id)
+            .filter(segments::status.eq("relocated")),
+    )
+    .set(segments::status.eq("moved"))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Redirect rows (`moved`) that no counting record uses any more.
+pub fn unused_redirects(conn: &mut DbConnection, limit: i64) -> DbResult<Vec<Segment>> {
+    let ids = unreferenced_in(conn, "moved", now(), limit)?;
+    Ok(segments::table
+        .filter(segments::id.eq_any(ids))
+        .select(Segment::as_select())
+        .load(conn)?)
+}
+
+/// The segments scrub checks next: live ones never verified first, then
+/// the longest unverified; `percent` of them.
+pub fn due_for_scrub(conn: &mut DbConnection, percent: f64) -> DbResult<Vec<Segment>> {
+    let live: i64 = segments::table
+        .filter(segments::status.eq("live"))
+        .count()
+        .get_result(conn)?;
+    let n = ((live as f64) * percent / 100.0).ceil() as i64;
+    if n <= 0 {
+        return Ok(Vec::new());
+    }
+    Ok(segments::table
+        .filter(segments::status.eq("live"))
+        .order((
+            segments::verified_at.is_not_null(),
+            segments::verified_at.asc(),
+            segments::id.asc(),
+        ))
+        .limit(n)
+        .select(Segment::as_select())
+        .load(conn)?)
+}
+
+pub fn set_verified(conn: &mut DbConnection, id: i64) -> DbResult<()> {
+    diesel::update(segments::table.find(id))
+        .set(segments::verified_at.eq(now()))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Scrub found record `digest` of `segment` damaged or missing: it is never
+/// reused (backups store a fresh copy instead).
+pub fn mark_bad(
+    conn: &mut DbConnection,
+    project_id: &str,
+    digest: &[u8],
+    segment_id: i64,
+) -> DbResult<()> {
+    let known: i64 = bad_chunks::table
+        .filter(bad_chunks::project_id.eq(project_id))
+        .filter(bad_chunks::digest.eq(digest))
+        .filter(bad_chunks::segment_id.eq(segment_id))
+        .count()
+        .get_result(conn)?;
+    if known == 0 {
+        diesel::insert_into(bad_chunks::table)
+            .values((
+                bad_chunks::project_id.eq(project_id),
+                bad_chunks::digest.eq(digest),
+                bad_chunks::segment_id.eq(segment_id),
+                bad_chunks::found_at.eq(now()),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// A project's damaged records, as (digest, segment).
+pub fn bad_records(conn: &mut DbConnection, project_id: &str) -> DbResult<Vec<(Vec<u8>, i64)>> {
+    Ok(bad_chunks::table
+        .filter(bad_chunks::project_id.eq(project_id))
+        .select((bad_chunks::digest, bad_chunks::segment_id))
+        .load(conn)?)
 }
 
 /// (status, segments, bytes) for every segment status.

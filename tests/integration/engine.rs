@@ -75,8 +75,7 @@ async fn records_restore_bit_exact_and_damage_is_named() {
             snap,
             prev.as_ref(),
             Default::default(),
-            store.clone(),
-            container,
+            &ekko::backup::reader::RecordReader::new(store.clone(), container),
             &engine_opts(),
         )
         .await

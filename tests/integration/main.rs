@@ -9,6 +9,7 @@ mod qsd;
 
 mod api;
 mod cli;
+mod compaction;
 mod db;
 mod distributed;
 mod engine;

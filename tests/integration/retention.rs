@@ -13,15 +13,24 @@ use crate::qsd::{identical, Qsd};
 
 const MIB: u64 = 1 << 20;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
-    let Some(keystone) = keystone_section() else {
-        return;
-    };
-    let Some(_) = service_env("EKKO_SWIFT_URL") else {
-        return;
-    };
-    let Some(t) = mariadb_db() else { return };
+/// An Ekko on the real MariaDB and Swift (its own container prefix) with
+/// a qemu-storage-daemon instance of `MIB`-sized disk `disk_mib`.
+pub struct Setup {
+    pub ekko: ekko::Ekko,
+    pub dir: tempfile::TempDir,
+    pub qsd: Qsd,
+    pub req: BackupRequest,
+    pub container: String,
+    pub db: ekko::db::Db,
+    _t: crate::helpers::TestDb,
+}
+
+/// `extra` is appended to ekko.conf (options of `[retention]` and
+/// `[backup]` go in those sections: name them).
+pub async fn setup(project: &str, disk_mib: u64, extra: &str) -> Option<Setup> {
+    let keystone = keystone_section()?;
+    service_env("EKKO_SWIFT_URL")?;
+    let t = mariadb_db()?;
     t.db.sync().unwrap();
     ekko::cli::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
@@ -31,8 +40,7 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
         &conf,
         format!(
             "[DEFAULT]\nstate_path = {}\n[database]\nconnection = {}\n[storage]\nbackend = swift\n\
-             [swift]\ncontainer_prefix = ekko-ret-{tag}-\n[retention]\ngc_grace_period = 0\n\
-             [backup]\nsegment_size = 1M\n{keystone}",
+             [swift]\ncontainer_prefix = ekko-ret-{tag}-\n{keystone}\n{extra}\n",
             dir.path().join("state").display(),
             t.url
         ),
@@ -44,19 +52,52 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
         .unwrap();
     let qdir = dir.path().join("qsd");
     std::fs::create_dir_all(&qdir).unwrap();
-    let qsd = Qsd::start(&qdir, &[32 * MIB]);
+    let qsd = Qsd::start(&qdir, &[disk_mib * MIB]);
     let req = BackupRequest {
         qmp_socket: qsd.qmp_socket.clone(),
-        instance_id: "inst-ret".into(),
-        project_id: "proj-ret".into(),
+        instance_id: format!("inst-{project}"),
+        project_id: project.into(),
         name: String::new(),
         full: false,
         agent_socket: None,
         progress: None,
     };
+    let db = ekko.db().unwrap().clone();
+    Some(Setup {
+        container: format!("ekko-ret-{tag}-{project}"),
+        ekko,
+        dir,
+        qsd,
+        req,
+        db,
+        _t: t,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
+    // Compaction and scrub have tests of their own (compaction.rs).
+    let Some(Setup {
+        ekko,
+        dir,
+        qsd,
+        req,
+        container,
+        db,
+        _t,
+    }) = setup(
+        "proj-ret",
+        32,
+        "[retention]\ngc_grace_period = 0\ncompaction_threshold = 0\nscrub_percentage = 0\n\
+         [backup]\nsegment_size = 1M",
+    )
+    .await
+    else {
+        return;
+    };
     // Five backups, each after rewriting a different quarter of the disk,
     // so old backups hold data no later one shares.
-    let mut ids = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
     let mut snaps = Vec::new();
     for i in 0..5u64 {
         let fill: Vec<u8> = (0..6 * MIB)
@@ -69,13 +110,12 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
         ids.push(out.backup.id.clone());
         snaps.push(snap);
     }
-    let db = ekko.db().unwrap().clone();
     let mut policy = Policy::new("proj-ret", "keep-two");
     policy.keep_last = Some(2);
-    let (p2, protect) = (policy.clone(), ids[1].clone());
+    let (p2, protect, inst) = (policy.clone(), ids[1].clone(), req.instance_id.clone());
     db.run(move |c| {
         policies::insert(c, &p2)?;
-        policies::attach(c, &p2.id, "inst-ret")?;
+        policies::attach(c, &p2.id, &inst)?;
         backups::update_details(c, &protect, None, None, Some(true)).map(|_| ())
     })
     .await
@@ -99,7 +139,6 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
     // Orphans: a segment and a manifest the catalog never knew (a backup
     // whose process died before committing) are swept; objects Ekko does
     // not write are left alone.
-    let container = format!("ekko-ret-{tag}-proj-ret");
     for name in [
         "segments/00000000deadbeef",
         "manifests/never-committed.json",
@@ -149,8 +188,14 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
     // sweep sees a manifest of a deleted backup): both are correct.
     let orphans = r1.orphans_deleted + r2.orphans_deleted;
     assert!((2..=4).contains(&orphans), "{r1:?} {r2:?}");
-    for planted in ["segments/00000000deadbeef", "manifests/never-committed.json"] {
-        assert!(ekko.store.head(&container, planted).await.is_err(), "{planted}");
+    for planted in [
+        "segments/00000000deadbeef",
+        "manifests/never-committed.json",
+    ] {
+        assert!(
+            ekko.store.head(&container, planted).await.is_err(),
+            "{planted}"
+        );
     }
     assert!(ekko
         .store

@@ -1,0 +1,2 @@
+DROP INDEX ix_segments_relocated ON segments;
+ALTER TABLE segments DROP COLUMN live_bytes, DROP COLUMN live_checked_at;

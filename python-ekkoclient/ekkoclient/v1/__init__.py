@@ -1,0 +1,1 @@
+"""Ekko API v1: the client and the ``openstack ekko`` commands."""

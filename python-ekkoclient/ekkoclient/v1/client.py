@@ -1,0 +1,272 @@
+"""Ekko API v1 client.
+
+Requests go through a keystoneauth1 :class:`~keystoneauth1.adapter.Adapter`
+on the session of the caller (the OSC ClientManager's), so tokens, TLS
+options, timing, ``--debug`` logging and re-authentication come from
+keystoneauth. The endpoint is the catalog's ``instance-backup`` service
+(interface and region from the session's caller) unless overridden.
+"""
+
+import urllib.parse
+
+from keystoneauth1 import adapter as ks_adapter
+from keystoneauth1 import exceptions as ks_exc
+
+import ekkoclient
+from ekkoclient import exceptions
+
+SERVICE_TYPE = "instance-backup"
+API_VERSION_HEADER = "OpenStack-API-Version"
+MICROVERSION = "1.0"
+
+
+class Client(object):
+    """A thin client of the Ekko REST API v1."""
+
+    def __init__(self, session, endpoint_override=None, interface=None,
+                 region_name=None, service_type=SERVICE_TYPE,
+                 service_name=None, **kwargs):
+        self.service_type = service_type
+        self.adapter = ks_adapter.Adapter(
+            session,
+            service_type=service_type,
+            service_name=service_name,
+            interface=interface,
+            region_name=region_name,
+            endpoint_override=endpoint_override,
+            client_name="python-ekkoclient",
+            client_version=ekkoclient.__version__,
+        )
+        self._base = None
+
+    # -- plumbing ---------------------------------------------------------
+
+    @property
+    def base_url(self):
+        """The API root (without ``/v1``)."""
+        if self._base is None:
+            try:
+                endpoint = self.adapter.get_endpoint()
+            except ks_exc.EndpointNotFound:
+                endpoint = None
+            if not endpoint:
+                raise exceptions.EndpointNotFound(
+                    "No %s endpoint (service ekko) in the catalog for "
+                    "interface %s, region %s; register it or pass "
+                    "--os-ekko-endpoint / OS_EKKO_ENDPOINT." % (
+                        self.service_type,
+                        self.adapter.interface or "public",
+                        self.adapter.region_name or "(any)"))
+            self._base = root_of(endpoint)
+        return self._base
+
+    def url(self, path):
+        return self.base_url + "/v1" + path
+
+    def request(self, method, path, json=None, params=None):
+        """Send a request; return the decoded body (``None`` if empty)."""
+        url = self.url(path)
+        headers = {
+            "Accept": "application/json",
+            API_VERSION_HEADER: "%s %s" % (self.service_type, MICROVERSION),
+        }
+        if params:
+            params = {k: _param(v) for k, v in params.items()
+                      if v is not None}
+        resp = self.adapter.request(
+            url, method, json=json, params=params or None, headers=headers,
+            raise_exc=False)
+        if resp.status_code >= 400:
+            raise exceptions.from_response(
+                resp.status_code, resp.content, resp.headers, method, url)
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise exceptions.ApiError(
+                resp.status_code, title="Bad answer",
+                detail="%s %s did not answer JSON" % (method, url))
+
+    def get(self, path, params=None):
+        return self.request("GET", path, params=params)
+
+    def post(self, path, body):
+        return self.request("POST", path, json=body)
+
+    def put(self, path, body):
+        return self.request("PUT", path, json=body)
+
+    def delete(self, path):
+        return self.request("DELETE", path)
+
+    def paginate(self, path, key, params=None, limit=None):
+        """Every item of a paginated list (``<key>_links`` rel ``next``).
+
+        With ``limit``, one page of at most ``limit`` items.
+        """
+        params = dict(params or {})
+        if limit is not None:
+            params["limit"] = limit
+            body = self.get(path, params)
+            return list(body.get(key, []))
+        items = []
+        seen = set()
+        while True:
+            body = self.get(path, params)
+            page = body.get(key, [])
+            items.extend(page)
+            marker = next_marker(body.get(key + "_links"))
+            if not page or not marker or marker in seen:
+                return items
+            seen.add(marker)
+            params["marker"] = marker
+
+    # -- backups ----------------------------------------------------------
+
+    def backup_list(self, limit=None, **filters):
+        return self.paginate("/backups", "backups", filters, limit=limit)
+
+    def backup_get(self, backup_id):
+        return self.get("/backups/%s" % q(backup_id))["backup"]
+
+    def backup_create(self, instance_id, name=None, description=None,
+                      mode=None, metadata=None):
+        body = {"instance_id": instance_id}
+        for k, v in (("name", name), ("description", description),
+                     ("mode", mode), ("metadata", metadata)):
+            if v is not None:
+                body[k] = v
+        return self.post("/backups", {"backup": body})["backup"]
+
+    def backup_update(self, backup_id, **fields):
+        return self.put("/backups/%s" % q(backup_id),
+                        {"backup": fields})["backup"]
+
+    def backup_delete(self, backup_id):
+        self.delete("/backups/%s" % q(backup_id))
+
+    def backup_cancel(self, backup_id):
+        body = self.post("/backups/%s/action" % q(backup_id), {"cancel": {}})
+        return (body or {}).get("backup")
+
+    # -- restores ---------------------------------------------------------
+
+    def restore_create(self, backup_id, path, disk=None, host=None,
+                       fmt=None):
+        target = {"type": "file", "path": path}
+        if host:
+            target["host"] = host
+        body = {"backup_id": backup_id, "target": target}
+        if disk:
+            body["disk"] = disk
+        if fmt:
+            body["format"] = fmt
+        return self.post("/restores", {"restore": body})["restore"]
+
+    def restore_list(self, **filters):
+        return self.get("/restores", filters)["restores"]
+
+    def restore_get(self, restore_id):
+        return self.get("/restores/%s" % q(restore_id))["restore"]
+
+    # -- instances --------------------------------------------------------
+
+    def instance_list(self, **filters):
+        return self.get("/instances", filters)["instances"]
+
+    def instance_get(self, instance_id):
+        return self.get("/instances/%s" % q(instance_id))["instance"]
+
+    # -- policies ---------------------------------------------------------
+
+    def policy_list(self):
+        return self.get("/policies")["policies"]
+
+    def policy_get(self, policy_id):
+        return self.get("/policies/%s" % q(policy_id))["policy"]
+
+    def policy_create(self, **fields):
+        return self.post("/policies", {"policy": fields})["policy"]
+
+    def policy_update(self, policy_id, **fields):
+        return self.put("/policies/%s" % q(policy_id),
+                        {"policy": fields})["policy"]
+
+    def policy_delete(self, policy_id):
+        self.delete("/policies/%s" % q(policy_id))
+
+    def policy_add_instance(self, policy_id, instance_id):
+        self.post("/policies/%s/instances" % q(policy_id),
+                  {"instance_id": instance_id})
+
+    def policy_remove_instance(self, policy_id, instance_id):
+        self.delete("/policies/%s/instances/%s" % (q(policy_id),
+                                                   q(instance_id)))
+
+    def policy_retention(self, policy_id):
+        return self.get("/policies/%s/retention" % q(policy_id))["retention"]
+
+    # -- quotas -----------------------------------------------------------
+
+    def quota_get(self, project_id):
+        return self.get("/quotas/%s" % q(project_id))["quota"]
+
+    def quota_update(self, project_id, **limits):
+        return self.put("/quotas/%s" % q(project_id),
+                        {"quota": limits})["quota"]
+
+    # -- name or id -------------------------------------------------------
+
+    def find(self, kind, name_or_id):
+        """A backup, instance or policy by id, else by its unique name.
+
+        A miss re-raises the API's 404 for the id (its detail and request
+        id); several resources of that name are a :class:`EkkoError`.
+        """
+        getter = getattr(self, kind + "_get")
+        try:
+            return getter(name_or_id)
+        except exceptions.NotFound as not_found:
+            if kind == "backup":
+                found = self.backup_list(name=name_or_id)
+            else:
+                found = [r for r in getattr(self, kind + "_list")()
+                         if r.get("name") == name_or_id]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise exceptions.EkkoError(
+                    "More than one %s is named %r; use its ID." %
+                    (kind, name_or_id))
+            raise not_found
+
+
+def q(value):
+    """Quote a path segment."""
+    return urllib.parse.quote(str(value), safe="")
+
+
+def _param(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def root_of(endpoint):
+    """The API root of a catalog endpoint (``.../v1`` or the root itself)."""
+    base = endpoint.rstrip("/")
+    if base.endswith("/v1"):
+        base = base[:-3]
+    return base
+
+
+def next_marker(links):
+    """The ``marker`` of the ``next`` link of a ``*_links`` list, if any."""
+    for link in links or []:
+        if link.get("rel") == "next" and link.get("href"):
+            query = urllib.parse.urlparse(link["href"]).query
+            markers = urllib.parse.parse_qs(query).get("marker")
+            if markers:
+                return markers[-1]
+    return None
