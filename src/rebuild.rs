@@ -17,6 +17,7 @@ use crate::backup::reader::RecordReader;
 use crate::backup::restore::map_tree;
 use crate::db::backups::{self, Backup, BackupStatus, DiskCommit};
 use crate::db::instances::{self, DiskReport};
+use crate::db::segments;
 use crate::manifest::Manifest;
 use crate::Ekko;
 
@@ -63,6 +64,8 @@ pub async fn rebuild(ekko: &Ekko) -> anyhow::Result<RebuildReport> {
 /// with each disk's references per segment.
 struct ProjectPlan {
     segment_sizes: HashMap<u64, u64>,
+    /// Compacted segments (as maps name them) → where their records are.
+    relocations: HashMap<u64, u64>,
     chunk_counts: HashMap<u64, i32>,
     planned: Vec<(Manifest, Vec<BTreeMap<u64, i64>>)>,
 }
@@ -100,6 +103,7 @@ async fn plan_project(
         return Ok(None); // not a project's container (e.g. the self-test's)
     }
     report.projects += 1;
+    let relocations = load_relocations(store.as_ref(), container, &segment_sizes).await?;
     let mut manifests = Vec::new();
     for meta in manifest_objects {
         let bytes = match store.get(container, &meta.name).await {
@@ -119,7 +123,7 @@ async fn plan_project(
     // Oldest first, so each disk's records get their sequence in order.
     manifests.sort_by(|a, b| (a.created_at, &a.backup_id).cmp(&(b.created_at, &b.backup_id)));
 
-    let reader = RecordReader::new(store.clone(), container);
+    let reader = RecordReader::new(store.clone(), container).with_relocations(relocations.clone());
     let mut planned = Vec::new();
     let mut chunk_counts = HashMap::new();
     for m in manifests {
@@ -131,7 +135,10 @@ async fn plan_project(
             match map_tree(&reader, root, d.size, d.chunk_size).await {
                 Ok(tree) => {
                     let refs = tree.references();
-                    if let Some(seg) = refs.keys().find(|s| !segment_sizes.contains_key(s)) {
+                    if let Some(seg) = refs
+                        .keys()
+                        .find(|s| !segment_sizes.contains_key(&reader.resolve(**s)))
+                    {
                         missing = Some(format!("disk {}: segment {seg:016x} is missing", d.device));
                     }
                     maps.push(refs);
@@ -147,9 +154,9 @@ async fn plan_project(
         }
         for refs in &maps {
             for seg in refs.keys() {
-                if !chunk_counts.contains_key(seg) {
-                    let (_, trailer) = reader.trailer(*seg).await?;
-                    chunk_counts.insert(*seg, trailer.len() as i32);
+                if !chunk_counts.contains_key(&reader.resolve(*seg)) {
+                    let (at, trailer) = reader.trailer(*seg).await?;
+                    chunk_counts.insert(at, trailer.len() as i32);
                 }
             }
         }
@@ -157,9 +164,58 @@ async fn plan_project(
     }
     Ok(Some(ProjectPlan {
         segment_sizes,
+        relocations,
         chunk_counts,
         planned,
     }))
+}
+
+/// The store's relocation notes (`relocations/<id>`, written by compaction)
+/// as one-hop redirects to segments that exist.
+async fn load_relocations(
+    store: &dyn crate::store::ObjectStore,
+    container: &str,
+    segment_sizes: &HashMap<u64, u64>,
+) -> anyhow::Result<HashMap<u64, u64>> {
+    #[derive(serde::Deserialize)]
+    struct Note {
+        segment: String,
+        replaces: Vec<String>,
+    }
+    let hex = |h: &str| u64::from_str_radix(h, 16).ok();
+    let mut direct = HashMap::new();
+    for meta in store.list(container, "relocations/").await? {
+        let bytes = match store.get(container, &meta.name).await {
+            Ok(b) => b,
+            Err(crate::store::StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let Ok(note) = serde_json::from_slice::<Note>(&bytes) else {
+            tracing::warn!(object = %meta.name, "unreadable relocation note ignored");
+            continue;
+        };
+        let Some(to) = hex(&note.segment) else {
+            continue;
+        };
+        for from in note.replaces.iter().filter_map(|h| hex(h)) {
+            direct.insert(from, to);
+        }
+    }
+    // Follow chains (a segment compacted twice) to a segment that exists.
+    let mut out = HashMap::new();
+    for &from in direct.keys() {
+        let mut at = from;
+        for _ in 0..64 {
+            match direct.get(&at) {
+                Some(&next) => at = next,
+                None => break,
+            }
+        }
+        if at != from && segment_sizes.contains_key(&at) {
+            out.insert(from, at);
+        }
+    }
+    Ok(out)
 }
 
 /// Replay a project's planned manifests through the catalog commit.
@@ -171,6 +227,7 @@ async fn commit_project(
     let db = ekko.db()?.clone();
     let ProjectPlan {
         segment_sizes,
+        relocations,
         chunk_counts,
         planned,
     } = plan;
@@ -195,15 +252,15 @@ async fn commit_project(
         let (m2, maps2) = (m.clone(), maps.clone());
         let prev = head_refs.clone();
         let known = known_segments.clone();
-        let sizes: HashMap<u64, u64> = maps
+        // Per segment a map names: where its records are, that segment's
+        // size and record count.
+        let homes: HashMap<u64, (u64, i64, i32)> = maps
             .iter()
             .flat_map(|r| r.keys())
-            .map(|s| (*s, segment_sizes[s]))
-            .collect();
-        let counts: HashMap<u64, i32> = maps
-            .iter()
-            .flat_map(|r| r.keys())
-            .map(|s| (*s, chunk_counts[s]))
+            .map(|s| {
+                let at = relocations.get(s).copied().unwrap_or(*s);
+                (*s, (at, segment_sizes[&at] as i64, chunk_counts[&at]))
+            })
             .collect();
         let committed = db
             .run(move |c| {
@@ -237,11 +294,26 @@ async fn commit_project(
                             *deltas.entry(*seg).or_insert(0) -= n;
                         }
                         deltas.retain(|_, v| *v != 0);
-                        let new_segments = refs
-                            .keys()
-                            .filter(|s| new_known.insert(**s))
-                            .map(|s| (*s as i64, sizes[s] as i64, counts[s]))
-                            .collect();
+                        let mut new_segments = Vec::new();
+                        for s in refs.keys() {
+                            let (at, size, count) = homes[s];
+                            if at == *s {
+                                if new_known.insert(*s) {
+                                    new_segments.push((*s as i64, size, count));
+                                }
+                                continue;
+                            }
+                            // Compacted: its home is live, its id a redirect.
+                            if new_known.insert(at) {
+                                segments::insert(
+                                    c,
+                                    &segments::Segment::live(at as i64, &m.project_id, size, count),
+                                )?;
+                            }
+                            if new_known.insert(*s) {
+                                segments::insert_redirect(c, *s as i64, &m.project_id, at as i64)?;
+                            }
+                        }
                         let root = d.root().unwrap_or(crate::chunk::ChunkRef::ZERO);
                         commits.push(DiskCommit {
                             disk_id: disk.id.clone(),

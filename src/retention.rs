@@ -238,6 +238,7 @@ pub async fn collect_garbage(ekko: &Ekko, grace: Duration) -> anyhow::Result<Pas
         })
         .await?;
     to_delete.extend(condemned);
+    crate::failpoint::hit("gc.after-claim");
     let prefix = ekko.config.swift.container_prefix.clone();
     for s in to_delete {
         let cont = container(&prefix, &s.project_id);
@@ -245,6 +246,7 @@ pub async fn collect_garbage(ekko: &Ekko, grace: Duration) -> anyhow::Result<Pas
         if !delete_objects(ekko, &cont, &[segment_object(id), relocation_object(id)]).await {
             continue;
         }
+        crate::failpoint::hit("gc.after-delete");
         db.run(move |c| segments::forget(c, id as i64)).await?;
         report.segments_deleted += 1;
         report.bytes_reclaimed += s.size;
@@ -260,6 +262,7 @@ pub async fn collect_garbage(ekko: &Ekko, grace: Duration) -> anyhow::Result<Pas
         if !delete_objects(ekko, &cont, &[segment_object(s.id as u64)]).await {
             continue;
         }
+        crate::failpoint::hit("gc.after-relocated-delete");
         let id = s.id;
         db.run(move |c| segments::mark_moved(c, id)).await?;
         report.segments_deleted += 1;

@@ -298,6 +298,20 @@ pub fn interrupt_running(
             .load(conn)?;
         for id in &ids {
             transition(conn, id, BackupStatus::Error, Some(why))?;
+            // Its job too: a job left `running` would hold back garbage
+            // collection (the oldest-writer cutoff) for ever.
+            use super::schema::jobs;
+            diesel::update(
+                jobs::table
+                    .filter(jobs::backup_id.eq(id))
+                    .filter(jobs::status.eq_any(["queued", "running"])),
+            )
+            .set((
+                jobs::status.eq("failed"),
+                jobs::error.eq(why),
+                jobs::updated_at.eq(now()),
+            ))
+            .execute(conn)?;
         }
         Ok(ids)
     })

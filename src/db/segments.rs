@@ -71,6 +71,20 @@ pub fn insert(conn: &mut DbConnection, seg: &Segment) -> DbResult<()> {
     Ok(())
 }
 
+/// A redirect row (catalog rebuild): segment `id`'s records are in `to`,
+/// its own object is gone.
+pub fn insert_redirect(
+    conn: &mut DbConnection,
+    id: i64,
+    project_id: &str,
+    to: i64,
+) -> DbResult<()> {
+    let mut seg = Segment::live(id, project_id, 0, 0);
+    seg.status = "moved".into();
+    seg.relocated_to = Some(to);
+    insert(conn, &seg)
+}
+
 pub fn get(conn: &mut DbConnection, id: i64) -> DbResult<Segment> {
     segments::table
         .find(id)

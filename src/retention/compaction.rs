@@ -221,8 +221,12 @@ async fn compact_one(
         )
         .await?;
     crate::failpoint::hit("compaction.before-switch");
-    let new = Segment::live(new_id as i64, &seg.project_id, size, records as i32);
+    let mut new = Segment::live(new_id as i64, &seg.project_id, size, records as i32);
+    // Measured: all of it is live now.
+    new.live_bytes = Some(live_bytes as i64);
+    new.live_checked_at = Some(crate::db::now());
     let switched = db.run(move |c| segments::relocate(c, sid, &new)).await?;
+    crate::failpoint::hit("compaction.after-switch");
     if !switched {
         // Another pass got there first (or the segment lost its last user):
         // ours is an orphan; remove it now rather than at the next sweep.

@@ -21,7 +21,11 @@ const MIB: u64 = 1 << 20;
 
 fn pattern(seed: u64, len: u64) -> Vec<u8> {
     (0..len)
-        .map(|n| (n.wrapping_mul(2654435761).wrapping_add(seed * 7919) >> 11) as u8)
+        .map(|n| {
+            (n.wrapping_mul(2654435761)
+                .wrapping_add(seed.wrapping_mul(7919))
+                >> 11) as u8
+        })
         .collect()
 }
 
@@ -200,6 +204,31 @@ async fn compaction_moves_live_records_and_scrub_finds_and_repairs_damage() {
     restore_matches(&x, &c.id, &snap("c"), "C on a compacted base").await;
     restore_matches(&x, &b.id, &snap("b"), "B after C").await;
 
+    // The catalog is lost: a rebuild from the store alone follows the
+    // relocation notes, and B and C restore from the rebuilt catalog.
+    let t2 = crate::helpers::mariadb_db().unwrap();
+    t2.db.sync().unwrap();
+    let mut config = x.ekko.config.as_ref().clone();
+    config.database.connection = t2.url.clone();
+    let rebuilt = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required)
+        .await
+        .unwrap();
+    let report = ekko::rebuild::rebuild(&rebuilt).await.unwrap();
+    assert!(report.skipped.is_empty(), "{report:?}");
+    assert_eq!(report.backups, 2, "{report:?}");
+    for (id, name) in [(&b.id, "b"), (&c.id, "c")] {
+        let out = x.dir.path().join(format!("rebuilt-{name}.raw"));
+        restore_backup(&rebuilt, id, None, &out, TargetFormat::Raw, None)
+            .await
+            .unwrap();
+        assert!(
+            identical(&out, &snap(name)),
+            "{name} from the rebuilt catalog"
+        );
+        std::fs::remove_file(&out).unwrap();
+    }
+    drop(rebuilt);
+
     // Scrub: damage one byte of a segment only C uses: its new data (not
     // its map pages, which C's commit stored in segments of their own).
     let newest: Vec<i64> =
@@ -300,4 +329,196 @@ async fn compaction_moves_live_records_and_scrub_finds_and_repairs_damage() {
     for (id, snap_name) in [(&b.id, "b"), (&d.id, "c"), (&e.id, "e")] {
         restore_matches(&x, id, &snap(snap_name), "after the last passes").await;
     }
+}
+
+/// A small deterministic generator (xorshift64*): the seed is printed, and
+/// `EKKO_TEST_SEED` replays a run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Run `ekko <args>` with a failpoint: it either finishes (the point was
+/// not reached) or dies by SIGKILL exactly there.
+fn run_with_failpoint(x: &Setup, failpoint: &str, args: &[&str]) -> &'static str {
+    use std::os::unix::process::ExitStatusExt;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ekko"))
+        .arg("--config-file")
+        .arg(&x.conf)
+        .args(args)
+        .env("EKKO_FAILPOINT", failpoint)
+        .output()
+        .unwrap();
+    match (out.status.code(), out.status.signal()) {
+        (Some(0), _) => "finished",
+        (_, Some(9)) => "killed",
+        _ => panic!(
+            "ekko {args:?} with {failpoint} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomised_backups_deletes_passes_and_crashes_lose_nothing() {
+    let Some(x) = setup(
+        "proj-rnd",
+        16,
+        "[retention]\ngc_grace_period = 0\ncompaction_threshold = 0.8\nscrub_percentage = 0\n\
+         [backup]\nchunk_size = 64K\nsegment_size = 1M",
+    )
+    .await
+    else {
+        return;
+    };
+    let seed = std::env::var("EKKO_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("randomised retention: EKKO_TEST_SEED={seed}");
+    let mut rng = Rng(seed);
+    let qmp = x.qsd.qmp_socket.display().to_string();
+    let backup_args = [
+        "backup",
+        "--qmp-socket",
+        &qmp,
+        "--instance",
+        &x.req.instance_id,
+        "--project",
+        "proj-rnd",
+    ];
+    const RETENTION_POINTS: [&str; 5] = [
+        "gc.after-claim",
+        "gc.after-delete",
+        "gc.after-relocated-delete",
+        "compaction.before-switch",
+        "compaction.after-switch",
+    ];
+    // Backups that must restore, with the image each must give back.
+    let mut kept: Vec<(String, std::path::PathBuf)> = Vec::new();
+    let mut log = Vec::new();
+    let mut writes = 0u64;
+    for step in 0..24 {
+        let op = if kept.is_empty() { 0 } else { rng.below(10) };
+        match op {
+            0..=3 => {
+                for _ in 0..=rng.below(3) {
+                    writes += 1;
+                    let at = rng.below(16 * 16) * 64 * 1024;
+                    let len = (1 + rng.below(32)).min(256 - at / (64 * 1024)) * 64 * 1024;
+                    if rng.below(5) == 0 {
+                        x.qsd.write_zeroes(0, at, len);
+                    } else {
+                        x.qsd.write(0, at, &pattern(seed ^ writes, len));
+                    }
+                }
+                let b = backup_instance(&x.ekko, &x.req).await.unwrap().backup;
+                let snap = x.dir.path().join(format!("rnd-{step}.raw"));
+                x.qsd.snapshot_to(0, &snap);
+                log.push(format!("{step}: backup {} ({:?})", b.id, b.kind));
+                kept.push((b.id, snap));
+            }
+            4 => {
+                x.qsd
+                    .write(0, rng.below(15) * MIB, &pattern(seed ^ 0xbad, MIB));
+                let how = run_with_failpoint(&x, "backup.before-commit", &backup_args);
+                assert_eq!(how, "killed", "a backup reaches its commit");
+                log.push(format!("{step}: backup killed before its commit"));
+            }
+            5 | 6 => {
+                let (id, _) = kept.remove(rng.below(kept.len() as u64) as usize);
+                ekko::operator::delete_backup(&x.ekko, &id).await.unwrap();
+                log.push(format!("{step}: delete {id}"));
+            }
+            7 => {
+                let r = ekko::retention::run_pass(&x.ekko, false).await.unwrap();
+                log.push(format!("{step}: pass {r:?}"));
+            }
+            _ => {
+                let point = RETENTION_POINTS[rng.below(RETENTION_POINTS.len() as u64) as usize];
+                let how = run_with_failpoint(&x, point, &["retention"]);
+                log.push(format!("{step}: pass with {point}: {how}"));
+            }
+        }
+        // After every step, one backup that must exist restores bit-exact.
+        if !kept.is_empty() {
+            let (id, snap) = &kept[rng.below(kept.len() as u64) as usize];
+            let what = format!("seed {seed}, after {}", log.join("; "));
+            restore_matches(&x, id, snap, &what).await;
+        }
+    }
+    // The end of the story: a last backup (it also fails the job of a
+    // backup killed last), claims of killed passes run out, two clean
+    // passes.
+    x.qsd.write(0, 0, &pattern(seed ^ 0xe4d, MIB));
+    let b = backup_instance(&x.ekko, &x.req).await.unwrap().backup;
+    let snap = x.dir.path().join("rnd-last.raw");
+    x.qsd.snapshot_to(0, &snap);
+    kept.push((b.id, snap));
+    x.db.run(|c| {
+        diesel::update(s::table.filter(s::status.eq("deleting")))
+            .set(s::claim_until.eq(chrono::Utc::now().naive_utc() - chrono::Duration::minutes(1)))
+            .execute(c)?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        ekko::retention::run_pass(&x.ekko, false).await.unwrap();
+    }
+    let what = format!("seed {seed}: {}", log.join("; "));
+    eprintln!("{}", log.join("\n"));
+    for (id, snap) in &kept {
+        restore_matches(&x, id, snap, &what).await;
+    }
+    assert_store_matches_catalog(&x).await;
+    let statuses: HashSet<String> = rows(&x.db).await.into_iter().map(|r| r.1).collect();
+    assert!(
+        !statuses.contains("deleting") && !statuses.contains("condemned"),
+        "{statuses:?} {what}"
+    );
+    let unreferenced =
+        x.db.run(|c| ekko::db::segments::unreferenced(c, chrono::Utc::now().naive_utc(), 10))
+            .await
+            .unwrap();
+    assert!(unreferenced.is_empty(), "{unreferenced:?} {what}");
+    // Manifests: exactly those of the backups that exist.
+    let manifests: HashSet<String> = x
+        .ekko
+        .store
+        .list(&x.container, "manifests/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    let available: HashSet<String> =
+        x.db.run(|c| {
+            use ekko::db::schema::backups as b;
+            Ok(b::table
+                .filter(b::status.eq("available"))
+                .select(b::id)
+                .load::<String>(c)?)
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|id| ekko::manifest::object_name(id))
+        .collect();
+    assert_eq!(manifests, available, "{what}");
 }

@@ -22,6 +22,8 @@ pub struct Setup {
     pub req: BackupRequest,
     pub container: String,
     pub db: ekko::db::Db,
+    /// The configuration file, for child processes.
+    pub conf: std::path::PathBuf,
     _t: crate::helpers::TestDb,
 }
 
@@ -46,7 +48,8 @@ pub async fn setup(project: &str, disk_mib: u64, extra: &str) -> Option<Setup> {
         ),
     )
     .unwrap();
-    let config = ekko::config::EkkoConfig::load(&[conf], std::iter::empty()).unwrap();
+    let config =
+        ekko::config::EkkoConfig::load(std::slice::from_ref(&conf), std::iter::empty()).unwrap();
     let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required)
         .await
         .unwrap();
@@ -70,6 +73,7 @@ pub async fn setup(project: &str, disk_mib: u64, extra: &str) -> Option<Setup> {
         qsd,
         req,
         db,
+        conf,
         _t: t,
     })
 }
@@ -84,7 +88,7 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
         req,
         container,
         db,
-        _t,
+        ..
     }) = setup(
         "proj-ret",
         32,
