@@ -73,6 +73,44 @@ pub struct PassReport {
     pub live_bytes: i64,
 }
 
+impl std::fmt::Display for PassReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: i64| b as f64 / (1 << 20) as f64;
+        write!(
+            f,
+            "{} policies: {} backups kept, {} expired; {} segments condemned, {} deleted, \
+             {:.1} MiB reclaimed; {} measured for compaction",
+            self.policies,
+            self.backups_kept,
+            self.backups_expired,
+            self.segments_condemned,
+            self.segments_deleted,
+            mib(self.bytes_reclaimed),
+            self.segments_measured,
+        )?;
+        if self.measured_bytes > 0 {
+            write!(
+                f,
+                " ({:.0}% live)",
+                100.0 * self.measured_live_bytes as f64 / self.measured_bytes as f64
+            )?;
+        }
+        write!(
+            f,
+            ", {} compacted ({:.1} MiB rewritten); {} scrubbed, {} damaged records, {} backups marked; \
+             {} orphans deleted; {} live segments, {:.1} MiB",
+            self.segments_compacted,
+            mib(self.bytes_rewritten),
+            self.segments_scrubbed,
+            self.damaged_records,
+            self.backups_damaged,
+            self.orphans_deleted,
+            self.live_segments,
+            mib(self.live_bytes),
+        )
+    }
+}
+
 /// The verdicts of a policy's rules on the available backups of each of
 /// its instances (a dry run: nothing changes).
 pub async fn plan_policy(ekko: &Ekko, policy_id: &str) -> anyhow::Result<Vec<InstancePlan>> {

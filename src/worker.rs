@@ -771,16 +771,19 @@ impl Worker {
             ));
         }
         let full = PathBuf::from(&self.ekko.config.backup.restore_dir).join(rel);
+        // Errors name the path as the tenant gave it: the host's layout is
+        // the operator's business (details go to the log).
         if full.exists() {
             return Err(format!(
-                "{} exists on host {}: a restore never overwrites",
-                full.display(),
+                "{path} exists in the restore directory of host {}: a restore never overwrites",
                 self.host
             ));
         }
         if let Some(parent) = full.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                tracing::error!(dir = %parent.display(), error = %e, "restore directory not created");
+                format!("cannot create the directory of {path} on host {}: {}", self.host, e.kind())
+            })?;
         }
         Ok(full)
     }

@@ -264,18 +264,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             let report = ekko::retention::run_pass(&ekko, dry_run).await?;
-            println!(
-                "{} policies: {} backups kept, {} {}; {} segments condemned, {} deleted, {:.1} MiB reclaimed; {} live segments, {:.1} MiB",
-                report.policies,
-                report.backups_kept,
-                report.backups_expired,
-                if dry_run { "would expire" } else { "expired" },
-                report.segments_condemned,
-                report.segments_deleted,
-                report.bytes_reclaimed as f64 / (1 << 20) as f64,
-                report.live_segments,
-                report.live_bytes as f64 / (1 << 20) as f64,
-            );
+            if dry_run {
+                println!("dry run: {} backups would expire", report.backups_expired);
+            }
+            println!("{report}");
         }
         Command::Hosts => {
             let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;

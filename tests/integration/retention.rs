@@ -88,6 +88,7 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
         req,
         container,
         db,
+        _t: _database,
         ..
     }) = setup(
         "proj-ret",
