@@ -16,6 +16,9 @@
 //! EKKO_BENCH_PEERS (default `restic,borg`; empty for Ekko alone) picks the
 //! peers, and `EKKO__BACKUP__*` variables reach Ekko (e.g. a chunk-size
 //! sweep: `EKKO__BACKUP__CHUNK_SIZE=1M EKKO_BENCH_PEERS= cargo bench --bench peers`).
+//! EKKO_BENCH_SWIFT=1 adds a Swift vs local store comparison,
+//! EKKO_BENCH_ENCRYPT=1 an encryption on vs off comparison (same image,
+//! full backup and restore, median of 3).
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -100,45 +103,47 @@ fn sh(cmd: &mut Command) {
     );
 }
 
-/// The same full backup and restore into the local directory store and
-/// into Swift (the test environment's, on loopback: source its env.sh),
+/// The test environment's variable `k` (source its env.sh).
+fn env_var(k: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| panic!("{k}: source the test environment's env.sh"))
+}
+
+/// The same full backup and restore under two configurations (`variants`:
+/// label and extra ekko.conf text, `{tag}` replaced by a per-round tag),
 /// each into an empty store, three rounds alternating; prints medians and
-/// the Swift / local ratio.
-fn store_comparison(d: &Path, qmp: &Path, raw: &Path, size: u64) {
+/// the second / first ratio against `target`.
+fn compare(
+    d: &Path,
+    qmp: &Path,
+    raw: &Path,
+    size: u64,
+    variants: [(&str, String); 2],
+    target: &str,
+) {
     let ekko = env!("CARGO_BIN_EXE_ekko");
-    let var = |k: &str| {
-        std::env::var(k).unwrap_or_else(|_| panic!("{k}: source the test environment's env.sh"))
-    };
-    let keystone = format!(
-        "[keystone_authtoken]\nauth_url = {}\nusername = {}\npassword = {}\nproject_name = {}\n",
-        var("EKKO_KEYSTONE_AUTH_URL"),
-        var("EKKO_SERVICE_USERNAME"),
-        var("EKKO_SERVICE_PASSWORD"),
-        var("EKKO_SERVICE_PROJECT")
-    );
-    let mut times: Vec<(&str, Vec<f64>, Vec<f64>)> =
-        vec![("local", vec![], vec![]), ("swift", vec![], vec![])];
+    let mut times: Vec<(&str, &str, Vec<f64>, Vec<f64>)> = variants
+        .iter()
+        .map(|(label, extra)| (*label, extra.as_str(), vec![], vec![]))
+        .collect();
     for round in 0..3 {
-        for (store, backups, restores) in times.iter_mut() {
-            let state = d.join(format!("cmp-{store}-{round}"));
-            let conf = d.join(format!("cmp-{store}-{round}.conf"));
+        for (label, extra, backups, restores) in times.iter_mut() {
+            let state = d.join(format!("cmp-{label}-{round}"));
+            let conf = d.join(format!("cmp-{label}-{round}.conf"));
             let tag = format!("{:08x}", std::process::id() ^ (round << 16));
-            let backend = match *store {
-                "swift" => format!(
-                    "[storage]\nbackend = swift\n[swift]\ncontainer_prefix = ekko-bench-{tag}-\n{keystone}"
-                ),
-                _ => String::new(),
-            };
             std::fs::write(
                 &conf,
-                format!("[DEFAULT]\nstate_path = {}\n{backend}", state.display()),
+                format!(
+                    "[DEFAULT]\nstate_path = {}\n{}",
+                    state.display(),
+                    extra.replace("{tag}", &tag)
+                ),
             )
             .unwrap();
             sh(Command::new(ekko)
                 .arg("--config-file")
                 .arg(&conf)
                 .arg("init"));
-            let instance = format!("cmp-{store}-{round}");
+            let instance = format!("cmp-{label}-{round}");
             let cost = measure(
                 Command::new(ekko)
                     .arg("--config-file")
@@ -148,7 +153,7 @@ fn store_comparison(d: &Path, qmp: &Path, raw: &Path, size: u64) {
             );
             backups.push(cost.wall);
             let id = newest_backup(&conf);
-            let target = d.join(format!("cmp-{store}.raw"));
+            let target = d.join(format!("cmp-{label}.raw"));
             let cost = measure_durable(
                 Command::new(ekko)
                     .arg("--config-file")
@@ -165,21 +170,21 @@ fn store_comparison(d: &Path, qmp: &Path, raw: &Path, size: u64) {
                     .status()
                     .unwrap()
                     .success(),
-                "{store} restore differs"
+                "{label} restore differs"
             );
             let _ = std::fs::remove_file(&target);
             let _ = std::fs::remove_dir_all(&state);
-            if *store == "swift" {
+            if extra.contains("backend = swift") {
                 // Free the loopback Swift's space for the next round.
                 let _ = Command::new("swift")
                     .args(["--auth-version", "3", "--os-auth-url"])
-                    .arg(var("EKKO_KEYSTONE_AUTH_URL"))
+                    .arg(env_var("EKKO_KEYSTONE_AUTH_URL"))
                     .args(["--os-username"])
-                    .arg(var("EKKO_SERVICE_USERNAME"))
+                    .arg(env_var("EKKO_SERVICE_USERNAME"))
                     .args(["--os-password"])
-                    .arg(var("EKKO_SERVICE_PASSWORD"))
+                    .arg(env_var("EKKO_SERVICE_PASSWORD"))
                     .args(["--os-project-name"])
-                    .arg(var("EKKO_SERVICE_PROJECT"))
+                    .arg(env_var("EKKO_SERVICE_PROJECT"))
                     .args([
                         "--os-user-domain-name",
                         "Default",
@@ -194,19 +199,72 @@ fn store_comparison(d: &Path, qmp: &Path, raw: &Path, size: u64) {
             }
         }
     }
-    println!("\nstore comparison (full backup and restore of {} MiB, median of 3, empty store each time)", size / MIB);
+    println!(
+        "\n{} vs {} (full backup and restore of {} MiB, median of 3, empty store each time)",
+        times[1].0,
+        times[0].0,
+        size / MIB
+    );
     let m = |v: &Vec<f64>| median(v.clone());
-    for (store, b, r) in &times {
+    for (label, _, b, r) in &times {
         println!(
-            "{store:<6} backup {:>6.2} s   restore {:>6.2} s",
+            "{label:<10} backup {:>6.2} s   restore {:>6.2} s",
             m(b),
             m(r)
         );
     }
     println!(
-        "swift / local: backup {:.2}x, restore {:.2}x (target: within 1.5x)",
-        m(&times[1].1) / m(&times[0].1),
-        m(&times[1].2) / m(&times[0].2)
+        "{} / {}: backup {:.2}x, restore {:.2}x (target: {target})",
+        times[1].0,
+        times[0].0,
+        m(&times[1].2) / m(&times[0].2),
+        m(&times[1].3) / m(&times[0].3)
+    );
+}
+
+/// Swift (the test environment's, on loopback) against the local store.
+fn store_comparison(d: &Path, qmp: &Path, raw: &Path, size: u64) {
+    let swift = format!(
+        "[storage]\nbackend = swift\n[swift]\ncontainer_prefix = ekko-bench-{{tag}}-\n\
+         [keystone_authtoken]\nauth_url = {}\nusername = {}\npassword = {}\nproject_name = {}\n",
+        env_var("EKKO_KEYSTONE_AUTH_URL"),
+        env_var("EKKO_SERVICE_USERNAME"),
+        env_var("EKKO_SERVICE_PASSWORD"),
+        env_var("EKKO_SERVICE_PROJECT")
+    );
+    compare(
+        d,
+        qmp,
+        raw,
+        size,
+        [("local", String::new()), ("swift", swift)],
+        "within 1.5x",
+    );
+}
+
+/// Encryption on against off, local store (the cost of sealing, keyed
+/// identities and opening).
+fn encryption_comparison(d: &Path, qmp: &Path, raw: &Path, size: u64) {
+    let key = d.join("bench-master.key");
+    let hex: String = (0..32)
+        .map(|i| format!("{:02x}", (i * 37 + 11) as u8))
+        .collect();
+    std::fs::write(&key, hex).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let encrypted = format!(
+        "[encryption]\nenabled = true\nmaster_key_file = {}\n",
+        key.display()
+    );
+    compare(
+        d,
+        qmp,
+        raw,
+        size,
+        [("plain", String::new()), ("encrypted", encrypted)],
+        "under 1.10x for the backup",
     );
 }
 
@@ -498,6 +556,9 @@ fn main() {
     }
     if std::env::var("EKKO_BENCH_SWIFT").is_ok_and(|v| v == "1") {
         store_comparison(d, &qmp, &raw, size);
+    }
+    if std::env::var("EKKO_BENCH_ENCRYPT").is_ok_and(|v| v == "1") {
+        encryption_comparison(d, &qmp, &raw, size);
     }
     let _ = Command::new("kill")
         .arg("-TERM")

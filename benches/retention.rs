@@ -132,7 +132,7 @@ async fn main() {
                 ),
             ] {
                 segs.push(format!(
-                    "({}, 'proj-{p}', 'live', 33554432, 128, NULL, {at}, NULL, NULL, NULL, NULL)",
+                    "({}, 'proj-{p}', 'live', 33554432, 128, NULL, {at}, NULL, NULL, NULL, NULL, 33554432, {at})",
                     seg + k
                 ));
                 refs.push(format!(
@@ -159,7 +159,7 @@ async fn main() {
     );
     bulk(&mut c, "backups", "id, project_id, user_id, instance_id, policy_id, name, description, status, mode, kind, consistency, progress, logical_bytes, read_bytes, new_bytes, stored_bytes, error, protected, metadata, created_at, updated_at, started_at, completed_at, deleted_at", &backups);
     bulk(&mut c, "backup_disks", "backup_id, disk_id, seq, virtual_size, chunk_size, root_digest, root_segment, bitmap_name, full_read, read_bytes, new_bytes, stored_bytes, created_at", &bdisks);
-    bulk(&mut c, "segments", "id, project_id, status, size, chunk_count, relocated_to, created_at, condemned_at, verified_at, claimed_by, claim_until", &segs);
+    bulk(&mut c, "segments", "id, project_id, status, size, chunk_count, relocated_to, created_at, condemned_at, verified_at, claimed_by, claim_until, live_bytes, live_checked_at", &segs);
     bulk(
         &mut c,
         "segment_refs",
@@ -181,17 +181,7 @@ async fn main() {
     for (label, dry) in [("dry run", true), ("pass", false), ("second pass", false)] {
         let t = Instant::now();
         let r = ekko::retention::run_pass(&ekko, dry).await.unwrap();
-        println!(
-            "{label:<12} {:>7.2} s: {} policies, {} kept, {} expired, {} segments condemned, {} deleted ({:.1} GiB), {} live",
-            t.elapsed().as_secs_f64(),
-            r.policies,
-            r.backups_kept,
-            r.backups_expired,
-            r.segments_condemned,
-            r.segments_deleted,
-            r.bytes_reclaimed as f64 / (1u64 << 30) as f64,
-            r.live_segments
-        );
+        println!("{label:<12} {:>7.2} s: {r}", t.elapsed().as_secs_f64());
     }
     println!(
         "peak RSS: {:.0} MiB (catalog generation included; {:.0} MiB before the passes)",

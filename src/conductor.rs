@@ -49,6 +49,8 @@ pub enum ConductorError {
     Db(#[from] DbError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Keys(#[from] crate::keyring::KeyringError),
 }
 
 /// What planning needs from the configuration.
@@ -166,6 +168,7 @@ pub fn plan_backup(
             dedup_sources,
             relocations: Relocation::from_rows(&segments::relocations(c, &instance.project_id)?),
             bad_records,
+            project_key: project_key(c, &instance.project_id)?,
             deadline,
         };
         job.payload = serde_json::to_string(&message)
@@ -175,11 +178,27 @@ pub fn plan_backup(
     })
 }
 
+/// The wrapped key a job of an encrypted project carries.
+fn project_key(
+    c: &mut DbConnection,
+    project_id: &str,
+) -> DbResult<Option<crate::crypto::WrappedKey>> {
+    crate::db::keys::get(c, project_id)?
+        .map(|row| row.wrapped_key())
+        .transpose()
+}
+
 /// Plan a backup and send its job to the instance's host. If the bus
 /// refuses the job, the backup fails at once (nothing would run it).
 pub async fn submit_backup(ekko: &Ekko, new: NewBackup) -> Result<Backup, ConductorError> {
     let opts = PlanOptions::of(ekko);
     let db = ekko.db()?.clone();
+    // An encrypted project's key exists (and is in the store) before any
+    // job can seal data with it; the plan puts it in the job.
+    let id = new.instance_id.clone();
+    if let Ok(instance) = db.run(move |c| instances::get(c, &id)).await {
+        crate::keyring::ensure_project_key(ekko, &instance.project_id).await?;
+    }
     let (backup, job, message) = db.run(move |c| plan_backup(c, &opts, &new)).await?;
     let host = job.host.clone().unwrap_or_default();
     publish_or_fail(
@@ -470,6 +489,7 @@ pub async fn submit_restore(ekko: &Ekko, new: NewRestore) -> Result<Restore, Con
                     path: new.path.clone(),
                     format: new.format.clone(),
                     relocations: Relocation::from_rows(&segments::relocations(c, &b.project_id)?),
+                    project_key: project_key(c, &b.project_id)?,
                     deadline,
                 };
                 job.payload = serde_json::to_string(&message)

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 pub use options::{
     all_options, ApiOptions, AuthStrategy, BackupOptions, DatabaseOptions, DefaultOptions,
-    KeystoneAuthtokenOptions, LocalStoreOptions, OptionInfo, OsloPolicyOptions, QuotaOptions,
-    RetentionOptions, StorageBackend, StorageOptions, SwiftOptions,
+    EncryptionOptions, KeystoneAuthtokenOptions, LocalStoreOptions, OptionInfo, OsloPolicyOptions,
+    QuotaOptions, RetentionOptions, StorageBackend, StorageOptions, SwiftOptions,
 };
 pub use types::{ByteSize, CommaList, Secret};
 
@@ -61,6 +61,7 @@ pub struct EkkoConfig {
     pub backup: BackupOptions,
     pub retention: RetentionOptions,
     pub quota: QuotaOptions,
+    pub encryption: EncryptionOptions,
     /// The files that were read, in order (for locating `policy_file`).
     #[serde(skip)]
     pub loaded_files: Vec<PathBuf>,

@@ -12,6 +12,7 @@ pub mod backups;
 pub mod hosts;
 pub mod instances;
 pub mod jobs;
+pub mod keys;
 pub mod policies;
 pub mod quotas;
 pub mod restores;

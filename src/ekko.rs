@@ -18,6 +18,8 @@ pub enum ConnectError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Keys(#[from] crate::keyring::KeyringError),
 }
 
 /// An entire Ekko: configuration, catalog, object store and message bus.
@@ -31,6 +33,10 @@ pub struct Ekko {
     pub store: Arc<dyn ObjectStore>,
     /// Jobs and results (RabbitMQ or in-process).
     pub queue: Arc<dyn MessageQueue>,
+    /// The master key that wraps projects' keys (`[encryption]`).
+    pub master_key: Option<Arc<crate::crypto::MasterKey>>,
+    /// Projects whose key this process knows the store holds a copy of.
+    pub(crate) stored_keys: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// How a process uses the catalog.
@@ -62,6 +68,11 @@ impl Ekko {
             }
             Some(db)
         };
+        let master_key = crate::keyring::load_master_key(&config)?;
+        if let (Some(db), Catalog::Required) = (&db, catalog) {
+            // Fail early and loudly on the wrong master key.
+            crate::keyring::check_catalog(db, master_key.as_deref()).await?;
+        }
         let store = crate::store::open(&config)?;
         let queue = crate::queue::connect(
             &config.default.transport_url,
@@ -73,6 +84,8 @@ impl Ekko {
             db,
             store,
             queue,
+            master_key,
+            stored_keys: Default::default(),
         })
     }
 

@@ -11,6 +11,8 @@ pub const SEGMENT_VERSION: u16 = 1;
 /// Record kinds inside a segment.
 pub const RECORD_CHUNK: u8 = 1;
 pub const RECORD_INDEX_PAGE: u8 = 2;
+/// Not a segment record: the kind a sealed manifest binds.
+pub const RECORD_MANIFEST: u8 = 3;
 
 /// Payload codecs.
 pub const CODEC_NONE: u8 = 0;

@@ -103,6 +103,9 @@ pub struct BackupJob {
     /// Stored records scrub found damaged: never reused, stored afresh.
     #[serde(default)]
     pub bad_records: Vec<BadRecord>,
+    /// An encrypted project's key, wrapped by the master key.
+    #[serde(default)]
+    pub project_key: Option<crate::crypto::WrappedKey>,
     /// A worker that receives the job later than this fails it instead.
     pub deadline: DateTime<Utc>,
 }
@@ -172,6 +175,8 @@ pub struct RestoreJob {
     pub format: String,
     #[serde(default)]
     pub relocations: Vec<Relocation>,
+    #[serde(default)]
+    pub project_key: Option<crate::crypto::WrappedKey>,
     pub deadline: DateTime<Utc>,
 }
 

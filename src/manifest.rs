@@ -7,6 +7,7 @@ use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::{ChunkDigest, ChunkRef};
+use crate::crypto::{ProjectKeys, RecordBinding, NONCE_LEN, TAG_LEN};
 use crate::format::MANIFEST_VERSION;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,10 +80,70 @@ pub fn object_name(backup_id: &str) -> String {
     format!("manifests/{backup_id}.json")
 }
 
+/// A sealed manifest: this magic, a 96-bit nonce, then the JSON sealed with
+/// the project's data key (bound to the object's name).
+const SEALED_MAGIC: &[u8; 8] = b"EKKOMNF1";
+
+fn sealed_binding(keys: &ProjectKeys, name: &str, len: usize) -> RecordBinding {
+    RecordBinding {
+        version: MANIFEST_VERSION as u16,
+        kind: crate::format::RECORD_MANIFEST,
+        codec: 0,
+        raw_len: len as u32,
+        digest: keys.digest(name.as_bytes()),
+    }
+}
+
 impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         // Serialising plain strings and numbers cannot fail.
         serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    /// The object's bytes: sealed when the project is encrypted.
+    pub fn encode_for(&self, keys: Option<&ProjectKeys>) -> Result<Vec<u8>, ManifestError> {
+        let json = self.encode();
+        let Some(keys) = keys else { return Ok(json) };
+        let name = object_name(&self.backup_id);
+        let mut sealed = json.clone();
+        let nonce = keys
+            .seal(&sealed_binding(keys, &name, json.len()), &mut sealed)
+            .map_err(|e| ManifestError::Invalid {
+                name: name.clone(),
+                why: e.to_string(),
+            })?;
+        let mut out = SEALED_MAGIC.to_vec();
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Parse a manifest object, opening it with `keys` if it is sealed.
+    pub fn decode_with(
+        name: &str,
+        bytes: &[u8],
+        keys: Option<&ProjectKeys>,
+    ) -> Result<Manifest, ManifestError> {
+        let Some(rest) = bytes.strip_prefix(SEALED_MAGIC) else {
+            return Manifest::decode(name, bytes);
+        };
+        let invalid = |why: String| ManifestError::Invalid {
+            name: name.to_string(),
+            why,
+        };
+        let keys = keys.ok_or_else(|| invalid("sealed, and no key for its project".into()))?;
+        if rest.len() < NONCE_LEN + TAG_LEN {
+            return Err(invalid("sealed manifest truncated".into()));
+        }
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| invalid("bad nonce".into()))?;
+        let mut sealed = sealed.to_vec();
+        let len = sealed.len() - TAG_LEN;
+        let json = keys
+            .open(&sealed_binding(keys, name, len), nonce, &mut sealed, name)
+            .map_err(|e| invalid(e.to_string()))?
+            .to_vec();
+        Manifest::decode(name, &json)
     }
 
     /// Parse and check a manifest read from object `name`.

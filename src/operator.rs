@@ -118,6 +118,7 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
         host.clone(),
     );
     let plan = PlanOptions::of(ekko);
+    crate::keyring::ensure_project_key(ekko, &req.project_id).await?;
     let (interrupted, (backup, job, message)) = db
         .run(move |c| {
             instances::upsert(c, &id, &project, &h2, &id, &reports)?;
@@ -283,10 +284,12 @@ pub async fn project_reader(ekko: &Ekko, project_id: &str) -> anyhow::Result<Rec
         project_id: project_id.to_string(),
     };
     let relocations = source.relocations().await?;
+    let keys = crate::keyring::project_keys(ekko, project_id).await?;
     Ok(
         RecordReader::new(ekko.store.clone(), &project_container(ekko, project_id))
             .with_relocations(relocations)
-            .with_relocation_source(Arc::new(source)),
+            .with_relocation_source(Arc::new(source))
+            .with_keys(keys),
     )
 }
 

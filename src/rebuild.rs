@@ -104,6 +104,15 @@ async fn plan_project(
     }
     report.projects += 1;
     let relocations = load_relocations(store.as_ref(), container, &segment_sizes).await?;
+    // An encrypted project: its key comes back from the store's copy (the
+    // master key must be the one that wrapped it).
+    let keys = match crate::keyring::project_keys_from_store(ekko, container, project).await? {
+        Some((wrapped, keys)) => {
+            crate::keyring::import(ekko, project, wrapped).await?;
+            Some(keys)
+        }
+        None => None,
+    };
     let mut manifests = Vec::new();
     for meta in manifest_objects {
         let bytes = match store.get(container, &meta.name).await {
@@ -111,7 +120,7 @@ async fn plan_project(
             Err(crate::store::StoreError::NotFound { .. }) => continue,
             Err(e) => return Err(e.into()),
         };
-        match Manifest::decode(&meta.name, &bytes) {
+        match Manifest::decode_with(&meta.name, &bytes, keys.as_deref()) {
             Ok(m) if m.project_id == project => manifests.push(m),
             Ok(m) => report.skipped.push((
                 m.backup_id,
@@ -123,7 +132,9 @@ async fn plan_project(
     // Oldest first, so each disk's records get their sequence in order.
     manifests.sort_by(|a, b| (a.created_at, &a.backup_id).cmp(&(b.created_at, &b.backup_id)));
 
-    let reader = RecordReader::new(store.clone(), container).with_relocations(relocations.clone());
+    let reader = RecordReader::new(store.clone(), container)
+        .with_relocations(relocations.clone())
+        .with_keys(keys);
     let mut planned = Vec::new();
     let mut chunk_counts = HashMap::new();
     for m in manifests {

@@ -14,6 +14,7 @@
 //! trailer, then only the records it needs (ranged GETs).
 
 use crate::chunk::{decompress, ChunkDigest, ChunkError, Compressor};
+use crate::crypto::{identity, ProjectKeys, RecordBinding};
 use crate::format::*;
 
 pub const HEADER_LEN: usize = 32;
@@ -27,6 +28,8 @@ pub enum SegmentError {
     Corrupt { segment: u64, message: String },
     #[error(transparent)]
     Chunk(#[from] ChunkError),
+    #[error("{0}")]
+    Crypto(String),
 }
 
 fn corrupt(segment: u64, message: impl Into<String>) -> SegmentError {
@@ -161,36 +164,29 @@ impl SegmentWriter {
         self.raw_bytes
     }
 
-    /// Append a record whose payload is already encoded (see [`encode_payload`]).
-    pub fn push_encoded(
-        &mut self,
-        kind: u8,
-        digest: ChunkDigest,
-        raw_len: u32,
-        codec: u8,
-        payload: &[u8],
-    ) -> TrailerEntry {
+    /// Append an encoded record (see [`encode_record`]).
+    pub fn push_encoded(&mut self, r: &EncodedRecord) -> TrailerEntry {
         let mut header = RecordHeader {
-            kind,
-            codec,
-            cipher: CIPHER_NONE,
-            stored_len: payload.len() as u32,
-            raw_len,
+            kind: r.kind,
+            codec: r.codec,
+            cipher: r.cipher,
+            stored_len: r.payload.len() as u32,
+            raw_len: r.raw_len,
             crc: 0,
-            digest,
-            nonce: [0; 12],
+            digest: r.digest,
+            nonce: r.nonce,
         };
-        header.crc = record_crc(&header.encode(), payload);
+        header.crc = record_crc(&header.encode(), &r.payload);
         let entry = TrailerEntry {
-            digest,
+            digest: r.digest,
             offset: self.buf.len() as u64,
-            length: (RECORD_HEADER_LEN + payload.len()) as u32,
-            kind,
+            length: (RECORD_HEADER_LEN + r.payload.len()) as u32,
+            kind: r.kind,
         };
         self.buf.extend_from_slice(&header.encode());
-        self.buf.extend_from_slice(payload);
+        self.buf.extend_from_slice(&r.payload);
         self.trailer.push(entry);
-        self.raw_bytes += raw_len as u64;
+        self.raw_bytes += r.raw_len as u64;
         entry
     }
 
@@ -241,14 +237,60 @@ impl SegmentWriter {
     }
 }
 
-/// Compress a plaintext for storage: (codec, payload).
-pub fn encode_payload(
+/// A record ready to be appended: compressed and, for an encrypted
+/// project, sealed.
+#[derive(Debug, Clone)]
+pub struct EncodedRecord {
+    pub kind: u8,
+    pub digest: ChunkDigest,
+    pub raw_len: u32,
+    pub codec: u8,
+    pub cipher: u8,
+    pub nonce: [u8; 12],
+    pub payload: Vec<u8>,
+}
+
+fn binding(kind: u8, codec: u8, raw_len: u32, digest: ChunkDigest) -> RecordBinding {
+    RecordBinding {
+        version: SEGMENT_VERSION,
+        kind,
+        codec,
+        raw_len,
+        digest,
+    }
+}
+
+/// Compress a plaintext whose identity is `digest` (see
+/// [`crate::crypto::identity`]); with `keys`, seal it too.
+pub fn encode_record(
     compressor: &mut Compressor,
+    keys: Option<&ProjectKeys>,
+    kind: u8,
+    digest: ChunkDigest,
     plain: &[u8],
-) -> Result<(u8, Vec<u8>), ChunkError> {
-    Ok(match compressor.compress(plain)? {
+) -> Result<EncodedRecord, SegmentError> {
+    let (codec, mut payload) = match compressor.compress(plain)? {
         Some(z) => (CODEC_ZSTD, z),
         None => (CODEC_NONE, plain.to_vec()),
+    };
+    let raw_len = plain.len() as u32;
+    let (cipher, nonce) = match keys {
+        Some(k) => {
+            let nonce = k
+                .seal(&binding(kind, codec, raw_len, digest), &mut payload)
+                .map_err(|e| SegmentError::Crypto(e.to_string()))?;
+            (CIPHER_AES256_GCM, nonce)
+        }
+        None => (CIPHER_NONE, [0; 12]),
+    };
+    Ok(EncodedRecord {
+        kind,
+        digest,
+        raw_len,
+        codec,
+        cipher,
+        nonce,
+        payload,
     })
 }
 
@@ -331,12 +373,14 @@ pub fn read_whole(segment: u64, bytes: &[u8]) -> Result<Vec<TrailerEntry>, Segme
     parse_trailer(segment, &footer, trailer)
 }
 
-/// Decode one record (header + payload): checks the crc, decompresses and
-/// checks the digest. `expected` is the digest the caller looked for.
+/// Decode one record (header + payload): checks the crc, opens it if it is
+/// sealed (with `keys`, the project's), decompresses and checks the
+/// identity. `expected` is the identity the caller looked for.
 pub fn decode_record(
     segment: u64,
     record: &[u8],
     expected: &ChunkDigest,
+    keys: Option<&ProjectKeys>,
 ) -> Result<Vec<u8>, SegmentError> {
     let h = RecordHeader::decode(record).ok_or_else(|| corrupt(segment, "short record"))?;
     let what = format!("record {:?} in segment {segment:016x}", expected);
@@ -352,18 +396,35 @@ pub fn decode_record(
     if record_crc(&record[..RECORD_HEADER_LEN], payload) != h.crc {
         return Err(corrupt(segment, format!("{what}: checksum mismatch")));
     }
-    if h.cipher != CIPHER_NONE {
-        return Err(corrupt(
-            segment,
-            format!("{what}: encrypted, and no key is configured"),
-        ));
-    }
+    let mut opened;
+    let payload: &[u8] = match (h.cipher, keys) {
+        (CIPHER_NONE, _) => payload,
+        (CIPHER_AES256_GCM, Some(k)) => {
+            opened = payload.to_vec();
+            k.open(
+                &binding(h.kind, h.codec, h.raw_len, h.digest),
+                h.nonce,
+                &mut opened,
+                &what,
+            )
+            .map_err(|e| corrupt(segment, e.to_string()))?
+        }
+        (CIPHER_AES256_GCM, None) => {
+            return Err(corrupt(
+                segment,
+                format!("{what}: encrypted, and this process has no key for its project"),
+            ))
+        }
+        (other, _) => return Err(corrupt(segment, format!("{what}: unknown cipher {other}"))),
+    };
     let plain = match h.codec {
         CODEC_NONE => payload.to_vec(),
         CODEC_ZSTD => decompress(payload, h.raw_len as usize, &what)?,
         other => return Err(corrupt(segment, format!("{what}: unknown codec {other}"))),
     };
-    if ChunkDigest::of(&plain) != *expected {
+    // A sealed record is named by its project's keyed identity.
+    let keys = if h.cipher == CIPHER_NONE { None } else { keys };
+    if identity(keys, &plain) != *expected {
         return Err(ChunkError::DigestMismatch { what }.into());
     }
     Ok(plain)
@@ -378,14 +439,8 @@ mod tests {
         let mut w = SegmentWriter::new(id, 1_700_000_000, 1 << 20);
         let mut entries = Vec::new();
         for it in items {
-            let (codec, payload) = encode_payload(&mut c, it).unwrap();
-            entries.push(w.push_encoded(
-                RECORD_CHUNK,
-                ChunkDigest::of(it),
-                it.len() as u32,
-                codec,
-                &payload,
-            ));
+            let r = encode_record(&mut c, None, RECORD_CHUNK, ChunkDigest::of(it), it).unwrap();
+            entries.push(w.push_encoded(&r));
         }
         (w.finish(), entries)
     }
@@ -402,7 +457,7 @@ mod tests {
         assert_eq!(trailer, written);
         for (it, e) in items.iter().zip(&trailer) {
             let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-            assert_eq!(&decode_record(42, rec, &e.digest).unwrap(), it);
+            assert_eq!(&decode_record(42, rec, &e.digest, None).unwrap(), it);
         }
         // Footer alone, then trailer alone: what a ranged reader does.
         let footer = parse_footer(42, &bytes[bytes.len() - FOOTER_LEN..]).unwrap();
@@ -421,14 +476,16 @@ mod tests {
         let at = (e.offset as usize) + RECORD_HEADER_LEN + 3;
         bytes[at] ^= 0xFF;
         let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-        let err = decode_record(7, rec, &e.digest).unwrap_err().to_string();
+        let err = decode_record(7, rec, &e.digest, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("checksum"), "{err}");
         assert!(
             read_whole(7, &bytes[..bytes.len() - 5]).is_err(),
             "truncated"
         );
         let other = ChunkDigest::of(b"other");
-        assert!(decode_record(7, rec, &other).is_err());
+        assert!(decode_record(7, rec, &other, None).is_err());
     }
 
     #[test]
@@ -441,10 +498,47 @@ mod tests {
             let mut copy = bytes[s..end].to_vec();
             copy[i - s] ^= 0x01;
             assert!(
-                decode_record(9, &copy, &e.digest).is_err(),
+                decode_record(9, &copy, &e.digest, None).is_err(),
                 "flip at byte {} not caught",
                 i - s
             );
         }
+    }
+
+    #[test]
+    fn sealed_records_open_only_with_their_project_key() {
+        use crate::crypto::ProjectSecret;
+        let keys = ProjectSecret::generate().unwrap().keys();
+        let plain = b"secret data ".repeat(50);
+        let digest = identity(Some(&keys), &plain);
+        let mut c = Compressor::new(1).unwrap();
+        let mut w = SegmentWriter::new(5, 1_700_000_000, 1 << 20);
+        let r = encode_record(&mut c, Some(&keys), RECORD_CHUNK, digest, &plain).unwrap();
+        let e = w.push_encoded(&r);
+        let bytes = w.finish();
+        assert!(
+            !bytes.windows(12).any(|x| x == b"secret data "),
+            "no plaintext in the segment"
+        );
+        let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
+        assert_eq!(decode_record(5, rec, &digest, Some(&keys)).unwrap(), plain);
+        let err = decode_record(5, rec, &digest, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no key"), "{err}");
+        let other = ProjectSecret::generate().unwrap().keys();
+        let err = decode_record(5, rec, &digest, Some(&other))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("authentication failed"), "{err}");
+        // Tampered ciphertext with a recomputed crc: the seal catches it.
+        let mut forged = rec.to_vec();
+        forged[RECORD_HEADER_LEN + 2] ^= 1;
+        let crc = record_crc(&forged[..RECORD_HEADER_LEN], &forged[RECORD_HEADER_LEN..]);
+        forged[12..16].copy_from_slice(&crc.to_le_bytes());
+        let err = decode_record(5, &forged, &digest, Some(&keys))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("authentication failed"), "{err}");
     }
 }

@@ -151,8 +151,19 @@ pub async fn execute(
     };
     let pull = PullBackup::begin(qmp, &requests, opts).await?;
     let container = container(&ekko.config.swift.container_prefix, &job.project_id);
+    let keys = match &job.project_key {
+        Some(wrapped) => match crate::keyring::open(ekko, &job.project_id, wrapped) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                pull.abort().await?;
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     let reader = RecordReader::new(ekko.store.clone(), &container)
-        .with_relocations(Relocation::map(&job.relocations));
+        .with_relocations(Relocation::map(&job.relocations))
+        .with_keys(keys.clone());
     let mut results = Vec::new();
     let mut commits = Vec::new();
     anyhow::ensure!(
@@ -243,7 +254,7 @@ pub async fn execute(
         .put(
             &container,
             &manifest::object_name(&job.backup_id),
-            manifest.encode().into(),
+            manifest.encode_for(keys.as_deref())?.into(),
         )
         .await
     {
@@ -813,6 +824,13 @@ impl Worker {
                 return self.fail(delivery, &job.job_id, why, false).await;
             }
         };
+        let keys = match &job.project_key {
+            Some(wrapped) => match crate::keyring::open(&self.ekko, &job.project_id, wrapped) {
+                Ok(k) => Some(k),
+                Err(e) => return self.fail(delivery, &job.job_id, e.to_string(), false).await,
+            },
+            None => None,
+        };
         let Some((delivery, mut admitted)) =
             self.admit(delivery, &job.job_id, None, job.deadline).await
         else {
@@ -821,7 +839,8 @@ impl Worker {
         tracing::info!(restore = %job.restore_id, backup = %job.backup_id, target = %target.display(), "restore started");
         let container = container(&self.ekko.config.swift.container_prefix, &job.project_id);
         let reader = RecordReader::new(self.ekko.store.clone(), &container)
-            .with_relocations(Relocation::map(&job.relocations));
+            .with_relocations(Relocation::map(&job.relocations))
+            .with_keys(keys);
         let left = (job.deadline - Utc::now()).to_std().unwrap_or_default();
         let progress = admitted.progress.clone();
         let work = restore(

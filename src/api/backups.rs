@@ -313,14 +313,7 @@ pub async fn create(
         metadata,
         policy_id: None,
     };
-    let backup = crate::conductor::submit_backup(&state.ekko, new)
-        .await
-        .map_err(|e| match e {
-            crate::conductor::ConductorError::Db(db) => ApiError::from(db),
-            crate::conductor::ConductorError::Queue(q) => {
-                ApiError::unavailable(format!("the message bus is unavailable: {q}"))
-            }
-        })?;
+    let backup = crate::conductor::submit_backup(&state.ekko, new).await?;
     let base = base_url(&req, &state);
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("{base}/v1/backups/{}", backup.id)))
@@ -410,12 +403,7 @@ pub async fn action(
     }
     let b = visible(&ctx, &state, &id, "ekko:backup:cancel").await?;
     let why = format!("cancelled by user {}", ctx.creds.user_id);
-    let cancelled = crate::conductor::cancel_backup(&state.ekko, &b.id, &why)
-        .await
-        .map_err(|e| match e {
-            crate::conductor::ConductorError::Db(db) => ApiError::from(db),
-            crate::conductor::ConductorError::Queue(q) => ApiError::unavailable(q.to_string()),
-        })?;
+    let cancelled = crate::conductor::cancel_backup(&state.ekko, &b.id, &why).await?;
     Ok(HttpResponse::Accepted()
         .json(json!({ "backup": view(&cancelled, &base_url(&req, &state)) })))
 }

@@ -146,3 +146,14 @@ impl From<crate::db::DbError> for ApiError {
         }
     }
 }
+
+impl From<crate::conductor::ConductorError> for ApiError {
+    fn from(e: crate::conductor::ConductorError) -> ApiError {
+        use crate::conductor::ConductorError as C;
+        match e {
+            C::Db(db) => ApiError::from(db),
+            C::Queue(q) => ApiError::unavailable(format!("the message bus is unavailable: {q}")),
+            C::Keys(k) => ApiError::internal(k),
+        }
+    }
+}

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::{base_url, timestamp, RequestContext, State};
-use crate::conductor::{self, ConductorError, NewRestore};
+use crate::conductor::{self, NewRestore};
 use crate::db::backups::{self, BackupStatus};
 use crate::db::restores::{self, Restore};
 
@@ -119,14 +119,7 @@ pub async fn create(
         path,
         format,
     };
-    let restore = conductor::submit_restore(&state.ekko, new)
-        .await
-        .map_err(|e| match e {
-            ConductorError::Db(db) => ApiError::from(db),
-            ConductorError::Queue(q) => {
-                ApiError::unavailable(format!("the message bus is unavailable: {q}"))
-            }
-        })?;
+    let restore = conductor::submit_restore(&state.ekko, new).await?;
     let base = base_url(&req, &state);
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("{base}/v1/restores/{}", restore.id)))

@@ -18,10 +18,11 @@ use super::writer::{new_segment_id, now_unix, SegmentPacker, WrittenSegment};
 use super::EngineError;
 use super::Progress;
 use crate::chunk::{is_zero, ChunkDigest, ChunkRef, Compressor};
+use crate::crypto::{identity, ProjectKeys};
 use crate::extract::DiskSnapshot;
 use crate::format::{RECORD_CHUNK, RECORD_INDEX_PAGE};
 use crate::index::{leaf_range, positions, shape, IndexError, IndexPage, TreeBuilder};
-use crate::segment::{encode_payload, SegmentWriter};
+use crate::segment::{encode_record, EncodedRecord, SegmentWriter};
 
 /// The disk's newest committed record: the base of an incremental.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +69,7 @@ struct Processed {
     digest: ChunkDigest,
     zero: bool,
     raw_len: u32,
-    encoded: Option<(u8, Vec<u8>)>,
+    encoded: Option<EncodedRecord>,
 }
 
 /// Load every page ref of the previous tree except the leaves' contents:
@@ -102,6 +103,7 @@ async fn previous_levels(
 /// the segments are uploaded once the tree is complete.
 struct PagePacker {
     compressor: Compressor,
+    keys: Option<Arc<ProjectKeys>>,
     current: Option<SegmentWriter>,
     finished: Vec<SegmentWriter>,
     target: usize,
@@ -110,20 +112,21 @@ struct PagePacker {
 impl PagePacker {
     fn push(&mut self, page: &IndexPage) -> Result<ChunkRef, IndexError> {
         let plain = page.encode();
-        let digest = ChunkDigest::of(&plain);
-        let (codec, payload) =
-            encode_payload(&mut self.compressor, &plain).map_err(|e| IndexError(e.to_string()))?;
+        let keys = self.keys.as_deref();
+        let digest = identity(keys, &plain);
+        let record = encode_record(
+            &mut self.compressor,
+            keys,
+            RECORD_INDEX_PAGE,
+            digest,
+            &plain,
+        )
+        .map_err(|e| IndexError(e.to_string()))?;
         let target = self.target;
         let w = self
             .current
             .get_or_insert_with(|| SegmentWriter::new(new_segment_id(), now_unix(), target));
-        w.push_encoded(
-            RECORD_INDEX_PAGE,
-            digest,
-            plain.len() as u32,
-            codec,
-            &payload,
-        );
+        w.push_encoded(&record);
         let r = ChunkRef {
             digest,
             segment: w.id(),
@@ -157,6 +160,7 @@ pub async fn back_up_disk(
     let n = positions(size, c);
     let full_read = snap.full_reason().is_some();
     let prev = prev.filter(|p| p.disk_size == size && p.chunk_size == c);
+    let keys = reader.keys();
     if prev.is_none() && !full_read {
         return Err(EngineError::Other(
             "no compatible previous record (size or chunk size changed): this disk needs a full read".into(),
@@ -260,7 +264,7 @@ pub async fn back_up_disk(
     };
     let consumer = async {
         let mut processed_batches = std::pin::pin!(tokio_stream_from(rx)
-            .map(|b| process(b, level, known.clone()))
+            .map(|b| process(b, level, known.clone(), keys.clone()))
             .buffered(3));
         while let Some(processed) = processed_batches.next().await {
             for ch in processed? {
@@ -285,12 +289,10 @@ pub async fn back_up_disk(
                         result.reused_chunks += 1;
                         old
                     } else {
-                        let (codec, payload) = ch
+                        let record = ch
                             .encoded
                             .ok_or_else(|| EngineError::Other("chunk was not encoded".into()))?;
-                        let r = packer
-                            .push(RECORD_CHUNK, ch.digest, ch.raw_len, codec, &payload)
-                            .await?;
+                        let r = packer.push(&record).await?;
                         result.new_chunks += 1;
                         result.new_bytes += ch.raw_len as u64;
                         r
@@ -319,6 +321,7 @@ pub async fn back_up_disk(
     let mut deltas: BTreeMap<u64, i64> = BTreeMap::new();
     let mut pages = PagePacker {
         compressor: Compressor::new(level)?,
+        keys: keys.clone(),
         current: None,
         finished: Vec::new(),
         target: opts.segment_size,
@@ -355,7 +358,7 @@ pub async fn back_up_disk(
             first: range.start,
             entries,
         };
-        let digest = ChunkDigest::of(&page.encode());
+        let digest = identity(keys.as_deref(), &page.encode());
         let r = match old_leaf {
             Some(old) if old.digest == digest => old,
             _ => {
@@ -376,7 +379,7 @@ pub async fn back_up_disk(
         let prev_levels = &prev_levels;
         let pages = &mut pages;
         let mut builder = TreeBuilder::new(n, |lvl, idx, page: &IndexPage| {
-            let digest = ChunkDigest::of(&page.encode());
+            let digest = identity(keys.as_deref(), &page.encode());
             let old = prev_levels
                 .as_ref()
                 .and_then(|lv| lv.get(lvl as usize))
@@ -452,6 +455,7 @@ async fn process(
     batch: Vec<(u64, Vec<u8>)>,
     level: i32,
     known: Arc<KnownChunks>,
+    keys: Option<Arc<ProjectKeys>>,
 ) -> Result<Vec<Processed>, EngineError> {
     tokio::task::spawn_blocking(move || {
         let mut compressor = Compressor::new(level)?;
@@ -468,11 +472,17 @@ async fn process(
                 });
                 continue;
             }
-            let digest = ChunkDigest::of(&data);
+            let digest = identity(keys.as_deref(), &data);
             // A known chunk is referenced, never stored: skip the zstd work.
             let encoded = match known.get(&digest) {
                 Some(_) => None,
-                None => Some(encode_payload(&mut compressor, &data)?),
+                None => Some(encode_record(
+                    &mut compressor,
+                    keys.as_deref(),
+                    RECORD_CHUNK,
+                    digest,
+                    &data,
+                )?),
             };
             out.push(Processed {
                 pos,

@@ -8,6 +8,7 @@ use tokio::sync::Mutex;
 
 use super::{segment_object, EngineError};
 use crate::chunk::{ChunkDigest, ChunkRef};
+use crate::crypto::ProjectKeys;
 use crate::index::IndexPage;
 use crate::segment::{decode_record, parse_footer, parse_trailer, TrailerEntry, FOOTER_LEN};
 use crate::store::{ObjectStore, StoreError};
@@ -33,6 +34,8 @@ pub struct RecordReader {
     trailers: Mutex<HashMap<u64, Trailer>>,
     relocations: std::sync::RwLock<Arc<Relocations>>,
     source: Option<Arc<dyn RelocationSource>>,
+    /// The project's keys, when its data is encrypted.
+    keys: Option<Arc<ProjectKeys>>,
 }
 
 impl RecordReader {
@@ -43,7 +46,18 @@ impl RecordReader {
             trailers: Mutex::new(HashMap::new()),
             relocations: Default::default(),
             source: None,
+            keys: None,
         }
+    }
+
+    /// Open sealed records (and write new ones) with the project's keys.
+    pub fn with_keys(mut self, keys: Option<Arc<ProjectKeys>>) -> RecordReader {
+        self.keys = keys;
+        self
+    }
+
+    pub fn keys(&self) -> Option<Arc<ProjectKeys>> {
+        self.keys.clone()
     }
 
     /// Read compacted segments' records where they are now.
@@ -158,9 +172,12 @@ impl RecordReader {
             )
             .await?;
         let digest = r.digest;
-        let plain = tokio::task::spawn_blocking(move || decode_record(segment, &bytes, &digest))
-            .await
-            .map_err(|e| EngineError::Other(e.to_string()))??;
+        let keys = self.keys.clone();
+        let plain = tokio::task::spawn_blocking(move || {
+            decode_record(segment, &bytes, &digest, keys.as_deref())
+        })
+        .await
+        .map_err(|e| EngineError::Other(e.to_string()))??;
         Ok(plain)
     }
 

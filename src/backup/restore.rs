@@ -201,6 +201,7 @@ fn decode_fetch(
     bytes: &[u8],
     chunk_size: u64,
     target: Option<&std::fs::File>,
+    keys: Option<&crate::crypto::ProjectKeys>,
 ) -> Result<PositionOutcomes, EngineError> {
     let mut out = Vec::new();
     let mut written: Vec<(u64, u64)> = Vec::new();
@@ -211,7 +212,7 @@ fn decode_fetch(
             out.extend(w.positions.iter().map(|&p| (p, Err(why.clone()))));
             continue;
         };
-        match crate::segment::decode_record(f.segment, record, &w.digest) {
+        match crate::segment::decode_record(f.segment, record, &w.digest, keys) {
             Ok(plain) => {
                 for &pos in &w.positions {
                     if let Some(file) = target {
@@ -290,6 +291,7 @@ async fn walk(
         .collect();
     let mut results = futures::stream::iter(fetches.into_iter().map(|f| {
         let target = target.clone();
+        let keys = reader.keys();
         async move {
             let name = super::segment_object(f.segment);
             let bytes = match reader
@@ -308,7 +310,7 @@ async fn walk(
                 }
             };
             tokio::task::spawn_blocking(move || {
-                decode_fetch(&f, &bytes, chunk_size, target.as_deref())
+                decode_fetch(&f, &bytes, chunk_size, target.as_deref(), keys.as_deref())
             })
             .await
             .map_err(|e| EngineError::Other(format!("restore worker: {e}")))?

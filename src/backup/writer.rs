@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{segment_object, EngineError};
-use crate::chunk::{ChunkDigest, ChunkRef};
-use crate::segment::SegmentWriter;
+use crate::chunk::ChunkRef;
+use crate::segment::{EncodedRecord, SegmentWriter};
 use crate::store::ObjectStore;
 
 /// A segment this backup wrote.
@@ -64,22 +64,15 @@ impl SegmentPacker {
     }
 
     /// Add an encoded record; uploads the segment when it is full.
-    pub async fn push(
-        &mut self,
-        kind: u8,
-        digest: ChunkDigest,
-        raw_len: u32,
-        codec: u8,
-        payload: &[u8],
-    ) -> Result<ChunkRef, EngineError> {
+    pub async fn push(&mut self, record: &EncodedRecord) -> Result<ChunkRef, EngineError> {
         let now = now_unix();
         let target = self.target;
         let w = self
             .current
             .get_or_insert_with(|| SegmentWriter::new(new_segment_id(), now, target));
-        w.push_encoded(kind, digest, raw_len, codec, payload);
+        w.push_encoded(record);
         let r = ChunkRef {
-            digest,
+            digest: record.digest,
             segment: w.id(),
         };
         if w.len() >= self.target {

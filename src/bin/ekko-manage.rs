@@ -37,6 +37,28 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Encryption key tasks.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Write a new random master key file (mode 0600; never overwrites).
+    Generate {
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Check that the configured master key opens every project key.
+    Check,
+    /// Rewrap every project key under a new master key (data is not
+    /// touched); then point [encryption] master_key_file at the new file.
+    Rotate {
+        #[arg(long)]
+        new_master_key_file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,6 +131,56 @@ fn main() -> anyhow::Result<()> {
             for (what, why) in &report.skipped {
                 println!("  skipped {what}: {why}");
             }
+        }
+        Command::Key {
+            action: KeyAction::Generate { output },
+        } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&output)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", output.display()))?;
+            writeln!(f, "{}", ekko::crypto::MasterKey::generate_hex()?)?;
+            let key = ekko::crypto::MasterKey::load(&output)?;
+            println!("wrote master key {} to {}", key.id(), output.display());
+        }
+        Command::Key { action } => {
+            let config = ekko::cli::start(&cli.config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                // Connecting runs the key check: a wrong master key stops here.
+                let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
+                let rows = ekko.db()?.run(ekko::db::keys::all).await?;
+                match action {
+                    KeyAction::Check => {
+                        for row in &rows {
+                            ekko::keyring::open(&ekko, &row.project_id, &row.wrapped_key()?)?;
+                        }
+                        let id = ekko.master_key.as_ref().map(|k| k.id().to_string());
+                        println!(
+                            "master key {}: opens the keys of {} encrypted project(s)",
+                            id.as_deref().unwrap_or("(none configured)"),
+                            rows.len()
+                        );
+                    }
+                    KeyAction::Rotate {
+                        new_master_key_file,
+                    } => {
+                        let new = ekko::crypto::MasterKey::load(&new_master_key_file)?;
+                        let n = ekko::keyring::rotate(&ekko, &new).await?;
+                        println!(
+                            "rewrapped {n} project key(s) under master key {}; now set [encryption] master_key_file = {}",
+                            new.id(),
+                            new_master_key_file.display()
+                        );
+                    }
+                    KeyAction::Generate { .. } => unreachable!("handled above"),
+                }
+                Ok::<(), anyhow::Error>(())
+            })?;
         }
         Command::Db { action } => {
             let config = ekko::cli::start(&cli.config)?;

@@ -218,13 +218,19 @@ pub fn transition(
                 backups::updated_at.eq(at),
             ))
             .execute(conn)?,
-        BackupStatus::Deleted => diesel::update(target)
-            .set((
-                backups::status.eq(to.as_str()),
-                backups::deleted_at.eq(at),
-                backups::updated_at.eq(at),
-            ))
-            .execute(conn)?,
+        BackupStatus::Deleted => {
+            let n = diesel::update(target)
+                .set((
+                    backups::status.eq(to.as_str()),
+                    backups::deleted_at.eq(at),
+                    backups::updated_at.eq(at),
+                ))
+                .execute(conn)?;
+            if n > 0 {
+                super::segments::lost_a_user(conn, id)?;
+            }
+            n
+        }
         BackupStatus::Queued | BackupStatus::Deleting => diesel::update(target)
             .set((backups::status.eq(to.as_str()), backups::updated_at.eq(at)))
             .execute(conn)?,
@@ -244,6 +250,10 @@ pub fn transition(
 /// failed backup that is not protected (so a concurrent protect or retry
 /// wins). The error says why when nothing changed.
 pub fn delete_if_allowed(conn: &mut DbConnection, id: &str) -> DbResult<Backup> {
+    conn.transaction(|conn| delete_if_allowed_in(conn, id))
+}
+
+fn delete_if_allowed_in(conn: &mut DbConnection, id: &str) -> DbResult<Backup> {
     let at = now();
     let updated = diesel::update(
         backups::table
@@ -271,6 +281,7 @@ pub fn delete_if_allowed(conn: &mut DbConnection, id: &str) -> DbResult<Backup> 
             )
         }));
     }
+    super::segments::lost_a_user(conn, id)?;
     Ok(b)
 }
 
@@ -514,6 +525,18 @@ pub fn commit(
                 )));
             }
             let seq = head + 1;
+            // A deleted head counted only as the head: it stops now.
+            let deleted_head: Option<String> = backup_disks::table
+                .inner_join(backups::table)
+                .filter(backup_disks::disk_id.eq(&dc.disk_id))
+                .filter(backup_disks::seq.eq(head))
+                .filter(backups::status.eq(BackupStatus::Deleted.as_str()))
+                .select(backups::id)
+                .first(conn)
+                .optional()?;
+            if let Some(old) = deleted_head {
+                segments::lost_a_user(conn, &old)?;
+            }
             for &(id, size, records) in &dc.new_segments {
                 segments::insert(conn, &segments::Segment::live(id, &backup.project_id, size, records))?;
             }

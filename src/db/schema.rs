@@ -144,6 +144,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    project_keys (project_id) {
+        project_id -> Text,
+        master_key_id -> Text,
+        wrapped -> Text,
+        created_at -> Timestamp,
+        rotated_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     segment_refs (id) {
         id -> BigInt,
         disk_id -> Text,
@@ -226,6 +236,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     segments,
     segment_refs,
     bad_chunks,
+    project_keys,
     jobs,
     restores,
     quotas,

@@ -47,8 +47,9 @@ impl Segment {
             verified_at: None,
             claimed_by: None,
             claim_until: None,
-            live_bytes: None,
-            live_checked_at: None,
+            // Born whole: every record is used by the map that wrote it.
+            live_bytes: Some(size),
+            live_checked_at: Some(now()),
         }
     }
 }
@@ -293,8 +294,19 @@ pub fn condemned_before(
     before: NaiveDateTime,
     limit: i64,
 ) -> DbResult<Vec<Segment>> {
+    in_status_since_before(conn, "condemned", before, limit)
+}
+
+/// Segments in `status` since before `before` (`condemned_at` records
+/// when they left `live`), oldest id first.
+fn in_status_since_before(
+    conn: &mut DbConnection,
+    status: &str,
+    before: NaiveDateTime,
+    limit: i64,
+) -> DbResult<Vec<Segment>> {
     Ok(segments::table
-        .filter(segments::status.eq("condemned"))
+        .filter(segments::status.eq(status))
         .filter(segments::condemned_at.lt(before))
         .order(segments::id.asc())
         .limit(limit)
@@ -389,34 +401,54 @@ pub fn redirected_to(conn: &mut DbConnection, id: i64) -> DbResult<Vec<i64>> {
         .load(conn)?)
 }
 
-/// Live segments created before `created_before` that lost a user since
-/// their live share was last measured: some record using them (directly or
-/// through a redirect) belongs to a backup deleted after that measure.
+/// Live segments whose live share is to be measured (a backup using them
+/// was deleted since; see [`lost_a_user`]), created before
+/// `created_before`, at most `limit`.
 pub fn compaction_candidates(
     conn: &mut DbConnection,
     created_before: NaiveDateTime,
     limit: i64,
 ) -> DbResult<Vec<Segment>> {
-    let lost = "EXISTS (SELECT 1 FROM backup_disks bd JOIN backups b ON b.id = bd.backup_id \
-        WHERE bd.disk_id = r.disk_id AND bd.seq >= r.from_seq \
-          AND (r.to_seq IS NULL OR bd.seq <= r.to_seq) AND b.status = 'deleted' \
-          AND (s.live_checked_at IS NULL OR b.deleted_at > s.live_checked_at))";
-    let rows: Vec<IdRow> = diesel::sql_query(format!(
-        "SELECT s.id AS id FROM segments s WHERE s.status = 'live' AND s.created_at < ? AND ( \
-           EXISTS (SELECT 1 FROM segment_refs r WHERE r.segment_id = s.id AND {lost}) \
-           OR EXISTS (SELECT 1 FROM segments x JOIN segment_refs r ON r.segment_id = x.id \
-             WHERE x.relocated_to = s.id AND {lost})) \
-         ORDER BY s.id LIMIT ?"
-    ))
-    .bind::<diesel::sql_types::Timestamp, _>(created_before)
-    .bind::<BigInt, _>(limit)
-    .load(conn)?;
-    let ids: Vec<i64> = rows.into_iter().map(|r| r.id).collect();
     Ok(segments::table
-        .filter(segments::id.eq_any(ids))
+        .filter(segments::status.eq("live"))
+        .filter(segments::live_checked_at.is_null())
+        .filter(segments::created_at.lt(created_before))
         .order(segments::id.asc())
+        .limit(limit)
         .select(Segment::as_select())
         .load(conn)?)
+}
+
+/// The segments the records of `backup_id` use (directly, or as the home
+/// of a redirected id) lost a user: their live share is measured again by
+/// the next compaction. Called as the backup stops counting (deleted, or a
+/// deleted head replaced), in the same transaction.
+pub fn lost_a_user(conn: &mut DbConnection, backup_id: &str) -> DbResult<()> {
+    let used: Vec<IdRow> = diesel::sql_query(
+        "SELECT DISTINCT r.segment_id AS id FROM backup_disks bd \
+         JOIN segment_refs r ON r.disk_id = bd.disk_id AND r.from_seq <= bd.seq \
+           AND (r.to_seq IS NULL OR r.to_seq >= bd.seq) \
+         WHERE bd.backup_id = ?",
+    )
+    .bind::<Text, _>(backup_id)
+    .load(conn)?;
+    let mut ids: Vec<i64> = used.into_iter().map(|r| r.id).collect();
+    let homes: Vec<Option<i64>> = segments::table
+        .filter(segments::id.eq_any(&ids))
+        .filter(segments::relocated_to.is_not_null())
+        .select(segments::relocated_to)
+        .load(conn)?;
+    ids.extend(homes.into_iter().flatten());
+    for batch in ids.chunks(1000) {
+        diesel::update(
+            segments::table
+                .filter(segments::id.eq_any(batch))
+                .filter(segments::status.eq("live")),
+        )
+        .set(segments::live_checked_at.eq(None::<NaiveDateTime>))
+        .execute(conn)?;
+    }
+    Ok(())
 }
 
 /// A backup record whose map must be walked to find the records it uses.
@@ -520,13 +552,7 @@ pub fn relocated_before(
     before: NaiveDateTime,
     limit: i64,
 ) -> DbResult<Vec<Segment>> {
-    Ok(segments::table
-        .filter(segments::status.eq("relocated"))
-        .filter(segments::condemned_at.lt(before))
-        .order(segments::id.asc())
-        .limit(limit)
-        .select(Segment::as_select())
-        .load(conn)?)
+    in_status_since_before(conn, "relocated", before, limit)
 }
 
 /// A relocated segment's object is deleted: the row stays as a redirect.

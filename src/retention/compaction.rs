@@ -187,6 +187,7 @@ async fn compact_one(
     // Copy the live records verbatim, each checked first: a damaged one
     // stops the compaction (scrub reports it; nothing is hidden).
     let new_id = new_segment_id();
+    let keys = reader.keys();
     let (body, records) = tokio::task::spawn_blocking(move || {
         let mut w = SegmentWriter::new(new_id, now_unix(), live_bytes as usize);
         for e in &live {
@@ -194,7 +195,7 @@ async fn compact_one(
             let record = bytes
                 .get(start..start + e.length as usize)
                 .ok_or_else(|| anyhow::anyhow!("record {} out of range", e.digest))?;
-            decode_record(id, record, &e.digest)?;
+            decode_record(id, record, &e.digest, keys.as_deref())?;
             w.push_record(id, record)?;
         }
         let n = w.records();

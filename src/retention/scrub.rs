@@ -8,11 +8,13 @@
 //! which stores the data again.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::compaction::walk_maps;
 use super::PassReport;
 use crate::backup::{container, segment_object};
 use crate::chunk::{ChunkDigest, ChunkRef};
+use crate::crypto::ProjectKeys;
 use crate::db::segments::{self, Segment};
 use crate::db::{backups, instances};
 use crate::operator::project_reader;
@@ -36,11 +38,24 @@ pub async fn scrub(ekko: &Ekko, percent: f64, report: &mut PassReport) -> anyhow
     let db = ekko.db()?.clone();
     let due = db.run(move |c| segments::due_for_scrub(c, percent)).await?;
     let prefix = ekko.config.swift.container_prefix.clone();
+    let mut keyring: std::collections::HashMap<String, Option<Arc<ProjectKeys>>> =
+        Default::default();
     for seg in due {
         let cont = container(&prefix, &seg.project_id);
         let id = seg.id as u64;
+        let keys = match keyring.get(&seg.project_id) {
+            Some(k) => k.clone(),
+            None => {
+                let k = crate::keyring::project_keys(ekko, &seg.project_id).await?;
+                keyring.insert(seg.project_id.clone(), k.clone());
+                k
+            }
+        };
         let damage = match ekko.store.get(&cont, &segment_object(id)).await {
-            Ok(bytes) => tokio::task::spawn_blocking(move || check_segment(id, &bytes)).await?,
+            Ok(bytes) => {
+                tokio::task::spawn_blocking(move || check_segment(id, &bytes, keys.as_deref()))
+                    .await?
+            }
             Err(StoreError::NotFound { .. }) => Damage::Whole("the object is missing".into()),
             Err(e) => {
                 // Not damage: the store did not answer; the next pass retries.
@@ -58,7 +73,7 @@ pub async fn scrub(ekko: &Ekko, percent: f64, report: &mut PassReport) -> anyhow
     Ok(())
 }
 
-fn check_segment(id: u64, bytes: &[u8]) -> Damage {
+fn check_segment(id: u64, bytes: &[u8], keys: Option<&ProjectKeys>) -> Damage {
     let entries = match read_whole(id, bytes) {
         Ok(e) => e,
         Err(e) => return Damage::Whole(e.to_string()),
@@ -69,7 +84,7 @@ fn check_segment(id: u64, bytes: &[u8]) -> Damage {
             let start = e.offset as usize;
             bytes
                 .get(start..start + e.length as usize)
-                .is_none_or(|record| decode_record(id, record, &e.digest).is_err())
+                .is_none_or(|record| decode_record(id, record, &e.digest, keys).is_err())
         })
         .map(|e| e.digest)
         .collect();

@@ -15,7 +15,7 @@ use ekko::db::schema::segments as s;
 use ekko::operator::{backup_instance, restore_backup, verify_backup};
 
 use crate::qsd::identical;
-use crate::retention::{setup, Setup};
+use crate::retention::{expire_claims, setup, Setup};
 
 const MIB: u64 = 1 << 20;
 
@@ -470,14 +470,7 @@ async fn randomised_backups_deletes_passes_and_crashes_lose_nothing() {
     let snap = x.dir.path().join("rnd-last.raw");
     x.qsd.snapshot_to(0, &snap);
     kept.push((b.id, snap));
-    x.db.run(|c| {
-        diesel::update(s::table.filter(s::status.eq("deleting")))
-            .set(s::claim_until.eq(chrono::Utc::now().naive_utc() - chrono::Duration::minutes(1)))
-            .execute(c)?;
-        Ok(())
-    })
-    .await
-    .unwrap();
+    expire_claims(&x.db).await;
     for _ in 0..2 {
         ekko::retention::run_pass(&x.ekko, false).await.unwrap();
     }

@@ -12,6 +12,7 @@ mod cli;
 mod compaction;
 mod db;
 mod distributed;
+mod encryption;
 mod engine;
 mod extract;
 mod qmp_peer;

@@ -27,6 +27,20 @@ pub struct Setup {
     _t: crate::helpers::TestDb,
 }
 
+/// Time passes for the claims of killed retention passes: they run out.
+pub async fn expire_claims(db: &ekko::db::Db) {
+    db.run(|c| {
+        use diesel::prelude::*;
+        use ekko::db::schema::segments as s;
+        diesel::update(s::table.filter(s::status.eq("deleting")))
+            .set(s::claim_until.eq(chrono::Utc::now().naive_utc() - chrono::Duration::minutes(1)))
+            .execute(c)?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
 /// `extra` is appended to ekko.conf (options of `[retention]` and
 /// `[backup]` go in those sections: name them).
 pub async fn setup(project: &str, disk_mib: u64, extra: &str) -> Option<Setup> {
@@ -278,16 +292,7 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
     );
     let object = ekko::backup::segment_object(claimed[0] as u64);
     assert!(ekko.store.head(&container, &object).await.is_ok());
-    db.run(|c| {
-        use diesel::prelude::*;
-        use ekko::db::schema::segments as s;
-        diesel::update(s::table.filter(s::status.eq("deleting")))
-            .set(s::claim_until.eq(chrono::Utc::now().naive_utc() - chrono::Duration::minutes(1)))
-            .execute(c)?;
-        Ok(())
-    })
-    .await
-    .unwrap();
+    expire_claims(&db).await;
     let resumed = ekko::retention::run_pass(&ekko, false).await.unwrap();
     assert_eq!(resumed.segments_deleted, claimed.len(), "{resumed:?}");
     assert!(ekko.store.head(&container, &object).await.is_err());

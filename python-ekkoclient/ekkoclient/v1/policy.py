@@ -193,8 +193,8 @@ class DeletePolicy(command.Command):
                 (failed, len(parsed_args.policies)))
 
 
-class AddInstanceToPolicy(command.Command):
-    """Protect an instance with a policy (one policy per instance)."""
+class _PolicyInstanceCommand(command.Command):
+    """A command on one policy and one instance."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
@@ -203,6 +203,10 @@ class AddInstanceToPolicy(command.Command):
         parser.add_argument("instance", metavar="<instance>",
                             help="Instance (name or ID)")
         return parser
+
+
+class AddInstanceToPolicy(_PolicyInstanceCommand):
+    """Protect an instance with a policy (one policy per instance)."""
 
     def take_action(self, parsed_args):
         client = self.app.client_manager.ekko
@@ -211,16 +215,8 @@ class AddInstanceToPolicy(command.Command):
         client.policy_add_instance(policy["id"], instance["id"])
 
 
-class RemoveInstanceFromPolicy(command.Command):
+class RemoveInstanceFromPolicy(_PolicyInstanceCommand):
     """Stop protecting an instance with a policy."""
-
-    def get_parser(self, prog_name):
-        parser = super().get_parser(prog_name)
-        parser.add_argument("policy", metavar="<policy>",
-                            help="Policy (name or ID)")
-        parser.add_argument("instance", metavar="<instance>",
-                            help="Instance (name or ID)")
-        return parser
 
     def take_action(self, parsed_args):
         client = self.app.client_manager.ekko

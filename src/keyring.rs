@@ -1,0 +1,204 @@
+//! Where encryption keys come from: the master key named by the
+//! configuration, and each encrypted project's key, wrapped by it, in the
+//! catalog (`project_keys`) with a copy in the project's container
+//! ([`KEY_OBJECT`]) so a catalog rebuilt from the store can still open it.
+//!
+//! Compute hosts hold no catalog: their jobs carry the wrapped project key,
+//! which they open with the master key from their own configuration.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::backup::container;
+use crate::config::EkkoConfig;
+use crate::crypto::{CryptoError, MasterKey, ProjectKeys, ProjectSecret, WrappedKey};
+use crate::db::{keys, Db, DbError};
+use crate::Ekko;
+
+/// The store's copy of a project's wrapped key, in its container.
+pub const KEY_OBJECT: &str = "keys/project.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("[encryption] enabled = true needs [encryption] master_key_file")]
+    NoMasterKeyFile,
+    #[error(
+        "the catalog holds keys of encrypted projects, wrapped by master key(s) {wrapped_by}, \
+         but {configured}: set [encryption] master_key_file to that key"
+    )]
+    CatalogNeedsKey {
+        wrapped_by: String,
+        configured: String,
+    },
+    #[error("project {0}'s data is encrypted and this process has no master key ([encryption] master_key_file)")]
+    NoKeyForProject(String),
+    #[error("{0}")]
+    Store(String),
+}
+
+/// The configured master key, if any (required when encryption is on).
+pub fn load_master_key(config: &EkkoConfig) -> Result<Option<Arc<MasterKey>>, KeyringError> {
+    let file = config.encryption.master_key_file.trim();
+    if file.is_empty() {
+        if config.encryption.enabled {
+            return Err(KeyringError::NoMasterKeyFile);
+        }
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(MasterKey::load(Path::new(file))?)))
+}
+
+/// The key check: every project key in the catalog must be wrapped by the
+/// configured master key.
+pub async fn check_catalog(db: &Db, master: Option<&MasterKey>) -> Result<(), KeyringError> {
+    let ids = db.run(keys::master_key_ids).await?;
+    let configured = master.map(|m| m.id().to_string());
+    let foreign: Vec<String> = ids
+        .into_iter()
+        .filter(|id| Some(id) != configured.as_ref())
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(KeyringError::CatalogNeedsKey {
+        wrapped_by: foreign.join(", "),
+        configured: match configured {
+            Some(id) => format!("the configured master key is {id}"),
+            None => "no master key is configured".into(),
+        },
+    })
+}
+
+fn master(ekko: &Ekko, project: &str) -> Result<Arc<MasterKey>, KeyringError> {
+    ekko.master_key
+        .clone()
+        .ok_or_else(|| KeyringError::NoKeyForProject(project.to_string()))
+}
+
+/// The wrapped key of a project whose data is (or, with encryption on,
+/// is about to be) encrypted; `None` for a plaintext project. Creates the
+/// key on first use, and makes sure the store holds its copy before any
+/// data sealed with it is written.
+pub async fn ensure_project_key(
+    ekko: &Ekko,
+    project: &str,
+) -> Result<Option<WrappedKey>, KeyringError> {
+    let db = ekko.db()?.clone();
+    let p = project.to_string();
+    let row = match db.run(move |c| keys::get(c, &p)).await? {
+        Some(row) => row,
+        None if ekko.config.encryption.enabled => {
+            let master = master(ekko, project)?;
+            let fresh = master.wrap(project, &ProjectSecret::generate()?)?;
+            let p = project.to_string();
+            let row = db.run(move |c| keys::insert_or_get(c, &p, &fresh)).await?;
+            tracing::info!(project, master_key = %row.master_key_id, "project key created");
+            row
+        }
+        None => return Ok(None),
+    };
+    let wrapped = row.wrapped_key()?;
+    // The catalog's key is the one that stands (a racing creator's lost):
+    // the store's copy always follows it, written once per process.
+    let known = |ekko: &Ekko| {
+        ekko.stored_keys
+            .lock()
+            .map(|s| s.contains(project))
+            .unwrap_or(false)
+    };
+    if !known(ekko) {
+        put_store_copy(ekko, project, &wrapped).await?;
+        if let Ok(mut s) = ekko.stored_keys.lock() {
+            s.insert(project.to_string());
+        }
+    }
+    Ok(Some(wrapped))
+}
+
+async fn put_store_copy(
+    ekko: &Ekko,
+    project: &str,
+    wrapped: &WrappedKey,
+) -> Result<(), KeyringError> {
+    let cont = container(&ekko.config.swift.container_prefix, project);
+    let body = serde_json::to_vec(wrapped).map_err(|e| KeyringError::Store(e.to_string()))?;
+    ekko.store
+        .put(&cont, KEY_OBJECT, body.into())
+        .await
+        .map_err(|e| KeyringError::Store(format!("{cont}/{KEY_OBJECT}: {e}")))
+}
+
+/// Open a wrapped project key with this process's master key.
+pub fn open(
+    ekko: &Ekko,
+    project: &str,
+    wrapped: &WrappedKey,
+) -> Result<Arc<ProjectKeys>, KeyringError> {
+    let secret = master(ekko, project)?.unwrap(project, wrapped)?;
+    Ok(Arc::new(secret.keys()))
+}
+
+/// The keys of a project, from the catalog (`None`: plaintext project).
+pub async fn project_keys(
+    ekko: &Ekko,
+    project: &str,
+) -> Result<Option<Arc<ProjectKeys>>, KeyringError> {
+    let p = project.to_string();
+    let Some(row) = ekko.db()?.run(move |c| keys::get(c, &p)).await? else {
+        return Ok(None);
+    };
+    Ok(Some(open(ekko, project, &row.wrapped_key()?)?))
+}
+
+/// The keys of a project from its container's copy (catalog rebuild).
+pub async fn project_keys_from_store(
+    ekko: &Ekko,
+    container: &str,
+    project: &str,
+) -> Result<Option<(WrappedKey, Arc<ProjectKeys>)>, KeyringError> {
+    let body = match ekko.store.get(container, KEY_OBJECT).await {
+        Ok(b) => b,
+        Err(crate::store::StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(KeyringError::Store(e.to_string())),
+    };
+    let wrapped: WrappedKey = serde_json::from_slice(&body)
+        .map_err(|e| KeyringError::Store(format!("{container}/{KEY_OBJECT}: {e}")))?;
+    let keys = open(ekko, project, &wrapped)?;
+    Ok(Some((wrapped, keys)))
+}
+
+/// Master key rotation: rewrap every project key under `new`. The store's
+/// copies are written first, then the catalog in one transaction: a crash
+/// in between leaves the catalog on the old key, and a re-run finishes.
+/// Data is not touched. Run it with the services stopped, then start them
+/// with the new key (the key check refuses the old one). Returns the
+/// projects rewrapped.
+pub async fn rotate(ekko: &Ekko, new: &MasterKey) -> Result<usize, KeyringError> {
+    let db = ekko.db()?.clone();
+    let rows = db.run(keys::all).await?;
+    let mut rewrapped = Vec::new();
+    for row in &rows {
+        let wrapped = row.wrapped_key()?;
+        let secret = master(ekko, &row.project_id)?.unwrap(&row.project_id, &wrapped)?;
+        let again = new.wrap(&row.project_id, &secret)?;
+        put_store_copy(ekko, &row.project_id, &again).await?;
+        rewrapped.push((row.project_id.clone(), again));
+    }
+    let n = rewrapped.len();
+    db.run(move |c| keys::rewrap_all(c, &rewrapped)).await?;
+    tracing::info!(projects = n, master_key = new.id(), "master key rotated");
+    Ok(n)
+}
+
+/// Insert a project key read from the store (catalog rebuild).
+pub async fn import(ekko: &Ekko, project: &str, wrapped: WrappedKey) -> Result<(), KeyringError> {
+    let p = project.to_string();
+    ekko.db()?
+        .run(move |c| keys::insert_or_get(c, &p, &wrapped).map(|_| ()))
+        .await?;
+    Ok(())
+}
