@@ -380,16 +380,19 @@ async fn randomised_backups_deletes_passes_and_crashes_lose_nothing() {
     else {
         return;
     };
-    let seed = std::env::var("EKKO_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
+    // A fixed sequence by default, so CI is reproducible;
+    // EKKO_TEST_SEED=<n> replays one, EKKO_TEST_SEED=random explores.
+    let seed = match std::env::var("EKKO_TEST_SEED").ok().as_deref() {
+        Some("random") => {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_nanos() as u64
                 | 1
-        });
+        }
+        Some(s) => s.parse().expect("EKKO_TEST_SEED: a number or `random`"),
+        None => 0x5eed_2026_1126_0007,
+    };
     eprintln!("randomised retention: EKKO_TEST_SEED={seed}");
     let mut rng = Rng(seed);
     let qmp = x.qsd.qmp_socket.display().to_string();
