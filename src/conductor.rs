@@ -83,6 +83,7 @@ pub fn plan_backup(
     c: &mut DbConnection,
     opts: &PlanOptions,
     new: &NewBackup,
+    keys: &crate::keyring::JobKeys,
 ) -> DbResult<(Backup, Job, BackupJob)> {
     c.transaction(|c| {
         // Lock the instance row first: concurrent plans for one instance
@@ -168,7 +169,8 @@ pub fn plan_backup(
             dedup_sources,
             relocations: Relocation::from_rows(&segments::relocations(c, &instance.project_id)?),
             bad_records,
-            project_key: project_key(c, &instance.project_id)?,
+            project_key: keys.for_backup().0,
+            write_keys: keys.for_backup().1,
             deadline,
         };
         job.payload = serde_json::to_string(&message)
@@ -194,12 +196,15 @@ pub async fn submit_backup(ekko: &Ekko, new: NewBackup) -> Result<Backup, Conduc
     let opts = PlanOptions::of(ekko);
     let db = ekko.db()?.clone();
     // An encrypted project's key exists (and is in the store) before any
-    // job can seal data with it; the plan puts it in the job.
+    // job can seal data with it; the plan puts it (or, in public-key mode,
+    // the write keys) in the job.
     let id = new.instance_id.clone();
-    if let Ok(instance) = db.run(move |c| instances::get(c, &id)).await {
-        crate::keyring::ensure_project_key(ekko, &instance.project_id).await?;
-    }
-    let (backup, job, message) = db.run(move |c| plan_backup(c, &opts, &new)).await?;
+    let keys = match db.run(move |c| instances::get(c, &id)).await {
+        Ok(instance) => crate::keyring::job_keys(ekko, &instance.project_id).await?,
+        // An unknown instance: the plan says so.
+        Err(_) => Default::default(),
+    };
+    let (backup, job, message) = db.run(move |c| plan_backup(c, &opts, &new, &keys)).await?;
     let host = job.host.clone().unwrap_or_default();
     publish_or_fail(
         ekko,
@@ -427,6 +432,14 @@ pub struct NewRestore {
 pub async fn submit_restore(ekko: &Ekko, new: NewRestore) -> Result<Restore, ConductorError> {
     let timeout = PlanOptions::of(ekko).job_timeout;
     let db = ekko.db()?.clone();
+    // A public-key project's backups are read where the master key is.
+    let mut new = new;
+    if new.host.is_none() {
+        let id = new.backup_id.clone();
+        if let Ok(b) = db.run(move |c| backups::get(c, &id)).await {
+            new.host = crate::keyring::default_restore_host(ekko, &b.project_id).await?;
+        }
+    }
     let (restore, job, message) = db
         .run(move |c| {
             c.transaction(|c| {

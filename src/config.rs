@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 
 pub use options::{
     all_options, ApiOptions, AuthStrategy, BackupOptions, DatabaseOptions, DefaultOptions,
-    EncryptionOptions, KeystoneAuthtokenOptions, LocalStoreOptions, OptionInfo, OsloPolicyOptions,
-    QuotaOptions, RetentionOptions, StorageBackend, StorageOptions, SwiftOptions,
+    EncryptionMode, EncryptionOptions, KeystoneAuthtokenOptions, LocalStoreOptions, OptionInfo,
+    OsloPolicyOptions, QuotaOptions, RetentionOptions, StorageBackend, StorageOptions,
+    SwiftOptions,
 };
 pub use types::{ByteSize, CommaList, Secret};
 

@@ -35,6 +35,8 @@ pub struct Ekko {
     pub queue: Arc<dyn MessageQueue>,
     /// The master key that wraps projects' keys (`[encryption]`).
     pub master_key: Option<Arc<crate::crypto::MasterKey>>,
+    /// The host key that wraps public-key projects' write keys in jobs.
+    pub host_key: Option<Arc<crate::crypto::MasterKey>>,
     /// Projects whose key this process knows the store holds a copy of.
     pub(crate) stored_keys: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
@@ -68,7 +70,7 @@ impl Ekko {
             }
             Some(db)
         };
-        let master_key = crate::keyring::load_master_key(&config)?;
+        let (master_key, host_key) = crate::keyring::load_keys(&config)?;
         if let (Some(db), Catalog::Required) = (&db, catalog) {
             // Fail early and loudly on the wrong master key.
             crate::keyring::check_catalog(db, master_key.as_deref()).await?;
@@ -85,6 +87,7 @@ impl Ekko {
             store,
             queue,
             master_key,
+            host_key,
             stored_keys: Default::default(),
         })
     }

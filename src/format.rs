@@ -22,6 +22,9 @@ pub const CODEC_ZSTD: u8 = 1;
 /// field and the nonce are in every record header from version 1 on).
 pub const CIPHER_NONE: u8 = 0;
 pub const CIPHER_AES256_GCM: u8 = 1;
+/// A chunk sealed to its project's X25519 public key (public-key mode):
+/// the payload starts with the writer's ephemeral public key.
+pub const CIPHER_X25519_AES256_GCM: u8 = 2;
 
 /// Version of the index page layout.
 pub const INDEX_PAGE_VERSION: u8 = 1;

@@ -103,9 +103,13 @@ pub struct BackupJob {
     /// Stored records scrub found damaged: never reused, stored afresh.
     #[serde(default)]
     pub bad_records: Vec<BadRecord>,
-    /// An encrypted project's key, wrapped by the master key.
+    /// A symmetric project's key, wrapped by the master key.
     #[serde(default)]
     pub project_key: Option<crate::crypto::WrappedKey>,
+    /// A public-key project's write keys, wrapped by the host key (the
+    /// host gets no project key then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_keys: Option<crate::crypto::WrappedKey>,
     /// A worker that receives the job later than this fails it instead.
     pub deadline: DateTime<Utc>,
 }

@@ -3,15 +3,19 @@
 //! catalog (`project_keys`) with a copy in the project's container
 //! ([`KEY_OBJECT`]) so a catalog rebuilt from the store can still open it.
 //!
-//! Compute hosts hold no catalog: their jobs carry the wrapped project key,
-//! which they open with the master key from their own configuration.
+//! Compute hosts hold no catalog: their jobs carry the keys they need
+//! ([`JobKeys`]). For a symmetric project that is the wrapped project key,
+//! which they open with the master key from their own configuration; for a
+//! public-key project, only its write keys, wrapped by the host key, so a
+//! compute host needs (and should have) no master key.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::backup::container;
 use crate::config::EkkoConfig;
-use crate::crypto::{CryptoError, MasterKey, ProjectKeys, ProjectSecret, WrappedKey};
+use crate::config::EncryptionMode;
+use crate::crypto::{CryptoError, KeyMode, MasterKey, ProjectKeys, ProjectSecret, WrappedKey};
 use crate::db::{keys, Db, DbError};
 use crate::Ekko;
 
@@ -27,6 +31,18 @@ pub enum KeyringError {
     #[error("[encryption] enabled = true needs [encryption] master_key_file")]
     NoMasterKeyFile,
     #[error(
+        "[encryption] host_key_file holds the master key: hosts would hold it too; generate a separate host key"
+    )]
+    HostKeyIsMasterKey,
+    #[error(
+        "project {0} is in public-key mode: its jobs need [encryption] host_key_file (the key compute hosts open their write keys with)"
+    )]
+    NoHostKey(String),
+    #[error(
+        "[encryption] mode = public_key: the controller needs [encryption] host_key_file and master_key_file"
+    )]
+    ControllerNeedsKeys,
+    #[error(
         "the catalog holds keys of encrypted projects, wrapped by master key(s) {wrapped_by}, \
          but {configured}: set [encryption] master_key_file to that key"
     )]
@@ -40,16 +56,47 @@ pub enum KeyringError {
     Store(String),
 }
 
-/// The configured master key, if any (required when encryption is on).
-pub fn load_master_key(config: &EkkoConfig) -> Result<Option<Arc<MasterKey>>, KeyringError> {
-    let file = config.encryption.master_key_file.trim();
-    if file.is_empty() {
-        if config.encryption.enabled {
-            return Err(KeyringError::NoMasterKeyFile);
+/// The configured master key and host key, if any. The master key is
+/// required when encryption is on, except on a compute host of public-key
+/// mode (a host key and no master key). The host key must not be the master
+/// key.
+#[allow(clippy::type_complexity)]
+pub fn load_keys(
+    config: &EkkoConfig,
+) -> Result<(Option<Arc<MasterKey>>, Option<Arc<MasterKey>>), KeyringError> {
+    let load = |file: &str| -> Result<Option<Arc<MasterKey>>, KeyringError> {
+        let file = file.trim();
+        if file.is_empty() {
+            return Ok(None);
         }
-        return Ok(None);
+        Ok(Some(Arc::new(MasterKey::load(Path::new(file))?)))
+    };
+    let enc = &config.encryption;
+    let master = load(&enc.master_key_file)?;
+    let host = load(&enc.host_key_file)?;
+    let host_only = enc.mode == EncryptionMode::PublicKey && host.is_some();
+    if master.is_none() && enc.enabled && !host_only {
+        return Err(KeyringError::NoMasterKeyFile);
     }
-    Ok(Some(Arc::new(MasterKey::load(Path::new(file))?)))
+    if let (Some(m), Some(h)) = (&master, &host) {
+        if m.id() == h.id() {
+            return Err(KeyringError::HostKeyIsMasterKey);
+        }
+    }
+    Ok((master, host))
+}
+
+/// A controller (the conductor, which plans jobs) in public-key mode must
+/// be able to give hosts write keys: refuse to start without both keys.
+pub fn check_controller(ekko: &Ekko) -> Result<(), KeyringError> {
+    let enc = &ekko.config.encryption;
+    if enc.enabled
+        && enc.mode == EncryptionMode::PublicKey
+        && (ekko.master_key.is_none() || ekko.host_key.is_none())
+    {
+        return Err(KeyringError::ControllerNeedsKeys);
+    }
+    Ok(())
 }
 
 /// The key check: every project key in the catalog must be wrapped by the
@@ -93,10 +140,14 @@ pub async fn ensure_project_key(
         Some(row) => row,
         None if ekko.config.encryption.enabled => {
             let master = master(ekko, project)?;
-            let fresh = master.wrap(project, &ProjectSecret::generate()?)?;
+            let mode = match ekko.config.encryption.mode {
+                EncryptionMode::Symmetric => KeyMode::Symmetric,
+                EncryptionMode::PublicKey => KeyMode::PublicKey,
+            };
+            let fresh = master.wrap(project, &ProjectSecret::generate(mode)?)?;
             let p = project.to_string();
             let row = db.run(move |c| keys::insert_or_get(c, &p, &fresh)).await?;
-            tracing::info!(project, master_key = %row.master_key_id, "project key created");
+            tracing::info!(project, master_key = %row.master_key_id, ?mode, "project key created");
             row
         }
         None => return Ok(None),
@@ -140,6 +191,99 @@ pub fn open(
 ) -> Result<Arc<ProjectKeys>, KeyringError> {
     let secret = master(ekko, project)?.unwrap(project, wrapped)?;
     Ok(Arc::new(secret.keys()))
+}
+
+/// The keys a job carries to its host (see the module comment).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobKeys {
+    /// The project key wrapped by the master key (symmetric projects'
+    /// backups, and every restore).
+    pub project_key: Option<WrappedKey>,
+    /// A public-key project's write keys wrapped by the host key.
+    pub write_keys: Option<WrappedKey>,
+    /// The project is in public-key mode (its restores need the master key).
+    pub public_key: bool,
+}
+
+/// The keys for a job of `project`, created if encryption is on and the
+/// project has none. For a public-key project this process must hold the
+/// master key (to derive the write keys) and the host key (to wrap them).
+pub async fn job_keys(ekko: &Ekko, project: &str) -> Result<JobKeys, KeyringError> {
+    let Some(wrapped) = ensure_project_key(ekko, project).await? else {
+        return Ok(JobKeys::default());
+    };
+    // Without a master key here the mode cannot be known: pass the project
+    // key on, for a host that has the master key.
+    let Some(master) = ekko.master_key.as_ref() else {
+        return Ok(JobKeys {
+            project_key: Some(wrapped),
+            ..JobKeys::default()
+        });
+    };
+    let secret = master.unwrap(project, &wrapped)?;
+    let Some(write) = secret.write_keys() else {
+        return Ok(JobKeys {
+            project_key: Some(wrapped),
+            ..JobKeys::default()
+        });
+    };
+    let host = ekko
+        .host_key
+        .as_ref()
+        .ok_or_else(|| KeyringError::NoHostKey(project.to_string()))?;
+    Ok(JobKeys {
+        project_key: Some(wrapped),
+        write_keys: Some(host.wrap_write_keys(project, &write)?),
+        public_key: true,
+    })
+}
+
+/// Where restores of `project` that name no host go: `[encryption]
+/// restore_host` for a public-key project (its compute hosts cannot read
+/// its backups), else `None` (the instance's host).
+pub async fn default_restore_host(
+    ekko: &Ekko,
+    project: &str,
+) -> Result<Option<String>, KeyringError> {
+    let host = ekko.config.encryption.restore_host.trim();
+    let Some(master) = ekko.master_key.as_ref().filter(|_| !host.is_empty()) else {
+        return Ok(None);
+    };
+    let p = project.to_string();
+    let Some(row) = ekko.db()?.run(move |c| keys::get(c, &p)).await? else {
+        return Ok(None);
+    };
+    let secret = master.unwrap(project, &row.wrapped_key()?)?;
+    Ok((secret.mode() == KeyMode::PublicKey).then(|| host.to_string()))
+}
+
+impl JobKeys {
+    /// What a backup job carries: a public-key project's hosts get the
+    /// write keys only.
+    pub fn for_backup(&self) -> (Option<WrappedKey>, Option<WrappedKey>) {
+        match &self.write_keys {
+            Some(w) => (None, Some(w.clone())),
+            None => (self.project_key.clone(), None),
+        }
+    }
+}
+
+/// The keys a host opens a job's data with: the write keys with its host
+/// key, or else the project key with its master key.
+pub fn open_job(
+    ekko: &Ekko,
+    project: &str,
+    project_key: Option<&WrappedKey>,
+    write_keys: Option<&WrappedKey>,
+) -> Result<Option<Arc<ProjectKeys>>, KeyringError> {
+    if let Some(w) = write_keys {
+        let host = ekko
+            .host_key
+            .as_ref()
+            .ok_or_else(|| KeyringError::NoHostKey(project.to_string()))?;
+        return Ok(Some(Arc::new(host.unwrap_write_keys(project, w)?.keys())));
+    }
+    project_key.map(|w| open(ekko, project, w)).transpose()
 }
 
 /// The keys of a project, from the catalog (`None`: plaintext project).

@@ -106,7 +106,7 @@ impl Manifest {
         let Some(keys) = keys else { return Ok(json) };
         let name = object_name(&self.backup_id);
         let mut sealed = json.clone();
-        let nonce = keys
+        let (_, nonce) = keys
             .seal(&sealed_binding(keys, &name, json.len()), &mut sealed)
             .map_err(|e| ManifestError::Invalid {
                 name: name.clone(),
@@ -140,7 +140,13 @@ impl Manifest {
         let mut sealed = sealed.to_vec();
         let len = sealed.len() - TAG_LEN;
         let json = keys
-            .open(&sealed_binding(keys, name, len), nonce, &mut sealed, name)
+            .open(
+                &sealed_binding(keys, name, len),
+                crate::format::CIPHER_AES256_GCM,
+                nonce,
+                &mut sealed,
+                name,
+            )
             .map_err(|e| invalid(e.to_string()))?
             .to_vec();
         Manifest::decode(name, &json)

@@ -118,7 +118,11 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
         host.clone(),
     );
     let plan = PlanOptions::of(ekko);
-    crate::keyring::ensure_project_key(ekko, &req.project_id).await?;
+    // This process runs the job itself, with its own master key.
+    let keys = crate::keyring::JobKeys {
+        project_key: crate::keyring::ensure_project_key(ekko, &req.project_id).await?,
+        ..Default::default()
+    };
     let (interrupted, (backup, job, message)) = db
         .run(move |c| {
             instances::upsert(c, &id, &project, &h2, &id, &reports)?;
@@ -127,7 +131,7 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
             // died. Its bitmaps are rolled back by `PullBackup::recover`.
             let interrupted =
                 backups::interrupt_running(c, &id, "interrupted: the process running it stopped")?;
-            let planned = conductor::plan_backup(c, &plan, &new)?;
+            let planned = conductor::plan_backup(c, &plan, &new, &keys)?;
             let started = JobStarted {
                 job_id: planned.1.id.clone(),
                 host: h2.clone(),

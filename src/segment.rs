@@ -275,12 +275,9 @@ pub fn encode_record(
     };
     let raw_len = plain.len() as u32;
     let (cipher, nonce) = match keys {
-        Some(k) => {
-            let nonce = k
-                .seal(&binding(kind, codec, raw_len, digest), &mut payload)
-                .map_err(|e| SegmentError::Crypto(e.to_string()))?;
-            (CIPHER_AES256_GCM, nonce)
-        }
+        Some(k) => k
+            .seal(&binding(kind, codec, raw_len, digest), &mut payload)
+            .map_err(|e| SegmentError::Crypto(e.to_string()))?,
         None => (CIPHER_NONE, [0; 12]),
     };
     Ok(EncodedRecord {
@@ -399,17 +396,22 @@ pub fn decode_record(
     let mut opened;
     let payload: &[u8] = match (h.cipher, keys) {
         (CIPHER_NONE, _) => payload,
-        (CIPHER_AES256_GCM, Some(k)) => {
+        (CIPHER_AES256_GCM | CIPHER_X25519_AES256_GCM, Some(k)) => {
             opened = payload.to_vec();
             k.open(
                 &binding(h.kind, h.codec, h.raw_len, h.digest),
+                h.cipher,
                 h.nonce,
                 &mut opened,
                 &what,
             )
-            .map_err(|e| corrupt(segment, e.to_string()))?
+            .map_err(|e| match e {
+                // Not damage: the data is fine, this process may not read it.
+                crate::crypto::CryptoError::WriteOnly(_) => SegmentError::Crypto(e.to_string()),
+                e => corrupt(segment, e.to_string()),
+            })?
         }
-        (CIPHER_AES256_GCM, None) => {
+        (CIPHER_AES256_GCM | CIPHER_X25519_AES256_GCM, None) => {
             return Err(corrupt(
                 segment,
                 format!("{what}: encrypted, and this process has no key for its project"),
@@ -507,8 +509,8 @@ mod tests {
 
     #[test]
     fn sealed_records_open_only_with_their_project_key() {
-        use crate::crypto::ProjectSecret;
-        let keys = ProjectSecret::generate().unwrap().keys();
+        use crate::crypto::{KeyMode, ProjectSecret};
+        let keys = ProjectSecret::generate(KeyMode::Symmetric).unwrap().keys();
         let plain = b"secret data ".repeat(50);
         let digest = identity(Some(&keys), &plain);
         let mut c = Compressor::new(1).unwrap();
@@ -526,7 +528,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no key"), "{err}");
-        let other = ProjectSecret::generate().unwrap().keys();
+        let other = ProjectSecret::generate(KeyMode::Symmetric).unwrap().keys();
         let err = decode_record(5, rec, &digest, Some(&other))
             .unwrap_err()
             .to_string();
@@ -540,5 +542,91 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("authentication failed"), "{err}");
+    }
+
+    /// Public-key mode: what a host writes with the write keys opens only
+    /// with the project's secret; pages open with both; a downgraded
+    /// cipher is refused even with a recomputed crc.
+    #[test]
+    fn chunks_sealed_to_the_public_key_open_only_on_the_restore_side() {
+        use crate::crypto::{KeyMode, ProjectSecret};
+        let secret = ProjectSecret::generate(KeyMode::PublicKey).unwrap();
+        let full = secret.keys();
+        let host = secret.write_keys().unwrap().keys();
+        assert!(full.can_open_chunks() && !host.can_open_chunks());
+        let plain = b"tenant data ".repeat(60);
+        let page = b"an index page ".repeat(20);
+        let digest = identity(Some(&host), &plain);
+        assert_eq!(digest, identity(Some(&full), &plain), "one identity key");
+        let page_digest = identity(Some(&host), &page);
+        let mut c = Compressor::new(1).unwrap();
+        let mut w = SegmentWriter::new(6, 1_700_000_000, 1 << 20);
+        let chunk = encode_record(&mut c, Some(&host), RECORD_CHUNK, digest, &plain).unwrap();
+        assert_eq!(chunk.cipher, CIPHER_X25519_AES256_GCM);
+        let idx =
+            encode_record(&mut c, Some(&host), RECORD_INDEX_PAGE, page_digest, &page).unwrap();
+        assert_eq!(idx.cipher, CIPHER_AES256_GCM);
+        let (ce, pe) = (w.push_encoded(&chunk), w.push_encoded(&idx));
+        let bytes = w.finish();
+        let rec =
+            |e: &TrailerEntry| &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
+        assert_eq!(
+            decode_record(6, rec(&ce), &digest, Some(&full)).unwrap(),
+            plain
+        );
+        let err = decode_record(6, rec(&ce), &digest, Some(&host)).unwrap_err();
+        assert!(
+            matches!(err, SegmentError::Crypto(_)) && err.to_string().contains("restore side"),
+            "{err}"
+        );
+        // The host reads maps (pages) to build incrementals.
+        assert_eq!(
+            decode_record(6, rec(&pe), &page_digest, Some(&host)).unwrap(),
+            page
+        );
+        assert_eq!(
+            decode_record(6, rec(&pe), &page_digest, Some(&full)).unwrap(),
+            page
+        );
+        // Another project's secret opens nothing.
+        let stranger = ProjectSecret::generate(KeyMode::PublicKey).unwrap().keys();
+        assert!(decode_record(6, rec(&ce), &digest, Some(&stranger)).is_err());
+        // Downgrades: cipher 2 → 1 or 0 with the crc recomputed.
+        for cipher in [CIPHER_AES256_GCM, CIPHER_NONE] {
+            let mut forged = rec(&ce).to_vec();
+            forged[2] = cipher;
+            let crc = record_crc(&forged[..RECORD_HEADER_LEN], &forged[RECORD_HEADER_LEN..]);
+            forged[12..16].copy_from_slice(&crc.to_le_bytes());
+            assert!(
+                decode_record(6, &forged, &digest, Some(&full)).is_err(),
+                "cipher {cipher} accepted"
+            );
+        }
+        // A chunk sealed with the index key (what a host could forge) is
+        // refused in a public-key project.
+        let sym = crate::crypto::RecordBinding {
+            version: SEGMENT_VERSION,
+            kind: RECORD_INDEX_PAGE,
+            codec: chunk.codec,
+            raw_len: chunk.raw_len,
+            digest,
+        };
+        let mut payload = plain.clone();
+        let (cipher, nonce) = host.seal(&sym, &mut payload).unwrap();
+        assert_eq!(cipher, CIPHER_AES256_GCM);
+        let forged = EncodedRecord {
+            kind: RECORD_CHUNK,
+            digest,
+            raw_len: plain.len() as u32,
+            codec: CODEC_NONE,
+            cipher,
+            nonce,
+            payload,
+        };
+        let mut w = SegmentWriter::new(8, 1_700_000_000, 1 << 20);
+        let e = w.push_encoded(&forged);
+        let bytes = w.finish();
+        let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
+        assert!(decode_record(8, rec, &digest, Some(&full)).is_err());
     }
 }

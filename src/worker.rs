@@ -151,15 +151,17 @@ pub async fn execute(
     };
     let pull = PullBackup::begin(qmp, &requests, opts).await?;
     let container = container(&ekko.config.swift.container_prefix, &job.project_id);
-    let keys = match &job.project_key {
-        Some(wrapped) => match crate::keyring::open(ekko, &job.project_id, wrapped) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                pull.abort().await?;
-                return Err(e.into());
-            }
-        },
-        None => None,
+    let keys = match crate::keyring::open_job(
+        ekko,
+        &job.project_id,
+        job.project_key.as_ref(),
+        job.write_keys.as_ref(),
+    ) {
+        Ok(k) => k,
+        Err(e) => {
+            pull.abort().await?;
+            return Err(e.into());
+        }
     };
     let reader = RecordReader::new(ekko.store.clone(), &container)
         .with_relocations(Relocation::map(&job.relocations))
@@ -824,12 +826,17 @@ impl Worker {
                 return self.fail(delivery, &job.job_id, why, false).await;
             }
         };
-        let keys = match &job.project_key {
-            Some(wrapped) => match crate::keyring::open(&self.ekko, &job.project_id, wrapped) {
-                Ok(k) => Some(k),
-                Err(e) => return self.fail(delivery, &job.job_id, e.to_string(), false).await,
-            },
-            None => None,
+        // Only the restore side (the master key) opens a public-key
+        // project's chunks: a host with write keys fails here, before the
+        // target is touched.
+        let keys = match crate::keyring::open_job(
+            &self.ekko,
+            &job.project_id,
+            job.project_key.as_ref(),
+            None,
+        ) {
+            Ok(k) => k,
+            Err(e) => return self.fail(delivery, &job.job_id, e.to_string(), false).await,
         };
         let Some((delivery, mut admitted)) =
             self.admit(delivery, &job.job_id, None, job.deadline).await

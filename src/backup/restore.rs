@@ -343,6 +343,20 @@ async fn walk(
 }
 
 /// Check every chunk of a record (digests, checksums), writing nothing.
+/// Write keys (a public-key project's host) open no chunk: refuse before a
+/// restore target is created (not half-way through it), and before a
+/// verify reports every chunk as bad.
+fn refuse_write_keys(reader: &RecordReader) -> Result<(), EngineError> {
+    if reader.keys().is_some_and(|k| !k.can_open_chunks()) {
+        return Err(EngineError::Other(
+            "this project's chunks are sealed to its public key: only the restore side \
+             (the master key, [encryption] restore_host) can read them"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn verify(
     reader: &RecordReader,
     root: ChunkRef,
@@ -350,6 +364,7 @@ pub async fn verify(
     chunk_size: u64,
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
+    refuse_write_keys(reader)?;
     walk(
         reader,
         root,
@@ -373,6 +388,7 @@ pub async fn restore(
     format: TargetFormat,
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
+    refuse_write_keys(reader)?;
     let raw_path = match format {
         TargetFormat::Raw => path.to_path_buf(),
         TargetFormat::Qcow2 => path.with_extension("ekko-restore.raw"),

@@ -78,6 +78,11 @@ choice_option! {
 }
 
 choice_option! {
+    /// How the chunks of a newly keyed project are sealed.
+    pub enum EncryptionMode { Symmetric = "symmetric", PublicKey = "public_key" }
+}
+
+choice_option! {
     /// How ekko-api authenticates requests.
     pub enum AuthStrategy { Keystone = "keystone", Noauth = "noauth" }
 }
@@ -327,6 +332,21 @@ option_group! {
         /// or writes encrypted data; a key that did not wrap the catalog's
         /// project keys is refused at start.
         pub master_key_file: String = s("");
+        /// How projects that get their key from now on are sealed:
+        /// `symmetric` (one data key; hosts get the project key in their jobs
+        /// and need the master key) or `public_key` (chunks are sealed to the
+        /// project's public key: compute hosts get only write keys, wrapped by
+        /// the host key, and cannot read any backup; restores run where the
+        /// master key is). A project keeps the mode its key was created with.
+        pub mode: EncryptionMode = EncryptionMode::Symmetric;
+        /// File holding the host key (same format as the master key; never the
+        /// master key itself), in public-key mode: the controller wraps each
+        /// job's write keys with it, compute hosts open them with it. Compute
+        /// hosts then need no master_key_file.
+        pub host_key_file: String = s("");
+        /// Public-key mode: the host that runs restores which name no host
+        /// (it must hold the master key). Empty: the instance's host.
+        pub restore_host: String = s("");
     }
 }
 

@@ -282,3 +282,169 @@ async fn encrypted_backups_restore_and_tampering_wrong_keys_and_rotation_are_han
         restores(&rebuilt, &x, id, &snap(name), "from the rebuilt catalog").await;
     }
 }
+
+/// Public-key mode on the real MariaDB and Swift: a host holding only the
+/// host key gets write keys that open every index page and no chunk; the
+/// restore side (the master key) restores bit-exact; a restore with the
+/// write keys is refused before its target exists; the key set-ups that
+/// would hand a host the master key are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_key_mode_hosts_write_backups_they_cannot_read() {
+    use ekko::backup::reader::RecordReader;
+    use ekko::segment::{decode_record, read_whole, SegmentError};
+
+    let keys = tempfile::tempdir().unwrap();
+    let master = key_file(keys.path(), "master.key");
+    let host_key = key_file(keys.path(), "host.key");
+    let Some(x) = setup(
+        "proj-pk",
+        16,
+        &format!(
+            "[encryption]\nenabled = true\nmode = public_key\nmaster_key_file = {}\n\
+             host_key_file = {}\n[backup]\nchunk_size = 64K\nsegment_size = 1M",
+            master.display(),
+            host_key.display()
+        ),
+    )
+    .await
+    else {
+        return;
+    };
+    let snap = |n: &str| x.dir.path().join(format!("snap-{n}.raw"));
+    x.qsd.write(0, 0, &secret(11));
+    let a = backup_instance(&x.ekko, &x.req).await.unwrap().backup;
+    x.qsd.snapshot_to(0, &snap("a"));
+    x.qsd.write(0, 6 * MIB, &secret(12));
+    let b = backup_instance(&x.ekko, &x.req).await.unwrap().backup;
+    x.qsd.snapshot_to(0, &snap("b"));
+    assert_eq!(b.kind.as_deref(), Some("incremental"));
+    restores(&x.ekko, &x, &a.id, &snap("a"), "A on the restore side").await;
+    restores(&x.ekko, &x, &b.id, &snap("b"), "B on the restore side").await;
+
+    // What a backup job of this project carries: write keys only.
+    let job = ekko::keyring::job_keys(&x.ekko, "proj-pk").await.unwrap();
+    assert!(job.public_key && job.write_keys.is_some());
+    assert!(job.for_backup().0.is_none(), "no project key for hosts");
+    // A compute host: host key only, no catalog, no master key.
+    let mut host_conf = x.ekko.config.as_ref().clone();
+    host_conf.encryption.master_key_file = String::new();
+    let host = ekko::Ekko::connect(host_conf.clone(), ekko::ekko::Catalog::None)
+        .await
+        .unwrap();
+    assert!(host.master_key.is_none());
+    let write = ekko::keyring::open_job(&host, "proj-pk", None, job.write_keys.as_ref())
+        .unwrap()
+        .unwrap();
+    assert!(!write.can_open_chunks());
+    // Restore-side keys come from the catalog with the master key.
+    let full = ekko::keyring::project_keys(&x.ekko, "proj-pk")
+        .await
+        .unwrap()
+        .unwrap();
+    let (mut pages, mut chunks) = (0, 0);
+    for o in x.ekko.store.list(&x.container, "segments/").await.unwrap() {
+        let id = u64::from_str_radix(o.name.rsplit('/').next().unwrap(), 16).unwrap();
+        let body = x.ekko.store.get(&x.container, &o.name).await.unwrap();
+        for e in read_whole(id, &body).unwrap() {
+            let rec = &body[e.offset as usize..(e.offset + e.length as u64) as usize];
+            let by_host = decode_record(id, rec, &e.digest, Some(&write));
+            assert!(decode_record(id, rec, &e.digest, Some(&full)).is_ok());
+            if e.kind == ekko::format::RECORD_INDEX_PAGE {
+                assert!(by_host.is_ok(), "the host reads maps");
+                pages += 1;
+            } else {
+                assert_eq!(rec[2], ekko::format::CIPHER_X25519_AES256_GCM);
+                assert!(
+                    matches!(&by_host, Err(SegmentError::Crypto(m)) if m.contains("restore side")),
+                    "a host opened a chunk: {:?}",
+                    by_host.map(|p| p.len())
+                );
+                chunks += 1;
+            }
+        }
+    }
+    assert!(pages > 0 && chunks > 0, "{pages} pages, {chunks} chunks");
+
+    // A restore with the write keys fails before its target exists.
+    let rec =
+        x.db.run({
+            let id = b.id.clone();
+            move |c| ekko::db::backups::disks_of(c, &id)
+        })
+        .await
+        .unwrap();
+    let r = ekko::job::RecordRef::of(&rec[0])
+        .unwrap()
+        .previous()
+        .unwrap();
+    let reader = RecordReader::new(host.store.clone(), &x.container).with_keys(Some(write));
+    let target = x.dir.path().join("host-restore.raw");
+    let err = ekko::backup::restore::restore(
+        &reader,
+        r.root,
+        r.disk_size,
+        r.chunk_size,
+        &target,
+        TargetFormat::Raw,
+        None,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("restore side"), "{err}");
+    assert!(!target.exists(), "the target was not touched");
+    // Nor can the host open the project key it does not get.
+    let wrapped = job.project_key.clone().unwrap();
+    let err = ekko::keyring::open_job(&host, "proj-pk", Some(&wrapped), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no master key"), "{err}");
+
+    // Refused set-ups: the master key as host key; a controller without
+    // the host key; a host with neither key.
+    let mut same = x.ekko.config.as_ref().clone();
+    same.encryption.host_key_file = master.display().to_string();
+    let err = ekko::Ekko::connect(same, ekko::ekko::Catalog::None)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("holds the master key"), "{err}");
+    let mut controller = x.ekko.config.as_ref().clone();
+    controller.encryption.host_key_file = String::new();
+    let c = ekko::Ekko::connect(controller, ekko::ekko::Catalog::Required)
+        .await
+        .unwrap();
+    assert!(ekko::keyring::check_controller(&c).is_err());
+    assert!(ekko::keyring::job_keys(&c, "proj-pk").await.is_err());
+    let mut bare = host_conf;
+    bare.encryption.host_key_file = String::new();
+    assert!(ekko::Ekko::connect(bare, ekko::ekko::Catalog::None)
+        .await
+        .is_err());
+
+    // The catalog is lost: a rebuild from the store keeps the mode.
+    let t2 = crate::helpers::mariadb_db().unwrap();
+    t2.db.sync().unwrap();
+    let mut config = x.ekko.config.as_ref().clone();
+    config.database.connection = t2.url.clone();
+    let rebuilt = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required)
+        .await
+        .unwrap();
+    let report = ekko::rebuild::rebuild(&rebuilt).await.unwrap();
+    assert!(report.skipped.is_empty(), "{report:?}");
+    restores(
+        &rebuilt,
+        &x,
+        &b.id,
+        &snap("b"),
+        "B from the rebuilt catalog",
+    )
+    .await;
+    let again = ekko::keyring::job_keys(&rebuilt, "proj-pk").await.unwrap();
+    assert!(
+        again.public_key,
+        "the rebuilt project key is still public-key"
+    );
+}
