@@ -17,7 +17,7 @@
 //! peers, and `EKKO__BACKUP__*` variables reach Ekko (e.g. a chunk-size
 //! sweep: `EKKO__BACKUP__CHUNK_SIZE=1M EKKO_BENCH_PEERS= cargo bench --bench peers`).
 //! EKKO_BENCH_SWIFT=1 adds a Swift vs local store comparison,
-//! EKKO_BENCH_ENCRYPT=1 an encryption on vs off comparison (same image,
+//! EKKO_BENCH_ENCRYPT=1 encryption (symmetric, then public-key mode) vs off (same image,
 //! full backup and restore, median of 3).
 
 use std::os::unix::fs::FileExt;
@@ -254,18 +254,20 @@ fn encryption_comparison(d: &Path, qmp: &Path, raw: &Path, size: u64) {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let encrypted = format!(
-        "[encryption]\nenabled = true\nmaster_key_file = {}\n",
-        key.display()
-    );
-    compare(
-        d,
-        qmp,
-        raw,
-        size,
-        [("plain", String::new()), ("encrypted", encrypted)],
-        "under 1.10x for the backup",
-    );
+    for mode in ["symmetric", "public_key"] {
+        let encrypted = format!(
+            "[encryption]\nenabled = true\nmode = {mode}\nmaster_key_file = {}\n",
+            key.display()
+        );
+        compare(
+            d,
+            qmp,
+            raw,
+            size,
+            [("plain", String::new()), (mode, encrypted)],
+            "under 1.10x for the backup",
+        );
+    }
 }
 
 /// The id of the newest backup in the catalog of `conf` (`ekko list`).

@@ -210,6 +210,9 @@ pub struct Cluster {
     pub admin: Client,
     /// Config for the operator CLI on the same catalog and store.
     pub operator_conf: PathBuf,
+    /// Encryption in public-key mode: host a is the restore side (master
+    /// key and host key), host b holds the host key only.
+    pub public_key: bool,
     _db: crate::helpers::TestDb,
 }
 
@@ -241,7 +244,8 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
         assert_eq!(done["status"], "completed", "{done}");
-        let name = ["a", "b"][i];
+        // In public-key mode every restore runs on the restore side, host a.
+        let name = if self.public_key { "a" } else { ["a", "b"][i] };
         let written = self.dir.join(format!("state-{name}/restores/{tag}.raw"));
         let reference = self.dir.join(format!("{tag}-api-ref.raw"));
         self.hosts[i].qsd.snapshot_to(0, &reference);
@@ -284,7 +288,31 @@ impl Cluster {
     }
 }
 
-pub async fn start_cluster(dir: &Path, swift_proxy: Option<String>) -> Option<Cluster> {
+/// The `[encryption]` sections of a public-key cluster: (controller and
+/// restore side, compute host).
+fn public_key_sections(dir: &Path, restore_host: &str) -> (String, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let key = |name: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, ekko::crypto::MasterKey::generate_hex().unwrap()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.display().to_string()
+    };
+    let (master, host) = (key("master.key"), key("host.key"));
+    (
+        format!(
+            "[encryption]\nenabled = true\nmode = public_key\nmaster_key_file = {master}\n\
+             host_key_file = {host}\nrestore_host = {restore_host}\n"
+        ),
+        format!("[encryption]\nenabled = true\nmode = public_key\nhost_key_file = {host}\n"),
+    )
+}
+
+pub async fn start_cluster(
+    dir: &Path,
+    swift_proxy: Option<String>,
+    public_key: bool,
+) -> Option<Cluster> {
     ekko::cli::install_crypto_provider();
     let amqp = service_env("EKKO_AMQP_URL")?;
     let keystone = keystone_section()?;
@@ -301,13 +329,18 @@ pub async fn start_cluster(dir: &Path, swift_proxy: Option<String>) -> Option<Cl
             dir.join(state).display()
         )
     };
+    let (controller_keys, host_keys) = if public_key {
+        public_key_sections(dir, &format!("host-a-{tag}"))
+    } else {
+        Default::default()
+    };
     let api_port = free_port();
     let api_conf = dir.join("api.conf");
     std::fs::write(
         &api_conf,
         format!(
             "{}[database]\nconnection = {}\n[api]\nbind_host = 127.0.0.1\nbind_port = {api_port}\n\
-             [backup]\njob_stall_timeout = 20\n",
+             [backup]\njob_stall_timeout = 20\n{controller_keys}",
             common("api", "", ""),
             t.url
         ),
@@ -317,7 +350,7 @@ pub async fn start_cluster(dir: &Path, swift_proxy: Option<String>) -> Option<Cl
     std::fs::write(
         &operator_conf,
         format!(
-            "{}[database]\nconnection = {}\n",
+            "{}[database]\nconnection = {}\n{controller_keys}",
             common("operator", "", ""),
             t.url
         ),
@@ -350,7 +383,7 @@ pub async fn start_cluster(dir: &Path, swift_proxy: Option<String>) -> Option<Cl
         std::fs::write(
             &conf,
             format!(
-                "{}[backup]\nheartbeat_interval = 1\ndiscovery_dir = {}\nshutdown_timeout = 3\n{}",
+                "{}[backup]\nheartbeat_interval = 1\ndiscovery_dir = {}\nshutdown_timeout = 3\n{}{}",
                 common(
                     &format!("state-{name}"),
                     &format!("host = {host}\n"),
@@ -358,7 +391,9 @@ pub async fn start_cluster(dir: &Path, swift_proxy: Option<String>) -> Option<Cl
                 ),
                 discovery.display(),
                 // Host b reads slowly, so a test can catch a job mid-way.
-                if i == 1 { "read_rate_limit = 4M\n" } else { "" }
+                if i == 1 { "read_rate_limit = 4M\n" } else { "" },
+                // Host a is the restore side; host b can only write.
+                if i == 0 { &controller_keys } else { &host_keys }
             ),
         )
         .unwrap();
@@ -412,6 +447,7 @@ pub async fn start_cluster(dir: &Path, swift_proxy: Option<String>) -> Option<Cl
         member,
         admin,
         operator_conf,
+        public_key,
         _db: t,
     })
 }

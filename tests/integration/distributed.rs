@@ -1,5 +1,8 @@
 //! The distributed flow: tenants' API requests become jobs on the host that
 //! runs the instance; worker crashes neither lose nor duplicate a backup.
+//! It runs in public-key mode: host b holds only the host key, so every
+//! backup it takes is one it cannot read; restores run on host a, the
+//! restore side.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +18,7 @@ use crate::helpers::rabbit_lock;
 async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     let _guard = rabbit_lock();
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut c) = start_cluster(dir.path(), None).await else {
+    let Some(mut c) = start_cluster(dir.path(), None, true).await else {
         return;
     };
     let wait = Duration::from_secs(120);
@@ -68,8 +71,39 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
         )
         .await;
     assert_eq!(s, 400, "{v}");
-
-    // An incremental reads only what changed.
+    // A restore sent to host b, which has no master key, fails with the
+    // reason and writes nothing.
+    let (s, v) = c
+        .admin
+        .call(
+            "POST",
+            "/v1/restores",
+            Some(json!({"restore": {"backup_id": last[1], "target": {"type": "file", "path": "on-b.raw", "host": c.hosts[1].name}}})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let rid = v["restore"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + wait;
+    let failed = loop {
+        let (_, v) = c
+            .admin
+            .call("GET", &format!("/v1/restores/{rid}"), None)
+            .await;
+        if v["restore"]["status"] == "error" || v["restore"]["status"] == "completed" {
+            break v["restore"].clone();
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(failed["status"], "error", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no master key"),
+        "{failed}"
+    );
+    assert!(!dir.path().join("state-b/restores/on-b.raw").exists());
     let a = &c.hosts[0];
     a.qsd.write(0, 8 * MIB, &vec![0x33; 512 * 1024]);
     let b = c.member.backup(&a.instance, "auto", wait).await;

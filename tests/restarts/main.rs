@@ -35,7 +35,7 @@ async fn swift_faults_and_broker_and_database_restarts_lose_nothing() {
     let (proxy, requests) = helpers::faulty_proxy(upstream, 4).await;
     let dir = tempfile::tempdir().unwrap();
     let proxied = format!("http://{proxy}/v1/AUTH_{service_project}");
-    let Some(c) = start_cluster(dir.path(), Some(proxied)).await else {
+    let Some(c) = start_cluster(dir.path(), Some(proxied), false).await else {
         return;
     };
     let wait = Duration::from_secs(180);
