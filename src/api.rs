@@ -16,6 +16,7 @@
 pub mod backups;
 pub mod error;
 pub mod instances;
+pub mod paging;
 pub mod policies;
 pub mod quotas;
 pub mod restores;

@@ -123,25 +123,13 @@ pub async fn list(
         q.all_projects.unwrap_or(false),
         q.project_id.clone(),
     )?;
-    let max = state.ekko.config.api.max_limit as i64;
-    let limit = match q.limit {
-        None => max,
-        Some(l) if (1..=max).contains(&l) => l,
-        Some(l) => {
-            return Err(ApiError::bad_request(format!(
-                "limit {l} is out of range 1..{max}"
-            )))
-        }
-    };
-    let ascending = match q.sort.as_deref() {
-        None | Some("created_at") | Some("created_at:desc") => false,
-        Some("created_at:asc") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "unsupported sort {other:?}: use created_at:asc or created_at:desc"
-            )))
-        }
-    };
+    let page = super::paging::Page::parse(
+        q.limit,
+        q.marker.clone(),
+        q.sort.as_deref(),
+        state.ekko.config.api.max_limit as i64,
+        true,
+    )?;
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(
@@ -155,11 +143,11 @@ pub async fn list(
         status,
         include_deleted: false,
         name: q.name.clone(),
-        ascending,
+        ascending: page.ascending,
     };
-    let marker = q.marker.clone();
+    let (marker, limit) = (page.marker.clone(), page.limit);
     let db = state.db()?;
-    let page = db
+    let found = db
         .run(move |c| {
             // An unknown marker (or one of another project) is a 400.
             if let Some(m) = &marker {
@@ -174,34 +162,17 @@ pub async fn list(
             backups::list(c, &filter, limit, marker.as_deref())
         })
         .await
-        .map_err(|e| match e {
-            crate::db::DbError::Conflict(why) => ApiError::bad_request(why),
-            other => other.into(),
-        })?;
+        .map_err(super::paging::marker_error)?;
     let base = base_url(&req, &state);
-    let mut body = BackupList {
-        backups: page.iter().map(|b| view(b, &base)).collect(),
-        backups_links: None,
+    let body = BackupList {
+        backups: found.iter().map(|b| view(b, &base)).collect(),
+        backups_links: page.next(
+            &req,
+            &base,
+            found.len(),
+            found.last().map(|b| b.id.as_str()),
+        )?,
     };
-    if page.len() as i64 == limit {
-        if let Some(last) = page.last() {
-            let mut next =
-                url::Url::parse(&format!("{base}{}", req.path())).map_err(ApiError::internal)?;
-            {
-                let mut pairs = next.query_pairs_mut();
-                for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
-                    if k != "marker" {
-                        pairs.append_pair(&k, &v);
-                    }
-                }
-                pairs.append_pair("marker", &last.id);
-            }
-            body.backups_links = Some([Link {
-                rel: "next",
-                href: next.to_string(),
-            }]);
-        }
-    }
     Ok(HttpResponse::Ok().json(body))
 }
 

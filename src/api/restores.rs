@@ -129,6 +129,10 @@ pub async fn create(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    limit: Option<i64>,
+    marker: Option<String>,
+    /// `created_at:asc` or `created_at:desc` (the default).
+    sort: Option<String>,
     all_projects: Option<bool>,
     project_id: Option<String>,
 }
@@ -146,14 +150,48 @@ pub async fn list(
         q.all_projects.unwrap_or(false),
         q.project_id,
     )?;
-    let limit = state.ekko.config.api.max_limit as i64;
+    let page = super::paging::Page::parse(
+        q.limit,
+        q.marker,
+        q.sort.as_deref(),
+        state.ekko.config.api.max_limit as i64,
+        true,
+    )?;
+    let p = page.clone();
     let found = state
         .db()?
-        .run(move |c| restores::list(c, project.as_deref(), limit))
-        .await?;
+        .run(move |c| {
+            // A marker the caller cannot see is as unknown as a missing one.
+            let marker = match &p.marker {
+                Some(m) => match restores::get(c, m) {
+                    Ok(r) if project.as_deref().is_none_or(|p| p == r.project_id) => Some(r),
+                    _ => {
+                        return Err(crate::db::DbError::Conflict(format!(
+                            "marker {m} not found"
+                        )))
+                    }
+                },
+                None => None,
+            };
+            restores::list(c, project.as_deref(), p.limit, marker.as_ref(), p.ascending)
+        })
+        .await
+        .map_err(super::paging::marker_error)?;
     let base = base_url(&req, &state);
     let body: Vec<_> = found.iter().map(|r| view(r, &base)).collect();
-    Ok(HttpResponse::Ok().json(json!({ "restores": body })))
+    let mut out = json!({ "restores": body });
+    if let Some(next) = page.next(
+        &req,
+        &base,
+        found.len(),
+        found.last().map(|r| r.id.as_str()),
+    )? {
+        out["restores_links"] = json!(next
+            .iter()
+            .map(|l| json!({"rel": l.rel, "href": l.href}))
+            .collect::<Vec<_>>());
+    }
+    Ok(HttpResponse::Ok().json(out))
 }
 
 pub async fn show(

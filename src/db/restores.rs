@@ -70,19 +70,40 @@ pub fn get(conn: &mut DbConnection, id: &str) -> DbResult<Restore> {
 }
 
 /// A project's restores (or everyone's), newest first.
+/// A page of restores after `marker` (keyset over `(created_at, id)`).
 pub fn list(
     conn: &mut DbConnection,
     project_id: Option<&str>,
     limit: i64,
+    marker: Option<&Restore>,
+    ascending: bool,
 ) -> DbResult<Vec<Restore>> {
     let mut q = restores::table.into_boxed();
     if let Some(p) = project_id {
         q = q.filter(restores::project_id.eq(p.to_string()));
     }
-    Ok(q.order((restores::created_at.desc(), restores::id.desc()))
-        .limit(limit)
-        .select(Restore::as_select())
-        .load(conn)?)
+    if let Some(m) = marker {
+        let (at, id) = (m.created_at, m.id.clone());
+        q = if ascending {
+            q.filter(
+                restores::created_at
+                    .gt(at)
+                    .or(restores::created_at.eq(at).and(restores::id.gt(id))),
+            )
+        } else {
+            q.filter(
+                restores::created_at
+                    .lt(at)
+                    .or(restores::created_at.eq(at).and(restores::id.lt(id))),
+            )
+        };
+    }
+    q = if ascending {
+        q.order((restores::created_at.asc(), restores::id.asc()))
+    } else {
+        q.order((restores::created_at.desc(), restores::id.desc()))
+    };
+    Ok(q.limit(limit).select(Restore::as_select()).load(conn)?)
 }
 
 /// Move a restore along `queued → running → completed | error`; a restore

@@ -116,7 +116,7 @@ pub async fn token(user: &str, password: &str, project: &str) -> String {
 
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    pub base: String,
     token: String,
 }
 
