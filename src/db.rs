@@ -8,6 +8,36 @@
 //!   version names) and are applied by `ekko-manage db sync`; services call
 //!   [`Db::check_schema`] and refuse to start on an older schema.
 
+/// Keyset pagination of a boxed query over `(created_at, id)`: the rows
+/// after `$marker` (a `(created_at, id)` pair) in the chosen order, at most
+/// `$limit`. Used by every list call of the API.
+macro_rules! keyset_page {
+    ($q:expr, $table:ident, $marker:expr, $ascending:expr, $limit:expr) => {{
+        let mut q = $q;
+        if let Some((at, id)) = $marker {
+            q = if $ascending {
+                q.filter(
+                    $table::created_at
+                        .gt(at)
+                        .or($table::created_at.eq(at).and($table::id.gt(id))),
+                )
+            } else {
+                q.filter(
+                    $table::created_at
+                        .lt(at)
+                        .or($table::created_at.eq(at).and($table::id.lt(id))),
+                )
+            };
+        }
+        q = if $ascending {
+            q.order(($table::created_at.asc(), $table::id.asc()))
+        } else {
+            q.order(($table::created_at.desc(), $table::id.desc()))
+        };
+        q.limit($limit)
+    }};
+}
+
 pub mod backups;
 pub mod hosts;
 pub mod instances;

@@ -10,31 +10,47 @@ use super::{base_url, timestamp, RequestContext, State};
 use crate::db::backups;
 use crate::db::instances::{self, Instance};
 
-async fn view(state: &State, i: Instance, base: &str) -> Result<serde_json::Value, ApiError> {
-    let db = state.db()?;
-    let id = i.id.clone();
-    let (disks, last, policy) = db
-        .run(move |c| {
-            Ok((
-                instances::disks_of(c, &id)?,
-                backups::last_available(c, &id)?,
-                instances::policy_of(c, &id)?,
-            ))
+/// An instance with what its view shows: disks, last backup, policy.
+struct Details {
+    instance: Instance,
+    disks: Vec<instances::Disk>,
+    last: Option<backups::Backup>,
+    policy: Option<String>,
+}
+
+/// Read the details of `found` (one connection for a whole page).
+fn details(
+    c: &mut crate::db::DbConnection,
+    found: Vec<Instance>,
+) -> crate::db::DbResult<Vec<Details>> {
+    found
+        .into_iter()
+        .map(|instance| {
+            Ok(Details {
+                disks: instances::disks_of(c, &instance.id)?,
+                last: backups::last_available(c, &instance.id)?,
+                policy: instances::policy_of(c, &instance.id)?,
+                instance,
+            })
         })
-        .await?;
-    Ok(json!({
+        .collect()
+}
+
+fn view(d: &Details, base: &str) -> serde_json::Value {
+    let (i, policy) = (&d.instance, &d.policy);
+    json!({
         "id": i.id,
         "name": i.name,
         "project_id": i.project_id,
         "host": i.host,
         "status": i.status,
-        "disks": disks.iter().filter(|d| d.retired_at.is_none()).map(|d| json!({
+        "disks": d.disks.iter().filter(|d| d.retired_at.is_none()).map(|d| json!({
             "device": d.device,
             "size": d.virtual_size,
             "backups": d.head_seq,
             "next_backup_reads_everything": d.needs_full_read || d.head_seq == 0,
         })).collect::<Vec<_>>(),
-        "last_backup": last.map(|b| json!({
+        "last_backup": d.last.as_ref().map(|b| json!({
             "id": b.id,
             "created_at": timestamp(&b.created_at),
             "kind": b.kind,
@@ -45,12 +61,16 @@ async fn view(state: &State, i: Instance, base: &str) -> Result<serde_json::Valu
         "created_at": timestamp(&i.created_at),
         "updated_at": timestamp(&i.updated_at),
         "links": [{"rel": "self", "href": format!("{base}/v1/instances/{}", i.id)}],
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    limit: Option<i64>,
+    marker: Option<String>,
+    /// `created_at:asc` (the default) or `created_at:desc`.
+    sort: Option<String>,
     all_projects: Option<bool>,
 }
 
@@ -60,17 +80,45 @@ pub async fn list(
     state: State,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
     let project = ctx.list_scope(&state, "instance", q.all_projects.unwrap_or(false), None)?;
-    let db = state.db()?;
-    let found = db
-        .run(move |c| instances::list(c, project.as_deref()))
-        .await?;
+    let page = super::paging::Page::parse(
+        q.limit,
+        q.marker,
+        q.sort.as_deref(),
+        state.ekko.config.api.max_limit as i64,
+        false,
+    )?;
+    let p = page.clone();
+    let found = state
+        .db()?
+        .run(move |c| {
+            // A marker the caller cannot see is as unknown as a missing one.
+            let marker = match &p.marker {
+                Some(m) => match instances::get(c, m) {
+                    Ok(i) if project.as_deref().is_none_or(|p| p == i.project_id) => Some(i),
+                    _ => {
+                        return Err(crate::db::DbError::Conflict(format!(
+                            "marker {m} not found"
+                        )))
+                    }
+                },
+                None => None,
+            };
+            let found =
+                instances::list(c, project.as_deref(), p.limit, marker.as_ref(), p.ascending)?;
+            details(c, found)
+        })
+        .await
+        .map_err(super::paging::marker_error)?;
     let base = base_url(&req, &state);
-    let mut out = Vec::with_capacity(found.len());
-    for i in found {
-        out.push(view(&state, i, &base).await?);
+    let body: Vec<_> = found.iter().map(|d| view(d, &base)).collect();
+    let mut out = json!({ "instances": body });
+    let last = found.last().map(|d| d.instance.id.as_str());
+    if let Some(next) = page.next(&req, &base, found.len(), last)? {
+        out["instances_links"] = serde_json::to_value(next).map_err(ApiError::internal)?;
     }
-    Ok(HttpResponse::Ok().json(json!({ "instances": out })))
+    Ok(HttpResponse::Ok().json(out))
 }
 
 pub async fn show(
@@ -87,5 +135,9 @@ pub async fn show(
         Some(("instance", &id)),
     )?;
     let base = base_url(&req, &state);
-    Ok(HttpResponse::Ok().json(json!({ "instance": view(&state, i, &base).await? })))
+    let mut found = state.db()?.run(move |c| details(c, vec![i])).await?;
+    let d = found
+        .pop()
+        .ok_or_else(|| ApiError::internal("instance details missing"))?;
+    Ok(HttpResponse::Ok().json(json!({ "instance": view(&d, &base) })))
 }

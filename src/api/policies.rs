@@ -188,27 +188,64 @@ pub async fn create(
     respond(&req, &state, p, actix_web::http::StatusCode::CREATED).await
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    marker: Option<String>,
+    /// `created_at:asc` (the default) or `created_at:desc`.
+    sort: Option<String>,
+}
+
 pub async fn list(
     req: HttpRequest,
     ctx: RequestContext,
     state: State,
+    q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
     let project = ctx.project_id()?.to_string();
     ctx.authorize(&state, "ekko:policy:get_all", &project, None)?;
+    let page = super::paging::Page::parse(
+        q.limit,
+        q.marker,
+        q.sort.as_deref(),
+        state.ekko.config.api.max_limit as i64,
+        false,
+    )?;
+    let p = page.clone();
     let found = state
         .db()?
         .run(move |c| {
+            // Another project's policy is as unknown as a missing one.
+            let marker = match &p.marker {
+                Some(m) => match policies::get(c, m) {
+                    Ok(x) if x.project_id == project => Some(x),
+                    _ => {
+                        return Err(crate::db::DbError::Conflict(format!(
+                            "marker {m} not found"
+                        )))
+                    }
+                },
+                None => None,
+            };
             let mut out = Vec::new();
-            for p in policies::list(c, Some(&project))? {
-                let members = policies::instances_of(c, &p.id)?;
-                out.push((p, members));
+            for x in policies::page(c, &project, p.limit, marker.as_ref(), p.ascending)? {
+                let members = policies::instances_of(c, &x.id)?;
+                out.push((x, members));
             }
             Ok(out)
         })
-        .await?;
+        .await
+        .map_err(super::paging::marker_error)?;
     let base = base_url(&req, &state);
     let body: Vec<_> = found.iter().map(|(p, m)| view(p, m, &base)).collect();
-    Ok(HttpResponse::Ok().json(json!({ "policies": body })))
+    let mut out = json!({ "policies": body });
+    let last = found.last().map(|(p, _)| p.id.as_str());
+    if let Some(next) = page.next(&req, &base, found.len(), last)? {
+        out["policies_links"] = serde_json::to_value(next).map_err(ApiError::internal)?;
+    }
+    Ok(HttpResponse::Ok().json(out))
 }
 
 pub async fn show(

@@ -186,10 +186,7 @@ pub async fn list(
         found.len(),
         found.last().map(|r| r.id.as_str()),
     )? {
-        out["restores_links"] = json!(next
-            .iter()
-            .map(|l| json!({"rel": l.rel, "href": l.href}))
-            .collect::<Vec<_>>());
+        out["restores_links"] = serde_json::to_value(next).map_err(ApiError::internal)?;
     }
     Ok(HttpResponse::Ok().json(out))
 }

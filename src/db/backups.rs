@@ -364,28 +364,16 @@ pub fn list(
     if let Some(n) = &filter.name {
         q = q.filter(backups::name.eq(n.clone()));
     }
-    if let Some(m) = marker {
-        let m = get(conn, m)?;
-        q = if filter.ascending {
-            q.filter(
-                backups::created_at.gt(m.created_at).or(backups::created_at
-                    .eq(m.created_at)
-                    .and(backups::id.gt(m.id))),
-            )
-        } else {
-            q.filter(
-                backups::created_at.lt(m.created_at).or(backups::created_at
-                    .eq(m.created_at)
-                    .and(backups::id.lt(m.id))),
-            )
-        };
-    }
-    q = if filter.ascending {
-        q.order((backups::created_at.asc(), backups::id.asc()))
-    } else {
-        q.order((backups::created_at.desc(), backups::id.desc()))
+    let marker = match marker {
+        Some(m) => {
+            let m = get(conn, m)?;
+            Some((m.created_at, m.id))
+        }
+        None => None,
     };
-    Ok(q.limit(limit).select(Backup::as_select()).load(conn)?)
+    Ok(keyset_page!(q, backups, marker, filter.ascending, limit)
+        .select(Backup::as_select())
+        .load(conn)?)
 }
 
 /// A queued or running backup of the instance, if any.

@@ -131,12 +131,20 @@ pub fn get(conn: &mut DbConnection, id: &str) -> DbResult<Instance> {
 }
 
 /// Instances of one project (or all, for `None`), oldest first.
-pub fn list(conn: &mut DbConnection, project_id: Option<&str>) -> DbResult<Vec<Instance>> {
+/// A page of instances after `marker` (keyset over `(created_at, id)`).
+pub fn list(
+    conn: &mut DbConnection,
+    project_id: Option<&str>,
+    limit: i64,
+    marker: Option<&Instance>,
+    ascending: bool,
+) -> DbResult<Vec<Instance>> {
     let mut q = instances::table.into_boxed();
     if let Some(p) = project_id {
-        q = q.filter(instances::project_id.eq(p));
+        q = q.filter(instances::project_id.eq(p.to_string()));
     }
-    Ok(q.order((instances::created_at.asc(), instances::id.asc()))
+    let marker = marker.map(|m| (m.created_at, m.id.clone()));
+    Ok(keyset_page!(q, instances, marker, ascending, limit)
         .select(Instance::as_select())
         .load(conn)?)
 }

@@ -82,6 +82,24 @@ pub fn list(conn: &mut DbConnection, project_id: Option<&str>) -> DbResult<Vec<P
         .load(conn)?)
 }
 
+/// A page of a project's policies after `marker` (keyset over
+/// `(created_at, id)`).
+pub fn page(
+    conn: &mut DbConnection,
+    project_id: &str,
+    limit: i64,
+    marker: Option<&Policy>,
+    ascending: bool,
+) -> DbResult<Vec<Policy>> {
+    let q = policies::table
+        .filter(policies::project_id.eq(project_id.to_string()))
+        .into_boxed();
+    let marker = marker.map(|m| (m.created_at, m.id.clone()));
+    Ok(keyset_page!(q, policies, marker, ascending, limit)
+        .select(Policy::as_select())
+        .load(conn)?)
+}
+
 /// Store every field of `p` (the caller read, changed and validated it).
 pub fn update(conn: &mut DbConnection, p: &Policy) -> DbResult<Policy> {
     let mut p = p.clone();

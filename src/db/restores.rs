@@ -82,28 +82,10 @@ pub fn list(
     if let Some(p) = project_id {
         q = q.filter(restores::project_id.eq(p.to_string()));
     }
-    if let Some(m) = marker {
-        let (at, id) = (m.created_at, m.id.clone());
-        q = if ascending {
-            q.filter(
-                restores::created_at
-                    .gt(at)
-                    .or(restores::created_at.eq(at).and(restores::id.gt(id))),
-            )
-        } else {
-            q.filter(
-                restores::created_at
-                    .lt(at)
-                    .or(restores::created_at.eq(at).and(restores::id.lt(id))),
-            )
-        };
-    }
-    q = if ascending {
-        q.order((restores::created_at.asc(), restores::id.asc()))
-    } else {
-        q.order((restores::created_at.desc(), restores::id.desc()))
-    };
-    Ok(q.limit(limit).select(Restore::as_select()).load(conn)?)
+    let marker = marker.map(|m| (m.created_at, m.id.clone()));
+    Ok(keyset_page!(q, restores, marker, ascending, limit)
+        .select(Restore::as_select())
+        .load(conn)?)
 }
 
 /// Move a restore along `queued → running → completed | error`; a restore

@@ -122,12 +122,32 @@ impl Caller {
 }
 
 fn ids(list: &Value) -> Vec<String> {
-    list["backups"]
+    ids_of(list, "backups")
+}
+
+fn ids_of(list: &Value, collection: &str) -> Vec<String> {
+    list[collection]
         .as_array()
         .unwrap()
         .iter()
         .map(|b| b["id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Every id of a list, following its `<collection>_links` from `first`.
+async fn all_pages(caller: &Caller, first: &str, collection: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut next = Some(first.to_string());
+    while let Some(url) = next {
+        let (s, v) = caller.get(&url).await;
+        assert_eq!(s, 200, "{url}: {v}");
+        seen.extend(ids_of(&v, collection));
+        next = v[format!("{collection}_links")][0]["href"]
+            .as_str()
+            .map(String::from);
+        assert!(seen.len() < 10_000, "pages never end");
+    }
+    seen
 }
 
 /// The error body of the API-SIG, with the request id of the header.
@@ -366,14 +386,12 @@ async fn keystone_personas_projects_and_conventions() {
     assert_eq!(v["instances"][0]["disks"][0]["device"], "vda");
 
     // Pagination: limit, marker, next links, sort.
-    let mut seen = Vec::new();
-    let mut next = Some("/v1/backups?limit=2&sort=created_at:asc".to_string());
-    while let Some(url) = next {
-        let (s, v) = member.get(&url).await;
-        assert_eq!(s, 200, "{v}");
-        seen.extend(ids(&v));
-        next = v["backups_links"][0]["href"].as_str().map(String::from);
-    }
+    let seen = all_pages(
+        &member,
+        "/v1/backups?limit=2&sort=created_at:asc",
+        "backups",
+    )
+    .await;
     let mut expected = finished.clone();
     expected.push(created.clone());
     assert_eq!(seen, expected, "every backup once, oldest first");
@@ -427,6 +445,52 @@ async fn keystone_personas_projects_and_conventions() {
     assert_eq!(v["policy"]["retention"]["keep_last"], Value::Null);
     let policy = v["policy"]["id"].as_str().unwrap().to_string();
     let policy_url = format!("/v1/policies/{policy}");
+    // Policies and instances are listed in pages too (oldest first).
+    let (s, _, v) = member
+        .call(
+            "POST",
+            "/v1/policies",
+            Some(json!({"policy": {"name": "weekly"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let weekly = v["policy"]["id"].as_str().unwrap().to_string();
+    let (_, v) = member.get("/v1/policies?limit=1").await;
+    assert_eq!(ids_of(&v, "policies"), vec![policy.clone()], "{v}");
+    assert!(v["policies_links"][0]["href"].is_string(), "{v}");
+    let paged = all_pages(&member, "/v1/policies?limit=1", "policies").await;
+    assert_eq!(paged, vec![policy.clone(), weekly.clone()]);
+    let newest = all_pages(
+        &member,
+        "/v1/policies?limit=1&sort=created_at:desc",
+        "policies",
+    )
+    .await;
+    assert_eq!(newest, vec![weekly.clone(), policy.clone()]);
+    let (s, _, v) = alt
+        .call("GET", &format!("/v1/policies?marker={policy}"), None)
+        .await;
+    assert_eq!(s, 400, "another project's marker is unknown: {v}");
+    let (s, _, _) = member
+        .call("DELETE", &format!("/v1/policies/{weekly}"), None)
+        .await;
+    assert_eq!(s, 204);
+    let (_, v) = admin.get("/v1/instances?all_projects=true").await;
+    let every = ids_of(&v, "instances");
+    assert!(every.len() >= 2, "{v}");
+    assert_eq!(
+        all_pages(
+            &admin,
+            "/v1/instances?all_projects=true&limit=1",
+            "instances"
+        )
+        .await,
+        every
+    );
+    let (s, v) = member.get("/v1/instances?marker=inst-alt").await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = member.get("/v1/instances?limit=100000").await;
+    assert_eq!(s, 400, "{v}");
     for bad in [
         json!({"policy": {"name": "x", "schedule": "0 25 * * *"}}),
         json!({"policy": {"name": "x", "timezone": "Mars/Base"}}),

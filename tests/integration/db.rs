@@ -93,7 +93,12 @@ fn instances_keep_disk_ids_across_reports(c: &mut DbConnection) {
     assert_eq!(instances::get(c, "inst-1").unwrap().host, "compute-2");
     let err = instances::upsert(c, "inst-1", "proj-b", "compute-2", "web", &[]).unwrap_err();
     assert!(matches!(err, DbError::Conflict(_)), "{err}");
-    assert_eq!(instances::list(c, Some("proj-b")).unwrap().len(), 0);
+    assert_eq!(
+        instances::list(c, Some("proj-b"), 100, None, true)
+            .unwrap()
+            .len(),
+        0
+    );
     assert!(matches!(
         instances::get(c, "nope"),
         Err(DbError::NotFound(_))
