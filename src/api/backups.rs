@@ -123,11 +123,11 @@ pub async fn list(
         q.all_projects.unwrap_or(false),
         q.project_id.clone(),
     )?;
-    let page = super::paging::Page::parse(
+    let page = super::paging::Page::of(
+        &state,
         q.limit,
         q.marker.clone(),
         q.sort.as_deref(),
-        state.ekko.config.api.max_limit as i64,
         true,
     )?;
     let status = match q.status.as_deref() {
@@ -145,21 +145,13 @@ pub async fn list(
         name: q.name.clone(),
         ascending: page.ascending,
     };
-    let (marker, limit) = (page.marker.clone(), page.limit);
+    let p = page.clone();
     let db = state.db()?;
     let found = db
         .run(move |c| {
             // An unknown marker (or one of another project) is a 400.
-            if let Some(m) = &marker {
-                let b = backups::get(c, m)
-                    .map_err(|_| crate::db::DbError::Conflict(format!("marker {m} not found")))?;
-                if project.as_deref().is_some_and(|p| p != b.project_id) {
-                    return Err(crate::db::DbError::Conflict(format!(
-                        "marker {m} not found"
-                    )));
-                }
-            }
-            backups::list(c, &filter, limit, marker.as_deref())
+            p.resolve(c, project.as_deref(), backups::get, |b| &b.project_id)?;
+            backups::list(c, &filter, p.limit, p.marker.as_deref())
         })
         .await
         .map_err(super::paging::marker_error)?;

@@ -82,29 +82,18 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let project = ctx.list_scope(&state, "instance", q.all_projects.unwrap_or(false), None)?;
-    let page = super::paging::Page::parse(
+    let page = super::paging::Page::of(
+        &state,
         q.limit,
         q.marker,
         q.sort.as_deref(),
-        state.ekko.config.api.max_limit as i64,
         false,
     )?;
     let p = page.clone();
     let found = state
         .db()?
         .run(move |c| {
-            // A marker the caller cannot see is as unknown as a missing one.
-            let marker = match &p.marker {
-                Some(m) => match instances::get(c, m) {
-                    Ok(i) if project.as_deref().is_none_or(|p| p == i.project_id) => Some(i),
-                    _ => {
-                        return Err(crate::db::DbError::Conflict(format!(
-                            "marker {m} not found"
-                        )))
-                    }
-                },
-                None => None,
-            };
+            let marker = p.resolve(c, project.as_deref(), instances::get, |i| &i.project_id)?;
             let found =
                 instances::list(c, project.as_deref(), p.limit, marker.as_ref(), p.ascending)?;
             details(c, found)

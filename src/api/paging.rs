@@ -8,6 +8,8 @@ use actix_web::HttpRequest;
 
 use super::backups::Link;
 use super::error::ApiError;
+use super::State;
+use crate::db::{DbConnection, DbError, DbResult};
 
 /// A list call's page request, checked.
 #[derive(Debug, Clone)]
@@ -50,6 +52,38 @@ impl Page {
             marker,
             ascending,
         })
+    }
+
+    /// [`Page::parse`] with the configured page size (`[api] max_limit`).
+    pub fn of(
+        state: &State,
+        limit: Option<i64>,
+        marker: Option<String>,
+        sort: Option<&str>,
+        newest_first: bool,
+    ) -> Result<Page, ApiError> {
+        let max = state.ekko.config.api.max_limit as i64;
+        Page::parse(limit, marker, sort, max, newest_first)
+    }
+
+    /// The marker's row, read with `get`; a marker of a project other than
+    /// `project` (the caller's list scope) is as unknown as a missing one:
+    /// a `Conflict` that [`marker_error`] makes a 400.
+    pub fn resolve<T>(
+        &self,
+        c: &mut DbConnection,
+        project: Option<&str>,
+        get: impl FnOnce(&mut DbConnection, &str) -> DbResult<T>,
+        owner: impl Fn(&T) -> &str,
+    ) -> DbResult<Option<T>> {
+        let Some(m) = &self.marker else {
+            return Ok(None);
+        };
+        match get(c, m) {
+            Ok(row) if project.is_none_or(|p| p == owner(&row)) => Ok(Some(row)),
+            Ok(_) | Err(DbError::NotFound(_)) => Err(DbError::Conflict(format!("marker {m} not found"))),
+            Err(e) => Err(e),
+        }
     }
 
     /// The `next` link of a page of `len` items ending with `last_id`: the

@@ -206,29 +206,18 @@ pub async fn list(
     let q = q.into_inner();
     let project = ctx.project_id()?.to_string();
     ctx.authorize(&state, "ekko:policy:get_all", &project, None)?;
-    let page = super::paging::Page::parse(
+    let page = super::paging::Page::of(
+        &state,
         q.limit,
         q.marker,
         q.sort.as_deref(),
-        state.ekko.config.api.max_limit as i64,
         false,
     )?;
     let p = page.clone();
     let found = state
         .db()?
         .run(move |c| {
-            // Another project's policy is as unknown as a missing one.
-            let marker = match &p.marker {
-                Some(m) => match policies::get(c, m) {
-                    Ok(x) if x.project_id == project => Some(x),
-                    _ => {
-                        return Err(crate::db::DbError::Conflict(format!(
-                            "marker {m} not found"
-                        )))
-                    }
-                },
-                None => None,
-            };
+            let marker = p.resolve(c, Some(project.as_str()), policies::get, |x| &x.project_id)?;
             let mut out = Vec::new();
             for x in policies::page(c, &project, p.limit, marker.as_ref(), p.ascending)? {
                 let members = policies::instances_of(c, &x.id)?;

@@ -150,29 +150,18 @@ pub async fn list(
         q.all_projects.unwrap_or(false),
         q.project_id,
     )?;
-    let page = super::paging::Page::parse(
+    let page = super::paging::Page::of(
+        &state,
         q.limit,
         q.marker,
         q.sort.as_deref(),
-        state.ekko.config.api.max_limit as i64,
         true,
     )?;
     let p = page.clone();
     let found = state
         .db()?
         .run(move |c| {
-            // A marker the caller cannot see is as unknown as a missing one.
-            let marker = match &p.marker {
-                Some(m) => match restores::get(c, m) {
-                    Ok(r) if project.as_deref().is_none_or(|p| p == r.project_id) => Some(r),
-                    _ => {
-                        return Err(crate::db::DbError::Conflict(format!(
-                            "marker {m} not found"
-                        )))
-                    }
-                },
-                None => None,
-            };
+            let marker = p.resolve(c, project.as_deref(), restores::get, |r| &r.project_id)?;
             restores::list(c, project.as_deref(), p.limit, marker.as_ref(), p.ascending)
         })
         .await
