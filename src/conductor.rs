@@ -91,6 +91,16 @@ pub fn plan_backup(
         // cannot be raced.
         instances::touch(c, &new.instance_id)?;
         let instance = instances::get(c, &new.instance_id)?;
+        // An encrypted project's job must carry its keys: a plan made
+        // without them would have its host write plaintext.
+        if keys == &crate::keyring::JobKeys::default()
+            && crate::db::keys::get(c, &instance.project_id)?.is_some()
+        {
+            return Err(DbError::Conflict(format!(
+                "project {} is encrypted and its job carries no key",
+                instance.project_id
+            )));
+        }
         if let Some(why) = quotas::check_one_more(c, &opts.quota, &instance.project_id)? {
             return Err(DbError::LimitExceeded(why));
         }
@@ -201,8 +211,11 @@ pub async fn submit_backup(ekko: &Ekko, new: NewBackup) -> Result<Backup, Conduc
     let id = new.instance_id.clone();
     let keys = match db.run(move |c| instances::get(c, &id)).await {
         Ok(instance) => crate::keyring::job_keys(ekko, &instance.project_id).await?,
-        // An unknown instance: the plan says so.
-        Err(_) => Default::default(),
+        // An unknown instance: the plan says so. Any other error stops
+        // here: a plan without keys would write an encrypted project's
+        // data in the clear.
+        Err(DbError::NotFound(_)) => Default::default(),
+        Err(e) => return Err(e.into()),
     };
     let (backup, job, message) = db.run(move |c| plan_backup(c, &opts, &new, &keys)).await?;
     let host = job.host.clone().unwrap_or_default();
@@ -535,7 +548,16 @@ async fn publish_or_fail<T: serde::Serialize>(
     message: &T,
 ) -> Result<(), ConductorError> {
     let sent = match Envelope::new(kind, message) {
-        Ok(env) => ekko.queue.publish(key, &env).await,
+        Ok(env) => {
+            // A job with write keys must not reach a worker that predates
+            // them (it would see no key and write plaintext).
+            let env = if env.body.get("write_keys").is_some_and(|w| !w.is_null()) {
+                env.requiring(crate::queue::WRITE_KEYS_VERSION)
+            } else {
+                env
+            };
+            ekko.queue.publish(key, &env).await
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = sent {

@@ -212,14 +212,9 @@ pub async fn job_keys(ekko: &Ekko, project: &str) -> Result<JobKeys, KeyringErro
     let Some(wrapped) = ensure_project_key(ekko, project).await? else {
         return Ok(JobKeys::default());
     };
-    // Without a master key here the mode cannot be known: pass the project
-    // key on, for a host that has the master key.
-    let Some(master) = ekko.master_key.as_ref() else {
-        return Ok(JobKeys {
-            project_key: Some(wrapped),
-            ..JobKeys::default()
-        });
-    };
+    // Without the master key the mode cannot be known, and forwarding the
+    // project key could hand a public-key project's secret to a host.
+    let master = master(ekko, project)?;
     let secret = master.unwrap(project, &wrapped)?;
     let Some(write) = secret.write_keys() else {
         return Ok(JobKeys {

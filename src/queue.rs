@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use message::{Envelope, MESSAGE_VERSION};
+pub use message::{Envelope, BASE_VERSION, MESSAGE_VERSION, WRITE_KEYS_VERSION};
 
 use crate::config::redact_url;
 

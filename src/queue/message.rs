@@ -6,8 +6,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{QueueError, QueueResult};
 
-/// Envelope format version this code writes and understands.
-pub const MESSAGE_VERSION: u32 = 1;
+/// Newest envelope format version this code understands.
+pub const MESSAGE_VERSION: u32 = 2;
+/// The version written by default: messages every Ekko since the first
+/// understands.
+pub const BASE_VERSION: u32 = 1;
+/// The version of backup jobs that carry public-key write keys instead of
+/// a project key: a worker older than public-key mode would find no key and
+/// write plaintext, so it must refuse the job instead.
+pub const WRITE_KEYS_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -24,12 +31,18 @@ pub struct Envelope {
 impl Envelope {
     pub fn new<T: Serialize>(kind: &str, body: &T) -> QueueResult<Envelope> {
         Ok(Envelope {
-            version: MESSAGE_VERSION,
+            version: BASE_VERSION,
             id: uuid::Uuid::new_v4().to_string(),
             kind: kind.to_string(),
             sent_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             body: serde_json::to_value(body).map_err(|e| QueueError::BadMessage(e.to_string()))?,
         })
+    }
+
+    /// The same message, readable only by consumers of `version` or newer.
+    pub fn requiring(mut self, version: u32) -> Envelope {
+        self.version = self.version.max(version);
+        self
     }
 
     pub fn to_bytes(&self) -> QueueResult<Vec<u8>> {
@@ -80,5 +93,15 @@ mod tests {
         let err = Envelope::from_bytes(&newer.to_bytes().unwrap()).unwrap_err();
         assert!(err.to_string().contains("newer"));
         assert!(Envelope::from_bytes(b"{not json").is_err());
+    }
+
+    #[test]
+    fn jobs_with_write_keys_need_a_consumer_that_knows_them() {
+        let e = Envelope::new("backup.run", &serde_json::json!({})).unwrap();
+        assert_eq!(e.version, BASE_VERSION, "old consumers read ordinary messages");
+        let e = e.requiring(WRITE_KEYS_VERSION);
+        assert_eq!(e.version, WRITE_KEYS_VERSION);
+        assert!(WRITE_KEYS_VERSION > BASE_VERSION, "a version-1 consumer refuses it");
+        assert_eq!(Envelope::from_bytes(&e.to_bytes().unwrap()).unwrap(), e);
     }
 }
