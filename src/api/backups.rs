@@ -123,13 +123,7 @@ pub async fn list(
         q.all_projects.unwrap_or(false),
         q.project_id.clone(),
     )?;
-    let page = super::paging::Page::of(
-        &state,
-        q.limit,
-        q.marker.clone(),
-        q.sort.as_deref(),
-        true,
-    )?;
+    let page = super::paging::Page::of(&state, q.limit, q.marker.clone(), q.sort.as_deref(), true)?;
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(

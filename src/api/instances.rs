@@ -82,13 +82,7 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let project = ctx.list_scope(&state, "instance", q.all_projects.unwrap_or(false), None)?;
-    let page = super::paging::Page::of(
-        &state,
-        q.limit,
-        q.marker,
-        q.sort.as_deref(),
-        false,
-    )?;
+    let page = super::paging::Page::of(&state, q.limit, q.marker, q.sort.as_deref(), false)?;
     let p = page.clone();
     let found = state
         .db()?

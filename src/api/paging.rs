@@ -81,7 +81,9 @@ impl Page {
         };
         match get(c, m) {
             Ok(row) if project.is_none_or(|p| p == owner(&row)) => Ok(Some(row)),
-            Ok(_) | Err(DbError::NotFound(_)) => Err(DbError::Conflict(format!("marker {m} not found"))),
+            Ok(_) | Err(DbError::NotFound(_)) => {
+                Err(DbError::Conflict(format!("marker {m} not found")))
+            }
             Err(e) => Err(e),
         }
     }

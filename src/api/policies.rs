@@ -206,13 +206,7 @@ pub async fn list(
     let q = q.into_inner();
     let project = ctx.project_id()?.to_string();
     ctx.authorize(&state, "ekko:policy:get_all", &project, None)?;
-    let page = super::paging::Page::of(
-        &state,
-        q.limit,
-        q.marker,
-        q.sort.as_deref(),
-        false,
-    )?;
+    let page = super::paging::Page::of(&state, q.limit, q.marker, q.sort.as_deref(), false)?;
     let p = page.clone();
     let found = state
         .db()?

@@ -150,13 +150,7 @@ pub async fn list(
         q.all_projects.unwrap_or(false),
         q.project_id,
     )?;
-    let page = super::paging::Page::of(
-        &state,
-        q.limit,
-        q.marker,
-        q.sort.as_deref(),
-        true,
-    )?;
+    let page = super::paging::Page::of(&state, q.limit, q.marker, q.sort.as_deref(), true)?;
     let p = page.clone();
     let found = state
         .db()?
