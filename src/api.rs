@@ -423,6 +423,10 @@ fn operations() -> Vec<PathOperations> {
             &["/v1/restores/{restore_id}"],
             vec![op!(GET, restores::show)],
         ),
+        (
+            &["/v1/restores/{restore_id}/action"],
+            vec![op!(POST, restores::action)],
+        ),
         (&["/v1/instances"], vec![op!(GET, instances::list)]),
         (
             &["/v1/instances/{instance_id}"],
@@ -529,6 +533,26 @@ pub async fn serve(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::Re
     let (served, ()) = tokio::join!(server, stopper);
     served?;
     Ok(())
+}
+
+/// The body of `POST …/{id}/action` (OpenStack style). Cancel is the one
+/// action today: `{"cancel": {}}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBody {
+    cancel: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ActionBody {
+    /// A 400 unless the body asks for a cancel.
+    pub fn require_cancel(&self) -> Result<(), ApiError> {
+        match self.cancel {
+            Some(_) => Ok(()),
+            None => Err(ApiError::bad_request(
+                "unknown action: the body must be {\"cancel\": {}}",
+            )),
+        }
+    }
 }
 
 /// Shared in tests and handlers: a JSON timestamp.

@@ -597,7 +597,7 @@ pub async fn cancel_backup(
                         b.status
                     )));
                 }
-                let job = jobs::active_for_backup(c, &bid)?;
+                let job = jobs::active_for(c, jobs::Subject::Backup(&bid))?;
                 match &job {
                     Some(j) => {
                         fail_job(c, &j.id, &w)?;
@@ -611,25 +611,69 @@ pub async fn cancel_backup(
         })
         .await?;
     if let Some(job) = job {
-        let host = job.host.clone().unwrap_or_default();
-        let cancel = CancelJob {
-            job_id: job.id.clone(),
-        };
-        let sent = match Envelope::new(JOB_CANCEL, &cancel) {
-            Ok(env) => {
-                ekko.queue
-                    .publish(&crate::service::control_routing_key(&host), &env)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = sent {
-            // The backup is cancelled in the catalog regardless.
-            tracing::warn!(backup = %backup.id, %host, error = %e, "cancel not sent to the host");
-        }
+        send_cancel(ekko, &job).await;
     }
     tracing::info!(backup = %backup.id, "backup cancelled");
     Ok(backup)
+}
+
+/// Stop a queued or running restore: it ends in `error` with `why` at
+/// once, and its host is told to stop (a host that is down drops the job
+/// when it comes back; the partial target file is removed there).
+/// `Conflict` when the restore has already ended.
+pub async fn cancel_restore(
+    ekko: &Ekko,
+    restore_id: &str,
+    why: &str,
+) -> Result<Restore, ConductorError> {
+    let (rid, w) = (restore_id.to_string(), why.to_string());
+    let (restore, job) = ekko
+        .db()?
+        .run(move |c| {
+            c.transaction(|c| {
+                let r = restores::get(c, &rid)?;
+                if r.status != "queued" && r.status != "running" {
+                    return Err(DbError::Conflict(format!(
+                        "restore {rid} is {}; only a queued or running restore can be cancelled",
+                        r.status
+                    )));
+                }
+                let job = jobs::active_for(c, jobs::Subject::Restore(&rid))?;
+                match &job {
+                    Some(j) => {
+                        fail_job(c, &j.id, &w)?;
+                    }
+                    None => restores::transition(c, &rid, "error", Some(&w), None)?,
+                }
+                Ok((restores::get(c, &rid)?, job))
+            })
+        })
+        .await?;
+    if let Some(job) = job {
+        send_cancel(ekko, &job).await;
+    }
+    tracing::info!(restore = %restore.id, "restore cancelled");
+    Ok(restore)
+}
+
+/// Tell a job's host to stop it. Best effort: the job has already ended
+/// in the catalog, so the host's outcome will be refused whatever it is.
+async fn send_cancel(ekko: &Ekko, job: &Job) {
+    let host = job.host.clone().unwrap_or_default();
+    let cancel = CancelJob {
+        job_id: job.id.clone(),
+    };
+    let sent = match Envelope::new(JOB_CANCEL, &cancel) {
+        Ok(env) => {
+            ekko.queue
+                .publish(&crate::service::control_routing_key(&host), &env)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(job = %job.id, %host, error = %e, "cancel not sent to the host");
+    }
 }
 
 /// Fail the jobs whose worker stopped reporting for `stall_timeout`, and

@@ -139,6 +139,12 @@ pub const DEFAULTS: &[RuleDefault] = &[
         operations: &["POST /v1/restores"],
     },
     RuleDefault {
+        name: "ekko:restore:cancel",
+        check: "rule:context_is_admin",
+        description: "Cancel a queued or running restore (an operator action).",
+        operations: &["POST /v1/restores/{restore_id}/action (cancel)"],
+    },
+    RuleDefault {
         name: "ekko:restore:get",
         check: ADMIN_OR_READER,
         description: "Show a restore.",

@@ -283,7 +283,20 @@ def capture(args):
         third = body["backup"]["id"]
         norm.name(third, "backup-3")
         wait_for(api, "/v1/backups/" + third, member, "backup", ("running",))
+        # The host runs one job at a time (STACK_MAX_CONCURRENT=1 in
+        # tools/docs-build.sh): a restore now stays queued behind the
+        # stalled backup until it is cancelled.
+        _, body = api.call("POST", "/v1/restores", admin,
+                           {"restore": {"backup_id": first, "target":
+                                        {"type": "file", "path": "not-now.raw"}}})
+        doomed = body["restore"]["id"]
+        norm.name(doomed, "restore-2")
         req = {"cancel": {}}
+        _, body = api.call("POST", "/v1/restores/%s/action" % doomed, admin, req)
+        if body["restore"]["status"] != "error":
+            raise Failure("restore %s not cancelled: %s" % (doomed, body))
+        keep("restore-action-cancel-req.json", req)
+        keep("restore-action-cancel-resp.json", body)
         _, body = api.call("POST", "/v1/backups/%s/action" % third, member, req)
         keep("backup-action-cancel-req.json", req)
         keep("backup-action-cancel-resp.json", body)
@@ -291,6 +304,7 @@ def capture(args):
         os.kill(args.pause_pid, signal.SIGCONT)
 
     # Restores (admin only by default: ekko:restore:create).
+    next_second()
     req = {"restore": {"backup_id": first, "disk": "disk0", "format": "qcow2",
                        "target": {"type": "file", "path": "before-upgrade.qcow2"}}}
     _, body = api.call("POST", "/v1/restores", admin, req)

@@ -61,7 +61,8 @@ step "api-ref covers api-ref/openapi.json"
 python3 tools/api-ref-lint.py
 
 step "samples: starting Ekko"
-stack_start
+# One job at a time, so a restore can wait behind a stalled backup.
+STACK_MAX_CONCURRENT=1 stack_start
 step "samples: tools/api-samples.py $MODE"
 python3 tools/api-samples.py "$MODE" --url "$STACK_URL" --instance "$STACK_INSTANCE" \
   --pause-pid "$STACK_QSD_PID"

@@ -149,7 +149,7 @@ else
 fi
 run plugin-help admin help ekko
 check "openstack help ekko: the plugin is loaded" succeeded plugin-help
-for c in "backup create" "backup restore" "instance timeline" "policy add instance" "quota set"; do
+for c in "backup create" "backup restore" "restore cancel" "instance timeline" "policy add instance" "quota set"; do
   check "openstack help ekko lists 'ekko $c'" has plugin-help "ekko $c"
 done
 
@@ -242,6 +242,10 @@ run rshow demo ekko restore show "$R1" -f json
 check "restore show" jtrue rshow "d['id'] == '$R1' and d['status'] == 'completed'"
 run rlist demo ekko restore list -f json
 check "restore list has it" jtrue rlist "[(r['ID'], r['Status']) for r in d] == [('$R1', 'completed')]"
+run rcancel-member demo ekko restore cancel "$R1"
+check "restore cancel is an operator action (403 for a member by default)" fails_with rcancel-member "HTTP 403"
+run rcancel-done admin ekko restore cancel "$R1"
+check "restore cancel of a completed restore fails with 409 Conflict" fails_with rcancel-done "HTTP 409"
 run r-again demo ekko backup restore "$B1" --target osc-restored.raw --wait --wait-interval 0.5 --wait-timeout 300
 check "restore --wait onto an existing file fails with the reason (never overwritten)" \
   fails_with r-again "failed: .*exists.*never overwrites"

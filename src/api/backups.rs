@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::{base_url, timestamp, RequestContext, State};
+use super::{base_url, timestamp, ActionBody, RequestContext, State};
 use crate::db::backups::{self, Backup, BackupFilter, BackupStatus};
 use crate::db::instances;
 
@@ -338,13 +338,6 @@ pub async fn delete(
     Ok(HttpResponse::Accepted().finish())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionBody {
-    /// `{"cancel": {}}`: stop a queued or running backup.
-    cancel: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
 /// `POST /v1/backups/{id}/action`: actions on a backup (OpenStack style).
 pub async fn action(
     req: HttpRequest,
@@ -353,11 +346,7 @@ pub async fn action(
     id: web::Path<String>,
     body: web::Json<ActionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    if body.into_inner().cancel.is_none() {
-        return Err(ApiError::bad_request(
-            "unknown action: the body must be {\"cancel\": {}}",
-        ));
-    }
+    body.require_cancel()?;
     let b = visible(&ctx, &state, &id, "ekko:backup:cancel").await?;
     let why = format!("cancelled by user {}", ctx.creds.user_id);
     let cancelled = crate::conductor::cancel_backup(&state.ekko, &b.id, &why).await?;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::{base_url, timestamp, RequestContext, State};
+use super::{base_url, timestamp, ActionBody, RequestContext, State};
 use crate::conductor::{self, NewRestore};
 use crate::db::backups::{self, BackupStatus};
 use crate::db::restores::{self, Restore};
@@ -174,19 +174,49 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(out))
 }
 
+/// The restore, if `action` is allowed on it; one of another project the
+/// caller may not act on is a 404 (no existence leak).
+async fn visible(
+    ctx: &RequestContext,
+    state: &State,
+    id: &str,
+    action: &str,
+) -> Result<Restore, ApiError> {
+    let r = state.find("restore", id, restores::get).await?;
+    ctx.authorize_owned(
+        state,
+        action,
+        &r.project_id,
+        Some(&r.user_id),
+        Some(("restore", id)),
+    )?;
+    Ok(r)
+}
+
 pub async fn show(
     req: HttpRequest,
     ctx: RequestContext,
     state: State,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let r = state.find("restore", &id, restores::get).await?;
-    ctx.authorize_owned(
-        &state,
-        "ekko:restore:get",
-        &r.project_id,
-        Some(&r.user_id),
-        Some(("restore", &r.id)),
-    )?;
+    let r = visible(&ctx, &state, &id, "ekko:restore:get").await?;
     Ok(HttpResponse::Ok().json(json!({ "restore": view(&r, &base_url(&req, &state)) })))
+}
+
+/// `POST /v1/restores/{id}/action` with `{"cancel": {}}`: stop a queued or
+/// running restore; it ends in `error` at once and its host removes the
+/// partial target.
+pub async fn action(
+    req: HttpRequest,
+    ctx: RequestContext,
+    state: State,
+    id: web::Path<String>,
+    body: web::Json<ActionBody>,
+) -> Result<HttpResponse, ApiError> {
+    body.require_cancel()?;
+    let r = visible(&ctx, &state, &id, "ekko:restore:cancel").await?;
+    let why = format!("cancelled by user {}", ctx.creds.user_id);
+    let cancelled = conductor::cancel_restore(&state.ekko, &r.id, &why).await?;
+    Ok(HttpResponse::Accepted()
+        .json(json!({ "restore": view(&cancelled, &base_url(&req, &state)) })))
 }

@@ -96,13 +96,23 @@ pub fn start(conn: &mut DbConnection, id: &str, host: &str) -> DbResult<Job> {
 }
 
 /// The queued or running job of a backup, if any.
-pub fn active_for_backup(conn: &mut DbConnection, backup_id: &str) -> DbResult<Option<Job>> {
-    Ok(jobs::table
-        .filter(jobs::backup_id.eq(backup_id))
+/// What a job works on.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    Backup(&'a str),
+    Restore(&'a str),
+}
+
+/// The queued or running job of a backup or restore, if any.
+pub fn active_for(conn: &mut DbConnection, subject: Subject<'_>) -> DbResult<Option<Job>> {
+    let q = jobs::table
         .filter(jobs::status.eq_any(["queued", "running"]))
-        .select(Job::as_select())
-        .first(conn)
-        .optional()?)
+        .into_boxed();
+    let q = match subject {
+        Subject::Backup(id) => q.filter(jobs::backup_id.eq(id)),
+        Subject::Restore(id) => q.filter(jobs::restore_id.eq(id)),
+    };
+    Ok(q.select(Job::as_select()).first(conn).optional()?)
 }
 
 pub fn heartbeat(conn: &mut DbConnection, id: &str) -> DbResult<()> {

@@ -193,13 +193,62 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
         )
         .await;
     assert_eq!(s, 409, "a finished backup cannot be cancelled");
+    // A restore queued for host b while it is down: a member may not
+    // cancel it (an operator action), the admin may, once.
+    let (s, v) = c
+        .admin
+        .call(
+            "POST",
+            "/v1/restores",
+            Some(json!({"restore": {"backup_id": last[1], "target": {"type": "file", "path": "never.raw", "host": bh.name}}})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let stopped = v["restore"]["id"].as_str().unwrap().to_string();
+    let cancel_restore = format!("/v1/restores/{stopped}/action");
+    let (s, v) = c
+        .member
+        .call("POST", &cancel_restore, Some(json!({"cancel": {}})))
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = c
+        .admin
+        .call("POST", &cancel_restore, Some(json!({"nope": {}})))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = c
+        .admin
+        .call("POST", &cancel_restore, Some(json!({"cancel": {}})))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["restore"]["status"], "error", "{v}");
+    assert!(
+        v["restore"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled by user"),
+        "{v}"
+    );
+    let (s, _) = c
+        .admin
+        .call("POST", &cancel_restore, Some(json!({"cancel": {}})))
+        .await;
+    assert_eq!(s, 409, "an ended restore cannot be cancelled");
     bh.worker.restart_with(&[]);
     let bh = &c.hosts[1];
     let deadline = Instant::now() + wait;
-    while !bh.worker.log().contains("cancel received") {
+    while bh.worker.log().matches("cancel received").count() < 2 {
         assert!(Instant::now() < deadline, "{}", bh.worker.log());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Whatever the host did with it, the restore stays cancelled and
+    // wrote nothing.
+    let (_, v) = c
+        .admin
+        .call("GET", &format!("/v1/restores/{stopped}"), None)
+        .await;
+    assert_eq!(v["restore"]["status"], "error", "{v}");
+    assert!(!dir.path().join("state-b/restores/never.raw").exists());
     bh.qsd.write(0, 50 * MIB, &vec![0x77; MIB as usize]);
     let b = c.member.backup(&bh.instance, "auto", wait).await;
     assert_eq!(b["status"], "available", "{b}\n{}", c.api.log());

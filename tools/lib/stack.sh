@@ -12,6 +12,8 @@
 #   ...
 #   stack_stop                            # also from an EXIT trap
 #
+# STACK_MAX_CONCURRENT sets the host's jobs at once (default 2).
+#
 # Needs: the test environment (/var/lib/ekko-openstack/env.sh), the binaries
 # in target/debug (built with cargo unless EKKO_NO_BUILD=1).
 
@@ -87,6 +89,7 @@ project_name = $EKKO_SERVICE_PROJECT
 [backup]
 restore_dir = $STACK_RESTORE_DIR
 heartbeat_interval = 1
+max_concurrent_backups = ${STACK_MAX_CONCURRENT:-2}
 instances = $STACK_INSTANCE:$EKKO_DEMO_PROJECT_ID:$STACK_QMP
 CONF
   if [ $# -gt 0 ]; then printf '%s\n' "$@" >>"$STACK_CONF"; fi

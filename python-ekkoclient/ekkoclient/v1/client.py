@@ -170,6 +170,11 @@ class Client(object):
     def restore_get(self, restore_id):
         return self.get("/restores/%s" % q(restore_id))["restore"]
 
+    def restore_cancel(self, restore_id):
+        body = self.post("/restores/%s/action" % q(restore_id),
+                         {"cancel": {}})
+        return (body or {}).get("restore")
+
     # -- instances --------------------------------------------------------
 
     def instance_list(self, **filters):

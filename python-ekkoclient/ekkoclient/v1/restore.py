@@ -129,3 +129,11 @@ class ShowRestore(command.ShowOne):
     def take_action(self, parsed_args):
         client = self.app.client_manager.ekko
         return show_restore(client.restore_get(parsed_args.restore))
+
+
+class CancelRestore(ShowRestore):
+    """Cancel a queued or running restore (it fails at once)."""
+
+    def take_action(self, parsed_args):
+        client = self.app.client_manager.ekko
+        return show_restore(client.restore_cancel(parsed_args.restore))
