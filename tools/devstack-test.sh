@@ -231,7 +231,8 @@ new_scenario() {
     : >"$EKKO_TEST_LOG"
     # Clear what a previous scenario set.
     unset EKKO_ENABLED_SERVICES EKKO_SKIP_BUILD EKKO_STORE_BACKEND EKKO_BACKUP_USER \
-        EKKO_BACKUP_INSTANCES EKKO_CLIENT_DIR EKKO__DATABASE__CONNECTION
+        EKKO_BACKUP_INSTANCES EKKO_CLIENT_DIR EKKO__DATABASE__CONNECTION \
+        EKKO_ENCRYPTION EKKO_MASTER_KEY_FILE EKKO_HOST_KEY_FILE EKKO_RESTORE_HOST
     # devstack's globals the plugin reads.
     export DEST="$S/opt/stack" DATA_DIR="$S/opt/stack/data" STACK_USER
     STACK_USER=$(id -un)
@@ -250,9 +251,10 @@ new_scenario() {
     ENABLED_SERVICES=""
 }
 
-# phase ARGS...: source settings and plugin.sh ARGS in a subshell, as
-# devstack does (errexit on, like stack.sh); output goes to $S/devstack.log.
-phase() {
+# run_phase ARGS...: source settings and plugin.sh ARGS in a subshell, as
+# devstack does (errexit on, like stack.sh); its output goes to
+# $S/phase.log and is appended to $S/devstack.log; returns its status.
+run_phase() {
     local rc=0
     echo "=== plugin.sh $*" >>"$S/devstack.log"
     set +e
@@ -263,16 +265,39 @@ phase() {
         source "$ROOT/devstack/settings"
         # shellcheck source=/dev/null
         source "$ROOT/devstack/plugin.sh" "$@"
-    ) >>"$S/devstack.log" 2>&1
+    ) >"$S/phase.log" 2>&1
     rc=$?
     set -e
+    cat "$S/phase.log" >>"$S/devstack.log"
+    return "$rc"
+}
+
+# phase ARGS...: run_phase, which must succeed.
+phase() {
+    local rc=0
+    run_phase "$@" || rc=$?
     if [ "$rc" = 0 ]; then
         pass "plugin.sh $* succeeds"
     else
         fail "plugin.sh $* exited $rc (log: $S/devstack.log)"
-        tail -n 15 "$S/devstack.log" | sed 's/^/    /'
+        tail -n 15 "$S/phase.log" | sed 's/^/    /'
     fi
 }
+
+# phase_fails WHY REGEX ARGS...: run_phase, which must fail and say REGEX.
+phase_fails() {
+    local why=$1 regex=$2 rc=0
+    shift 2
+    run_phase "$@" || rc=$?
+    if [ "$rc" != 0 ] && grep -Eq -- "$regex" "$S/phase.log"; then
+        pass "plugin.sh $* fails: $why"
+    else
+        fail "plugin.sh $* should fail ($why), exited $rc"
+    fi
+}
+
+# key_mode FILE: the file's permission bits.
+key_mode() { stat -c %a "$1"; }
 
 # config_check: the real ekko-manage accepts the written file.
 config_check() {
@@ -369,6 +394,18 @@ scenario_aio() {
     check_registered
     check_config_is_real
     check "config check sees the Swift store" grep -q "backend: Swift" "$S/config-check.out"
+    check "[encryption] on by default (symmetric)" ini_is "$CONF" encryption enabled true
+    check "[encryption] mode symmetric" ini_is "$CONF" encryption mode symmetric
+    check "[encryption] master_key_file in the config dir" ini_is "$CONF" encryption master_key_file "$EKKO_CONF_DIR/master.key"
+    check "master key generated with ekko-manage" called "exec ekko-manage key generate --output $EKKO_CONF_DIR/master.key"
+    check "master key file is mode 0600" test "$(key_mode "$EKKO_CONF_DIR/master.key")" = 600
+    check_not "no host key in symmetric mode" ini_get "$CONF" encryption host_key_file
+    local key_before
+    key_before=$(cat "$EKKO_CONF_DIR/master.key")
+    phase stack post-config
+    check "a second post-config keeps the master key (data stays readable)" \
+        test "$(cat "$EKKO_CONF_DIR/master.key")" = "$key_before"
+    check "the key is generated once" test "$(grep -c '^exec ekko-manage key generate' "$EKKO_TEST_LOG")" = 1
 
     # extra: the real `ekko-manage db sync` runs (through the installed
     # wrapper); the catalog goes to SQLite through Ekko's environment
@@ -409,6 +446,7 @@ scenario_ctl_local() {
     new_scenario ctl-local
     ENABLED_SERVICES="key,mysql,rabbit"
     export EKKO_ENABLED_SERVICES=ekko-api,ekko-retention EKKO_SKIP_BUILD=True
+    export EKKO_ENCRYPTION=public_key
     export EKKO_CLIENT_DIR="$S/no-such-client"
     write_wrappers "$EKKO_BIN_DIR"
 
@@ -427,6 +465,13 @@ scenario_ctl_local() {
     check_registered
     check_config_is_real
     check "config check sees the local store" grep -q "backend: Local" "$S/config-check.out"
+    check "[encryption] mode public_key" ini_is "$CONF" encryption mode public_key
+    check "controller: master key generated" test "$(key_mode "$EKKO_CONF_DIR/master.key")" = 600
+    check "controller: host key generated" test "$(key_mode "$EKKO_CONF_DIR/host.key")" = 600
+    check "controller: [encryption] master_key_file" ini_is "$CONF" encryption master_key_file "$EKKO_CONF_DIR/master.key"
+    check "controller: [encryption] host_key_file" ini_is "$CONF" encryption host_key_file "$EKKO_CONF_DIR/host.key"
+    check_not "master and host keys differ" cmp -s "$EKKO_CONF_DIR/master.key" "$EKKO_CONF_DIR/host.key"
+    check_not "no restore_host without a local ekko-backup" ini_get "$CONF" encryption restore_host
 
     export EKKO__DATABASE__CONNECTION="sqlite://$S/catalog.sqlite"
     phase stack extra
@@ -452,11 +497,23 @@ scenario_compute() {
     new_scenario compute
     ENABLED_SERVICES="n-cpu,placement-client"
     export EKKO_ENABLED_SERVICES=ekko-backup EKKO_STORE_BACKEND=swift EKKO_BACKUP_USER=root
+    export EKKO_ENCRYPTION=public_key
 
     phase stack install
     check "cargo build run" test "$(calls_of cargo)" = 1
 
+    phase_fails "no host key copied from the controller" "host.key missing: copy it from the controller" stack post-config
+    # The controller's host key, copied as an operator would.
+    "$EKKO_BIN/ekko-manage" key generate --output "$S/controller-host.key" >/dev/null
+    mkdir -p "$EKKO_CONF_DIR"
+    install -m 0600 "$S/controller-host.key" "$EKKO_CONF_DIR/host.key"
     phase stack post-config
+    check "compute: [encryption] mode public_key" ini_is "$CONF" encryption mode public_key
+    check "compute: [encryption] host_key_file" ini_is "$CONF" encryption host_key_file "$EKKO_CONF_DIR/host.key"
+    check_not "compute: no master key (it cannot read backups)" ini_get "$CONF" encryption master_key_file
+    check_not "compute: no master key file written" test -e "$EKKO_CONF_DIR/master.key"
+    check "compute: the copied host key is kept" cmp "$S/controller-host.key" "$EKKO_CONF_DIR/host.key"
+    check_not "compute: no key generated" called_matching '^exec ekko-manage key generate'
     check_common_conf
     check_not "no [database] on a compute node" has_section "$CONF" database
     check "no database or Keystone calls on a compute node" \
