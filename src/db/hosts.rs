@@ -52,6 +52,11 @@ pub fn heartbeat(
     Ok(())
 }
 
+/// Whether a host named `name` has ever reported.
+pub fn exists(conn: &mut DbConnection, name: &str) -> DbResult<bool> {
+    Ok(diesel::select(diesel::dsl::exists(hosts::table.find(name))).get_result(conn)?)
+}
+
 pub fn list(conn: &mut DbConnection) -> DbResult<Vec<Host>> {
     Ok(hosts::table
         .order(hosts::name.asc())

@@ -71,6 +71,16 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
         )
         .await;
     assert_eq!(s, 400, "{v}");
+    let (s, v) = c
+        .admin
+        .call(
+            "POST",
+            "/v1/restores",
+            Some(json!({"restore": {"backup_id": last[0], "target": {"type": "file", "path": "x.raw", "host": "nowhere"}}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("nowhere"), "{v}");
     // A restore sent to host b, which has no master key, fails with the
     // reason and writes nothing.
     let (s, v) = c
