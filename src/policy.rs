@@ -117,7 +117,7 @@ pub const DEFAULTS: &[RuleDefault] = &[
     RuleDefault {
         name: "ekko:backup:update",
         check: ADMIN_OR_MEMBER,
-        description: "Rename, describe or protect a backup.",
+        description: "Rename, describe or protect a backup, or replace its metadata.",
         operations: &["PUT /v1/backups/{backup_id}"],
     },
     RuleDefault {

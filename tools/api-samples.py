@@ -265,7 +265,7 @@ def capture(args):
     wait_for(api, "/v1/backups/" + second, member, "backup", ("available",))
 
     req = {"backup": {"name": "daily-kept", "description": "Kept for the audit",
-                      "protected": True}}
+                      "protected": True, "metadata": {"audit": "2026-Q4"}}}
     _, body = api.call("PUT", "/v1/backups/" + second, member, req)
     keep("backup-update-req.json", req)
     keep("backup-update-resp.json", body)

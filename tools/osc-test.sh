@@ -286,6 +286,18 @@ run del-prot demo ekko backup delete osc-kept
 check "deleting a protected backup fails with 409 Conflict" fails_with del-prot "HTTP 409"
 run bunprot demo ekko backup set osc-kept --unprotected
 check "backup set --unprotected" succeeded bunprot
+run bprop demo ekko backup set osc-kept --property audit=2026 --property owner=ops
+run bshow3 demo ekko backup show "$B2" -f json
+check "backup set --property adds metadata" \
+  jtrue bshow3 "d['metadata'] == {'audit': '2026', 'owner': 'ops'}"
+run bunset demo ekko backup unset osc-kept --property owner
+run bshow4 demo ekko backup show "$B2" -f json
+check "backup unset --property removes that key only" jtrue bshow4 "d['metadata'] == {'audit': '2026'}"
+run bnoprop demo ekko backup set osc-kept --no-property
+run bshow5 demo ekko backup show "$B2" -f json
+check "backup set --no-property clears the metadata" jtrue bshow5 "d['metadata'] == {}"
+run bprop-bad demo ekko backup set osc-kept --property novalue
+check "backup set --property without '=' fails with the reason" fails_with bprop-bad "not key=value"
 
 # Policies.
 must pcreate demo ekko policy create osc-nightly --schedule "0 2 * * *" --timezone UTC \

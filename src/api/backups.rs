@@ -216,6 +216,16 @@ pub struct CreateBackup {
 
 const MAX_NAME: usize = 255;
 const MAX_DESCRIPTION: usize = 4096;
+const MAX_METADATA: usize = 16 << 10;
+
+/// A backup's metadata as stored: its JSON, at most 16 KiB.
+fn encode_metadata(m: serde_json::Map<String, serde_json::Value>) -> Result<String, ApiError> {
+    let json = serde_json::Value::Object(m).to_string();
+    if json.len() > MAX_METADATA {
+        return Err(ApiError::bad_request("metadata is larger than 16 KiB"));
+    }
+    Ok(json)
+}
 
 pub async fn create(
     req: HttpRequest,
@@ -237,10 +247,7 @@ pub async fn create(
             "name (at most {MAX_NAME} bytes) or description (at most {MAX_DESCRIPTION}) too long"
         )));
     }
-    let metadata = serde_json::Value::Object(b.metadata.unwrap_or_default()).to_string();
-    if metadata.len() > 16 << 10 {
-        return Err(ApiError::bad_request("metadata is larger than 16 KiB"));
-    }
+    let metadata = encode_metadata(b.metadata.unwrap_or_default())?;
     // The instance is named in the body: a missing one (or one of another
     // project) is a bad request, not a missing URL.
     let missing = |e: ApiError| match e.status {
@@ -289,6 +296,8 @@ pub struct UpdateBackup {
     name: Option<String>,
     description: Option<String>,
     protected: Option<bool>,
+    /// Replaces the whole metadata object (`{}` clears it).
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 pub async fn update(
@@ -306,18 +315,16 @@ pub async fn update(
     {
         return Err(ApiError::bad_request("name or description too long"));
     }
+    let changes = backups::DetailsUpdate {
+        name: u.name,
+        description: u.description,
+        protected: u.protected,
+        metadata: u.metadata.map(encode_metadata).transpose()?,
+    };
     let b = visible(&ctx, &state, &id, "ekko:backup:update").await?;
     let db = state.db()?;
     let updated = db
-        .run(move |c| {
-            backups::update_details(
-                c,
-                &b.id,
-                u.name.as_deref(),
-                u.description.as_deref(),
-                u.protected,
-            )
-        })
+        .run(move |c| backups::update_details(c, &b.id, &changes))
         .await?;
     Ok(HttpResponse::Ok().json(json!({ "backup": view(&updated, &base_url(&req, &state)) })))
 }

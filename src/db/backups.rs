@@ -425,20 +425,25 @@ pub fn mark_damaged(conn: &mut DbConnection, id: &str, message: &str) -> DbResul
     Ok(())
 }
 
-pub fn update_details(
-    conn: &mut DbConnection,
-    id: &str,
-    name: Option<&str>,
-    description: Option<&str>,
-    protected: Option<bool>,
-) -> DbResult<Backup> {
+/// What a tenant may change on a backup; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct DetailsUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub protected: Option<bool>,
+    /// The whole metadata object, as JSON (it replaces the current one).
+    pub metadata: Option<String>,
+}
+
+pub fn update_details(conn: &mut DbConnection, id: &str, u: &DetailsUpdate) -> DbResult<Backup> {
     conn.transaction(|conn| {
         let b = get(conn, id)?;
         diesel::update(backups::table.find(id))
             .set((
-                backups::name.eq(name.unwrap_or(&b.name)),
-                backups::description.eq(description.unwrap_or(&b.description)),
-                backups::protected.eq(protected.unwrap_or(b.protected)),
+                backups::name.eq(u.name.as_ref().unwrap_or(&b.name)),
+                backups::description.eq(u.description.as_ref().unwrap_or(&b.description)),
+                backups::protected.eq(u.protected.unwrap_or(b.protected)),
+                backups::metadata.eq(u.metadata.as_ref().unwrap_or(&b.metadata)),
                 backups::updated_at.eq(now()),
             ))
             .execute(conn)?;

@@ -417,6 +417,47 @@ async fn keystone_personas_projects_and_conventions() {
         .call("DELETE", &format!("/v1/backups/{old}"), None)
         .await;
     assert_eq!(s, 409);
+    // Metadata is replaced as a whole, and only by a valid body; the
+    // rest of the backup stays as it was.
+    let (s, _, v) = member
+        .call(
+            "PUT",
+            &format!("/v1/backups/{old}"),
+            Some(json!({"backup": {"metadata": {"ticket": "OPS-7", "tier": 2}}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["backup"]["metadata"],
+        json!({"ticket": "OPS-7", "tier": 2})
+    );
+    assert_eq!(v["backup"]["protected"], true, "{v}");
+    let huge = "x".repeat(17 << 10);
+    let (s, _, v) = member
+        .call(
+            "PUT",
+            &format!("/v1/backups/{old}"),
+            Some(json!({"backup": {"metadata": {"big": huge}, "name": "renamed"}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (_, v) = member.get(&format!("/v1/backups/{old}")).await;
+    assert_eq!(
+        v["backup"]["metadata"],
+        json!({"ticket": "OPS-7", "tier": 2})
+    );
+    assert_ne!(
+        v["backup"]["name"], "renamed",
+        "a refused update changes nothing"
+    );
+    let (s, _, v) = reader
+        .call(
+            "PUT",
+            &format!("/v1/backups/{old}"),
+            Some(json!({"backup": {"metadata": {}}})),
+        )
+        .await;
+    assert_eq!(s, 403, "a reader cannot change metadata: {v}");
     member
         .call(
             "PUT",

@@ -11,6 +11,14 @@ use ekko::operator::{backup_instance, restore_backup, BackupRequest};
 use crate::helpers::{keystone_section, mariadb_db, service_env};
 use crate::qsd::{identical, Qsd};
 
+/// A change of the protection flag alone.
+fn protected(on: bool) -> backups::DetailsUpdate {
+    backups::DetailsUpdate {
+        protected: Some(on),
+        ..Default::default()
+    }
+}
+
 const MIB: u64 = 1 << 20;
 
 /// An Ekko on the real MariaDB and Swift (its own container prefix) with
@@ -135,7 +143,7 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
     db.run(move |c| {
         policies::insert(c, &p2)?;
         policies::attach(c, &p2.id, &inst)?;
-        backups::update_details(c, &protect, None, None, Some(true)).map(|_| ())
+        backups::update_details(c, &protect, &protected(true)).map(|_| ())
     })
     .await
     .unwrap();
@@ -267,7 +275,7 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
     // them: a live pass leaves its claims alone; once a claim runs out,
     // the next pass finishes the deletion. Nothing referenced is touched.
     let unprotect = ids[1].clone();
-    db.run(move |c| backups::update_details(c, &unprotect, None, None, Some(false)).map(|_| ()))
+    db.run(move |c| backups::update_details(c, &unprotect, &protected(false)).map(|_| ()))
         .await
         .unwrap();
     ekko::operator::delete_backup(&ekko, &ids[1]).await.unwrap();

@@ -187,7 +187,7 @@ class ShowBackup(command.ShowOne):
 
 
 class SetBackup(command.Command):
-    """Rename, describe or protect a backup."""
+    """Rename, describe or protect a backup, or change its properties."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
@@ -204,21 +204,60 @@ class SetBackup(command.Command):
         protect.add_argument(
             "--unprotected", action="store_false", dest="protected",
             help="Remove the protection")
+        parser.add_argument(
+            "--property", metavar="<key=value>", action="append",
+            dest="properties", default=[],
+            help="Set a metadata property (repeat for several)")
+        parser.add_argument(
+            "--no-property", action="store_true",
+            help="Remove every metadata property first (with --property: "
+                 "replace them)")
         return parser
 
     def take_action(self, parsed_args):
         client = self.app.client_manager.ekko
+        try:
+            properties = common.parse_properties(parsed_args.properties)
+        except ValueError as e:
+            raise osc_exc.CommandError(str(e))
         fields = {}
         for k in ("name", "description", "protected"):
             v = getattr(parsed_args, k)
             if v is not None:
                 fields[k] = v
-        if not fields:
+        if not fields and not properties and not parsed_args.no_property:
             raise osc_exc.CommandError(
-                "Nothing to set: use --name, --description, --protected or "
-                "--unprotected")
+                "Nothing to set: use --name, --description, --protected, "
+                "--unprotected, --property or --no-property")
         backup = client.find("backup", parsed_args.backup)
+        if properties or parsed_args.no_property:
+            metadata = {} if parsed_args.no_property else dict(
+                backup.get("metadata") or {})
+            metadata.update(properties)
+            fields["metadata"] = metadata
         client.backup_update(backup["id"], **fields)
+
+
+class UnsetBackup(command.Command):
+    """Remove metadata properties of a backup."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument("backup", metavar="<backup>",
+                            help="Backup (name or ID)")
+        parser.add_argument(
+            "--property", metavar="<key>", action="append",
+            dest="properties", default=[], required=True,
+            help="Property to remove (repeat for several)")
+        return parser
+
+    def take_action(self, parsed_args):
+        client = self.app.client_manager.ekko
+        backup = client.find("backup", parsed_args.backup)
+        metadata = dict(backup.get("metadata") or {})
+        for key in parsed_args.properties:
+            metadata.pop(key, None)
+        client.backup_update(backup["id"], metadata=metadata)
 
 
 class DeleteBackup(command.Command):
