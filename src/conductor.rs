@@ -18,7 +18,7 @@ use diesel::Connection;
 use crate::db::backups::{self, Backup, BackupStatus};
 use crate::db::jobs::{self, Job};
 use crate::db::restores::{self, Restore};
-use crate::db::{instances, quotas, segments, DbConnection, DbError, DbResult};
+use crate::db::{hosts, instances, quotas, segments, DbConnection, DbError, DbResult};
 use crate::job::{
     BackupFinished, BackupJob, BadRecord, CancelJob, HostInventory, JobDisk, JobFailed,
     JobProgress, JobStarted, RecordRef, Relocation, RestoreFinished, RestoreJob, BACKUP_FINISHED,
@@ -51,6 +51,9 @@ pub enum ConductorError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Keys(#[from] crate::keyring::KeyringError),
+    /// The request names something that cannot work (a bad request).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// What planning needs from the configuration.
@@ -445,12 +448,31 @@ pub struct NewRestore {
 pub async fn submit_restore(ekko: &Ekko, new: NewRestore) -> Result<Restore, ConductorError> {
     let timeout = PlanOptions::of(ekko).job_timeout;
     let db = ekko.db()?.clone();
-    // A public-key project's backups are read where the master key is.
     let mut new = new;
-    if new.host.is_none() {
-        let id = new.backup_id.clone();
-        if let Ok(b) = db.run(move |c| backups::get(c, &id)).await {
-            new.host = crate::keyring::default_restore_host(ekko, &b.project_id).await?;
+    let id = new.backup_id.clone();
+    // The backup's project and its instance's host (a missing backup is
+    // reported by the transaction below).
+    let found = db
+        .run(move |c| {
+            let b = backups::get(c, &id)?;
+            let host = instances::get(c, &b.instance_id).map(|i| i.host).ok();
+            Ok((b.project_id, host))
+        })
+        .await;
+    if let Ok((project, instance_host)) = found {
+        // A public-key project's backups are read where the master key is.
+        if new.host.is_none() {
+            new.host = crate::keyring::default_restore_host(ekko, &project).await?;
+        }
+        // A host no ekko-backup ever reported from would leave the
+        // restore queued until its deadline.
+        if let Some(host) = new.host.clone().or(instance_host) {
+            let name = host.clone();
+            if !db.run(move |c| hosts::exists(c, &name)).await? {
+                return Err(ConductorError::Invalid(format!(
+                    "restore host {host} runs no ekko-backup known to Ekko"
+                )));
+            }
         }
     }
     let (restore, job, message) = db
@@ -599,9 +621,7 @@ pub async fn cancel_backup(
                 }
                 let job = jobs::active_for(c, jobs::Subject::Backup(&bid))?;
                 match &job {
-                    Some(j) => {
-                        fail_job(c, &j.id, &w)?;
-                    }
+                    Some(j) => end_for_cancel(c, j, &w)?,
                     None => {
                         backups::transition(c, &bid, BackupStatus::Error, Some(&w))?;
                     }
@@ -640,9 +660,7 @@ pub async fn cancel_restore(
                 }
                 let job = jobs::active_for(c, jobs::Subject::Restore(&rid))?;
                 match &job {
-                    Some(j) => {
-                        fail_job(c, &j.id, &w)?;
-                    }
+                    Some(j) => end_for_cancel(c, j, &w)?,
                     None => restores::transition(c, &rid, "error", Some(&w), None)?,
                 }
                 Ok((restores::get(c, &rid)?, job))
@@ -654,6 +672,18 @@ pub async fn cancel_restore(
     }
     tracing::info!(restore = %restore.id, "restore cancelled");
     Ok(restore)
+}
+
+/// End a job for a cancel; `Conflict` (the caller's transaction rolls back)
+/// when its outcome was recorded first.
+fn end_for_cancel(c: &mut DbConnection, job: &Job, why: &str) -> DbResult<()> {
+    if fail_job(c, &job.id, why)? {
+        return Ok(());
+    }
+    Err(DbError::Conflict(format!(
+        "job {} ended before the cancel; nothing to cancel",
+        job.id
+    )))
 }
 
 /// Tell a job's host to stop it. Best effort: the job has already ended

@@ -17,7 +17,7 @@
 //! jobs (a redelivery after the outcome was sent is dropped).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -367,6 +367,9 @@ struct Worker {
     running: Mutex<HashMap<String, (String, watch::Sender<Stop>)>>,
     /// Jobs cancelled before they reached this worker.
     cancelled: Mutex<std::collections::HashSet<String>>,
+    /// Restores written and reported lately, by job id: a cancel that
+    /// crossed the report (the restore ended in `error`) removes the file.
+    finished_restores: Mutex<std::collections::VecDeque<(String, PathBuf, TargetFormat)>>,
     /// Disks last seen per instance (a busy instance's QMP is not probed).
     known_disks: Mutex<HashMap<String, Vec<crate::job::InventoryDisk>>>,
 }
@@ -489,22 +492,47 @@ impl Worker {
         }
     }
 
-    /// Stop a running job, or remember not to start it.
+    /// Stop a running job, or remember not to start it; a restore that
+    /// finished here before the cancel came loses its file (the catalog
+    /// ended it as cancelled). The `running` lock is held throughout, so
+    /// a job being admitted sees either the stop or the mark.
     fn cancel(&self, job_id: &str) -> bool {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        match running.get(job_id) {
-            Some((_, tx)) => tx.send(Stop::Cancelled).is_ok(),
-            None => {
-                drop(running);
-                let mut cancelled = self.cancelled.lock().unwrap_or_else(|p| p.into_inner());
-                // Bounded: cancels of jobs that never come are forgotten.
-                if cancelled.len() > 10_000 {
-                    cancelled.clear();
-                }
-                cancelled.insert(job_id.to_string());
-                false
-            }
+        if let Some((_, tx)) = running.get(job_id) {
+            return tx.send(Stop::Cancelled).is_ok();
         }
+        let finished = {
+            let mut done = self
+                .finished_restores
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let at = done.iter().position(|(id, _, _)| id == job_id);
+            at.and_then(|i| done.remove(i))
+        };
+        if let Some((_, target, format)) = finished {
+            tracing::warn!(job = job_id, target = %target.display(), "restore cancelled after it finished here: removing its file");
+            discard_restore(&target, format);
+            return true;
+        }
+        let mut cancelled = self.cancelled.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: cancels of jobs that never come are forgotten.
+        if cancelled.len() > 10_000 {
+            cancelled.clear();
+        }
+        cancelled.insert(job_id.to_string());
+        false
+    }
+
+    /// Remember a reported restore for a cancel that may have crossed it.
+    fn restore_reported(&self, job_id: &str, target: &Path, format: TargetFormat) {
+        let mut done = self
+            .finished_restores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if done.len() >= 256 {
+            done.pop_front();
+        }
+        done.push_back((job_id.to_string(), target.to_path_buf(), format));
     }
 
     /// Tell the conductor a job failed, then drop its message.
@@ -589,13 +617,29 @@ impl Worker {
             return None;
         }
         let (stop_tx, stop) = watch::channel(Stop::Run);
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                job_id.to_string(),
-                (instance_id.unwrap_or_default().to_string(), stop_tx),
-            );
+        let cancelled_meanwhile = {
+            // cancel() marks under this lock: a cancel that came while the
+            // start was being reported is seen here, a later one is sent
+            // to the stop channel.
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let marked = self
+                .cancelled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(job_id);
+            if !marked {
+                running.insert(
+                    job_id.to_string(),
+                    (instance_id.unwrap_or_default().to_string(), stop_tx),
+                );
+            }
+            marked
+        };
+        if cancelled_meanwhile {
+            let why = format!("cancelled before it started on host {}", self.host);
+            self.fail(delivery, job_id, why, false).await;
+            return None;
+        }
         let progress = Arc::new(Progress::default());
         let reporter = {
             let this = self.clone();
@@ -875,7 +919,7 @@ impl Worker {
             )),
             Ok(Err(e)) => Err(format!("{e}")),
             Err(Some(Stop::Shutdown)) => {
-                let _ = std::fs::remove_file(&target);
+                discard_restore(&target, format);
                 self.journal.undo(&job.job_id, admitted.attempt);
                 let _ = delivery.nack(true).await;
                 return;
@@ -893,20 +937,36 @@ impl Worker {
                 match self.publish_patiently(RESTORE_FINISHED, &done).await {
                     Ok(()) => {
                         self.journal.done(&job.job_id);
+                        self.restore_reported(&job.job_id, &target, format);
                         let _ = delivery.ack().await;
                         tracing::info!(restore = %job.restore_id, "restore written and reported");
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot report the restore; it runs again");
-                        let _ = std::fs::remove_file(&target);
+                        discard_restore(&target, format);
                         let _ = delivery.nack(true).await;
                     }
                 }
             }
             Err(why) => {
                 // A partial restore is no restore.
-                let _ = std::fs::remove_file(&target);
+                discard_restore(&target, format);
                 self.fail(delivery, &job.job_id, why, false).await
+            }
+        }
+    }
+}
+
+/// Remove what an abandoned restore wrote: its target and, for qcow2, the
+/// raw image it converts from.
+fn discard_restore(target: &Path, format: TargetFormat) {
+    let scratch = crate::backup::restore::scratch_path(target, format);
+    for path in std::iter::once(target).chain(scratch.as_deref()) {
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::info!(path = %path.display(), "removed an abandoned restore's file"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an abandoned restore's file")
             }
         }
     }
@@ -965,6 +1025,7 @@ pub async fn run(
         journal,
         running: Mutex::new(HashMap::new()),
         cancelled: Mutex::new(Default::default()),
+        finished_restores: Mutex::new(Default::default()),
         known_disks: Mutex::new(HashMap::new()),
         ekko: ekko.clone(),
     });

@@ -514,6 +514,14 @@ scenario_compute() {
     check_not "compute: no master key file written" test -e "$EKKO_CONF_DIR/master.key"
     check "compute: the copied host key is kept" cmp "$S/controller-host.key" "$EKKO_CONF_DIR/host.key"
     check_not "compute: no key generated" called_matching '^exec ekko-manage key generate'
+    # The same node as the restore host: it needs the master key too.
+    export EKKO_RESTORE_HOST=$EKKO_HOST
+    phase_fails "the restore host has no master key copied" "master.key missing: copy it from the controller" stack post-config
+    "$EKKO_BIN/ekko-manage" key generate --output "$EKKO_CONF_DIR/master.key" >/dev/null
+    phase stack post-config
+    check "restore host: [encryption] master_key_file" ini_is "$CONF" encryption master_key_file "$EKKO_CONF_DIR/master.key"
+    check_not "restore host: restore_host is the controller's setting" ini_get "$CONF" encryption restore_host
+    unset EKKO_RESTORE_HOST
     check_common_conf
     check_not "no [database] on a compute node" has_section "$CONF" database
     check "no database or Keystone calls on a compute node" \

@@ -154,6 +154,7 @@ impl From<crate::conductor::ConductorError> for ApiError {
             C::Db(db) => ApiError::from(db),
             C::Queue(q) => ApiError::unavailable(format!("the message bus is unavailable: {q}")),
             C::Keys(k) => ApiError::internal(k),
+            C::Invalid(why) => ApiError::bad_request(why),
         }
     }
 }

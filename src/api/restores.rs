@@ -111,20 +111,6 @@ pub async fn create(
     )
     .map_err(missing)?;
     ctx.authorize(&state, "ekko:restore:create", &b.project_id, None)?;
-    // A host no ekko-backup ever reported from would leave the restore
-    // queued until its deadline.
-    if let Some(h) = host.clone() {
-        let name = h.clone();
-        if !state
-            .db()?
-            .run(move |c| crate::db::hosts::exists(c, &name))
-            .await?
-        {
-            return Err(ApiError::bad_request(format!(
-                "target host {h} runs no ekko-backup known to Ekko"
-            )));
-        }
-    }
     let new = NewRestore {
         backup_id: b.id.clone(),
         user_id: ctx.creds.user_id.clone(),

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -377,6 +377,16 @@ pub async fn verify(
     .await
 }
 
+/// Where a restore to `path` in `format` writes before its final file:
+/// qcow2 is converted from a raw image beside it. Whoever abandons a
+/// restore removes this too.
+pub fn scratch_path(path: &Path, format: TargetFormat) -> Option<PathBuf> {
+    match format {
+        TargetFormat::Raw => None,
+        TargetFormat::Qcow2 => Some(path.with_extension("ekko-restore.raw")),
+    }
+}
+
 /// Restore a record to `path`. Fails (naming the byte ranges) when a chunk
 /// is missing or corrupt; the partial file is left for inspection.
 pub async fn restore(
@@ -389,10 +399,7 @@ pub async fn restore(
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
     refuse_write_keys(reader)?;
-    let raw_path = match format {
-        TargetFormat::Raw => path.to_path_buf(),
-        TargetFormat::Qcow2 => path.with_extension("ekko-restore.raw"),
-    };
+    let raw_path = scratch_path(path, format).unwrap_or_else(|| path.to_path_buf());
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -434,11 +441,14 @@ pub async fn restore(
         )));
     }
     if format == TargetFormat::Qcow2 {
-        let out = std::process::Command::new("qemu-img")
+        // Async and killed on drop: a cancelled restore stops converting.
+        let out = tokio::process::Command::new("qemu-img")
             .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
             .arg(&raw_path)
             .arg(path)
+            .kill_on_drop(true)
             .output()
+            .await
             .map_err(|source| EngineError::Target {
                 path: path.display().to_string(),
                 source,

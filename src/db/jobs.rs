@@ -95,7 +95,6 @@ pub fn start(conn: &mut DbConnection, id: &str, host: &str) -> DbResult<Job> {
     Ok(job)
 }
 
-/// The queued or running job of a backup, if any.
 /// What a job works on.
 #[derive(Debug, Clone, Copy)]
 pub enum Subject<'a> {
