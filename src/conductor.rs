@@ -331,8 +331,10 @@ pub async fn record(ekko: &Ekko, message: &Envelope) -> Result<(), ConductorErro
         }
         JOB_STARTED => {
             let s: JobStarted = message.body_as(JOB_STARTED)?;
+            let (job_id, host) = (s.job_id.clone(), s.host.clone());
             match db.run(move |c| job_started(c, &s)).await {
-                Ok(()) | Err(DbError::Conflict(_)) | Err(DbError::NotFound(_)) => {}
+                Ok(()) | Err(DbError::NotFound(_)) => {}
+                Err(DbError::Conflict(_)) => resend_cancel(ekko, &job_id, &host).await,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -381,6 +383,7 @@ pub async fn record(ekko: &Ekko, message: &Envelope) -> Result<(), ConductorErro
         }
         RESTORE_FINISHED => {
             let f: RestoreFinished = message.body_as(RESTORE_FINISHED)?;
+            let (job_id, host) = (f.job_id.clone(), f.host.clone());
             let written = i64::try_from(f.bytes_written).unwrap_or(i64::MAX);
             let outcome = db
                 .run(move |c| {
@@ -399,7 +402,10 @@ pub async fn record(ekko: &Ekko, message: &Envelope) -> Result<(), ConductorErro
                 })
                 .await;
             match outcome {
-                Ok(()) | Err(DbError::Conflict(_)) | Err(DbError::NotFound(_)) => {}
+                Ok(()) | Err(DbError::NotFound(_)) => {}
+                // Cancelled or timed out as it finished: the host removes
+                // the file when told (again) to stop.
+                Err(DbError::Conflict(_)) => resend_cancel(ekko, &job_id, &host).await,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -684,6 +690,28 @@ fn end_for_cancel(c: &mut DbConnection, job: &Job, why: &str) -> DbResult<()> {
         "job {} ended before the cancel; nothing to cancel",
         job.id
     )))
+}
+
+/// A host reports work on a job the catalog has already failed (cancelled
+/// or timed out, the cancel lost or crossed): tell it again to stop, so it
+/// stops the work and removes a restore's file. A job that succeeded is
+/// left alone (a duplicate report).
+async fn resend_cancel(ekko: &Ekko, job_id: &str, host: &str) {
+    let Ok(db) = ekko.db() else {
+        return;
+    };
+    let id = job_id.to_string();
+    if let Ok(mut job) = db.run(move |c| jobs::get(c, &id)).await {
+        if job.status == "failed" {
+            tracing::info!(
+                job = job_id,
+                host,
+                "work reported on a failed job: cancelling it again"
+            );
+            job.host = Some(host.to_string());
+            send_cancel(ekko, &job).await;
+        }
+    }
 }
 
 /// Tell a job's host to stop it. Best effort: the job has already ended
