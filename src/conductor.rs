@@ -213,7 +213,9 @@ pub async fn submit_backup(ekko: &Ekko, new: NewBackup) -> Result<Backup, Conduc
     // the write keys) in the job.
     let id = new.instance_id.clone();
     let keys = match db.run(move |c| instances::get(c, &id)).await {
-        Ok(instance) => crate::keyring::job_keys(ekko, &instance.project_id).await?,
+        Ok(instance) => {
+            crate::keyring::job_keys(ekko, &instance.project_id, &instance.host).await?
+        }
         // An unknown instance: the plan says so. Any other error stops
         // here: a plan without keys would write an encrypted project's
         // data in the clear.

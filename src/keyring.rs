@@ -39,9 +39,15 @@ pub enum KeyringError {
     )]
     NoHostKey(String),
     #[error(
-        "[encryption] mode = public_key: the controller needs [encryption] host_key_file and master_key_file"
+        "[encryption] mode = public_key: the controller needs [encryption] master_key_file, and host_key_file or host_keys_dir"
     )]
     ControllerNeedsKeys,
+    #[error("no host key for host {host} ({path}): {reason}")]
+    NoKeyForHost {
+        host: String,
+        path: String,
+        reason: String,
+    },
     #[error(
         "the catalog holds keys of encrypted projects, wrapped by master key(s) {wrapped_by}, \
          but {configured}: set [encryption] master_key_file to that key"
@@ -90,9 +96,10 @@ pub fn load_keys(
 /// be able to give hosts write keys: refuse to start without both keys.
 pub fn check_controller(ekko: &Ekko) -> Result<(), KeyringError> {
     let enc = &ekko.config.encryption;
+    let wraps_for_hosts = ekko.host_key.is_some() || !enc.host_keys_dir.trim().is_empty();
     if enc.enabled
         && enc.mode == EncryptionMode::PublicKey
-        && (ekko.master_key.is_none() || ekko.host_key.is_none())
+        && (ekko.master_key.is_none() || !wraps_for_hosts)
     {
         return Err(KeyringError::ControllerNeedsKeys);
     }
@@ -205,10 +212,54 @@ pub struct JobKeys {
     pub public_key: bool,
 }
 
-/// The keys for a job of `project`, created if encryption is on and the
-/// project has none. For a public-key project this process must hold the
-/// master key (to derive the write keys) and the host key (to wrap them).
-pub async fn job_keys(ekko: &Ekko, project: &str) -> Result<JobKeys, KeyringError> {
+/// The key that wraps write keys for jobs run by `host`: its own key from
+/// `[encryption] host_keys_dir` when that is set, else the shared
+/// `host_key_file`.
+pub fn host_key_for(
+    ekko: &Ekko,
+    project: &str,
+    host: &str,
+) -> Result<Arc<MasterKey>, KeyringError> {
+    let dir = ekko.config.encryption.host_keys_dir.trim();
+    if dir.is_empty() {
+        return ekko
+            .host_key
+            .clone()
+            .ok_or_else(|| KeyringError::NoHostKey(project.to_string()));
+    }
+    let path = Path::new(dir).join(format!("{host}.key"));
+    let missing = |reason: String| KeyringError::NoKeyForHost {
+        host: host.to_string(),
+        path: path.display().to_string(),
+        reason,
+    };
+    // Host names come from the hosts' own reports: never a path.
+    if !valid_host_name(host) {
+        return Err(missing("not a plain host name".into()));
+    }
+    let key = MasterKey::load(&path).map_err(|e| missing(e.to_string()))?;
+    if ekko.master_key.as_ref().is_some_and(|m| m.id() == key.id()) {
+        return Err(KeyringError::HostKeyIsMasterKey);
+    }
+    Ok(Arc::new(key))
+}
+
+/// A host name that is safe as a file name: letters, digits, `.`, `-`,
+/// `_`, not starting with a dot.
+fn valid_host_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && !host.starts_with('.')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// The keys for a job of `project` run by `host`, created if encryption is
+/// on and the project has none. For a public-key project this process must
+/// hold the master key (to derive the write keys) and a host key for
+/// `host` (to wrap them).
+pub async fn job_keys(ekko: &Ekko, project: &str, host: &str) -> Result<JobKeys, KeyringError> {
     let Some(wrapped) = ensure_project_key(ekko, project).await? else {
         return Ok(JobKeys::default());
     };
@@ -222,13 +273,10 @@ pub async fn job_keys(ekko: &Ekko, project: &str) -> Result<JobKeys, KeyringErro
             ..JobKeys::default()
         });
     };
-    let host = ekko
-        .host_key
-        .as_ref()
-        .ok_or_else(|| KeyringError::NoHostKey(project.to_string()))?;
+    let host_key = host_key_for(ekko, project, host)?;
     Ok(JobKeys {
         project_key: Some(wrapped),
-        write_keys: Some(host.wrap_write_keys(project, &write)?),
+        write_keys: Some(host_key.wrap_write_keys(project, &write)?),
         public_key: true,
     })
 }
@@ -340,4 +388,19 @@ pub async fn import(ekko: &Ekko, project: &str, wrapped: WrappedKey) -> Result<(
         .run(move |c| keys::insert_or_get(c, &p, &wrapped).map(|_| ()))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host_name;
+
+    #[test]
+    fn host_key_file_names_are_plain_host_names() {
+        for ok in ["compute-1", "cmp1.example.org", "host_b-7"] {
+            assert!(valid_host_name(ok), "{ok}");
+        }
+        for bad in ["", ".hidden", "../master", "a/b", "a b", "x\0"] {
+            assert!(!valid_host_name(bad), "{bad:?}");
+        }
+    }
 }

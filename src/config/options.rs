@@ -344,6 +344,13 @@ option_group! {
         /// job's write keys with it, compute hosts open them with it. Compute
         /// hosts then need no master_key_file.
         pub host_key_file: String = s("");
+        /// Public-key mode, on the controller: a directory holding one host
+        /// key per compute host, `<host>.key` (`ekko-manage key generate`),
+        /// so each job's write keys are wrapped with its own host's key and
+        /// a host's key opens none of another host's jobs. Each compute host
+        /// then has its own key as host_key_file. Empty: host_key_file wraps
+        /// every host's jobs.
+        pub host_keys_dir: String = s("");
         /// Public-key mode: the host that runs restores which name no host
         /// (it must hold the master key). Empty: the instance's host.
         pub restore_host: String = s("");

@@ -288,23 +288,32 @@ impl Cluster {
     }
 }
 
-/// The `[encryption]` sections of a public-key cluster: (controller and
-/// restore side, compute host).
-fn public_key_sections(dir: &Path, restore_host: &str) -> (String, String) {
+/// The `[encryption]` sections of a public-key cluster: the controller's
+/// (the master key, one host key per host in a directory, host a as the
+/// restore side), and each host's: host a (the restore side) the master key
+/// and its own host key, host b only its own host key.
+fn public_key_sections(dir: &Path, hosts: [&str; 2]) -> (String, [String; 2]) {
     use std::os::unix::fs::PermissionsExt;
-    let key = |name: &str| {
-        let path = dir.join(name);
+    let key = |path: std::path::PathBuf| {
         std::fs::write(&path, ekko::crypto::MasterKey::generate_hex().unwrap()).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path.display().to_string()
     };
-    let (master, host) = (key("master.key"), key("host.key"));
+    let host_keys = dir.join("host-keys");
+    std::fs::create_dir_all(&host_keys).unwrap();
+    let master = key(dir.join("master.key"));
+    let [a, b] = hosts.map(|h| key(host_keys.join(format!("{h}.key"))));
+    let section = "[encryption]\nenabled = true\nmode = public_key\n";
     (
         format!(
-            "[encryption]\nenabled = true\nmode = public_key\nmaster_key_file = {master}\n\
-             host_key_file = {host}\nrestore_host = {restore_host}\n"
+            "{section}master_key_file = {master}\nhost_keys_dir = {}\nrestore_host = {}\n",
+            host_keys.display(),
+            hosts[0]
         ),
-        format!("[encryption]\nenabled = true\nmode = public_key\nhost_key_file = {host}\n"),
+        [
+            format!("{section}master_key_file = {master}\nhost_key_file = {a}\n"),
+            format!("{section}host_key_file = {b}\n"),
+        ],
     )
 }
 
@@ -330,7 +339,7 @@ pub async fn start_cluster(
         )
     };
     let (controller_keys, host_keys) = if public_key {
-        public_key_sections(dir, &format!("host-a-{tag}"))
+        public_key_sections(dir, [&format!("host-a-{tag}"), &format!("host-b-{tag}")])
     } else {
         Default::default()
     };
@@ -393,7 +402,7 @@ pub async fn start_cluster(
                 // Host b reads slowly, so a test can catch a job mid-way.
                 if i == 1 { "read_rate_limit = 4M\n" } else { "" },
                 // Host a is the restore side; host b can only write.
-                if i == 0 { &controller_keys } else { &host_keys }
+                &host_keys[i]
             ),
         )
         .unwrap();

@@ -322,7 +322,9 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
     restores(&x.ekko, &x, &b.id, &snap("b"), "B on the restore side").await;
 
     // What a backup job of this project carries: write keys only.
-    let job = ekko::keyring::job_keys(&x.ekko, "proj-pk").await.unwrap();
+    let job = ekko::keyring::job_keys(&x.ekko, "proj-pk", "compute-1")
+        .await
+        .unwrap();
     assert!(job.public_key && job.write_keys.is_some());
     assert!(job.for_backup().0.is_none(), "no project key for hosts");
     // A compute host: host key only, no catalog, no master key.
@@ -417,7 +419,45 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
         .await
         .unwrap();
     assert!(ekko::keyring::check_controller(&c).is_err());
-    assert!(ekko::keyring::job_keys(&c, "proj-pk").await.is_err());
+    assert!(ekko::keyring::job_keys(&c, "proj-pk", "compute-1")
+        .await
+        .is_err());
+    // One host key per compute host ([encryption] host_keys_dir): a job's
+    // write keys open with its own host's key only; a host without a key
+    // file, or with a name that is no file name, gets no job.
+    let per_host = tempfile::tempdir().unwrap();
+    let key_1 = key_file(per_host.path(), "compute-1.key");
+    key_file(per_host.path(), "compute-2.key");
+    let mut controller = x.ekko.config.as_ref().clone();
+    controller.encryption.host_key_file = String::new();
+    controller.encryption.host_keys_dir = per_host.path().display().to_string();
+    let c = ekko::Ekko::connect(controller, ekko::ekko::Catalog::Required)
+        .await
+        .unwrap();
+    ekko::keyring::check_controller(&c).unwrap();
+    let for_1 = ekko::keyring::job_keys(&c, "proj-pk", "compute-1")
+        .await
+        .unwrap();
+    let for_2 = ekko::keyring::job_keys(&c, "proj-pk", "compute-2")
+        .await
+        .unwrap();
+    let mut conf_1 = host_conf.clone();
+    conf_1.encryption.host_key_file = key_1.display().to_string();
+    let host_1 = ekko::Ekko::connect(conf_1, ekko::ekko::Catalog::None)
+        .await
+        .unwrap();
+    let own = ekko::keyring::open_job(&host_1, "proj-pk", None, for_1.write_keys.as_ref());
+    assert!(own.is_ok_and(|k| k.is_some()));
+    let other = ekko::keyring::open_job(&host_1, "proj-pk", None, for_2.write_keys.as_ref());
+    assert!(other.is_err(), "compute-1's key opens compute-2's job");
+    for nowhere in ["compute-3", "../master"] {
+        let err = ekko::keyring::job_keys(&c, "proj-pk", nowhere)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no host key for host"), "{nowhere}: {err}");
+    }
     let mut bare = host_conf;
     bare.encryption.host_key_file = String::new();
     assert!(ekko::Ekko::connect(bare, ekko::ekko::Catalog::None)
@@ -442,7 +482,9 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
         "B from the rebuilt catalog",
     )
     .await;
-    let again = ekko::keyring::job_keys(&rebuilt, "proj-pk").await.unwrap();
+    let again = ekko::keyring::job_keys(&rebuilt, "proj-pk", "compute-1")
+        .await
+        .unwrap();
     assert!(
         again.public_key,
         "the rebuilt project key is still public-key"
