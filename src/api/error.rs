@@ -153,8 +153,40 @@ impl From<crate::conductor::ConductorError> for ApiError {
         match e {
             C::Db(db) => ApiError::from(db),
             C::Queue(q) => ApiError::unavailable(format!("the message bus is unavailable: {q}")),
+            // A host the controller has no host key for cannot take this
+            // project's backups until the operator adds one: unavailable,
+            // without the key's path (that goes to the log).
+            C::Keys(
+                k @ (crate::keyring::KeyringError::NoKeyForHost { .. }
+                | crate::keyring::KeyringError::NoHostKey(_)),
+            ) => {
+                tracing::error!(error = %k, "no host key for a backup job");
+                ApiError::unavailable(
+                    "the instance's host cannot take encrypted backups now (no host key is configured for it); ask the operator",
+                )
+            }
             C::Keys(k) => ApiError::internal(k),
             C::Invalid(why) => ApiError::bad_request(why),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conductor::ConductorError;
+    use crate::keyring::KeyringError;
+
+    #[test]
+    fn a_host_without_a_host_key_is_unavailable_and_its_path_stays_in_the_log() {
+        let e = ApiError::from(ConductorError::Keys(KeyringError::NoKeyForHost {
+            host: "compute-9".into(),
+            path: "/etc/ekko/host-keys/compute-9.key".into(),
+            reason: "No such file or directory".into(),
+        }));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!e.detail.contains("/etc/ekko"), "{}", e.detail);
+        let other = ApiError::from(ConductorError::Keys(KeyringError::NoMasterKeyFile));
+        assert_eq!(other.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
