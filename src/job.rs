@@ -295,3 +295,191 @@ mod tests {
         assert!(bad.previous().is_none());
     }
 }
+
+/// The wire format is a contract between releases: a worker of one
+/// release and a conductor of the next read each other's messages. Each
+/// message kind is serialized from a fixed sample and compared with
+/// `tests/fixtures/wire/<kind>.json` (captured from the release before);
+/// `EKKO_BLESS_WIRE=1` rewrites the files.
+#[cfg(test)]
+pub(crate) mod golden {
+    use super::*;
+
+    fn at() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .expect("fixed time")
+            .with_timezone(&Utc)
+    }
+
+    fn record() -> RecordRef {
+        RecordRef {
+            root_digest: "ab".repeat(32),
+            root_segment: 42,
+            disk_size: 1 << 30,
+            chunk_size: 1 << 18,
+        }
+    }
+
+    fn key() -> crate::crypto::WrappedKey {
+        crate::crypto::WrappedKey {
+            master_key_id: "k1".into(),
+            nonce: "00".repeat(12),
+            sealed: "11".repeat(48),
+        }
+    }
+
+    /// One sample per message kind, as JSON values.
+    pub fn samples() -> Vec<(&'static str, serde_json::Value)> {
+        let v = |x: serde_json::Result<serde_json::Value>| x.expect("serializable");
+        let backup = BackupJob {
+            job_id: "j-1".into(),
+            backup_id: "b-1".into(),
+            project_id: "p-1".into(),
+            user_id: "u-1".into(),
+            instance_id: "i-1".into(),
+            instance_name: "web".into(),
+            name: "nightly".into(),
+            description: "d".into(),
+            created_at: at(),
+            full: false,
+            disks: vec![JobDisk {
+                disk_id: "d-1".into(),
+                device: "vda".into(),
+                node_name: "drive0".into(),
+                base_seq: 3,
+                head: Some(record()),
+                expected_bitmap: Some("ekko-b-0-1".into()),
+                needs_full_read: false,
+            }],
+            dedup_sources: vec![record()],
+            relocations: vec![Relocation { from: 1, to: 2 }],
+            bad_records: vec![BadRecord {
+                digest: "cd".repeat(32),
+                segment: 7,
+            }],
+            project_key: Some(key()),
+            write_keys: None,
+            deadline: at(),
+        };
+        let restore = RestoreJob {
+            job_id: "j-2".into(),
+            restore_id: "r-1".into(),
+            backup_id: "b-1".into(),
+            project_id: "p-1".into(),
+            record: record(),
+            path: "vm.qcow2".into(),
+            format: "qcow2".into(),
+            relocations: vec![],
+            project_key: None,
+            deadline: at(),
+        };
+        let finished = BackupFinished {
+            job_id: "j-1".into(),
+            backup_id: "b-1".into(),
+            project_id: "p-1".into(),
+            host: "h-1".into(),
+            kind: "incremental".into(),
+            consistency: "crash".into(),
+            disks: vec![DiskCommit {
+                disk_id: "d-1".into(),
+                base_seq: 3,
+                virtual_size: 1 << 30,
+                chunk_size: 1 << 18,
+                root_digest: vec![0xab; 32],
+                root_segment: 43,
+                bitmap_name: Some("ekko-b-1-1".into()),
+                full_read: false,
+                read_bytes: 10,
+                new_bytes: 9,
+                stored_bytes: 5,
+                new_segments: vec![(43, 1000, 4)],
+                ref_deltas: vec![(42, -1), (43, 4)],
+                fresh_map: false,
+            }],
+        };
+        let inventory = HostInventory {
+            host: "h-1".into(),
+            instances: vec![InventoryInstance {
+                id: "i-1".into(),
+                project_id: "p-1".into(),
+                name: "web".into(),
+                disks: vec![InventoryDisk {
+                    device: "vda".into(),
+                    node_name: "drive0".into(),
+                    virtual_size: 1 << 30,
+                }],
+            }],
+        };
+        let heartbeat = crate::service::Heartbeat {
+            host: "h-1".into(),
+            version: "0.1.0".into(),
+            capacity: 2,
+        };
+        vec![
+            (BACKUP_RUN, v(serde_json::to_value(&backup))),
+            (RESTORE_RUN, v(serde_json::to_value(&restore))),
+            (
+                JOB_STARTED,
+                v(serde_json::to_value(JobStarted {
+                    job_id: "j-1".into(),
+                    host: "h-1".into(),
+                    attempt: 1,
+                })),
+            ),
+            (
+                JOB_PROGRESS,
+                v(serde_json::to_value(JobProgress {
+                    job_id: "j-1".into(),
+                    done_bytes: 5,
+                    total_bytes: 10,
+                })),
+            ),
+            (BACKUP_FINISHED, v(serde_json::to_value(&finished))),
+            (
+                JOB_FAILED,
+                v(serde_json::to_value(JobFailed {
+                    job_id: "j-1".into(),
+                    host: "h-1".into(),
+                    error: "boom".into(),
+                    manifest_written: false,
+                })),
+            ),
+            (
+                RESTORE_FINISHED,
+                v(serde_json::to_value(RestoreFinished {
+                    job_id: "j-2".into(),
+                    host: "h-1".into(),
+                    bytes_written: 1 << 30,
+                })),
+            ),
+            (
+                JOB_CANCEL,
+                v(serde_json::to_value(CancelJob {
+                    job_id: "j-1".into(),
+                })),
+            ),
+            (HOST_INVENTORY, v(serde_json::to_value(&inventory))),
+            (
+                crate::service::HEARTBEAT_KIND,
+                v(serde_json::to_value(&heartbeat)),
+            ),
+        ]
+    }
+
+    #[test]
+    fn messages_match_the_previous_release() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wire");
+        for (kind, value) in samples() {
+            let path = dir.join(format!("{kind}.json"));
+            if std::env::var_os("EKKO_BLESS_WIRE").is_some() {
+                let text = serde_json::to_string_pretty(&value).expect("json") + "\n";
+                std::fs::write(&path, text).expect("write fixture");
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let stored: serde_json::Value = serde_json::from_str(&text).expect("fixture JSON");
+            assert_eq!(stored, value, "{kind}: wire format changed");
+        }
+    }
+}
