@@ -59,6 +59,12 @@ pub enum AuthError {
     Unavailable(String),
 }
 
+impl From<crate::keystone::KeystoneUnavailable> for AuthError {
+    fn from(e: crate::keystone::KeystoneUnavailable) -> AuthError {
+        AuthError::Unavailable(e.0)
+    }
+}
+
 const CACHE_MAX_ENTRIES: usize = 100_000;
 
 struct CacheEntry {

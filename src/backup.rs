@@ -56,9 +56,13 @@ pub fn segment_object(id: u64) -> String {
     format!("segments/{id:016x}")
 }
 
-/// The container holding a project's objects.
-pub fn container(prefix: &str, project_id: &str) -> String {
-    format!("{prefix}{project_id}")
+/// A committed record of a disk: the base of an incremental, or a source
+/// of chunks to reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviousRecord {
+    pub root: crate::chunk::ChunkRef,
+    pub disk_size: u64,
+    pub chunk_size: u64,
 }
 
 /// Bytes of work done and to do, shared with whoever shows or reports

@@ -18,11 +18,7 @@ pub fn start(args: &ConfigArgs) -> anyhow::Result<EkkoConfig> {
     Ok(config)
 }
 
-/// One TLS crypto provider (ring) for every client: Keystone, Swift, AMQP.
-/// Idempotent.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::tls::install_crypto_provider;
 
 /// Resolves on SIGTERM or SIGINT (what systemd and operators send).
 pub async fn shutdown_signal() {

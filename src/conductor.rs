@@ -214,7 +214,9 @@ pub async fn submit_backup(ekko: &Ekko, new: NewBackup) -> Result<Backup, Conduc
     let id = new.instance_id.clone();
     let keys = match db.run(move |c| instances::get(c, &id)).await {
         Ok(instance) => {
-            crate::keyring::job_keys(ekko, &instance.project_id, &instance.host).await?
+            ekko.keyring
+                .job_keys(&instance.project_id, &instance.host)
+                .await?
         }
         // An unknown instance: the plan says so. Any other error stops
         // here: a plan without keys would write an encrypted project's
@@ -470,7 +472,7 @@ pub async fn submit_restore(ekko: &Ekko, new: NewRestore) -> Result<Restore, Con
     if let Ok((project, instance_host)) = found {
         // A public-key project's backups are read where the master key is.
         if new.host.is_none() {
-            new.host = crate::keyring::default_restore_host(ekko, &project).await?;
+            new.host = ekko.keyring.default_restore_host(&project).await?;
         }
         // A host no ekko-backup ever reported from would leave the
         // restore queued until its deadline.

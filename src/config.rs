@@ -16,6 +16,7 @@ pub mod ini;
 pub mod options;
 pub mod sample;
 pub mod types;
+pub mod urls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -340,9 +341,9 @@ impl EkkoConfig {
                 "must be between 0 and 100".into(),
             ));
         }
-        crate::db::DatabaseUrl::parse(&self.database.connection)
+        urls::DatabaseUrl::parse(&self.database.connection)
             .map_err(|e| invalid("database", "connection", e.to_string()))?;
-        crate::queue::TransportUrl::parse(&self.default.transport_url)
+        urls::TransportUrl::parse(&self.default.transport_url)
             .map_err(|e| invalid("DEFAULT", "transport_url", e.to_string()))?;
         Ok(())
     }

@@ -60,7 +60,8 @@ use diesel::sqlite::SqliteConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use crate::config::{redact_url, DatabaseOptions};
+pub use crate::config::urls::{Backend, DatabaseUrl};
+use crate::config::DatabaseOptions;
 
 const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -70,12 +71,6 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqli
 pub enum DbConnection {
     Mysql(MysqlConnection),
     Sqlite(SqliteConnection),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Mysql,
-    Sqlite,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,84 +117,6 @@ impl DbError {
 }
 
 pub type DbResult<T> = Result<T, DbError>;
-
-/// A parsed `[database] connection` URL.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl {
-    pub backend: Backend,
-    /// What diesel's `establish` takes: a `mysql://` URL or a file path.
-    pub target: String,
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl DatabaseUrl {
-    /// Accepts the SQLAlchemy forms OpenStack deployments use:
-    /// `mysql+pymysql://u:p@host[:port]/db?charset=utf8`, `mysql://…`,
-    /// `sqlite:////absolute/path` and `sqlite:///relative/path`.
-    pub fn parse(raw: &str) -> Result<DatabaseUrl, DbError> {
-        let (scheme, rest) = raw.split_once("://").ok_or_else(|| {
-            DbError::Url(format!(
-                "{raw:?} has no scheme; expected mysql+pymysql://… or sqlite:///…"
-            ))
-        })?;
-        let dialect = scheme.split('+').next().unwrap_or(scheme);
-        match dialect {
-            "mysql" | "mariadb" => {
-                let mut url = url::Url::parse(&format!("mysql://{rest}"))
-                    .map_err(|e| DbError::Url(format!("{}: {e}", redact_url(raw))))?;
-                if url.host_str().unwrap_or("").is_empty() {
-                    return Err(DbError::Url(format!("{}: no host", redact_url(raw))));
-                }
-                if url.path().trim_matches('/').is_empty() {
-                    return Err(DbError::Url(format!("{}: no database name", redact_url(raw))));
-                }
-                // Keep only the query parameters diesel's MySQL driver knows;
-                // drop SQLAlchemy ones such as charset=utf8.
-                let keep: Vec<(String, String)> = url
-                    .query_pairs()
-                    .filter(|(k, _)| matches!(k.as_ref(), "unix_socket" | "ssl_mode" | "ssl_ca"))
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect();
-                url.set_query(None);
-                if !keep.is_empty() {
-                    url.query_pairs_mut().extend_pairs(keep);
-                }
-                Ok(DatabaseUrl {
-                    backend: Backend::Mysql,
-                    target: url.to_string(),
-                })
-            }
-            "sqlite" => {
-                // sqlite:///relative or sqlite:////absolute (SQLAlchemy).
-                let path = rest
-                    .strip_prefix('/')
-                    .ok_or_else(|| DbError::Url(format!("{raw:?}: expected sqlite:///path")))?;
-                if path.is_empty() {
-                    return Err(DbError::Url(
-                        "in-memory SQLite (sqlite://) is not supported; give a file path".into(),
-                    ));
-                }
-                Ok(DatabaseUrl {
-                    backend: Backend::Sqlite,
-                    target: path.to_string(),
-                })
-            }
-            other => Err(DbError::Url(format!(
-                "unsupported database {other:?}: expected mysql+pymysql://…, mysql://… or sqlite:///…"
-            ))),
-        }
-    }
-
-    /// The URL with any password hidden, for logs and errors.
-    pub fn redacted(&self) -> String {
-        redact_url(&self.target)
-    }
-}
 
 /// r2d2 manager that opens the right backend and prepares each connection.
 #[derive(Debug, Clone)]
@@ -256,7 +173,7 @@ impl fmt::Debug for Db {
 impl Db {
     /// Open a pool, retrying the first connection as `[database]` says.
     pub fn open(opts: &DatabaseOptions) -> DbResult<Db> {
-        let url = DatabaseUrl::parse(&opts.connection)?;
+        let url = DatabaseUrl::parse(&opts.connection).map_err(|e| DbError::Url(e.0))?;
         if url.backend == Backend::Sqlite {
             if let Some(dir) = std::path::Path::new(&url.target).parent() {
                 if !dir.as_os_str().is_empty() {
@@ -380,40 +297,6 @@ impl<T> OptionalRow<T> for Result<T, diesel::result::Error> {
             Ok(v) => Ok(v),
             Err(diesel::result::Error::NotFound) => Err(DbError::NotFound(what())),
             Err(e) => Err(DbError::Query(e)),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_in_openstack_forms() {
-        let u = DatabaseUrl::parse("mysql+pymysql://ekko:s3cret@db.example:3306/ekko?charset=utf8")
-            .unwrap();
-        assert_eq!(u.backend, Backend::Mysql);
-        assert_eq!(u.target, "mysql://ekko:s3cret@db.example:3306/ekko");
-        assert!(!format!("{u:?}").contains("s3cret"));
-        let u =
-            DatabaseUrl::parse("mysql://ekko@127.0.0.1/ekko?unix_socket=/run/mysqld/mysqld.sock")
-                .unwrap();
-        assert!(u.target.contains("unix_socket="));
-        let u = DatabaseUrl::parse("sqlite:////var/lib/ekko/ekko.sqlite").unwrap();
-        assert_eq!(
-            (u.backend, u.target.as_str()),
-            (Backend::Sqlite, "/var/lib/ekko/ekko.sqlite")
-        );
-        let u = DatabaseUrl::parse("sqlite:///ekko.sqlite").unwrap();
-        assert_eq!(u.target, "ekko.sqlite");
-        for bad in [
-            "postgresql://x/y",
-            "sqlite://",
-            "mysql://host",
-            "nonsense",
-            "mysql:///db",
-        ] {
-            assert!(DatabaseUrl::parse(bad).is_err(), "{bad}");
         }
     }
 }

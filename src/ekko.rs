@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::config::EkkoConfig;
 use crate::db::{Db, DbError};
+use crate::keyring::Keyring;
 use crate::queue::{MessageQueue, QueueError};
 use crate::store::{ObjectStore, StoreError};
 
@@ -33,12 +34,8 @@ pub struct Ekko {
     pub store: Arc<dyn ObjectStore>,
     /// Jobs and results (RabbitMQ or in-process).
     pub queue: Arc<dyn MessageQueue>,
-    /// The master key that wraps projects' keys (`[encryption]`).
-    pub master_key: Option<Arc<crate::crypto::MasterKey>>,
-    /// The host key that wraps public-key projects' write keys in jobs.
-    pub host_key: Option<Arc<crate::crypto::MasterKey>>,
-    /// Projects whose key this process knows the store holds a copy of.
-    pub(crate) stored_keys: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// This process's keys and the projects' keys (`[encryption]`).
+    pub keyring: Arc<Keyring>,
 }
 
 /// How a process uses the catalog.
@@ -70,12 +67,12 @@ impl Ekko {
             }
             Some(db)
         };
-        let (master_key, host_key) = crate::keyring::load_keys(&config)?;
-        if let (Some(db), Catalog::Required) = (&db, catalog) {
-            // Fail early and loudly on the wrong master key.
-            crate::keyring::check_catalog(db, master_key.as_deref()).await?;
-        }
         let store = crate::store::open(&config)?;
+        let keyring = Arc::new(Keyring::load(&config, db.clone(), store.clone())?);
+        if catalog == Catalog::Required {
+            // Fail early and loudly on the wrong master key.
+            keyring.check_catalog().await?;
+        }
         let queue = crate::queue::connect(
             &config.default.transport_url,
             &config.default.control_exchange,
@@ -86,9 +83,7 @@ impl Ekko {
             db,
             store,
             queue,
-            master_key,
-            host_key,
-            stored_keys: Default::default(),
+            keyring,
         })
     }
 
@@ -100,5 +95,10 @@ impl Ekko {
                     .into(),
             )
         })
+    }
+
+    /// The container of a project's objects.
+    pub fn container(&self, project_id: &str) -> String {
+        crate::store::project_container(&self.config.swift.container_prefix, project_id)
     }
 }

@@ -8,8 +8,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::auth::AuthError;
 use crate::config::KeystoneAuthtokenOptions;
+
+/// Keystone could not give Ekko's service user a token (down, or refusing).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeystoneUnavailable(pub String);
 
 /// A token of the service user and what came with it.
 #[derive(Debug, Clone)]
@@ -108,7 +112,7 @@ impl ServiceSession {
         } else {
             format!("{base}/v3")
         };
-        crate::cli::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let mut http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(opts.http_connect_timeout.max(1)))
@@ -141,7 +145,7 @@ impl ServiceSession {
 
     /// The service user's token, cached until a minute before it expires
     /// (or renewed now when `force_renew`: a service answered 401).
-    pub async fn token(&self, force_renew: bool) -> Result<ServiceToken, AuthError> {
+    pub async fn token(&self, force_renew: bool) -> Result<ServiceToken, KeystoneUnavailable> {
         let mut slot = self.token.lock().await;
         if let Some(t) = slot.as_ref() {
             if !force_renew && t.expires_at - chrono::Duration::seconds(60) > Utc::now() {
@@ -163,11 +167,11 @@ impl ServiceSession {
             .json(&body)
             .send()
             .await
-            .map_err(|e| AuthError::Unavailable(format!("cannot reach Keystone: {e}")))?;
+            .map_err(|e| KeystoneUnavailable(format!("cannot reach Keystone: {e}")))?;
         if !resp.status().is_success() {
             let status = resp.status();
             tracing::error!(%status, "Ekko's service user cannot authenticate; check [keystone_authtoken]");
-            return Err(AuthError::Unavailable(format!(
+            return Err(KeystoneUnavailable(format!(
                 "the service user cannot authenticate (Keystone answered {status})"
             )));
         }
@@ -176,11 +180,11 @@ impl ServiceSession {
             .get("X-Subject-Token")
             .and_then(|v| v.to_str().ok())
             .map(String::from)
-            .ok_or_else(|| AuthError::Unavailable("Keystone sent no X-Subject-Token".into()))?;
+            .ok_or_else(|| KeystoneUnavailable("Keystone sent no X-Subject-Token".into()))?;
         let body: IssuedBody = resp
             .json()
             .await
-            .map_err(|e| AuthError::Unavailable(format!("unreadable token body: {e}")))?;
+            .map_err(|e| KeystoneUnavailable(format!("unreadable token body: {e}")))?;
         let issued = ServiceToken {
             token,
             expires_at: body.token.expires_at,

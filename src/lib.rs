@@ -58,6 +58,7 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod timeline;
+pub mod tls;
 pub mod worker;
 
 pub use ekko::Ekko;

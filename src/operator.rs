@@ -11,7 +11,7 @@ use crate::backup::disk::DiskBackupResult;
 use crate::backup::reader::{RecordReader, RelocationSource, Relocations};
 use crate::backup::restore::{restore, verify, RestoreStats, TargetFormat};
 use crate::backup::EngineError;
-use crate::backup::{container, Progress};
+use crate::backup::Progress;
 use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::conductor::{self, NewBackup, PlanOptions};
 use crate::db::backups::{self, Backup, BackupStatus};
@@ -84,7 +84,7 @@ impl BackupOutcome {
 }
 
 fn project_container(ekko: &Ekko, project: &str) -> String {
-    container(&ekko.config.swift.container_prefix, project)
+    ekko.container(project)
 }
 
 /// Back up every qcow2 disk of the instance behind `qmp_socket`, in this
@@ -120,7 +120,7 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
     let plan = PlanOptions::of(ekko);
     // This process runs the job itself, with its own master key.
     let keys = crate::keyring::JobKeys {
-        project_key: crate::keyring::ensure_project_key(ekko, &req.project_id).await?,
+        project_key: ekko.keyring.ensure_project_key(&req.project_id).await?,
         ..Default::default()
     };
     let (interrupted, (backup, job, message)) = db
@@ -288,7 +288,7 @@ pub async fn project_reader(ekko: &Ekko, project_id: &str) -> anyhow::Result<Rec
         project_id: project_id.to_string(),
     };
     let relocations = source.relocations().await?;
-    let keys = crate::keyring::project_keys(ekko, project_id).await?;
+    let keys = ekko.keyring.project_keys(project_id).await?;
     Ok(
         RecordReader::new(ekko.store.clone(), &project_container(ekko, project_id))
             .with_relocations(relocations)

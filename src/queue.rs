@@ -20,7 +20,7 @@ use async_trait::async_trait;
 
 pub use message::{Envelope, BASE_VERSION, MESSAGE_VERSION, WRITE_KEYS_VERSION};
 
-use crate::config::redact_url;
+pub use crate::config::urls::TransportUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -92,70 +92,9 @@ pub(crate) trait Acker: Send {
     async fn nack(self: Box<Self>, requeue: bool) -> QueueResult<()>;
 }
 
-/// A parsed `[DEFAULT] transport_url`.
-#[derive(Clone, PartialEq, Eq)]
-pub enum TransportUrl {
-    /// `memory://`: the in-process broker.
-    Memory,
-    /// `rabbit://` (oslo.messaging) or `amqp://`: one AMQP URI per host, tried in order.
-    Rabbit(Vec<String>),
-}
-
-impl std::fmt::Debug for TransportUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TransportUrl::Memory => f.write_str("memory://"),
-            TransportUrl::Rabbit(hosts) => {
-                let shown: Vec<String> = hosts.iter().map(|h| redact_url(h)).collect();
-                write!(f, "{}", shown.join(","))
-            }
-        }
-    }
-}
-
-impl TransportUrl {
-    /// oslo.messaging's form: `rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost`.
-    pub fn parse(raw: &str) -> QueueResult<TransportUrl> {
-        let (scheme, rest) = raw.split_once("://").ok_or_else(|| {
-            QueueError::Url(format!(
-                "{raw:?} has no scheme; expected rabbit://… or memory://"
-            ))
-        })?;
-        match scheme {
-            "memory" => Ok(TransportUrl::Memory),
-            "rabbit" | "amqp" | "amqps" => {
-                let (hosts, vhost) = match rest.split_once('/') {
-                    Some((h, v)) => (h, v),
-                    None => (rest, ""),
-                };
-                let vhost = vhost.split('?').next().unwrap_or("");
-                // oslo: an empty vhost is RabbitMQ's default "/".
-                let vhost = if vhost.is_empty() { "%2f" } else { vhost };
-                let amqp = if scheme == "amqps" { "amqps" } else { "amqp" };
-                let uris: Vec<String> = hosts
-                    .split(',')
-                    .filter(|h| !h.is_empty())
-                    .map(|h| format!("{amqp}://{h}/{vhost}"))
-                    .collect();
-                if uris.is_empty() {
-                    return Err(QueueError::Url(format!("{}: no host", redact_url(raw))));
-                }
-                for u in &uris {
-                    url::Url::parse(u)
-                        .map_err(|e| QueueError::Url(format!("{}: {e}", redact_url(u))))?;
-                }
-                Ok(TransportUrl::Rabbit(uris))
-            }
-            other => Err(QueueError::Url(format!(
-                "unsupported transport {other:?}: expected rabbit://… or memory://"
-            ))),
-        }
-    }
-}
-
 /// Open the queue `transport_url` names, publishing on `exchange`.
 pub async fn connect(transport_url: &str, exchange: &str) -> QueueResult<Arc<dyn MessageQueue>> {
-    match TransportUrl::parse(transport_url)? {
+    match TransportUrl::parse(transport_url).map_err(|e| QueueError::Url(e.0))? {
         TransportUrl::Memory => Ok(Arc::new(memory::MemoryQueue::new())),
         TransportUrl::Rabbit(uris) => Ok(Arc::new(
             rabbitmq::RabbitQueue::connect(uris, exchange).await?,
@@ -183,31 +122,6 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn oslo_transport_urls() {
-        assert_eq!(
-            TransportUrl::parse("memory://").unwrap(),
-            TransportUrl::Memory
-        );
-        let t =
-            TransportUrl::parse("rabbit://ekko:pw@10.0.0.1:5672,ekko:pw@10.0.0.2:5672/").unwrap();
-        assert_eq!(
-            t,
-            TransportUrl::Rabbit(vec![
-                "amqp://ekko:pw@10.0.0.1:5672/%2f".into(),
-                "amqp://ekko:pw@10.0.0.2:5672/%2f".into()
-            ])
-        );
-        assert!(!format!("{t:?}").contains("pw"));
-        let t = TransportUrl::parse("rabbit://u:p@h:5672/ekko").unwrap();
-        assert_eq!(
-            t,
-            TransportUrl::Rabbit(vec!["amqp://u:p@h:5672/ekko".into()])
-        );
-        assert!(TransportUrl::parse("kafka://h").is_err());
-        assert!(TransportUrl::parse("rabbit:///").is_err());
-    }
 
     #[test]
     fn topics() {

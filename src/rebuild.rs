@@ -106,9 +106,13 @@ async fn plan_project(
     let relocations = load_relocations(store.as_ref(), container, &segment_sizes).await?;
     // An encrypted project: its key comes back from the store's copy (the
     // master key must be the one that wrapped it).
-    let keys = match crate::keyring::project_keys_from_store(ekko, container, project).await? {
+    let keys = match ekko
+        .keyring
+        .project_keys_from_store(container, project)
+        .await?
+    {
         Some((wrapped, keys)) => {
-            crate::keyring::import(ekko, project, wrapped).await?;
+            ekko.keyring.import(project, wrapped).await?;
             Some(keys)
         }
         None => None,

@@ -30,9 +30,10 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::backup::{container, relocation_object, segment_object};
+use crate::backup::{relocation_object, segment_object};
 use crate::db::backups::{self, BackupFilter, BackupStatus};
 use crate::db::{jobs, policies, segments, DbError};
+use crate::store::project_container as container;
 use crate::store::StoreError;
 use crate::Ekko;
 use rules::{Candidate, Decision, Rules};

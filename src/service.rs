@@ -85,7 +85,9 @@ pub async fn run_conductor(
     ekko: Ekko,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
-    crate::keyring::check_controller(&ekko).map_err(|e| ServiceError::Config(e.to_string()))?;
+    ekko.keyring
+        .check_controller()
+        .map_err(|e| ServiceError::Config(e.to_string()))?;
     declare_topology(&ekko).await?;
     let mut consumer = ekko.queue.consume(&status_queue(&ekko), 32).await?;
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);

@@ -117,6 +117,11 @@ pub fn check_object(container: &str, name: &str) -> StoreResult<()> {
     check_name(name)
 }
 
+/// The container holding a project's objects.
+pub fn project_container(prefix: &str, project_id: &str) -> String {
+    format!("{prefix}{project_id}")
+}
+
 /// Open the store `[storage] backend` names.
 pub fn open(config: &EkkoConfig) -> StoreResult<Arc<dyn ObjectStore>> {
     match config.storage.backend {

@@ -28,7 +28,7 @@ use crate::backup::dedup::KnownChunks;
 use crate::backup::disk::{back_up_disk, DiskBackupOptions, DiskBackupResult};
 use crate::backup::reader::RecordReader;
 use crate::backup::restore::{restore, TargetFormat};
-use crate::backup::{container, Progress};
+use crate::backup::Progress;
 use crate::chunk::ChunkRef;
 use crate::db::backups::DiskCommit;
 use crate::extract::pull::{DiskRequest, PullBackup, PullOptions};
@@ -150,9 +150,8 @@ pub async fn execute(
         existing_nbd_socket: None,
     };
     let pull = PullBackup::begin(qmp, &requests, opts).await?;
-    let container = container(&ekko.config.swift.container_prefix, &job.project_id);
-    let keys = match crate::keyring::open_job(
-        ekko,
+    let container = ekko.container(&job.project_id);
+    let keys = match ekko.keyring.open_job(
         &job.project_id,
         job.project_key.as_ref(),
         job.write_keys.as_ref(),
@@ -873,12 +872,11 @@ impl Worker {
         // Only the restore side (the master key) opens a public-key
         // project's chunks: a host with write keys fails here, before the
         // target is touched.
-        let keys = match crate::keyring::open_job(
-            &self.ekko,
-            &job.project_id,
-            job.project_key.as_ref(),
-            None,
-        ) {
+        let keys = match self
+            .ekko
+            .keyring
+            .open_job(&job.project_id, job.project_key.as_ref(), None)
+        {
             Ok(k) => k,
             Err(e) => return self.fail(delivery, &job.job_id, e.to_string(), false).await,
         };
@@ -888,7 +886,7 @@ impl Worker {
             return;
         };
         tracing::info!(restore = %job.restore_id, backup = %job.backup_id, target = %target.display(), "restore started");
-        let container = container(&self.ekko.config.swift.container_prefix, &job.project_id);
+        let container = self.ekko.container(&job.project_id);
         let reader = RecordReader::new(self.ekko.store.clone(), &container)
             .with_relocations(Relocation::map(&job.relocations))
             .with_keys(keys);

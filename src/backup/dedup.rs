@@ -11,10 +11,10 @@
 
 use std::collections::HashMap;
 
-use super::disk::PreviousRecord;
 use super::reader::RecordReader;
 use super::restore::map_tree;
 use super::EngineError;
+use super::PreviousRecord;
 use crate::chunk::{ChunkDigest, ChunkRef};
 
 /// Chunks a backup may reuse instead of storing them again.

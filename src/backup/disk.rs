@@ -16,6 +16,7 @@ use super::dedup::KnownChunks;
 use super::reader::RecordReader;
 use super::writer::{new_segment_id, now_unix, SegmentPacker, WrittenSegment};
 use super::EngineError;
+pub use super::PreviousRecord;
 use super::Progress;
 use crate::chunk::{is_zero, ChunkDigest, ChunkRef, Compressor};
 use crate::crypto::{identity, ProjectKeys};
@@ -23,14 +24,6 @@ use crate::extract::DiskSnapshot;
 use crate::format::{RECORD_CHUNK, RECORD_INDEX_PAGE};
 use crate::index::{leaf_range, positions, shape, IndexError, IndexPage, TreeBuilder};
 use crate::segment::{encode_record, EncodedRecord, SegmentWriter};
-
-/// The disk's newest committed record: the base of an incremental.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PreviousRecord {
-    pub root: ChunkRef,
-    pub disk_size: u64,
-    pub chunk_size: u64,
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct DiskBackupOptions {

@@ -157,9 +157,9 @@ fn main() -> anyhow::Result<()> {
                 match action {
                     KeyAction::Check => {
                         for row in &rows {
-                            ekko::keyring::open(&ekko, &row.project_id, &row.wrapped_key()?)?;
+                            ekko.keyring.open(&row.project_id, &row.wrapped_key()?)?;
                         }
-                        let id = ekko.master_key.as_ref().map(|k| k.id().to_string());
+                        let id = ekko.keyring.master_key().map(|k| k.id().to_string());
                         println!(
                             "master key {}: opens the keys of {} encrypted project(s)",
                             id.as_deref().unwrap_or("(none configured)"),
@@ -170,7 +170,7 @@ fn main() -> anyhow::Result<()> {
                         new_master_key_file,
                     } => {
                         let new = ekko::crypto::MasterKey::load(&new_master_key_file)?;
-                        let n = ekko::keyring::rotate(&ekko, &new).await?;
+                        let n = ekko.keyring.rotate(&new).await?;
                         println!(
                             "rewrapped {n} project key(s) under master key {}; now set [encryption] master_key_file = {}",
                             new.id(),

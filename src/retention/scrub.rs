@@ -12,13 +12,14 @@ use std::sync::Arc;
 
 use super::compaction::walk_maps;
 use super::PassReport;
-use crate::backup::{container, segment_object};
+use crate::backup::segment_object;
 use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::crypto::ProjectKeys;
 use crate::db::segments::{self, Segment};
 use crate::db::{backups, instances};
 use crate::operator::project_reader;
 use crate::segment::{decode_record, read_whole};
+use crate::store::project_container as container;
 use crate::store::StoreError;
 use crate::Ekko;
 
@@ -46,7 +47,7 @@ pub async fn scrub(ekko: &Ekko, percent: f64, report: &mut PassReport) -> anyhow
         let keys = match keyring.get(&seg.project_id) {
             Some(k) => k.clone(),
             None => {
-                let k = crate::keyring::project_keys(ekko, &seg.project_id).await?;
+                let k = ekko.keyring.project_keys(&seg.project_id).await?;
                 keyring.insert(seg.project_id.clone(), k.clone());
                 k
             }

@@ -243,7 +243,7 @@ async fn encrypted_backups_restore_and_tampering_wrong_keys_and_rotation_are_han
         .into_iter()
         .map(|o| format!("{}:{}", o.name, o.size))
         .collect();
-    assert_eq!(ekko::keyring::rotate(&x.ekko, &new).await.unwrap(), 2);
+    assert_eq!(x.ekko.keyring.rotate(&new).await.unwrap(), 2);
     let rotated = connect_with(&x, true, Some(&new_key)).await.unwrap();
     restores(&rotated, &x, &a.id, &snap("a"), "A after rotation").await;
     restores(&rotated, &x, &b.id, &snap("b"), "B after rotation").await;
@@ -322,7 +322,10 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
     restores(&x.ekko, &x, &b.id, &snap("b"), "B on the restore side").await;
 
     // What a backup job of this project carries: write keys only.
-    let job = ekko::keyring::job_keys(&x.ekko, "proj-pk", "compute-1")
+    let job = x
+        .ekko
+        .keyring
+        .job_keys("proj-pk", "compute-1")
         .await
         .unwrap();
     assert!(job.public_key && job.write_keys.is_some());
@@ -333,13 +336,18 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
     let host = ekko::Ekko::connect(host_conf.clone(), ekko::ekko::Catalog::None)
         .await
         .unwrap();
-    assert!(host.master_key.is_none());
-    let write = ekko::keyring::open_job(&host, "proj-pk", None, job.write_keys.as_ref())
+    assert!(host.keyring.master_key().is_none());
+    let write = host
+        .keyring
+        .open_job("proj-pk", None, job.write_keys.as_ref())
         .unwrap()
         .unwrap();
     assert!(!write.can_open_chunks());
     // Restore-side keys come from the catalog with the master key.
-    let full = ekko::keyring::project_keys(&x.ekko, "proj-pk")
+    let full = x
+        .ekko
+        .keyring
+        .project_keys("proj-pk")
         .await
         .unwrap()
         .unwrap();
@@ -397,7 +405,9 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
     assert!(!target.exists(), "the target was not touched");
     // Nor can the host open the project key it does not get.
     let wrapped = job.project_key.clone().unwrap();
-    let err = ekko::keyring::open_job(&host, "proj-pk", Some(&wrapped), None)
+    let err = host
+        .keyring
+        .open_job("proj-pk", Some(&wrapped), None)
         .err()
         .unwrap()
         .to_string();
@@ -418,10 +428,8 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
     let c = ekko::Ekko::connect(controller, ekko::ekko::Catalog::Required)
         .await
         .unwrap();
-    assert!(ekko::keyring::check_controller(&c).is_err());
-    assert!(ekko::keyring::job_keys(&c, "proj-pk", "compute-1")
-        .await
-        .is_err());
+    assert!(c.keyring.check_controller().is_err());
+    assert!(c.keyring.job_keys("proj-pk", "compute-1").await.is_err());
     // One host key per compute host ([encryption] host_keys_dir): a job's
     // write keys open with its own host's key only; a host without a key
     // file, or with a name that is no file name, gets no job.
@@ -434,24 +442,26 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
     let c = ekko::Ekko::connect(controller, ekko::ekko::Catalog::Required)
         .await
         .unwrap();
-    ekko::keyring::check_controller(&c).unwrap();
-    let for_1 = ekko::keyring::job_keys(&c, "proj-pk", "compute-1")
-        .await
-        .unwrap();
-    let for_2 = ekko::keyring::job_keys(&c, "proj-pk", "compute-2")
-        .await
-        .unwrap();
+    c.keyring.check_controller().unwrap();
+    let for_1 = c.keyring.job_keys("proj-pk", "compute-1").await.unwrap();
+    let for_2 = c.keyring.job_keys("proj-pk", "compute-2").await.unwrap();
     let mut conf_1 = host_conf.clone();
     conf_1.encryption.host_key_file = key_1.display().to_string();
     let host_1 = ekko::Ekko::connect(conf_1, ekko::ekko::Catalog::None)
         .await
         .unwrap();
-    let own = ekko::keyring::open_job(&host_1, "proj-pk", None, for_1.write_keys.as_ref());
+    let own = host_1
+        .keyring
+        .open_job("proj-pk", None, for_1.write_keys.as_ref());
     assert!(own.is_ok_and(|k| k.is_some()));
-    let other = ekko::keyring::open_job(&host_1, "proj-pk", None, for_2.write_keys.as_ref());
+    let other = host_1
+        .keyring
+        .open_job("proj-pk", None, for_2.write_keys.as_ref());
     assert!(other.is_err(), "compute-1's key opens compute-2's job");
     for nowhere in ["compute-3", "../master"] {
-        let err = ekko::keyring::job_keys(&c, "proj-pk", nowhere)
+        let err = c
+            .keyring
+            .job_keys("proj-pk", nowhere)
             .await
             .err()
             .unwrap()
@@ -482,7 +492,9 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
         "B from the rebuilt catalog",
     )
     .await;
-    let again = ekko::keyring::job_keys(&rebuilt, "proj-pk", "compute-1")
+    let again = rebuilt
+        .keyring
+        .job_keys("proj-pk", "compute-1")
         .await
         .unwrap();
     assert!(
