@@ -19,14 +19,14 @@ use crate::db::backups::{self, Backup, BackupStatus};
 use crate::db::jobs::{self, Job};
 use crate::db::restores::{self, Restore};
 use crate::db::{hosts, instances, quotas, segments, DbConnection, DbError, DbResult};
-use crate::job::{
-    BackupFinished, BackupJob, BadRecord, CancelJob, HostInventory, JobDisk, JobFailed,
-    JobProgress, JobStarted, RecordRef, Relocation, RestoreFinished, RestoreJob, BACKUP_FINISHED,
-    BACKUP_RUN, HOST_INVENTORY, JOB_CANCEL, JOB_FAILED, JOB_PROGRESS, JOB_STARTED,
-    RESTORE_FINISHED, RESTORE_RUN,
-};
 use crate::queue::{Envelope, QueueError};
-use crate::service::{Heartbeat, HEARTBEAT_KIND};
+use crate::wire::{
+    BackupFinished, BackupJob, BadRecord, CancelJob, HostInventory, JobDisk, JobFailed,
+    JobProgress, JobStarted, Relocation, RestoreFinished, RestoreJob, BACKUP_FINISHED, BACKUP_RUN,
+    HOST_INVENTORY, JOB_CANCEL, JOB_FAILED, JOB_PROGRESS, JOB_STARTED, RESTORE_FINISHED,
+    RESTORE_RUN,
+};
+use crate::wire::{Heartbeat, HEARTBEAT_KIND};
 use crate::Ekko;
 
 /// A backup someone (a tenant, a policy, an operator) asks for.
@@ -141,7 +141,7 @@ pub fn plan_backup(
         for d in &disks {
             let head = backups::head_record(c, &d.id)?
                 .as_ref()
-                .and_then(RecordRef::of);
+                .and_then(crate::service::convert::record_ref);
             let rebuild_map = d.needs_full_read && !bad_records.is_empty();
             if rebuild_map {
                 dedup_sources.extend(head.clone());
@@ -160,7 +160,7 @@ pub fn plan_backup(
         dedup_sources.extend(
             backups::project_heads(c, &instance.project_id, &own, opts.dedup_heads)?
                 .iter()
-                .filter_map(RecordRef::of),
+                .filter_map(crate::service::convert::record_ref),
         );
         let deadline = deadline_after(opts.job_timeout);
         let mut job = Job::queued(BACKUP_RUN, &instance.project_id);
@@ -230,7 +230,7 @@ pub async fn submit_backup(ekko: &Ekko, new: NewBackup) -> Result<Backup, Conduc
         ekko,
         &job.id,
         BACKUP_RUN,
-        &crate::service::host_routing_key(&host),
+        &crate::wire::host_routing_key(&host),
         &message,
     )
     .await?;
@@ -298,7 +298,12 @@ pub fn job_finished(c: &mut DbConnection, f: &BackupFinished) -> DbResult<Backup
         if current.status() == Some(BackupStatus::Queued) {
             backups::transition(c, &f.backup_id, BackupStatus::Running, None)?;
         }
-        let b = backups::commit(c, &f.backup_id, &f.kind, &f.consistency, &f.disks)?;
+        let disks: Vec<_> = f
+            .disks
+            .iter()
+            .map(crate::service::convert::disk_commit)
+            .collect();
+        let b = backups::commit(c, &f.backup_id, &f.kind, &f.consistency, &disks)?;
         jobs::finish(c, &f.job_id, "succeeded", None)?;
         Ok(b)
     })
@@ -320,7 +325,7 @@ pub async fn record(ekko: &Ekko, message: &Envelope) -> Result<(), ConductorErro
             let inv: HostInventory = message.body_as(HOST_INVENTORY)?;
             db.run(move |c| {
                 for i in &inv.instances {
-                    let reports: Vec<_> = i.disks.iter().map(|d| d.report()).collect();
+                    let reports: Vec<_> = i.disks.iter().map(crate::service::convert::disk_report).collect();
                     match instances::upsert(c, &i.id, &i.project_id, &inv.host, &i.name, &reports) {
                         Ok(_) => {}
                         Err(DbError::Conflict(why)) => {
@@ -541,7 +546,7 @@ pub async fn submit_restore(ekko: &Ekko, new: NewRestore) -> Result<Restore, Con
                     restore_id: r.id.clone(),
                     backup_id: b.id.clone(),
                     project_id: b.project_id.clone(),
-                    record: RecordRef::of(record).ok_or_else(|| {
+                    record: crate::service::convert::record_ref(record).ok_or_else(|| {
                         DbError::Conflict(format!("backup {} has a corrupt record", b.id))
                     })?,
                     path: new.path.clone(),
@@ -562,7 +567,7 @@ pub async fn submit_restore(ekko: &Ekko, new: NewRestore) -> Result<Restore, Con
         ekko,
         &job.id,
         RESTORE_RUN,
-        &crate::service::host_routing_key(&host),
+        &crate::wire::host_routing_key(&host),
         &message,
     )
     .await?;
@@ -728,7 +733,7 @@ async fn send_cancel(ekko: &Ekko, job: &Job) {
     let sent = match Envelope::new(JOB_CANCEL, &cancel) {
         Ok(env) => {
             ekko.queue
-                .publish(&crate::service::control_routing_key(&host), &env)
+                .publish(&crate::wire::control_routing_key(&host), &env)
                 .await
         }
         Err(e) => Err(e),

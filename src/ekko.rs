@@ -101,4 +101,9 @@ impl Ekko {
     pub fn container(&self, project_id: &str) -> String {
         crate::store::project_container(&self.config.swift.container_prefix, project_id)
     }
+
+    /// The bus's queue names for this deployment.
+    pub fn topology(&self) -> crate::wire::Topology {
+        crate::wire::Topology::new(&self.config.default.control_exchange)
+    }
 }

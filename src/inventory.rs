@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::config::EkkoConfig;
-use crate::job::InventoryDisk;
 use crate::qmp::{commands, QmpClient};
+use crate::wire::InventoryDisk;
 
 /// One instance this host serves.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -39,7 +39,8 @@ pub mod format;
 pub mod ids;
 pub mod index;
 pub mod inventory;
-pub mod job;
+
+pub mod daemon;
 pub mod keyring;
 pub mod keystone;
 pub mod manifest;
@@ -59,6 +60,7 @@ pub mod store;
 pub mod telemetry;
 pub mod timeline;
 pub mod tls;
+pub mod wire;
 pub mod worker;
 
 pub use ekko::Ekko;

@@ -17,9 +17,9 @@ use crate::conductor::{self, NewBackup, PlanOptions};
 use crate::db::backups::{self, Backup, BackupStatus};
 use crate::db::instances::{self, DiskReport};
 use crate::db::segments;
-use crate::job::JobStarted;
 use crate::manifest;
 use crate::qmp::QmpClient;
+use crate::wire::JobStarted;
 use crate::Ekko;
 
 /// A backup request from the command line.
@@ -95,7 +95,7 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
     let reports: Vec<DiskReport> = crate::inventory::qcow2_disks(&qmp)
         .await?
         .iter()
-        .map(|d| d.report())
+        .map(crate::service::convert::disk_report)
         .collect();
     anyhow::ensure!(
         !reports.is_empty(),

@@ -90,15 +90,15 @@ pub async fn run_all(mut ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyh
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let api = tokio::spawn(crate::service::run_api(ekko.clone(), stop(rx.clone())));
+    let api = tokio::spawn(crate::daemon::run_api(ekko.clone(), stop(rx.clone())));
     let (e, r) = (ekko.clone(), rx.clone());
     let backup = tokio::spawn(async move {
-        crate::service::run_backup(e, stop(r))
+        crate::daemon::run_backup(e, stop(r))
             .await
             .map_err(anyhow::Error::from)
     });
     let retention = tokio::spawn(async move {
-        crate::service::run_retention(ekko, stop(rx))
+        crate::daemon::run_retention(ekko, stop(rx))
             .await
             .map_err(anyhow::Error::from)
     });

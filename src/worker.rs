@@ -30,21 +30,20 @@ use crate::backup::reader::RecordReader;
 use crate::backup::restore::{restore, TargetFormat};
 use crate::backup::Progress;
 use crate::chunk::ChunkRef;
-use crate::db::backups::DiskCommit;
+use crate::daemon::DaemonError as ServiceError;
 use crate::extract::pull::{DiskRequest, PullBackup, PullOptions};
 use crate::extract::DiskSnapshot;
 use crate::inventory::{ConfiguredInstances, InstanceSource, LocalInstance};
-use crate::job::{
+use crate::manifest::{self, Manifest, ManifestDisk};
+use crate::qmp::QmpClient;
+use crate::queue::{Delivery, Envelope, QueueError};
+use crate::wire::DiskCommit;
+use crate::wire::{control_routing_key, Heartbeat, HEARTBEAT_KEY, HEARTBEAT_KIND};
+use crate::wire::{
     BackupFinished, BackupJob, BadRecord, CancelJob, HostInventory, InventoryInstance, JobFailed,
     JobProgress, JobStarted, Relocation, RestoreFinished, RestoreJob, BACKUP_FINISHED, BACKUP_RUN,
     HOST_INVENTORY, JOB_CANCEL, JOB_FAILED, JOB_PROGRESS, JOB_STARTED, RESTORE_FINISHED,
     RESTORE_RUN,
-};
-use crate::manifest::{self, Manifest, ManifestDisk};
-use crate::qmp::QmpClient;
-use crate::queue::{Delivery, Envelope, QueueError};
-use crate::service::{
-    control_queue, control_routing_key, Heartbeat, ServiceError, HEARTBEAT_KEY, HEARTBEAT_KIND,
 };
 use crate::Ekko;
 
@@ -76,12 +75,24 @@ pub fn engine_options(ekko: &Ekko, progress: Option<Arc<Progress>>) -> DiskBacku
     }
 }
 
+/// A record named by a job, as the engine reads it; `None` if malformed.
+fn previous(r: &crate::wire::RecordRef) -> Option<crate::backup::PreviousRecord> {
+    Some(crate::backup::PreviousRecord {
+        root: ChunkRef {
+            digest: crate::chunk::ChunkDigest::from_hex(&r.root_digest)?,
+            segment: r.root_segment,
+        },
+        disk_size: r.disk_size,
+        chunk_size: r.chunk_size,
+    })
+}
+
 /// Back up one disk: a full read first loads the chunks it may reuse (its
 /// own previous record and the project's other heads).
 async fn back_up_one(
     reader: &RecordReader,
     snap: &crate::extract::pull::PulledDisk,
-    disk: &crate::job::JobDisk,
+    disk: &crate::wire::JobDisk,
     job: &BackupJob,
     engine: &DiskBackupOptions,
 ) -> anyhow::Result<DiskBackupResult> {
@@ -89,12 +100,12 @@ async fn back_up_one(
     let prev = disk
         .head
         .as_ref()
-        .and_then(|h| h.previous())
+        .and_then(previous)
         .filter(|p| p.chunk_size == engine.chunk_size && p.disk_size == snap.size());
     let known = if snap.full_reason().is_some() {
         let sources: Vec<_> = prev
             .into_iter()
-            .chain(job.dedup_sources.iter().filter_map(|r| r.previous()))
+            .chain(job.dedup_sources.iter().filter_map(previous))
             .filter(|r| r.chunk_size == engine.chunk_size)
             .collect();
         let avoid: HashSet<ChunkRef> = job
@@ -370,7 +381,7 @@ struct Worker {
     /// crossed the report (the restore ended in `error`) removes the file.
     finished_restores: Mutex<std::collections::VecDeque<(String, PathBuf, TargetFormat)>>,
     /// Disks last seen per instance (a busy instance's QMP is not probed).
-    known_disks: Mutex<HashMap<String, Vec<crate::job::InventoryDisk>>>,
+    known_disks: Mutex<HashMap<String, Vec<crate::wire::InventoryDisk>>>,
 }
 
 impl Worker {
@@ -378,7 +389,7 @@ impl Worker {
         let env = Envelope::new(kind, body)?;
         self.ekko
             .queue
-            .publish(&crate::job::status_key(kind), &env)
+            .publish(&crate::wire::status_key(kind), &env)
             .await
     }
 
@@ -855,7 +866,7 @@ impl Worker {
         };
         let (target, root, format) = match (
             self.restore_target(&job.path),
-            job.record.previous(),
+            previous(&job.record),
             TargetFormat::parse(&job.format),
         ) {
             (Ok(t), Some(r), Some(f)) => (t, r, f),
@@ -1004,13 +1015,16 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServiceError> {
     let host = ekko.config.default.host.clone();
-    crate::service::declare_topology(&ekko).await?;
-    let queue = crate::service::host_queue(&ekko, &host);
+    ekko.topology().declare_status(ekko.queue.as_ref()).await?;
+    let queue = ekko.topology().host_queue(&host);
     ekko.queue
-        .declare_queue(&queue, &[crate::service::host_routing_key(&host)])
+        .declare_queue(&queue, &[crate::wire::host_routing_key(&host)])
         .await?;
     ekko.queue
-        .declare_queue(&control_queue(&ekko, &host), &[control_routing_key(&host)])
+        .declare_queue(
+            &ekko.topology().control_queue(&host),
+            &[control_routing_key(&host)],
+        )
         .await?;
     let capacity = ekko.config.backup.max_concurrent_backups.clamp(1, 64);
     let source = ConfiguredInstances::from_config(&ekko.config)
@@ -1028,7 +1042,10 @@ pub async fn run(
         ekko: ekko.clone(),
     });
     let mut jobs = ekko.queue.consume(&queue, capacity as u16).await?;
-    let mut control = ekko.queue.consume(&control_queue(&ekko, &host), 16).await?;
+    let mut control = ekko
+        .queue
+        .consume(&ekko.topology().control_queue(&host), 16)
+        .await?;
     let mut ticker = tokio::time::interval(Duration::from_secs(
         ekko.config.backup.heartbeat_interval.max(1),
     ));

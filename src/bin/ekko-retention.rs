@@ -20,6 +20,6 @@ async fn main() -> anyhow::Result<()> {
     let config = ekko::cli::start(&cli.config)?;
     tracing::info!("connecting to the catalog, the object store and the message bus");
     let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required).await?;
-    ekko::service::run_retention(ekko, ekko::cli::shutdown_signal()).await?;
+    ekko::daemon::run_retention(ekko, ekko::cli::shutdown_signal()).await?;
     Ok(())
 }

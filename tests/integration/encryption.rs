@@ -383,10 +383,7 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
         })
         .await
         .unwrap();
-    let r = ekko::job::RecordRef::of(&rec[0])
-        .unwrap()
-        .previous()
-        .unwrap();
+    let r = ekko::service::convert::previous_record(&rec[0]).unwrap();
     let reader = RecordReader::new(host.store.clone(), &x.container).with_keys(Some(write));
     let target = x.dir.path().join("host-restore.raw");
     let err = ekko::backup::restore::restore(
