@@ -33,7 +33,7 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 
 use crate::auth::{AuthError, Credentials, KeystoneAuth};
 use crate::config::AuthStrategy;
-use crate::policy::{Policy, Target};
+use crate::policy::{Caller, Policy};
 use crate::Ekko;
 use error::ApiError;
 use version::Microversion;
@@ -51,28 +51,6 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// The catalog (ekko-api always has one).
-    pub fn db(&self) -> Result<crate::db::Db, ApiError> {
-        Ok(self.ekko.db().map_err(ApiError::internal)?.clone())
-    }
-
-    /// Load one row with `load`; a missing row answers 404 naming `what` `id`.
-    pub async fn find<T: Send + 'static>(
-        &self,
-        what: &'static str,
-        id: &str,
-        load: fn(&mut crate::db::DbConnection, &str) -> crate::db::DbResult<T>,
-    ) -> Result<T, ApiError> {
-        let owned = id.to_string();
-        self.db()?
-            .run(move |c| load(c, &owned))
-            .await
-            .map_err(|e| match e {
-                crate::db::DbError::NotFound(_) => ApiError::not_found(what, id),
-                other => other.into(),
-            })
-    }
-
     pub fn new(ekko: Ekko) -> anyhow::Result<ApiState> {
         let cfg = &ekko.config;
         let keystone = match cfg.api.auth_strategy {
@@ -117,82 +95,9 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// The caller's project; project-scoped tokens only.
-    pub fn project_id(&self) -> Result<&str, ApiError> {
-        self.creds.project_id.as_deref().ok_or_else(|| {
-            ApiError::new(
-                actix_web::http::StatusCode::FORBIDDEN,
-                "project_scope_required",
-                "this API needs a project-scoped token",
-            )
-        })
-    }
-
-    /// Check `action` against a resource of `project_id`. Refusals on
-    /// another project's resource answer 404 (`what` `id`), not 403.
-    pub fn authorize(
-        &self,
-        state: &ApiState,
-        action: &str,
-        project_id: &str,
-        not_found: Option<(&str, &str)>,
-    ) -> Result<(), ApiError> {
-        self.authorize_owned(state, action, project_id, None, not_found)
-    }
-
-    /// [`Self::authorize`] for a resource with an owner: rules may use
-    /// `user_id:%(user_id)s` (the resource's owner, not the caller).
-    pub fn authorize_owned(
-        &self,
-        state: &ApiState,
-        action: &str,
-        project_id: &str,
-        owner: Option<&str>,
-        not_found: Option<(&str, &str)>,
-    ) -> Result<(), ApiError> {
-        let mut target: Vec<(&str, &str)> = vec![("project_id", project_id)];
-        if let Some(owner) = owner {
-            target.push(("user_id", owner));
-        }
-        if state.policy.enforce(action, &self.creds, &target) {
-            return Ok(());
-        }
-        match not_found {
-            Some((what, id)) if self.creds.project_id.as_deref() != Some(project_id) => {
-                Err(ApiError::not_found(what, id))
-            }
-            _ => Err(ApiError::forbidden(action)),
-        }
-    }
-
-    /// Whose resources a list shows, for resource `kind` (`backup`, …): the
-    /// caller's project (`ekko:<kind>:get_all`), or, when asked for with
-    /// `all_projects` or `project_id`, every project or that one
-    /// (`ekko:<kind>:get_all_projects`, admins by default).
-    pub fn list_scope(
-        &self,
-        state: &ApiState,
-        kind: &str,
-        all_projects: bool,
-        project_id: Option<String>,
-    ) -> Result<Option<String>, ApiError> {
-        if all_projects || project_id.is_some() {
-            let action = format!("ekko:{kind}:get_all_projects");
-            if !self.allowed(state, &action) {
-                return Err(ApiError::forbidden(&action));
-            }
-            return Ok(project_id);
-        }
-        let p = self.project_id()?.to_string();
-        self.authorize(state, &format!("ekko:{kind}:get_all"), &p, None)?;
-        Ok(Some(p))
-    }
-
-    /// Whether `action` is allowed at all (e.g. listing every project).
-    pub fn allowed(&self, state: &ApiState, action: &str) -> bool {
-        let project = self.creds.project_id.clone().unwrap_or_default();
-        let target: Target = &[("project_id", &project)];
-        state.policy.enforce(action, &self.creds, target)
+    /// The caller, held to the API's policy.
+    pub fn caller<'a>(&'a self, state: &'a ApiState) -> Caller<'a> {
+        Caller::new(&self.creds, &state.policy)
     }
 }
 
@@ -553,6 +458,13 @@ impl ActionBody {
             )),
         }
     }
+}
+
+/// A link in a resource (`self`, `next`).
+#[derive(Debug, serde::Serialize)]
+pub struct Link {
+    pub rel: &'static str,
+    pub href: String,
 }
 
 /// Shared in tests and handlers: a JSON timestamp.

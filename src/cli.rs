@@ -1,5 +1,9 @@
-//! What every binary shares: reading the configuration, starting logging,
-//! and waiting for SIGTERM/SIGINT.
+//! The command lines: what every binary shares (reading the configuration,
+//! starting logging, waiting for SIGTERM/SIGINT, progress bars), and the
+//! `ekko` ([`operator`]) and `ekko-manage` ([`manage`]) commands.
+
+pub mod manage;
+pub mod operator;
 
 use crate::config::{ConfigArgs, EkkoConfig};
 

@@ -12,8 +12,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::conductor::ConductorError;
 use crate::queue::QueueError;
+use crate::service::ServiceError;
 use crate::Ekko;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +23,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
     #[error(transparent)]
-    Conductor(#[from] ConductorError),
+    Service(#[from] ServiceError),
     #[error("configuration: {0}")]
     Config(String),
 }
@@ -53,19 +53,19 @@ pub async fn run_conductor(
         let delivery = tokio::select! {
             _ = &mut shutdown => return Ok(()),
             _ = housekeeping.tick() => {
-                if let Err(e) = crate::conductor::reap_stalled(&ekko, stall).await {
+                if let Err(e) = crate::service::housekeeping::reap_stalled(&ekko, stall).await {
                     tracing::warn!(error = %e, "stalled-job check failed");
                 }
-                if let Err(e) = crate::conductor::run_due_policies(&ekko).await {
+                if let Err(e) = crate::service::housekeeping::run_due_policies(&ekko).await {
                     tracing::warn!(error = %e, "scheduler pass failed");
                 }
                 continue;
             }
             d = consumer.next() => d?,
         };
-        match crate::conductor::record(&ekko, &delivery.envelope).await {
+        match crate::service::reports::record(&ekko, &delivery.envelope).await {
             Ok(()) => delivery.ack().await?,
-            Err(ConductorError::Queue(QueueError::BadMessage(why))) => {
+            Err(ServiceError::BadMessage(why)) => {
                 tracing::error!(id = %delivery.envelope.id, %why, "rejecting status message");
                 delivery.nack(false).await?;
             }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::backup::restore::TargetFormat;
 use crate::config::{EkkoConfig, StorageBackend};
 use crate::ekko::Catalog;
-use crate::operator::{backup_instance, restore_backup, BackupRequest};
+use crate::service::local::{backup_instance, restore_backup, BackupRequest};
 use crate::Ekko;
 
 const MIB: u64 = 1 << 20;

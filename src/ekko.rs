@@ -106,4 +106,68 @@ impl Ekko {
     pub fn topology(&self) -> crate::wire::Topology {
         crate::wire::Topology::new(&self.config.default.control_exchange)
     }
+
+    /// Remove the manifest of a backup that is not (or no longer)
+    /// committed, so a catalog rebuild does not bring it back. Best
+    /// effort: a failure is logged and the orphan sweep of ekko-retention
+    /// removes it later.
+    pub async fn remove_manifest(&self, project_id: &str, backup_id: &str) {
+        let name = crate::manifest::object_name(backup_id);
+        match self.store.delete(&self.container(project_id), &name).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, backup = backup_id, "manifest not removed"),
+        }
+    }
+
+    /// A reader of a project's records that follows compaction's
+    /// relocations (reloaded from the catalog when a segment is gone).
+    pub async fn project_reader(
+        &self,
+        project_id: &str,
+    ) -> Result<crate::backup::reader::RecordReader, ConnectError> {
+        use crate::backup::reader::{RecordReader, RelocationSource};
+        let source = CatalogRelocations {
+            db: self.db()?.clone(),
+            project_id: project_id.to_string(),
+        };
+        let relocations = source.load().await?;
+        let keys = self.keyring.project_keys(project_id).await?;
+        Ok(
+            RecordReader::new(self.store.clone(), &self.container(project_id))
+                .with_relocations(relocations)
+                .with_relocation_source(Arc::new(source) as Arc<dyn RelocationSource>)
+                .with_keys(keys),
+        )
+    }
+}
+
+/// The catalog's relocations of one project.
+struct CatalogRelocations {
+    db: Db,
+    project_id: String,
+}
+
+impl CatalogRelocations {
+    async fn load(&self) -> Result<crate::backup::reader::Relocations, DbError> {
+        let p = self.project_id.clone();
+        let rows = self
+            .db
+            .run(move |c| crate::db::segments::relocations(c, &p))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(f, t)| (f as u64, t as u64))
+            .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::backup::reader::RelocationSource for CatalogRelocations {
+    async fn relocations(
+        &self,
+    ) -> Result<crate::backup::reader::Relocations, crate::backup::EngineError> {
+        self.load()
+            .await
+            .map_err(|e| crate::backup::EngineError::Other(format!("relocations: {e}")))
+    }
 }

@@ -345,6 +345,16 @@ impl Keyring {
         Ok(Some((wrapped, keys)))
     }
 
+    /// Open every project key in the catalog with this process's master
+    /// key (`ekko-manage key check`); the number of keys opened.
+    pub async fn check_all(&self) -> Result<usize, KeyringError> {
+        let rows = self.db()?.run(keys::all).await?;
+        for row in &rows {
+            self.open(&row.project_id, &row.wrapped_key()?)?;
+        }
+        Ok(rows.len())
+    }
+
     /// Master key rotation: rewrap every project key under `new`. The store's
     /// copies are written first, then the catalog in one transaction: a crash
     /// in between leaves the catalog on the old key, and a re-run finishes.

@@ -12,6 +12,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+pub mod caller;
+
+pub use caller::{Caller, Denied};
+
 use crate::auth::Credentials;
 
 #[derive(Debug, thiserror::Error)]

@@ -192,17 +192,24 @@ pub async fn run_pass(ekko: &Ekko, dry_run: bool) -> anyhow::Result<PassReport> 
                 report.backups_expired += 1;
                 continue;
             }
-            match crate::operator::delete_backup(ekko, &d.id).await {
-                Ok(_) => {
+            let id = d.id.clone();
+            match ekko
+                .db()?
+                .run(move |c| backups::delete_if_allowed(c, &id))
+                .await
+            {
+                Ok(b) => {
+                    // A catalog rebuild must not bring it back.
+                    ekko.remove_manifest(&b.project_id, &b.id).await;
                     report.backups_expired += 1;
                     tracing::info!(policy = %p.id, backup = %d.id, "backup expired");
                 }
                 // Protected or changed meanwhile: the conditional delete
                 // refused, and that is the verdict.
-                Err(e) if matches!(e.downcast_ref::<DbError>(), Some(DbError::Conflict(_))) => {
-                    tracing::info!(backup = %d.id, why = %e, "backup not expired");
+                Err(DbError::Conflict(why)) => {
+                    tracing::info!(backup = %d.id, %why, "backup not expired");
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }

@@ -5,16 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::{base_url, timestamp, ActionBody, RequestContext, State};
-use crate::db::backups::{self, Backup, BackupFilter, BackupStatus};
-use crate::db::instances;
-
-/// A link in a resource (`self`, `next`).
-#[derive(Debug, Serialize)]
-pub struct Link {
-    pub rel: &'static str,
-    pub href: String,
-}
+use super::paging::{next_link, page_of};
+use super::{base_url, timestamp, ActionBody, Link, RequestContext, State};
+use crate::service::backups::{self, Backup, BackupQuery, CreateBackup, UpdateBackup};
 
 /// A backup as the API shows it (serialized straight from the row: the
 /// list is the hottest path, and a `serde_json::Value` tree costs more
@@ -117,70 +110,22 @@ pub async fn list(
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let project = ctx.list_scope(
-        &state,
-        "backup",
-        q.all_projects.unwrap_or(false),
-        q.project_id.clone(),
-    )?;
-    let page = super::paging::Page::of(&state, q.limit, q.marker.clone(), q.sort.as_deref(), true)?;
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(
-            BackupStatus::parse(s)
-                .ok_or_else(|| ApiError::bad_request(format!("unknown status {s:?}")))?,
-        ),
+    let page = page_of(&state, q.limit, q.marker, q.sort.as_deref(), true)?;
+    let query = BackupQuery {
+        all_projects: q.all_projects.unwrap_or(false),
+        project_id: q.project_id,
+        status: q.status,
+        instance_id: q.instance_id,
+        name: q.name,
     };
-    let filter = BackupFilter {
-        project_id: project.clone(),
-        instance_id: q.instance_id.clone(),
-        status,
-        include_deleted: false,
-        name: q.name.clone(),
-        ascending: page.ascending,
-    };
-    let p = page.clone();
-    let db = state.db()?;
-    let found = db
-        .run(move |c| {
-            // An unknown marker (or one of another project) is a 400.
-            p.resolve(c, project.as_deref(), backups::get, |b| &b.project_id)?;
-            backups::list(c, &filter, p.limit, p.marker.as_deref())
-        })
-        .await
-        .map_err(super::paging::marker_error)?;
+    let found = backups::list(&state.ekko, &ctx.caller(&state), query, page.clone()).await?;
     let base = base_url(&req, &state);
+    let last = found.last().map(|b| b.id.as_str());
     let body = BackupList {
         backups: found.iter().map(|b| view(b, &base)).collect(),
-        backups_links: page.next(
-            &req,
-            &base,
-            found.len(),
-            found.last().map(|b| b.id.as_str()),
-        )?,
+        backups_links: next_link(&page, &req, &base, found.len(), last)?,
     };
     Ok(HttpResponse::Ok().json(body))
-}
-
-/// Load a backup the caller may see under `action`; 404 otherwise.
-async fn visible(
-    ctx: &RequestContext,
-    state: &State,
-    id: &str,
-    action: &str,
-) -> Result<Backup, ApiError> {
-    let b = state.find("backup", id, backups::get).await?;
-    if b.status() == Some(BackupStatus::Deleted) {
-        return Err(ApiError::not_found("backup", id));
-    }
-    ctx.authorize_owned(
-        state,
-        action,
-        &b.project_id,
-        Some(&b.user_id),
-        Some(("backup", id)),
-    )?;
-    Ok(b)
 }
 
 pub async fn show(
@@ -189,7 +134,7 @@ pub async fn show(
     state: State,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let b = visible(&ctx, &state, &id, "ekko:backup:get").await?;
+    let b = backups::visible(&state.ekko, &ctx.caller(&state), &id, "ekko:backup:get").await?;
     Ok(HttpResponse::Ok().json(json!({ "backup": view(&b, &base_url(&req, &state)) })))
 }
 
@@ -199,85 +144,14 @@ pub struct CreateBody {
     backup: CreateBackup,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBackup {
-    instance_id: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    description: Option<String>,
-    /// `auto` (incremental when possible) or `full`.
-    #[serde(default)]
-    mode: Option<String>,
-    #[serde(default)]
-    metadata: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-const MAX_NAME: usize = 255;
-const MAX_DESCRIPTION: usize = 4096;
-const MAX_METADATA: usize = 16 << 10;
-
-/// A backup's metadata as stored: its JSON, at most 16 KiB.
-fn encode_metadata(m: serde_json::Map<String, serde_json::Value>) -> Result<String, ApiError> {
-    let json = serde_json::Value::Object(m).to_string();
-    if json.len() > MAX_METADATA {
-        return Err(ApiError::bad_request("metadata is larger than 16 KiB"));
-    }
-    Ok(json)
-}
-
 pub async fn create(
     req: HttpRequest,
     ctx: RequestContext,
     state: State,
     body: web::Json<CreateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let b = body.into_inner().backup;
-    let mode = b.mode.unwrap_or_else(|| "auto".into());
-    if mode != "auto" && mode != "full" {
-        return Err(ApiError::bad_request(format!(
-            "mode must be auto or full, not {mode:?}"
-        )));
-    }
-    let name = b.name.unwrap_or_default();
-    let description = b.description.unwrap_or_default();
-    if name.len() > MAX_NAME || description.len() > MAX_DESCRIPTION {
-        return Err(ApiError::bad_request(format!(
-            "name (at most {MAX_NAME} bytes) or description (at most {MAX_DESCRIPTION}) too long"
-        )));
-    }
-    let metadata = encode_metadata(b.metadata.unwrap_or_default())?;
-    // The instance is named in the body: a missing one (or one of another
-    // project) is a bad request, not a missing URL.
-    let missing = |e: ApiError| match e.status {
-        actix_web::http::StatusCode::NOT_FOUND => {
-            ApiError::bad_request(format!("instance {} does not exist", b.instance_id))
-        }
-        _ => e,
-    };
-    let instance = state
-        .find("instance", &b.instance_id, instances::get)
-        .await
-        .map_err(missing)?;
-    ctx.authorize(
-        &state,
-        "ekko:backup:create",
-        &instance.project_id,
-        Some(("instance", &instance.id)),
-    )
-    .map_err(missing)?;
-
-    let new = crate::conductor::NewBackup {
-        instance_id: instance.id.clone(),
-        user_id: ctx.creds.user_id.clone(),
-        name,
-        description,
-        mode,
-        metadata,
-        policy_id: None,
-    };
-    let backup = crate::conductor::submit_backup(&state.ekko, new).await?;
+    let backup =
+        backups::create(&state.ekko, &ctx.caller(&state), body.into_inner().backup).await?;
     let base = base_url(&req, &state);
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("{base}/v1/backups/{}", backup.id)))
@@ -290,16 +164,6 @@ pub struct UpdateBody {
     backup: UpdateBackup,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateBackup {
-    name: Option<String>,
-    description: Option<String>,
-    protected: Option<bool>,
-    /// Replaces the whole metadata object (`{}` clears it).
-    metadata: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
 pub async fn update(
     req: HttpRequest,
     ctx: RequestContext,
@@ -307,25 +171,8 @@ pub async fn update(
     id: web::Path<String>,
     body: web::Json<UpdateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let u = body.into_inner().backup;
-    if u.name.as_ref().is_some_and(|n| n.len() > MAX_NAME)
-        || u.description
-            .as_ref()
-            .is_some_and(|d| d.len() > MAX_DESCRIPTION)
-    {
-        return Err(ApiError::bad_request("name or description too long"));
-    }
-    let changes = backups::DetailsUpdate {
-        name: u.name,
-        description: u.description,
-        protected: u.protected,
-        metadata: u.metadata.map(encode_metadata).transpose()?,
-    };
-    let b = visible(&ctx, &state, &id, "ekko:backup:update").await?;
-    let db = state.db()?;
-    let updated = db
-        .run(move |c| backups::update_details(c, &b.id, &changes))
-        .await?;
+    let caller = ctx.caller(&state);
+    let updated = backups::update(&state.ekko, &caller, &id, body.into_inner().backup).await?;
     Ok(HttpResponse::Ok().json(json!({ "backup": view(&updated, &base_url(&req, &state)) })))
 }
 
@@ -334,14 +181,7 @@ pub async fn delete(
     state: State,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let b = visible(&ctx, &state, &id, "ekko:backup:delete").await?;
-    // Protection and status are checked by the conditional UPDATE itself.
-    crate::operator::delete_backup(&state.ekko, &b.id)
-        .await
-        .map_err(|e| match e.downcast::<crate::db::DbError>() {
-            Ok(db) => ApiError::from(db),
-            Err(other) => ApiError::internal(other),
-        })?;
+    backups::delete(&state.ekko, &ctx.caller(&state), &id).await?;
     Ok(HttpResponse::Accepted().finish())
 }
 
@@ -354,9 +194,7 @@ pub async fn action(
     body: web::Json<ActionBody>,
 ) -> Result<HttpResponse, ApiError> {
     body.require_cancel()?;
-    let b = visible(&ctx, &state, &id, "ekko:backup:cancel").await?;
-    let why = format!("cancelled by user {}", ctx.creds.user_id);
-    let cancelled = crate::conductor::cancel_backup(&state.ekko, &b.id, &why).await?;
+    let cancelled = backups::cancel(&state.ekko, &ctx.caller(&state), &id).await?;
     Ok(HttpResponse::Accepted()
         .json(json!({ "backup": view(&cancelled, &base_url(&req, &state)) })))
 }

@@ -8,6 +8,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use super::SERVICE_TYPE;
+use crate::policy::Denied;
+use crate::service::ServiceError;
 
 /// Where an error code is explained.
 const HELP: &str = "https://opendev.org/x/ekko/src/branch/main/api-ref";
@@ -125,48 +127,41 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<crate::db::DbError> for ApiError {
-    fn from(e: crate::db::DbError) -> ApiError {
+/// Every way a use case can fail, mapped to a status and an error code in
+/// this one place.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
         match e {
-            crate::db::DbError::NotFound(what) => ApiError::new(
+            ServiceError::Denied(d) => ApiError::from(d),
+            ServiceError::Invalid(why) => ApiError::bad_request(why),
+            ServiceError::NotFound(what) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("{what} could not be found"),
             ),
-            crate::db::DbError::Conflict(why) => ApiError::conflict(why),
+            ServiceError::Conflict(why) => ApiError::conflict(why),
             // API-SIG: over quota is 403, not 413.
-            crate::db::DbError::LimitExceeded(why) => {
+            ServiceError::LimitExceeded(why) => {
                 ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", why)
             }
-            crate::db::DbError::Pool(e) => {
-                ApiError::unavailable(format!("the catalog is unavailable: {e}"))
+            ServiceError::Unavailable(why) => ApiError::unavailable(why),
+            e @ (ServiceError::BadMessage(_) | ServiceError::Internal(_)) => {
+                ApiError::internal(format!("{e:#}"))
             }
-            crate::db::DbError::Unavailable(why) => ApiError::unavailable(why),
-            other => ApiError::internal(other),
         }
     }
 }
 
-impl From<crate::conductor::ConductorError> for ApiError {
-    fn from(e: crate::conductor::ConductorError) -> ApiError {
-        use crate::conductor::ConductorError as C;
-        match e {
-            C::Db(db) => ApiError::from(db),
-            C::Queue(q) => ApiError::unavailable(format!("the message bus is unavailable: {q}")),
-            // A host the controller has no host key for cannot take this
-            // project's backups until the operator adds one: unavailable,
-            // without the key's path (that goes to the log).
-            C::Keys(
-                k @ (crate::keyring::KeyringError::NoKeyForHost { .. }
-                | crate::keyring::KeyringError::NoHostKey(_)),
-            ) => {
-                tracing::error!(error = %k, "no host key for a backup job");
-                ApiError::unavailable(
-                    "the instance's host cannot take encrypted backups now (no host key is configured for it); ask the operator",
-                )
-            }
-            C::Keys(k) => ApiError::internal(k),
-            C::Invalid(why) => ApiError::bad_request(why),
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> ApiError {
+        match d {
+            Denied::Forbidden(action) => ApiError::forbidden(&action),
+            Denied::NotFound { what, id } => ApiError::not_found(what, &id),
+            Denied::ProjectScopeRequired => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "project_scope_required",
+                "this API needs a project-scoped token",
+            ),
         }
     }
 }
@@ -174,19 +169,21 @@ impl From<crate::conductor::ConductorError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conductor::ConductorError;
-    use crate::keyring::KeyringError;
 
     #[test]
     fn a_host_without_a_host_key_is_unavailable_and_its_path_stays_in_the_log() {
-        let e = ApiError::from(ConductorError::Keys(KeyringError::NoKeyForHost {
-            host: "compute-9".into(),
-            path: "/etc/ekko/host-keys/compute-9.key".into(),
-            reason: "No such file or directory".into(),
-        }));
+        let e = ApiError::from(ServiceError::from(
+            crate::keyring::KeyringError::NoKeyForHost {
+                host: "compute-9".into(),
+                path: "/etc/ekko/host-keys/compute-9.key".into(),
+                reason: "No such file or directory".into(),
+            },
+        ));
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(!e.detail.contains("/etc/ekko"), "{}", e.detail);
-        let other = ApiError::from(ConductorError::Keys(KeyringError::NoMasterKeyFile));
+        let other = ApiError::from(ServiceError::from(
+            crate::keyring::KeyringError::NoMasterKeyFile,
+        ));
         assert_eq!(other.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

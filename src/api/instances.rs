@@ -6,37 +6,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::paging::{next_link, page_of};
 use super::{base_url, timestamp, RequestContext, State};
-use crate::db::backups;
-use crate::db::instances::{self, Instance};
+use crate::service::instances::{self, InstanceDetails};
 
-/// An instance with what its view shows: disks, last backup, policy.
-struct Details {
-    instance: Instance,
-    disks: Vec<instances::Disk>,
-    last: Option<backups::Backup>,
-    policy: Option<String>,
-}
-
-/// Read the details of `found` (one connection for a whole page).
-fn details(
-    c: &mut crate::db::DbConnection,
-    found: Vec<Instance>,
-) -> crate::db::DbResult<Vec<Details>> {
-    found
-        .into_iter()
-        .map(|instance| {
-            Ok(Details {
-                disks: instances::disks_of(c, &instance.id)?,
-                last: backups::last_available(c, &instance.id)?,
-                policy: instances::policy_of(c, &instance.id)?,
-                instance,
-            })
-        })
-        .collect()
-}
-
-fn view(d: &Details, base: &str) -> serde_json::Value {
+fn view(d: &InstanceDetails, base: &str) -> serde_json::Value {
     let (i, policy) = (&d.instance, &d.policy);
     json!({
         "id": i.id,
@@ -81,24 +55,14 @@ pub async fn list(
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let project = ctx.list_scope(&state, "instance", q.all_projects.unwrap_or(false), None)?;
-    let page = super::paging::Page::of(&state, q.limit, q.marker, q.sort.as_deref(), false)?;
-    let p = page.clone();
-    let found = state
-        .db()?
-        .run(move |c| {
-            let marker = p.resolve(c, project.as_deref(), instances::get, |i| &i.project_id)?;
-            let found =
-                instances::list(c, project.as_deref(), p.limit, marker.as_ref(), p.ascending)?;
-            details(c, found)
-        })
-        .await
-        .map_err(super::paging::marker_error)?;
+    let page = page_of(&state, q.limit, q.marker, q.sort.as_deref(), false)?;
+    let all = q.all_projects.unwrap_or(false);
+    let found = instances::list(&state.ekko, &ctx.caller(&state), all, page.clone()).await?;
     let base = base_url(&req, &state);
     let body: Vec<_> = found.iter().map(|d| view(d, &base)).collect();
     let mut out = json!({ "instances": body });
     let last = found.last().map(|d| d.instance.id.as_str());
-    if let Some(next) = page.next(&req, &base, found.len(), last)? {
+    if let Some(next) = next_link(&page, &req, &base, found.len(), last)? {
         out["instances_links"] = serde_json::to_value(next).map_err(ApiError::internal)?;
     }
     Ok(HttpResponse::Ok().json(out))
@@ -110,17 +74,6 @@ pub async fn show(
     state: State,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let i = state.find("instance", &id, instances::get).await?;
-    ctx.authorize(
-        &state,
-        "ekko:instance:get",
-        &i.project_id,
-        Some(("instance", &id)),
-    )?;
-    let base = base_url(&req, &state);
-    let mut found = state.db()?.run(move |c| details(c, vec![i])).await?;
-    let d = found
-        .pop()
-        .ok_or_else(|| ApiError::internal("instance details missing"))?;
-    Ok(HttpResponse::Ok().json(json!({ "instance": view(&d, &base) })))
+    let d = instances::show(&state.ekko, &ctx.caller(&state), &id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "instance": view(&d, &base_url(&req, &state)) })))
 }

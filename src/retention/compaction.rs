@@ -20,7 +20,6 @@ use crate::backup::{relocation_object, segment_object, EngineError};
 use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::db::segments::{self, RecordRoot, Segment};
 use crate::index::{positions, shape};
-use crate::operator::project_reader;
 use crate::segment::{decode_record, read_whole, SegmentWriter};
 use crate::Ekko;
 
@@ -111,7 +110,7 @@ pub async fn compact(ekko: &Ekko, report: &mut PassReport) -> anyhow::Result<()>
         by_project.entry(s.project_id.clone()).or_default().push(s);
     }
     for (project, segs) in by_project {
-        let reader = project_reader(ekko, &project).await?;
+        let reader = ekko.project_reader(&project).await?;
         for batch in segs.chunks(BATCH) {
             let ids: Vec<i64> = batch.iter().map(|s| s.id).collect();
             let q = ids.clone();

@@ -17,7 +17,6 @@ use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::crypto::ProjectKeys;
 use crate::db::segments::{self, Segment};
 use crate::db::{backups, instances};
-use crate::operator::project_reader;
 use crate::segment::{decode_record, read_whole};
 use crate::store::project_container as container;
 use crate::store::StoreError;
@@ -111,7 +110,7 @@ async fn mark_damage(
         Damage::None => return Ok(()),
     };
     tracing::error!(segment = format!("{id:016x}"), project = %seg.project_id, damage = %what, "scrub found damage");
-    let reader = project_reader(ekko, &seg.project_id).await?;
+    let reader = ekko.project_reader(&seg.project_id).await?;
     let sid = seg.id;
     let records = db.run(move |c| segments::records_using(c, &[sid])).await?;
     // Per record (pages not shared), so each record answers for itself; a

@@ -12,7 +12,7 @@ use ekko::backup::restore::TargetFormat;
 use ekko::backup::{relocation_object, segment_object};
 use ekko::db::backups;
 use ekko::db::schema::segments as s;
-use ekko::operator::{backup_instance, restore_backup, verify_backup};
+use ekko::service::local::{backup_instance, restore_backup, verify_backup};
 
 use crate::qsd::identical;
 use crate::retention::{expire_claims, setup, Setup};
@@ -103,9 +103,7 @@ async fn compaction_moves_live_records_and_scrub_finds_and_repairs_damage() {
     x.qsd.snapshot_to(0, &snap("b"));
     assert_eq!(b.kind.as_deref(), Some("incremental"));
     // A reader that loads its relocations now, before anything moves.
-    let stale = ekko::operator::project_reader(&x.ekko, "proj-cmp")
-        .await
-        .unwrap();
+    let stale = x.ekko.project_reader("proj-cmp").await.unwrap();
     let b_rec =
         x.db.run({
             let id = b.id.clone();
@@ -121,7 +119,9 @@ async fn compaction_moves_live_records_and_scrub_finds_and_repairs_damage() {
     x.db.run(move |c| ekko::db::jobs::insert(c, &job))
         .await
         .unwrap();
-    ekko::operator::delete_backup(&x.ekko, &a.id).await.unwrap();
+    ekko::service::backups::delete_backup(&x.ekko, &a.id)
+        .await
+        .unwrap();
     let pass = ekko::retention::run_pass(&x.ekko, false).await.unwrap();
     assert!(pass.segments_compacted >= 1, "{pass:?}");
     assert!(pass.measured_live_bytes < pass.measured_bytes, "{pass:?}");
@@ -316,7 +316,9 @@ async fn compaction_moves_live_records_and_scrub_finds_and_repairs_damage() {
 
     // Deleting the damaged backup lets its segment go; everything left
     // is consistent and nothing unreferenced stays behind.
-    ekko::operator::delete_backup(&x.ekko, &c.id).await.unwrap();
+    ekko::service::backups::delete_backup(&x.ekko, &c.id)
+        .await
+        .unwrap();
     for _ in 0..2 {
         ekko::retention::run_pass(&x.ekko, false).await.unwrap();
     }
@@ -445,7 +447,9 @@ async fn randomised_backups_deletes_passes_and_crashes_lose_nothing() {
             }
             5 | 6 => {
                 let (id, _) = kept.remove(rng.below(kept.len() as u64) as usize);
-                ekko::operator::delete_backup(&x.ekko, &id).await.unwrap();
+                ekko::service::backups::delete_backup(&x.ekko, &id)
+                    .await
+                    .unwrap();
                 log.push(format!("{step}: delete {id}"));
             }
             7 => {

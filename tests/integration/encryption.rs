@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 
 use ekko::backup::restore::TargetFormat;
-use ekko::operator::{backup_instance, restore_backup, verify_backup};
+use ekko::service::local::{backup_instance, restore_backup, verify_backup};
 
 use crate::qsd::identical;
 use crate::retention::{setup, Setup};

@@ -6,7 +6,7 @@ use ekko::backup::restore::TargetFormat;
 use ekko::db::backups::{self, BackupStatus};
 use ekko::db::policies::{self, Policy};
 use ekko::db::segments;
-use ekko::operator::{backup_instance, restore_backup, BackupRequest};
+use ekko::service::local::{backup_instance, restore_backup, BackupRequest};
 
 use crate::helpers::{keystone_section, mariadb_db, service_env};
 use crate::qsd::{identical, Qsd};
@@ -278,7 +278,9 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
     db.run(move |c| backups::update_details(c, &unprotect, &protected(false)).map(|_| ()))
         .await
         .unwrap();
-    ekko::operator::delete_backup(&ekko, &ids[1]).await.unwrap();
+    ekko::service::backups::delete_backup(&ekko, &ids[1])
+        .await
+        .unwrap();
     let claimed = db
         .run(|c| {
             let mut claimed = Vec::new();

@@ -59,8 +59,8 @@ async fn due_policies_run_exactly_once_across_conductors() {
     let a = conductor(dir.path(), &t.url, 1).await;
     let b = conductor(dir.path(), &t.url, 2).await;
     let (ra, rb) = tokio::join!(
-        ekko::conductor::run_due_policies(&a),
-        ekko::conductor::run_due_policies(&b)
+        ekko::service::housekeeping::run_due_policies(&a),
+        ekko::service::housekeeping::run_due_policies(&b)
     );
     assert_eq!(
         ra.unwrap() + rb.unwrap(),
@@ -86,19 +86,34 @@ async fn due_policies_run_exactly_once_across_conductors() {
 
     // The same instant again (a stale conductor): already claimed.
     policies::set_next_run(&mut conn, &policy.id, Some(next), Some(due_at)).unwrap();
-    assert_eq!(ekko::conductor::run_due_policies(&a).await.unwrap(), 0);
+    assert_eq!(
+        ekko::service::housekeeping::run_due_policies(&a)
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(all(&mut conn).len(), 3);
     // A later run while the previous backups are still queued: skipped.
     let later = due_at + chrono::Duration::minutes(1);
     let p = policies::get(&mut conn, &policy.id).unwrap();
     policies::set_next_run(&mut conn, &policy.id, p.next_run_at, Some(later)).unwrap();
-    assert_eq!(ekko::conductor::run_due_policies(&b).await.unwrap(), 0);
+    assert_eq!(
+        ekko::service::housekeeping::run_due_policies(&b)
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(all(&mut conn).len(), 3);
     // A policy without a computed next run gets one, and starts nothing yet.
     let mut fresh = Policy::new("proj", "fresh");
     fresh.schedule = Some("*/5 * * * *".into());
     policies::insert(&mut conn, &fresh).unwrap();
-    assert_eq!(ekko::conductor::run_due_policies(&a).await.unwrap(), 0);
+    assert_eq!(
+        ekko::service::housekeeping::run_due_policies(&a)
+            .await
+            .unwrap(),
+        0
+    );
     assert!(policies::get(&mut conn, &fresh.id)
         .unwrap()
         .next_run_at

@@ -1,23 +1,18 @@
-//! What the `ekko` command line does for an operator on the catalog and
-//! the store directly: back up an instance through its QMP socket, restore,
-//! verify and delete backups. The API and the workers reach the same
+//! What the `ekko` command line runs in its own process, on the catalog
+//! and the store directly: back up an instance through its QMP socket,
+//! restore and verify backups. The API and the workers reach the same
 //! engine through the message bus.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::backups::{NewBackup, PlanOptions};
 use crate::backup::disk::DiskBackupResult;
-use crate::backup::reader::{RecordReader, RelocationSource, Relocations};
 use crate::backup::restore::{restore, verify, RestoreStats, TargetFormat};
-use crate::backup::EngineError;
 use crate::backup::Progress;
-use crate::chunk::{ChunkDigest, ChunkRef};
-use crate::conductor::{self, NewBackup, PlanOptions};
 use crate::db::backups::{self, Backup, BackupStatus};
 use crate::db::instances::{self, DiskReport};
-use crate::db::segments;
-use crate::manifest;
 use crate::qmp::QmpClient;
 use crate::wire::JobStarted;
 use crate::Ekko;
@@ -83,10 +78,6 @@ impl BackupOutcome {
     }
 }
 
-fn project_container(ekko: &Ekko, project: &str) -> String {
-    ekko.container(project)
-}
-
 /// Back up every qcow2 disk of the instance behind `qmp_socket`, in this
 /// process: the same plan, execution and commit as a job sent to a host.
 pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result<BackupOutcome> {
@@ -131,13 +122,13 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
             // died. Its bitmaps are rolled back by `PullBackup::recover`.
             let interrupted =
                 backups::interrupt_running(c, &id, "interrupted: the process running it stopped")?;
-            let planned = conductor::plan_backup(c, &plan, &new, &keys)?;
+            let planned = super::backups::plan(c, &plan, &new, &keys)?;
             let started = JobStarted {
                 job_id: planned.1.id.clone(),
                 host: h2.clone(),
                 attempt: 1,
             };
-            conductor::job_started(c, &started)?;
+            super::jobs::job_started(c, &started)?;
             Ok((interrupted, planned))
         })
         .await?;
@@ -145,11 +136,11 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
     // not bring them back. Their segments are left to the orphan sweep.
     for stale in &interrupted {
         tracing::warn!(backup = %stale, "marked an interrupted backup as failed");
-        remove_manifest(ekko, &req.project_id, stale).await;
+        ekko.remove_manifest(&req.project_id, stale).await;
     }
     let fail = |why: String| {
         let jid = job.id.clone();
-        db.run(move |c| conductor::fail_job(c, &jid, &why))
+        db.run(move |c| super::jobs::fail_job(c, &jid, &why))
     };
     let executed = match crate::worker::execute(
         ekko,
@@ -169,7 +160,10 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
     };
     crate::failpoint::hit("backup.before-commit");
     let finished = executed.finished.clone();
-    match db.run(move |c| conductor::job_finished(c, &finished)).await {
+    match db
+        .run(move |c| super::reports::job_finished(c, &finished))
+        .await
+    {
         Ok(b) => {
             // Only now may the old bitmaps go.
             if let Err(e) = executed.pull.commit().await {
@@ -190,7 +184,7 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
                 Err(_) => true,
             };
             if !committed {
-                remove_manifest(ekko, &backup.project_id, &backup.id).await;
+                ekko.remove_manifest(&backup.project_id, &backup.id).await;
                 let _ = fail(format!("{e}")).await;
             }
             if let Err(abort) = executed.pull.abort().await {
@@ -198,34 +192,6 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
             }
             Err(e.into())
         }
-    }
-}
-
-/// Delete a backup: it disappears from the catalog at once (ekko-retention
-/// reclaims its space), then its manifest leaves the store so a catalog
-/// rebuild does not bring it back.
-pub async fn delete_backup(ekko: &Ekko, backup_id: &str) -> anyhow::Result<Backup> {
-    let id = backup_id.to_string();
-    let backup = ekko
-        .db()?
-        .run(move |c| backups::delete_if_allowed(c, &id))
-        .await?;
-    remove_manifest(ekko, &backup.project_id, backup_id).await;
-    Ok(backup)
-}
-
-/// Remove the manifest of a backup that is not (or no longer) committed, so
-/// a catalog rebuild does not bring it back. Best effort: a failure is
-/// logged and the orphan sweep of ekko-retention removes it later.
-pub async fn remove_manifest(ekko: &Ekko, project_id: &str, backup_id: &str) {
-    let container = project_container(ekko, project_id);
-    match ekko
-        .store
-        .delete(&container, &manifest::object_name(backup_id))
-        .await
-    {
-        Ok(()) | Err(crate::store::StoreError::NotFound { .. }) => {}
-        Err(e) => tracing::warn!(error = %e, backup = backup_id, "manifest not removed"),
     }
 }
 
@@ -244,8 +210,8 @@ pub async fn restore_backup(
         "backup {backup_id} is {}, not available",
         backup.status
     );
-    let reader = project_reader(ekko, &backup.project_id).await?;
-    let root = root_of(&rec)?;
+    let reader = ekko.project_reader(&backup.project_id).await?;
+    let root = record(&rec)?.root;
     Ok(restore(
         &reader,
         root,
@@ -256,45 +222,6 @@ pub async fn restore_backup(
         progress,
     )
     .await?)
-}
-
-/// The catalog's relocations of one project, reloaded when a reader finds a
-/// segment gone (compacted after the reader loaded its map).
-struct CatalogRelocations {
-    db: crate::db::Db,
-    project_id: String,
-}
-
-#[async_trait::async_trait]
-impl RelocationSource for CatalogRelocations {
-    async fn relocations(&self) -> Result<Relocations, EngineError> {
-        let p = self.project_id.clone();
-        let rows = self
-            .db
-            .run(move |c| segments::relocations(c, &p))
-            .await
-            .map_err(|e| EngineError::Other(format!("relocations: {e}")))?;
-        Ok(rows
-            .into_iter()
-            .map(|(f, t)| (f as u64, t as u64))
-            .collect())
-    }
-}
-
-/// A reader of a project's records that follows compaction's relocations.
-pub async fn project_reader(ekko: &Ekko, project_id: &str) -> anyhow::Result<RecordReader> {
-    let source = CatalogRelocations {
-        db: ekko.db()?.clone(),
-        project_id: project_id.to_string(),
-    };
-    let relocations = source.relocations().await?;
-    let keys = ekko.keyring.project_keys(project_id).await?;
-    Ok(
-        RecordReader::new(ekko.store.clone(), &project_container(ekko, project_id))
-            .with_relocations(relocations)
-            .with_relocation_source(Arc::new(source))
-            .with_keys(keys),
-    )
 }
 
 /// Re-read every chunk of every disk of a backup and check its digest.
@@ -308,12 +235,12 @@ pub async fn verify_backup(
         .db()?
         .run(move |c| Ok((backups::get(c, &id)?, backups::disks_of(c, &id)?)))
         .await?;
-    let reader = project_reader(ekko, &backup.project_id).await?;
+    let reader = ekko.project_reader(&backup.project_id).await?;
     let mut out = Vec::new();
     for rec in recs {
         let stats = verify(
             &reader,
-            root_of(&rec)?,
+            record(&rec)?.root,
             rec.virtual_size as u64,
             rec.chunk_size as u64,
             progress,
@@ -359,10 +286,7 @@ async fn record_of(
     ))
 }
 
-fn root_of(rec: &backups::BackupDisk) -> anyhow::Result<ChunkRef> {
-    Ok(ChunkRef {
-        digest: ChunkDigest::from_slice(&rec.root_digest)
-            .ok_or_else(|| anyhow::anyhow!("corrupt root digest in the catalog"))?,
-        segment: rec.root_segment as u64,
-    })
+fn record(rec: &backups::BackupDisk) -> anyhow::Result<crate::backup::PreviousRecord> {
+    super::convert::previous_record(rec)
+        .ok_or_else(|| anyhow::anyhow!("corrupt record of backup {} in the catalog", rec.backup_id))
 }

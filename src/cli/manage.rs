@@ -1,0 +1,221 @@
+//! `ekko-manage`: database and administrative tasks (the binary only calls
+//! [`main`]).
+
+use std::path::PathBuf;
+
+use crate::config::ConfigArgs;
+use crate::db::Db;
+use crate::ekko::Catalog;
+use crate::Ekko;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ekko-manage", version, about = "Ekko database and admin tasks")]
+pub struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Database schema tasks.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+    /// Catalog tasks.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
+    /// Policy tasks.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Configuration tasks.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Encryption key tasks.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyAction {
+    /// Write a new random master key file (mode 0600; never overwrites).
+    Generate {
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Check that the configured master key opens every project key.
+    Check,
+    /// Rewrap every project key under a new master key (data is not
+    /// touched); then point [encryption] master_key_file at the new file.
+    Rotate {
+        #[arg(long)]
+        new_master_key_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DbAction {
+    /// Apply pending migrations (idempotent).
+    Sync,
+    /// Show whether the schema is up to date.
+    Version,
+}
+
+#[derive(Subcommand)]
+pub enum CatalogAction {
+    /// Recreate a lost catalog from the manifests and segments in the
+    /// object store (into an empty, synced database).
+    Rebuild,
+}
+
+#[derive(Subcommand)]
+pub enum PolicyAction {
+    /// Print every policy rule with its default (or write it to --output).
+    Sample {
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigAction {
+    /// Print the sample configuration (or write it to --output).
+    Sample {
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Load and validate the configuration, then print the effective values.
+    Check,
+}
+
+/// Parse the command line and run the command.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config {
+            action: ConfigAction::Sample { output },
+        } => write_or_print(output, &crate::config::sample::generate())?,
+        Command::Policy {
+            action: PolicyAction::Sample { output },
+        } => write_or_print(output, &crate::policy::sample())?,
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            let config = super::start(&cli.config)?;
+            println!(
+                "configuration is valid ({} file(s) read)",
+                config.loaded_files.len()
+            );
+            println!("{config:#?}");
+        }
+        Command::Catalog {
+            action: CatalogAction::Rebuild,
+        } => {
+            let config = super::start(&cli.config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let report = runtime.block_on(async {
+                let ekko = Ekko::connect(config, Catalog::Required).await?;
+                crate::rebuild::rebuild(&ekko).await
+            })?;
+            println!(
+                "rebuilt {} backup(s) of {} project(s): {} segment(s) referenced, {} unreferenced (left to the orphan sweep)",
+                report.backups, report.projects, report.segments, report.unreferenced_segments
+            );
+            for (what, why) in &report.skipped {
+                println!("  skipped {what}: {why}");
+            }
+        }
+        Command::Key {
+            action: KeyAction::Generate { output },
+        } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&output)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", output.display()))?;
+            writeln!(f, "{}", crate::crypto::MasterKey::generate_hex()?)?;
+            let key = crate::crypto::MasterKey::load(&output)?;
+            println!("wrote master key {} to {}", key.id(), output.display());
+        }
+        Command::Key { action } => {
+            let config = super::start(&cli.config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                // Connecting runs the key check: a wrong master key stops here.
+                let ekko = Ekko::connect(config, Catalog::Required).await?;
+                match action {
+                    KeyAction::Check => {
+                        let n = ekko.keyring.check_all().await?;
+                        let id = ekko.keyring.master_key().map(|k| k.id().to_string());
+                        println!(
+                            "master key {}: opens the keys of {n} encrypted project(s)",
+                            id.as_deref().unwrap_or("(none configured)"),
+                        );
+                    }
+                    KeyAction::Rotate {
+                        new_master_key_file,
+                    } => {
+                        let new = crate::crypto::MasterKey::load(&new_master_key_file)?;
+                        let n = ekko.keyring.rotate(&new).await?;
+                        println!(
+                            "rewrapped {n} project key(s) under master key {}; now set [encryption] master_key_file = {}",
+                            new.id(),
+                            new_master_key_file.display()
+                        );
+                    }
+                    KeyAction::Generate { .. } => unreachable!("handled above"),
+                }
+                Ok::<(), anyhow::Error>(())
+            })?;
+        }
+        Command::Db { action } => {
+            let config = super::start(&cli.config)?;
+            let db = Db::open(&config.database)?;
+            match action {
+                DbAction::Sync => {
+                    let applied = db.sync()?;
+                    if applied.is_empty() {
+                        println!("database {} is up to date", db.url.redacted());
+                    } else {
+                        println!("applied to {}: {}", db.url.redacted(), applied.join(", "));
+                    }
+                }
+                DbAction::Version => {
+                    let pending = db.pending_migrations()?;
+                    if pending.is_empty() {
+                        println!("database {} is up to date", db.url.redacted());
+                    } else {
+                        println!("pending migrations: {}", pending.join(", "));
+                        std::process::exit(3);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_or_print(output: Option<PathBuf>, text: &str) -> anyhow::Result<()> {
+    match output {
+        Some(path) => std::fs::write(&path, text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! `ekko`: the operator and standalone command line (the binary only
+//! calls [`main`]).
+
+use crate::config::ConfigArgs;
+use crate::ekko::Catalog;
+use crate::service;
+use crate::Ekko;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ekko",
+    version,
+    about = "Ekko: block-based backup for OpenStack instances"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Prepare the configured database and store (db sync included) and
+    /// check that the catalog, the object store and the message bus work.
+    Init,
+    /// Run every role (API conductor, backup worker, retention) in one
+    /// process: the single-machine default.
+    AllInOne,
+    /// Show the hosts that reported in.
+    Hosts,
+    /// Back up every qcow2 disk of an instance through its QMP socket.
+    Backup {
+        #[arg(long)]
+        qmp_socket: std::path::PathBuf,
+        #[arg(long)]
+        instance: String,
+        #[arg(long, default_value = "default")]
+        project: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Read every block even if the dirty bitmap could be trusted.
+        #[arg(long)]
+        full: bool,
+        /// Guest agent socket: freeze filesystems around the snapshot.
+        #[arg(long)]
+        agent_socket: Option<std::path::PathBuf>,
+    },
+    /// List backups (newest first).
+    List {
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Restore one disk of a backup to a file.
+    Restore {
+        backup: String,
+        #[arg(long)]
+        output: std::path::PathBuf,
+        /// Which disk (needed when the backup has several).
+        #[arg(long)]
+        disk: Option<String>,
+        #[arg(long, value_parser = ["raw", "qcow2"], default_value = "raw")]
+        format: String,
+    },
+    /// Re-read a backup and check every chunk's digest.
+    Verify { backup: String },
+    /// Delete a backup (its space is reclaimed by ekko-retention).
+    Delete { backup: String },
+    /// An instance's backups over time as a terminal chart (new vs reused).
+    Timeline {
+        #[arg(long)]
+        instance: String,
+        /// Bar width in characters.
+        #[arg(long, default_value_t = 40)]
+        width: usize,
+    },
+    /// Apply every policy's retention rules and collect garbage once (what
+    /// ekko-retention does on `[retention] interval`); `--dry-run` shows
+    /// what each policy keeps and removes, and why, and changes nothing.
+    Retention {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Back up a live (qemu-storage-daemon) disk fully and incrementally,
+    /// restore it and compare: the main job, on this machine.
+    Demo {
+        /// Working directory (kept afterwards).
+        #[arg(long, default_value = "ekko-demo")]
+        dir: std::path::PathBuf,
+        /// Disk size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+    },
+}
+
+/// Parse the command line and run the command.
+pub async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = super::start(&cli.config)?;
+    match cli.command {
+        Command::Init => {
+            let ekko = Ekko::connect(config, Catalog::Unchecked).await?;
+            let report = crate::standalone::init(&ekko).await?;
+            print!("{report}");
+        }
+        Command::AllInOne => {
+            let ekko = Ekko::connect(config, Catalog::Required).await?;
+            crate::standalone::run_all(ekko, super::shutdown_signal()).await?;
+        }
+        Command::Demo { dir, size_mib } => {
+            let report = crate::demo::run_demo(&config, &dir, size_mib).await?;
+            print!("{report}");
+        }
+        Command::Backup {
+            qmp_socket,
+            instance,
+            project,
+            name,
+            full,
+            agent_socket,
+        } => {
+            let ekko = Ekko::connect(config, Catalog::Required).await?;
+            let bar = super::ProgressBar::start("backup");
+            let req = service::local::BackupRequest {
+                qmp_socket,
+                instance_id: instance,
+                project_id: project,
+                name,
+                full,
+                agent_socket,
+                progress: Some(bar.progress()),
+            };
+            let t = std::time::Instant::now();
+            let out = service::local::backup_instance(&ekko, &req).await;
+            drop(bar);
+            print!("{}", out?.summary(t.elapsed()));
+        }
+        Command::List { instance } => {
+            let ekko = Ekko::connect(config, Catalog::Required).await?;
+            let list = service::backups::list_all(&ekko, instance, 1000, None).await?;
+            println!(
+                "{:<36}  {:<10}  {:<11}  {:<19}  {:>12}",
+                "id", "status", "kind", "created (UTC)", "stored bytes"
+            );
+            for b in list {
+                println!(
+                    "{:<36}  {:<10}  {:<11}  {:<19}  {:>12}",
+                    b.id,
+                    b.status,
+                    b.kind.unwrap_or_default(),
+                    b.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    b.stored_bytes
+                );
+            }
+        }
+        Command::Restore {
+            backup,
+            output,
+            disk,
+            format,
+        } => {
+            let ekko = Ekko::connect(config, Catalog::Required).await?;
+            let format = if format == "qcow2" {
+                crate::backup::restore::TargetFormat::Qcow2
+            } else {
+                crate::backup::restore::TargetFormat::Raw
+            };
+            let t = std::time::Instant::now();
+            let bar = super::ProgressBar::start("restore");
+            let stats = service::local::restore_backup(
+                &ekko,
+                &backup,
+                disk.as_deref(),
+                &output,
+                format,
+                Some(&bar.progress()),
+            )
+            .await;
+            drop(bar);
+            let stats = stats?;
+            println!(
+                "restored {} to {} in {:.2} s ({} chunks, {} zero chunks left sparse)",
+                backup,
+                output.display(),
+                t.elapsed().as_secs_f64(),
+                stats.chunks,
+                stats.zero_chunks
+            );
+        }
+        Command::Verify { backup } => {
+            let ekko = Ekko::connect(config, Catalog::Required).await?;
+            let mut bad = 0;
+            let bar = super::ProgressBar::start("verify");
+            let verified =
+                service::local::verify_backup(&ekko, &backup, Some(&bar.progress())).await;
+            drop(bar);
+            for (disk, stats) in verified? {
+                println!(
+                    "disk {disk}: {} chunks checked, {} damaged",
+                    stats.chunks + stats.bad.len() as u64,
+                    stats.bad.len()
+                );
+                for (off, len, why) in &stats.bad {
+                    println!("  bytes {off}+{len}: {why}");
+                }
+                bad += stats.bad.len();
+            }
+            anyhow::ensure!(bad == 0, "backup {backup} is damaged");
+        }
+        Command::Delete { backup } => {
+            let ekko = Ekko::connect(config, Catalog::Required).await?;
+            service::backups::delete_backup(&ekko, &backup).await?;
+            println!("deleted {backup}");
+        }
+        Command::Timeline { instance, width } => {
+            let ekko = Ekko::connect(config, Catalog::Required).await?;
+            let list = service::backups::history(&ekko, &instance, 1000).await?;
+            let rows: Vec<crate::timeline::TimelineRow> = list
+                .iter()
+                .map(|b| crate::timeline::TimelineRow {
+                    created_at: b.created_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    kind: b.kind.clone().unwrap_or_default(),
+                    size: b.logical_bytes.max(0) as u64,
+                    new_bytes: b.new_bytes.max(0) as u64,
+                    stored_bytes: b.stored_bytes.max(0) as u64,
+                })
+                .collect();
+            print!("{}", crate::timeline::render(&rows, width));
+        }
+        Command::Retention { dry_run } => {
+            let ekko = Ekko::connect(config, Catalog::Required).await?;
+            if dry_run {
+                let all = service::policies::list_all(&ekko).await?;
+                for p in all {
+                    println!("policy {} ({})", p.id, p.name);
+                    for i in crate::retention::plan_policy(&ekko, &p.id).await? {
+                        println!("  instance {}", i.instance_id);
+                        for d in i.backups {
+                            println!(
+                                "    {} {} {:<6} {}",
+                                d.id,
+                                d.created_at,
+                                if d.keep { "keep" } else { "remove" },
+                                d.reasons.join("; ")
+                            );
+                        }
+                    }
+                }
+            }
+            let report = crate::retention::run_pass(&ekko, dry_run).await?;
+            if dry_run {
+                println!("dry run: {} backups would expire", report.backups_expired);
+            }
+            println!("{report}");
+        }
+        Command::Hosts => {
+            let ekko = Ekko::connect(config, Catalog::Required).await?;
+            for h in service::hosts::list(&ekko).await? {
+                println!(
+                    "{:<32} {:<10} capacity {:<3} last heartbeat {} UTC",
+                    h.name, h.version, h.capacity, h.heartbeat_at
+                );
+            }
+        }
+    }
+    Ok(())
+}
