@@ -13,6 +13,8 @@
 
 pub mod dedup;
 pub mod disk;
+pub mod file_target;
+pub mod instance;
 pub mod reader;
 pub mod restore;
 pub mod writer;

@@ -1,15 +1,18 @@
 //! Where the changed blocks of an instance's disks come from.
 //!
-//! The seam between extraction and the data format is [`DiskSnapshot`]: a
-//! point-in-time view of one disk that says which ranges changed since the
-//! previous backup (everything, for a full read), which of them read as
-//! zeros, and reads the rest. [`pull`] implements it for QEMU over QMP and
-//! NBD (pull-mode backup with persistent dirty bitmaps); a libvirt driver
-//! for Nova-managed instances (libvirt owns their QMP socket) can implement
-//! it with `virDomainBackupBegin` later.
+//! The seam between extraction and the data format is [`InstanceSnapshot`]:
+//! all disks of one instance at one instant, each a [`DiskSnapshot`] that
+//! says which ranges changed since the previous backup (everything, for a
+//! full read), which of them read as zeros, and reads the rest. Once the
+//! backup is committed the snapshot is committed (the new bitmaps track
+//! writes from its instant on); on any failure it is aborted (the bitmaps
+//! are as before, so no guest write is missed). [`pull`] implements it for
+//! QEMU over QMP and NBD (pull-mode backup with persistent dirty bitmaps);
+//! the hypervisor drivers (`crate::hypervisor`) choose the implementation.
 
 pub mod agent;
 pub mod pull;
+pub mod scratch;
 pub mod throttle;
 
 use async_trait::async_trait;
@@ -30,6 +33,21 @@ pub enum FullReason {
     Resized,
 }
 
+/// One disk to back up, with what the catalog knows about it.
+#[derive(Debug, Clone)]
+pub struct DiskRequest {
+    /// Ekko's name for the disk (e.g. `vda`).
+    pub device: String,
+    /// QEMU's format node of the disk.
+    pub node: String,
+    /// The bitmap that tracks writes since the disk's last committed backup.
+    pub expected_bitmap: Option<String>,
+    /// Virtual size at the last committed backup.
+    pub expected_size: Option<u64>,
+    /// Read everything even if the bitmap could be trusted.
+    pub force_full: bool,
+}
+
 /// A consistent view of one disk at the backup instant.
 #[async_trait]
 pub trait DiskSnapshot: Send + Sync {
@@ -43,11 +61,29 @@ pub trait DiskSnapshot: Send + Sync {
     /// Ranges of the disk that read as zeros (holes, zero clusters): cost
     /// no read and no storage.
     fn zeros(&self) -> &[(u64, u64)];
+    /// The bitmap (or checkpoint) that tracks writes after this instant,
+    /// for the next incremental; `None` when the disk cannot track them
+    /// (its next backup reads it in full).
+    fn new_bitmap(&self) -> Option<&str>;
     /// Read `ranges` (inside the disk) in order, many requests in flight.
     fn read_ranges<'a>(
         &'a self,
         ranges: Vec<(u64, u64)>,
     ) -> BoxStream<'a, Result<(u64, Bytes), ExtractError>>;
+}
+
+/// All disks of one instance at one instant. End it with `commit` once
+/// the backup is committed, or `abort` on any failure.
+#[async_trait]
+pub trait InstanceSnapshot: Send + Sync {
+    /// The disks, in the order they were asked for.
+    fn disks(&self) -> Vec<&dyn DiskSnapshot>;
+    fn consistency(&self) -> crate::status::Consistency;
+    /// Drop what the previous backup needed: the new bitmaps now track
+    /// writes since this snapshot.
+    async fn commit(self: Box<Self>) -> Result<(), ExtractError>;
+    /// Put everything back as before the snapshot.
+    async fn abort(self: Box<Self>) -> Result<(), ExtractError>;
 }
 
 #[derive(Debug, thiserror::Error)]

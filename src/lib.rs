@@ -32,12 +32,13 @@ pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod ekko;
+pub mod execution;
 pub mod extract;
 pub mod failpoint;
 pub mod format;
+pub mod hypervisor;
 pub mod ids;
 pub mod index;
-pub mod inventory;
 
 pub mod daemon;
 pub mod keyring;

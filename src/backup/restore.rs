@@ -1,11 +1,13 @@
 //! Restoring and verifying a backup record: walk its map tree, fetch every
 //! stored chunk (many in flight), check each digest, and write the data
-//! at its position. Zero chunks are never written, so a raw target stays
-//! sparse; a qcow2 target is converted from it with `qemu-img`.
+//! at its position into a [`RestoreTarget`]. Zero chunks are never
+//! written, so a raw target stays sparse.
+//!
+//! The target is a seam: a file on a host today ([`super::file_target`]),
+//! an image or an export next. Adding one means implementing
+//! [`RestoreTarget`]; the walk, the checks and the fetch plan stay here.
 
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -16,21 +18,22 @@ use super::Progress;
 use crate::chunk::ChunkRef;
 use crate::index::{positions, shape};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetFormat {
-    Raw,
-    Qcow2,
-}
+pub use crate::status::ImageFormat as TargetFormat;
 
-impl TargetFormat {
-    /// `raw` or `qcow2`.
-    pub fn parse(s: &str) -> Option<TargetFormat> {
-        match s {
-            "raw" => Some(TargetFormat::Raw),
-            "qcow2" => Some(TargetFormat::Qcow2),
-            _ => None,
-        }
-    }
+/// Where a restored disk goes.
+#[async_trait::async_trait]
+pub trait RestoreTarget: Send + Sync {
+    /// Write restored bytes at `offset` (called from the blocking pool,
+    /// several at once).
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()>;
+    /// These ranges are complete (a file starts writing them back).
+    fn written(&self, _ranges: Vec<(u64, u64)>) {}
+    /// Everything is written: make it durable and final.
+    async fn finish(&self) -> Result<(), EngineError>;
+    /// The restore is abandoned: remove what it wrote.
+    fn discard(&self);
+    /// What errors and logs call it.
+    fn describe(&self) -> String;
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -200,7 +203,7 @@ fn decode_fetch(
     f: &Fetch,
     bytes: &[u8],
     chunk_size: u64,
-    target: Option<&std::fs::File>,
+    target: Option<&dyn RestoreTarget>,
     keys: Option<&crate::crypto::ProjectKeys>,
 ) -> Result<PositionOutcomes, EngineError> {
     let mut out = Vec::new();
@@ -215,12 +218,13 @@ fn decode_fetch(
         match crate::segment::decode_record(f.segment, record, &w.digest, keys) {
             Ok(plain) => {
                 for &pos in &w.positions {
-                    if let Some(file) = target {
-                        file.write_all_at(&plain, pos * chunk_size)
-                            .map_err(|source| EngineError::Target {
-                                path: "restore target".into(),
+                    if let Some(t) = target {
+                        t.write_at(pos * chunk_size, &plain).map_err(|source| {
+                            EngineError::Target {
+                                path: t.describe(),
                                 source,
-                            })?;
+                            }
+                        })?;
                         written.push((pos * chunk_size, plain.len() as u64));
                     }
                     out.push((pos, Ok(plain.len() as u64)));
@@ -229,37 +233,10 @@ fn decode_fetch(
             Err(e) => out.extend(w.positions.iter().map(|&p| (p, Err(e.to_string())))),
         }
     }
-    if let Some(file) = target {
-        start_writeback(file, written);
+    if let Some(t) = target {
+        t.written(written);
     }
     Ok(out)
-}
-
-/// Start writing back what was just written (without waiting), so the
-/// disk works while later ranges are fetched and the final fsync finds
-/// little left to do.
-fn start_writeback(file: &std::fs::File, mut written: Vec<(u64, u64)>) {
-    use std::os::fd::AsRawFd;
-    written.sort_unstable();
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for (off, len) in written {
-        match runs.last_mut() {
-            Some(r) if r.0 + r.1 == off => r.1 += len,
-            _ => runs.push((off, len)),
-        }
-    }
-    for (off, len) in runs {
-        // SAFETY: a plain syscall on an open descriptor; a failure only
-        // means the final fsync does the work.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                off as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
 }
 
 /// Read every chunk of a record; with `target`, write it there. Chunks are
@@ -271,7 +248,7 @@ async fn walk(
     root: ChunkRef,
     disk_size: u64,
     chunk_size: u64,
-    target: Option<Arc<std::fs::File>>,
+    target: Option<Arc<dyn RestoreTarget>>,
     concurrency: usize,
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
@@ -346,7 +323,7 @@ async fn walk(
 /// Write keys (a public-key project's host) open no chunk: refuse before a
 /// restore target is created (not half-way through it), and before a
 /// verify reports every chunk as bad.
-fn refuse_write_keys(reader: &RecordReader) -> Result<(), EngineError> {
+pub fn refuse_write_keys(reader: &RecordReader) -> Result<(), EngineError> {
     if reader.keys().is_some_and(|k| !k.can_open_chunks()) {
         return Err(EngineError::Other(
             "this project's chunks are sealed to its public key: only the restore side \
@@ -377,58 +354,27 @@ pub async fn verify(
     .await
 }
 
-/// Where a restore to `path` in `format` writes before its final file:
-/// qcow2 is converted from a raw image beside it. Whoever abandons a
-/// restore removes this too.
-pub fn scratch_path(path: &Path, format: TargetFormat) -> Option<PathBuf> {
-    match format {
-        TargetFormat::Raw => None,
-        TargetFormat::Qcow2 => Some(path.with_extension("ekko-restore.raw")),
-    }
-}
-
-/// Restore a record to `path`. Fails (naming the byte ranges) when a chunk
-/// is missing or corrupt; the partial file is left for inspection.
+/// Restore a record into `target`, and finish it (durable, converted).
+/// Fails, naming the byte ranges, when a chunk is missing or corrupt; the
+/// target is then left as it is (the caller discards it, or keeps it for
+/// inspection).
 pub async fn restore(
     reader: &RecordReader,
-    root: ChunkRef,
-    disk_size: u64,
-    chunk_size: u64,
-    path: &Path,
-    format: TargetFormat,
+    record: &super::PreviousRecord,
+    target: Arc<dyn RestoreTarget>,
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
     refuse_write_keys(reader)?;
-    let raw_path = scratch_path(path, format).unwrap_or_else(|| path.to_path_buf());
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&raw_path)
-        .map_err(|source| EngineError::Target {
-            path: raw_path.display().to_string(),
-            source,
-        })?;
-    file.set_len(disk_size)
-        .map_err(|source| EngineError::Target {
-            path: raw_path.display().to_string(),
-            source,
-        })?;
-    let file = Arc::new(file);
     let stats = walk(
         reader,
-        root,
-        disk_size,
-        chunk_size,
-        Some(file.clone()),
+        record.root,
+        record.disk_size,
+        record.chunk_size,
+        Some(target.clone()),
         RANGES_IN_FLIGHT,
         progress,
     )
     .await?;
-    file.sync_all().map_err(|source| EngineError::Target {
-        path: raw_path.display().to_string(),
-        source,
-    })?;
     if !stats.bad.is_empty() {
         let ranges: Vec<String> = stats
             .bad
@@ -440,26 +386,6 @@ pub async fn restore(
             ranges.join(", ")
         )));
     }
-    if format == TargetFormat::Qcow2 {
-        // Async and killed on drop: a cancelled restore stops converting.
-        let out = tokio::process::Command::new("qemu-img")
-            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-            .arg(&raw_path)
-            .arg(path)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|source| EngineError::Target {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let _ = std::fs::remove_file(&raw_path);
-        if !out.status.success() {
-            return Err(EngineError::Other(format!(
-                "qemu-img convert: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-    }
+    target.finish().await?;
     Ok(stats)
 }

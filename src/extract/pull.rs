@@ -16,7 +16,7 @@
 //! Node, job and export names are short (QEMU caps node names at 31 bytes)
 //! and carry the `ekko-` prefix so leftovers can be found.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,17 +27,20 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::agent::GuestAgent;
+use super::scratch::{free_space, Watchdog, SCRATCH_MARGIN};
 use super::throttle::RateLimiter;
 use super::{DiskSnapshot, ExtractError, FullReason};
 use crate::nbd::protocol::{ranges_where, STATE_DIRTY, STATE_ZERO};
 use crate::nbd::NbdClient;
 use crate::qmp::commands as cmd;
 use crate::qmp::QmpClient;
+pub use crate::status::Consistency;
 
+mod decide;
+mod recover;
+
+/// Names of every node, job, export and bitmap Ekko makes in QEMU.
 const PREFIX: &str = "ekko-";
-/// Leave this much free on the scratch filesystem, whatever the limit says.
-const SCRATCH_MARGIN: u64 = 64 << 20;
-const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// NBD connections per disk when the export allows several (multi-conn).
 /// Measured with benches/extract.rs on qemu-storage-daemon 10.0: a second
 /// connection read slower (0.47 vs 0.59 of qemu-img in the same run), as
@@ -54,20 +57,7 @@ fn nbd_connections() -> usize {
         .max(1)
 }
 
-/// One disk to back up, with what the catalog knows about it.
-#[derive(Debug, Clone)]
-pub struct DiskRequest {
-    /// Ekko's name for the disk (e.g. `vda`).
-    pub device: String,
-    /// QEMU's format node of the disk.
-    pub node: String,
-    /// The bitmap that tracks writes since the disk's last committed backup.
-    pub expected_bitmap: Option<String>,
-    /// Virtual size at the last committed backup.
-    pub expected_size: Option<u64>,
-    /// Read everything even if the bitmap could be trusted.
-    pub force_full: bool,
-}
+pub use super::DiskRequest;
 
 #[derive(Debug, Clone)]
 pub struct PullOptions {
@@ -85,22 +75,6 @@ pub struct PullOptions {
     pub agent_timeout: Duration,
     /// Use this NBD server socket when QEMU already runs a server.
     pub existing_nbd_socket: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Consistency {
-    Crash,
-    Application,
-}
-
-impl Consistency {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Consistency::Crash => "crash",
-            Consistency::Application => "application",
-        }
-    }
 }
 
 /// One disk of a running pull backup.
@@ -143,6 +117,9 @@ impl DiskSnapshot for PulledDisk {
     fn zeros(&self) -> &[(u64, u64)] {
         &self.zeros
     }
+    fn new_bitmap(&self) -> Option<&str> {
+        Some(&self.new_bitmap)
+    }
     fn read_ranges<'a>(
         &'a self,
         ranges: Vec<(u64, u64)>,
@@ -182,7 +159,7 @@ pub struct PullBackup {
     pub consistency: Consistency,
     server_started: bool,
     nbd_socket: PathBuf,
-    watchdog: Option<tokio::task::JoinHandle<()>>,
+    watchdog: Option<Watchdog>,
 }
 
 fn short_id(id: &str) -> String {
@@ -192,35 +169,29 @@ fn short_id(id: &str) -> String {
         .collect()
 }
 
-/// The free bytes of the filesystem holding `path`.
-pub fn free_space(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-/// Bytes a (sparse) file really occupies.
-fn allocated(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path)
-        .map(|m| m.blocks() * 512)
-        .unwrap_or(0)
-}
-
 impl Drop for PullBackup {
     fn drop(&mut self) {
         // Without commit or abort (a crash of this task) the next backup's
         // recovery cleans QEMU up; only the watchdog must not outlive us.
         if let Some(w) = self.watchdog.take() {
-            w.abort();
+            w.stop();
         }
+    }
+}
+
+#[async_trait]
+impl super::InstanceSnapshot for PullBackup {
+    fn disks(&self) -> Vec<&dyn DiskSnapshot> {
+        self.disks.iter().map(|d| d as &dyn DiskSnapshot).collect()
+    }
+    fn consistency(&self) -> Consistency {
+        self.consistency
+    }
+    async fn commit(self: Box<Self>) -> Result<(), ExtractError> {
+        PullBackup::commit(*self).await
+    }
+    async fn abort(self: Box<Self>) -> Result<(), ExtractError> {
+        PullBackup::abort(*self).await
     }
 }
 
@@ -228,80 +199,7 @@ impl PullBackup {
     /// Remove what a previous, interrupted backup left on this QEMU, and
     /// put its bitmaps back to the state before it started.
     pub async fn recover(qmp: &QmpClient, timeout: Duration) -> Result<(), ExtractError> {
-        for id in cmd::export_ids(qmp)
-            .await?
-            .into_iter()
-            .filter(|i| i.starts_with(PREFIX))
-        {
-            tracing::warn!(export = %id, "removing export left by an interrupted backup");
-            cmd::export_del(qmp, &id, true, timeout).await?;
-        }
-        for (id, _) in cmd::jobs(qmp)
-            .await?
-            .into_iter()
-            .filter(|(i, _)| i.starts_with(PREFIX))
-        {
-            tracing::warn!(job = %id, "cancelling job left by an interrupted backup");
-            cmd::job_cancel(qmp, &id, timeout).await?;
-        }
-        let nodes = cmd::block_nodes(qmp).await?;
-        let fleece: Vec<&str> = nodes
-            .iter()
-            .map(|n| n.node_name.as_str())
-            .filter(|n| n.starts_with("ekko-fl") && !n.ends_with("-file"))
-            .collect();
-        for node in fleece {
-            let file_node = format!("{node}-file");
-            let file = nodes.iter().find(|n| n.node_name == file_node);
-            cmd::blockdev_del(qmp, node).await?;
-            if let Some(file) = file {
-                cmd::blockdev_del(qmp, &file_node).await?;
-                if let Some(path) = file
-                    .filename
-                    .as_deref()
-                    .filter(|p| p.contains("ekko-fleece-"))
-                {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-        }
-        // A bitmap pair (new enabled, old disabled) means the worker died
-        // between the transaction and the end: undo the rotation.
-        for node in cmd::block_nodes(qmp).await? {
-            // Names only: no borrow of `node` may live across the await.
-            let pair = {
-                let ours: Vec<_> = node
-                    .bitmaps
-                    .iter()
-                    .filter(|b| b.name.as_deref().is_some_and(|n| n.starts_with(PREFIX)))
-                    .collect();
-                let enabled: Vec<String> = ours
-                    .iter()
-                    .filter(|b| b.recording && !b.inconsistent)
-                    .filter_map(|b| b.name.clone())
-                    .collect();
-                let disabled: Vec<String> = ours
-                    .iter()
-                    .filter(|b| !b.recording && !b.inconsistent)
-                    .filter_map(|b| b.name.clone())
-                    .collect();
-                (ours.len() == 2 && enabled.len() == 1 && disabled.len() == 1)
-                    .then(|| (enabled[0].clone(), disabled[0].clone()))
-            };
-            if let Some((new, old)) = pair {
-                tracing::warn!(node = %node.node_name, %old, %new, "restoring bitmaps of an interrupted backup");
-                cmd::transaction(
-                    qmp,
-                    vec![
-                        cmd::bitmap_merge(&node.node_name, &old, &[&new]),
-                        cmd::bitmap_enable(&node.node_name, &old),
-                        cmd::bitmap_remove(&node.node_name, &new),
-                    ],
-                )
-                .await?;
-            }
-        }
-        Ok(())
+        recover::recover(qmp, timeout).await
     }
 
     /// Start the backup of `disks` (see the module documentation).
@@ -340,44 +238,10 @@ impl PullBackup {
             let size = node
                 .virtual_size
                 .ok_or_else(|| ExtractError::Other(format!("node {} reports no size", d.node)))?;
-            let ours: Vec<_> = node
-                .bitmaps
-                .iter()
-                .filter(|b| b.name.as_deref().is_some_and(|n| n.starts_with(PREFIX)))
-                .collect();
-            let usable = ours.len() == 1
-                && ours[0].recording
-                && ours[0].persistent
-                && !ours[0].inconsistent
-                && ours[0].name == d.expected_bitmap;
-            let reason = if ours.iter().any(|b| b.inconsistent) {
-                Some(FullReason::BitmapInconsistent)
-            } else if d.expected_bitmap.is_none() || ours.is_empty() {
-                Some(FullReason::NoBitmap)
-            } else if !usable {
-                Some(FullReason::BitmapMismatch)
-            } else if d.expected_size.is_some_and(|s| s != size) {
-                Some(FullReason::Resized)
-            } else if d.force_full {
-                Some(FullReason::Requested)
-            } else {
-                None
-            };
-            // Bitmaps that cannot be trusted are useless: drop them now.
-            let old_bitmap = if usable {
-                d.expected_bitmap.clone()
-            } else {
-                None
-            };
-            for b in &ours {
-                if let Some(name) = b
-                    .name
-                    .as_deref()
-                    .filter(|n| Some(*n) != old_bitmap.as_deref())
-                {
-                    tracing::warn!(node = %d.node, bitmap = name, ?reason, "removing untrusted bitmap");
-                    cmd::bitmap_remove_now(&qmp, &d.node, name).await?;
-                }
+            let decision = decide::decide(d, &node.bitmaps, size);
+            for name in &decision.remove {
+                tracing::warn!(node = %d.node, bitmap = %name, reason = ?decision.reason, "removing untrusted bitmap");
+                cmd::bitmap_remove_now(&qmp, &d.node, name).await?;
             }
             let fleece_node = format!("ekko-fl{i}-{tag}");
             planned.push(PulledDisk {
@@ -385,8 +249,8 @@ impl PullBackup {
                 node: d.node.clone(),
                 size,
                 new_bitmap: new_bitmap.clone(),
-                old_bitmap,
-                full_reason: reason,
+                old_bitmap: decision.base,
+                full_reason: decision.reason,
                 changed: Vec::new(),
                 zeros: Vec::new(),
                 nbd: Vec::new(),
@@ -575,7 +439,7 @@ impl PullBackup {
     /// Cancel the fleecing jobs before the overlays outgrow the scratch
     /// limit or the filesystem: a copy-before-write that fails would fail
     /// the guest's write; a cancelled backup fails only the backup.
-    fn spawn_watchdog(&self) -> tokio::task::JoinHandle<()> {
+    fn spawn_watchdog(&self) -> Watchdog {
         let qmp = self.qmp.clone();
         let files: Vec<PathBuf> = self.disks.iter().map(|d| d.fleece_path.clone()).collect();
         let jobs: Vec<String> = self.disks.iter().map(|d| d.job_id.clone()).collect();
@@ -584,36 +448,20 @@ impl PullBackup {
             .iter()
             .map(|d| d.scratch_exceeded.clone())
             .collect();
-        let (dir, limit, timeout) = (
+        let timeout = self.opts.qmp_timeout;
+        Watchdog::spawn(
+            files,
             self.opts.scratch_dir.clone(),
             self.opts.scratch_limit,
-            self.opts.qmp_timeout,
-        );
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(WATCH_INTERVAL).await;
-                let used: u64 = files.iter().map(|f| allocated(f)).sum();
-                let free = free_space(&dir).unwrap_or(0);
-                let over_limit = limit > 0 && used > limit;
-                if over_limit || free < SCRATCH_MARGIN {
-                    tracing::error!(
-                        used,
-                        free,
-                        limit,
-                        "scratch space exhausted: cancelling the backup"
-                    );
-                    for f in &flags {
-                        f.store(true, Ordering::Relaxed);
+            flags,
+            async move {
+                for j in &jobs {
+                    if let Err(e) = cmd::job_cancel(&qmp, j, timeout).await {
+                        tracing::warn!(job = %j, error = %e, "cancel");
                     }
-                    for j in &jobs {
-                        if let Err(e) = cmd::job_cancel(&qmp, j, timeout).await {
-                            tracing::warn!(job = %j, error = %e, "cancel");
-                        }
-                    }
-                    return;
                 }
-            }
-        })
+            },
+        )
     }
 
     /// The NBD URI of disk `i`'s point-in-time export (for tools such as
@@ -631,7 +479,7 @@ impl PullBackup {
 
     async fn teardown(&mut self, hard: bool) -> Result<(), ExtractError> {
         if let Some(w) = self.watchdog.take() {
-            w.abort();
+            w.stop();
         }
         let qmp = self.qmp.clone();
         let timeout = self.opts.qmp_timeout;

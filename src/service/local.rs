@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use super::backups::{NewBackup, PlanOptions};
 use crate::backup::disk::DiskBackupResult;
-use crate::backup::restore::{restore, verify, RestoreStats, TargetFormat};
+use crate::backup::file_target::restore_to_file;
+use crate::backup::restore::{verify, RestoreStats, TargetFormat};
 use crate::backup::Progress;
 use crate::db::backups::{self, Backup, BackupStatus};
 use crate::db::instances::{self, DiskReport};
-use crate::qmp::QmpClient;
+use crate::hypervisor::qmp::{QmpHypervisor, QmpInstance};
+use crate::hypervisor::{Hypervisor, LocalInstance};
 use crate::wire::JobStarted;
 use crate::Ekko;
 
@@ -82,11 +84,25 @@ impl BackupOutcome {
 /// process: the same plan, execution and commit as a job sent to a host.
 pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result<BackupOutcome> {
     let db = ekko.db()?.clone();
-    let qmp = Arc::new(QmpClient::connect(&req.qmp_socket, Duration::from_secs(30)).await?);
-    let reports: Vec<DiskReport> = crate::inventory::qcow2_disks(&qmp)
+    let instance = LocalInstance {
+        id: req.instance_id.clone(),
+        project_id: req.project_id.clone(),
+        name: req.instance_id.clone(),
+    };
+    let hypervisor = QmpHypervisor::single(QmpInstance {
+        instance: instance.clone(),
+        qmp_socket: req.qmp_socket.clone(),
+        agent_socket: req.agent_socket.clone(),
+    });
+    let reports: Vec<DiskReport> = hypervisor
+        .disks(&instance)
         .await?
         .iter()
-        .map(crate::service::convert::disk_report)
+        .map(|d| DiskReport {
+            device: d.device.clone(),
+            node_name: d.node_name.clone(),
+            virtual_size: i64::try_from(d.virtual_size).unwrap_or(i64::MAX),
+        })
         .collect();
     anyhow::ensure!(
         !reports.is_empty(),
@@ -117,9 +133,9 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
     let (interrupted, (backup, job, message)) = db
         .run(move |c| {
             instances::upsert(c, &id, &project, &h2, &id, &reports)?;
-            // QEMU serves one QMP client at a time and we hold it: a backup
-            // of this instance still `running` belongs to a process that
-            // died. Its bitmaps are rolled back by `PullBackup::recover`.
+            // QEMU serves one QMP client at a time and this process is about
+            // to hold it: a backup of this instance still `running` belongs
+            // to a process that died (its snapshot is recovered below).
             let interrupted =
                 backups::interrupt_running(c, &id, "interrupted: the process running it stopped")?;
             let planned = super::backups::plan(c, &plan, &new, &keys)?;
@@ -142,11 +158,11 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
         let jid = job.id.clone();
         db.run(move |c| super::jobs::fail_job(c, &jid, &why))
     };
-    let executed = match crate::worker::execute(
+    let executed = match crate::execution::back_up(
         ekko,
-        qmp,
+        &hypervisor,
+        &instance,
         &message,
-        req.agent_socket.clone(),
         &backup.id,
         req.progress.clone(),
     )
@@ -166,12 +182,17 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
     {
         Ok(b) => {
             // Only now may the old bitmaps go.
-            if let Err(e) = executed.pull.commit().await {
+            if let Err(e) = executed.snapshot.commit().await {
                 tracing::error!(error = %e, "backup committed, but the bitmap rotation did not finish; the next backup re-reads the disk");
             }
             Ok(BackupOutcome {
                 backup: b,
-                disks: executed.results,
+                disks: executed
+                    .outcome
+                    .disks
+                    .into_iter()
+                    .map(|d| (d.device, d.result))
+                    .collect(),
             })
         }
         Err(e) => {
@@ -187,7 +208,7 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
                 ekko.remove_manifest(&backup.project_id, &backup.id).await;
                 let _ = fail(format!("{e}")).await;
             }
-            if let Err(abort) = executed.pull.abort().await {
+            if let Err(abort) = executed.snapshot.abort().await {
                 tracing::error!(error = %abort, "rolling back the bitmaps failed; the next backup re-reads the disk");
             }
             Err(e.into())
@@ -211,17 +232,8 @@ pub async fn restore_backup(
         backup.status
     );
     let reader = ekko.project_reader(&backup.project_id).await?;
-    let root = record(&rec)?.root;
-    Ok(restore(
-        &reader,
-        root,
-        rec.virtual_size as u64,
-        rec.chunk_size as u64,
-        path,
-        format,
-        progress,
-    )
-    .await?)
+    let record = record(&rec)?;
+    Ok(restore_to_file(&reader, &record, path, format, progress).await?)
 }
 
 /// Re-read every chunk of every disk of a backup and check its digest.

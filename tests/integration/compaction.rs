@@ -179,11 +179,13 @@ async fn compaction_moves_live_records_and_scrub_finds_and_repairs_damage() {
         segment: b_rec.root_segment as u64,
     };
     let out = x.dir.path().join("stale.raw");
-    ekko::backup::restore::restore(
+    ekko::backup::file_target::restore_to_file(
         &stale,
-        root,
-        b_rec.virtual_size as u64,
-        b_rec.chunk_size as u64,
+        &ekko::backup::PreviousRecord {
+            root,
+            disk_size: b_rec.virtual_size as u64,
+            chunk_size: b_rec.chunk_size as u64,
+        },
         &out,
         TargetFormat::Raw,
         None,

@@ -386,11 +386,13 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
     let r = ekko::service::convert::previous_record(&rec[0]).unwrap();
     let reader = RecordReader::new(host.store.clone(), &x.container).with_keys(Some(write));
     let target = x.dir.path().join("host-restore.raw");
-    let err = ekko::backup::restore::restore(
+    let err = ekko::backup::file_target::restore_to_file(
         &reader,
-        r.root,
-        r.disk_size,
-        r.chunk_size,
+        &ekko::backup::PreviousRecord {
+            root: r.root,
+            disk_size: r.disk_size,
+            chunk_size: r.chunk_size,
+        },
         &target,
         TargetFormat::Raw,
         None,

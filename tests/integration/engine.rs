@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ekko::backup::disk::{back_up_disk, DiskBackupOptions, DiskBackupResult, PreviousRecord};
 use ekko::backup::reader::RecordReader;
-use ekko::backup::restore::{restore, verify, TargetFormat};
+use ekko::backup::restore::{verify, TargetFormat};
 use ekko::backup::segment_object;
 use ekko::extract::pull::PullBackup;
 use ekko::extract::DiskSnapshot;
@@ -120,11 +120,13 @@ async fn records_restore_bit_exact_and_damage_is_named() {
     for i in [2usize, 0, 1] {
         let (rec, reference) = &records[i];
         let out = dir.path().join(format!("restored{i}.raw"));
-        let stats = restore(
+        let stats = ekko::backup::file_target::restore_to_file(
             &reader,
-            rec.root,
-            DISK,
-            256 << 10,
+            &ekko::backup::PreviousRecord {
+                root: rec.root,
+                disk_size: DISK,
+                chunk_size: 256 << 10,
+            },
             &out,
             TargetFormat::Raw,
             None,
@@ -139,11 +141,13 @@ async fn records_restore_bit_exact_and_damage_is_named() {
         assert!(v.bad.is_empty());
     }
     let q2 = dir.path().join("restored.qcow2");
-    restore(
+    ekko::backup::file_target::restore_to_file(
         &reader,
-        records[2].0.root,
-        DISK,
-        256 << 10,
+        &ekko::backup::PreviousRecord {
+            root: records[2].0.root,
+            disk_size: DISK,
+            chunk_size: 256 << 10,
+        },
         &q2,
         TargetFormat::Qcow2,
         None,
@@ -183,11 +187,13 @@ async fn records_restore_bit_exact_and_damage_is_named() {
         "verify finds the damage: {v:?} segments {:?} damaged {seg:016x}",
         records[0].0.segments
     );
-    let err = restore(
+    let err = ekko::backup::file_target::restore_to_file(
         &fresh,
-        records[0].0.root,
-        DISK,
-        256 << 10,
+        &ekko::backup::PreviousRecord {
+            root: records[0].0.root,
+            disk_size: DISK,
+            chunk_size: 256 << 10,
+        },
         &dir.path().join("bad.raw"),
         TargetFormat::Raw,
         None,
