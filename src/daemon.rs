@@ -21,7 +21,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error(transparent)]
-    Db(#[from] crate::db::DbError),
+    Worker(#[from] crate::worker::WorkerError),
     #[error(transparent)]
     Service(#[from] ServiceError),
     #[error("configuration: {0}")]
@@ -95,7 +95,7 @@ pub async fn run_api(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// ekko-backup: see [`crate::worker`].
 pub async fn run_backup(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    crate::worker::run(ekko, shutdown).await
+    Ok(crate::worker::run(ekko, shutdown).await?)
 }
 
 /// ekko-retention: a retention pass (rules, then garbage collection) every

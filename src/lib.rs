@@ -5,22 +5,58 @@
 //! blocks written since the last backup (QEMU dirty bitmaps over QMP/NBD),
 //! cuts them into chunks, hashes (SHA-256), compresses (zstd) and packs them
 //! into segment objects. ekko-retention expires backups and reclaims space.
-//! `docs/design.md` describes the data model and its invariants.
+//! `docs/design.md` describes the data model, its invariants and one
+//! backup's path through these modules.
 //!
-//! Module map: a module imports only from the layers above it in this table.
+//! # Module map
 //!
-//! | layer | module | owns |
-//! |---|---|---|
-//! | L0 | [`config`] | oslo-style INI → one typed struct per section; the sample file |
-//! | L0 | [`telemetry`] | tracing subscriber set-up |
-//! | L2 | [`db`] | diesel schema, migrations, one file per table family; the only SQL |
-//! | L2 | [`store`] | `ObjectStore` trait; local directory (Swift later) |
-//! | L2 | [`queue`] | `MessageQueue` trait; RabbitMQ (lapin) and in-process; versioned messages |
-//! | L3 | [`ekko`] | `Ekko`, the composition root holding config, db, store and queue |
-//! | L4 | [`auth`], [`policy`] | Keystone token validation (noauth for the embedded default); oslo.policy rules |
-//! | L5 | [`api`] | ekko-api: actix-web handlers over the catalog and the queue |
+//! A module imports only modules of lower layers, and of its own layer only
+//! those its last column names. `tests/layers.rs` reads this table and every
+//! file's `crate::` paths and fails on any other import (and on a module
+//! missing from the table).
 //!
-//! The binaries in `src/bin` only wire configuration to this library.
+//! | layer | module | owns | same-layer imports |
+//! |---|---|---|---|
+//! | L0 | [`format`] | every magic number and format version | |
+//! | L0 | [`failpoint`] | crash points for tests (`EKKO_FAILPOINT`) | |
+//! | L0 | [`ids`] | id newtypes, checked where they enter | |
+//! | L0 | [`status`] | every status and kind as an enum | |
+//! | L0 | [`config`] | oslo-style INI → one typed struct per section; URLs; the sample | |
+//! | L0 | [`telemetry`] | tracing subscriber set-up | `config` |
+//! | L0 | [`schedule`] | cron schedules and time zones | |
+//! | L0 | [`timeline`] | an instance's backups as a terminal chart | |
+//! | L0 | [`tls`] | the TLS provider every client uses | |
+//! | L1 | [`chunk`] | chunk digests, zero detection, zstd | |
+//! | L1 | [`crypto`] | master and project keys, sealed records | `chunk` |
+//! | L1 | [`index`] | a disk's map tree: pages and their shape | `chunk` |
+//! | L1 | [`segment`] | segment objects: records, trailer, footer | `chunk`, `crypto` |
+//! | L1 | [`manifest`] | a backup's manifest in the store | `chunk`, `crypto` |
+//! | L2 | [`keystone`] | Ekko's own Keystone session | |
+//! | L2 | [`db`] | the catalog: diesel schema, one file per table family; the only SQL | |
+//! | L2 | [`queue`] | the `MessageQueue` seam: RabbitMQ (lapin), in-process; envelopes | |
+//! | L2 | [`store`] | the `ObjectStore` seam: local directory, Swift | `keystone` |
+//! | L2 | [`qmp`] | QEMU's monitor protocol | |
+//! | L2 | [`nbd`] | NBD protocol and client | |
+//! | L2 | [`auth`] | who calls: Keystone tokens, noauth | `keystone` |
+//! | L2 | [`policy`] | oslo.policy rules; a caller checked against them | `auth` |
+//! | L3 | [`wire`] | the bus: kinds, routing keys, queue names, versioned messages | |
+//! | L3 | [`extract`] | the snapshot seam; pull-mode backup over QMP/NBD | |
+//! | L3 | [`hypervisor`] | the hypervisor seam: instances, disks, snapshots (QMP) | `extract` |
+//! | L3 | [`backup`] | the engine: disks to records, records back (restore seam) | `extract` |
+//! | L3 | [`keyring`] | this process's keys and the projects' keys | |
+//! | L4 | [`ekko`] | `Ekko`, the composition root: config, catalog, store, bus, keys | |
+//! | L5 | [`execution`] | the host side of a job: wire job → engine → wire report | |
+//! | L5 | [`retention`] | expiry, garbage collection, compaction, scrub | |
+//! | L5 | [`rebuild`] | a lost catalog rebuilt from the store | |
+//! | L5 | [`service`] | the use cases the API, the CLI and the daemons call | `execution`, `retention` |
+//! | L6 | [`api`] | ekko-api: thin actix-web handlers over [`service`] | |
+//! | L6 | [`worker`] | ekko-backup: consume, admit, run, report, journal | |
+//! | L6 | [`daemon`] | the long-running roles (api + conductor, backup, retention) | `api`, `worker` |
+//! | L6 | [`standalone`] | every role in one process (`ekko all-in-one`, `init`) | `daemon` |
+//! | L6 | [`demo`] | the main job on this machine (`ekko demo`) | |
+//! | L6 | [`cli`] | the `ekko` and `ekko-manage` commands | `demo`, `standalone` |
+//!
+//! The binaries in `src/bin` only call [`daemon`] or [`cli`].
 
 pub mod api;
 pub mod auth;
@@ -29,6 +65,7 @@ pub mod chunk;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod daemon;
 pub mod db;
 pub mod demo;
 pub mod ekko;
@@ -39,8 +76,6 @@ pub mod format;
 pub mod hypervisor;
 pub mod ids;
 pub mod index;
-
-pub mod daemon;
 pub mod keyring;
 pub mod keystone;
 pub mod manifest;

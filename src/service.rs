@@ -201,3 +201,31 @@ pub(crate) fn marker_error(e: DbError) -> ServiceError {
         other => ServiceError::from(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_without_a_host_key_is_unavailable_and_its_path_stays_in_the_log() {
+        let e = ServiceError::from(KeyringError::NoKeyForHost {
+            host: "compute-9".into(),
+            path: "/etc/ekko/host-keys/compute-9.key".into(),
+            reason: "No such file or directory".into(),
+        });
+        assert!(
+            matches!(&e, ServiceError::Unavailable(why) if !why.contains("/etc/ekko")),
+            "{e:?}"
+        );
+        let other = ServiceError::from(KeyringError::NoMasterKeyFile);
+        assert!(matches!(other, ServiceError::Internal(_)), "{other:?}");
+    }
+
+    #[test]
+    fn things_named_in_a_body_are_bad_requests() {
+        let e = ServiceError::not_found("instance", "i-1").named_in_body("instance", "i-1");
+        assert!(matches!(&e, ServiceError::Invalid(w) if w == "instance i-1 does not exist"));
+        let e = ServiceError::Conflict("busy".into()).named_in_body("instance", "i-1");
+        assert!(matches!(e, ServiceError::Conflict(_)));
+    }
+}

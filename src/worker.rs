@@ -34,7 +34,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::backup::restore::TargetFormat;
-use crate::daemon::DaemonError;
 use crate::hypervisor::Hypervisor;
 use crate::queue::{Delivery, MessageQueue, QueueError};
 use crate::wire::{
@@ -42,6 +41,15 @@ use crate::wire::{
 };
 use crate::Ekko;
 use journal::Journal;
+
+/// Why the worker cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("configuration: {0}")]
+    Config(String),
+}
 
 /// Attempts of one job on one host before it fails instead of running again.
 const MAX_ATTEMPTS: u32 = 3;
@@ -151,7 +159,7 @@ impl Worker {
 pub async fn run(
     ekko: Ekko,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), DaemonError> {
+) -> Result<(), WorkerError> {
     let host = ekko.config.default.host.clone();
     let topology = ekko.topology();
     topology.declare_status(ekko.queue.as_ref()).await?;
@@ -159,9 +167,9 @@ pub async fn run(
     let queue = topology.host_queue(&host);
     let capacity = ekko.config.backup.max_concurrent_backups.clamp(1, 64);
     let hypervisor = crate::hypervisor::from_config(&ekko.config)
-        .map_err(|e| DaemonError::Config(format!("{e:#}")))?;
+        .map_err(|e| WorkerError::Config(format!("{e:#}")))?;
     let journal = Journal::open(PathBuf::from(&ekko.config.default.state_path).join("jobs"))
-        .map_err(|e| DaemonError::Config(format!("job journal: {e}")))?;
+        .map_err(|e| WorkerError::Config(format!("job journal: {e}")))?;
     let worker = Arc::new(Worker {
         host: host.clone(),
         hypervisor,

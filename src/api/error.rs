@@ -171,19 +171,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_host_without_a_host_key_is_unavailable_and_its_path_stays_in_the_log() {
-        let e = ApiError::from(ServiceError::from(
-            crate::keyring::KeyringError::NoKeyForHost {
-                host: "compute-9".into(),
-                path: "/etc/ekko/host-keys/compute-9.key".into(),
-                reason: "No such file or directory".into(),
-            },
-        ));
+    fn unavailable_services_are_503_and_defects_500() {
+        let e = ApiError::from(ServiceError::Unavailable("no host key".into()));
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(!e.detail.contains("/etc/ekko"), "{}", e.detail);
-        let other = ApiError::from(ServiceError::from(
-            crate::keyring::KeyringError::NoMasterKeyFile,
-        ));
-        assert_eq!(other.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let e = ApiError::from(ServiceError::Internal(anyhow::anyhow!("/etc/ekko/secret")));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.detail.contains("/etc/ekko"), "details stay in the log");
+        let e = ApiError::from(ServiceError::not_found("backup", "b-1"));
+        assert_eq!(
+            (e.status, e.detail.as_str()),
+            (StatusCode::NOT_FOUND, "backup b-1 could not be found")
+        );
     }
 }
