@@ -293,7 +293,7 @@ async fn commit_project(
                     b.id = m.backup_id.clone();
                     b.description = m.description.clone();
                     b.created_at = m.created_at;
-                    b.status = BackupStatus::Running.as_str().into();
+                    b.status = BackupStatus::Running;
                     backups::insert(c, &b)?;
                     let mut new_known = known;
                     let mut commits = Vec::new();

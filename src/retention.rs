@@ -227,7 +227,7 @@ pub async fn run_pass(ekko: &Ekko, dry_run: bool) -> anyhow::Result<PassReport> 
     }
     let totals = ekko.db()?.run(segments::totals).await?;
     for (status, n, bytes) in totals {
-        if status == "live" {
+        if status == crate::status::SegmentStatus::Live {
             report.live_segments = n;
             report.live_bytes = bytes;
         }
@@ -358,17 +358,8 @@ pub async fn sweep_orphans(ekko: &Ekko, grace: Duration) -> anyhow::Result<(usiz
         let p = project.clone();
         let (known_segments, live_backups): (HashSet<i64>, HashSet<String>) = db
             .run(move |c| {
-                use crate::db::schema::{backups as b, segments as s};
-                use diesel::prelude::*;
-                let segs: Vec<i64> = s::table
-                    .filter(s::project_id.eq(&p))
-                    .select(s::id)
-                    .load(c)?;
-                let ids: Vec<String> = b::table
-                    .filter(b::project_id.eq(&p))
-                    .filter(b::status.eq_any(["queued", "running", "available"]))
-                    .select(b::id)
-                    .load(c)?;
+                let segs = segments::ids_of_project(c, &p)?;
+                let ids = backups::ids_that_may_count(c, &p)?;
                 Ok((segs.into_iter().collect(), ids.into_iter().collect()))
             })
             .await?;

@@ -53,7 +53,7 @@ pub fn view<'a>(b: &'a Backup, base: &str) -> BackupView<'a> {
         id: &b.id,
         name: &b.name,
         description: &b.description,
-        status: &b.status,
+        status: b.status.as_str(),
         instance_id: &b.instance_id,
         project_id: &b.project_id,
         user_id: &b.user_id,

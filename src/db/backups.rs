@@ -15,55 +15,7 @@ use diesel::prelude::*;
 use super::schema::{backup_disks, backups};
 use super::{now, DbConnection, DbError, DbResult, OptionalRow};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackupStatus {
-    Queued,
-    Running,
-    Available,
-    Error,
-    Deleting,
-    Deleted,
-}
-
-impl BackupStatus {
-    pub const ALL: [BackupStatus; 6] = [
-        BackupStatus::Queued,
-        BackupStatus::Running,
-        BackupStatus::Available,
-        BackupStatus::Error,
-        BackupStatus::Deleting,
-        BackupStatus::Deleted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackupStatus::Queued => "queued",
-            BackupStatus::Running => "running",
-            BackupStatus::Available => "available",
-            BackupStatus::Error => "error",
-            BackupStatus::Deleting => "deleting",
-            BackupStatus::Deleted => "deleted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<BackupStatus> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
-    /// The states a backup may be in to move to `self`.
-    pub fn allowed_from(self) -> &'static [BackupStatus] {
-        use BackupStatus::*;
-        match self {
-            Queued => &[Error],
-            Running => &[Queued],
-            Available => &[Running],
-            Error => &[Queued, Running],
-            Deleting => &[Queued, Running, Available, Error],
-            Deleted => &[Deleting],
-        }
-    }
-}
+pub use crate::status::BackupStatus;
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = backups)]
@@ -75,7 +27,7 @@ pub struct Backup {
     pub policy_id: Option<String>,
     pub name: String,
     pub description: String,
-    pub status: String,
+    pub status: BackupStatus,
     pub mode: String,
     pub kind: Option<String>,
     pub consistency: Option<String>,
@@ -112,7 +64,7 @@ impl Backup {
             policy_id: None,
             name: name.into(),
             description: String::new(),
-            status: BackupStatus::Queued.as_str().into(),
+            status: BackupStatus::Queued,
             mode: mode.into(),
             kind: None,
             consistency: None,
@@ -130,10 +82,6 @@ impl Backup {
             completed_at: None,
             deleted_at: None,
         }
-    }
-
-    pub fn status(&self) -> Option<BackupStatus> {
-        BackupStatus::parse(&self.status)
     }
 }
 
@@ -205,14 +153,14 @@ pub fn transition(
     let updated = match to {
         BackupStatus::Running => diesel::update(target)
             .set((
-                backups::status.eq(to.as_str()),
+                backups::status.eq(to),
                 backups::started_at.eq(at),
                 backups::updated_at.eq(at),
             ))
             .execute(conn)?,
         BackupStatus::Available | BackupStatus::Error => diesel::update(target)
             .set((
-                backups::status.eq(to.as_str()),
+                backups::status.eq(to),
                 backups::error.eq(error),
                 backups::completed_at.eq(at),
                 backups::updated_at.eq(at),
@@ -221,7 +169,7 @@ pub fn transition(
         BackupStatus::Deleted => {
             let n = diesel::update(target)
                 .set((
-                    backups::status.eq(to.as_str()),
+                    backups::status.eq(to),
                     backups::deleted_at.eq(at),
                     backups::updated_at.eq(at),
                 ))
@@ -232,7 +180,7 @@ pub fn transition(
             n
         }
         BackupStatus::Queued | BackupStatus::Deleting => diesel::update(target)
-            .set((backups::status.eq(to.as_str()), backups::updated_at.eq(at)))
+            .set((backups::status.eq(to), backups::updated_at.eq(at)))
             .execute(conn)?,
     };
     let current = get(conn, id)?;
@@ -259,13 +207,10 @@ fn delete_if_allowed_in(conn: &mut DbConnection, id: &str) -> DbResult<Backup> {
         backups::table
             .find(id)
             .filter(backups::protected.eq(false))
-            .filter(backups::status.eq_any([
-                BackupStatus::Available.as_str(),
-                BackupStatus::Error.as_str(),
-            ])),
+            .filter(backups::status.eq_any([BackupStatus::Available, BackupStatus::Error])),
     )
     .set((
-        backups::status.eq(BackupStatus::Deleted.as_str()),
+        backups::status.eq(BackupStatus::Deleted),
         backups::deleted_at.eq(at),
         backups::updated_at.eq(at),
     ))
@@ -304,7 +249,7 @@ pub fn interrupt_running(
     conn.transaction(|conn| {
         let ids: Vec<String> = backups::table
             .filter(backups::instance_id.eq(instance_id))
-            .filter(backups::status.eq(BackupStatus::Running.as_str()))
+            .filter(backups::status.eq(BackupStatus::Running))
             .select(backups::id)
             .load(conn)?;
         for id in &ids {
@@ -315,10 +260,13 @@ pub fn interrupt_running(
             diesel::update(
                 jobs::table
                     .filter(jobs::backup_id.eq(id))
-                    .filter(jobs::status.eq_any(["queued", "running"])),
+                    .filter(jobs::status.eq_any([
+                        crate::status::JobStatus::Queued,
+                        crate::status::JobStatus::Running,
+                    ])),
             )
             .set((
-                jobs::status.eq("failed"),
+                jobs::status.eq(crate::status::JobStatus::Failed),
                 jobs::error.eq(why),
                 jobs::updated_at.eq(now()),
             ))
@@ -357,8 +305,8 @@ pub fn list(
         q = q.filter(backups::instance_id.eq(i.clone()));
     }
     match filter.status {
-        Some(s) => q = q.filter(backups::status.eq(s.as_str())),
-        None if !filter.include_deleted => q = q.filter(backups::status.ne("deleted")),
+        Some(s) => q = q.filter(backups::status.eq(s)),
+        None if !filter.include_deleted => q = q.filter(backups::status.ne(BackupStatus::Deleted)),
         None => {}
     }
     if let Some(n) = &filter.name {
@@ -380,10 +328,7 @@ pub fn list(
 pub fn active_for_instance(conn: &mut DbConnection, instance_id: &str) -> DbResult<Option<Backup>> {
     Ok(backups::table
         .filter(backups::instance_id.eq(instance_id))
-        .filter(backups::status.eq_any([
-            BackupStatus::Queued.as_str(),
-            BackupStatus::Running.as_str(),
-        ]))
+        .filter(backups::status.eq_any([BackupStatus::Queued, BackupStatus::Running]))
         .select(Backup::as_select())
         .first(conn)
         .optional()?)
@@ -394,7 +339,7 @@ pub fn set_progress(conn: &mut DbConnection, id: &str, percent: i32) -> DbResult
     diesel::update(
         backups::table
             .find(id)
-            .filter(backups::status.eq(BackupStatus::Running.as_str())),
+            .filter(backups::status.eq(BackupStatus::Running)),
     )
     .set((
         backups::progress.eq(percent.clamp(0, 99)),
@@ -408,7 +353,7 @@ pub fn set_progress(conn: &mut DbConnection, id: &str, percent: i32) -> DbResult
 pub fn last_available(conn: &mut DbConnection, instance_id: &str) -> DbResult<Option<Backup>> {
     Ok(backups::table
         .filter(backups::instance_id.eq(instance_id))
-        .filter(backups::status.eq(BackupStatus::Available.as_str()))
+        .filter(backups::status.eq(BackupStatus::Available))
         .order((backups::created_at.desc(), backups::id.desc()))
         .select(Backup::as_select())
         .first(conn)
@@ -523,7 +468,7 @@ pub fn commit(
                 .inner_join(backups::table)
                 .filter(backup_disks::disk_id.eq(&dc.disk_id))
                 .filter(backup_disks::seq.eq(head))
-                .filter(backups::status.eq(BackupStatus::Deleted.as_str()))
+                .filter(backups::status.eq(BackupStatus::Deleted))
                 .select(backups::id)
                 .first(conn)
                 .optional()?;
@@ -578,9 +523,9 @@ pub fn commit(
                 .execute(conn)?;
         }
         let sum = |f: fn(&DiskCommit) -> i64| disks.iter().map(f).sum::<i64>();
-        let updated = diesel::update(backups::table.find(backup_id).filter(backups::status.eq(BackupStatus::Running.as_str())))
+        let updated = diesel::update(backups::table.find(backup_id).filter(backups::status.eq(BackupStatus::Running)))
             .set((
-                backups::status.eq(BackupStatus::Available.as_str()),
+                backups::status.eq(BackupStatus::Available),
                 backups::kind.eq(kind),
                 backups::consistency.eq(consistency),
                 backups::progress.eq(100),
@@ -638,4 +583,18 @@ pub fn head_record(conn: &mut DbConnection, disk_id: &str) -> DbResult<Option<Ba
         .select(BackupDisk::as_select())
         .first(conn)
         .optional()?)
+}
+
+/// The ids of a project's backups that are, or may still become,
+/// available (their manifests are not orphans).
+pub fn ids_that_may_count(conn: &mut DbConnection, project_id: &str) -> DbResult<Vec<String>> {
+    Ok(backups::table
+        .filter(backups::project_id.eq(project_id))
+        .filter(backups::status.eq_any([
+            BackupStatus::Queued,
+            BackupStatus::Running,
+            BackupStatus::Available,
+        ]))
+        .select(backups::id)
+        .load(conn)?)
 }

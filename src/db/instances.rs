@@ -5,6 +5,7 @@ use diesel::prelude::*;
 
 use super::schema::{disks, instances};
 use super::{now, DbConnection, DbResult, OptionalRow};
+pub use crate::status::InstanceStatus;
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = instances)]
@@ -13,7 +14,7 @@ pub struct Instance {
     pub project_id: String,
     pub host: String,
     pub name: String,
-    pub status: String,
+    pub status: InstanceStatus,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
 }
@@ -70,7 +71,7 @@ pub fn upsert(
                     .set((
                         instances::host.eq(host),
                         instances::name.eq(name),
-                        instances::status.eq("active"),
+                        instances::status.eq(InstanceStatus::Active),
                         instances::updated_at.eq(at),
                     ))
                     .execute(conn)?;
@@ -82,7 +83,7 @@ pub fn upsert(
                         project_id: project_id.to_string(),
                         host: host.to_string(),
                         name: name.to_string(),
-                        status: "active".to_string(),
+                        status: InstanceStatus::Active,
                         created_at: at,
                         updated_at: at,
                     })

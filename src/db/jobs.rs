@@ -6,17 +6,21 @@ use diesel::prelude::*;
 
 use super::schema::jobs;
 use super::{now, DbConnection, DbError, DbResult, OptionalRow};
+pub use crate::status::{JobKind, JobStatus};
+
+/// Jobs a host may still run or report on.
+const ACTIVE: [JobStatus; 2] = [JobStatus::Queued, JobStatus::Running];
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = jobs)]
 pub struct Job {
     pub id: String,
-    pub kind: String,
+    pub kind: JobKind,
     pub project_id: String,
     pub backup_id: Option<String>,
     pub restore_id: Option<String>,
     pub host: Option<String>,
-    pub status: String,
+    pub status: JobStatus,
     pub attempts: i32,
     pub max_attempts: i32,
     pub payload: String,
@@ -30,16 +34,16 @@ pub struct Job {
 
 impl Job {
     /// A new queued job of `kind` for `project_id` (three attempts).
-    pub fn queued(kind: &str, project_id: &str) -> Job {
+    pub fn queued(kind: JobKind, project_id: &str) -> Job {
         let at = now();
         Job {
             id: uuid::Uuid::new_v4().to_string(),
-            kind: kind.to_string(),
+            kind,
             project_id: project_id.to_string(),
             backup_id: None,
             restore_id: None,
             host: None,
-            status: "queued".into(),
+            status: JobStatus::Queued,
             attempts: 0,
             max_attempts: 3,
             payload: "{}".into(),
@@ -71,20 +75,16 @@ pub fn get(conn: &mut DbConnection, id: &str) -> DbResult<Job> {
 /// acknowledged and dropped instead of running twice.
 pub fn start(conn: &mut DbConnection, id: &str, host: &str) -> DbResult<Job> {
     let at = now();
-    let updated = diesel::update(
-        jobs::table
-            .find(id)
-            .filter(jobs::status.eq_any(["queued", "running"])),
-    )
-    .set((
-        jobs::status.eq("running"),
-        jobs::host.eq(host),
-        jobs::attempts.eq(jobs::attempts + 1),
-        jobs::started_at.eq(at),
-        jobs::heartbeat_at.eq(at),
-        jobs::updated_at.eq(at),
-    ))
-    .execute(conn)?;
+    let updated = diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(ACTIVE)))
+        .set((
+            jobs::status.eq(JobStatus::Running),
+            jobs::host.eq(host),
+            jobs::attempts.eq(jobs::attempts + 1),
+            jobs::started_at.eq(at),
+            jobs::heartbeat_at.eq(at),
+            jobs::updated_at.eq(at),
+        ))
+        .execute(conn)?;
     let job = get(conn, id)?;
     if updated == 0 {
         return Err(DbError::Conflict(format!(
@@ -104,9 +104,7 @@ pub enum Subject<'a> {
 
 /// The queued or running job of a backup or restore, if any.
 pub fn active_for(conn: &mut DbConnection, subject: Subject<'_>) -> DbResult<Option<Job>> {
-    let q = jobs::table
-        .filter(jobs::status.eq_any(["queued", "running"]))
-        .into_boxed();
+    let q = jobs::table.filter(jobs::status.eq_any(ACTIVE)).into_boxed();
     let q = match subject {
         Subject::Backup(id) => q.filter(jobs::backup_id.eq(id)),
         Subject::Restore(id) => q.filter(jobs::restore_id.eq(id)),
@@ -116,9 +114,13 @@ pub fn active_for(conn: &mut DbConnection, subject: Subject<'_>) -> DbResult<Opt
 
 pub fn heartbeat(conn: &mut DbConnection, id: &str) -> DbResult<()> {
     let at = now();
-    diesel::update(jobs::table.find(id).filter(jobs::status.eq("running")))
-        .set((jobs::heartbeat_at.eq(at), jobs::updated_at.eq(at)))
-        .execute(conn)?;
+    diesel::update(
+        jobs::table
+            .find(id)
+            .filter(jobs::status.eq(JobStatus::Running)),
+    )
+    .set((jobs::heartbeat_at.eq(at), jobs::updated_at.eq(at)))
+    .execute(conn)?;
     Ok(())
 }
 
@@ -126,21 +128,17 @@ pub fn heartbeat(conn: &mut DbConnection, id: &str) -> DbResult<()> {
 pub fn finish(
     conn: &mut DbConnection,
     id: &str,
-    status: &str,
+    status: JobStatus,
     error: Option<&str>,
 ) -> DbResult<bool> {
-    debug_assert!(matches!(status, "succeeded" | "failed" | "cancelled"));
-    let updated = diesel::update(
-        jobs::table
-            .find(id)
-            .filter(jobs::status.eq_any(["queued", "running"])),
-    )
-    .set((
-        jobs::status.eq(status),
-        jobs::error.eq(error),
-        jobs::updated_at.eq(now()),
-    ))
-    .execute(conn)?;
+    debug_assert!(!status.is_active());
+    let updated = diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(ACTIVE)))
+        .set((
+            jobs::status.eq(status),
+            jobs::error.eq(error),
+            jobs::updated_at.eq(now()),
+        ))
+        .execute(conn)?;
     Ok(updated == 1)
 }
 
@@ -149,10 +147,10 @@ pub fn finish(
 pub fn stalled(conn: &mut DbConnection, stale_before: NaiveDateTime) -> DbResult<Vec<Job>> {
     let at = now();
     Ok(jobs::table
-        .filter(jobs::status.eq_any(["queued", "running"]))
+        .filter(jobs::status.eq_any(ACTIVE))
         .filter(
             jobs::status
-                .eq("running")
+                .eq(JobStatus::Running)
                 .and(jobs::heartbeat_at.lt(stale_before))
                 .or(jobs::deadline_at.lt(at)),
         )
@@ -164,7 +162,7 @@ pub fn stalled(conn: &mut DbConnection, stale_before: NaiveDateTime) -> DbResult
 /// must not delete anything such a writer may still reference.
 pub fn oldest_active_start(conn: &mut DbConnection) -> DbResult<Option<NaiveDateTime>> {
     Ok(jobs::table
-        .filter(jobs::status.eq_any(["queued", "running"]))
+        .filter(jobs::status.eq_any(ACTIVE))
         .select(diesel::dsl::min(jobs::created_at))
         .first(conn)?)
 }

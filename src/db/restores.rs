@@ -6,6 +6,7 @@ use diesel::prelude::*;
 
 use super::schema::restores;
 use super::{now, DbConnection, DbError, DbResult, OptionalRow};
+pub use crate::status::{ImageFormat, RestoreStatus};
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = restores)]
@@ -16,9 +17,8 @@ pub struct Restore {
     pub backup_id: String,
     /// JSON: `{"type": "file", "host": …, "path": …, "device": …}`.
     pub target: String,
-    /// `raw` or `qcow2`.
-    pub format: String,
-    pub status: String,
+    pub format: ImageFormat,
+    pub status: RestoreStatus,
     pub progress: i32,
     pub bytes_written: i64,
     pub error: Option<String>,
@@ -33,7 +33,7 @@ impl Restore {
         user_id: &str,
         backup_id: &str,
         target: &str,
-        format: &str,
+        format: ImageFormat,
     ) -> Restore {
         let at = now();
         Restore {
@@ -42,8 +42,8 @@ impl Restore {
             user_id: user_id.into(),
             backup_id: backup_id.into(),
             target: target.into(),
-            format: format.into(),
-            status: "queued".into(),
+            format,
+            status: RestoreStatus::Queued,
             progress: 0,
             bytes_written: 0,
             error: None,
@@ -93,17 +93,19 @@ pub fn list(
 pub fn transition(
     conn: &mut DbConnection,
     id: &str,
-    to: &str,
+    to: RestoreStatus,
     error: Option<&str>,
     bytes_written: Option<i64>,
 ) -> DbResult<()> {
-    let from: &[&str] = match to {
-        "running" => &["queued", "running"],
-        "completed" | "error" => &["queued", "running"],
-        other => return Err(DbError::Conflict(format!("unknown restore status {other}"))),
-    };
+    // Only a queued or running restore moves; an ended one stays ended.
+    let from = [RestoreStatus::Queued, RestoreStatus::Running];
+    if to == RestoreStatus::Queued {
+        return Err(DbError::Conflict(format!(
+            "restore {id} cannot go back to queued"
+        )));
+    }
     let at = now();
-    let ended = matches!(to, "completed" | "error");
+    let ended = !to.is_active();
     let updated = diesel::update(
         restores::table
             .find(id)
@@ -112,7 +114,11 @@ pub fn transition(
     .set((
         restores::status.eq(to),
         restores::error.eq(error),
-        restores::progress.eq(if to == "completed" { 100 } else { 0 }),
+        restores::progress.eq(if to == RestoreStatus::Completed {
+            100
+        } else {
+            0
+        }),
         restores::bytes_written.eq(bytes_written.unwrap_or(0)),
         restores::completed_at.eq(ended.then_some(at)),
         restores::updated_at.eq(at),
@@ -132,7 +138,7 @@ pub fn set_progress(conn: &mut DbConnection, id: &str, percent: i32, bytes: i64)
     diesel::update(
         restores::table
             .find(id)
-            .filter(restores::status.eq("running")),
+            .filter(restores::status.eq(RestoreStatus::Running)),
     )
     .set((
         restores::progress.eq(percent.clamp(0, 99)),

@@ -13,13 +13,14 @@ use diesel::sql_types::{BigInt, Text};
 
 use super::schema::{bad_chunks, segment_refs, segments};
 use super::{now, DbConnection, DbResult, OptionalRow};
+pub use crate::status::SegmentStatus;
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = segments)]
 pub struct Segment {
     pub id: i64,
     pub project_id: String,
-    pub status: String,
+    pub status: SegmentStatus,
     pub size: i64,
     pub chunk_count: i32,
     pub relocated_to: Option<i64>,
@@ -38,7 +39,7 @@ impl Segment {
         Segment {
             id,
             project_id: project_id.to_string(),
-            status: "live".into(),
+            status: SegmentStatus::Live,
             size,
             chunk_count,
             relocated_to: None,
@@ -81,7 +82,7 @@ pub fn insert_redirect(
     to: i64,
 ) -> DbResult<()> {
     let mut seg = Segment::live(id, project_id, 0, 0);
-    seg.status = "moved".into();
+    seg.status = SegmentStatus::Moved;
     seg.relocated_to = Some(to);
     insert(conn, &seg)
 }
@@ -218,7 +219,9 @@ pub fn reuse(conn: &mut DbConnection, segment_id: i64, project_id: &str) -> DbRe
         )));
     }
     // Compacted: its records live on in the segment it was moved into.
-    if let (Some(target), "relocated" | "moved") = (seg.relocated_to, seg.status.as_str()) {
+    if let (Some(target), SegmentStatus::Relocated | SegmentStatus::Moved) =
+        (seg.relocated_to, seg.status)
+    {
         return reuse(conn, target, project_id);
     }
     // Always an UPDATE: it locks the row until the commit ends, so garbage
@@ -227,10 +230,10 @@ pub fn reuse(conn: &mut DbConnection, segment_id: i64, project_id: &str) -> DbRe
     let n = diesel::update(
         segments::table
             .find(segment_id)
-            .filter(segments::status.eq_any(["live", "condemned"])),
+            .filter(segments::status.eq_any([SegmentStatus::Live, SegmentStatus::Condemned])),
     )
     .set((
-        segments::status.eq("live"),
+        segments::status.eq(SegmentStatus::Live),
         segments::condemned_at.eq(None::<NaiveDateTime>),
     ))
     .execute(conn)?;
@@ -256,12 +259,12 @@ pub fn unreferenced(
     created_before: NaiveDateTime,
     limit: i64,
 ) -> DbResult<Vec<i64>> {
-    unreferenced_in(conn, "live", created_before, limit)
+    unreferenced_in(conn, SegmentStatus::Live, created_before, limit)
 }
 
 fn unreferenced_in(
     conn: &mut DbConnection,
-    status: &str,
+    status: SegmentStatus,
     created_before: NaiveDateTime,
     limit: i64,
 ) -> DbResult<Vec<i64>> {
@@ -270,7 +273,7 @@ fn unreferenced_in(
          ORDER BY s.id LIMIT ?",
         unreferenced_sql()
     ))
-    .bind::<Text, _>(status)
+    .bind::<Text, _>(status.as_str())
     .bind::<diesel::sql_types::Timestamp, _>(created_before)
     .bind::<BigInt, _>(limit)
     .load(conn)?;
@@ -279,12 +282,16 @@ fn unreferenced_in(
 
 /// Mark a live segment condemned (its deletion waits for the grace period).
 pub fn condemn(conn: &mut DbConnection, id: i64) -> DbResult<bool> {
-    let n = diesel::update(segments::table.find(id).filter(segments::status.eq("live")))
-        .set((
-            segments::status.eq("condemned"),
-            segments::condemned_at.eq(now()),
-        ))
-        .execute(conn)?;
+    let n = diesel::update(
+        segments::table
+            .find(id)
+            .filter(segments::status.eq(SegmentStatus::Live)),
+    )
+    .set((
+        segments::status.eq(SegmentStatus::Condemned),
+        segments::condemned_at.eq(now()),
+    ))
+    .execute(conn)?;
     Ok(n == 1)
 }
 
@@ -294,14 +301,14 @@ pub fn condemned_before(
     before: NaiveDateTime,
     limit: i64,
 ) -> DbResult<Vec<Segment>> {
-    in_status_since_before(conn, "condemned", before, limit)
+    in_status_since_before(conn, SegmentStatus::Condemned, before, limit)
 }
 
 /// Segments in `status` since before `before` (`condemned_at` records
 /// when they left `live`), oldest id first.
 fn in_status_since_before(
     conn: &mut DbConnection,
-    status: &str,
+    status: SegmentStatus,
     before: NaiveDateTime,
     limit: i64,
 ) -> DbResult<Vec<Segment>> {
@@ -324,10 +331,10 @@ pub fn claim_for_deletion(conn: &mut DbConnection, id: i64, worker: &str) -> DbR
         let n = diesel::update(
             segments::table
                 .find(id)
-                .filter(segments::status.eq("condemned")),
+                .filter(segments::status.eq(SegmentStatus::Condemned)),
         )
         .set((
-            segments::status.eq("deleting"),
+            segments::status.eq(SegmentStatus::Deleting),
             segments::claimed_by.eq(worker),
             segments::claim_until.eq(now() + chrono::Duration::minutes(10)),
         ))
@@ -338,7 +345,7 @@ pub fn claim_for_deletion(conn: &mut DbConnection, id: i64, worker: &str) -> DbR
         if is_referenced(conn, id)? {
             diesel::update(segments::table.find(id))
                 .set((
-                    segments::status.eq("live"),
+                    segments::status.eq(SegmentStatus::Live),
                     segments::condemned_at.eq(None::<NaiveDateTime>),
                     segments::claimed_by.eq(None::<String>),
                     segments::claim_until.eq(None::<NaiveDateTime>),
@@ -354,7 +361,7 @@ pub fn claim_for_deletion(conn: &mut DbConnection, id: i64, worker: &str) -> DbR
 /// them. A claim held by a running pass is left to it.
 pub fn deleting(conn: &mut DbConnection, limit: i64) -> DbResult<Vec<Segment>> {
     Ok(segments::table
-        .filter(segments::status.eq("deleting"))
+        .filter(segments::status.eq(SegmentStatus::Deleting))
         .filter(segments::claim_until.lt(now()))
         .order(segments::id.asc())
         .limit(limit)
@@ -373,7 +380,7 @@ pub fn forget(conn: &mut DbConnection, id: i64) -> DbResult<()> {
         diesel::delete(
             segments::table
                 .find(id)
-                .filter(segments::status.eq_any(["deleting", "moved"])),
+                .filter(segments::status.eq_any([SegmentStatus::Deleting, SegmentStatus::Moved])),
         )
         .execute(conn)?;
         Ok(())
@@ -410,7 +417,7 @@ pub fn compaction_candidates(
     limit: i64,
 ) -> DbResult<Vec<Segment>> {
     Ok(segments::table
-        .filter(segments::status.eq("live"))
+        .filter(segments::status.eq(SegmentStatus::Live))
         .filter(segments::live_checked_at.is_null())
         .filter(segments::created_at.lt(created_before))
         .order(segments::id.asc())
@@ -443,7 +450,7 @@ pub fn lost_a_user(conn: &mut DbConnection, backup_id: &str) -> DbResult<()> {
         diesel::update(
             segments::table
                 .filter(segments::id.eq_any(batch))
-                .filter(segments::status.eq("live")),
+                .filter(segments::status.eq(SegmentStatus::Live)),
         )
         .set(segments::live_checked_at.eq(None::<NaiveDateTime>))
         .execute(conn)?;
@@ -527,10 +534,10 @@ pub fn relocate(conn: &mut DbConnection, old: i64, new: &Segment) -> DbResult<bo
         let n = diesel::update(
             segments::table
                 .find(old)
-                .filter(segments::status.eq("live")),
+                .filter(segments::status.eq(SegmentStatus::Live)),
         )
         .set((
-            segments::status.eq("relocated"),
+            segments::status.eq(SegmentStatus::Relocated),
             segments::relocated_to.eq(new.id),
             segments::condemned_at.eq(now()),
         ))
@@ -552,7 +559,7 @@ pub fn relocated_before(
     before: NaiveDateTime,
     limit: i64,
 ) -> DbResult<Vec<Segment>> {
-    in_status_since_before(conn, "relocated", before, limit)
+    in_status_since_before(conn, SegmentStatus::Relocated, before, limit)
 }
 
 /// A relocated segment's object is deleted: the row stays as a redirect.
@@ -560,16 +567,16 @@ pub fn mark_moved(conn: &mut DbConnection, id: i64) -> DbResult<()> {
     diesel::update(
         segments::table
             .find(id)
-            .filter(segments::status.eq("relocated")),
+            .filter(segments::status.eq(SegmentStatus::Relocated)),
     )
-    .set(segments::status.eq("moved"))
+    .set(segments::status.eq(SegmentStatus::Moved))
     .execute(conn)?;
     Ok(())
 }
 
 /// Redirect rows (`moved`) that no counting record uses any more.
 pub fn unused_redirects(conn: &mut DbConnection, limit: i64) -> DbResult<Vec<Segment>> {
-    let ids = unreferenced_in(conn, "moved", now(), limit)?;
+    let ids = unreferenced_in(conn, SegmentStatus::Moved, now(), limit)?;
     Ok(segments::table
         .filter(segments::id.eq_any(ids))
         .select(Segment::as_select())
@@ -580,7 +587,7 @@ pub fn unused_redirects(conn: &mut DbConnection, limit: i64) -> DbResult<Vec<Seg
 /// the longest unverified; `percent` of them.
 pub fn due_for_scrub(conn: &mut DbConnection, percent: f64) -> DbResult<Vec<Segment>> {
     let live: i64 = segments::table
-        .filter(segments::status.eq("live"))
+        .filter(segments::status.eq(SegmentStatus::Live))
         .count()
         .get_result(conn)?;
     let n = ((live as f64) * percent / 100.0).ceil() as i64;
@@ -588,7 +595,7 @@ pub fn due_for_scrub(conn: &mut DbConnection, percent: f64) -> DbResult<Vec<Segm
         return Ok(Vec::new());
     }
     Ok(segments::table
-        .filter(segments::status.eq("live"))
+        .filter(segments::status.eq(SegmentStatus::Live))
         .order((
             segments::verified_at.is_not_null(),
             segments::verified_at.asc(),
@@ -642,11 +649,20 @@ pub fn bad_records(conn: &mut DbConnection, project_id: &str) -> DbResult<Vec<(V
 }
 
 /// (status, segments, bytes) for every segment status.
-pub fn totals(conn: &mut DbConnection) -> DbResult<Vec<(String, i64, i64)>> {
-    let rows: Vec<(String, i64)> = segments::table
+/// Every segment id of a project, whatever its status (the orphan sweep
+/// keeps any object the catalog knows).
+pub fn ids_of_project(conn: &mut DbConnection, project_id: &str) -> DbResult<Vec<i64>> {
+    Ok(segments::table
+        .filter(segments::project_id.eq(project_id))
+        .select(segments::id)
+        .load(conn)?)
+}
+
+pub fn totals(conn: &mut DbConnection) -> DbResult<Vec<(SegmentStatus, i64, i64)>> {
+    let rows: Vec<(SegmentStatus, i64)> = segments::table
         .select((segments::status, segments::size))
         .load(conn)?;
-    let mut out: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    let mut out: std::collections::BTreeMap<SegmentStatus, (i64, i64)> = Default::default();
     for (status, size) in rows {
         let e = out.entry(status).or_default();
         e.0 += 1;

@@ -12,6 +12,7 @@ use crate::db::instances::{self, Instance};
 use crate::db::jobs::{self, Job};
 use crate::db::{quotas, segments, DbConnection, DbError, DbResult};
 use crate::keyring::JobKeys;
+use crate::status::JobKind;
 use crate::wire::{BackupJob, BadRecord, JobDisk, Relocation, BACKUP_RUN};
 use crate::Ekko;
 
@@ -138,7 +139,7 @@ pub fn plan(
                 .filter_map(record_ref),
         );
         let deadline = deadline_after(opts.job_timeout);
-        let mut job = Job::queued(BACKUP_RUN, &instance.project_id);
+        let mut job = Job::queued(JobKind::Backup, &instance.project_id);
         job.backup_id = Some(backup.id.clone());
         job.host = Some(instance.host.clone());
         job.deadline_at = Some(deadline.naive_utc());
@@ -264,7 +265,7 @@ pub async fn visible(
     action: &str,
 ) -> ServiceResult<Backup> {
     let b = find(ekko, "backup", id, backups::get).await?;
-    if b.status() == Some(BackupStatus::Deleted) {
+    if b.status == BackupStatus::Deleted {
         return Err(ServiceError::not_found("backup", id));
     }
     caller.authorize_owned(
@@ -393,10 +394,7 @@ pub async fn cancel_backup(ekko: &Ekko, backup_id: &str, why: &str) -> ServiceRe
         .run(move |c| {
             c.transaction(|c| {
                 let b = backups::get(c, &bid)?;
-                if !matches!(
-                    b.status(),
-                    Some(BackupStatus::Queued | BackupStatus::Running)
-                ) {
+                if !b.status.is_active() {
                     return Err(DbError::Conflict(format!(
                         "backup {bid} is {}; only a queued or running backup can be cancelled",
                         b.status

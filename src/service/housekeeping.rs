@@ -7,6 +7,7 @@ use chrono::Utc;
 use diesel::Connection;
 
 use crate::db::{instances, jobs};
+use crate::status::JobStatus;
 use crate::Ekko;
 
 use super::backups::{submit, NewBackup};
@@ -25,8 +26,8 @@ pub async fn reap_stalled(ekko: &Ekko, stall_timeout: Duration) -> ServiceResult
         .run(move |c| {
             let mut n = 0;
             for job in jobs::stalled(c, stale_before)? {
-                let why = match job.status.as_str() {
-                    "queued" => format!(
+                let why = match job.status {
+                    JobStatus::Queued => format!(
                         "host {} did not start the job before its deadline",
                         job.host.as_deref().unwrap_or("?")
                     ),

@@ -16,6 +16,7 @@ use crate::db::backups::{self, BackupStatus};
 use crate::db::jobs::{self, Job};
 use crate::db::{restores, DbConnection, DbError, DbResult};
 use crate::queue::Envelope;
+use crate::status::{JobStatus, RestoreStatus};
 use crate::wire::{self, CancelJob, JobStarted, JOB_CANCEL};
 use crate::Ekko;
 
@@ -74,9 +75,9 @@ pub(crate) async fn send<T: serde::Serialize>(
 pub fn fail_job(c: &mut DbConnection, job_id: &str, why: &str) -> DbResult<bool> {
     c.transaction(|c| {
         let job = jobs::get(c, job_id)?;
-        let ended = jobs::finish(c, job_id, "failed", Some(why))?;
+        let ended = jobs::finish(c, job_id, JobStatus::Failed, Some(why))?;
         let subject = match (&job.backup_id, &job.restore_id) {
-            (_, Some(r)) => restores::transition(c, r, "error", Some(why), None),
+            (_, Some(r)) => restores::transition(c, r, RestoreStatus::Error, Some(why), None),
             (Some(b), None) => {
                 backups::transition(c, b, BackupStatus::Error, Some(why)).map(|_| ())
             }
@@ -95,7 +96,7 @@ pub fn job_started(c: &mut DbConnection, s: &JobStarted) -> DbResult<()> {
     c.transaction(|c| {
         let job = jobs::start(c, &s.job_id, &s.host)?;
         if let Some(r) = &job.restore_id {
-            return restores::transition(c, r, "running", None, None);
+            return restores::transition(c, r, RestoreStatus::Running, None, None);
         }
         let Some(b) = &job.backup_id else {
             return Ok(());
@@ -103,9 +104,7 @@ pub fn job_started(c: &mut DbConnection, s: &JobStarted) -> DbResult<()> {
         match backups::transition(c, b, BackupStatus::Running, None) {
             // A restart after a redelivery: it is running already.
             Ok(_) => Ok(()),
-            Err(DbError::Conflict(_))
-                if backups::get(c, b)?.status() == Some(BackupStatus::Running) =>
-            {
+            Err(DbError::Conflict(_)) if backups::get(c, b)?.status == BackupStatus::Running => {
                 Ok(())
             }
             Err(e) => Err(e),
@@ -135,7 +134,7 @@ pub(crate) async fn resend_cancel(ekko: &Ekko, job_id: &str, host: &str) {
     };
     let id = job_id.to_string();
     if let Ok(mut job) = db.run(move |c| jobs::get(c, &id)).await {
-        if job.status == "failed" {
+        if job.status == JobStatus::Failed {
             tracing::info!(
                 job = job_id,
                 host,

@@ -201,7 +201,7 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
             // is not available.
             let id = backup.id.clone();
             let committed = match db.run(move |c| backups::get(c, &id)).await {
-                Ok(b) => b.status() == Some(BackupStatus::Available),
+                Ok(b) => b.status == BackupStatus::Available,
                 Err(_) => true,
             };
             if !committed {
@@ -227,7 +227,7 @@ pub async fn restore_backup(
 ) -> anyhow::Result<RestoreStats> {
     let (backup, rec) = record_of(ekko, backup_id, device).await?;
     anyhow::ensure!(
-        backup.status() == Some(BackupStatus::Available),
+        backup.status == BackupStatus::Available,
         "backup {backup_id} is {}, not available",
         backup.status
     );

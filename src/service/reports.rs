@@ -12,6 +12,7 @@ use diesel::Connection;
 use crate::db::backups::{self, Backup, BackupStatus};
 use crate::db::{instances, jobs, restores, DbConnection, DbError, DbResult};
 use crate::queue::{Envelope, QueueError};
+use crate::status::{JobStatus, RestoreStatus};
 use crate::wire::{
     BackupFinished, Heartbeat, HostInventory, JobFailed, JobProgress, JobStarted, RestoreFinished,
     BACKUP_FINISHED, HEARTBEAT_KIND, HOST_INVENTORY, JOB_FAILED, JOB_PROGRESS, JOB_STARTED,
@@ -28,20 +29,20 @@ use super::ServiceResult;
 pub fn job_finished(c: &mut DbConnection, f: &BackupFinished) -> DbResult<Backup> {
     c.transaction(|c| {
         let current = backups::get(c, &f.backup_id)?;
-        if current.status() == Some(BackupStatus::Available) {
+        if current.status == BackupStatus::Available {
             let job = jobs::get(c, &f.job_id)?;
-            if job.status == "succeeded" {
+            if job.status == JobStatus::Succeeded {
                 return Ok(current);
             }
         }
         // The worker's start report may have been lost (a broker restart):
         // the outcome says it ran.
-        if current.status() == Some(BackupStatus::Queued) {
+        if current.status == BackupStatus::Queued {
             backups::transition(c, &f.backup_id, BackupStatus::Running, None)?;
         }
         let disks: Vec<_> = f.disks.iter().map(disk_commit).collect();
         let b = backups::commit(c, &f.backup_id, &f.kind, &f.consistency, &disks)?;
-        jobs::finish(c, &f.job_id, "succeeded", None)?;
+        jobs::finish(c, &f.job_id, JobStatus::Succeeded, None)?;
         Ok(b)
     })
 }
@@ -141,8 +142,8 @@ pub async fn record(ekko: &Ekko, message: &Envelope) -> ServiceResult<()> {
                                 f.job_id
                             )));
                         };
-                        restores::transition(c, r, "completed", None, Some(written))?;
-                        jobs::finish(c, &f.job_id, "succeeded", None)?;
+                        restores::transition(c, r, RestoreStatus::Completed, None, Some(written))?;
+                        jobs::finish(c, &f.job_id, JobStatus::Succeeded, None)?;
                         Ok(())
                     })
                 })

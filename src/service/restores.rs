@@ -10,6 +10,7 @@ use crate::db::jobs::{self, Job};
 pub use crate::db::restores::Restore;
 use crate::db::restores::{self};
 use crate::db::{hosts, instances, keys, segments, DbError};
+use crate::status::{ImageFormat, JobKind, RestoreStatus};
 use crate::wire::{Relocation, RestoreJob, RESTORE_RUN};
 use crate::Ekko;
 
@@ -27,7 +28,7 @@ pub struct NewRestore {
     pub device: Option<String>,
     pub host: Option<String>,
     pub path: String,
-    pub format: String,
+    pub format: ImageFormat,
 }
 
 /// `POST /v1/restores`: what a caller may ask for.
@@ -58,12 +59,12 @@ pub enum Target {
 
 /// A caller asks for a restore of one of the backups they may see.
 pub async fn create(ekko: &Ekko, caller: &Caller<'_>, r: CreateRestore) -> ServiceResult<Restore> {
-    let format = r.format.unwrap_or_else(|| "raw".into());
-    if format != "raw" && format != "qcow2" {
-        return Err(ServiceError::Invalid(format!(
-            "format must be raw or qcow2, not {format:?}"
-        )));
-    }
+    let format = match r.format.as_deref() {
+        None => ImageFormat::Raw,
+        Some(f) => ImageFormat::parse(f).ok_or_else(|| {
+            ServiceError::Invalid(format!("format must be raw or qcow2, not {f:?}"))
+        })?,
+    };
     let Target::File { path, host } = r.target;
     let plain = !path.is_empty()
         && path.len() <= 255
@@ -129,7 +130,7 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
         .run(move |c| {
             c.transaction(|c| {
                 let b = backups::get(c, &new.backup_id)?;
-                if b.status() != Some(BackupStatus::Available) {
+                if b.status != BackupStatus::Available {
                     return Err(DbError::Conflict(format!(
                         "backup {} is {}; only an available backup can be restored",
                         b.id, b.status
@@ -169,10 +170,10 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
                     "type": "file", "host": host, "path": new.path, "device": device,
                 })
                 .to_string();
-                let r = Restore::queued(&b.project_id, &new.user_id, &b.id, &target, &new.format);
+                let r = Restore::queued(&b.project_id, &new.user_id, &b.id, &target, new.format);
                 restores::insert(c, &r)?;
                 let deadline = deadline_after(timeout);
-                let mut job = Job::queued(RESTORE_RUN, &b.project_id);
+                let mut job = Job::queued(JobKind::Restore, &b.project_id);
                 job.restore_id = Some(r.id.clone());
                 job.host = Some(host);
                 job.deadline_at = Some(deadline.naive_utc());
@@ -185,7 +186,7 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
                         DbError::Conflict(format!("backup {} has a corrupt record", b.id))
                     })?,
                     path: new.path.clone(),
-                    format: new.format.clone(),
+                    format: new.format.as_str().to_string(),
                     relocations: Relocation::from_rows(&segments::relocations(c, &b.project_id)?),
                     project_key: keys::get(c, &b.project_id)?
                         .map(|row| row.wrapped_key())
@@ -263,7 +264,7 @@ pub async fn cancel_restore(ekko: &Ekko, restore_id: &str, why: &str) -> Service
         .run(move |c| {
             c.transaction(|c| {
                 let r = restores::get(c, &rid)?;
-                if r.status != "queued" && r.status != "running" {
+                if !r.status.is_active() {
                     return Err(DbError::Conflict(format!(
                         "restore {rid} is {}; only a queued or running restore can be cancelled",
                         r.status
@@ -272,7 +273,7 @@ pub async fn cancel_restore(ekko: &Ekko, restore_id: &str, why: &str) -> Service
                 let job = jobs::active_for(c, jobs::Subject::Restore(&rid))?;
                 match &job {
                     Some(j) => end_for_cancel(c, j, &w)?,
-                    None => restores::transition(c, &rid, "error", Some(&w), None)?,
+                    None => restores::transition(c, &rid, RestoreStatus::Error, Some(&w), None)?,
                 }
                 Ok((restores::get(c, &rid)?, job))
             })

@@ -114,7 +114,7 @@ async fn compaction_moves_live_records_and_scrub_finds_and_repairs_damage() {
         .remove(0);
 
     // A job queued meanwhile (the oldest writer) holds the old objects.
-    let job = ekko::db::jobs::Job::queued("backup.run", "proj-cmp");
+    let job = ekko::db::jobs::Job::queued(ekko::status::JobKind::Backup, "proj-cmp");
     let job_id = job.id.clone();
     x.db.run(move |c| ekko::db::jobs::insert(c, &job))
         .await
@@ -157,7 +157,7 @@ async fn compaction_moves_live_records_and_scrub_finds_and_repairs_damage() {
 
     // The job ends: the next pass deletes the old objects; rows stay as
     // redirects, and B restores through them, as does the stale reader.
-    x.db.run(move |c| ekko::db::jobs::finish(c, &job_id, "succeeded", None))
+    x.db.run(move |c| ekko::db::jobs::finish(c, &job_id, ekko::status::JobStatus::Succeeded, None))
         .await
         .unwrap();
     let pass = ekko::retention::run_pass(&x.ekko, false).await.unwrap();
@@ -170,7 +170,7 @@ async fn compaction_moves_live_records_and_scrub_finds_and_repairs_damage() {
             })
             .await
             .unwrap();
-        assert_eq!(now.status, "moved");
+        assert_eq!(now.status, ekko::status::SegmentStatus::Moved);
     }
     assert_store_matches_catalog(&x).await;
     restore_matches(&x, &b.id, &snap("b"), "B after the old objects went").await;

@@ -119,7 +119,7 @@ fn backup_state_machine(c: &mut DbConnection) {
     );
     assert!(backups::transition(c, &b.id, BackupStatus::Deleted, None).is_err());
     let done = backups::transition(c, &b.id, BackupStatus::Available, None).unwrap();
-    assert_eq!(done.status(), Some(BackupStatus::Available));
+    assert_eq!(done.status, BackupStatus::Available);
     assert!(done.completed_at.is_some());
     backups::transition(c, &b.id, BackupStatus::Deleting, None).unwrap();
     let gone = backups::transition(c, &b.id, BackupStatus::Deleted, None).unwrap();
@@ -226,7 +226,10 @@ fn reference_intervals_track_liveness(c: &mut DbConnection) {
     let (s1, s2) = (0x1111_i64, 0x2222_i64);
     segments::insert(c, &Segment::live(s1, "proj-gc", 32 << 20, 100)).unwrap();
     segments::insert(c, &Segment::live(s2, "proj-gc", 32 << 20, 100)).unwrap();
-    assert_eq!(segments::get(c, s1).unwrap().status, "live");
+    assert_eq!(
+        segments::get(c, s1).unwrap().status,
+        ekko::status::SegmentStatus::Live
+    );
     // Backup 1 writes into s1; backup 2 stops using s1 and writes s2.
     let b1 = record(c, "disk-gc", 1);
     segments::set_ref_count(c, "disk-gc", 1, s1, 10).unwrap();
@@ -261,16 +264,16 @@ fn reference_intervals_track_liveness(c: &mut DbConnection) {
 }
 
 fn jobs_end_once(c: &mut DbConnection) {
-    let job = jobs::Job::queued("backup", "proj-a");
+    let job = jobs::Job::queued(ekko::status::JobKind::Backup, "proj-a");
     let at = job.created_at;
     jobs::insert(c, &job).unwrap();
     assert_eq!(jobs::oldest_active_start(c).unwrap(), Some(at));
     assert_eq!(jobs::start(c, &job.id, "compute-1").unwrap().attempts, 1);
     // A redelivery restarts the attempt instead of running a second copy.
     assert_eq!(jobs::start(c, &job.id, "compute-1").unwrap().attempts, 2);
-    assert!(jobs::finish(c, &job.id, "succeeded", None).unwrap());
+    assert!(jobs::finish(c, &job.id, ekko::status::JobStatus::Succeeded, None).unwrap());
     assert!(
-        !jobs::finish(c, &job.id, "failed", Some("late")).unwrap(),
+        !jobs::finish(c, &job.id, ekko::status::JobStatus::Failed, Some("late")).unwrap(),
         "a job ends once"
     );
     let err = jobs::start(c, &job.id, "compute-2").unwrap_err();

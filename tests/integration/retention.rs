@@ -197,9 +197,13 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
     for gone in [&ids[0], &ids[2]] {
         let id = gone.clone();
         let b = db.run(move |c| backups::get(c, &id)).await.unwrap();
-        assert_eq!(b.status(), Some(BackupStatus::Deleted));
+        assert_eq!(b.status, BackupStatus::Deleted);
     }
-    let live_before: i64 = before.iter().filter(|r| r.0 == "live").map(|r| r.1).sum();
+    let live_before: i64 = before
+        .iter()
+        .filter(|r| r.0 == ekko::status::SegmentStatus::Live)
+        .map(|r| r.1)
+        .sum();
     assert!(report.live_segments < live_before, "{before:?} {report:?}");
     // Every kept backup restores bit-exact.
     for i in [1usize, 3, 4] {
@@ -362,7 +366,10 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
             !segments::claim_for_deletion(c, seg, "test")?,
             "still referenced: never claimed"
         );
-        assert_eq!(segments::get(c, seg)?.status, "live");
+        assert_eq!(
+            segments::get(c, seg)?.status,
+            ekko::status::SegmentStatus::Live
+        );
         Ok(())
     })
     .await

@@ -74,7 +74,8 @@ async fn due_policies_run_exactly_once_across_conductors() {
     assert_eq!(made.len(), 3);
     assert!(made
         .iter()
-        .all(|b| b.policy_id.as_deref() == Some(policy.id.as_str()) && b.status == "queued"));
+        .all(|b| b.policy_id.as_deref() == Some(policy.id.as_str())
+            && b.status == ekko::status::BackupStatus::Queued));
     // The next run is the next 03:00 in Paris, after now.
     let p = policies::get(&mut conn, &policy.id).unwrap();
     let next = p.next_run_at.unwrap();
