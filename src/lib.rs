@@ -41,6 +41,7 @@ pub mod inventory;
 pub mod job;
 pub mod keyring;
 pub mod keystone;
+pub mod libvirt;
 pub mod manifest;
 pub mod nbd;
 pub mod operator;
