@@ -31,6 +31,7 @@ pub use conn::{
 };
 pub use error::{code, LibvirtError};
 pub use xml::{
-    dirty_bitmap_context, parse_backup, parse_checkpoint, parse_domain, BackupDisk, BackupSpec,
+    checkpoint_without_parent, dirty_bitmap_context, parse_backup, parse_checkpoint, parse_domain,
+    BackupDisk, BackupJobDisk, BackupJobInfo, BackupSpec, CheckpointDisk, CheckpointInfo,
     CheckpointSpec, DiskInfo, DiskSource, DomainInfo, NovaInstance, XmlError,
 };

@@ -542,6 +542,7 @@ impl Domain {
         let rc =
             unsafe { (self.lib.api.virDomainBackupBegin)(self.raw(), b.as_ptr(), c_ptr, flags) };
         self.lib.check(rc, "virDomainBackupBegin")?;
+        tracing::debug!(domain = %self.name().unwrap_or_default(), checkpoint = c.is_some(), "libvirt backup job begun");
         Ok(())
     }
 
@@ -561,6 +562,7 @@ impl Domain {
         // SAFETY: valid handle.
         let rc = unsafe { (self.lib.api.virDomainAbortJob)(self.raw()) };
         self.lib.check(rc, "virDomainAbortJob")?;
+        tracing::debug!(domain = %self.name().unwrap_or_default(), "libvirt job abort requested");
         Ok(())
     }
 
