@@ -78,6 +78,7 @@ pub mod ids;
 pub mod index;
 pub mod keyring;
 pub mod keystone;
+pub mod libvirt;
 pub mod manifest;
 pub mod nbd;
 pub mod policy;

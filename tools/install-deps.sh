@@ -7,6 +7,10 @@
 #   - block devices: qemu-img, qemu-nbd, qemu-storage-daemon >= 10, from
 #     bookworm-backports (bookworm main only has 7.2: never install that one,
 #     it would downgrade the machine's qemu-utils)
+#   - libvirt (what a Nova compute host runs): libvirtd + virtlogd 11.x,
+#     qemu-system-x86 10.x, virsh, libvirt-dev (headers), nbdinfo, all from
+#     bookworm-backports with the systemd family pinned to bookworm (else apt
+#     upgrades systemd to the backports release); started by tools/test-env.sh
 #   - benchmark peers and drivers: restic, borgbackup, wrk, curl
 #   - lint: shellcheck
 #   - Python tools (PyPI, pinned in tools/requirements/*.txt) in the venv
@@ -49,6 +53,15 @@ apt_install() {
     "${apt[@]}" "$@" >&2 || die "apt-get install $* failed"
   fi
 }
+# add_backports: make bookworm-backports an apt source (once), then update.
+add_backports() {
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "adding bookworm-backports to $BACKPORTS_LIST"
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$BACKPORTS_LIST"
+    APT_UPDATED=0
+  fi
+  apt_update
+}
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 # ------------------------------------------------------------ Debian packages
@@ -77,15 +90,48 @@ if qemu_ok; then
   log "qemu-storage-daemon $(qemu_major).x present"
 else
   log "qemu-storage-daemon ${QEMU_MIN_MAJOR}+ missing (found: '$(qemu_major)'); installing qemu-utils from bookworm-backports"
-  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    log "adding bookworm-backports to $BACKPORTS_LIST"
-    echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$BACKPORTS_LIST"
-    APT_UPDATED=0
-    apt_update
-  fi
+  add_backports
   apt_install -t bookworm-backports -- qemu-utils
   qemu_ok || die "qemu-storage-daemon is still not version ${QEMU_MIN_MAJOR}+ after installing qemu-utils from bookworm-backports: $(qemu-storage-daemon --version 2>&1 | head -1)"
   log "qemu-storage-daemon $(qemu_major).x installed"
+fi
+
+# ------------------------------------------------------------ libvirt
+# As ../shared/libvirt/README.md verified: QEMU 10 and libvirt 11.3 from
+# bookworm-backports (never qemu-system from bookworm main: 7.2 would replace
+# qemu-utils 10). libvirt-daemon-driver-qemu depends on `systemd-container |
+# sysvinit-core`, which would pull systemd from backports: pin that family to
+# bookworm (leaving out systemd-timesyncd/bookworm makes apt remove it).
+LIBVIRT_PKGS=(qemu-system-x86 libvirt-daemon-driver-qemu libvirt-daemon libvirt-clients libvirt-dev libnbd-bin)
+SYSTEMD_PINNED=(systemd-container/bookworm systemd/bookworm libsystemd-shared/bookworm libpam-systemd/bookworm
+                libnss-systemd/bookworm libsystemd0/bookworm systemd-timesyncd/bookworm libudev1/bookworm)
+qemu_system_major() {  # major version of qemu-system-x86_64, or nothing
+  qemu-system-x86_64 --version 2>/dev/null | sed -n '1s/.*version \([0-9][0-9]*\)\..*/\1/p' || true
+}
+libvirt_ok() {
+  local p m
+  for p in "${LIBVIRT_PKGS[@]}"; do installed "$p" || return 1; done
+  m=$(qemu_system_major)
+  [ -n "$m" ] && [ "$m" -ge "$QEMU_MIN_MAJOR" ] && command -v libvirtd >/dev/null && command -v virtlogd >/dev/null \
+    && command -v virsh >/dev/null
+}
+if libvirt_ok; then
+  log "libvirt $(libvirtd --version | awk '{print $NF}') and qemu-system-x86_64 $(qemu_system_major).x present"
+else
+  log "installing libvirt and qemu-system-x86 from bookworm-backports (systemd pinned to bookworm)"
+  add_backports
+  # No init system here: keep maintainer scripts from starting daemons
+  # (tools/test-env.sh starts libvirtd and virtlogd itself).
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; own_policy=1
+  fi
+  rc=0
+  ( apt_install -t bookworm-backports -- "${LIBVIRT_PKGS[@]}" "${SYSTEMD_PINNED[@]}" ) || rc=$?
+  [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  [ "$rc" = 0 ] || die "installing libvirt failed"
+  libvirt_ok || die "libvirt/qemu-system-x86_64 ${QEMU_MIN_MAJOR}+ still missing after the install: $(qemu-system-x86_64 --version 2>&1 | head -1)"
+  log "libvirt $(libvirtd --version | awk '{print $NF}') and qemu-system-x86_64 $(qemu_system_major).x installed"
 fi
 
 # ------------------------------------------------------------ Python tools

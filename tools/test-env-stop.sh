@@ -4,6 +4,7 @@
 # found already running (not its own) is left alone. --purge also deletes the
 # state dir (databases, rings, objects, keys) for a clean next start; the
 # `ekko`/`keystone` databases on such a foreign MariaDB are kept.
+# libvirtd and virtlogd are stopped only if test-env.sh started them.
 set -uo pipefail
 STATE=${EKKO_OS_STATE:-/var/lib/ekko-openstack}
 RUN=$STATE/run
@@ -34,6 +35,14 @@ if [ -d "$RUN" ]; then
   stop rabbitmq beam
   stop memcached memcached
   stop mariadb mariadbd          # SIGTERM = clean InnoDB shutdown
+  # libvirt: domains keep running without libvirtd (QEMU is not its child):
+  # name the ones left behind by a test, but leave them alone.
+  if [ -s "$RUN/libvirtd.pid" ] && command -v virsh >/dev/null; then
+    left=$(timeout 10 virsh -c qemu:///system list --name 2>/dev/null | grep -v '^$' | tr '\n' ' ')
+    [ -z "$left" ] || log "libvirt domains still running (not stopped): $left"
+  fi
+  stop libvirtd libvirtd
+  stop virtlogd virtlogd
 fi
 # Swift's loop-mounted XFS device (after the servers are gone)
 if mountpoint -q "$STATE/swift/node/d1" 2>/dev/null; then

@@ -74,6 +74,15 @@ EOF
 
 as_demo swift delete "$C" >/dev/null 2>&1 || true
 
+# ---- libvirt (virsh; domains themselves: tests/integration/libvirt.rs)
+if [ -n "${EKKO_LIBVIRT_URI:-}" ]; then
+  check "virsh version ($EKKO_LIBVIRT_URI)" virsh -c "$EKKO_LIBVIRT_URI" version
+  check "libvirt offers TCG domains (domcapabilities --virttype qemu)" \
+    virsh -c "$EKKO_LIBVIRT_URI" domcapabilities --virttype qemu --arch x86_64
+else
+  echo "SKIP libvirt (EKKO_LIBVIRT_URI is empty: libvirt not installed or EKKO_OS_LIBVIRT=0)"
+fi
+
 if [ "${1:-}" = "--bench" ]; then
   median() { sort -n | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
   N=${BENCH_N:-21}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tools/test-env.sh - Ekko's test environment: REAL OpenStack Keystone +
-# Swift, MariaDB, RabbitMQ and memcached on 127.0.0.1 for the integration
-# tests (Debian 12, root, no systemd needed).
+# Swift, MariaDB, RabbitMQ and memcached on 127.0.0.1, and libvirtd (with
+# virtlogd, as on a Nova compute host) for the integration tests (Debian 12,
+# root, no systemd needed).
 #
 #   eval "$(bash tools/test-env.sh)"     # or: source $EKKO_OS_STATE/env.sh
 #   bash tools/test-env-verify.sh        # end-to-end checks with the real clients
@@ -30,6 +31,17 @@
 # Everything lives under $EKKO_OS_STATE (default /var/lib/ekko-openstack):
 #   mariadb/ rabbitmq/ keystone/ swift/ (rings, confs, device dir) log/ run/ env.sh
 # All daemons run as root and bind 127.0.0.1 only.
+#
+# libvirt (packages from tools/install-deps.sh; skipped with a warning when
+# they are missing, or with EKKO_OS_LIBVIRT=0): `virtlogd -d`, `libvirtd -d`
+# unless already running (their own pid files /run/virtlogd.pid and
+# /run/libvirtd.pid; copies in run/ mark the ones this script started, which
+# are the only ones tools/test-env-stop.sh stops), logs in log/, ready when
+# `virsh version` answers; env.sh then has EKKO_LIBVIRT_URI=qemu:///system
+# (empty without libvirt). A root-only /dev/kvm gets udev's usual root:kvm
+# 0660: otherwise libvirt re-probes QEMU (~5 s) on every define and start.
+# Domains are TCG (`type='qemu'`); QEMU runs as libvirt-qemu, so the
+# directories of test disks and NBD sockets must let that user in.
 set -euo pipefail
 
 STATE=${EKKO_OS_STATE:-/var/lib/ekko-openstack}
@@ -72,6 +84,8 @@ EXTERNAL_AMQP_URL=${EKKO_OS_AMQP_URL:-}
 # gets 507/503).
 SWIFT_DISK=${EKKO_OS_SWIFT_DISK:-xfs}
 SWIFT_DISK_SIZE=${EKKO_OS_SWIFT_DISK_SIZE:-8G}
+LIBVIRT=${EKKO_OS_LIBVIRT:-1}  # 0: do not start libvirtd/virtlogd
+LIBVIRT_URI=qemu:///system
 
 PY=/usr/bin/python3            # Debian's python (a pyenv shim may shadow python3)
 LOG=$STATE/log RUN=$STATE/run
@@ -695,11 +709,66 @@ start_swift() {
   done
 }
 
+# ---------------------------------------------------------------- libvirt
+ENV_LIBVIRT_URI=               # EKKO_LIBVIRT_URI in env.sh: set once virsh answers
+LIBVIRT_STARTED=0              # 1 = libvirt is (being) started: wait for it
+# pidfile_alive FILE PATTERN: the pid in FILE is alive and its cmdline matches.
+pidfile_alive() {
+  local pid
+  [ -s "$1" ] || return 1
+  pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
+}
+# start_libvirt_daemon NAME: `NAME -d` unless running (ours: $RUN/NAME.pid;
+# anyone's: /run/NAME.pid). -d returns once the daemon holds its pid file.
+start_libvirt_daemon() {
+  local name=$1
+  if alive "$name" "$name"; then log "$name already running"; return 0; fi
+  rm -f "$RUN/$name.pid"
+  if pidfile_alive "/run/$name.pid" "$name"; then
+    log "$name already running (pid $(cat "/run/$name.pid"), not started by this script: left alone)"
+    return 0
+  fi
+  # stdio away from our stdout: `$(bash tools/test-env.sh)` must not wait on the daemon.
+  # On CPU 0: libvirt keeps QEMU's probed capabilities only while the host
+  # CPUID it reads at start is the same, and under a VM leaf 1 carries the
+  # APIC id of the CPU it ran on: started on another CPU, libvirtd re-probes
+  # (~8 s here instead of 0.1 s). QEMU processes still get all host CPUs.
+  LIBVIRT_LOG_OUTPUTS="3:file:$LOG/$name.log" taskset -c 0 "$name" -d </dev/null >>"$LOG/$name.out" 2>&1 \
+    || die "$name -d failed (see $LOG/$name.out and $LOG/$name.log)"
+  pidfile_alive "/run/$name.pid" "$name" || die "$name did not start (see $LOG/$name.log)"
+  cp "/run/$name.pid" "$RUN/$name.pid"
+  log "started $name ($(cat "$RUN/$name.pid"))"
+}
+start_libvirt() {
+  if [ "$LIBVIRT" = 0 ]; then log "libvirt: skipped (EKKO_OS_LIBVIRT=0)"; return 0; fi
+  if ! command -v libvirtd >/dev/null || ! command -v virtlogd >/dev/null || ! command -v virsh >/dev/null; then
+    log "WARNING: libvirt is not installed (tools/install-deps.sh installs it): EKKO_LIBVIRT_URI stays empty"
+    return 0
+  fi
+  # /dev/kvm present but root-only (unusable here): libvirt re-probes QEMU's
+  # capabilities on every lookup; udev's usual mode makes it settle once.
+  if [ -c /dev/kvm ] && getent group kvm >/dev/null; then
+    if ! { chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; }; then log "WARNING: cannot set root:kvm 0660 on /dev/kvm"; fi
+  fi
+  start_libvirt_daemon virtlogd
+  start_libvirt_daemon libvirtd
+  LIBVIRT_STARTED=1
+}
+wait_libvirt() {
+  [ "$LIBVIRT_STARTED" = 1 ] || return 0
+  # The first answer on a new machine takes ~12 s (libvirt probes QEMU once).
+  wait_for "libvirtd ($LIBVIRT_URI)" virsh -c "$LIBVIRT_URI" version
+  ENV_LIBVIRT_URI=$LIBVIRT_URI
+}
+
 # ---------------------------------------------------------------- main
 log "state dir: $STATE"
 detect_mariadb            # foreign MariaDB/RabbitMQ: settle before starting anything
 detect_rabbitmq
 start_rabbitmq            # slowest to boot: start first, wait last
+start_libvirt             # probes QEMU in the background; waited for at the end
 start_memcached
 PROXY_WAS_RUNNING=0
 if alive swift-proxy swift-proxy-server; then PROXY_WAS_RUNNING=1; fi
@@ -741,6 +810,7 @@ smoke() {
   [ -n "$tok" ] && curl -fsS -o /dev/null -I -H "X-Auth-Token: $tok" "$SWIFT_URL/v1/AUTH_$DEMO_PROJECT_ID"
 }
 wait_for "end-to-end (Keystone token -> Swift)" smoke
+wait_libvirt
 
 cat >"$STATE/env.sh" <<EOF
 # generated by tools/test-env.sh
@@ -778,6 +848,7 @@ export EKKO_DB_NAME=ekko
 export EKKO_MYSQL_SOCKET=$(printf %q "$ENV_MYSQL_SOCKET")
 export EKKO_AMQP_URL=$(printf %q "$AMQP_URL")
 export EKKO_MEMCACHED=$H:$MEMCACHED_PORT
+export EKKO_LIBVIRT_URI=$ENV_LIBVIRT_URI
 export EKKO_OS_STATE=$STATE
 EOF
 cat "$STATE/env.sh"
