@@ -37,6 +37,7 @@
 //! | L2 | [`store`] | the `ObjectStore` seam: local directory, Swift | `keystone` |
 //! | L2 | [`qmp`] | QEMU's monitor protocol | |
 //! | L2 | [`nbd`] | NBD protocol and client | |
+//! | L2 | [`libvirt`] | libvirt loaded at run time: domains, backup jobs, checkpoints, XML | |
 //! | L2 | [`auth`] | who calls: Keystone tokens, noauth | `keystone` |
 //! | L2 | [`policy`] | oslo.policy rules; a caller checked against them | `auth` |
 //! | L3 | [`wire`] | the bus: kinds, routing keys, queue names, versioned messages | |

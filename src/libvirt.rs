@@ -20,6 +20,7 @@
 //! drives a real libvirtd through this module.
 
 pub mod conn;
+mod domain;
 mod error;
 mod ffi;
 pub mod xml;
