@@ -341,6 +341,22 @@ impl EkkoConfig {
                 "must be between 0 and 100".into(),
             ));
         }
+        // The orphan sweep and GC wait `gc_grace_period` for writers; a job
+        // may write for `job_timeout` plus a stall before it is failed.
+        let longest_job = self
+            .backup
+            .job_timeout
+            .saturating_add(self.backup.job_stall_timeout);
+        if self.retention.gc_grace_period < longest_job {
+            return Err(invalid(
+                "retention",
+                "gc_grace_period",
+                format!(
+                    "{} s is shorter than the longest job ([backup] job_timeout {} s + job_stall_timeout {} s): segments of a running job could be swept",
+                    self.retention.gc_grace_period, self.backup.job_timeout, self.backup.job_stall_timeout
+                ),
+            ));
+        }
         urls::DatabaseUrl::parse(&self.database.connection)
             .map_err(|e| invalid("database", "connection", e.to_string()))?;
         urls::TransportUrl::parse(&self.default.transport_url)

@@ -3,13 +3,16 @@
 //!
 //! * ekko-backup (one per compute host, no database credentials) runs the
 //!   jobs routed to its host and reports to the bus ([`crate::worker`]).
-//! * ekko-api hosts the *conductor* ([`crate::conductor`]): the consumer of
+//! * ekko-api hosts the *conductor* ([`conductor`]): the consumer of
 //!   `ekko.status` that records what the hosts report in the catalog (as
 //!   nova-conductor does for nova-compute), fails stalled jobs and starts
 //!   scheduled backups.
 //! * ekko-retention runs retention passes on `[retention] interval`.
 
+pub mod conductor;
+
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::queue::QueueError;
@@ -31,9 +34,10 @@ pub enum DaemonError {
 /// How often the conductor looks for stalled jobs and due policies.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 
-/// The conductor loop: record status messages until shutdown, and fail
-/// stalled jobs. A message is acknowledged only once it is in the catalog;
-/// a database outage leaves it on the queue for the next try.
+/// The conductor loop: record status messages until shutdown
+/// ([`conductor`]: each in its own task, permanent failures dead-lettered,
+/// transient ones retried), fail stalled jobs, start due policies. A
+/// message is acknowledged only once it is handled.
 pub async fn run_conductor(
     ekko: Ekko,
     shutdown: impl Future<Output = ()>,
@@ -41,17 +45,24 @@ pub async fn run_conductor(
     ekko.keyring
         .check_controller()
         .map_err(|e| DaemonError::Config(e.to_string()))?;
-    ekko.topology().declare_status(ekko.queue.as_ref()).await?;
+    if !ekko.config.backup.host_bus_users {
+        tracing::warn!("[backup] host_bus_users is off: compute hosts share a bus user, so a report is taken at its word about the host that sent it");
+    }
+    let topology = ekko.topology();
+    topology.declare_status(ekko.queue.as_ref()).await?;
     let mut consumer = ekko
         .queue
-        .consume(&ekko.topology().status_queue(), 32)
+        .consume(&topology.status_queue(), conductor::CONCURRENCY as u16 * 2)
         .await?;
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
     let stall = Duration::from_secs(ekko.config.backup.job_stall_timeout.max(10));
+    let counters = Arc::new(conductor::Counters::default());
+    let slots = Arc::new(tokio::sync::Semaphore::new(conductor::CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let delivery = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+        tokio::select! {
+            _ = &mut shutdown => break,
             _ = housekeeping.tick() => {
                 if let Err(e) = crate::service::housekeeping::reap_stalled(&ekko, stall).await {
                     tracing::warn!(error = %e, "stalled-job check failed");
@@ -59,23 +70,28 @@ pub async fn run_conductor(
                 if let Err(e) = crate::service::housekeeping::run_due_policies(&ekko).await {
                     tracing::warn!(error = %e, "scheduler pass failed");
                 }
-                continue;
             }
-            d = consumer.next() => d?,
-        };
-        match crate::service::reports::record(&ekko, &delivery.envelope).await {
-            Ok(()) => delivery.ack().await?,
-            Err(ServiceError::BadMessage(why)) => {
-                tracing::error!(id = %delivery.envelope.id, %why, "rejecting status message");
-                delivery.nack(false).await?;
+            permit = slots.clone().acquire_owned() => {
+                let Ok(permit) = permit else { break };
+                let delivery = tokio::select! {
+                    _ = &mut shutdown => break,
+                    d = consumer.next() => d?,
+                };
+                let (e, c) = (ekko.clone(), counters.clone());
+                tasks.spawn(async move {
+                    conductor::handle(e, delivery, c).await;
+                    drop(permit);
+                });
             }
-            Err(e) => {
-                tracing::warn!(id = %delivery.envelope.id, error = %e, "cannot record status yet, requeueing");
-                delivery.nack(true).await?;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
+    // Let the reports being recorded finish (they are short).
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
 }
 
 /// ekko-api: the conductor (the REST API joins it here).

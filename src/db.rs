@@ -244,6 +244,23 @@ impl Db {
         .map_err(|e| DbError::Task(e.to_string()))?
     }
 
+    /// [`Db::run`] for a closure with its own error type (a use case that
+    /// decides inside the transaction).
+    pub async fn run_as<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(DbError::from)?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
     /// Apply pending migrations; returns the versions applied.
     pub fn sync(&self) -> DbResult<Vec<String>> {
         let mut conn = self.conn()?;

@@ -73,9 +73,15 @@ impl Ekko {
             // Fail early and loudly on the wrong master key.
             keyring.check_catalog().await?;
         }
+        let role = if catalog == Catalog::None {
+            crate::queue::BusRole::Host
+        } else {
+            crate::queue::BusRole::Controller
+        };
         let queue = crate::queue::connect(
             &config.default.transport_url,
             &config.default.control_exchange,
+            role,
         )
         .await?;
         Ok(Ekko {

@@ -65,6 +65,9 @@ pub trait Consumer: Send {
 pub struct Delivery {
     pub envelope: Envelope,
     pub redelivered: bool,
+    /// The bus user that published it, as the broker checked it
+    /// (RabbitMQ's validated `user_id`); `None` in process.
+    pub user_id: Option<String>,
     acker: Box<dyn Acker>,
 }
 
@@ -73,8 +76,14 @@ impl Delivery {
         Delivery {
             envelope,
             redelivered,
+            user_id: None,
             acker,
         }
+    }
+
+    pub(crate) fn with_user_id(mut self, user_id: Option<String>) -> Delivery {
+        self.user_id = user_id;
+        self
     }
 
     pub async fn ack(self) -> QueueResult<()> {
@@ -92,12 +101,26 @@ pub(crate) trait Acker: Send {
     async fn nack(self: Box<Self>, requeue: bool) -> QueueResult<()>;
 }
 
+/// Who a process is on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusRole {
+    /// The controller side: declares the exchange and the shared queues.
+    Controller,
+    /// A compute host: its bus user may only touch its own queues, so the
+    /// exchange is declared passively (it must exist).
+    Host,
+}
+
 /// Open the queue `transport_url` names, publishing on `exchange`.
-pub async fn connect(transport_url: &str, exchange: &str) -> QueueResult<Arc<dyn MessageQueue>> {
+pub async fn connect(
+    transport_url: &str,
+    exchange: &str,
+    role: BusRole,
+) -> QueueResult<Arc<dyn MessageQueue>> {
     match TransportUrl::parse(transport_url).map_err(|e| QueueError::Url(e.0))? {
         TransportUrl::Memory => Ok(Arc::new(memory::MemoryQueue::new())),
         TransportUrl::Rabbit(uris) => Ok(Arc::new(
-            rabbitmq::RabbitQueue::connect(uris, exchange).await?,
+            rabbitmq::RabbitQueue::connect(uris, exchange, role).await?,
         )),
     }
 }

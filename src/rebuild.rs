@@ -286,7 +286,15 @@ async fn commit_project(
                     } else {
                         &m.instance_name
                     };
-                    instances::upsert(c, &m.instance_id, &m.project_id, &m.host, name, &reports)?;
+                    instances::upsert(
+                        c,
+                        &m.instance_id,
+                        &m.project_id,
+                        &m.host,
+                        name,
+                        &reports,
+                        instances::MOVE_ALWAYS,
+                    )?;
                     let disks = instances::disks_of(c, &m.instance_id)?;
                     let mut b =
                         Backup::queued(&m.project_id, &m.user_id, &m.instance_id, &m.name, "auto");

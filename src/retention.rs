@@ -41,6 +41,10 @@ use rules::{Candidate, Decision, Rules};
 /// Segments handled per catalog query.
 const BATCH: i64 = 1000;
 
+/// Slack for the difference between the catalog's and the store's clocks
+/// measured a moment apart (the measurement itself takes a request).
+const CLOCK_MARGIN: chrono::Duration = chrono::Duration::seconds(60);
+
 /// One instance's verdicts under a policy.
 #[derive(Debug, Clone, Serialize)]
 pub struct InstancePlan {
@@ -70,6 +74,8 @@ pub struct PassReport {
     pub segments_scrubbed: usize,
     pub damaged_records: usize,
     pub backups_damaged: usize,
+    /// Disks retired: their live host stopped reporting them.
+    pub disks_retired: usize,
     pub live_segments: i64,
     pub live_bytes: i64,
 }
@@ -108,7 +114,11 @@ impl std::fmt::Display for PassReport {
             self.orphans_deleted,
             self.live_segments,
             mib(self.live_bytes),
-        )
+        )?;
+        if self.disks_retired > 0 {
+            write!(f, "; {} disks retired", self.disks_retired)?;
+        }
+        Ok(())
     }
 }
 
@@ -169,6 +179,32 @@ pub async fn plan_policy(ekko: &Ekko, policy_id: &str) -> anyhow::Result<Vec<Ins
         .collect())
 }
 
+/// Retire the disks their hosts stopped reporting for `[retention]
+/// retire_after` (instance deleted, disk detached), on hosts that still
+/// report: see `db::instances::retire_gone`. Returns how many.
+pub async fn retire_gone(ekko: &Ekko) -> anyhow::Result<usize> {
+    let now = Utc::now();
+    // A host that missed three heartbeats may be down, not rid of its
+    // instances: its disks wait.
+    let alive = ekko
+        .config
+        .backup
+        .heartbeat_interval
+        .max(1)
+        .saturating_mul(3);
+    let host_alive_after = (now - chrono::Duration::seconds(alive as i64)).naive_utc();
+    let retire_after = i64::try_from(ekko.config.retention.retire_after).unwrap_or(i64::MAX / 2);
+    let gone_before = (now - chrono::Duration::seconds(retire_after)).naive_utc();
+    let retired = ekko
+        .db()?
+        .run(move |c| crate::db::instances::retire_gone(c, host_alive_after, gone_before))
+        .await?;
+    for d in &retired {
+        tracing::info!(disk = %d.id, instance = %d.instance_id, device = %d.device, "disk retired: its host no longer reports it");
+    }
+    Ok(retired.len())
+}
+
 /// One retention pass over every enabled policy, then garbage collection.
 /// With `dry_run`, only counts what would expire.
 pub async fn run_pass(ekko: &Ekko, dry_run: bool) -> anyhow::Result<PassReport> {
@@ -214,6 +250,7 @@ pub async fn run_pass(ekko: &Ekko, dry_run: bool) -> anyhow::Result<PassReport> 
         }
     }
     if !dry_run {
+        report.disks_retired = retire_gone(ekko).await?;
         let grace = Duration::from_secs(ekko.config.retention.gc_grace_period);
         compaction::compact(ekko, &mut report).await?;
         let gc = collect_garbage(ekko, grace).await?;
@@ -347,10 +384,8 @@ async fn delete_objects(ekko: &Ekko, container: &str, names: &[String]) -> bool 
 pub async fn sweep_orphans(ekko: &Ekko, grace: Duration) -> anyhow::Result<(usize, i64)> {
     use std::collections::HashSet;
     let db = ekko.db()?.clone();
-    let mut cutoff = Utc::now() - chrono::Duration::from_std(grace)?;
-    if let Some(oldest) = db.run(jobs::oldest_active_start).await? {
-        cutoff = cutoff.min(oldest.and_utc());
-    }
+    let grace = chrono::Duration::from_std(grace)?;
+    let oldest_job = db.run(jobs::oldest_active_start).await?;
     let prefix = ekko.config.swift.container_prefix.clone();
     let (mut deleted, mut bytes) = (0, 0i64);
     for cont in ekko.store.containers(&prefix).await? {
@@ -363,6 +398,16 @@ pub async fn sweep_orphans(ekko: &Ekko, grace: Duration) -> anyhow::Result<(usiz
                 Ok((segs.into_iter().collect(), ids.into_iter().collect()))
             })
             .await?;
+        // Objects carry the store's clock: the cutoff is taken on it. The
+        // oldest job's start (the catalog's clock) is moved onto it by the
+        // difference between the two clocks now.
+        let before = Utc::now();
+        let store_now = ekko.store.now(&cont).await?;
+        let skew = store_now - before;
+        let mut cutoff = store_now - grace;
+        if let Some(oldest) = oldest_job {
+            cutoff = cutoff.min(oldest.and_utc() + skew - CLOCK_MARGIN);
+        }
         for obj in ekko.store.list(&cont, "").await? {
             if obj.last_modified >= cutoff {
                 continue;

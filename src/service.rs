@@ -60,6 +60,10 @@ pub enum ServiceError {
     /// A message from the bus that can never be handled.
     #[error("bad message: {0}")]
     BadMessage(String),
+    /// A host's report that contradicts the catalog or its job as
+    /// planned (see `reports`): never applied, never retried.
+    #[error("report refused: {0}")]
+    Refused(String),
     /// Anything else: a defect or an unexpected failure (store, engine).
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),

@@ -74,6 +74,15 @@ pub trait ObjectStore: Send + Sync {
     ) -> StoreResult<Bytes>;
     async fn get_stream(&self, container: &str, name: &str) -> StoreResult<ByteStream>;
     async fn head(&self, container: &str, name: &str) -> StoreResult<ObjectMeta>;
+
+    /// The store's own clock: the time it stamps an object written now.
+    /// Ages of stored objects are measured against it, never against the
+    /// local clock (the two may differ).
+    async fn now(&self, container: &str) -> StoreResult<DateTime<Utc>> {
+        const PROBE: &str = "clock/probe";
+        self.put(container, PROBE, Bytes::from_static(b"t")).await?;
+        Ok(self.head(container, PROBE).await?.last_modified)
+    }
     /// Objects whose name starts with `prefix`, in name order.
     async fn list(&self, container: &str, prefix: &str) -> StoreResult<Vec<ObjectMeta>>;
     /// Delete an object; `NotFound` if it was not there.

@@ -80,10 +80,19 @@ impl Topology {
         format!("{}.control.{host}", self.exchange)
     }
 
-    /// Declare (idempotently) the queues every role relies on.
+    /// The conductors' dead letters: status messages set aside, with why.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.status.dead", self.exchange)
+    }
+
+    /// Declare (idempotently) the queues the conductors rely on: the status
+    /// queue and its dead letters.
     pub async fn declare_status(&self, queue: &dyn MessageQueue) -> Result<(), QueueError> {
         queue
             .declare_queue(&self.status_queue(), &["status.#".to_string()])
+            .await?;
+        queue
+            .declare_queue(&self.dead_letter_queue(), &["dead.status".to_string()])
             .await
     }
 
@@ -102,6 +111,15 @@ impl Topology {
     }
 }
 
+/// The routing key a report of `kind` is published with.
+pub fn report_routing_key(kind: &str) -> String {
+    if kind == HEARTBEAT_KIND {
+        HEARTBEAT_KEY.to_string()
+    } else {
+        status_key(kind)
+    }
+}
+
 /// Publish a report of `kind` to the conductors.
 pub async fn publish_report<T: serde::Serialize>(
     queue: &dyn MessageQueue,
@@ -109,12 +127,7 @@ pub async fn publish_report<T: serde::Serialize>(
     body: &T,
 ) -> Result<(), QueueError> {
     let env = Envelope::new(kind, body)?;
-    let key = if kind == HEARTBEAT_KIND {
-        HEARTBEAT_KEY.to_string()
-    } else {
-        status_key(kind)
-    };
-    queue.publish(&key, &env).await
+    queue.publish(&report_routing_key(kind), &env).await
 }
 
 #[cfg(test)]

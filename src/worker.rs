@@ -161,9 +161,27 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let host = ekko.config.default.host.clone();
+    // The status queue is the conductors' to declare: a host's bus user
+    // may touch only its own queues.
     let topology = ekko.topology();
-    topology.declare_status(ekko.queue.as_ref()).await?;
-    topology.declare_host(ekko.queue.as_ref(), &host).await?;
+    // Until the controller made the exchange, the host's queues cannot be
+    // bound: wait for it (a host may boot first).
+    let mut wait = Duration::from_millis(500);
+    tokio::pin!(shutdown);
+    loop {
+        match topology.declare_host(ekko.queue.as_ref(), &host).await {
+            Ok(()) => break,
+            Err(QueueError::Unavailable(why)) => {
+                tracing::warn!(%why, "cannot declare this host's queues yet; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let queue = topology.host_queue(&host);
     let capacity = ekko.config.backup.max_concurrent_backups.clamp(1, 64);
     let hypervisor = crate::hypervisor::from_config(&ekko.config)
@@ -190,7 +208,6 @@ pub async fn run(
     ));
     let mut tasks = tokio::task::JoinSet::new();
     tracing::info!(%host, %queue, capacity, "ekko-backup ready");
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,

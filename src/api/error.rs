@@ -145,9 +145,9 @@ impl From<ServiceError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", why)
             }
             ServiceError::Unavailable(why) => ApiError::unavailable(why),
-            e @ (ServiceError::BadMessage(_) | ServiceError::Internal(_)) => {
-                ApiError::internal(format!("{e:#}"))
-            }
+            e @ (ServiceError::BadMessage(_)
+            | ServiceError::Refused(_)
+            | ServiceError::Internal(_)) => ApiError::internal(format!("{e:#}")),
         }
     }
 }

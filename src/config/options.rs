@@ -289,6 +289,15 @@ option_group! {
         /// Directory scanned for `<instance_id>.json` files describing instances
         /// (QMP socket, project, optional guest agent socket).
         pub discovery_dir: Option<String> = None;
+        /// Compute hosts connect to the message bus as users of their own,
+        /// `<host_bus_user_prefix><host>`, allowed only their own queues
+        /// (README, "Message bus users"): the conductor then takes a report
+        /// only from the user of the host it names. Off, hosts share a bus
+        /// user and a host's reports are checked against the catalog but
+        /// taken at their word about which host sent them.
+        pub host_bus_users: bool = false;
+        /// The bus user name of a compute host is this prefix and its name.
+        pub host_bus_user_prefix: String = s("ekko-host-");
     }
 }
 
@@ -298,8 +307,14 @@ option_group! {
         /// Seconds between retention passes.
         pub interval: u64 = 3600;
         /// Seconds an unreferenced segment waits before it is deleted; must
-        /// exceed the longest backup or restore.
+        /// exceed the longest backup or restore (`[backup] job_timeout` and
+        /// `job_stall_timeout`): a shorter one is refused at start-up.
         pub gc_grace_period: u64 = 86400;
+        /// Seconds after which a disk its (live) host no longer reports is
+        /// retired: its instance was deleted or the disk detached. Its
+        /// backups then follow the retention rules like any other, and the
+        /// data only they hold is reclaimed.
+        pub retire_after: u64 = 604800;
         /// Segments whose live share falls below this fraction are compacted.
         pub compaction_threshold: f64 = 0.5;
         /// Share of segments (percent) re-read and checked by each scrub pass.

@@ -255,22 +255,10 @@ pub fn interrupt_running(
         for id in &ids {
             transition(conn, id, BackupStatus::Error, Some(why))?;
             // Its job too: a job left `running` would hold back garbage
-            // collection (the oldest-writer cutoff) for ever.
-            use super::schema::jobs;
-            diesel::update(
-                jobs::table
-                    .filter(jobs::backup_id.eq(id))
-                    .filter(jobs::status.eq_any([
-                        crate::status::JobStatus::Queued,
-                        crate::status::JobStatus::Running,
-                    ])),
-            )
-            .set((
-                jobs::status.eq(crate::status::JobStatus::Failed),
-                jobs::error.eq(why),
-                jobs::updated_at.eq(now()),
-            ))
-            .execute(conn)?;
+            // collection (the oldest-writer cutoff) and keep its pins.
+            if let Some(job) = super::jobs::active_for(conn, super::jobs::Subject::Backup(id))? {
+                super::jobs::finish(conn, &job.id, crate::status::JobStatus::Failed, Some(why))?;
+            }
         }
         Ok(ids)
     })
@@ -455,7 +443,20 @@ pub fn commit(
         let backup = get(conn, backup_id)?;
         let at = now();
         for dc in disks {
-            let head: i64 = d::table.find(&dc.disk_id).select(d::head_seq).first(conn).found(|| format!("disk {}", dc.disk_id))?;
+            // Only a disk of the backup's own instance (a report naming
+            // another disk is refused before it changes anything).
+            let (head, instance): (i64, String) = d::table
+                .find(&dc.disk_id)
+                .select((d::head_seq, d::instance_id))
+                .first(conn)
+                .optional()?
+                .ok_or_else(|| DbError::Conflict(format!("disk {} is not in the catalog", dc.disk_id)))?;
+            if instance != backup.instance_id {
+                return Err(DbError::Conflict(format!(
+                    "disk {} is not a disk of instance {}",
+                    dc.disk_id, backup.instance_id
+                )));
+            }
             if head != dc.base_seq {
                 return Err(DbError::Conflict(format!(
                     "disk {} moved on (head {head}, backup built on {}): another backup committed meanwhile",
@@ -476,7 +477,16 @@ pub fn commit(
                 segments::lost_a_user(conn, &old)?;
             }
             for &(id, size, records) in &dc.new_segments {
-                segments::insert(conn, &segments::Segment::live(id, &backup.project_id, size, records))?;
+                // An id the catalog already has (a duplicate, or a forged
+                // report naming another segment) is refused, not retried.
+                match segments::insert(conn, &segments::Segment::live(id, &backup.project_id, size, records)) {
+                    Err(e) if e.is_unique_violation() => {
+                        return Err(DbError::Conflict(format!(
+                            "segment {id:016x} is already in the catalog"
+                        )))
+                    }
+                    other => other?,
+                }
             }
             if dc.fresh_map {
                 segments::end_open_refs(conn, &dc.disk_id, seq)?;
@@ -519,6 +529,8 @@ pub fn commit(
                     d::bitmap_name.eq(&dc.bitmap_name),
                     d::needs_full_read.eq(false),
                     d::virtual_size.eq(dc.virtual_size),
+                    // Backed up again: in service (a reappeared disk).
+                    d::retired_at.eq(None::<NaiveDateTime>),
                 ))
                 .execute(conn)?;
         }

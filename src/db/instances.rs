@@ -17,6 +17,8 @@ pub struct Instance {
     pub status: InstanceStatus,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// When a host last reported it in its inventory.
+    pub last_seen_at: Option<NaiveDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -31,8 +33,24 @@ pub struct Disk {
     pub head_seq: i64,
     pub bitmap_name: Option<String>,
     pub needs_full_read: bool,
+    /// Its instance or the disk itself went away (see [`retire_gone`]); a
+    /// disk seen again after that is backed up anew (full read, fresh map).
     pub retired_at: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
+    /// When a host last reported it in its inventory.
+    pub last_seen_at: Option<NaiveDateTime>,
+}
+
+impl Disk {
+    /// A retired disk its host reports again.
+    pub fn reappeared(&self) -> bool {
+        matches!((self.retired_at, self.last_seen_at), (Some(r), Some(s)) if s > r)
+    }
+
+    /// Backed up by its instance's next backup: not retired, or back.
+    pub fn in_service(&self) -> bool {
+        self.retired_at.is_none() || self.reappeared()
+    }
 }
 
 /// What a host reports about one disk of an instance.
@@ -43,8 +61,16 @@ pub struct DiskReport {
     pub virtual_size: i64,
 }
 
-/// Register or refresh an instance and its disks as a host reports them.
-/// Disks keep their ids (and backup history) across reports.
+/// `moved_before` for callers that may always move an instance (the
+/// operator's own command line, a catalog rebuild).
+pub const MOVE_ALWAYS: NaiveDateTime = NaiveDateTime::MAX;
+
+/// Register or refresh an instance and its disks as `host` reports them.
+/// Disks keep their ids (and backup history) across reports. An instance
+/// another host reported after `moved_before` stays with that host (a host
+/// cannot take over another's instance while it still reports it); one
+/// nobody reported since then moves to the reporter (a migration, an
+/// evacuation).
 pub fn upsert(
     conn: &mut DbConnection,
     id: &str,
@@ -52,6 +78,7 @@ pub fn upsert(
     host: &str,
     name: &str,
     reported: &[DiskReport],
+    moved_before: NaiveDateTime,
 ) -> DbResult<Instance> {
     conn.transaction(|conn| {
         let at = now();
@@ -66,13 +93,25 @@ pub fn upsert(
                     "instance {id} is registered to another project"
                 )))
             }
-            Some(_) => {
+            Some(inst)
+                if inst.host != host && inst.last_seen_at.is_some_and(|s| s >= moved_before) =>
+            {
+                return Err(super::DbError::Conflict(format!(
+                    "instance {id} is reported by host {} too; it stays there until that host stops reporting it",
+                    inst.host
+                )));
+            }
+            Some(inst) => {
+                if inst.host != host {
+                    tracing::info!(instance = id, from = %inst.host, to = host, "instance moved");
+                }
                 diesel::update(instances::table.find(id))
                     .set((
                         instances::host.eq(host),
                         instances::name.eq(name),
                         instances::status.eq(InstanceStatus::Active),
                         instances::updated_at.eq(at),
+                        instances::last_seen_at.eq(at),
                     ))
                     .execute(conn)?;
             }
@@ -86,6 +125,7 @@ pub fn upsert(
                         status: InstanceStatus::Active,
                         created_at: at,
                         updated_at: at,
+                        last_seen_at: Some(at),
                     })
                     .execute(conn)?;
             }
@@ -99,6 +139,7 @@ pub fn upsert(
             .set((
                 disks::node_name.eq(&d.node_name),
                 disks::virtual_size.eq(d.virtual_size),
+                disks::last_seen_at.eq(at),
             ))
             .execute(conn)?;
             if updated == 0 {
@@ -115,6 +156,7 @@ pub fn upsert(
                         needs_full_read: false,
                         retired_at: None,
                         created_at: at,
+                        last_seen_at: Some(at),
                     })
                     .execute(conn)?;
             }
@@ -187,4 +229,67 @@ pub fn touch(conn: &mut DbConnection, id: &str) -> DbResult<()> {
         .set(instances::updated_at.eq(now()))
         .execute(conn)?;
     Ok(())
+}
+
+/// Retire the disks that went away: on a host that still reports (a
+/// heartbeat after `host_alive_after`), not reported since
+/// `gone_before` (their instance was deleted, or the disk detached). The
+/// head's open reference intervals end at the head, so the head counts
+/// only while its backup is not deleted and retention treats it as any
+/// other backup; the bitmap is forgotten. A disk of a host that stopped
+/// reporting altogether is left alone (the host may be down). An instance
+/// whose disks are all retired is marked gone. Returns the disks retired.
+pub fn retire_gone(
+    conn: &mut DbConnection,
+    host_alive_after: NaiveDateTime,
+    gone_before: NaiveDateTime,
+) -> DbResult<Vec<Disk>> {
+    use super::schema::hosts;
+    conn.transaction(|conn| {
+        let alive: Vec<String> = hosts::table
+            .filter(hosts::heartbeat_at.ge(host_alive_after))
+            .select(hosts::name)
+            .load(conn)?;
+        let candidates: Vec<(Disk, String)> = disks::table
+            .inner_join(instances::table)
+            .filter(disks::retired_at.is_null())
+            .filter(instances::host.eq_any(&alive))
+            .select((Disk::as_select(), instances::host))
+            .load(conn)?;
+        let at = now();
+        let mut retired = Vec::new();
+        for (d, _) in candidates {
+            if d.last_seen_at.unwrap_or(d.created_at) >= gone_before {
+                continue;
+            }
+            let n = diesel::update(disks::table.find(&d.id).filter(disks::retired_at.is_null()))
+                .set((
+                    disks::retired_at.eq(at),
+                    disks::bitmap_name.eq(None::<String>),
+                    disks::needs_full_read.eq(true),
+                ))
+                .execute(conn)?;
+            if n == 0 {
+                continue;
+            }
+            if d.head_seq > 0 {
+                super::segments::end_open_refs(conn, &d.id, d.head_seq + 1)?;
+                if let Some(head) = super::backups::head_record(conn, &d.id)? {
+                    super::segments::lost_a_user(conn, &head.backup_id)?;
+                }
+            }
+            let left: i64 = disks::table
+                .filter(disks::instance_id.eq(&d.instance_id))
+                .filter(disks::retired_at.is_null())
+                .count()
+                .get_result(conn)?;
+            if left == 0 {
+                diesel::update(instances::table.find(&d.instance_id))
+                    .set(instances::status.eq(InstanceStatus::Gone))
+                    .execute(conn)?;
+            }
+            retired.push(d);
+        }
+        Ok(retired)
+    })
 }

@@ -70,27 +70,35 @@ pub fn get(conn: &mut DbConnection, id: &str) -> DbResult<Job> {
         .found(|| format!("job {id}"))
 }
 
-/// A worker started (or restarted, after a redelivery) the job. Returns
+/// The job's host started (or restarted, after a redelivery) it. Returns
 /// `Conflict` when the job already ended, so a redelivered message is
-/// acknowledged and dropped instead of running twice.
+/// acknowledged and dropped instead of running twice. The job stays with
+/// the host it was sent to: a report from another host changes nothing.
 pub fn start(conn: &mut DbConnection, id: &str, host: &str) -> DbResult<Job> {
     let at = now();
-    let updated = diesel::update(jobs::table.find(id).filter(jobs::status.eq_any(ACTIVE)))
-        .set((
-            jobs::status.eq(JobStatus::Running),
-            jobs::host.eq(host),
-            jobs::attempts.eq(jobs::attempts + 1),
-            jobs::started_at.eq(at),
-            jobs::heartbeat_at.eq(at),
-            jobs::updated_at.eq(at),
-        ))
-        .execute(conn)?;
+    let updated = diesel::update(
+        jobs::table
+            .find(id)
+            .filter(jobs::status.eq_any(ACTIVE))
+            .filter(jobs::host.is_null().or(jobs::host.eq(host))),
+    )
+    .set((
+        jobs::status.eq(JobStatus::Running),
+        jobs::host.eq(host),
+        jobs::attempts.eq(jobs::attempts + 1),
+        jobs::started_at.eq(at),
+        jobs::heartbeat_at.eq(at),
+        jobs::updated_at.eq(at),
+    ))
+    .execute(conn)?;
     let job = get(conn, id)?;
     if updated == 0 {
-        return Err(DbError::Conflict(format!(
-            "job {id} is already {}",
-            job.status
-        )));
+        return Err(DbError::Conflict(match job.host.as_deref() {
+            Some(h) if h != host && job.status.is_active() => {
+                format!("job {id} is the job of host {h}")
+            }
+            _ => format!("job {id} is already {}", job.status),
+        }));
     }
     Ok(job)
 }
@@ -139,7 +147,47 @@ pub fn finish(
             jobs::updated_at.eq(now()),
         ))
         .execute(conn)?;
+    if updated == 1 {
+        release_pins(conn, id)?;
+    }
     Ok(updated == 1)
+}
+
+/// Pin the records a backup job is planned on (its disks' heads, its
+/// dedup sources): while the job is queued or running they count as heads
+/// do, so retention keeps every chunk the job may reference at commit.
+pub fn pin(conn: &mut DbConnection, job_id: &str, records: &[(String, i64)]) -> DbResult<()> {
+    use super::schema::job_pins;
+    for (disk_id, seq) in records {
+        diesel::insert_into(job_pins::table)
+            .values((
+                job_pins::job_id.eq(job_id),
+                job_pins::disk_id.eq(disk_id),
+                job_pins::seq.eq(seq),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// The job ended: its pins go, and the segments of pinned records whose
+/// backups no longer count are measured again by the next compaction.
+fn release_pins(conn: &mut DbConnection, job_id: &str) -> DbResult<()> {
+    use super::schema::{backup_disks, job_pins};
+    let pinned: Vec<String> = job_pins::table
+        .inner_join(
+            backup_disks::table.on(backup_disks::disk_id
+                .eq(job_pins::disk_id)
+                .and(backup_disks::seq.eq(job_pins::seq))),
+        )
+        .filter(job_pins::job_id.eq(job_id))
+        .select(backup_disks::backup_id)
+        .load(conn)?;
+    diesel::delete(job_pins::table.filter(job_pins::job_id.eq(job_id))).execute(conn)?;
+    for backup_id in pinned {
+        super::segments::lost_a_user(conn, &backup_id)?;
+    }
+    Ok(())
 }
 
 /// Jobs to fail: running ones whose worker stopped heart-beating before

@@ -20,6 +20,7 @@ diesel::table! {
         status -> Text,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        last_seen_at -> Nullable<Timestamp>,
     }
 }
 
@@ -36,6 +37,15 @@ diesel::table! {
         needs_full_read -> Bool,
         retired_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
+        last_seen_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    job_pins (job_id, disk_id, seq) {
+        job_id -> Text,
+        disk_id -> Text,
+        seq -> BigInt,
     }
 }
 
@@ -238,6 +248,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     bad_chunks,
     project_keys,
     jobs,
+    job_pins,
     restores,
     quotas,
 );

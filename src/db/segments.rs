@@ -167,12 +167,16 @@ struct Count {
     n: i64,
 }
 
-/// An interval `r` that still counts: open (the disk's head), or holding a
-/// record whose backup is not deleted.
+/// An interval `r` that still counts: open (the disk's head), holding a
+/// record whose backup is not deleted, or holding a record a queued or
+/// running job is planned on (`job_pins`: its base or a dedup source).
 const COUNTS: &str = "(r.to_seq IS NULL OR EXISTS ( \
     SELECT 1 FROM backup_disks bd JOIN backups b ON b.id = bd.backup_id \
     WHERE bd.disk_id = r.disk_id AND bd.seq >= r.from_seq AND bd.seq <= r.to_seq \
-      AND b.status <> 'deleted'))";
+      AND b.status <> 'deleted') OR EXISTS ( \
+    SELECT 1 FROM job_pins p JOIN jobs j ON j.id = p.job_id \
+    WHERE p.disk_id = r.disk_id AND p.seq >= r.from_seq AND p.seq <= r.to_seq \
+      AND j.status IN ('queued', 'running')))";
 
 /// `s` (a segment row) is unreferenced: no counting interval names it, or
 /// names a segment whose records compaction moved into it.
@@ -212,7 +216,16 @@ pub fn open_count(conn: &mut DbConnection, disk_id: &str, segment_id: i64) -> Db
 /// not be on its way out; a condemned segment (not yet deleted, by the
 /// grace period) becomes live again.
 pub fn reuse(conn: &mut DbConnection, segment_id: i64, project_id: &str) -> DbResult<()> {
-    let seg = get(conn, segment_id)?;
+    // A segment the catalog does not know (any more) is a verdict on this
+    // commit, not a reason to retry it.
+    let seg = match get(conn, segment_id) {
+        Err(super::DbError::NotFound(_)) => {
+            return Err(super::DbError::Conflict(format!(
+                "segment {segment_id:016x} is not in the catalog"
+            )))
+        }
+        other => other?,
+    };
     if seg.project_id != project_id {
         return Err(super::DbError::Conflict(format!(
             "segment {segment_id:016x} belongs to another project"
@@ -481,8 +494,9 @@ pub struct RecordRoot {
 }
 
 /// The records that still count and use any of `ids` (directly or through
-/// a redirect): every non-deleted record of a counting interval, and the
-/// head of an open one whatever its backup's status.
+/// a redirect): every non-deleted record of a counting interval, the head
+/// of an open one whatever its backup's status, and every record a queued
+/// or running job is planned on.
 pub fn records_using(conn: &mut DbConnection, ids: &[i64]) -> DbResult<Vec<RecordRoot>> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -505,7 +519,10 @@ pub fn records_using(conn: &mut DbConnection, ids: &[i64]) -> DbResult<Vec<Recor
          JOIN backups b ON b.id = bd.backup_id \
          JOIN disks d ON d.id = bd.disk_id \
          WHERE r.segment_id IN ({list}) \
-           AND (b.status <> 'deleted' OR (r.to_seq IS NULL AND bd.seq = d.head_seq)) \
+           AND (b.status <> 'deleted' OR (r.to_seq IS NULL AND bd.seq = d.head_seq) \
+             OR EXISTS (SELECT 1 FROM job_pins p JOIN jobs j ON j.id = p.job_id \
+               WHERE p.disk_id = bd.disk_id AND p.seq = bd.seq \
+                 AND j.status IN ('queued', 'running'))) \
          ORDER BY bd.disk_id, bd.seq"
     ))
     .load(conn)?)

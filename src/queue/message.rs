@@ -26,6 +26,14 @@ pub struct Envelope {
     /// RFC 3339 UTC time of sending.
     pub sent_at: String,
     pub body: serde_json::Value,
+    /// How often a consumer already tried and put the message back for a
+    /// later retry (absent: never).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Envelope {
@@ -36,6 +44,7 @@ impl Envelope {
             kind: kind.to_string(),
             sent_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             body: serde_json::to_value(body).map_err(|e| QueueError::BadMessage(e.to_string()))?,
+            retries: 0,
         })
     }
 

@@ -18,7 +18,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 
-use super::{Acker, Consumer, Delivery, Envelope, MessageQueue, QueueError, QueueResult};
+use super::{Acker, BusRole, Consumer, Delivery, Envelope, MessageQueue, QueueError, QueueResult};
 
 /// How long `publish` keeps retrying through a broker outage.
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(120);
@@ -34,6 +34,11 @@ struct Link {
 struct Inner {
     uris: Vec<String>,
     exchange: String,
+    role: BusRole,
+    /// The bus user of the URIs: every message carries it as `user_id`,
+    /// which RabbitMQ checks against the connection's user, so a consumer
+    /// knows who published.
+    user: Option<String>,
     link: Mutex<Option<Link>>,
     /// Queues declared so far, re-declared after a reconnect.
     topology: Mutex<Vec<(String, Vec<String>)>>,
@@ -54,16 +59,39 @@ fn next_backoff(d: Duration) -> Duration {
 
 impl RabbitQueue {
     /// Connect (trying each host in turn) and declare the exchange.
-    pub async fn connect(uris: Vec<String>, exchange: &str) -> QueueResult<RabbitQueue> {
+    pub async fn connect(
+        uris: Vec<String>,
+        exchange: &str,
+        role: BusRole,
+    ) -> QueueResult<RabbitQueue> {
+        let user = uris
+            .first()
+            .and_then(|u| url::Url::parse(u).ok())
+            .map(|u| {
+                url::form_urlencoded::parse(u.username().as_bytes())
+                    .map(|(k, v)| format!("{k}{v}"))
+                    .collect::<String>()
+            })
+            .filter(|u| !u.is_empty());
         let q = RabbitQueue {
             inner: Arc::new(Inner {
                 uris,
                 exchange: exchange.to_string(),
+                role,
+                user,
                 link: Mutex::new(None),
                 topology: Mutex::new(Vec::new()),
             }),
         };
-        q.publish_channel().await?;
+        match q.publish_channel().await {
+            Ok(_) => {}
+            // A host may start before the controller made the exchange:
+            // publishing and consuming retry until it exists.
+            Err(e) if role == BusRole::Host => {
+                tracing::warn!(error = %e, "message bus not ready yet; retrying in the background");
+            }
+            Err(e) => return Err(e),
+        }
         Ok(q)
     }
 
@@ -90,6 +118,8 @@ impl RabbitQueue {
                 ExchangeKind::Topic,
                 ExchangeDeclareOptions {
                     durable: true,
+                    // A host may not (re)declare it; it must exist.
+                    passive: self.inner.role == BusRole::Host,
                     ..Default::default()
                 },
                 FieldTable::default(),
@@ -157,9 +187,12 @@ impl RabbitQueue {
 
     async fn publish_once(&self, routing_key: &str, payload: &[u8]) -> QueueResult<()> {
         let channel = self.publish_channel().await?;
-        let props = BasicProperties::default()
+        let mut props = BasicProperties::default()
             .with_delivery_mode(2) // persistent
             .with_content_type("application/json".into());
+        if let Some(user) = &self.inner.user {
+            props = props.with_user_id(user.as_str().into());
+        }
         let confirm = channel
             .basic_publish(
                 self.inner.exchange.as_str().into(),
@@ -301,8 +334,10 @@ impl Consumer for RabbitConsumer {
             match sub.stream.next().await {
                 Some(Ok(d)) => match Envelope::from_bytes(&d.data) {
                     Ok(envelope) => {
+                        let user_id = d.properties.user_id().as_ref().map(|u| u.to_string());
                         let acker = RabbitAcker { acker: d.acker };
-                        return Ok(Delivery::new(envelope, d.redelivered, Box::new(acker)));
+                        return Ok(Delivery::new(envelope, d.redelivered, Box::new(acker))
+                            .with_user_id(user_id));
                     }
                     Err(e) => {
                         // Unreadable: reject without requeue so it cannot loop.

@@ -18,6 +18,7 @@ use crate::Ekko;
 
 use super::convert::record_ref;
 use super::jobs::{deadline_after, end_for_cancel, job_timeout, send, send_cancel};
+use super::reports::{PlannedBackup, PlannedDisk};
 use super::{find, marker_error, Caller, Page, ServiceError, ServiceResult};
 
 const MAX_NAME: usize = 255;
@@ -89,7 +90,11 @@ pub fn plan(
                 instance.id, active.id, active.status
             )));
         }
-        let disks = instances::disks_of(c, &instance.id)?;
+        // Retired disks are gone; one that came back is in service again.
+        let disks: Vec<_> = instances::disks_of(c, &instance.id)?
+            .into_iter()
+            .filter(|d| d.in_service())
+            .collect();
         if disks.is_empty() {
             return Err(DbError::Conflict(format!(
                 "instance {} has no disk its host reported",
@@ -114,10 +119,21 @@ pub fn plan(
         let bad_records = BadRecord::from_rows(&segments::bad_records(c, &instance.project_id)?);
         let mut job_disks = Vec::new();
         let mut dedup_sources = Vec::new();
+        // The records this job builds on or reuses: pinned while it runs,
+        // so retention keeps every chunk it may reference at commit.
+        let mut pins: Vec<(String, i64)> = Vec::new();
         for d in &disks {
-            let head = backups::head_record(c, &d.id)?
-                .as_ref()
-                .and_then(record_ref);
+            // A disk that came back after retirement starts afresh: its old
+            // head's data may be reclaimed already.
+            let head_row = if d.reappeared() {
+                None
+            } else {
+                backups::head_record(c, &d.id)?
+            };
+            if let Some(h) = &head_row {
+                pins.push((h.disk_id.clone(), h.seq));
+            }
+            let head = head_row.as_ref().and_then(record_ref);
             let rebuild_map = d.needs_full_read && !bad_records.is_empty();
             if rebuild_map {
                 dedup_sources.extend(head.clone());
@@ -129,15 +145,16 @@ pub fn plan(
                 base_seq: d.head_seq,
                 expected_bitmap: head.as_ref().and(d.bitmap_name.clone()),
                 head: if rebuild_map { None } else { head },
-                needs_full_read: d.needs_full_read,
+                needs_full_read: d.needs_full_read || d.reappeared(),
             });
         }
         let own: Vec<String> = disks.iter().map(|d| d.id.clone()).collect();
-        dedup_sources.extend(
-            backups::project_heads(c, &instance.project_id, &own, opts.dedup_heads)?
-                .iter()
-                .filter_map(record_ref),
-        );
+        for h in backups::project_heads(c, &instance.project_id, &own, opts.dedup_heads)? {
+            if let Some(r) = record_ref(&h) {
+                pins.push((h.disk_id.clone(), h.seq));
+                dedup_sources.push(r);
+            }
+        }
         let deadline = deadline_after(opts.job_timeout);
         let mut job = Job::queued(JobKind::Backup, &instance.project_id);
         job.backup_id = Some(backup.id.clone());
@@ -163,9 +180,24 @@ pub fn plan(
             write_keys,
             deadline,
         };
-        job.payload = serde_json::to_string(&message)
+        // The job keeps what its outcome is checked against, not the whole
+        // message (a long-lived project's relocations would not fit).
+        let planned = PlannedBackup {
+            disks: message
+                .disks
+                .iter()
+                .map(|d| PlannedDisk {
+                    disk_id: d.disk_id.clone(),
+                    base_seq: d.base_seq,
+                })
+                .collect(),
+        };
+        job.payload = serde_json::to_string(&planned)
             .map_err(|e| DbError::Conflict(format!("job {}: {e}", job.id)))?;
         jobs::insert(c, &job)?;
+        pins.sort();
+        pins.dedup();
+        jobs::pin(c, &job.id, &pins)?;
         Ok((backup, job, message))
     })
 }

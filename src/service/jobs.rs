@@ -124,28 +124,6 @@ pub(crate) fn end_for_cancel(c: &mut DbConnection, job: &Job, why: &str) -> DbRe
     )))
 }
 
-/// A host reports work on a job the catalog has already failed (cancelled
-/// or timed out, the cancel lost or crossed): tell it again to stop, so it
-/// stops the work and removes a restore's file. A job that succeeded is
-/// left alone (a duplicate report).
-pub(crate) async fn resend_cancel(ekko: &Ekko, job_id: &str, host: &str) {
-    let Ok(db) = ekko.db() else {
-        return;
-    };
-    let id = job_id.to_string();
-    if let Ok(mut job) = db.run(move |c| jobs::get(c, &id)).await {
-        if job.status == JobStatus::Failed {
-            tracing::info!(
-                job = job_id,
-                host,
-                "work reported on a failed job: cancelling it again"
-            );
-            job.host = Some(host.to_string());
-            send_cancel(ekko, &job).await;
-        }
-    }
-}
-
 /// Tell a job's host to stop it. Best effort: the job has already ended
 /// in the catalog, so the host's outcome will be refused whatever it is.
 pub(crate) async fn send_cancel(ekko: &Ekko, job: &Job) {

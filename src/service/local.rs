@@ -132,7 +132,7 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
     };
     let (interrupted, (backup, job, message)) = db
         .run(move |c| {
-            instances::upsert(c, &id, &project, &h2, &id, &reports)?;
+            instances::upsert(c, &id, &project, &h2, &id, &reports, instances::MOVE_ALWAYS)?;
             // QEMU serves one QMP client at a time and this process is about
             // to hold it: a backup of this instance still `running` belongs
             // to a process that died (its snapshot is recovered below).

@@ -2,17 +2,27 @@
 //! nova-conductor does for nova-compute): compute hosts hold no database
 //! credentials, so everything they learn or do reaches the catalog here.
 //!
+//! A compute host is not trusted (docs/design.md §8): every report is
+//! checked before it changes anything ([`checks`]: ranges, lengths, ids,
+//! the host it claims against the bus user that sent it) and compared
+//! with the job as planned (the job's host, its backup, its project, its
+//! disks and their heads). A report that fails is refused
+//! ([`ServiceError::Refused`]): counted, dead-lettered, never retried.
+//!
 //! A backup commits only while running and only on the disk heads it was
 //! planned on; a job starts only if queued or running and ends only once
 //! (see [`super::jobs`]), so a redelivered or duplicated report changes
 //! nothing the second time.
 
+pub mod checks;
+
 use diesel::Connection;
 
 use crate::db::backups::{self, Backup, BackupStatus};
-use crate::db::{instances, jobs, restores, DbConnection, DbError, DbResult};
+use crate::db::jobs::{self, Job};
+use crate::db::{instances, restores, DbConnection, DbError, DbResult};
 use crate::queue::{Envelope, QueueError};
-use crate::status::{JobStatus, RestoreStatus};
+use crate::status::{JobKind, JobStatus, RestoreStatus};
 use crate::wire::{
     BackupFinished, Heartbeat, HostInventory, JobFailed, JobProgress, JobStarted, RestoreFinished,
     BACKUP_FINISHED, HEARTBEAT_KIND, HOST_INVENTORY, JOB_FAILED, JOB_PROGRESS, JOB_STARTED,
@@ -20,9 +30,42 @@ use crate::wire::{
 };
 use crate::Ekko;
 
+pub use checks::{PlannedBackup, PlannedDisk, PlannedRestore, Sender};
+
 use super::convert::{disk_commit, disk_report};
-use super::jobs::{fail_job, job_started, resend_cancel};
-use super::ServiceResult;
+use super::jobs::{fail_job, job_started, send_cancel};
+use super::{ServiceError, ServiceResult};
+
+/// How many heartbeat intervals an instance must go unreported before
+/// another host may take it over (a migration, an evacuation).
+const MOVE_AFTER_HEARTBEATS: u32 = 3;
+
+fn refused(why: impl Into<String>) -> ServiceError {
+    ServiceError::Refused(why.into())
+}
+
+/// The job a report names, and the check that it is the job of the host
+/// that claims it (and that sent it).
+fn job_of(
+    c: &mut DbConnection,
+    job_id: &str,
+    claimed: &str,
+    sender: &Sender,
+) -> ServiceResult<Job> {
+    checks::host_claim(claimed, sender).map_err(refused)?;
+    let job = match jobs::get(c, job_id) {
+        Ok(j) => j,
+        Err(DbError::NotFound(_)) => return Err(refused(format!("no job {job_id}"))),
+        Err(e) => return Err(e.into()),
+    };
+    if job.host.as_deref() != Some(claimed) {
+        return Err(refused(format!(
+            "host {claimed} reports on job {job_id} of host {}",
+            job.host.as_deref().unwrap_or("?")
+        )));
+    }
+    Ok(job)
+}
 
 /// Commit a finished backup and end its job. A duplicate (the backup is
 /// already available from this very job) is a no-op.
@@ -47,27 +90,100 @@ pub fn job_finished(c: &mut DbConnection, f: &BackupFinished) -> DbResult<Backup
     })
 }
 
-/// Handle one status message. Unknown kinds and unreadable bodies are
-/// `BadMessage` (the caller rejects them); a `Conflict` is a verdict (the
-/// message is handled); anything else is retried.
-pub async fn record(ekko: &Ekko, message: &Envelope) -> ServiceResult<()> {
+/// A finished backup's report, checked against its job as planned.
+fn check_finished(c: &mut DbConnection, f: &BackupFinished, sender: &Sender) -> ServiceResult<Job> {
+    let job = job_of(c, &f.job_id, &f.host, sender)?;
+    if job.kind != JobKind::Backup
+        || job.backup_id.as_deref() != Some(f.backup_id.as_str())
+        || job.project_id != f.project_id
+    {
+        return Err(refused(format!(
+            "job {} is not the job of backup {} of project {}",
+            f.job_id, f.backup_id, f.project_id
+        )));
+    }
+    let planned: PlannedBackup = serde_json::from_str(&job.payload).unwrap_or_default();
+    checks::finished(&f.kind, &f.consistency, &f.disks, &planned).map_err(refused)?;
+    Ok(job)
+}
+
+/// The first segment a finished backup says it wrote that the store does
+/// not hold (or holds with another size), if any: committing it would
+/// leave a backup nobody can restore.
+async fn missing_segment(ekko: &Ekko, f: &BackupFinished) -> ServiceResult<Option<String>> {
+    use futures::StreamExt;
+    let container = ekko.container(&f.project_id);
+    let wanted: Vec<(String, i64)> = f
+        .disks
+        .iter()
+        .flat_map(|d| d.new_segments.iter())
+        .map(|&(id, size, _)| (crate::backup::segment_object(id as u64), size))
+        .collect();
+    let mut heads = futures::stream::iter(wanted.into_iter().map(|(name, size)| {
+        let (store, container) = (ekko.store.clone(), container.clone());
+        async move { (store.head(&container, &name).await, name, size) }
+    }))
+    .buffer_unordered(16);
+    while let Some((found, name, size)) = heads.next().await {
+        match found {
+            Ok(meta) if meta.size as i64 == size => {}
+            Ok(meta) => {
+                return Ok(Some(format!(
+                    "{name} holds {} bytes, the backup says {size}",
+                    meta.size
+                )))
+            }
+            Err(crate::store::StoreError::NotFound { .. }) => {
+                return Ok(Some(format!("{name} is not in the store")))
+            }
+            Err(e) => return Err(ServiceError::Unavailable(format!("object store: {e}"))),
+        }
+    }
+    Ok(None)
+}
+
+/// Handle one status message from `sender`. Unreadable bodies are
+/// `BadMessage`, reports that contradict the catalog `Refused` (the caller
+/// dead-letters both); a `Conflict` is a verdict (the message is handled);
+/// anything else may be retried.
+pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> ServiceResult<()> {
     let db = ekko.db()?.clone();
+    let sender = sender.clone();
     match message.kind.as_str() {
         HEARTBEAT_KIND => {
             let hb: Heartbeat = message.body_as(HEARTBEAT_KIND)?;
+            checks::heartbeat(&hb, &sender).map_err(refused)?;
             let capacity = i32::try_from(hb.capacity).unwrap_or(i32::MAX);
             db.run(move |c| crate::db::hosts::heartbeat(c, &hb.host, &hb.version, capacity))
                 .await?;
         }
         HOST_INVENTORY => {
             let inv: HostInventory = message.body_as(HOST_INVENTORY)?;
+            checks::inventory(&inv, &sender).map_err(refused)?;
+            let interval =
+                ekko.config.backup.heartbeat_interval.max(1) * MOVE_AFTER_HEARTBEATS as u64;
+            let moved_before = crate::db::now()
+                - chrono::Duration::seconds(i64::try_from(interval).unwrap_or(i64::MAX / 2));
             db.run(move |c| {
                 for i in &inv.instances {
+                    if let Err(why) = checks::inventory_entry(i) {
+                        tracing::warn!(host = %inv.host, %why, "inventory entry refused");
+                        continue;
+                    }
                     let reports: Vec<_> = i.disks.iter().map(disk_report).collect();
-                    match instances::upsert(c, &i.id, &i.project_id, &inv.host, &i.name, &reports) {
+                    let upserted = instances::upsert(
+                        c,
+                        &i.id,
+                        &i.project_id,
+                        &inv.host,
+                        &i.name,
+                        &reports,
+                        moved_before,
+                    );
+                    match upserted {
                         Ok(_) => {}
                         Err(DbError::Conflict(why)) => {
-                            tracing::error!(host = %inv.host, instance = %i.id, %why, "inventory entry refused");
+                            tracing::warn!(host = %inv.host, instance = %i.id, %why, "inventory entry refused");
                         }
                         Err(e) => return Err(e),
                     }
@@ -78,100 +194,150 @@ pub async fn record(ekko: &Ekko, message: &Envelope) -> ServiceResult<()> {
         }
         JOB_STARTED => {
             let s: JobStarted = message.body_as(JOB_STARTED)?;
-            let (job_id, host) = (s.job_id.clone(), s.host.clone());
-            match db.run(move |c| job_started(c, &s)).await {
-                Ok(()) | Err(DbError::NotFound(_)) => {}
-                Err(DbError::Conflict(_)) => resend_cancel(ekko, &job_id, &host).await,
-                Err(e) => return Err(e.into()),
+            if !(1..=64).contains(&s.attempt) {
+                return Err(refused(format!(
+                    "job {}: attempt {} out of range",
+                    s.job_id, s.attempt
+                )));
+            }
+            let started = db
+                .run_as::<_, ServiceError, _>(move |c| {
+                    let job = job_of(c, &s.job_id, &s.host, &sender)?;
+                    match job_started(c, &s) {
+                        Ok(()) => Ok(None),
+                        // Ended already (cancelled, timed out, or done by
+                        // an earlier attempt): the host is told to stop.
+                        Err(DbError::Conflict(_)) => Ok(Some(job)),
+                        Err(e) => Err(e.into()),
+                    }
+                })
+                .await?;
+            if let Some(job) = started {
+                tracing::info!(job = %job.id, status = %job.status, "work reported on an ended job: cancelling it again");
+                send_cancel(ekko, &job).await;
             }
         }
         JOB_PROGRESS => {
             let p: JobProgress = message.body_as(JOB_PROGRESS)?;
+            if p.done_bytes > p.total_bytes.max(1).saturating_mul(2) || p.total_bytes > 1 << 60 {
+                return Err(refused(format!("job {}: progress out of range", p.job_id)));
+            }
             let percent = p
                 .done_bytes
                 .saturating_mul(100)
                 .checked_div(p.total_bytes)
                 .map_or(0, |v| v.min(99) as i32);
             let done = i64::try_from(p.done_bytes).unwrap_or(i64::MAX);
-            match db
-                .run(move |c| {
-                    jobs::heartbeat(c, &p.job_id)?;
-                    let job = jobs::get(c, &p.job_id)?;
-                    match (&job.backup_id, &job.restore_id) {
-                        (_, Some(r)) => restores::set_progress(c, r, percent, done),
-                        (Some(b), None) => backups::set_progress(c, b, percent),
-                        _ => Ok(()),
+            db.run_as::<_, ServiceError, _>(move |c| {
+                let job = match jobs::get(c, &p.job_id) {
+                    Ok(j) => j,
+                    Err(DbError::NotFound(_)) => {
+                        return Err(refused(format!("no job {}", p.job_id)))
                     }
-                })
-                .await
-            {
-                Ok(()) | Err(DbError::NotFound(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
+                    Err(e) => return Err(e.into()),
+                };
+                if let Sender::Host(h) = &sender {
+                    if job.host.as_deref() != Some(h.as_str()) {
+                        return Err(refused(format!(
+                            "host {h} reports progress of job {} of another host",
+                            p.job_id
+                        )));
+                    }
+                }
+                jobs::heartbeat(c, &p.job_id)?;
+                match (&job.backup_id, &job.restore_id) {
+                    (_, Some(r)) => restores::set_progress(c, r, percent, done)?,
+                    (Some(b), None) => backups::set_progress(c, b, percent)?,
+                    _ => {}
+                }
+                Ok(())
+            })
+            .await?;
         }
         BACKUP_FINISHED => {
             let f: BackupFinished = message.body_as(BACKUP_FINISHED)?;
             let f2 = f.clone();
-            match db.run(move |c| job_finished(c, &f2)).await {
+            let job = db
+                .run_as::<_, ServiceError, _>(move |c| check_finished(c, &f2, &sender))
+                .await?;
+            // The data must be in the store before the catalog says so.
+            let committed = match missing_segment(ekko, &f).await? {
+                Some(why) => Err(DbError::Conflict(why)),
+                None => {
+                    let f2 = f.clone();
+                    db.run(move |c| job_finished(c, &f2)).await
+                }
+            };
+            match committed {
                 Ok(b) => {
                     tracing::info!(backup = %b.id, host = %f.host, kind = %f.kind, "backup committed")
                 }
                 Err(DbError::Conflict(why)) => {
                     // The backup cannot be committed (cancelled, timed out,
                     // or another backup of a disk committed first): it
-                    // fails, and its manifest must not outlive it.
+                    // fails, and its manifest must not outlive it. Which
+                    // backup is the catalog's word (the job's), and only if
+                    // this call ended it: a backup that committed before
+                    // keeps its manifest whatever a report says.
                     tracing::warn!(backup = %f.backup_id, %why, "finished backup refused");
-                    let (jid, w) = (f.job_id.clone(), why.clone());
-                    db.run(move |c| fail_job(c, &jid, &w)).await?;
-                    ekko.remove_manifest(&f.project_id, &f.backup_id).await;
+                    let jid = job.id.clone();
+                    let ended = db.run(move |c| fail_job(c, &jid, &why)).await?;
+                    if let (true, Some(b)) = (ended, &job.backup_id) {
+                        ekko.remove_manifest(&job.project_id, b).await;
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         RESTORE_FINISHED => {
             let f: RestoreFinished = message.body_as(RESTORE_FINISHED)?;
-            let (job_id, host) = (f.job_id.clone(), f.host.clone());
             let written = i64::try_from(f.bytes_written).unwrap_or(i64::MAX);
-            let outcome = db
-                .run(move |c| {
-                    c.transaction(|c| {
-                        let job = jobs::get(c, &f.job_id)?;
-                        let Some(r) = &job.restore_id else {
-                            return Err(DbError::Conflict(format!(
-                                "job {} is no restore",
-                                f.job_id
-                            )));
-                        };
-                        restores::transition(c, r, RestoreStatus::Completed, None, Some(written))?;
-                        jobs::finish(c, &f.job_id, JobStatus::Succeeded, None)?;
-                        Ok(())
-                    })
+            let ended = db
+                .run_as::<_, ServiceError, _>(move |c| {
+                    let job = job_of(c, &f.job_id, &f.host, &sender)?;
+                    let Some(r) = job.restore_id.clone() else {
+                        return Err(refused(format!("job {} is no restore", f.job_id)));
+                    };
+                    let planned: PlannedRestore =
+                        serde_json::from_str(&job.payload).unwrap_or_default();
+                    if planned.disk_size > 0 && f.bytes_written > planned.disk_size {
+                        return Err(refused(format!(
+                            "restore {r}: {} bytes written to a disk of {}",
+                            f.bytes_written, planned.disk_size
+                        )));
+                    }
+                    let done = c.transaction(|c| {
+                        restores::transition(c, &r, RestoreStatus::Completed, None, Some(written))?;
+                        jobs::finish(c, &f.job_id, JobStatus::Succeeded, None)
+                    });
+                    match done {
+                        Ok(_) => Ok(None),
+                        // Cancelled or timed out as it finished: the host
+                        // removes the file when told (again) to stop.
+                        Err(DbError::Conflict(_)) => Ok(Some(job)),
+                        Err(e) => Err(e.into()),
+                    }
                 })
-                .await;
-            match outcome {
-                Ok(()) | Err(DbError::NotFound(_)) => {}
-                // Cancelled or timed out as it finished: the host removes
-                // the file when told (again) to stop.
-                Err(DbError::Conflict(_)) => resend_cancel(ekko, &job_id, &host).await,
-                Err(e) => return Err(e.into()),
+                .await?;
+            if let Some(job) = ended {
+                send_cancel(ekko, &job).await;
             }
         }
         JOB_FAILED => {
             let f: JobFailed = message.body_as(JOB_FAILED)?;
-            tracing::warn!(job = %f.job_id, host = %f.host, error = %f.error, "job failed");
-            let (jid, w) = (f.job_id.clone(), f.error.clone());
-            let job = match db
-                .run(move |c| {
-                    fail_job(c, &jid, &w)?;
-                    jobs::get(c, &jid)
+            let error = checks::error_text(&f.error);
+            tracing::warn!(job = %f.job_id, host = %f.host, %error, "job failed");
+            let (job, ended) = db
+                .run_as::<_, ServiceError, _>(move |c| {
+                    let job = job_of(c, &f.job_id, &f.host, &sender)?;
+                    let ended = fail_job(c, &job.id, &error)?;
+                    Ok::<_, ServiceError>((job, ended))
                 })
-                .await
-            {
-                Ok(job) => job,
-                Err(DbError::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            };
-            if let (true, Some(b)) = (f.manifest_written, &job.backup_id) {
+                .await?;
+            // A backup that never committed leaves no manifest behind. A
+            // job that had already ended (a late or forged report) ends
+            // nothing and removes nothing.
+            if let (true, Some(b)) = (ended, &job.backup_id) {
                 ekko.remove_manifest(&job.project_id, b).await;
             }
         }

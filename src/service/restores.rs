@@ -16,6 +16,7 @@ use crate::Ekko;
 
 use super::convert::record_ref;
 use super::jobs::{deadline_after, end_for_cancel, job_timeout, send, send_cancel};
+use super::reports::PlannedRestore;
 use super::{find, marker_error, Caller, Page, ServiceError, ServiceResult};
 
 /// A restore someone asks for: one disk of an available backup, written to
@@ -193,7 +194,10 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
                         .transpose()?,
                     deadline,
                 };
-                job.payload = serde_json::to_string(&message)
+                let planned = PlannedRestore {
+                    disk_size: message.record.disk_size,
+                };
+                job.payload = serde_json::to_string(&planned)
                     .map_err(|e| DbError::Conflict(format!("job {}: {e}", job.id)))?;
                 jobs::insert(c, &job)?;
                 Ok((r, job, message))

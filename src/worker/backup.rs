@@ -12,7 +12,7 @@ use super::{Stop, Worker};
 use crate::execution::{self, Executed};
 use crate::hypervisor::LocalInstance;
 use crate::queue::Delivery;
-use crate::wire::{BackupJob, BACKUP_FINISHED, BACKUP_RUN};
+use crate::wire::{BackupFinished, BackupJob, BACKUP_FINISHED, BACKUP_RUN};
 
 impl Worker {
     pub(super) async fn handle_backup(self: Arc<Self>, delivery: Delivery) {
@@ -24,6 +24,11 @@ impl Worker {
                 return;
             }
         };
+        // Finished here before (the worker died handing it on): hand the
+        // same outcome on again; never run the job a second time.
+        if let Some(kept) = self.journal.outcome(&job.job_id) {
+            return self.hand_on_again(delivery, &job, &kept).await;
+        }
         let instance = match self.hypervisor.find(&job.instance_id).await {
             Ok(Some(i)) if i.project_id == job.project_id => i,
             Ok(Some(_)) => {
@@ -123,6 +128,17 @@ impl Worker {
             Err(why) => return self.fail(delivery, &job.job_id, why).await,
         };
         crate::failpoint::hit("worker.before-report");
+        let kept = serde_json::to_vec(&executed.finished)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| self.journal.record_outcome(&job.job_id, &bytes));
+        if let Err(e) = kept {
+            tracing::error!(error = %e, "cannot keep the outcome; rolling back for a later retry");
+            if let Err(e) = executed.snapshot.abort().await {
+                tracing::error!(error = %e, "bitmap rollback failed; the next backup re-reads the disk");
+            }
+            let _ = delivery.nack(true).await;
+            return;
+        }
         match self
             .publish_patiently(BACKUP_FINISHED, &executed.finished)
             .await
@@ -131,6 +147,7 @@ impl Worker {
                 if let Err(e) = executed.snapshot.commit().await {
                     tracing::error!(error = %e, "outcome sent, but the bitmap rotation did not finish; the next backup re-reads the disk");
                 }
+                crate::failpoint::hit("worker.after-report");
                 self.journal.done(&job.job_id);
                 let _ = delivery.ack().await;
                 tracing::info!(backup = %job.backup_id, "backup stored and reported");
@@ -140,6 +157,28 @@ impl Worker {
                 if let Err(e) = executed.snapshot.abort().await {
                     tracing::error!(error = %e, "bitmap rollback failed; the next backup re-reads the disk");
                 }
+                let _ = delivery.nack(true).await;
+            }
+        }
+    }
+
+    /// Hand on an outcome kept from an earlier attempt on this host.
+    async fn hand_on_again(&self, delivery: Delivery, job: &BackupJob, kept: &[u8]) {
+        let finished: BackupFinished = match serde_json::from_slice(kept) {
+            Ok(f) => f,
+            Err(e) => {
+                let why = format!("the outcome kept for this job is unreadable: {e}");
+                return self.fail(delivery, &job.job_id, why).await;
+            }
+        };
+        tracing::warn!(backup = %job.backup_id, "job delivered again after its outcome was kept: handing the same outcome on");
+        match self.publish_patiently(BACKUP_FINISHED, &finished).await {
+            Ok(()) => {
+                self.journal.done(&job.job_id);
+                let _ = delivery.ack().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot report the kept outcome; leaving the job for redelivery");
                 let _ = delivery.nack(true).await;
             }
         }

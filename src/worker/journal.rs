@@ -60,6 +60,23 @@ impl Journal {
         }
     }
 
+    /// Keep a finished job's outcome before it is handed on: a worker
+    /// killed after handing it on (or during) hands the same outcome on
+    /// again instead of running the job a second time, whose data and
+    /// manifest would then differ from what the catalog committed.
+    pub fn record_outcome(&self, job_id: &str, outcome: &[u8]) -> std::io::Result<()> {
+        let path = self.path(job_id, "outcome").ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "job id is not a UUID")
+        })?;
+        write_durably(&path, outcome)
+    }
+
+    /// The outcome kept for a job, if its work finished here.
+    pub fn outcome(&self, job_id: &str) -> Option<Vec<u8>> {
+        self.path(job_id, "outcome")
+            .and_then(|p| std::fs::read(p).ok())
+    }
+
     pub fn done(&self, job_id: &str) {
         if let Some(path) = self.path(job_id, "done") {
             if let Err(e) = write_durably(&path, b"") {
@@ -99,6 +116,17 @@ mod tests {
         assert_eq!(again.begin(JOB).unwrap(), 2);
         again.done(JOB);
         assert!(again.is_done(JOB));
+    }
+
+    #[test]
+    fn an_outcome_kept_is_found_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(j.outcome(JOB), None);
+        j.record_outcome(JOB, b"{\"job_id\":1}").unwrap();
+        let again = Journal::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(again.outcome(JOB).as_deref(), Some(&b"{\"job_id\":1}"[..]));
+        assert!(j.record_outcome("not-a-uuid", b"x").is_err());
     }
 
     #[test]

@@ -181,8 +181,26 @@ async fn keystone_personas_projects_and_conventions() {
         node_name: "vda".into(),
         virtual_size: 1 << 30,
     }];
-    instances::upsert(conn, "inst-demo", &demo_project, "compute-1", "web", &disk).unwrap();
-    instances::upsert(conn, "inst-alt", &alt_project, "compute-1", "db", &disk).unwrap();
+    instances::upsert(
+        conn,
+        "inst-demo",
+        &demo_project,
+        "compute-1",
+        "web",
+        &disk,
+        instances::MOVE_ALWAYS,
+    )
+    .unwrap();
+    instances::upsert(
+        conn,
+        "inst-alt",
+        &alt_project,
+        "compute-1",
+        "db",
+        &disk,
+        instances::MOVE_ALWAYS,
+    )
+    .unwrap();
     // Older, finished backups of the demo instance, for listing and paging.
     let mut finished = Vec::new();
     for n in 0..5 {

@@ -86,7 +86,7 @@ async fn compaction_moves_live_records_and_scrub_finds_and_repairs_damage() {
         "proj-cmp",
         16,
         "[retention]\ngc_grace_period = 0\ncompaction_threshold = 0.9\nscrub_percentage = 0\n\
-         [backup]\nchunk_size = 64K\nsegment_size = 4M",
+         [backup]\njob_timeout = 0\njob_stall_timeout = 0\nchunk_size = 64K\nsegment_size = 4M",
     )
     .await
     else {
@@ -378,7 +378,7 @@ async fn randomised_backups_deletes_passes_and_crashes_lose_nothing() {
         "proj-rnd",
         16,
         "[retention]\ngc_grace_period = 0\ncompaction_threshold = 0.8\nscrub_percentage = 0\n\
-         [backup]\nchunk_size = 64K\nsegment_size = 1M",
+         [backup]\njob_timeout = 0\njob_stall_timeout = 0\nchunk_size = 64K\nsegment_size = 1M",
     )
     .await
     else {

@@ -71,6 +71,7 @@ fn instances_keep_disk_ids_across_reports(c: &mut DbConnection) {
         "compute-1",
         "web",
         &disks(&[("vda", 1 << 30)]),
+        instances::MOVE_ALWAYS,
     )
     .unwrap();
     let before = instances::disks_of(c, "inst-1").unwrap();
@@ -81,6 +82,7 @@ fn instances_keep_disk_ids_across_reports(c: &mut DbConnection) {
         "compute-2",
         "web",
         &disks(&[("vda", 2 << 30), ("vdb", 1 << 20)]),
+        instances::MOVE_ALWAYS,
     )
     .unwrap();
     let after = instances::disks_of(c, "inst-1").unwrap();
@@ -91,7 +93,16 @@ fn instances_keep_disk_ids_across_reports(c: &mut DbConnection) {
     );
     assert_eq!(after[0].virtual_size, 2 << 30);
     assert_eq!(instances::get(c, "inst-1").unwrap().host, "compute-2");
-    let err = instances::upsert(c, "inst-1", "proj-b", "compute-2", "web", &[]).unwrap_err();
+    let err = instances::upsert(
+        c,
+        "inst-1",
+        "proj-b",
+        "compute-2",
+        "web",
+        &[],
+        instances::MOVE_ALWAYS,
+    )
+    .unwrap_err();
     assert!(matches!(err, DbError::Conflict(_)), "{err}");
     assert_eq!(
         instances::list(c, Some("proj-b"), 100, None, true)

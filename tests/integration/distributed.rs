@@ -181,7 +181,7 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
         assert!(Instant::now() < deadline, "{}", bh.worker.log());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    while !c.api.log().contains("work reported on a failed job") {
+    while !c.api.log().contains("work reported on an ended job") {
         assert!(
             Instant::now() < deadline,
             "the conductor cancels a failed job's redelivery: {}",

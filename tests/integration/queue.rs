@@ -34,7 +34,7 @@ async fn rabbit() -> Option<Arc<dyn MessageQueue>> {
         panic!("EKKO_AMQP_URL is not an AMQP URL");
     };
     Some(Arc::new(
-        RabbitQueue::connect(uris, &unique("ekko-test"))
+        RabbitQueue::connect(uris, &unique("ekko-test"), ekko::queue::BusRole::Controller)
             .await
             .unwrap(),
     ))

@@ -116,7 +116,7 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
         "proj-ret",
         32,
         "[retention]\ngc_grace_period = 0\ncompaction_threshold = 0\nscrub_percentage = 0\n\
-         [backup]\nsegment_size = 1M",
+         [backup]\njob_timeout = 0\njob_stall_timeout = 0\nsegment_size = 1M",
     )
     .await
     else {

@@ -43,7 +43,16 @@ async fn due_policies_run_exactly_once_across_conductors() {
     policies::insert(&mut conn, &policy).unwrap();
     for i in 0..3 {
         let id = format!("inst-{i}");
-        instances::upsert(&mut conn, &id, "proj", "compute-1", &id, &disk).unwrap();
+        instances::upsert(
+            &mut conn,
+            &id,
+            "proj",
+            "compute-1",
+            &id,
+            &disk,
+            instances::MOVE_ALWAYS,
+        )
+        .unwrap();
         policies::attach(&mut conn, &policy.id, &id).unwrap();
     }
     // An unscheduled policy and a disabled one start nothing.
