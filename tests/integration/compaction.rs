@@ -524,3 +524,119 @@ async fn randomised_backups_deletes_passes_and_crashes_lose_nothing() {
         .collect();
     assert_eq!(manifests, available, "{what}");
 }
+
+/// Issue 17 #1: a backup that reuses chunks of another disk's head (a full
+/// read's cross-disk dedup) keeps them alive while it runs: compaction of
+/// that head's segments, after the head stopped counting, must not drop
+/// them, or the backup commits on chunks that are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_backup_keeps_the_chunks_it_reuses_through_compaction() {
+    use ekko::db::instances;
+    use ekko::hypervisor::qmp::{QmpHypervisor, QmpInstance};
+    use ekko::hypervisor::{Hypervisor, LocalInstance};
+    let Some(x) = setup(
+        "proj-pin",
+        8,
+        "[retention]\ngc_grace_period = 0\ncompaction_threshold = 0.9\nscrub_percentage = 0\n\
+         [backup]\njob_timeout = 0\njob_stall_timeout = 0\nchunk_size = 64K\nsegment_size = 4M",
+    )
+    .await
+    else {
+        return;
+    };
+    // X: A then B. Y (another instance of the project): A then C.
+    x.qsd.write(0, 0, &pattern(1, 4 * MIB));
+    x.qsd.write(0, 4 * MIB, &pattern(2, 4 * MIB));
+    let b1 = backup_instance(&x.ekko, &x.req).await.unwrap().backup;
+    let ydir = x.dir.path().join("qsd-y");
+    std::fs::create_dir_all(&ydir).unwrap();
+    let yq = crate::qsd::Qsd::start(&ydir, &[8 * MIB]);
+    yq.write(0, 0, &pattern(1, 4 * MIB));
+    yq.write(0, 4 * MIB, &pattern(3, 4 * MIB));
+    let y_snap = x.dir.path().join("y.raw");
+    yq.snapshot_to(0, &y_snap);
+
+    // Y's first backup is planned now: a full read that may reuse X's head.
+    let host = x.ekko.config.default.host.clone();
+    let y = LocalInstance {
+        id: "inst-y".into(),
+        project_id: "proj-pin".into(),
+        name: "y".into(),
+    };
+    let hv = QmpHypervisor::single(QmpInstance {
+        instance: y.clone(),
+        qmp_socket: yq.qmp_socket.clone(),
+        agent_socket: None,
+    });
+    let disks: Vec<instances::DiskReport> = hv
+        .disks(&y)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| instances::DiskReport {
+            device: d.device.clone(),
+            node_name: d.node_name.clone(),
+            virtual_size: d.virtual_size as i64,
+        })
+        .collect();
+    let opts = ekko::service::backups::PlanOptions::of(&x.ekko);
+    let new = ekko::service::backups::NewBackup {
+        instance_id: y.id.clone(),
+        user_id: "u".into(),
+        name: "y".into(),
+        description: String::new(),
+        mode: "auto".into(),
+        metadata: "{}".into(),
+        policy_id: None,
+    };
+    let h = host.clone();
+    let (yb, job, message) = x
+        .db
+        .run(move |c| {
+            instances::upsert(c, "inst-y", "proj-pin", &h, "y", &disks, instances::MOVE_ALWAYS)?;
+            let planned =
+                ekko::service::backups::plan(c, &opts, &new, &Default::default())?;
+            ekko::service::jobs::job_started(
+                c,
+                &ekko::wire::JobStarted {
+                    job_id: planned.1.id.clone(),
+                    host: h.clone(),
+                    attempt: 1,
+                },
+            )?;
+            Ok(planned)
+        })
+        .await
+        .unwrap();
+    assert!(!message.dedup_sources.is_empty(), "X's head is a dedup source");
+
+    // Meanwhile X's A is rewritten and backed up; B1 is deleted: its
+    // segments are half dead (B stays used by B2) and get compacted.
+    x.qsd.write(0, 0, &pattern(4, 4 * MIB));
+    let b2 = backup_instance(&x.ekko, &x.req).await.unwrap().backup;
+    assert_eq!(b2.kind.as_deref(), Some("incremental"));
+    ekko::service::backups::delete_backup(&x.ekko, &b1.id)
+        .await
+        .unwrap();
+    let pass = ekko::retention::run_pass(&x.ekko, false).await.unwrap();
+    let _ = pass;
+
+    // Y's job runs and commits now, reusing A from B1's segments.
+    let executed = ekko::execution::back_up(&x.ekko, &hv, &y, &message, &yb.id, None)
+        .await
+        .unwrap();
+    let finished = executed.finished.clone();
+    let committed = x
+        .db
+        .run(move |c| ekko::service::reports::job_finished(c, &finished))
+        .await;
+    let _ = executed.snapshot.commit().await;
+    let yb = committed.unwrap_or_else(|e| panic!("job {}: {e}", job.id));
+    assert_eq!(yb.status, ekko::status::BackupStatus::Available);
+    // Another pass after the job ended: nothing Y uses may go now either.
+    expire_claims(&x.db).await;
+    ekko::retention::run_pass(&x.ekko, false).await.unwrap();
+    restore_matches(&x, &yb.id, &y_snap, "Y's backup").await;
+    let report = verify_backup(&x.ekko, &yb.id, None).await.unwrap();
+    assert!(report.iter().all(|(_, s)| s.bad.is_empty()), "Y verifies");
+}
