@@ -279,7 +279,9 @@ option_group! {
         /// rolls them back (they run again after restart).
         pub shutdown_timeout: u64 = 300;
         /// Directory restores to files are written under (restore targets are
-        /// paths relative to it; an existing file is never overwritten).
+        /// paths relative to it). A file is created new (an existing one is
+        /// never overwritten), mode 0600, and never through a symbolic link
+        /// below this directory; this path itself may be a link.
         pub restore_dir: String = s("$state_path/restores");
         /// Seconds between this worker's heartbeats.
         pub heartbeat_interval: u64 = 10;
