@@ -9,11 +9,13 @@
 //! answered 404, never 403, so its existence does not leak.
 //!
 //! * [`version`]: discovery documents, `OpenStack-API-Version`.
+//! * [`bind`]: `noauth` listens on loopback only.
 //! * [`error`]: the error body.
 //! * [`backups`], [`restores`], [`instances`], [`policies`], [`quotas`]: the
 //!   resources.
 
 pub mod backups;
+pub mod bind;
 pub mod error;
 pub mod instances;
 pub mod paging;
@@ -412,6 +414,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Serve the API until `shutdown` resolves.
 pub async fn serve(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let api = &ekko.config.api;
+    bind::check(api)?;
     let (host, port, workers) = (api.bind_host.clone(), api.bind_port, api.workers);
     let state = web::Data::new(ApiState::new(ekko)?);
     let server = actix_web::HttpServer::new(move || {

@@ -10,6 +10,8 @@
 //! * [`disk`]: backs up one disk; computes the segment reference deltas the
 //!   catalog commit records.
 //! * [`restore`]: restores or verifies a record.
+//! * [`file_target`], [`target_dir`]: restores into files on this host,
+//!   created exclusively and never through a link.
 
 pub mod dedup;
 pub mod disk;
@@ -17,6 +19,7 @@ pub mod file_target;
 pub mod instance;
 pub mod reader;
 pub mod restore;
+pub mod target_dir;
 pub mod writer;
 
 use crate::chunk::ChunkError;
@@ -44,6 +47,12 @@ pub enum EngineError {
         path: String,
         source: std::io::Error,
     },
+    /// The target's name is taken (a dangling link included).
+    #[error("{path} exists: a restore never overwrites")]
+    TargetExists { path: String },
+    /// A directory on the way to the target is a link (or not a directory).
+    #[error("{path} is a link or not a directory: a restore never follows links")]
+    TargetLink { path: String },
 }
 
 /// The object listing the segments compaction moved into segment `id`

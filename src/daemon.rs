@@ -109,6 +109,12 @@ pub async fn run_api(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
+/// Refuse an API configuration that must not start (see
+/// [`crate::api::bind`]), before any role runs.
+pub fn check_api(ekko: &Ekko) -> anyhow::Result<()> {
+    crate::api::bind::check(&ekko.config.api)
+}
+
 /// ekko-backup: see [`crate::worker`].
 pub async fn run_backup(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     Ok(crate::worker::run(ekko, shutdown).await?)

@@ -535,6 +535,19 @@ fn unquote(v: &str) -> Option<String> {
     }
 }
 
+/// Written under `context_is_admin` in the sample: Ekko keeps the
+/// secure-RBAC default (admin is cloud-wide, as in Nova, Cinder and
+/// Freezer) and shows the narrower rule for operators who want it.
+const ADMIN_SCOPE_NOTE: &str = "\
+# Keystone's admin role is cloud-wide in Ekko, as in Nova, Cinder and
+# Freezer (the secure-RBAC default): an admin of any project acts across
+# all projects. To keep that to the admins of Keystone's admin project
+# (keystone.conf [resource] admin_project_name), put this in policy.yaml:
+#   \"context_is_admin\": \"role:admin and is_admin_project:True\"
+# A token without is_admin_project (no admin project configured) counts as
+# the admin project's, as in keystonemiddleware and oslo.context.
+";
+
 /// `etc/ekko/policy.yaml.sample`: every rule, commented out, with its
 /// description and operations, as oslopolicy-sample-generator writes it.
 pub fn sample() -> String {
@@ -545,6 +558,9 @@ pub fn sample() -> String {
     );
     for d in DEFAULTS {
         out.push_str(&format!("# {}\n", d.description));
+        if d.name == "context_is_admin" {
+            out.push_str(ADMIN_SCOPE_NOTE);
+        }
         for op in d.operations {
             out.push_str(&format!("# {op}\n"));
         }
@@ -588,6 +604,39 @@ mod tests {
         // Legacy defaults: any role in the project.
         let legacy = Policy::load(None, false).unwrap();
         assert!(legacy.enforce("ekko:backup:create", &who("p1", &["_member_"]), t));
+    }
+
+    /// The decision `ADMIN_SCOPE_NOTE` documents: by default an admin of
+    /// any project is a cloud admin; the sample's override keeps that to
+    /// the admin project.
+    #[test]
+    fn admin_is_cloud_wide_unless_the_documented_override_is_loaded() {
+        let t: Target = &[("project_id", "p2")];
+        let admin_of_p1 = Credentials {
+            is_admin_project: false,
+            ..who("p1", &["admin", "member", "reader"])
+        };
+        let cloud_admin = Credentials {
+            is_admin_project: true,
+            ..who("admin", &["admin", "member", "reader"])
+        };
+        let defaults = Policy::load(None, true).unwrap();
+        assert!(defaults.enforce("ekko:backup:get_all_projects", &admin_of_p1, t));
+        assert!(defaults.enforce("ekko:backup:get", &admin_of_p1, t));
+
+        let override_line = sample()
+            .lines()
+            .find_map(|l| l.strip_prefix("#   \"context_is_admin\""))
+            .map(|rest| format!("\"context_is_admin\"{rest}\n"))
+            .expect("the sample shows the override");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("policy.yaml");
+        std::fs::write(&f, override_line).unwrap();
+        let narrow = Policy::load(Some(&f), true).unwrap();
+        assert!(!narrow.enforce("ekko:backup:get_all_projects", &admin_of_p1, t));
+        assert!(!narrow.enforce("ekko:backup:get", &admin_of_p1, t));
+        assert!(narrow.enforce("ekko:backup:get_all_projects", &cloud_admin, t));
+        assert!(narrow.enforce("ekko:backup:get", &cloud_admin, t));
     }
 
     #[test]

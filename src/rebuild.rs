@@ -77,7 +77,11 @@ fn is_missing(e: &crate::backup::EngineError) -> bool {
     use crate::store::StoreError as S;
     match e {
         E::Store(S::NotFound { .. } | S::BadRange { .. } | S::InvalidName(_)) => true,
-        E::Store(_) | E::Extract(_) | E::Target { .. } => false,
+        E::Store(_)
+        | E::Extract(_)
+        | E::Target { .. }
+        | E::TargetExists { .. }
+        | E::TargetLink { .. } => false,
         E::Segment(_) | E::Chunk(_) | E::Index(_) | E::Other(_) => true,
     }
 }

@@ -86,6 +86,8 @@ pub async fn run_all(mut ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyh
         single.api.bind_host = "127.0.0.1".into();
         ekko.config = std::sync::Arc::new(single);
     }
+    // Refused before any role starts, not in the API's task alone.
+    crate::daemon::check_api(&ekko)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

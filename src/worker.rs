@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::backup::restore::TargetFormat;
+use crate::backup::file_target::RestoredFiles;
 use crate::hypervisor::Hypervisor;
 use crate::queue::{Delivery, MessageQueue, QueueError};
 use crate::wire::{
@@ -86,7 +86,7 @@ struct Worker {
     cancelled: Mutex<HashSet<String>>,
     /// Restores written and reported lately, by job id: a cancel that
     /// crossed the report (the restore ended in `error`) removes the file.
-    finished_restores: Mutex<VecDeque<(String, PathBuf, TargetFormat)>>,
+    finished_restores: Mutex<VecDeque<(String, RestoredFiles)>>,
     /// Disks last seen per instance (a busy instance is not probed).
     known_disks: Mutex<HashMap<String, Vec<InventoryDisk>>>,
 }

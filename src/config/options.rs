@@ -119,8 +119,15 @@ option_group! {
         pub bind_port: u16 = 6800;
         /// `keystone` validates every request's token with Keystone;
         /// `noauth` trusts the X-Project-Id and X-Roles headers and is only for
-        /// the single-machine default. Never use noauth on a network.
+        /// the single-machine default: ekko-api refuses to start with it
+        /// unless `bind_host` is a loopback address (127.0.0.0/8, ::1, or a
+        /// name resolving only to those).
         pub auth_strategy: AuthStrategy = AuthStrategy::Keystone;
+        /// DANGEROUS. Let `auth_strategy = noauth` listen on a non-loopback
+        /// `bind_host`: anyone who reaches the port then acts as any project,
+        /// and as admin (`X-Roles: admin` is believed). Only for an isolated
+        /// test network; ekko-api logs an error at start when it is used.
+        pub insecure_noauth_on_network: bool = false;
         /// Number of HTTP worker threads; 0 means one per CPU.
         pub workers: u16 = 0;
         /// The largest page a list request may ask for with `limit`.
@@ -279,7 +286,9 @@ option_group! {
         /// rolls them back (they run again after restart).
         pub shutdown_timeout: u64 = 300;
         /// Directory restores to files are written under (restore targets are
-        /// paths relative to it; an existing file is never overwritten).
+        /// paths relative to it). A file is created new (an existing one is
+        /// never overwritten), mode 0600, and never through a symbolic link
+        /// below this directory; this path itself may be a link.
         pub restore_dir: String = s("$state_path/restores");
         /// Seconds between this worker's heartbeats.
         pub heartbeat_interval: u64 = 10;

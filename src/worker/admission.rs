@@ -3,7 +3,6 @@
 //! attempts), its registration for cancels, its progress reports, and
 //! cancels that arrive before, during or after it.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +10,15 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::{lock, Stop, Worker, MAX_ATTEMPTS, PROGRESS_EVERY};
-use crate::backup::restore::TargetFormat;
+use crate::backup::file_target::RestoredFiles;
 use crate::backup::Progress;
 use crate::queue::Delivery;
 use crate::wire::{JobProgress, JobStarted, JOB_PROGRESS, JOB_STARTED};
+
+/// Reported restores remembered for a cancel that crossed the report. A
+/// cancel follows within seconds; each one holds two descriptors (its
+/// directory and its file, so the file's identity is certain).
+const FINISHED_RESTORES_KEPT: usize = 64;
 
 /// What to do with a job before anything runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,12 +87,15 @@ impl Worker {
         }
         let finished = {
             let mut done = lock(&self.finished_restores);
-            let at = done.iter().position(|(id, _, _)| id == job_id);
+            let at = done.iter().position(|(id, _)| id == job_id);
             at.and_then(|i| done.remove(i))
         };
-        if let Some((_, target, format)) = finished {
-            tracing::warn!(job = job_id, target = %target.display(), "restore cancelled after it finished here: removing its file");
-            crate::backup::file_target::discard_files(&target, format);
+        if let Some((_, mut files)) = finished {
+            tracing::warn!(
+                job = job_id,
+                "restore cancelled after it finished here: removing its file"
+            );
+            files.remove();
             return true;
         }
         let mut cancelled = lock(&self.cancelled);
@@ -101,12 +108,12 @@ impl Worker {
     }
 
     /// Remember a reported restore for a cancel that may have crossed it.
-    pub(super) fn restore_reported(&self, job_id: &str, target: &Path, format: TargetFormat) {
+    pub(super) fn restore_reported(&self, job_id: &str, files: RestoredFiles) {
         let mut done = lock(&self.finished_restores);
-        if done.len() >= 256 {
+        if done.len() >= FINISHED_RESTORES_KEPT {
             done.pop_front();
         }
-        done.push_back((job_id.to_string(), target.to_path_buf(), format));
+        done.push_back((job_id.to_string(), files));
     }
 
     /// The checks and bookkeeping before a job runs: not done already, not

@@ -1,7 +1,8 @@
-//! A restore job on this host: one disk of a backup written to a file under
-//! `[backup] restore_dir` ([`FileTarget`]). A partial restore is no
-//! restore: whatever stops it (failure, cancel, deadline, shutdown)
-//! removes what it wrote.
+//! A restore job on this host: one disk of a backup written to a new file
+//! under `[backup] restore_dir` ([`FileTarget`]; never over an existing
+//! file, never through a link). A partial restore is no restore: whatever
+//! stops it (failure, cancel, deadline, shutdown) removes what it created,
+//! and nothing else.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,16 +11,17 @@ use chrono::Utc;
 
 use super::admission::stopped;
 use super::{Stop, Worker};
-use crate::backup::file_target::FileTarget;
+use crate::backup::file_target::{open_beneath, FileTarget};
 use crate::backup::reader::RecordReader;
 use crate::backup::restore::{restore, RestoreTarget, TargetFormat};
+use crate::backup::EngineError;
 use crate::execution::previous;
 use crate::queue::Delivery;
 use crate::wire::{Relocation, RestoreFinished, RestoreJob, RESTORE_FINISHED, RESTORE_RUN};
 
 impl Worker {
     /// Where a restore job may write: a plain file name (or relative path
-    /// without `..`) under `[backup] restore_dir`, not existing yet.
+    /// without `..`) under `[backup] restore_dir`.
     fn restore_target(&self, path: &str) -> Result<PathBuf, String> {
         let rel = std::path::Path::new(path);
         let plain = !path.is_empty()
@@ -32,22 +34,42 @@ impl Worker {
                 "restore path {path:?} must be relative to [backup] restore_dir, without '..'"
             ));
         }
-        let full = PathBuf::from(&self.ekko.config.backup.restore_dir).join(rel);
+        Ok(rel.to_path_buf())
+    }
+
+    /// Create the restore's file `rel` under `[backup] restore_dir`: new
+    /// (a restore never overwrites), never through a link (see
+    /// [`crate::backup::target_dir`]).
+    fn create_target(
+        &self,
+        rel: &std::path::Path,
+        format: TargetFormat,
+        size: u64,
+        restore_id: &str,
+    ) -> Result<FileTarget, String> {
+        let root = std::path::Path::new(&self.ekko.config.backup.restore_dir);
+        let created = open_beneath(root, rel).and_then(|(dir, name)| {
+            FileTarget::create(Arc::new(dir), &name, format, size, restore_id)
+        });
         // Errors name the path as the tenant gave it: the host's layout is
         // the operator's business (details go to the log).
-        if full.exists() {
-            return Err(format!(
-                "{path} exists in the restore directory of host {}: a restore never overwrites",
-                self.host
-            ));
-        }
-        if let Some(parent) = full.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                tracing::error!(dir = %parent.display(), error = %e, "restore directory not created");
-                format!("cannot create the directory of {path} on host {}: {}", self.host, e.kind())
-            })?;
-        }
-        Ok(full)
+        created.map_err(|e| {
+            let (path, host) = (rel.display(), &self.host);
+            match e {
+                EngineError::TargetExists { .. } => format!(
+                    "{path} exists in the restore directory of host {host}: a restore never overwrites"
+                ),
+                EngineError::TargetLink { .. } => format!(
+                    "the directory of {path} in the restore directory of host {host} is a link or \
+                     not a directory: a restore never follows links"
+                ),
+                EngineError::Target { path: at, source } => {
+                    tracing::error!(path = %at, error = %source, "restore file not created");
+                    format!("cannot create {path} on host {host}: {}", source.kind())
+                }
+                other => other.to_string(),
+            }
+        })
     }
 
     pub(super) async fn handle_restore(self: Arc<Self>, delivery: Delivery) {
@@ -92,14 +114,14 @@ impl Worker {
             return;
         };
         tracing::info!(restore = %job.restore_id, backup = %job.backup_id, target = %path.display(), "restore started");
-        let target: Arc<dyn RestoreTarget> =
-            match FileTarget::create(&path, format, record.disk_size) {
-                Ok(t) => Arc::new(t),
-                Err(e) => {
-                    self.release(&job.job_id, &admitted);
-                    return self.fail(delivery, &job.job_id, e.to_string()).await;
-                }
-            };
+        let target = match self.create_target(&path, format, record.disk_size, &job.restore_id) {
+            Ok(t) => Arc::new(t),
+            Err(why) => {
+                // Nothing was created: another restore may own the name.
+                self.release(&job.job_id, &admitted);
+                return self.fail(delivery, &job.job_id, why).await;
+            }
+        };
         let reader = RecordReader::new(
             self.ekko.store.clone(),
             &self.ekko.container(&job.project_id),
@@ -108,7 +130,12 @@ impl Worker {
         .with_keys(keys);
         let left = (job.deadline - Utc::now()).to_std().unwrap_or_default();
         let progress = admitted.progress.clone();
-        let work = restore(&reader, &record, target.clone(), Some(&progress));
+        let work = restore(
+            &reader,
+            &record,
+            target.clone() as Arc<dyn RestoreTarget>,
+            Some(&progress),
+        );
         let outcome = tokio::select! {
             r = work => Ok(r),
             s = stopped(&mut admitted.stop) => Err(Some(s)),
@@ -137,7 +164,7 @@ impl Worker {
                 match self.publish_patiently(RESTORE_FINISHED, &done).await {
                     Ok(()) => {
                         self.journal.done(&job.job_id);
-                        self.restore_reported(&job.job_id, &path, format);
+                        self.restore_reported(&job.job_id, target.files());
                         let _ = delivery.ack().await;
                         tracing::info!(restore = %job.restore_id, "restore written and reported");
                     }

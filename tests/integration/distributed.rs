@@ -114,6 +114,54 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
         "{failed}"
     );
     assert!(!dir.path().join("state-b/restores/on-b.raw").exists());
+
+    // Restore files on a host are created exclusively and never through
+    // a link: two restores to one path, one wins (its disk, bit-exact;
+    // the loser removes nothing); a dangling link or a linked directory
+    // under restore_dir is refused and nothing appears outside it.
+    let restores = dir.path().join("state-a/restores");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&restores).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(outside.join("x.raw"), restores.join("x.raw")).unwrap();
+    std::os::unix::fs::symlink(&outside, restores.join("d")).unwrap();
+    for path in ["x.raw", "d/y.raw", "d/sub/z.qcow2"] {
+        let v = api_restore(&c, &last[0], path, wait).await;
+        assert_eq!(v["status"], "error", "{path}: {v}");
+    }
+    let escaped: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+    assert!(
+        escaped.is_empty(),
+        "written outside restore_dir: {escaped:?}"
+    );
+    let (first, second) = tokio::join!(
+        api_restore(&c, &last[0], "both.raw", wait),
+        api_restore(&c, &last[1], "both.raw", wait)
+    );
+    let done = [&first, &second];
+    let won: Vec<usize> = (0..2)
+        .filter(|&i| done[i]["status"] == "completed")
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one restore wins: {first} {second}");
+    let lost = done[1 - won[0]];
+    assert_eq!(lost["status"], "error", "{lost}");
+    let why = lost["error"].as_str().unwrap_or("");
+    assert!(
+        why.contains("exists") && why.contains("never overwrites"),
+        "{lost}"
+    );
+    let reference = dir.path().join("both-ref.raw");
+    c.hosts[won[0]].qsd.snapshot_to(0, &reference);
+    let written = restores.join("both.raw");
+    assert!(
+        crate::qsd::identical(&reference, &written),
+        "the file is the winner's disk"
+    );
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    };
+    assert_eq!(mode(&written), 0o600, "a restored disk is root's only");
     let a = &c.hosts[0];
     a.qsd.write(0, 8 * MIB, &vec![0x33; 512 * 1024]);
     let b = c.member.backup(&a.instance, "auto", wait).await;
@@ -280,8 +328,12 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
         .await;
     assert_eq!(v["restore"]["status"], "error", "{v}");
     // (A job stopped mid-way removes its files just after the cancel.)
-    let left = |name: &str| dir.path().join("state-a/restores").join(name).exists();
-    while left("never.qcow2") || left("never.ekko-restore.raw") {
+    let left = || {
+        std::fs::read_dir(dir.path().join("state-a/restores"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().contains("never"))
+    };
+    while left() {
         assert!(
             Instant::now() < deadline,
             "a cancelled restore left files behind"
@@ -406,4 +458,36 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     assert_eq!(b["status"], "available", "{b}");
     let bh = &c.hosts[1];
     c.assert_restores(bh, &id, "after-sigterm-b");
+}
+
+/// Ask for a restore of `backup` to `path` on the restore side (host a)
+/// and wait for it to end.
+async fn api_restore(
+    c: &crate::cluster::Cluster,
+    backup: &str,
+    path: &str,
+    wait: Duration,
+) -> serde_json::Value {
+    let (s, v) = c
+        .admin
+        .call(
+            "POST",
+            "/v1/restores",
+            Some(json!({"restore": {"backup_id": backup, "target": {"type": "file", "path": path, "host": c.hosts[0].name}}})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["restore"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + wait;
+    loop {
+        let (_, v) = c
+            .admin
+            .call("GET", &format!("/v1/restores/{id}"), None)
+            .await;
+        if v["restore"]["status"] == "error" || v["restore"]["status"] == "completed" {
+            return v["restore"].clone();
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -18,6 +18,7 @@ mod extract;
 mod libvirt;
 mod qmp_peer;
 mod queue;
+mod restore_target;
 mod retention;
 mod scheduler;
 mod store;
