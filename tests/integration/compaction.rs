@@ -590,12 +590,18 @@ async fn a_running_backup_keeps_the_chunks_it_reuses_through_compaction() {
         policy_id: None,
     };
     let h = host.clone();
-    let (yb, job, message) = x
-        .db
-        .run(move |c| {
-            instances::upsert(c, "inst-y", "proj-pin", &h, "y", &disks, instances::MOVE_ALWAYS)?;
-            let planned =
-                ekko::service::backups::plan(c, &opts, &new, &Default::default())?;
+    let (yb, job, message) =
+        x.db.run(move |c| {
+            instances::upsert(
+                c,
+                "inst-y",
+                "proj-pin",
+                &h,
+                "y",
+                &disks,
+                instances::MOVE_ALWAYS,
+            )?;
+            let planned = ekko::service::backups::plan(c, &opts, &new, &Default::default())?;
             ekko::service::jobs::job_started(
                 c,
                 &ekko::wire::JobStarted {
@@ -608,7 +614,10 @@ async fn a_running_backup_keeps_the_chunks_it_reuses_through_compaction() {
         })
         .await
         .unwrap();
-    assert!(!message.dedup_sources.is_empty(), "X's head is a dedup source");
+    assert!(
+        !message.dedup_sources.is_empty(),
+        "X's head is a dedup source"
+    );
 
     // Meanwhile X's A is rewritten and backed up; B1 is deleted: its
     // segments are half dead (B stays used by B2) and get compacted.
@@ -626,10 +635,9 @@ async fn a_running_backup_keeps_the_chunks_it_reuses_through_compaction() {
         .await
         .unwrap();
     let finished = executed.finished.clone();
-    let committed = x
-        .db
-        .run(move |c| ekko::service::reports::job_finished(c, &finished))
-        .await;
+    let committed =
+        x.db.run(move |c| ekko::service::reports::job_finished(c, &finished))
+            .await;
     let _ = executed.snapshot.commit().await;
     let yb = committed.unwrap_or_else(|e| panic!("job {}: {e}", job.id));
     assert_eq!(yb.status, ekko::status::BackupStatus::Available);

@@ -15,6 +15,7 @@ mod distributed;
 mod encryption;
 mod engine;
 mod extract;
+mod forged;
 mod libvirt;
 mod qmp_peer;
 mod queue;
