@@ -291,3 +291,53 @@ fn jobs_end_once(c: &mut DbConnection) {
     assert!(err.to_string().contains("already succeeded"), "{err}");
     assert_eq!(jobs::oldest_active_start(c).unwrap(), None);
 }
+
+/// Issue 17 #8: a long-lived project's history (thousands of compaction
+/// redirects, hundreds of damaged records) is not stored with every job
+/// (MariaDB's `TEXT` holds 64 KiB): backups and restores of such a
+/// project are planned as any other.
+#[test]
+fn jobs_of_a_long_lived_project_fit_the_catalog_on_mariadb() {
+    let Some(t) = mariadb_db() else { return };
+    t.db.sync().unwrap();
+    let mut conn = t.db.conn().unwrap();
+    let c = &mut *conn;
+    let project = "proj-old";
+    instances::upsert(
+        c,
+        "inst-old",
+        project,
+        "compute-1",
+        "old",
+        &disks(&[("vda", 1 << 30)]),
+        instances::MOVE_ALWAYS,
+    )
+    .unwrap();
+    for i in 0..2000i64 {
+        segments::insert_redirect(c, 1_000_000 + i, project, 2_000_000 + i).unwrap();
+    }
+    for i in 0..1000i64 {
+        let digest = ekko::chunk::ChunkDigest::of(&i.to_le_bytes());
+        segments::mark_bad(c, project, &digest.0, 3_000_000 + i).unwrap();
+    }
+    let opts = ekko::service::backups::PlanOptions {
+        quota: ekko::config::QuotaOptions::default(),
+        dedup_heads: 8,
+        job_timeout: std::time::Duration::from_secs(3600),
+    };
+    let new = ekko::service::backups::NewBackup {
+        instance_id: "inst-old".into(),
+        user_id: "u".into(),
+        name: String::new(),
+        description: String::new(),
+        mode: "auto".into(),
+        metadata: "{}".into(),
+        policy_id: None,
+    };
+    let (_, job, message) =
+        ekko::service::backups::plan(c, &opts, &new, &Default::default()).unwrap();
+    assert_eq!(message.relocations.len(), 2000);
+    assert_eq!(message.bad_records.len(), 1000);
+    assert!(serde_json::to_string(&message).unwrap().len() > 64 << 10);
+    assert!(job.payload.len() < 1024, "the job keeps only its plan");
+}

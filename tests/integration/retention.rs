@@ -375,3 +375,81 @@ async fn retention_expires_collects_and_keeps_every_kept_backup_restorable() {
     .await
     .unwrap();
 }
+
+/// Issue 17 #4: a disk its live host stops reporting (instance deleted) is
+/// retired after `[retention] retire_after`: its deleted head no longer
+/// pins its data, which retention reclaims; if the disk comes back, its
+/// next backup starts afresh (full read) and restores bit-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disks_of_deleted_instances_are_retired_and_their_data_reclaimed() {
+    let Some(x) = setup(
+        "proj-retire",
+        8,
+        "[retention]\ngc_grace_period = 0\nretire_after = 0\nscrub_percentage = 0\n\
+         [backup]\njob_timeout = 0\njob_stall_timeout = 0",
+    )
+    .await
+    else {
+        return;
+    };
+    x.qsd.write(0, 0, &vec![0x42; 4 * MIB as usize]);
+    let b1 = backup_instance(&x.ekko, &x.req).await.unwrap().backup;
+    ekko::service::backups::delete_backup(&x.ekko, &b1.id)
+        .await
+        .unwrap();
+    let segments_in_store = |x: &Setup| {
+        let (store, container) = (x.ekko.store.clone(), x.container.clone());
+        async move {
+            store
+                .list(&container, "segments/")
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    // The deleted head still pins its data while the disk is in service.
+    ekko::retention::run_pass(&x.ekko, false).await.unwrap();
+    assert!(segments_in_store(&x).await > 0);
+
+    // The host keeps reporting (heartbeats) but no longer this instance.
+    let host = x.ekko.config.default.host.clone();
+    x.db.run(move |c| ekko::db::hosts::heartbeat(c, &host, "1", 1))
+        .await
+        .unwrap();
+    let first = ekko::retention::run_pass(&x.ekko, false).await.unwrap();
+    assert_eq!(first.disks_retired, 1, "{first:?}");
+    ekko::retention::run_pass(&x.ekko, false).await.unwrap();
+    assert_eq!(segments_in_store(&x).await, 0, "the retired disk's data is reclaimed");
+    let id = x.req.instance_id.clone();
+    let (disk, instance) = x
+        .db
+        .run(move |c| {
+            Ok((
+                ekko::db::instances::disks_of(c, &id)?.remove(0),
+                ekko::db::instances::get(c, &id)?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert!(disk.retired_at.is_some() && disk.bitmap_name.is_none());
+    assert_eq!(instance.status, ekko::status::InstanceStatus::Gone);
+
+    // It comes back: backed up afresh, complete.
+    x.qsd.write(0, MIB, &vec![0x43; MIB as usize]);
+    let b2 = backup_instance(&x.ekko, &x.req).await.unwrap().backup;
+    assert_eq!(b2.kind.as_deref(), Some("full"));
+    let snap = x.dir.path().join("back.raw");
+    x.qsd.snapshot_to(0, &snap);
+    let out = x.dir.path().join("back-restored.raw");
+    restore_backup(&x.ekko, &b2.id, None, &out, TargetFormat::Raw, None)
+        .await
+        .unwrap();
+    assert!(identical(&out, &snap));
+    let id = x.req.instance_id.clone();
+    let disk = x
+        .db
+        .run(move |c| Ok(ekko::db::instances::disks_of(c, &id)?.remove(0)))
+        .await
+        .unwrap();
+    assert!(disk.retired_at.is_none(), "in service again");
+}
