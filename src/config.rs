@@ -590,6 +590,11 @@ mod tests {
                 "transport_url",
                 "rabbit",
             ),
+            (
+                "[retention]\ngc_grace_period = 3600\n",
+                "gc_grace_period",
+                "job_timeout",
+            ),
         ];
         for (i, (text, key, reason)) in cases.iter().enumerate() {
             let p = write(dir.path(), &format!("c{i}.conf"), text);

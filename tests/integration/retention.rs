@@ -399,13 +399,7 @@ async fn disks_of_deleted_instances_are_retired_and_their_data_reclaimed() {
         .unwrap();
     let segments_in_store = |x: &Setup| {
         let (store, container) = (x.ekko.store.clone(), x.container.clone());
-        async move {
-            store
-                .list(&container, "segments/")
-                .await
-                .unwrap()
-                .len()
-        }
+        async move { store.list(&container, "segments/").await.unwrap().len() }
     };
     // The deleted head still pins its data while the disk is in service.
     ekko::retention::run_pass(&x.ekko, false).await.unwrap();
@@ -419,11 +413,14 @@ async fn disks_of_deleted_instances_are_retired_and_their_data_reclaimed() {
     let first = ekko::retention::run_pass(&x.ekko, false).await.unwrap();
     assert_eq!(first.disks_retired, 1, "{first:?}");
     ekko::retention::run_pass(&x.ekko, false).await.unwrap();
-    assert_eq!(segments_in_store(&x).await, 0, "the retired disk's data is reclaimed");
+    assert_eq!(
+        segments_in_store(&x).await,
+        0,
+        "the retired disk's data is reclaimed"
+    );
     let id = x.req.instance_id.clone();
-    let (disk, instance) = x
-        .db
-        .run(move |c| {
+    let (disk, instance) =
+        x.db.run(move |c| {
             Ok((
                 ekko::db::instances::disks_of(c, &id)?.remove(0),
                 ekko::db::instances::get(c, &id)?,
@@ -446,10 +443,165 @@ async fn disks_of_deleted_instances_are_retired_and_their_data_reclaimed() {
         .unwrap();
     assert!(identical(&out, &snap));
     let id = x.req.instance_id.clone();
-    let disk = x
-        .db
-        .run(move |c| Ok(ekko::db::instances::disks_of(c, &id)?.remove(0)))
+    let disk =
+        x.db.run(move |c| Ok(ekko::db::instances::disks_of(c, &id)?.remove(0)))
+            .await
+            .unwrap();
+    assert!(disk.retired_at.is_none(), "in service again");
+}
+
+/// An object store whose clock is an hour behind the catalog's.
+struct BehindClock(std::sync::Arc<dyn ekko::store::ObjectStore>);
+
+const BEHIND: chrono::Duration = chrono::Duration::hours(1);
+
+#[async_trait::async_trait]
+impl ekko::store::ObjectStore for BehindClock {
+    async fn put(&self, c: &str, n: &str, b: bytes::Bytes) -> ekko::store::StoreResult<()> {
+        self.0.put(c, n, b).await
+    }
+    async fn put_stream(
+        &self,
+        c: &str,
+        n: &str,
+        b: ekko::store::ByteStream,
+    ) -> ekko::store::StoreResult<u64> {
+        self.0.put_stream(c, n, b).await
+    }
+    async fn get(&self, c: &str, n: &str) -> ekko::store::StoreResult<bytes::Bytes> {
+        self.0.get(c, n).await
+    }
+    async fn get_range(
+        &self,
+        c: &str,
+        n: &str,
+        o: u64,
+        l: u64,
+    ) -> ekko::store::StoreResult<bytes::Bytes> {
+        self.0.get_range(c, n, o, l).await
+    }
+    async fn get_stream(
+        &self,
+        c: &str,
+        n: &str,
+    ) -> ekko::store::StoreResult<ekko::store::ByteStream> {
+        self.0.get_stream(c, n).await
+    }
+    async fn head(&self, c: &str, n: &str) -> ekko::store::StoreResult<ekko::store::ObjectMeta> {
+        let mut m = self.0.head(c, n).await?;
+        m.last_modified -= BEHIND;
+        Ok(m)
+    }
+    async fn list(
+        &self,
+        c: &str,
+        p: &str,
+    ) -> ekko::store::StoreResult<Vec<ekko::store::ObjectMeta>> {
+        let mut all = self.0.list(c, p).await?;
+        for m in &mut all {
+            m.last_modified -= BEHIND;
+        }
+        Ok(all)
+    }
+    async fn delete(&self, c: &str, n: &str) -> ekko::store::StoreResult<()> {
+        self.0.delete(c, n).await
+    }
+    async fn containers(&self, p: &str) -> ekko::store::StoreResult<Vec<String>> {
+        self.0.containers(p).await
+    }
+}
+
+/// Issue 17 #3: the orphan sweep measures an object's age on the store's
+/// clock: a store an hour behind the catalog does not make a running
+/// job's new segments look old enough to sweep, and the commit checks they
+/// are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orphan_sweep_spares_a_running_jobs_segments_whatever_the_clocks() {
+    use ekko::hypervisor::qmp::{QmpHypervisor, QmpInstance};
+    use ekko::hypervisor::{Hypervisor, LocalInstance};
+    let Some(mut x) = setup("proj-clock", 8, "").await else {
+        return;
+    };
+    x.qsd.write(0, 0, &vec![0x5a; 2 * MIB as usize]);
+    // A job planned and run, not yet committed (its outcome on the bus).
+    let me = x.ekko.config.default.host.clone();
+    let inst = LocalInstance {
+        id: x.req.instance_id.clone(),
+        project_id: "proj-clock".into(),
+        name: "c".into(),
+    };
+    let hv = QmpHypervisor::single(QmpInstance {
+        instance: inst.clone(),
+        qmp_socket: x.req.qmp_socket.clone(),
+        agent_socket: None,
+    });
+    let reports: Vec<ekko::db::instances::DiskReport> = hv
+        .disks(&inst)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| ekko::db::instances::DiskReport {
+            device: d.device.clone(),
+            node_name: d.node_name.clone(),
+            virtual_size: d.virtual_size as i64,
+        })
+        .collect();
+    let opts = ekko::service::backups::PlanOptions::of(&x.ekko);
+    let new = ekko::service::backups::NewBackup {
+        instance_id: inst.id.clone(),
+        user_id: "u".into(),
+        name: String::new(),
+        description: String::new(),
+        mode: "auto".into(),
+        metadata: "{}".into(),
+        policy_id: None,
+    };
+    let (id, h) = (inst.id.clone(), me.clone());
+    let (backup, _job, message) =
+        x.db.run(move |c| {
+            ekko::db::instances::upsert(
+                c,
+                &id,
+                "proj-clock",
+                &h,
+                "c",
+                &reports,
+                ekko::db::instances::MOVE_ALWAYS,
+            )?;
+            ekko::service::backups::plan(c, &opts, &new, &Default::default())
+        })
         .await
         .unwrap();
-    assert!(disk.retired_at.is_none(), "in service again");
+    let executed = ekko::execution::back_up(&x.ekko, &hv, &inst, &message, &backup.id, None)
+        .await
+        .unwrap();
+    let _ = executed.snapshot.commit().await;
+
+    // The sweep runs against a store an hour behind.
+    x.ekko.store = std::sync::Arc::new(BehindClock(x.ekko.store.clone()));
+    ekko::retention::sweep_orphans(&x.ekko, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    for d in &executed.finished.disks {
+        for (id, _, _) in &d.new_segments {
+            x.ekko
+                .store
+                .head(&x.container, &ekko::backup::segment_object(*id as u64))
+                .await
+                .expect("a running job's segment survives the sweep");
+        }
+    }
+    // The outcome arrives: committed, and it restores.
+    let outcome =
+        ekko::queue::Envelope::new(ekko::wire::BACKUP_FINISHED, &executed.finished).unwrap();
+    ekko::service::reports::record(&x.ekko, &outcome, &ekko::service::reports::Sender::Trusted)
+        .await
+        .unwrap();
+    let snap = x.dir.path().join("clock.raw");
+    x.qsd.snapshot_to(0, &snap);
+    let out = x.dir.path().join("clock-restored.raw");
+    restore_backup(&x.ekko, &backup.id, None, &out, TargetFormat::Raw, None)
+        .await
+        .unwrap();
+    assert!(identical(&out, &snap));
 }
