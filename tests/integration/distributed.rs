@@ -202,6 +202,34 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     assert_eq!(b["status"], "available", "{b}");
     c.assert_restores(a, b["id"].as_str().unwrap(), "after-redelivery-a");
 
+    // Host a's worker is killed after its outcome is on the bus, before
+    // it records the job as done: the backup commits; the redelivered job
+    // is not run a second time (its data and manifest would differ from
+    // what the catalog committed): the kept outcome is handed on again.
+    let ah = &mut c.hosts[0];
+    ah.qsd.write(0, 12 * MIB, &vec![0x77; MIB as usize]);
+    ah.worker
+        .restart_with(&[("EKKO_FAILPOINT", "worker.after-report")]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = c.member.start_backup(&ah.instance, "auto").await;
+    let b = c.member.wait_for(&kept, &["available"], wait).await;
+    assert_eq!(b["status"], "available", "{b}");
+    let deadline = Instant::now() + wait;
+    while !ah.worker.exited() {
+        assert!(Instant::now() < deadline, "the worker died at the failpoint");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let runs = |log: &str| log.matches("backup started").count();
+    let started = runs(&ah.worker.log());
+    ah.worker.restart_with(&[]);
+    let ah = &c.hosts[0];
+    while !ah.worker.log().contains("handing the same outcome on") {
+        assert!(Instant::now() < deadline, "{}", ah.worker.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(runs(&ah.worker.log()), started, "the job did not run again");
+    c.assert_restores(ah, &kept, "kept-outcome-a");
+
     // Host b's worker dies mid-job and stays down: the conductor fails the
     // job with a reason instead of leaving it running for ever.
     let bh = &mut c.hosts[1];
