@@ -213,6 +213,10 @@ pub struct Cluster {
     /// Encryption in public-key mode: host a is the restore side (master
     /// key and host key), host b holds the host key only.
     pub public_key: bool,
+    pub exchange: String,
+    /// Each host's own bus URL (its user).
+    pub bus_urls: Vec<String>,
+    _bus_users: BusUsers,
     _db: crate::helpers::TestDb,
 }
 
@@ -343,13 +347,27 @@ pub async fn start_cluster(
     } else {
         Default::default()
     };
+    // Each host gets a bus user of its own (ekko-host-<host>), allowed only
+    // its own queues and the status routing keys; the conductor takes a
+    // report only from the user of the host it names.
+    let hosts_named: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|n| format!("host-{n}-{tag}"))
+        .collect();
+    let mut bus_users = Vec::new();
+    let mut host_urls = Vec::new();
+    for host in &hosts_named {
+        let (user, url) = host_bus_user(&amqp, &exchange, host);
+        bus_users.push(user);
+        host_urls.push(url);
+    }
     let api_port = free_port();
     let api_conf = dir.join("api.conf");
     std::fs::write(
         &api_conf,
         format!(
             "{}[database]\nconnection = {}\n[api]\nbind_host = 127.0.0.1\nbind_port = {api_port}\n\
-             [backup]\njob_stall_timeout = 20\n{controller_keys}",
+             [backup]\njob_stall_timeout = 20\nhost_bus_users = true\n{controller_keys}",
             common("api", "", ""),
             t.url
         ),
@@ -397,7 +415,8 @@ pub async fn start_cluster(
                     &format!("state-{name}"),
                     &format!("host = {host}\n"),
                     &swift
-                ),
+                )
+                .replace(&amqp, &host_urls[i]),
                 discovery.display(),
                 // Host b reads slowly, so a test can catch a job mid-way.
                 if i == 1 { "read_rate_limit = 4M\n" } else { "" },
@@ -457,8 +476,58 @@ pub async fn start_cluster(
         admin,
         operator_conf,
         public_key,
+        exchange,
+        bus_urls: host_urls,
+        _bus_users: BusUsers(bus_users),
         _db: t,
     })
+}
+
+/// Create `ekko-host-<host>` on the test broker with the permissions a
+/// deployment gives a compute host (README, "Message bus users"): it may
+/// declare and read only its own queues, publish only `status.*`, bind
+/// only its own job and control keys. Returns the user and its URL.
+fn host_bus_user(amqp: &str, exchange: &str, host: &str) -> (String, String) {
+    use crate::helpers::rabbitmqctl;
+    let user = format!("ekko-host-{host}");
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    let (ex, h) = (exchange.replace('.', "\\."), host.replace('.', "\\."));
+    let own = format!("^{ex}\\.(backup|control)\\.{h}$");
+    let own_or_exchange = format!("^({ex}|{ex}\\.(backup|control)\\.{h})$");
+    rabbitmqctl(&["add_user", &user, &password]);
+    rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        "/",
+        &user,
+        &own,
+        &own_or_exchange,
+        &own_or_exchange,
+    ]);
+    rabbitmqctl(&[
+        "set_topic_permissions",
+        "-p",
+        "/",
+        &user,
+        exchange,
+        "^status\\.",
+        &format!("^(backup|control)\\.{h}$"),
+    ]);
+    let mut url = url::Url::parse(amqp).expect("EKKO_AMQP_URL");
+    url.set_username(&user).expect("a user");
+    url.set_password(Some(&password)).expect("a password");
+    (user, url.to_string())
+}
+
+/// The test's bus users, removed at the end.
+pub struct BusUsers(Vec<String>);
+
+impl Drop for BusUsers {
+    fn drop(&mut self) {
+        for u in &self.0 {
+            crate::helpers::rabbitmqctl(&["delete_user", u]);
+        }
+    }
 }
 
 /// Segments of the project's container in Swift.
@@ -469,4 +538,71 @@ pub async fn swift_segments(cluster_conf: &Path) -> usize {
     let project = std::env::var("EKKO_DEMO_PROJECT_ID").unwrap();
     let container = format!("{}{project}", config.swift.container_prefix);
     store.list(&container, "segments/").await.unwrap().len()
+}
+
+/// The broker holds host a's bus user to its own keys and queues: a job
+/// published to host b, a message claiming another user, or host a's
+/// queue bound to the status keys are all refused by RabbitMQ itself.
+pub async fn assert_bus_refuses_host_a(c: &Cluster) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions};
+    use lapin::types::FieldTable;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    let (url, ex) = (&c.bus_urls[0], c.exchange.as_str());
+    let (own, other) = (&c.hosts[0].name, &c.hosts[1].name);
+    let channel = || async {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("host a's user connects");
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        (conn, ch)
+    };
+    let publish = |key: String, props: BasicProperties| async move {
+        let (_conn, ch) = channel().await;
+        match ch
+            .basic_publish(
+                ex.into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                b"{}",
+                props,
+            )
+            .await
+        {
+            Err(_) => false,
+            Ok(confirm) => match confirm.await {
+                Ok(c) => c.is_ack() && ch.status().connected(),
+                Err(_) => false,
+            },
+        }
+    };
+    assert!(
+        publish("status.host.heartbeat".into(), BasicProperties::default()).await,
+        "host a may report"
+    );
+    assert!(
+        !publish(format!("backup.{other}"), BasicProperties::default()).await,
+        "host a may not send host b a job"
+    );
+    assert!(
+        !publish(
+            "status.job.started".into(),
+            BasicProperties::default().with_user_id(format!("ekko-host-{other}").as_str().into())
+        )
+        .await,
+        "host a may not speak as host b's user"
+    );
+    let (_conn, ch) = channel().await;
+    let bound = ch
+        .queue_bind(
+            format!("{ex}.backup.{own}").as_str().into(),
+            ex.into(),
+            "status.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    assert!(bound.is_err(), "host a may not read the status keys");
 }

@@ -50,6 +50,9 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
         "host b never saw host a's job"
     );
 
+    // Each host is on the bus as its own user, held to its own keys.
+    crate::cluster::assert_bus_refuses_host_a(&c).await;
+
     // Restores through the API: an operator (admin) action on the host;
     // a member may not write files on hosts.
     c.assert_api_restores(0, &last[0], "api-restore-a").await;
@@ -216,7 +219,10 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     assert_eq!(b["status"], "available", "{b}");
     let deadline = Instant::now() + wait;
     while !ah.worker.exited() {
-        assert!(Instant::now() < deadline, "the worker died at the failpoint");
+        assert!(
+            Instant::now() < deadline,
+            "the worker died at the failpoint"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let runs = |log: &str| log.matches("backup started").count();
