@@ -117,6 +117,7 @@ async fn main() {
         agent_socket: None,
         agent_timeout: Duration::from_secs(5),
         existing_nbd_socket: None,
+        instance_key: "test".into(),
     };
     let req = DiskRequest {
         device: "vda".into(),

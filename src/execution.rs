@@ -151,6 +151,7 @@ pub async fn back_up(
     let snapshot = hypervisor
         .snapshot(instance, &disk_requests(job), &opts)
         .await?;
+    crate::failpoint::hit("backup.after-snapshot");
     let keys = match ekko.keyring.open_job(
         &job.project_id,
         job.project_key.as_ref(),
@@ -168,11 +169,14 @@ pub async fn back_up(
     let host = &ekko.config.default.host;
     let plan = plan_of(job, host);
     match back_up_instance(snapshot.as_ref(), &plan, &reader, &engine).await {
-        Ok(outcome) => Ok(Executed {
-            finished: finished_of(job, &outcome, host),
-            outcome,
-            snapshot,
-        }),
+        Ok(outcome) => {
+            crate::failpoint::hit("backup.after-manifest");
+            Ok(Executed {
+                finished: finished_of(job, &outcome, host),
+                outcome,
+                snapshot,
+            })
+        }
         Err(e) => {
             snapshot.abort().await?;
             Err(e.into())

@@ -75,6 +75,11 @@ pub struct PullOptions {
     pub agent_timeout: Duration,
     /// Use this NBD server socket when QEMU already runs a server.
     pub existing_nbd_socket: Option<PathBuf>,
+    /// Names this instance's NBD sockets in the scratch directory, which
+    /// a host's instances share: a stale socket is recognised as this
+    /// instance's (its server left running by a killed backup), never
+    /// another instance's (whose backup may be running).
+    pub instance_key: String,
 }
 
 /// One disk of a running pull backup.
@@ -296,10 +301,11 @@ impl PullBackup {
             let path = d.fleece_path.to_string_lossy().into_owned();
             cmd::add_overlay(&qmp, &d.fleece_node, &path, d.size, &d.node, timeout).await?;
         }
-        let socket = self
-            .opts
-            .scratch_dir
-            .join(format!("ekko-nbd-{}.sock", short_id(&self.opts.backup_id)));
+        let socket = self.opts.scratch_dir.join(format!(
+            "{}{}.sock",
+            self.socket_prefix(),
+            short_id(&self.opts.backup_id)
+        ));
         let mut started = cmd::nbd_server_start(&qmp, &socket.to_string_lossy()).await?;
         if !started && self.stop_stale_server().await? {
             started = cmd::nbd_server_start(&qmp, &socket.to_string_lossy()).await?;
@@ -410,17 +416,23 @@ impl PullBackup {
         Ok(())
     }
 
-    /// A server is running: if a socket of ours is in the scratch directory,
-    /// a killed worker started it; stop it (our sockets only ever serve
-    /// our exports). Returns whether it did.
+    /// The start of this instance's NBD socket names.
+    fn socket_prefix(&self) -> String {
+        format!("ekko-nbd-{}-", short_id(&self.opts.instance_key))
+    }
+
+    /// A server is running: if a socket of this instance is in the
+    /// scratch directory, a killed backup started it; stop it (our sockets
+    /// only ever serve our exports). Returns whether it did.
     async fn stop_stale_server(&self) -> Result<bool, ExtractError> {
+        let prefix = self.socket_prefix();
         let stale: Vec<PathBuf> = std::fs::read_dir(&self.opts.scratch_dir)
             .map(|rd| {
                 rd.filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|p| {
                         p.file_name()
                             .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with("ekko-nbd-") && n.ends_with(".sock"))
+                            .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".sock"))
                     })
                     .collect()
             })

@@ -202,6 +202,8 @@ impl Hypervisor for QmpHypervisor {
             agent_socket: q.agent_socket.clone(),
             agent_timeout: AGENT_TIMEOUT,
             existing_nbd_socket: None,
+            instance_key: crate::chunk::ChunkDigest::of(instance.id.as_bytes()).to_hex()[..8]
+                .to_string(),
         };
         Ok(Box::new(PullBackup::begin(qmp, disks, pull).await?))
     }

@@ -182,6 +182,7 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
     {
         Ok(b) => {
             // Only now may the old bitmaps go.
+            crate::failpoint::hit("backup.after-commit");
             if let Err(e) = executed.snapshot.commit().await {
                 tracing::error!(error = %e, "backup committed, but the bitmap rotation did not finish; the next backup re-reads the disk");
             }

@@ -60,6 +60,7 @@ pub fn options(dir: &Path, backup_id: &str) -> PullOptions {
         agent_socket: None,
         agent_timeout: Duration::from_secs(5),
         existing_nbd_socket: None,
+        instance_key: "test".into(),
     }
 }
 
