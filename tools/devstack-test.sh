@@ -190,6 +190,7 @@ create_service_user() { record create_service_user "$@"; }
 get_or_create_service() { record get_or_create_service "$@"; echo 5e7c0de5; }
 get_or_create_endpoint() { record get_or_create_endpoint "$@"; echo e0d9017; }
 run_process() { record run_process "$@"; }
+rabbitmqctl() { record rabbitmqctl "$@"; }
 stop_process() { record stop_process "$@"; }
 mysql() { record mysql "$@"; }
 
@@ -232,7 +233,8 @@ new_scenario() {
     # Clear what a previous scenario set.
     unset EKKO_ENABLED_SERVICES EKKO_SKIP_BUILD EKKO_STORE_BACKEND EKKO_BACKUP_USER \
         EKKO_BACKUP_INSTANCES EKKO_CLIENT_DIR EKKO__DATABASE__CONNECTION \
-        EKKO_ENCRYPTION EKKO_MASTER_KEY_FILE EKKO_HOST_KEY_FILE EKKO_RESTORE_HOST
+        EKKO_ENCRYPTION EKKO_MASTER_KEY_FILE EKKO_HOST_KEY_FILE EKKO_RESTORE_HOST \
+        EKKO_HOST_TRANSPORT_URL EKKO_HOST_BUS_USERS
     # devstack's globals the plugin reads.
     export DEST="$S/opt/stack" DATA_DIR="$S/opt/stack/data" STACK_USER
     STACK_USER=$(id -un)
@@ -390,6 +392,13 @@ scenario_aio() {
     check "discovery_dir created" test -d "$STATE/instances"
     check "[backup] instances from EKKO_BACKUP_INSTANCES" ini_is "$CONF" backup instances "$EKKO_BACKUP_INSTANCES"
     check "[DEFAULT] debug" ini_is "$CONF" DEFAULT debug True
+    check "[backup] host_bus_users on the controller" ini_is "$CONF" backup host_bus_users True
+    check "bus user ekko-host-<host> created on the local broker" called_matching "^rabbitmqctl add_user\\|ekko-host-$EKKO_HOST\\|"
+    check "its permissions: its own queues" called_matching "^rabbitmqctl set_permissions\\|-p\\|/\\|ekko-host-$EKKO_HOST\\|\\^ekko"
+    check "its topic permissions: status keys only" called_matching "^rabbitmqctl set_topic_permissions\\|-p\\|/\\|ekko-host-$EKKO_HOST\\|ekko\\|\\^status"
+    check "ekko-backup.conf carries the host's bus URL" \
+        bash -c "grep -q '^transport_url = rabbit://ekko-host-$EKKO_HOST:[0-9a-f]*@10.0.0.5:5672/' '$EKKO_CONF_DIR/ekko-backup.conf'"
+    check "ekko-backup.conf is not world-readable" test "$(stat -c %a "$EKKO_CONF_DIR/ekko-backup.conf")" = 640
     check "database recreated" called "recreate_database ekko"
     check_registered
     check_config_is_real
@@ -418,7 +427,7 @@ scenario_aio() {
     unset EKKO__DATABASE__CONNECTION
     check "run_process ekko-api" called "run_process ekko-api|$EKKO_BIN_DIR/ekko-api --config-file $CONF"
     check "run_process ekko-retention" called "run_process ekko-retention|$EKKO_BIN_DIR/ekko-retention --config-file $CONF"
-    check "run_process ekko-backup" called "run_process ekko-backup|$EKKO_BIN_DIR/ekko-backup --config-file $CONF"
+    check "run_process ekko-backup with its own bus URL" called "run_process ekko-backup|$EKKO_BIN_DIR/ekko-backup --config-file $CONF --config-file $EKKO_CONF_DIR/ekko-backup.conf"
     check "three processes started" test "$(calls_of run_process)" = 3
 
     local before
@@ -457,9 +466,11 @@ scenario_ctl_local() {
     phase stack post-config
     check_common_conf
     check "[storage] backend local (no Swift)" ini_is "$CONF" storage backend local
+    check "[backup] host_bus_users on the controller" ini_is "$CONF" backup host_bus_users True
+    check_not "no ekko-backup.conf without ekko-backup" test -e "$EKKO_CONF_DIR/ekko-backup.conf"
     check "[local_store] path" ini_is "$CONF" local_store path "$STATE/store"
     check_not "no [swift] without Swift" has_section "$CONF" swift
-    check_not "no [backup] without ekko-backup" has_section "$CONF" backup
+    check_not "no [backup] discovery_dir without ekko-backup" ini_get "$CONF" backup discovery_dir
     check "[database] connection" ini_is "$CONF" database connection "mysql+pymysql://root:secretdb@127.0.0.1/ekko?charset=utf8&plugin=dbcounter"
     check "database recreated" called "recreate_database ekko"
     check_registered
@@ -498,6 +509,8 @@ scenario_compute() {
     ENABLED_SERVICES="n-cpu,placement-client"
     export EKKO_ENABLED_SERVICES=ekko-backup EKKO_STORE_BACKEND=swift EKKO_BACKUP_USER=root
     export EKKO_ENCRYPTION=public_key
+    # The broker is on the controller: the host's bus user is given.
+    export EKKO_HOST_TRANSPORT_URL="rabbit://ekko-host-c1:pw@10.0.0.5:5672/"
 
     phase stack install
     check "cargo build run" test "$(calls_of cargo)" = 1
@@ -533,7 +546,9 @@ scenario_compute() {
 
     phase stack extra
     check_not "no db sync on a compute node" called_matching '^exec ekko-manage'
-    check "run_process ekko-backup as EKKO_BACKUP_USER" called "run_process ekko-backup|$EKKO_BIN_DIR/ekko-backup --config-file $CONF||root"
+    check "run_process ekko-backup as EKKO_BACKUP_USER, on its own bus user" called "run_process ekko-backup|$EKKO_BIN_DIR/ekko-backup --config-file $CONF --config-file $EKKO_CONF_DIR/ekko-backup.conf||root"
+    check "ekko-backup.conf has EKKO_HOST_TRANSPORT_URL" ini_is "$EKKO_CONF_DIR/ekko-backup.conf" DEFAULT transport_url "$EKKO_HOST_TRANSPORT_URL"
+    check "no bus user created without the broker" test "$(calls_of rabbitmqctl)" = 0
     check "only ekko-backup started" test "$(calls_of run_process)" = 1
 
     phase unstack
