@@ -61,7 +61,7 @@ async fn main() {
     std::fs::write(
         &conf,
         format!(
-            "[DEFAULT]\nstate_path = {}\n[database]\nconnection = mysql+pymysql{}\n[retention]\ngc_grace_period = 0\nscrub_percentage = 0\n",
+            "[DEFAULT]\nstate_path = {}\n[database]\nconnection = mysql+pymysql{}\n[backup]\njob_timeout = 0\njob_stall_timeout = 0\n[retention]\ngc_grace_period = 0\nscrub_percentage = 0\n",
             dir.path().display(),
             &url.as_str()["mysql".len()..]
         ),
