@@ -133,8 +133,17 @@ pub async fn run_retention(
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             _ = ticker.tick() => {
-                if let Err(e) = crate::retention::run_pass(&ekko, false).await {
-                    tracing::error!(error = %format!("{e:#}"), "retention pass failed; retrying next interval");
+                // In its own task: a defect that panics in one pass is
+                // logged, and the next pass runs on time.
+                let e = ekko.clone();
+                match tokio::spawn(async move { crate::retention::run_pass(&e, false).await }).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %format!("{e:#}"), "retention pass failed; retrying next interval");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "retention pass panicked; retrying next interval");
+                    }
                 }
             }
         }

@@ -62,8 +62,17 @@ where
         if root.is_zero() || !seen.insert(root) {
             continue;
         }
+        // The catalog checks what hosts report; a row that still has an
+        // impossible shape is refused here, never divided by.
+        let (size, chunk) = (rec.virtual_size, rec.chunk_size);
+        if size <= 0 || chunk <= 0 || !(chunk as u64).is_power_of_two() {
+            return Err(EngineError::Other(format!(
+                "disk {} record {}: impossible shape ({size} bytes in chunks of {chunk})",
+                rec.disk_id, rec.seq
+            )));
+        }
         visit(i, root);
-        let levels = shape(positions(rec.virtual_size as u64, rec.chunk_size as u64)).len();
+        let levels = shape(positions(size as u64, chunk as u64)).len();
         let mut frontier = vec![root];
         for level in 0..levels {
             // The last level's pages are leaves: their entries are chunks.

@@ -745,3 +745,39 @@ async fn a_running_backup_keeps_the_chunks_it_reuses_through_compaction() {
     let report = verify_backup(&x.ekko, &yb.id, None).await.unwrap();
     assert!(report.iter().all(|(_, s)| s.bad.is_empty()), "Y verifies");
 }
+
+/// Issue 17 #6, defence in depth: a record of impossible shape in the
+/// catalog (chunk size 0; the conductor refuses such reports) leaves the
+/// segments it uses uncompacted (never compacted on a guess) — no
+/// division by zero, no panic of ekko-retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_impossible_shape_is_not_compacted_and_nothing_panics() {
+    let Some(x) = setup(
+        "proj-shape",
+        8,
+        "[retention]\ngc_grace_period = 0\ncompaction_threshold = 0.9\nscrub_percentage = 0\n\
+         [backup]\njob_timeout = 0\njob_stall_timeout = 0\nchunk_size = 64K\nsegment_size = 4M",
+    )
+    .await
+    else {
+        return;
+    };
+    x.qsd.write(0, 0, &pattern(7, 2 * MIB));
+    let b = backup_instance(&x.ekko, &x.req).await.unwrap().backup;
+    let id = b.id.clone();
+    x.db.run(move |c| {
+        use ekko::db::schema::backup_disks as bd;
+        diesel::update(bd::table.filter(bd::backup_id.eq(&id)))
+            .set(bd::chunk_size.eq(0))
+            .execute(c)?;
+        ekko::db::segments::lost_a_user(c, &id)
+    })
+    .await
+    .unwrap();
+    let e = x.ekko.clone();
+    let pass = tokio::spawn(async move { ekko::retention::run_pass(&e, false).await })
+        .await
+        .expect("no panic");
+    let report = pass.expect("the pass goes on: the segments are not compacted on a guess");
+    assert_eq!(report.segments_compacted, 0, "{report:?}");
+}
