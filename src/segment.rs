@@ -13,8 +13,8 @@
 //! All integers are little-endian. A reader fetches the footer, then the
 //! trailer, then only the records it needs (ranged GETs).
 
-use crate::chunk::{decompress, ChunkDigest, ChunkError, Compressor};
-use crate::crypto::{identity, ProjectKeys, RecordBinding};
+use crate::chunk::{decompress, max_compressed_len, ChunkDigest, ChunkError, Compressor};
+use crate::crypto::{identity, ProjectKeys, RecordBinding, EPHEMERAL_LEN, TAG_LEN};
 use crate::format::*;
 
 pub const HEADER_LEN: usize = 32;
@@ -370,13 +370,75 @@ pub fn read_whole(segment: u64, bytes: &[u8]) -> Result<Vec<TrailerEntry>, Segme
     parse_trailer(segment, &footer, trailer)
 }
 
-/// Decode one record (header + payload): checks the crc, opens it if it is
-/// sealed (with `keys`, the project's), decompresses and checks the
-/// identity. `expected` is the identity the caller looked for.
+/// What a reader expects of a record, checked against its header before
+/// anything is fetched, opened, decompressed or allocated: the lengths in
+/// a segment come from the store, and a compute host can write any
+/// segment its project's container accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordExpect {
+    pub kind: u8,
+    /// Largest plaintext the record may claim.
+    pub max_raw: u32,
+}
+
+/// Bytes sealing adds to a payload at most: the tag, and the writer's
+/// ephemeral public key in public-key mode.
+const SEAL_OVERHEAD: usize = TAG_LEN + EPHEMERAL_LEN;
+
+impl RecordExpect {
+    /// An index page.
+    pub const PAGE: RecordExpect = RecordExpect {
+        kind: RECORD_INDEX_PAGE,
+        max_raw: INDEX_PAGE_MAX_LEN as u32,
+    };
+
+    /// A chunk of a map cut into `chunk_size`-byte chunks (the format's
+    /// largest if `chunk_size` is out of range).
+    pub fn chunk(chunk_size: u64) -> RecordExpect {
+        let size = if (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+            chunk_size
+        } else {
+            MAX_CHUNK_SIZE
+        };
+        RecordExpect {
+            kind: RECORD_CHUNK,
+            max_raw: size as u32,
+        }
+    }
+
+    /// A record of `kind` whose map is not known (compaction, scrub): the
+    /// format's bound for that kind. An unknown kind allows nothing.
+    pub fn of_kind(kind: u8) -> RecordExpect {
+        match kind {
+            RECORD_INDEX_PAGE => RecordExpect::PAGE,
+            RECORD_CHUNK => RecordExpect::chunk(MAX_CHUNK_SIZE),
+            other => RecordExpect {
+                kind: other,
+                max_raw: 0,
+            },
+        }
+    }
+
+    /// The most bytes a record with at most `max_raw` bytes of plaintext
+    /// takes in a segment (header, compressed and sealed payload).
+    pub fn max_record_len(&self) -> u64 {
+        (RECORD_HEADER_LEN + max_stored(self.max_raw)) as u64
+    }
+}
+
+fn max_stored(raw_len: u32) -> usize {
+    max_compressed_len(raw_len as usize) + SEAL_OVERHEAD
+}
+
+/// Decode one record (header + payload): checks the header against
+/// `expect` (kind, lengths: before anything is allocated), then the crc,
+/// opens it if it is sealed (with `keys`, the project's), decompresses and
+/// checks the identity. `expected` is the identity the caller looked for.
 pub fn decode_record(
     segment: u64,
     record: &[u8],
     expected: &ChunkDigest,
+    expect: RecordExpect,
     keys: Option<&ProjectKeys>,
 ) -> Result<Vec<u8>, SegmentError> {
     let h = RecordHeader::decode(record).ok_or_else(|| corrupt(segment, "short record"))?;
@@ -385,6 +447,30 @@ pub fn decode_record(
         return Err(corrupt(
             segment,
             format!("{what}: header names another digest"),
+        ));
+    }
+    if h.kind != expect.kind {
+        return Err(corrupt(
+            segment,
+            format!("{what}: kind {}, expected {}", h.kind, expect.kind),
+        ));
+    }
+    if h.raw_len > expect.max_raw {
+        return Err(corrupt(
+            segment,
+            format!(
+                "{what}: raw length {} exceeds the {} bytes its kind allows",
+                h.raw_len, expect.max_raw
+            ),
+        ));
+    }
+    if h.stored_len as usize > max_stored(h.raw_len) {
+        return Err(corrupt(
+            segment,
+            format!(
+                "{what}: stored length {} exceeds what {} bytes can take",
+                h.stored_len, h.raw_len
+            ),
         ));
     }
     let payload = record
@@ -420,6 +506,16 @@ pub fn decode_record(
         (other, _) => return Err(corrupt(segment, format!("{what}: unknown cipher {other}"))),
     };
     let plain = match h.codec {
+        CODEC_NONE if payload.len() != h.raw_len as usize => {
+            return Err(corrupt(
+                segment,
+                format!(
+                    "{what}: {} stored bytes for {} raw bytes",
+                    payload.len(),
+                    h.raw_len
+                ),
+            ))
+        }
         CODEC_NONE => payload.to_vec(),
         CODEC_ZSTD => decompress(payload, h.raw_len as usize, &what)?,
         other => return Err(corrupt(segment, format!("{what}: unknown codec {other}"))),
@@ -435,6 +531,136 @@ pub fn decode_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::alloc_probe::largest_allocation;
+
+    /// A chunk record of any chunk size.
+    const ANY: RecordExpect = RecordExpect {
+        kind: RECORD_CHUNK,
+        max_raw: MAX_CHUNK_SIZE as u32,
+    };
+
+    /// A record with a valid crc whose header says what the caller wants:
+    /// what a hostile writer can put in a segment without any key.
+    fn forged_record(
+        kind: u8,
+        codec: u8,
+        raw_len: u32,
+        digest: ChunkDigest,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut h = RecordHeader {
+            kind,
+            codec,
+            cipher: CIPHER_NONE,
+            stored_len: payload.len() as u32,
+            raw_len,
+            crc: 0,
+            digest,
+            nonce: [0; 12],
+        };
+        h.crc = record_crc(&h.encode(), payload);
+        let mut out = h.encode().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A decompression bomb: 1 GiB of zeros in a ~40 KiB zstd frame, crc
+    /// and digest valid (so it would even decode). Refused by its length
+    /// before anything is allocated for it.
+    #[test]
+    fn a_record_claiming_more_than_its_kind_allows_is_refused_before_allocating() {
+        const GIB: usize = 1 << 30;
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        let block = vec![0u8; 1 << 20];
+        for _ in 0..GIB / block.len() {
+            std::io::Write::write_all(&mut enc, &block).unwrap();
+        }
+        let frame = enc.finish().unwrap();
+        assert!(frame.len() < 1 << 20, "{} bytes", frame.len());
+        let digest = {
+            use sha2::Digest as _;
+            let mut h = sha2::Sha256::new();
+            for _ in 0..GIB / block.len() {
+                h.update(&block);
+            }
+            ChunkDigest::from_slice(&h.finalize()).unwrap()
+        };
+        let record = forged_record(RECORD_CHUNK, CODEC_ZSTD, GIB as u32, digest, &frame);
+        let (res, largest) = largest_allocation(|| {
+            decode_record(1, &record, &digest, RecordExpect::chunk(256 << 10), None)
+        });
+        let err = res.unwrap_err().to_string();
+        assert!(
+            err.contains("raw length") && err.contains("exceeds"),
+            "{err}"
+        );
+        assert!(largest < 1 << 20, "allocated {largest} bytes");
+        // Unknown chunk size (compaction, scrub): the format's 16 MiB bound.
+        let (res, largest) = largest_allocation(|| {
+            decode_record(
+                1,
+                &record,
+                &digest,
+                RecordExpect::of_kind(RECORD_CHUNK),
+                None,
+            )
+        });
+        assert!(res.is_err());
+        assert!(largest < 1 << 20, "allocated {largest} bytes");
+    }
+
+    #[test]
+    fn page_records_are_bounded_by_the_page_size_and_kinds_are_checked() {
+        let plain = vec![7u8; 3000];
+        let digest = ChunkDigest::of(&plain);
+        let page = forged_record(RECORD_INDEX_PAGE, CODEC_NONE, 3000, digest, &plain);
+        let err = decode_record(2, &page, &digest, RecordExpect::PAGE, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("raw length 3000"), "{err}");
+        // A chunk read where a page is expected, and the reverse.
+        let small = forged_record(
+            RECORD_CHUNK,
+            CODEC_NONE,
+            10,
+            ChunkDigest::of(&[1; 10]),
+            &[1; 10],
+        );
+        let err = decode_record(
+            2,
+            &small,
+            &ChunkDigest::of(&[1; 10]),
+            RecordExpect::PAGE,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("kind 1, expected 2"), "{err}");
+        assert!(decode_record(2, &small, &ChunkDigest::of(&[1; 10]), ANY, None).is_ok());
+        // Stored length beyond what the raw length can compress to.
+        let junk = vec![1u8; 5000];
+        let d = ChunkDigest::of(&[0; 100]);
+        let big = forged_record(RECORD_CHUNK, CODEC_ZSTD, 100, d, &junk);
+        let err = decode_record(2, &big, &d, ANY, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stored length"), "{err}");
+        // Uncompressed, but shorter than it claims.
+        let d = ChunkDigest::of(&[1; 10]);
+        let short = forged_record(RECORD_CHUNK, CODEC_NONE, 20, d, &[1; 10]);
+        let err = decode_record(2, &short, &d, ANY, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("10 stored bytes for 20"), "{err}");
+        // A frame whose content size differs from the header's raw length.
+        let z = zstd::bulk::compress(&[0u8; 4096], 1).unwrap();
+        let d = ChunkDigest::of(&[0; 4096]);
+        let lying = forged_record(RECORD_CHUNK, CODEC_ZSTD, 8192, d, &z);
+        assert!(decode_record(2, &lying, &d, ANY, None).is_err());
+        let max = RecordExpect::chunk(256 << 10).max_record_len();
+        assert!(max > 256 << 10 && max < 258 << 10, "{max}");
+        assert!(RecordExpect::PAGE.max_record_len() < 4096);
+    }
 
     fn build(id: u64, items: &[Vec<u8>]) -> (Vec<u8>, Vec<TrailerEntry>) {
         let mut c = Compressor::new(1).unwrap();
@@ -459,7 +685,7 @@ mod tests {
         assert_eq!(trailer, written);
         for (it, e) in items.iter().zip(&trailer) {
             let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-            assert_eq!(&decode_record(42, rec, &e.digest, None).unwrap(), it);
+            assert_eq!(&decode_record(42, rec, &e.digest, ANY, None).unwrap(), it);
         }
         // Footer alone, then trailer alone: what a ranged reader does.
         let footer = parse_footer(42, &bytes[bytes.len() - FOOTER_LEN..]).unwrap();
@@ -478,7 +704,7 @@ mod tests {
         let at = (e.offset as usize) + RECORD_HEADER_LEN + 3;
         bytes[at] ^= 0xFF;
         let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-        let err = decode_record(7, rec, &e.digest, None)
+        let err = decode_record(7, rec, &e.digest, ANY, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("checksum"), "{err}");
@@ -487,7 +713,7 @@ mod tests {
             "truncated"
         );
         let other = ChunkDigest::of(b"other");
-        assert!(decode_record(7, rec, &other, None).is_err());
+        assert!(decode_record(7, rec, &other, ANY, None).is_err());
     }
 
     #[test]
@@ -500,7 +726,7 @@ mod tests {
             let mut copy = bytes[s..end].to_vec();
             copy[i - s] ^= 0x01;
             assert!(
-                decode_record(9, &copy, &e.digest, None).is_err(),
+                decode_record(9, &copy, &e.digest, ANY, None).is_err(),
                 "flip at byte {} not caught",
                 i - s
             );
@@ -523,13 +749,16 @@ mod tests {
             "no plaintext in the segment"
         );
         let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-        assert_eq!(decode_record(5, rec, &digest, Some(&keys)).unwrap(), plain);
-        let err = decode_record(5, rec, &digest, None)
+        assert_eq!(
+            decode_record(5, rec, &digest, ANY, Some(&keys)).unwrap(),
+            plain
+        );
+        let err = decode_record(5, rec, &digest, ANY, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("no key"), "{err}");
         let other = ProjectSecret::generate(KeyMode::Symmetric).unwrap().keys();
-        let err = decode_record(5, rec, &digest, Some(&other))
+        let err = decode_record(5, rec, &digest, ANY, Some(&other))
             .unwrap_err()
             .to_string();
         assert!(err.contains("authentication failed"), "{err}");
@@ -538,7 +767,7 @@ mod tests {
         forged[RECORD_HEADER_LEN + 2] ^= 1;
         let crc = record_crc(&forged[..RECORD_HEADER_LEN], &forged[RECORD_HEADER_LEN..]);
         forged[12..16].copy_from_slice(&crc.to_le_bytes());
-        let err = decode_record(5, &forged, &digest, Some(&keys))
+        let err = decode_record(5, &forged, &digest, ANY, Some(&keys))
             .unwrap_err()
             .to_string();
         assert!(err.contains("authentication failed"), "{err}");
@@ -571,26 +800,26 @@ mod tests {
         let rec =
             |e: &TrailerEntry| &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
         assert_eq!(
-            decode_record(6, rec(&ce), &digest, Some(&full)).unwrap(),
+            decode_record(6, rec(&ce), &digest, ANY, Some(&full)).unwrap(),
             plain
         );
-        let err = decode_record(6, rec(&ce), &digest, Some(&host)).unwrap_err();
+        let err = decode_record(6, rec(&ce), &digest, ANY, Some(&host)).unwrap_err();
         assert!(
             matches!(err, SegmentError::Crypto(_)) && err.to_string().contains("restore side"),
             "{err}"
         );
         // The host reads maps (pages) to build incrementals.
         assert_eq!(
-            decode_record(6, rec(&pe), &page_digest, Some(&host)).unwrap(),
+            decode_record(6, rec(&pe), &page_digest, RecordExpect::PAGE, Some(&host)).unwrap(),
             page
         );
         assert_eq!(
-            decode_record(6, rec(&pe), &page_digest, Some(&full)).unwrap(),
+            decode_record(6, rec(&pe), &page_digest, RecordExpect::PAGE, Some(&full)).unwrap(),
             page
         );
         // Another project's secret opens nothing.
         let stranger = ProjectSecret::generate(KeyMode::PublicKey).unwrap().keys();
-        assert!(decode_record(6, rec(&ce), &digest, Some(&stranger)).is_err());
+        assert!(decode_record(6, rec(&ce), &digest, ANY, Some(&stranger)).is_err());
         // Downgrades: cipher 2 → 1 or 0 with the crc recomputed.
         for cipher in [CIPHER_AES256_GCM, CIPHER_NONE] {
             let mut forged = rec(&ce).to_vec();
@@ -598,7 +827,7 @@ mod tests {
             let crc = record_crc(&forged[..RECORD_HEADER_LEN], &forged[RECORD_HEADER_LEN..]);
             forged[12..16].copy_from_slice(&crc.to_le_bytes());
             assert!(
-                decode_record(6, &forged, &digest, Some(&full)).is_err(),
+                decode_record(6, &forged, &digest, ANY, Some(&full)).is_err(),
                 "cipher {cipher} accepted"
             );
         }
@@ -627,6 +856,6 @@ mod tests {
         let e = w.push_encoded(&forged);
         let bytes = w.finish();
         let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-        assert!(decode_record(8, rec, &digest, Some(&full)).is_err());
+        assert!(decode_record(8, rec, &digest, ANY, Some(&full)).is_err());
     }
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::{segment_object, EngineError};
 use crate::chunk::ChunkRef;
+use crate::format::MAX_SEGMENT_RECORDS;
 use crate::segment::{EncodedRecord, SegmentWriter};
 use crate::store::ObjectStore;
 
@@ -23,6 +24,8 @@ pub struct SegmentPacker {
     container: String,
     target: usize,
     current: Option<SegmentWriter>,
+    /// Full segments waiting for an upload slot (see [`SegmentPacker::append`]).
+    sealed: Vec<SegmentWriter>,
     /// Uploads in flight, so packing goes on while a segment is stored.
     uploads: std::collections::VecDeque<tokio::task::JoinHandle<Result<(), EngineError>>>,
     pub written: Vec<WrittenSegment>,
@@ -57,6 +60,7 @@ impl SegmentPacker {
             container: container.to_string(),
             target,
             current: None,
+            sealed: Vec::new(),
             uploads: std::collections::VecDeque::new(),
             written: Vec::new(),
             stored_bytes: 0,
@@ -65,6 +69,15 @@ impl SegmentPacker {
 
     /// Add an encoded record; uploads the segment when it is full.
     pub async fn push(&mut self, record: &EncodedRecord) -> Result<ChunkRef, EngineError> {
+        let r = self.append(record);
+        self.upload_sealed().await?;
+        Ok(r)
+    }
+
+    /// Add an encoded record without waiting (the map builder's page
+    /// store is synchronous): a segment that fills waits for
+    /// [`SegmentPacker::upload_sealed`], which the caller runs next.
+    pub fn append(&mut self, record: &EncodedRecord) -> ChunkRef {
         let now = now_unix();
         let target = self.target;
         let w = self
@@ -75,10 +88,18 @@ impl SegmentPacker {
             digest: record.digest,
             segment: w.id(),
         };
-        if w.len() >= self.target {
-            self.seal().await?;
+        if w.len() >= self.target || w.records() >= MAX_SEGMENT_RECORDS as usize {
+            self.sealed.extend(self.current.take());
         }
-        Ok(r)
+        r
+    }
+
+    /// Upload the segments that filled (waiting for upload slots).
+    pub async fn upload_sealed(&mut self) -> Result<(), EngineError> {
+        for w in std::mem::take(&mut self.sealed) {
+            self.upload(w).await?;
+        }
+        Ok(())
     }
 
     /// Start uploading the segment being filled (waiting for an upload
@@ -90,9 +111,8 @@ impl SegmentPacker {
         }
     }
 
-    /// Upload a finished segment (waiting for an upload slot); also used for
-    /// the segments of index pages, which are packed separately.
-    pub async fn upload(&mut self, w: SegmentWriter) -> Result<(), EngineError> {
+    /// Upload a finished segment (waiting for an upload slot).
+    async fn upload(&mut self, w: SegmentWriter) -> Result<(), EngineError> {
         if w.is_empty() {
             return Ok(());
         }
@@ -124,6 +144,7 @@ impl SegmentPacker {
     /// Upload the segment being filled, and wait until every segment is
     /// stored.
     pub async fn flush(&mut self) -> Result<(), EngineError> {
+        self.upload_sealed().await?;
         self.seal().await?;
         while let Some(h) = self.uploads.pop_front() {
             h.await
