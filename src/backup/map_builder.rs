@@ -374,7 +374,7 @@ impl<'a> MapBuilder<'a> {
                     digest,
                     &plain,
                 )?;
-                let r = packer.append(&record);
+                let r = packer.append_page(&record);
                 bump(&mut self.deltas, &r, 1);
                 if let Some(old) = o.old {
                     bump(&mut self.deltas, &old, -1);
@@ -424,7 +424,7 @@ impl<'a> MapBuilder<'a> {
                         &plain,
                     )
                     .map_err(|e| IndexError(e.to_string()))?;
-                    let r = packer.append(&record);
+                    let r = packer.append_page(&record);
                     bump(deltas, &r, 1);
                     if let Some(o) = old {
                         bump(deltas, &o, -1);
