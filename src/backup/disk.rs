@@ -71,8 +71,8 @@ struct Processed {
 
 /// One `read_ranges` call reads at most this many ranges or bytes, so the
 /// read plan is never materialised whole.
-const READ_WINDOW_RANGES: usize = 1024;
-const READ_WINDOW_BYTES: u64 = 1 << 30;
+const READ_WINDOW_RANGES: usize = 16 << 10;
+const READ_WINDOW_BYTES: u64 = 16 << 30;
 /// Chunks travel from the reader to the hashing stage in batches of this
 /// many bytes, 4 batches queued and 3 processed at once.
 const BATCH_BYTES: usize = 4 << 20;

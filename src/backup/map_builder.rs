@@ -455,3 +455,63 @@ impl<'a> MapBuilder<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: u64 = 256 << 10;
+
+    /// The per-chunk lists the engine used to build, for comparison.
+    fn per_chunk(changed: &[(u64, u64)], zeros: &[(u64, u64)], size: u64) -> (Vec<u64>, Vec<u64>) {
+        let n = positions(size, C);
+        let ch = Changes::new(changed, zeros, size, C);
+        let mut all: Vec<u64> = changed
+            .iter()
+            .filter(|r| r.1 > 0)
+            .flat_map(|&(o, l)| o / C..=((o + l - 1) / C).min(n - 1))
+            .collect();
+        all.dedup();
+        let read = all.iter().copied().filter(|&p| !ch.is_zero(p)).collect();
+        (all, read)
+    }
+
+    #[test]
+    fn leaf_masks_and_the_read_plan_match_the_per_chunk_lists() {
+        let size = 300 * FANOUT * C + 12345; // a short last chunk and leaf
+        let changed = vec![
+            (0, 1),
+            (C - 1, 2),
+            (70 * C + 5, 3 * C),
+            (64 * 64 * C, 200 * C),
+            (size - 10, 10),
+        ];
+        let zeros = vec![(70 * C, 2 * C), (64 * 64 * C + 10 * C, 100 * C)];
+        let (all, read) = per_chunk(&changed, &zeros, size);
+        let mut ch = Changes::new(&changed, &zeros, size, C);
+        let from_masks: Vec<u64> = (0..ch.leaves())
+            .flat_map(|l| {
+                bits(ch.changed_in(l))
+                    .map(move |i| l * FANOUT + i)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(from_masks, all);
+        let plan: Vec<(u64, u64)> =
+            ReadPlan::new(Changes::new(&changed, &zeros, size, C)).collect();
+        let planned: Vec<u64> = plan
+            .iter()
+            .flat_map(|&(o, l)| o / C..(o + l).div_ceil(C))
+            .collect();
+        assert_eq!(planned, read);
+        // Adjacent chunks are merged; the last one is short.
+        assert!(plan.iter().any(|r| r.1 > C));
+        assert_eq!(plan.last().map(|r| r.0 + r.1), Some(size));
+        // A full read of a disk of holes reads nothing.
+        let whole = [(0, size)];
+        assert_eq!(
+            ReadPlan::new(Changes::new(&whole, &whole, size, C)).count(),
+            0
+        );
+    }
+}

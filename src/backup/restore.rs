@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::future::{BoxFuture, FutureExt};
 use futures::StreamExt;
 
 use super::map::MapWalker;
@@ -263,83 +264,152 @@ async fn walk(
     concurrency: usize,
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
-    let mut walker = MapWalker::new(reader, root, disk_size, chunk_size);
-    let mut stats = RestoreStats::default();
-    let mut stored = 0u64;
     let window = reader.limits().restore_window;
-    while let Some(w) = walker.next_window(window).await? {
-        let here: Vec<u64> = (w.first..)
-            .zip(&w.entries)
-            .filter(|(_, e)| !e.is_zero())
-            .map(|(p, _)| p)
-            .collect();
-        stored += here.len() as u64;
-        if let Some(p) = progress {
-            p.add_total(
-                here.iter()
-                    .map(|&pos| chunk_size.min(disk_size - pos * chunk_size))
-                    .sum(),
-            );
+    let keys = reader.keys();
+    let mut walker = Some(MapWalker::new(reader, root, disk_size, chunk_size));
+    // The next window is walked and planned while the current one's last
+    // fetches are in flight (no drain at window edges); only one window's
+    // plan and the fetches in flight are held.
+    let mut planning: Option<BoxFuture<'_, Result<Planned<'_>, EngineError>>> = None;
+    let mut pending: std::collections::VecDeque<Fetch> = Default::default();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut stored = 0u64;
+    let mut stats = RestoreStats::default();
+    let mut bad: Vec<(u64, String)> = Vec::new();
+    loop {
+        while in_flight.len() < concurrency.max(1) {
+            let Some(f) = pending.pop_front() else { break };
+            in_flight.push(fetch(reader, f, chunk_size, target.clone(), keys.clone()));
         }
-        drop(here);
-        let (fetches, unlocated) = plan_fetches(reader, w.first, w.entries, chunk_size).await;
-        let mut bad: Vec<(u64, String)> = unlocated;
-        let mut results = futures::stream::iter(fetches.into_iter().map(|f| {
-            let target = target.clone();
-            let keys = reader.keys();
-            async move {
-                let name = super::segment_object(f.segment);
-                let bytes = match reader
-                    .store()
-                    .get_range(reader.container(), &name, f.start, f.end - f.start)
-                    .await
-                {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let why = e.to_string();
-                        return Ok(f
-                            .records
-                            .iter()
-                            .flat_map(|w| w.positions.iter().map(|&p| (p, Err(why.clone()))))
-                            .collect());
-                    }
-                };
-                tokio::task::spawn_blocking(move || {
-                    decode_fetch(&f, &bytes, chunk_size, target.as_deref(), keys.as_deref())
-                })
-                .await
-                .map_err(|e| EngineError::Other(format!("restore worker: {e}")))?
+        if pending.is_empty() && planning.is_none() {
+            if let Some(w) = walker.take() {
+                planning = Some(plan_window(reader, w, window, chunk_size, disk_size).boxed());
             }
-        }))
-        .buffer_unordered(concurrency.max(1));
-        while let Some(res) = results.next().await {
-            let done: PositionOutcomes = res?;
-            for (pos, outcome) in done {
-                match outcome {
-                    Ok(n) => {
-                        stats.chunks += 1;
-                        stats.bytes_written += n;
-                        if let Some(p) = progress {
-                            p.advance(n);
-                        }
+        }
+        if in_flight.is_empty() && planning.is_none() {
+            break;
+        }
+        let done: PositionOutcomes = tokio::select! {
+            Some(res) = in_flight.next(), if !in_flight.is_empty() => res?,
+            planned = async { planning.as_mut().expect("guarded").await }, if planning.is_some() => {
+                planning = None;
+                let planned = planned?;
+                walker = planned.walker;
+                stored += planned.stored;
+                if let Some(p) = progress {
+                    p.add_total(planned.bytes);
+                }
+                pending.extend(planned.fetches);
+                planned.unlocated.into_iter().map(|(p, why)| (p, Err(why))).collect()
+            }
+        };
+        for (pos, outcome) in done {
+            match outcome {
+                Ok(n) => {
+                    stats.chunks += 1;
+                    stats.bytes_written += n;
+                    if let Some(p) = progress {
+                        p.advance(n);
                     }
-                    Err(why) => bad.push((pos, why)),
+                }
+                Err(why) => {
+                    stats.bad_chunks += 1;
+                    bad.push((pos, why));
+                    if bad.len() >= 2 * BAD_RANGES_KEPT {
+                        bad.sort_by_key(|b| b.0);
+                        bad.truncate(BAD_RANGES_KEPT);
+                    }
                 }
             }
         }
-        // Windows come in disk order: the first ranges kept are the first.
-        bad.sort_by_key(|b| b.0);
-        stats.bad_chunks += bad.len() as u64;
-        let room = BAD_RANGES_KEPT.saturating_sub(stats.bad.len());
-        stats
-            .bad
-            .extend(bad.into_iter().take(room).map(|(pos, why)| {
-                let start = pos * chunk_size;
-                (start, chunk_size.min(disk_size - start), why)
-            }));
     }
+    bad.sort_by_key(|b| b.0);
+    bad.truncate(BAD_RANGES_KEPT);
+    stats.bad = bad
+        .into_iter()
+        .map(|(pos, why)| {
+            let start = pos * chunk_size;
+            (start, chunk_size.min(disk_size - start), why)
+        })
+        .collect();
     stats.zero_chunks = positions(disk_size, chunk_size) - stored;
     Ok(stats)
+}
+
+/// One window of the map, planned.
+struct Planned<'r> {
+    /// `None` once the map is walked.
+    walker: Option<MapWalker<'r>>,
+    fetches: Vec<Fetch>,
+    unlocated: Vec<(u64, String)>,
+    /// Stored chunks and their bytes.
+    stored: u64,
+    bytes: u64,
+}
+
+/// Walk the next `window` leaves and plan their fetches.
+async fn plan_window<'r>(
+    reader: &'r RecordReader,
+    mut walker: MapWalker<'r>,
+    window: usize,
+    chunk_size: u64,
+    disk_size: u64,
+) -> Result<Planned<'r>, EngineError> {
+    let Some(w) = walker.next_window(window).await? else {
+        return Ok(Planned {
+            walker: None,
+            fetches: Vec::new(),
+            unlocated: Vec::new(),
+            stored: 0,
+            bytes: 0,
+        });
+    };
+    let (mut stored, mut bytes) = (0, 0);
+    for (pos, e) in (w.first..).zip(&w.entries) {
+        if !e.is_zero() {
+            stored += 1;
+            bytes += chunk_size.min(disk_size - pos * chunk_size);
+        }
+    }
+    let (fetches, unlocated) = plan_fetches(reader, w.first, w.entries, chunk_size).await;
+    Ok(Planned {
+        walker: Some(walker),
+        fetches,
+        unlocated,
+        stored,
+        bytes,
+    })
+}
+
+/// GET one planned range, then decode (and write) it on the blocking pool.
+async fn fetch(
+    reader: &RecordReader,
+    f: Fetch,
+    chunk_size: u64,
+    target: Option<Arc<dyn RestoreTarget>>,
+    keys: Option<Arc<crate::crypto::ProjectKeys>>,
+) -> Result<PositionOutcomes, EngineError> {
+    let name = super::segment_object(f.segment);
+    let bytes = match reader
+        .store()
+        .get_range(reader.container(), &name, f.start, f.end - f.start)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            let why = e.to_string();
+            return Ok(f
+                .records
+                .iter()
+                .flat_map(|w| w.positions.iter().map(|&p| (p, Err(why.clone()))))
+                .collect());
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        decode_fetch(&f, &bytes, chunk_size, target.as_deref(), keys.as_deref())
+    })
+    .await
+    .map_err(|e| EngineError::Other(format!("restore worker: {e}")))?
 }
 
 /// Check every chunk of a record (digests, checksums), writing nothing.
