@@ -6,17 +6,27 @@
 //! * [`reader`]: finds records in segments (footer → trailer → ranged GET),
 //!   caching trailers; loads index pages.
 //! * [`writer`]: packs records into segments and uploads full ones.
-//! * [`dedup`]: the project's chunks a backup may reuse.
-//! * [`disk`]: backs up one disk; computes the segment reference deltas the
-//!   catalog commit records.
-//! * [`restore`]: restores or verifies a record.
+//! * [`dedup`]: the chunks a backup may reuse (the project's heads, its
+//!   own), in tables of bounded memory.
+//! * [`map`]: reads a record's map lazily (one page per level).
+//! * [`map_builder`]: builds the new map as chunks pass; computes the
+//!   segment reference deltas the catalog commit records.
+//! * [`disk`]: backs up one disk.
+//! * [`restore`]: restores or verifies a record, a window of leaves at a
+//!   time.
 //! * [`file_target`], [`target_dir`]: restores into files on this host,
 //!   created exclusively and never through a link.
+//!
+//! Per job, memory is bounded by `[backup]` options (`dedup_memory`,
+//! `trailer_cache`, `restore_window`, `segment_size`), never by the disk
+//! size: nothing holds one entry per chunk of the disk.
 
 pub mod dedup;
 pub mod disk;
 pub mod file_target;
 pub mod instance;
+pub mod map;
+mod map_builder;
 pub mod reader;
 pub mod restore;
 pub mod target_dir;

@@ -124,8 +124,29 @@ impl Compressor {
     }
 }
 
-/// Decompress a record payload of known plaintext length.
+/// The most bytes zstd can turn `raw_len` plaintext bytes into (or the
+/// plaintext itself, stored as is when compression does not pay).
+pub fn max_compressed_len(raw_len: usize) -> usize {
+    zstd::compress_bound(raw_len).max(raw_len)
+}
+
+/// Decompress a record payload of known plaintext length. `raw_len` comes
+/// from a record header, so the caller has bounded it by the format first
+/// (it sizes the allocation); the frame's own content size, when it states
+/// one, must be that length too, checked before anything is allocated.
 pub fn decompress(payload: &[u8], raw_len: usize, what: &str) -> Result<Vec<u8>, ChunkError> {
+    let declared =
+        zstd::zstd_safe::get_frame_content_size(payload).map_err(|_| ChunkError::Decompress {
+            what: what.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a zstd frame"),
+        })?;
+    if let Some(declared) = declared.filter(|&d| d != raw_len as u64) {
+        return Err(ChunkError::Length {
+            what: what.to_string(),
+            got: usize::try_from(declared).unwrap_or(usize::MAX),
+            expected: raw_len,
+        });
+    }
     let out =
         zstd::bulk::decompress(payload, raw_len).map_err(|source| ChunkError::Decompress {
             what: what.to_string(),
@@ -139,6 +160,55 @@ pub fn decompress(payload: &[u8], raw_len: usize, what: &str) -> Result<Vec<u8>,
         });
     }
     Ok(out)
+}
+
+/// Test-only: the largest single allocation a closure makes on this thread,
+/// so a test can show that a hostile length is refused before it sizes a
+/// buffer (a bounded check, not a flaky RSS reading).
+#[cfg(test)]
+pub(crate) mod alloc_probe {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Probe;
+
+    thread_local! {
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    // SAFETY: every call is forwarded to the system allocator unchanged;
+    // the probe only records sizes in a const thread-local (no allocation).
+    unsafe impl GlobalAlloc for Probe {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    fn note(size: usize) {
+        let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    }
+
+    #[global_allocator]
+    static PROBE: Probe = Probe;
+
+    /// Run `f`; its result and the largest allocation it made (bytes).
+    pub fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        LARGEST.with(|l| l.set(0));
+        let out = f();
+        (out, LARGEST.with(|l| l.get()))
+    }
 }
 
 #[cfg(test)]
@@ -182,5 +252,30 @@ mod tests {
             .collect();
         let _ = c.compress(&noise).unwrap(); // may or may not pay; must not fail
         assert!(decompress(&z, text.len() + 1, "t").is_err());
+    }
+
+    /// A frame that says it holds more than its record claims is refused
+    /// before the output buffer is allocated; so is a frame without a
+    /// content size that would overflow it.
+    #[test]
+    fn frames_larger_than_their_record_are_refused_before_allocating() {
+        // 64 MiB of zeros compress to a few KiB.
+        let zeros = vec![0u8; 64 << 20];
+        let bomb = zstd::bulk::compress(&zeros, 1).unwrap();
+        drop(zeros);
+        assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+        let (res, largest) =
+            alloc_probe::largest_allocation(|| decompress(&bomb, 256 << 10, "bomb"));
+        assert!(res.is_err(), "a 64 MiB frame in a 256 KiB record");
+        assert!(largest < 1 << 20, "allocated {largest} bytes");
+        // Without a content size in the frame: bounded by raw_len.
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        enc.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut enc, &vec![0u8; 4 << 20]).unwrap();
+        let unsized_bomb = enc.finish().unwrap();
+        let (res, largest) =
+            alloc_probe::largest_allocation(|| decompress(&unsized_bomb, 256 << 10, "bomb"));
+        assert!(res.is_err());
+        assert!(largest <= 2 << 20, "allocated {largest} bytes");
     }
 }

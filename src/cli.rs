@@ -9,6 +9,7 @@ use crate::config::{ConfigArgs, EkkoConfig};
 
 /// Load and validate the configuration, then start logging.
 pub fn start(args: &ConfigArgs) -> anyhow::Result<EkkoConfig> {
+    tune_allocator();
     install_crypto_provider();
     let config = args.load()?;
     crate::telemetry::init(&config.default)
@@ -23,6 +24,23 @@ pub fn start(args: &ConfigArgs) -> anyhow::Result<EkkoConfig> {
 }
 
 pub use crate::tls::install_crypto_provider;
+
+/// Keep big buffers (segments, a restore's ranged GETs: MiBs each) out of
+/// the allocator's arenas. glibc raises its mmap threshold to 32 MiB after
+/// the first large free, so later 8 MiB buffers are carved from per-thread
+/// arenas (up to 8 per core) and stay resident once freed. With a fixed
+/// 1 MiB threshold they are mapped and unmapped, and at most 4 arenas are
+/// made (measured with `cargo bench --bench memory`: a 10 GiB restore's
+/// peak RSS 175 → 87 MiB, no slower).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before
+    // this process allocates anything large.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
 
 /// Resolves on SIGTERM or SIGINT (what systemd and operators send).
 pub async fn shutdown_signal() {

@@ -306,7 +306,9 @@ impl EkkoConfig {
             self.default.host = hostname();
         }
         let chunk = self.backup.chunk_size.bytes();
-        if !chunk.is_power_of_two() || !(4096..=(16 << 20)).contains(&chunk) {
+        if !chunk.is_power_of_two()
+            || !(crate::format::MIN_CHUNK_SIZE..=crate::format::MAX_CHUNK_SIZE).contains(&chunk)
+        {
             return Err(invalid(
                 "backup",
                 "chunk_size",

@@ -131,7 +131,7 @@ impl Ekko {
         &self,
         project_id: &str,
     ) -> Result<crate::backup::reader::RecordReader, ConnectError> {
-        use crate::backup::reader::{RecordReader, RelocationSource};
+        use crate::backup::reader::{ReadLimits, RecordReader, RelocationSource};
         let source = CatalogRelocations {
             db: self.db()?.clone(),
             project_id: project_id.to_string(),
@@ -142,7 +142,8 @@ impl Ekko {
             RecordReader::new(self.store.clone(), &self.container(project_id))
                 .with_relocations(relocations)
                 .with_relocation_source(Arc::new(source) as Arc<dyn RelocationSource>)
-                .with_keys(keys),
+                .with_keys(keys)
+                .with_limits(ReadLimits::from_config(&self.config.backup)),
         )
     }
 }

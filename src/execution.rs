@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::backup::disk::DiskBackupOptions;
 use crate::backup::instance::{back_up_instance, DiskPlan, InstanceOutcome, InstancePlan};
-use crate::backup::reader::RecordReader;
+use crate::backup::reader::{ReadLimits, RecordReader};
 use crate::backup::{PreviousRecord, Progress};
 use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::config::EkkoConfig;
@@ -32,6 +32,7 @@ pub fn engine_options(config: &EkkoConfig, progress: Option<Arc<Progress>>) -> D
         chunk_size: config.backup.chunk_size.bytes(),
         compression_level: config.backup.compression_level as i32,
         segment_size: config.backup.segment_size.bytes() as usize,
+        dedup_memory: config.backup.dedup_memory.bytes() as usize,
         progress,
     }
 }
@@ -165,7 +166,8 @@ pub async fn back_up(
     };
     let reader = RecordReader::new(ekko.store.clone(), &ekko.container(&job.project_id))
         .with_relocations(Relocation::map(&job.relocations))
-        .with_keys(keys);
+        .with_keys(keys)
+        .with_limits(ReadLimits::from_config(&ekko.config.backup));
     let host = &ekko.config.default.host;
     let plan = plan_of(job, host);
     match back_up_instance(snapshot.as_ref(), &plan, &reader, &engine).await {

@@ -11,10 +11,8 @@
 //! `count × (digest [32], segment u64)`.
 
 use crate::chunk::{ChunkDigest, ChunkRef};
-use crate::format::{INDEX_FANOUT, INDEX_PAGE_VERSION};
-
-const PAGE_HEADER: usize = 16;
-const ENTRY: usize = 40;
+use crate::format::INDEX_PAGE_VERSION;
+use crate::format::{INDEX_ENTRY_LEN as ENTRY, INDEX_FANOUT, INDEX_PAGE_HEADER_LEN as PAGE_HEADER};
 
 #[derive(Debug, thiserror::Error)]
 #[error("index page: {0}")]
@@ -90,29 +88,25 @@ pub fn shape(positions: u64) -> Vec<u64> {
     levels
 }
 
-/// Builds a tree bottom-up from leaf refs given in order. Each finished
-/// page goes to `store` (with its level and index), which writes it (or
-/// recognises it as unchanged) and returns its ref.
-pub struct TreeBuilder<F>
-where
-    F: FnMut(u8, u64, &IndexPage) -> Result<ChunkRef, IndexError>,
-{
+/// Stores a finished page (level, index at that level, the page) and
+/// returns its ref: writes it, or recognises it as unchanged.
+pub type PageStore<'a> = dyn FnMut(u8, u64, &IndexPage) -> Result<ChunkRef, IndexError> + 'a;
+
+/// Builds a tree bottom-up from leaf refs given in order, holding at most
+/// one pending page per level. Each finished inner page goes to the
+/// `store` given with the leaf that finished it.
+pub struct TreeBuilder {
     levels: Vec<(u64, Vec<ChunkRef>)>, // per level above the leaves: (next page index, pending refs)
-    store: F,
     total_leaves: u64,
     shape: Vec<u64>,
     leaves_seen: u64,
 }
 
-impl<F> TreeBuilder<F>
-where
-    F: FnMut(u8, u64, &IndexPage) -> Result<ChunkRef, IndexError>,
-{
-    pub fn new(positions: u64, store: F) -> Self {
+impl TreeBuilder {
+    pub fn new(positions: u64) -> Self {
         let shape = shape(positions);
         TreeBuilder {
             levels: vec![(0, Vec::new()); shape.len()],
-            store,
             total_leaves: shape[0],
             shape,
             leaves_seen: 0,
@@ -120,15 +114,15 @@ where
     }
 
     /// Add the ref of the next leaf page (already stored by the caller).
-    pub fn push_leaf(&mut self, leaf: ChunkRef) -> Result<(), IndexError> {
+    pub fn push_leaf(&mut self, leaf: ChunkRef, store: &mut PageStore) -> Result<(), IndexError> {
         if self.leaves_seen >= self.total_leaves {
             return Err(IndexError("more leaves than the disk has".into()));
         }
         self.leaves_seen += 1;
-        self.push(1, leaf)
+        self.push(1, leaf, store)
     }
 
-    fn push(&mut self, level: usize, r: ChunkRef) -> Result<(), IndexError> {
+    fn push(&mut self, level: usize, r: ChunkRef, store: &mut PageStore) -> Result<(), IndexError> {
         if level >= self.shape.len() {
             // Above the top: this ref is the root.
             self.levels[0].1.push(r);
@@ -150,26 +144,20 @@ where
                 first: index * INDEX_FANOUT as u64,
                 entries,
             };
-            let stored = (self.store)(level as u8, index, &page)?;
-            self.push(level + 1, stored)?;
+            let stored = store(level as u8, index, &page)?;
+            self.push(level + 1, stored, store)?;
         }
         Ok(())
     }
 
-    /// The root's ref, once every leaf was pushed.
+    /// The root's ref, once every leaf was pushed (a single leaf is the
+    /// root).
     pub fn finish(mut self) -> Result<ChunkRef, IndexError> {
         if self.leaves_seen != self.total_leaves {
             return Err(IndexError(format!(
                 "{} of {} leaves given",
                 self.leaves_seen, self.total_leaves
             )));
-        }
-        if self.shape.len() == 1 {
-            // A single leaf is the root.
-            return self.levels[0]
-                .1
-                .pop()
-                .ok_or_else(|| IndexError("no root".into()));
         }
         self.levels[0]
             .1
@@ -227,16 +215,17 @@ mod tests {
     ) -> ChunkRef {
         let mut written = Vec::new();
         let leaves = shape(n)[0];
-        let mut b = TreeBuilder::new(n, |_, _, page: &IndexPage| {
+        let mut store = |_, _, page: &IndexPage| {
             let d = ChunkDigest::of(&page.encode());
             written.push((d, page.clone()));
             Ok(ChunkRef {
                 digest: d,
                 segment: 9,
             })
-        });
+        };
+        let mut b = TreeBuilder::new(n);
         for l in 0..leaves {
-            b.push_leaf(leaf_of(l)).unwrap();
+            b.push_leaf(leaf_of(l), &mut store).unwrap();
         }
         let root = b.finish().unwrap();
         pages.extend(written);
@@ -279,21 +268,17 @@ mod tests {
 
     #[test]
     fn wrong_leaf_counts_are_errors() {
-        let mut b = TreeBuilder::new(65, |_, _, p: &IndexPage| {
+        let mut store = |_, _, p: &IndexPage| {
             Ok(ChunkRef {
                 digest: ChunkDigest::of(&p.encode()),
                 segment: 1,
             })
-        });
-        b.push_leaf(r(0)).unwrap();
+        };
+        let mut b = TreeBuilder::new(65);
+        b.push_leaf(r(0), &mut store).unwrap();
         assert!(b.finish().is_err());
-        let mut b = TreeBuilder::new(10, |_, _, p: &IndexPage| {
-            Ok(ChunkRef {
-                digest: ChunkDigest::of(&p.encode()),
-                segment: 1,
-            })
-        });
-        b.push_leaf(r(0)).unwrap();
-        assert!(b.push_leaf(r(1)).is_err());
+        let mut b = TreeBuilder::new(10);
+        b.push_leaf(r(0), &mut store).unwrap();
+        assert!(b.push_leaf(r(1), &mut store).is_err());
     }
 }

@@ -21,7 +21,7 @@
 //! | L0 | [`failpoint`] | crash points for tests (`EKKO_FAILPOINT`) | |
 //! | L0 | [`ids`] | id newtypes, checked where they enter | |
 //! | L0 | [`status`] | every status and kind as an enum | |
-//! | L0 | [`config`] | oslo-style INI → one typed struct per section; URLs; the sample | |
+//! | L0 | [`config`] | oslo-style INI → one typed struct per section; URLs; the sample | `format` |
 //! | L0 | [`telemetry`] | tracing subscriber set-up | `config` |
 //! | L0 | [`schedule`] | cron schedules and time zones | |
 //! | L0 | [`timeline`] | an instance's backups as a terminal chart | |

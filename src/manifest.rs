@@ -177,10 +177,11 @@ impl Manifest {
             return Err(invalid(format!("disk {} has a malformed root", d.device)));
         }
         // Guard what a reader allocates from: a chunk size Ekko can write
-        // (power of two, 4 KiB-64 MiB) and a disk of at most 1 PiB.
+        // (power of two, 4 KiB-16 MiB, as the configuration allows) and a disk of at most 1 PiB.
         if let Some(d) = m.disks.iter().find(|d| {
             !d.chunk_size.is_power_of_two()
-                || !(4096..=64 << 20).contains(&d.chunk_size)
+                || !(crate::format::MIN_CHUNK_SIZE..=crate::format::MAX_CHUNK_SIZE)
+                    .contains(&d.chunk_size)
                 || d.size > 1 << 50
         }) {
             return Err(invalid(format!(

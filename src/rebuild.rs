@@ -76,7 +76,9 @@ fn is_missing(e: &crate::backup::EngineError) -> bool {
     use crate::backup::EngineError as E;
     use crate::store::StoreError as S;
     match e {
-        E::Store(S::NotFound { .. } | S::BadRange { .. } | S::InvalidName(_)) => true,
+        E::Store(
+            S::NotFound { .. } | S::BadRange { .. } | S::InvalidName(_) | S::TooLarge { .. },
+        ) => true,
         E::Store(_)
         | E::Extract(_)
         | E::Target { .. }
@@ -123,9 +125,20 @@ async fn plan_project(
     };
     let mut manifests = Vec::new();
     for meta in manifest_objects {
-        let bytes = match store.get(container, &meta.name).await {
+        let bytes = match crate::store::get_capped(
+            store.as_ref(),
+            container,
+            &meta.name,
+            crate::store::SMALL_OBJECT_MAX,
+        )
+        .await
+        {
             Ok(b) => b,
             Err(crate::store::StoreError::NotFound { .. }) => continue,
+            Err(e @ crate::store::StoreError::TooLarge { .. }) => {
+                tracing::warn!(error = %e, "object ignored");
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         match Manifest::decode_with(&meta.name, &bytes, keys.as_deref()) {
@@ -204,9 +217,20 @@ async fn load_relocations(
     let hex = |h: &str| u64::from_str_radix(h, 16).ok();
     let mut direct = HashMap::new();
     for meta in store.list(container, "relocations/").await? {
-        let bytes = match store.get(container, &meta.name).await {
+        let bytes = match crate::store::get_capped(
+            store,
+            container,
+            &meta.name,
+            crate::store::SMALL_OBJECT_MAX,
+        )
+        .await
+        {
             Ok(b) => b,
             Err(crate::store::StoreError::NotFound { .. }) => continue,
+            Err(e @ crate::store::StoreError::TooLarge { .. }) => {
+                tracing::warn!(error = %e, "object ignored");
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         let Ok(note) = serde_json::from_slice::<Note>(&bytes) else {

@@ -38,6 +38,14 @@ use crate::store::StoreError;
 use crate::Ekko;
 use rules::{Candidate, Decision, Rules};
 
+/// The largest segment object compaction and scrub load whole: twice the
+/// configured segment size (a writer seals a segment past its target by
+/// at most one record), at least 64 MiB. A bigger object was not written
+/// by Ekko and is not read into memory.
+fn max_segment_object(ekko: &Ekko) -> u64 {
+    (2 * ekko.config.backup.segment_size.bytes()).max(64 << 20)
+}
+
 /// Segments handled per catalog query.
 const BATCH: i64 = 1000;
 

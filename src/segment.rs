@@ -13,8 +13,8 @@
 //! All integers are little-endian. A reader fetches the footer, then the
 //! trailer, then only the records it needs (ranged GETs).
 
-use crate::chunk::{decompress, ChunkDigest, ChunkError, Compressor};
-use crate::crypto::{identity, ProjectKeys, RecordBinding};
+use crate::chunk::{decompress, max_compressed_len, ChunkDigest, ChunkError, Compressor};
+use crate::crypto::{identity, ProjectKeys, RecordBinding, EPHEMERAL_LEN, TAG_LEN};
 use crate::format::*;
 
 pub const HEADER_LEN: usize = 32;
@@ -370,13 +370,75 @@ pub fn read_whole(segment: u64, bytes: &[u8]) -> Result<Vec<TrailerEntry>, Segme
     parse_trailer(segment, &footer, trailer)
 }
 
-/// Decode one record (header + payload): checks the crc, opens it if it is
-/// sealed (with `keys`, the project's), decompresses and checks the
-/// identity. `expected` is the identity the caller looked for.
+/// What a reader expects of a record, checked against its header before
+/// anything is fetched, opened, decompressed or allocated: the lengths in
+/// a segment come from the store, and a compute host can write any
+/// segment its project's container accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordExpect {
+    pub kind: u8,
+    /// Largest plaintext the record may claim.
+    pub max_raw: u32,
+}
+
+/// Bytes sealing adds to a payload at most: the tag, and the writer's
+/// ephemeral public key in public-key mode.
+const SEAL_OVERHEAD: usize = TAG_LEN + EPHEMERAL_LEN;
+
+impl RecordExpect {
+    /// An index page.
+    pub const PAGE: RecordExpect = RecordExpect {
+        kind: RECORD_INDEX_PAGE,
+        max_raw: INDEX_PAGE_MAX_LEN as u32,
+    };
+
+    /// A chunk of a map cut into `chunk_size`-byte chunks (the format's
+    /// largest if `chunk_size` is out of range).
+    pub fn chunk(chunk_size: u64) -> RecordExpect {
+        let size = if (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+            chunk_size
+        } else {
+            MAX_CHUNK_SIZE
+        };
+        RecordExpect {
+            kind: RECORD_CHUNK,
+            max_raw: size as u32,
+        }
+    }
+
+    /// A record of `kind` whose map is not known (compaction, scrub): the
+    /// format's bound for that kind. An unknown kind allows nothing.
+    pub fn of_kind(kind: u8) -> RecordExpect {
+        match kind {
+            RECORD_INDEX_PAGE => RecordExpect::PAGE,
+            RECORD_CHUNK => RecordExpect::chunk(MAX_CHUNK_SIZE),
+            other => RecordExpect {
+                kind: other,
+                max_raw: 0,
+            },
+        }
+    }
+
+    /// The most bytes a record with at most `max_raw` bytes of plaintext
+    /// takes in a segment (header, compressed and sealed payload).
+    pub fn max_record_len(&self) -> u64 {
+        (RECORD_HEADER_LEN + max_stored(self.max_raw)) as u64
+    }
+}
+
+fn max_stored(raw_len: u32) -> usize {
+    max_compressed_len(raw_len as usize) + SEAL_OVERHEAD
+}
+
+/// Decode one record (header + payload): checks the header against
+/// `expect` (kind, lengths: before anything is allocated), then the crc,
+/// opens it if it is sealed (with `keys`, the project's), decompresses and
+/// checks the identity. `expected` is the identity the caller looked for.
 pub fn decode_record(
     segment: u64,
     record: &[u8],
     expected: &ChunkDigest,
+    expect: RecordExpect,
     keys: Option<&ProjectKeys>,
 ) -> Result<Vec<u8>, SegmentError> {
     let h = RecordHeader::decode(record).ok_or_else(|| corrupt(segment, "short record"))?;
@@ -385,6 +447,30 @@ pub fn decode_record(
         return Err(corrupt(
             segment,
             format!("{what}: header names another digest"),
+        ));
+    }
+    if h.kind != expect.kind {
+        return Err(corrupt(
+            segment,
+            format!("{what}: kind {}, expected {}", h.kind, expect.kind),
+        ));
+    }
+    if h.raw_len > expect.max_raw {
+        return Err(corrupt(
+            segment,
+            format!(
+                "{what}: raw length {} exceeds the {} bytes its kind allows",
+                h.raw_len, expect.max_raw
+            ),
+        ));
+    }
+    if h.stored_len as usize > max_stored(h.raw_len) {
+        return Err(corrupt(
+            segment,
+            format!(
+                "{what}: stored length {} exceeds what {} bytes can take",
+                h.stored_len, h.raw_len
+            ),
         ));
     }
     let payload = record
@@ -420,6 +506,16 @@ pub fn decode_record(
         (other, _) => return Err(corrupt(segment, format!("{what}: unknown cipher {other}"))),
     };
     let plain = match h.codec {
+        CODEC_NONE if payload.len() != h.raw_len as usize => {
+            return Err(corrupt(
+                segment,
+                format!(
+                    "{what}: {} stored bytes for {} raw bytes",
+                    payload.len(),
+                    h.raw_len
+                ),
+            ))
+        }
         CODEC_NONE => payload.to_vec(),
         CODEC_ZSTD => decompress(payload, h.raw_len as usize, &what)?,
         other => return Err(corrupt(segment, format!("{what}: unknown codec {other}"))),
@@ -433,200 +529,4 @@ pub fn decode_record(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn build(id: u64, items: &[Vec<u8>]) -> (Vec<u8>, Vec<TrailerEntry>) {
-        let mut c = Compressor::new(1).unwrap();
-        let mut w = SegmentWriter::new(id, 1_700_000_000, 1 << 20);
-        let mut entries = Vec::new();
-        for it in items {
-            let r = encode_record(&mut c, None, RECORD_CHUNK, ChunkDigest::of(it), it).unwrap();
-            entries.push(w.push_encoded(&r));
-        }
-        (w.finish(), entries)
-    }
-
-    #[test]
-    fn round_trip_finds_every_record_without_a_database() {
-        let items: Vec<Vec<u8>> = vec![
-            b"a".repeat(5000),
-            (0..3000u32).map(|i| i as u8).collect(),
-            b"zzz".to_vec(),
-        ];
-        let (bytes, written) = build(42, &items);
-        let trailer = read_whole(42, &bytes).unwrap();
-        assert_eq!(trailer, written);
-        for (it, e) in items.iter().zip(&trailer) {
-            let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-            assert_eq!(&decode_record(42, rec, &e.digest, None).unwrap(), it);
-        }
-        // Footer alone, then trailer alone: what a ranged reader does.
-        let footer = parse_footer(42, &bytes[bytes.len() - FOOTER_LEN..]).unwrap();
-        assert_eq!(footer.count, 3);
-    }
-
-    #[test]
-    fn corruption_swaps_and_truncation_are_detected() {
-        let items = vec![b"hello".repeat(100)];
-        let (mut bytes, entries) = build(7, &items);
-        assert!(
-            read_whole(8, &bytes).is_err(),
-            "a segment under another name is refused"
-        );
-        let e = entries[0];
-        let at = (e.offset as usize) + RECORD_HEADER_LEN + 3;
-        bytes[at] ^= 0xFF;
-        let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-        let err = decode_record(7, rec, &e.digest, None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("checksum"), "{err}");
-        assert!(
-            read_whole(7, &bytes[..bytes.len() - 5]).is_err(),
-            "truncated"
-        );
-        let other = ChunkDigest::of(b"other");
-        assert!(decode_record(7, rec, &other, None).is_err());
-    }
-
-    #[test]
-    fn every_damaged_byte_of_a_record_is_caught() {
-        let items = vec![b"x".repeat(10)];
-        let (bytes, entries) = build(9, &items);
-        let e = entries[0];
-        let (s, end) = (e.offset as usize, (e.offset + e.length as u64) as usize);
-        for i in s..end {
-            let mut copy = bytes[s..end].to_vec();
-            copy[i - s] ^= 0x01;
-            assert!(
-                decode_record(9, &copy, &e.digest, None).is_err(),
-                "flip at byte {} not caught",
-                i - s
-            );
-        }
-    }
-
-    #[test]
-    fn sealed_records_open_only_with_their_project_key() {
-        use crate::crypto::{KeyMode, ProjectSecret};
-        let keys = ProjectSecret::generate(KeyMode::Symmetric).unwrap().keys();
-        let plain = b"secret data ".repeat(50);
-        let digest = identity(Some(&keys), &plain);
-        let mut c = Compressor::new(1).unwrap();
-        let mut w = SegmentWriter::new(5, 1_700_000_000, 1 << 20);
-        let r = encode_record(&mut c, Some(&keys), RECORD_CHUNK, digest, &plain).unwrap();
-        let e = w.push_encoded(&r);
-        let bytes = w.finish();
-        assert!(
-            !bytes.windows(12).any(|x| x == b"secret data "),
-            "no plaintext in the segment"
-        );
-        let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-        assert_eq!(decode_record(5, rec, &digest, Some(&keys)).unwrap(), plain);
-        let err = decode_record(5, rec, &digest, None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no key"), "{err}");
-        let other = ProjectSecret::generate(KeyMode::Symmetric).unwrap().keys();
-        let err = decode_record(5, rec, &digest, Some(&other))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("authentication failed"), "{err}");
-        // Tampered ciphertext with a recomputed crc: the seal catches it.
-        let mut forged = rec.to_vec();
-        forged[RECORD_HEADER_LEN + 2] ^= 1;
-        let crc = record_crc(&forged[..RECORD_HEADER_LEN], &forged[RECORD_HEADER_LEN..]);
-        forged[12..16].copy_from_slice(&crc.to_le_bytes());
-        let err = decode_record(5, &forged, &digest, Some(&keys))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("authentication failed"), "{err}");
-    }
-
-    /// Public-key mode: what a host writes with the write keys opens only
-    /// with the project's secret; pages open with both; a downgraded
-    /// cipher is refused even with a recomputed crc.
-    #[test]
-    fn chunks_sealed_to_the_public_key_open_only_on_the_restore_side() {
-        use crate::crypto::{KeyMode, ProjectSecret};
-        let secret = ProjectSecret::generate(KeyMode::PublicKey).unwrap();
-        let full = secret.keys();
-        let host = secret.write_keys().unwrap().keys();
-        assert!(full.can_open_chunks() && !host.can_open_chunks());
-        let plain = b"tenant data ".repeat(60);
-        let page = b"an index page ".repeat(20);
-        let digest = identity(Some(&host), &plain);
-        assert_eq!(digest, identity(Some(&full), &plain), "one identity key");
-        let page_digest = identity(Some(&host), &page);
-        let mut c = Compressor::new(1).unwrap();
-        let mut w = SegmentWriter::new(6, 1_700_000_000, 1 << 20);
-        let chunk = encode_record(&mut c, Some(&host), RECORD_CHUNK, digest, &plain).unwrap();
-        assert_eq!(chunk.cipher, CIPHER_X25519_AES256_GCM);
-        let idx =
-            encode_record(&mut c, Some(&host), RECORD_INDEX_PAGE, page_digest, &page).unwrap();
-        assert_eq!(idx.cipher, CIPHER_AES256_GCM);
-        let (ce, pe) = (w.push_encoded(&chunk), w.push_encoded(&idx));
-        let bytes = w.finish();
-        let rec =
-            |e: &TrailerEntry| &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-        assert_eq!(
-            decode_record(6, rec(&ce), &digest, Some(&full)).unwrap(),
-            plain
-        );
-        let err = decode_record(6, rec(&ce), &digest, Some(&host)).unwrap_err();
-        assert!(
-            matches!(err, SegmentError::Crypto(_)) && err.to_string().contains("restore side"),
-            "{err}"
-        );
-        // The host reads maps (pages) to build incrementals.
-        assert_eq!(
-            decode_record(6, rec(&pe), &page_digest, Some(&host)).unwrap(),
-            page
-        );
-        assert_eq!(
-            decode_record(6, rec(&pe), &page_digest, Some(&full)).unwrap(),
-            page
-        );
-        // Another project's secret opens nothing.
-        let stranger = ProjectSecret::generate(KeyMode::PublicKey).unwrap().keys();
-        assert!(decode_record(6, rec(&ce), &digest, Some(&stranger)).is_err());
-        // Downgrades: cipher 2 → 1 or 0 with the crc recomputed.
-        for cipher in [CIPHER_AES256_GCM, CIPHER_NONE] {
-            let mut forged = rec(&ce).to_vec();
-            forged[2] = cipher;
-            let crc = record_crc(&forged[..RECORD_HEADER_LEN], &forged[RECORD_HEADER_LEN..]);
-            forged[12..16].copy_from_slice(&crc.to_le_bytes());
-            assert!(
-                decode_record(6, &forged, &digest, Some(&full)).is_err(),
-                "cipher {cipher} accepted"
-            );
-        }
-        // A chunk sealed with the index key (what a host could forge) is
-        // refused in a public-key project.
-        let sym = crate::crypto::RecordBinding {
-            version: SEGMENT_VERSION,
-            kind: RECORD_INDEX_PAGE,
-            codec: chunk.codec,
-            raw_len: chunk.raw_len,
-            digest,
-        };
-        let mut payload = plain.clone();
-        let (cipher, nonce) = host.seal(&sym, &mut payload).unwrap();
-        assert_eq!(cipher, CIPHER_AES256_GCM);
-        let forged = EncodedRecord {
-            kind: RECORD_CHUNK,
-            digest,
-            raw_len: plain.len() as u32,
-            codec: CODEC_NONE,
-            cipher,
-            nonce,
-            payload,
-        };
-        let mut w = SegmentWriter::new(8, 1_700_000_000, 1 << 20);
-        let e = w.push_encoded(&forged);
-        let bytes = w.finish();
-        let rec = &bytes[e.offset as usize..(e.offset + e.length as u64) as usize];
-        assert!(decode_record(8, rec, &digest, Some(&full)).is_err());
-    }
-}
+mod tests;

@@ -39,6 +39,13 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("object {container}/{name} is {size} bytes, more than the {max} it may have")]
+    TooLarge {
+        container: String,
+        name: String,
+        size: u64,
+        max: u64,
+    },
     #[error("object store unavailable: {0}")]
     Unavailable(String),
     #[error("object store backend {0} is not available in this build")]
@@ -90,6 +97,34 @@ pub trait ObjectStore: Send + Sync {
     /// Containers whose name starts with `prefix`, in name order (the
     /// catalog rebuild finds projects this way).
     async fn containers(&self, prefix: &str) -> StoreResult<Vec<String>>;
+}
+
+/// Largest manifest or relocation note read (a manifest of many disks is a
+/// few KiB; a note lists at most a few thousand segment ids).
+pub const SMALL_OBJECT_MAX: u64 = 1 << 20;
+
+/// An object read whole only if it holds at most `max` bytes: HEAD first,
+/// then a ranged GET of the size HEAD gave, so the store's answer cannot
+/// size the buffer (an object written by a compute host is not trusted).
+pub async fn get_capped(
+    store: &dyn ObjectStore,
+    container: &str,
+    name: &str,
+    max: u64,
+) -> StoreResult<Bytes> {
+    let meta = store.head(container, name).await?;
+    if meta.size > max {
+        return Err(StoreError::TooLarge {
+            container: container.to_string(),
+            name: name.to_string(),
+            size: meta.size,
+            max,
+        });
+    }
+    if meta.size == 0 {
+        return Ok(Bytes::new());
+    }
+    store.get_range(container, name, 0, meta.size).await
 }
 
 /// Object and container names: printable, no `..` segments, no leading `/`.

@@ -19,10 +19,6 @@ use crate::extract::{DiskSnapshot, InstanceSnapshot};
 use crate::manifest::{self, Manifest, ManifestDisk};
 use crate::status::{BackupKind, Consistency};
 
-/// Largest cross-disk dedup table (entries of 256 KiB chunks: 512 GiB of
-/// data, about 150 MiB of memory).
-pub const DEDUP_MAX_ENTRIES: usize = 2 << 20;
-
 /// What a backup of one instance is asked to do.
 #[derive(Debug, Clone)]
 pub struct InstancePlan {
@@ -94,7 +90,10 @@ async fn back_up_one(
             .chain(plan.dedup_sources.iter().copied())
             .filter(|r| r.chunk_size == engine.chunk_size)
             .collect();
-        let known = KnownChunks::load(reader, &sources, &plan.avoid, DEDUP_MAX_ENTRIES).await?;
+        // The heads' chunks take at most half the budget; this backup's own
+        // the rest.
+        let memory = engine.dedup_memory / 2;
+        let known = KnownChunks::load(reader, &sources, &plan.avoid, memory).await?;
         tracing::info!(disk = %snap.device(), sources = sources.len(), chunks = known.len(), "full read: dedup table loaded");
         known
     } else {

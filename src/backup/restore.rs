@@ -1,7 +1,10 @@
-//! Restoring and verifying a backup record: walk its map tree, fetch every
-//! stored chunk (many in flight), check each digest, and write the data
-//! at its position into a [`RestoreTarget`]. Zero chunks are never
-//! written, so a raw target stays sparse.
+//! Restoring and verifying a backup record: walk its map tree a window of
+//! leaves at a time ([`super::map::MapWalker`], `[backup] restore_window`),
+//! fetch every stored chunk of the window (many in flight), check each
+//! digest, and write the data at its position into a [`RestoreTarget`].
+//! Zero chunks are never written, so a raw target stays sparse. What is
+//! kept across windows is counters and the first bad ranges: memory does
+//! not grow with the disk.
 //!
 //! The target is a seam: a file on a host today ([`super::file_target`]),
 //! an image or an export next. Adding one means implementing
@@ -10,13 +13,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::future::{BoxFuture, FutureExt};
 use futures::StreamExt;
 
-use super::reader::RecordReader;
+use super::map::MapWalker;
+use super::reader::{check_entry, RecordReader};
 use super::EngineError;
 use super::Progress;
 use crate::chunk::ChunkRef;
 use crate::index::{positions, shape};
+use crate::segment::RecordExpect;
 
 pub use crate::status::ImageFormat as TargetFormat;
 
@@ -41,9 +47,15 @@ pub struct RestoreStats {
     pub chunks: u64,
     pub zero_chunks: u64,
     pub bytes_written: u64,
-    /// Byte ranges whose chunk was missing or corrupt, with the reason.
+    /// Chunks missing or corrupt.
+    pub bad_chunks: u64,
+    /// The first [`BAD_RANGES_KEPT`] byte ranges whose chunk was missing or
+    /// corrupt, in disk order, with the reason.
     pub bad: Vec<(u64, u64, String)>,
 }
+
+/// Bad ranges a restore or verify names; past these it only counts.
+pub const BAD_RANGES_KEPT: usize = 100;
 
 /// A record's map: every index page (all levels, root first) and every leaf
 /// entry in position order.
@@ -104,16 +116,6 @@ pub async fn map_tree(
     Ok(MapTree { pages, entries })
 }
 
-/// Every leaf entry of a record's map, in position order.
-pub async fn map_entries(
-    reader: &RecordReader,
-    root: ChunkRef,
-    disk_size: u64,
-    chunk_size: u64,
-) -> Result<Vec<ChunkRef>, EngineError> {
-    Ok(map_tree(reader, root, disk_size, chunk_size).await?.entries)
-}
-
 /// Records closer than this in a segment are fetched with one GET (the gap
 /// is read and dropped: cheaper than another request).
 const RANGE_GAP: u64 = 256 << 10;
@@ -147,15 +149,23 @@ struct Fetch {
 /// with the reason.
 async fn plan_fetches(
     reader: &RecordReader,
+    first: u64,
     entries: Vec<ChunkRef>,
+    chunk_size: u64,
 ) -> (Vec<Fetch>, Vec<(u64, String)>) {
     let mut by_record: HashMap<(u64, u64), Wanted> = HashMap::new();
     let mut unlocated = Vec::new();
-    for (pos, r) in entries.into_iter().enumerate() {
+    let expect = RecordExpect::chunk(chunk_size);
+    for (pos, r) in (first..).zip(entries) {
         if r.is_zero() {
             continue;
         }
-        match reader.locate(&r).await {
+        // A trailer entry is checked before it sizes a GET.
+        let located = reader.locate(&r).await.and_then(|(segment, e)| {
+            check_entry(segment, &e, expect)?;
+            Ok((segment, e))
+        });
+        match located {
             Ok((segment, e)) => by_record
                 .entry((segment, e.offset))
                 .or_insert_with(|| Wanted {
@@ -165,8 +175,8 @@ async fn plan_fetches(
                     positions: Vec::new(),
                 })
                 .positions
-                .push(pos as u64),
-            Err(e) => unlocated.push((pos as u64, e.to_string())),
+                .push(pos),
+            Err(e) => unlocated.push((pos, e.to_string())),
         }
     }
     let mut records: Vec<((u64, u64), Wanted)> = by_record.into_iter().collect();
@@ -215,7 +225,8 @@ fn decode_fetch(
             out.extend(w.positions.iter().map(|&p| (p, Err(why.clone()))));
             continue;
         };
-        match crate::segment::decode_record(f.segment, record, &w.digest, keys) {
+        let expect = RecordExpect::chunk(chunk_size);
+        match crate::segment::decode_record(f.segment, record, &w.digest, expect, keys) {
             Ok(plain) => {
                 for &pos in &w.positions {
                     if let Some(t) = target {
@@ -239,10 +250,11 @@ fn decode_fetch(
     Ok(out)
 }
 
-/// Read every chunk of a record; with `target`, write it there. Chunks are
-/// fetched in ranges of adjacent records (few large GETs rather than one
-/// per chunk), `concurrency` ranges in flight, each decoded and written on
-/// the blocking pool.
+/// Read every chunk of a record; with `target`, write it there. The map is
+/// walked a window of leaves at a time; per window, chunks are fetched in
+/// ranges of adjacent records (few large GETs rather than one per chunk),
+/// `concurrency` ranges in flight, each decoded and written on the
+/// blocking pool.
 async fn walk(
     reader: &RecordReader,
     root: ChunkRef,
@@ -252,71 +264,152 @@ async fn walk(
     concurrency: usize,
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
-    let entries = map_entries(reader, root, disk_size, chunk_size).await?;
-    let stored = entries.iter().filter(|e| !e.is_zero()).count() as u64;
-    if let Some(p) = progress {
-        p.add_total((stored * chunk_size).min(disk_size));
-    }
-    let mut stats = RestoreStats {
-        zero_chunks: positions(disk_size, chunk_size) - stored,
-        ..Default::default()
-    };
-    let (fetches, unlocated) = plan_fetches(reader, entries).await;
-    let mut outcomes: PositionOutcomes = unlocated
-        .into_iter()
-        .map(|(pos, why)| (pos, Err(why)))
-        .collect();
-    let mut results = futures::stream::iter(fetches.into_iter().map(|f| {
-        let target = target.clone();
-        let keys = reader.keys();
-        async move {
-            let name = super::segment_object(f.segment);
-            let bytes = match reader
-                .store()
-                .get_range(reader.container(), &name, f.start, f.end - f.start)
-                .await
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    let why = e.to_string();
-                    return Ok(f
-                        .records
-                        .iter()
-                        .flat_map(|w| w.positions.iter().map(|&p| (p, Err(why.clone()))))
-                        .collect());
+    let window = reader.limits().restore_window;
+    let keys = reader.keys();
+    let mut walker = Some(MapWalker::new(reader, root, disk_size, chunk_size));
+    // The next window is walked and planned while the current one's last
+    // fetches are in flight (no drain at window edges); only one window's
+    // plan and the fetches in flight are held.
+    let mut planning: Option<BoxFuture<'_, Result<Planned<'_>, EngineError>>> = None;
+    let mut pending: std::collections::VecDeque<Fetch> = Default::default();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut stored = 0u64;
+    let mut stats = RestoreStats::default();
+    let mut bad: Vec<(u64, String)> = Vec::new();
+    loop {
+        while in_flight.len() < concurrency.max(1) {
+            let Some(f) = pending.pop_front() else { break };
+            in_flight.push(fetch(reader, f, chunk_size, target.clone(), keys.clone()));
+        }
+        if pending.is_empty() && planning.is_none() {
+            if let Some(w) = walker.take() {
+                planning = Some(plan_window(reader, w, window, chunk_size, disk_size).boxed());
+            }
+        }
+        if in_flight.is_empty() && planning.is_none() {
+            break;
+        }
+        let done: PositionOutcomes = tokio::select! {
+            Some(res) = in_flight.next(), if !in_flight.is_empty() => res?,
+            planned = async { planning.as_mut().expect("guarded").await }, if planning.is_some() => {
+                planning = None;
+                let planned = planned?;
+                walker = planned.walker;
+                stored += planned.stored;
+                if let Some(p) = progress {
+                    p.add_total(planned.bytes);
                 }
-            };
-            tokio::task::spawn_blocking(move || {
-                decode_fetch(&f, &bytes, chunk_size, target.as_deref(), keys.as_deref())
-            })
-            .await
-            .map_err(|e| EngineError::Other(format!("restore worker: {e}")))?
-        }
-    }))
-    .buffer_unordered(concurrency.max(1));
-    while let Some(res) = results.next().await {
-        let done: PositionOutcomes = res?;
-        if let Some(p) = progress {
-            p.advance(done.iter().filter_map(|d| d.1.as_ref().ok()).sum());
-        }
-        outcomes.extend(done);
-    }
-    for (pos, outcome) in outcomes {
-        match outcome {
-            Ok(n) => {
-                stats.chunks += 1;
-                stats.bytes_written += n;
+                pending.extend(planned.fetches);
+                planned.unlocated.into_iter().map(|(p, why)| (p, Err(why))).collect()
             }
-            Err(why) => {
-                let start = pos * chunk_size;
-                stats
-                    .bad
-                    .push((start, chunk_size.min(disk_size - start), why));
+        };
+        for (pos, outcome) in done {
+            match outcome {
+                Ok(n) => {
+                    stats.chunks += 1;
+                    stats.bytes_written += n;
+                    if let Some(p) = progress {
+                        p.advance(n);
+                    }
+                }
+                Err(why) => {
+                    stats.bad_chunks += 1;
+                    bad.push((pos, why));
+                    if bad.len() >= 2 * BAD_RANGES_KEPT {
+                        bad.sort_by_key(|b| b.0);
+                        bad.truncate(BAD_RANGES_KEPT);
+                    }
+                }
             }
         }
     }
-    stats.bad.sort_by_key(|b| b.0);
+    bad.sort_by_key(|b| b.0);
+    bad.truncate(BAD_RANGES_KEPT);
+    stats.bad = bad
+        .into_iter()
+        .map(|(pos, why)| {
+            let start = pos * chunk_size;
+            (start, chunk_size.min(disk_size - start), why)
+        })
+        .collect();
+    stats.zero_chunks = positions(disk_size, chunk_size) - stored;
     Ok(stats)
+}
+
+/// One window of the map, planned.
+struct Planned<'r> {
+    /// `None` once the map is walked.
+    walker: Option<MapWalker<'r>>,
+    fetches: Vec<Fetch>,
+    unlocated: Vec<(u64, String)>,
+    /// Stored chunks and their bytes.
+    stored: u64,
+    bytes: u64,
+}
+
+/// Walk the next `window` leaves and plan their fetches.
+async fn plan_window<'r>(
+    reader: &'r RecordReader,
+    mut walker: MapWalker<'r>,
+    window: usize,
+    chunk_size: u64,
+    disk_size: u64,
+) -> Result<Planned<'r>, EngineError> {
+    let Some(w) = walker.next_window(window).await? else {
+        return Ok(Planned {
+            walker: None,
+            fetches: Vec::new(),
+            unlocated: Vec::new(),
+            stored: 0,
+            bytes: 0,
+        });
+    };
+    let (mut stored, mut bytes) = (0, 0);
+    for (pos, e) in (w.first..).zip(&w.entries) {
+        if !e.is_zero() {
+            stored += 1;
+            bytes += chunk_size.min(disk_size - pos * chunk_size);
+        }
+    }
+    let (fetches, unlocated) = plan_fetches(reader, w.first, w.entries, chunk_size).await;
+    Ok(Planned {
+        walker: Some(walker),
+        fetches,
+        unlocated,
+        stored,
+        bytes,
+    })
+}
+
+/// GET one planned range, then decode (and write) it on the blocking pool.
+async fn fetch(
+    reader: &RecordReader,
+    f: Fetch,
+    chunk_size: u64,
+    target: Option<Arc<dyn RestoreTarget>>,
+    keys: Option<Arc<crate::crypto::ProjectKeys>>,
+) -> Result<PositionOutcomes, EngineError> {
+    let name = super::segment_object(f.segment);
+    let bytes = match reader
+        .store()
+        .get_range(reader.container(), &name, f.start, f.end - f.start)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            let why = e.to_string();
+            return Ok(f
+                .records
+                .iter()
+                .flat_map(|w| w.positions.iter().map(|&p| (p, Err(why.clone()))))
+                .collect());
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        decode_fetch(&f, &bytes, chunk_size, target.as_deref(), keys.as_deref())
+    })
+    .await
+    .map_err(|e| EngineError::Other(format!("restore worker: {e}")))?
 }
 
 /// Check every chunk of a record (digests, checksums), writing nothing.
@@ -375,15 +468,21 @@ pub async fn restore(
         progress,
     )
     .await?;
-    if !stats.bad.is_empty() {
+    if stats.bad_chunks > 0 {
         let ranges: Vec<String> = stats
             .bad
             .iter()
             .map(|(o, l, why)| format!("{o}+{l} ({why})"))
             .collect();
+        let more = stats.bad_chunks - stats.bad.len() as u64;
         return Err(EngineError::Other(format!(
-            "restore incomplete: damaged ranges {}",
-            ranges.join(", ")
+            "restore incomplete: damaged ranges {}{}",
+            ranges.join(", "),
+            if more > 0 {
+                format!(" and {more} more chunks")
+            } else {
+                String::new()
+            }
         )));
     }
     target.finish().await?;

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::{segment_object, EngineError};
 use crate::chunk::ChunkRef;
+use crate::format::MAX_SEGMENT_RECORDS;
 use crate::segment::{EncodedRecord, SegmentWriter};
 use crate::store::ObjectStore;
 
@@ -23,6 +24,12 @@ pub struct SegmentPacker {
     container: String,
     target: usize,
     current: Option<SegmentWriter>,
+    /// The segment of index pages being filled: pages get segments of
+    /// their own, so a map stays readable when a data segment is damaged
+    /// (restore and verify then name the damaged ranges).
+    pages: Option<SegmentWriter>,
+    /// Full segments waiting for an upload slot (see [`SegmentPacker::append`]).
+    sealed: Vec<SegmentWriter>,
     /// Uploads in flight, so packing goes on while a segment is stored.
     uploads: std::collections::VecDeque<tokio::task::JoinHandle<Result<(), EngineError>>>,
     pub written: Vec<WrittenSegment>,
@@ -36,6 +43,10 @@ pub fn now_unix() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// Largest segment of index pages (a 1 TiB disk's full map is about
+/// 170 MiB of pages: some 20 segments).
+pub const PAGE_SEGMENT_MAX: usize = 8 << 20;
 
 /// Segments uploading at once per backup.
 const UPLOADS_IN_FLIGHT: usize = 2;
@@ -57,6 +68,8 @@ impl SegmentPacker {
             container: container.to_string(),
             target,
             current: None,
+            pages: None,
+            sealed: Vec::new(),
             uploads: std::collections::VecDeque::new(),
             written: Vec::new(),
             stored_bytes: 0,
@@ -65,34 +78,68 @@ impl SegmentPacker {
 
     /// Add an encoded record; uploads the segment when it is full.
     pub async fn push(&mut self, record: &EncodedRecord) -> Result<ChunkRef, EngineError> {
-        let now = now_unix();
+        let r = self.append(record);
+        self.upload_sealed().await?;
+        Ok(r)
+    }
+
+    /// Add an encoded chunk record without waiting; a segment that fills
+    /// waits for [`SegmentPacker::upload_sealed`].
+    pub fn append(&mut self, record: &EncodedRecord) -> ChunkRef {
         let target = self.target;
-        let w = self
-            .current
-            .get_or_insert_with(|| SegmentWriter::new(new_segment_id(), now, target));
+        Self::append_to(&mut self.current, &mut self.sealed, target, record)
+    }
+
+    /// Add an encoded index page without waiting (the map builder's page
+    /// store is synchronous); the caller runs
+    /// [`SegmentPacker::upload_sealed`] next. Page segments are at most
+    /// [`PAGE_SEGMENT_MAX`], so the one being filled costs little memory.
+    pub fn append_page(&mut self, record: &EncodedRecord) -> ChunkRef {
+        let target = self.target.min(PAGE_SEGMENT_MAX);
+        Self::append_to(&mut self.pages, &mut self.sealed, target, record)
+    }
+
+    fn append_to(
+        current: &mut Option<SegmentWriter>,
+        sealed: &mut Vec<SegmentWriter>,
+        target: usize,
+        record: &EncodedRecord,
+    ) -> ChunkRef {
+        let now = now_unix();
+        let w = current.get_or_insert_with(|| SegmentWriter::new(new_segment_id(), now, target));
         w.push_encoded(record);
         let r = ChunkRef {
             digest: record.digest,
             segment: w.id(),
         };
-        if w.len() >= self.target {
-            self.seal().await?;
+        if w.len() >= target || w.records() >= MAX_SEGMENT_RECORDS as usize {
+            sealed.extend(current.take());
         }
-        Ok(r)
+        r
+    }
+
+    /// Upload the segments that filled (waiting for upload slots).
+    pub async fn upload_sealed(&mut self) -> Result<(), EngineError> {
+        for w in std::mem::take(&mut self.sealed) {
+            self.upload(w).await?;
+        }
+        Ok(())
     }
 
     /// Start uploading the segment being filled (waiting for an upload
     /// slot).
     async fn seal(&mut self) -> Result<(), EngineError> {
-        match self.current.take() {
-            Some(w) => self.upload(w).await,
-            None => Ok(()),
+        for w in [self.current.take(), self.pages.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.upload(w).await?;
         }
+        Ok(())
     }
 
-    /// Upload a finished segment (waiting for an upload slot); also used for
-    /// the segments of index pages, which are packed separately.
-    pub async fn upload(&mut self, w: SegmentWriter) -> Result<(), EngineError> {
+    /// Upload a finished segment (waiting for an upload slot).
+    async fn upload(&mut self, w: SegmentWriter) -> Result<(), EngineError> {
         if w.is_empty() {
             return Ok(());
         }
@@ -124,6 +171,7 @@ impl SegmentPacker {
     /// Upload the segment being filled, and wait until every segment is
     /// stored.
     pub async fn flush(&mut self) -> Result<(), EngineError> {
+        self.upload_sealed().await?;
         self.seal().await?;
         while let Some(h) = self.uploads.pop_front() {
             h.await

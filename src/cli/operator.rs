@@ -198,13 +198,16 @@ pub async fn main() -> anyhow::Result<()> {
             for (disk, stats) in verified? {
                 println!(
                     "disk {disk}: {} chunks checked, {} damaged",
-                    stats.chunks + stats.bad.len() as u64,
-                    stats.bad.len()
+                    stats.chunks + stats.bad_chunks,
+                    stats.bad_chunks
                 );
                 for (off, len, why) in &stats.bad {
                     println!("  bytes {off}+{len}: {why}");
                 }
-                bad += stats.bad.len();
+                if stats.bad_chunks > stats.bad.len() as u64 {
+                    println!("  … and {} more", stats.bad_chunks - stats.bad.len() as u64);
+                }
+                bad += stats.bad_chunks;
             }
             anyhow::ensure!(bad == 0, "backup {backup} is damaged");
         }

@@ -275,6 +275,20 @@ option_group! {
         /// disk heads and reuse their chunks (instances booted from one
         /// image share most of their data). 0 disables cross-disk dedup.
         pub dedup_heads: u32 = 8;
+        /// Memory one disk's backup may spend on its dedup tables: the
+        /// chunks of the project's heads it may reuse (at most half) and
+        /// the chunks it stored itself. 40 bytes per chunk: the default
+        /// remembers 1.6 million chunks (400 GiB of 256 KiB chunks). A
+        /// chunk forgotten is stored again, never lost.
+        pub dedup_memory: ByteSize = ByteSize::mib(64);
+        /// Memory a backup, restore or verify may spend on cached segment
+        /// trailers (where each record is); the least recently used go
+        /// first.
+        pub trailer_cache: ByteSize = ByteSize::mib(32);
+        /// Map leaves (64 chunks each) a restore or verify plans and
+        /// fetches at a time: its memory grows with this, not with the
+        /// disk. A chunk shared across windows is fetched once per window.
+        pub restore_window: u32 = 1024;
         /// Backups run at the same time on this host.
         pub max_concurrent_backups: u32 = 2;
         /// Seconds a backup may run before it is cancelled.

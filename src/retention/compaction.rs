@@ -20,7 +20,7 @@ use crate::backup::{relocation_object, segment_object, EngineError};
 use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::db::segments::{self, RecordRoot, Segment};
 use crate::index::{positions, shape};
-use crate::segment::{decode_record, read_whole, SegmentWriter};
+use crate::segment::{decode_record, read_whole, RecordExpect, SegmentWriter};
 use crate::Ekko;
 
 /// Candidate segments measured per pass.
@@ -168,7 +168,13 @@ async fn compact_one(
     let db = ekko.db()?.clone();
     let id = seg.id as u64;
     let container = reader.container().to_string();
-    let bytes = ekko.store.get(&container, &segment_object(id)).await?;
+    let bytes = crate::store::get_capped(
+        ekko.store.as_ref(),
+        &container,
+        &segment_object(id),
+        super::max_segment_object(ekko),
+    )
+    .await?;
     let entries = read_whole(id, &bytes)?;
     let total: u64 = entries.iter().map(|e| e.length as u64).sum();
     let live: Vec<_> = entries
@@ -203,7 +209,13 @@ async fn compact_one(
             let record = bytes
                 .get(start..start + e.length as usize)
                 .ok_or_else(|| anyhow::anyhow!("record {} out of range", e.digest))?;
-            decode_record(id, record, &e.digest, keys.as_deref())?;
+            decode_record(
+                id,
+                record,
+                &e.digest,
+                RecordExpect::of_kind(e.kind),
+                keys.as_deref(),
+            )?;
             w.push_record(id, record)?;
         }
         let n = w.records();

@@ -17,7 +17,7 @@ use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::crypto::ProjectKeys;
 use crate::db::segments::{self, Segment};
 use crate::db::{backups, instances};
-use crate::segment::{decode_record, read_whole};
+use crate::segment::{decode_record, read_whole, RecordExpect};
 use crate::store::project_container as container;
 use crate::store::StoreError;
 use crate::Ekko;
@@ -51,7 +51,9 @@ pub async fn scrub(ekko: &Ekko, percent: f64, report: &mut PassReport) -> anyhow
                 k
             }
         };
-        let damage = match ekko.store.get(&cont, &segment_object(id)).await {
+        let max = super::max_segment_object(ekko);
+        let name = segment_object(id);
+        let damage = match crate::store::get_capped(ekko.store.as_ref(), &cont, &name, max).await {
             Ok(bytes) => {
                 tokio::task::spawn_blocking(move || check_segment(id, &bytes, keys.as_deref()))
                     .await?
@@ -84,7 +86,10 @@ fn check_segment(id: u64, bytes: &[u8], keys: Option<&ProjectKeys>) -> Damage {
             let start = e.offset as usize;
             bytes
                 .get(start..start + e.length as usize)
-                .is_none_or(|record| decode_record(id, record, &e.digest, keys).is_err())
+                .is_none_or(|record| {
+                    decode_record(id, record, &e.digest, RecordExpect::of_kind(e.kind), keys)
+                        .is_err()
+                })
         })
         .map(|e| e.digest)
         .collect();

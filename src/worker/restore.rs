@@ -12,7 +12,7 @@ use chrono::Utc;
 use super::admission::stopped;
 use super::{Stop, Worker};
 use crate::backup::file_target::{open_beneath, FileTarget};
-use crate::backup::reader::RecordReader;
+use crate::backup::reader::{ReadLimits, RecordReader};
 use crate::backup::restore::{restore, RestoreTarget, TargetFormat};
 use crate::backup::EngineError;
 use crate::execution::previous;
@@ -127,7 +127,8 @@ impl Worker {
             &self.ekko.container(&job.project_id),
         )
         .with_relocations(Relocation::map(&job.relocations))
-        .with_keys(keys);
+        .with_keys(keys)
+        .with_limits(ReadLimits::from_config(&self.ekko.config.backup));
         let left = (job.deadline - Utc::now()).to_std().unwrap_or_default();
         let progress = admitted.progress.clone();
         let work = restore(

@@ -291,7 +291,7 @@ async fn encrypted_backups_restore_and_tampering_wrong_keys_and_rotation_are_han
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_key_mode_hosts_write_backups_they_cannot_read() {
     use ekko::backup::reader::RecordReader;
-    use ekko::segment::{decode_record, read_whole, SegmentError};
+    use ekko::segment::{decode_record, read_whole, RecordExpect, SegmentError};
 
     let keys = tempfile::tempdir().unwrap();
     let master = key_file(keys.path(), "master.key");
@@ -357,8 +357,9 @@ async fn public_key_mode_hosts_write_backups_they_cannot_read() {
         let body = x.ekko.store.get(&x.container, &o.name).await.unwrap();
         for e in read_whole(id, &body).unwrap() {
             let rec = &body[e.offset as usize..(e.offset + e.length as u64) as usize];
-            let by_host = decode_record(id, rec, &e.digest, Some(&write));
-            assert!(decode_record(id, rec, &e.digest, Some(&full)).is_ok());
+            let expect = RecordExpect::of_kind(e.kind);
+            let by_host = decode_record(id, rec, &e.digest, expect, Some(&write));
+            assert!(decode_record(id, rec, &e.digest, expect, Some(&full)).is_ok());
             if e.kind == ekko::format::RECORD_INDEX_PAGE {
                 assert!(by_host.is_ok(), "the host reads maps");
                 pages += 1;

@@ -24,6 +24,7 @@ fn engine_opts() -> DiskBackupOptions {
         chunk_size: 256 << 10,
         compression_level: 1,
         segment_size: 8 << 20,
+        dedup_memory: 64 << 20,
         progress: None,
     }
 }

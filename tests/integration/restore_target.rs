@@ -110,6 +110,7 @@ async fn setup(seeds: &[u8]) -> Setup {
         chunk_size: CHUNK,
         compression_level: 1,
         segment_size: 1 << 20,
+        dedup_memory: 64 << 20,
         progress: None,
     };
     let mut disks = Vec::new();
