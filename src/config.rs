@@ -359,6 +359,20 @@ impl EkkoConfig {
                 ),
             ));
         }
+        // A disk is retired once unreported for `retire_after`: never
+        // because of a few missed inventories or a job that outlived it.
+        let unreported =
+            longest_job.saturating_add(self.backup.heartbeat_interval.saturating_mul(3));
+        if self.retention.retire_after < unreported {
+            return Err(invalid(
+                "retention",
+                "retire_after",
+                format!(
+                    "{} s is shorter than the longest job plus three heartbeats ({unreported} s): a disk could be retired while its host still serves it",
+                    self.retention.retire_after
+                ),
+            ));
+        }
         urls::DatabaseUrl::parse(&self.database.connection)
             .map_err(|e| invalid("database", "connection", e.to_string()))?;
         urls::TransportUrl::parse(&self.default.transport_url)
@@ -596,6 +610,11 @@ mod tests {
                 "[retention]\ngc_grace_period = 3600\n",
                 "gc_grace_period",
                 "job_timeout",
+            ),
+            (
+                "[retention]\nretire_after = 60\n",
+                "retire_after",
+                "three heartbeats",
             ),
         ];
         for (i, (text, key, reason)) in cases.iter().enumerate() {

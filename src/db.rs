@@ -272,6 +272,19 @@ impl Db {
         Ok(applied.iter().map(|v| v.to_string()).collect())
     }
 
+    /// Revert the latest migration applied (`ekko-manage db revert`, and
+    /// the tests of a migration on rows written before it); returns its
+    /// version.
+    pub fn revert_last(&self) -> DbResult<String> {
+        let mut conn = self.conn()?;
+        let version = match &mut *conn {
+            DbConnection::Mysql(c) => c.revert_last_migration(MYSQL_MIGRATIONS),
+            DbConnection::Sqlite(c) => c.revert_last_migration(SQLITE_MIGRATIONS),
+        }
+        .map_err(|e| DbError::Migration(e.to_string()))?;
+        Ok(version.to_string())
+    }
+
     /// Migrations the code has and the database has not applied.
     pub fn pending_migrations(&self) -> DbResult<Vec<String>> {
         let mut conn = self.conn()?;

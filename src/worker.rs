@@ -240,8 +240,17 @@ pub async fn run(
         grace_s = grace.as_secs(),
         "shutting down"
     );
-    let finished =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    // Heartbeats and inventory go on meanwhile: a host that goes quiet
+    // looks gone, and its instances could be claimed by another.
+    let finished = tokio::time::timeout(grace, async {
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => worker.report().await,
+                next = tasks.join_next() => if next.is_none() { break },
+            }
+        }
+    })
+    .await;
     if finished.is_err() {
         worker.stop_all(Stop::Shutdown);
         while tasks.join_next().await.is_some() {}

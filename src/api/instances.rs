@@ -18,11 +18,13 @@ fn view(d: &InstanceDetails, base: &str) -> serde_json::Value {
         "project_id": i.project_id,
         "host": i.host,
         "status": i.status,
-        "disks": d.disks.iter().filter(|d| d.retired_at.is_none()).map(|d| json!({
+        // Another live host reports it too: not backed up until resolved.
+        "contested_by": i.contested_by,
+        "disks": d.disks.iter().filter(|d| d.in_service()).map(|d| json!({
             "device": d.device,
             "size": d.virtual_size,
             "backups": d.head_seq,
-            "next_backup_reads_everything": d.needs_full_read || d.head_seq == 0,
+            "next_backup_reads_everything": d.needs_full_read || d.head_seq == 0 || d.reappeared(),
         })).collect::<Vec<_>>(),
         "last_backup": d.last.as_ref().map(|b| json!({
             "id": b.id,

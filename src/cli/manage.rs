@@ -70,6 +70,9 @@ pub enum DbAction {
     Sync,
     /// Show whether the schema is up to date.
     Version,
+    /// Revert the latest migration (to go back one release; take a
+    /// database backup first).
+    Revert,
 }
 
 #[derive(Subcommand)]
@@ -202,6 +205,10 @@ pub fn main() -> anyhow::Result<()> {
                         println!("pending migrations: {}", pending.join(", "));
                         std::process::exit(3);
                     }
+                }
+                DbAction::Revert => {
+                    let reverted = db.revert_last()?;
+                    println!("reverted {reverted} in {}", db.url.redacted());
                 }
             }
         }

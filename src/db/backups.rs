@@ -440,14 +440,18 @@ pub fn commit(
     use super::schema::disks as d;
     use super::segments;
     conn.transaction(|conn| {
+        // The instance's row lock first, before anything is read: retiring
+        // one of its disks takes it too, so the heads and retirements read
+        // below are current (InnoDB's snapshot starts at the first read).
+        lock_instance_of(conn, backup_id)?;
         let backup = get(conn, backup_id)?;
         let at = now();
         for dc in disks {
             // Only a disk of the backup's own instance (a report naming
             // another disk is refused before it changes anything).
-            let (head, instance): (i64, String) = d::table
+            let (head, instance, retired): (i64, String, Option<NaiveDateTime>) = d::table
                 .find(&dc.disk_id)
-                .select((d::head_seq, d::instance_id))
+                .select((d::head_seq, d::instance_id, d::retired_at))
                 .first(conn)
                 .optional()?
                 .ok_or_else(|| DbError::Conflict(format!("disk {} is not in the catalog", dc.disk_id)))?;
@@ -455,6 +459,14 @@ pub fn commit(
                 return Err(DbError::Conflict(format!(
                     "disk {} is not a disk of instance {}",
                     dc.disk_id, backup.instance_id
+                )));
+            }
+            // Retired while the backup ran: the head's intervals ended, so
+            // deltas built on them would leave the new record uncounted.
+            if retired.is_some() && !dc.fresh_map {
+                return Err(DbError::Conflict(format!(
+                    "disk {} was retired while the backup ran; its next backup reads it whole",
+                    dc.disk_id
                 )));
             }
             if head != dc.base_seq {
@@ -554,6 +566,18 @@ pub fn commit(
         }
         get(conn, backup_id)
     })
+}
+
+/// Lock the row of a backup's instance until the transaction ends.
+pub fn lock_instance_of(conn: &mut DbConnection, backup_id: &str) -> DbResult<()> {
+    use super::schema::instances as i;
+    let of_backup = backups::table
+        .filter(backups::id.eq(backup_id))
+        .select(backups::instance_id);
+    diesel::update(i::table.filter(i::id.eq_any(of_backup)))
+        .set(i::updated_at.eq(now()))
+        .execute(conn)?;
+    Ok(())
 }
 
 /// The head records of a project's live disks other than `exclude`, newest

@@ -19,6 +19,17 @@ pub struct Instance {
     pub updated_at: NaiveDateTime,
     /// When a host last reported it in its inventory.
     pub last_seen_at: Option<NaiveDateTime>,
+    /// Another live host that reports it too (see [`upsert`]), and when it
+    /// last did: while contested, the instance is not backed up.
+    pub contested_by: Option<String>,
+    pub contested_at: Option<NaiveDateTime>,
+}
+
+impl Instance {
+    /// The other host that reports it while its own host still does.
+    pub fn contender(&self) -> Option<&str> {
+        self.contested_by.as_deref()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -65,12 +76,34 @@ pub struct DiskReport {
 /// operator's own command line, a catalog rebuild).
 pub const MOVE_ALWAYS: NaiveDateTime = NaiveDateTime::MAX;
 
+/// The most instances one host may hold: a host cannot fill the catalog
+/// with instances it makes up.
+pub const MAX_PER_HOST: i64 = 10_000;
+
+/// What became of a host's report of an instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upserted {
+    /// Registered or refreshed (and moved to the reporter if `from`).
+    Recorded {
+        instance: Instance,
+        moved_from: Option<String>,
+    },
+    /// Its host still reports it: it stays there, and the reporter's
+    /// claim is recorded (the instance is not backed up while both do).
+    Contested { holder: String },
+}
+
 /// Register or refresh an instance and its disks as `host` reports them.
-/// Disks keep their ids (and backup history) across reports. An instance
-/// another host reported after `moved_before` stays with that host (a host
-/// cannot take over another's instance while it still reports it); one
-/// nobody reported since then moves to the reporter (a migration, an
-/// evacuation).
+/// Disks keep their ids (and backup history) across reports.
+///
+/// An instance moves to another host only once its own host has not
+/// reported it since `moved_before` (a migration, an evacuation). Until
+/// then a second host's report changes nothing but the claim it records:
+/// a host cannot take over another's instance, and a capture made while
+/// the real host was briefly silent (a restart, a failed probe) turns
+/// into a contest the moment that host reports the instance again, never
+/// into a silent, lasting one. The contest ends when one of the two stops
+/// reporting it for `moved_before`, or when an operator moves it.
 pub fn upsert(
     conn: &mut DbConnection,
     id: &str,
@@ -79,7 +112,7 @@ pub fn upsert(
     name: &str,
     reported: &[DiskReport],
     moved_before: NaiveDateTime,
-) -> DbResult<Instance> {
+) -> DbResult<Upserted> {
     conn.transaction(|conn| {
         let at = now();
         let existing: Option<Instance> = instances::table
@@ -87,24 +120,31 @@ pub fn upsert(
             .select(Instance::as_select())
             .first(conn)
             .optional()?;
+        let mut moved_from = None;
         match existing {
             Some(inst) if inst.project_id != project_id => {
                 return Err(super::DbError::Conflict(format!(
                     "instance {id} is registered to another project"
                 )))
             }
-            Some(inst)
-                if inst.host != host && inst.last_seen_at.is_some_and(|s| s >= moved_before) =>
-            {
-                return Err(super::DbError::Conflict(format!(
-                    "instance {id} is reported by host {} too; it stays there until that host stops reporting it",
-                    inst.host
-                )));
+            // Never seen (a row from before the column): seen now.
+            Some(inst) if inst.host != host && inst.last_seen_at.unwrap_or(at) >= moved_before => {
+                diesel::update(instances::table.find(id))
+                    .set((
+                        instances::contested_by.eq(host),
+                        instances::contested_at.eq(at),
+                    ))
+                    .execute(conn)?;
+                return Ok(Upserted::Contested { holder: inst.host });
             }
             Some(inst) => {
                 if inst.host != host {
-                    tracing::info!(instance = id, from = %inst.host, to = host, "instance moved");
+                    moved_from = Some(inst.host.clone());
                 }
+                // The holder reports it again: a claim nobody renewed
+                // since `moved_before` has lapsed (a move clears it).
+                let lapsed =
+                    moved_from.is_some() || inst.contested_at.is_some_and(|c| c < moved_before);
                 diesel::update(instances::table.find(id))
                     .set((
                         instances::host.eq(host),
@@ -114,8 +154,26 @@ pub fn upsert(
                         instances::last_seen_at.eq(at),
                     ))
                     .execute(conn)?;
+                if lapsed {
+                    diesel::update(instances::table.find(id))
+                        .set((
+                            instances::contested_by.eq(None::<String>),
+                            instances::contested_at.eq(None::<NaiveDateTime>),
+                        ))
+                        .execute(conn)?;
+                }
             }
             None => {
+                let held: i64 = instances::table
+                    .filter(instances::host.eq(host))
+                    .filter(instances::status.eq(InstanceStatus::Active))
+                    .count()
+                    .get_result(conn)?;
+                if held >= MAX_PER_HOST {
+                    return Err(super::DbError::Conflict(format!(
+                        "host {host} already holds {held} instances (at most {MAX_PER_HOST})"
+                    )));
+                }
                 diesel::insert_into(instances::table)
                     .values(&Instance {
                         id: id.to_string(),
@@ -126,6 +184,8 @@ pub fn upsert(
                         created_at: at,
                         updated_at: at,
                         last_seen_at: Some(at),
+                        contested_by: None,
+                        contested_at: None,
                     })
                     .execute(conn)?;
             }
@@ -161,7 +221,13 @@ pub fn upsert(
                     .execute(conn)?;
             }
         }
-        get(conn, id)
+        if let Some(from) = &moved_from {
+            tracing::info!(instance = id, %from, to = host, "instance moved");
+        }
+        Ok(Upserted::Recorded {
+            instance: get(conn, id)?,
+            moved_from,
+        })
     })
 }
 
@@ -190,6 +256,14 @@ pub fn list(
     Ok(keyset_page!(q, instances, marker, ascending, limit)
         .select(Instance::as_select())
         .load(conn)?)
+}
+
+pub fn disk(conn: &mut DbConnection, id: &str) -> DbResult<Option<Disk>> {
+    Ok(disks::table
+        .find(id)
+        .select(Disk::as_select())
+        .first(conn)
+        .optional()?)
 }
 
 pub fn disks_of(conn: &mut DbConnection, instance_id: &str) -> DbResult<Vec<Disk>> {
@@ -237,59 +311,87 @@ pub fn touch(conn: &mut DbConnection, id: &str) -> DbResult<()> {
 /// head's open reference intervals end at the head, so the head counts
 /// only while its backup is not deleted and retention treats it as any
 /// other backup; the bitmap is forgotten. A disk of a host that stopped
-/// reporting altogether is left alone (the host may be down). An instance
-/// whose disks are all retired is marked gone. Returns the disks retired.
+/// reporting altogether is left alone (the host may be down), and so is a
+/// disk never seen (a row from before the column) and one whose instance
+/// has a backup queued or running (its commit builds on the head). An
+/// instance whose disks are all retired is marked gone. Returns the disks
+/// retired.
 pub fn retire_gone(
     conn: &mut DbConnection,
     host_alive_after: NaiveDateTime,
     gone_before: NaiveDateTime,
 ) -> DbResult<Vec<Disk>> {
     use super::schema::hosts;
-    conn.transaction(|conn| {
-        let alive: Vec<String> = hosts::table
-            .filter(hosts::heartbeat_at.ge(host_alive_after))
-            .select(hosts::name)
-            .load(conn)?;
-        let candidates: Vec<(Disk, String)> = disks::table
-            .inner_join(instances::table)
-            .filter(disks::retired_at.is_null())
-            .filter(instances::host.eq_any(&alive))
-            .select((Disk::as_select(), instances::host))
-            .load(conn)?;
-        let at = now();
-        let mut retired = Vec::new();
-        for (d, _) in candidates {
-            if d.last_seen_at.unwrap_or(d.created_at) >= gone_before {
-                continue;
-            }
-            let n = diesel::update(disks::table.find(&d.id).filter(disks::retired_at.is_null()))
-                .set((
-                    disks::retired_at.eq(at),
-                    disks::bitmap_name.eq(None::<String>),
-                    disks::needs_full_read.eq(true),
-                ))
-                .execute(conn)?;
-            if n == 0 {
-                continue;
-            }
-            if d.head_seq > 0 {
-                super::segments::end_open_refs(conn, &d.id, d.head_seq + 1)?;
-                if let Some(head) = super::backups::head_record(conn, &d.id)? {
-                    super::segments::lost_a_user(conn, &head.backup_id)?;
-                }
-            }
-            let left: i64 = disks::table
-                .filter(disks::instance_id.eq(&d.instance_id))
-                .filter(disks::retired_at.is_null())
-                .count()
-                .get_result(conn)?;
-            if left == 0 {
-                diesel::update(instances::table.find(&d.instance_id))
-                    .set(instances::status.eq(InstanceStatus::Gone))
-                    .execute(conn)?;
-            }
+    let alive: Vec<String> = hosts::table
+        .filter(hosts::heartbeat_at.ge(host_alive_after))
+        .select(hosts::name)
+        .load(conn)?;
+    let candidates: Vec<Disk> = disks::table
+        .inner_join(instances::table)
+        .filter(disks::retired_at.is_null())
+        .filter(disks::last_seen_at.lt(gone_before))
+        .filter(instances::host.eq_any(&alive))
+        .select(Disk::as_select())
+        .load(conn)?;
+    let mut retired = Vec::new();
+    for d in candidates {
+        if let Some(d) = retire_one(conn, &d.id, &d.instance_id, gone_before)? {
             retired.push(d);
         }
-        Ok(retired)
+    }
+    Ok(retired)
+}
+
+/// Retire one disk if it still qualifies, judged under its instance's row
+/// lock: a backup plan or commit of the instance takes the same lock
+/// first, so the head and the backups read here are current.
+fn retire_one(
+    conn: &mut DbConnection,
+    disk_id: &str,
+    instance_id: &str,
+    gone_before: NaiveDateTime,
+) -> DbResult<Option<Disk>> {
+    conn.transaction(|conn| {
+        touch(conn, instance_id)?;
+        let Some(d) = disks::table
+            .find(disk_id)
+            .select(Disk::as_select())
+            .first(conn)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let seen_lately = d.last_seen_at.is_none_or(|s| s >= gone_before);
+        if d.retired_at.is_some() || seen_lately {
+            return Ok(None);
+        }
+        if let Some(active) = super::backups::active_for_instance(conn, instance_id)? {
+            tracing::info!(disk = disk_id, backup = %active.id, "disk not reported, but its instance's backup is running: retired later");
+            return Ok(None);
+        }
+        diesel::update(disks::table.find(disk_id))
+            .set((
+                disks::retired_at.eq(now()),
+                disks::bitmap_name.eq(None::<String>),
+                disks::needs_full_read.eq(true),
+            ))
+            .execute(conn)?;
+        if d.head_seq > 0 {
+            super::segments::end_open_refs(conn, disk_id, d.head_seq + 1)?;
+            if let Some(head) = super::backups::head_record(conn, disk_id)? {
+                super::segments::lost_a_user(conn, &head.backup_id)?;
+            }
+        }
+        let left: i64 = disks::table
+            .filter(disks::instance_id.eq(instance_id))
+            .filter(disks::retired_at.is_null())
+            .count()
+            .get_result(conn)?;
+        if left == 0 {
+            diesel::update(instances::table.find(instance_id))
+                .set(instances::status.eq(InstanceStatus::Gone))
+                .execute(conn)?;
+        }
+        Ok(Some(d))
     })
 }

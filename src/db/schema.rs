@@ -21,6 +21,8 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         last_seen_at -> Nullable<Timestamp>,
+        contested_by -> Nullable<Text>,
+        contested_at -> Nullable<Timestamp>,
     }
 }
 

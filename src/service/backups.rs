@@ -84,6 +84,12 @@ pub fn plan(
         if let Some(why) = quotas::check_one_more(c, &opts.quota, &instance.project_id)? {
             return Err(DbError::LimitExceeded(why));
         }
+        if let Some(other) = instance.contender() {
+            return Err(DbError::Conflict(format!(
+                "instance {} is reported by two hosts ({} and {other}); it is not backed up until one stops reporting it or an operator moves it",
+                instance.id, instance.host
+            )));
+        }
         if let Some(active) = backups::active_for_instance(c, &instance.id)? {
             return Err(DbError::Conflict(format!(
                 "instance {} already has backup {} {}; try again when it finishes",
@@ -183,12 +189,13 @@ pub fn plan(
         // The job keeps what its outcome is checked against, not the whole
         // message (a long-lived project's relocations would not fit).
         let planned = PlannedBackup {
-            disks: message
-                .disks
+            disks: disks
                 .iter()
                 .map(|d| PlannedDisk {
-                    disk_id: d.disk_id.clone(),
-                    base_seq: d.base_seq,
+                    disk_id: d.id.clone(),
+                    base_seq: d.head_seq,
+                    virtual_size: d.virtual_size,
+                    inventoried_size: None,
                 })
                 .collect(),
         };

@@ -71,6 +71,8 @@ fn job_of(
 /// already available from this very job) is a no-op.
 pub fn job_finished(c: &mut DbConnection, f: &BackupFinished) -> DbResult<Backup> {
     c.transaction(|c| {
+        // Before any read: see backups::commit.
+        backups::lock_instance_of(c, &f.backup_id)?;
         let current = backups::get(c, &f.backup_id)?;
         if current.status == BackupStatus::Available {
             let job = jobs::get(c, &f.job_id)?;
@@ -102,9 +104,20 @@ fn check_finished(c: &mut DbConnection, f: &BackupFinished, sender: &Sender) -> 
             f.job_id, f.backup_id, f.project_id
         )));
     }
-    let planned: PlannedBackup = serde_json::from_str(&job.payload).unwrap_or_default();
+    let mut planned: PlannedBackup = plan_of(&job)?;
+    for p in &mut planned.disks {
+        p.inventoried_size = instances::disk(c, &p.disk_id)?.map(|d| d.virtual_size);
+    }
     checks::finished(&f.kind, &f.consistency, &f.disks, &planned).map_err(refused)?;
     Ok(job)
+}
+
+/// What a job was planned on, as kept with it. A plan that does not read
+/// is refused, never taken as empty: an empty plan would let any outcome
+/// through.
+fn plan_of<T: serde::de::DeserializeOwned>(job: &Job) -> ServiceResult<T> {
+    serde_json::from_str(&job.payload)
+        .map_err(|e| refused(format!("job {}: its plan does not read: {e}", job.id)))
 }
 
 /// The first segment a finished backup says it wrote that the store does
@@ -121,7 +134,19 @@ async fn missing_segment(ekko: &Ekko, f: &BackupFinished) -> ServiceResult<Optio
         .collect();
     let mut heads = futures::stream::iter(wanted.into_iter().map(|(name, size)| {
         let (store, container) = (ekko.store.clone(), container.clone());
-        async move { (store.head(&container, &name).await, name, size) }
+        async move {
+            // A 404 just after the PUT can be the store catching up (a
+            // Swift handoff): asked again before the backup is refused.
+            let mut found = store.head(&container, &name).await;
+            for pause in [1, 3] {
+                if !matches!(found, Err(crate::store::StoreError::NotFound { .. })) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(pause)).await;
+                found = store.head(&container, &name).await;
+            }
+            (found, name, size)
+        }
     }))
     .buffer_unordered(16);
     while let Some((found, name, size)) = heads.next().await {
@@ -181,7 +206,10 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
                         moved_before,
                     );
                     match upserted {
-                        Ok(_) => {}
+                        Ok(instances::Upserted::Recorded { .. }) => {}
+                        Ok(instances::Upserted::Contested { holder }) => {
+                            tracing::error!(host = %inv.host, instance = %i.id, %holder, "two live hosts report this instance: it stays with its host and is not backed up until one stops (a migration in progress, or a host claiming what is not its own)");
+                        }
                         Err(DbError::Conflict(why)) => {
                             tracing::warn!(host = %inv.host, instance = %i.id, %why, "inventory entry refused");
                         }
@@ -202,12 +230,20 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             }
             let started = db
                 .run_as::<_, ServiceError, _>(move |c| {
-                    let job = job_of(c, &s.job_id, &s.host, &sender)?;
+                    job_of(c, &s.job_id, &s.host, &sender)?;
                     match job_started(c, &s) {
                         Ok(()) => Ok(None),
-                        // Ended already (cancelled, timed out, or done by
-                        // an earlier attempt): the host is told to stop.
-                        Err(DbError::Conflict(_)) => Ok(Some(job)),
+                        // Ended already (cancelled, timed out, or done by an
+                        // earlier attempt): the host is told to stop. Not a
+                        // restore that succeeded: that is a start report
+                        // overtaken by its own outcome, and a cancel would
+                        // delete the restored file.
+                        Err(DbError::Conflict(_)) => {
+                            let now = jobs::get(c, &s.job_id)?;
+                            let stop =
+                                now.status != JobStatus::Succeeded || now.kind == JobKind::Backup;
+                            Ok(stop.then_some(now))
+                        }
                         Err(e) => Err(e.into()),
                     }
                 })
@@ -298,8 +334,7 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
                     let Some(r) = job.restore_id.clone() else {
                         return Err(refused(format!("job {} is no restore", f.job_id)));
                     };
-                    let planned: PlannedRestore =
-                        serde_json::from_str(&job.payload).unwrap_or_default();
+                    let planned: PlannedRestore = plan_of(&job)?;
                     if planned.disk_size > 0 && f.bytes_written > planned.disk_size {
                         return Err(refused(format!(
                             "restore {r}: {} bytes written to a disk of {}",
@@ -312,9 +347,13 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
                     });
                     match done {
                         Ok(_) => Ok(None),
-                        // Cancelled or timed out as it finished: the host
-                        // removes the file when told (again) to stop.
-                        Err(DbError::Conflict(_)) => Ok(Some(job)),
+                        Err(DbError::Conflict(_)) => match jobs::get(c, &f.job_id)?.status {
+                            // Already recorded (a redelivery): nothing to do.
+                            JobStatus::Succeeded => Ok(None),
+                            // Cancelled or timed out as it finished: the
+                            // host removes the file when told (again) to stop.
+                            _ => Ok(Some(job)),
+                        },
                         Err(e) => Err(e.into()),
                     }
                 })

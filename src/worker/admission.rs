@@ -62,6 +62,13 @@ pub(super) struct Admitted {
     reporter: tokio::task::JoinHandle<()>,
 }
 
+impl Admitted {
+    /// Stop reporting progress: the work is over, its outcome being settled.
+    pub fn work_over(&self) {
+        self.reporter.abort();
+    }
+}
+
 impl Worker {
     pub(super) fn busy_instances(&self) -> Vec<String> {
         lock(&self.running)
@@ -82,9 +89,6 @@ impl Worker {
     /// a job being admitted sees either the stop or the mark.
     pub(super) fn cancel(&self, job_id: &str) -> bool {
         let running = lock(&self.running);
-        if let Some((_, tx)) = running.get(job_id) {
-            return tx.send(Stop::Cancelled).is_ok();
-        }
         let finished = {
             let mut done = lock(&self.finished_restores);
             let at = done.iter().position(|(id, _)| id == job_id);
@@ -97,6 +101,9 @@ impl Worker {
             );
             files.remove();
             return true;
+        }
+        if let Some((_, tx)) = running.get(job_id) {
+            return tx.send(Stop::Cancelled).is_ok();
         }
         let mut cancelled = lock(&self.cancelled);
         // Bounded: cancels of jobs that never come are forgotten.
@@ -127,6 +134,25 @@ impl Worker {
         instance_id: Option<&str>,
         deadline: DateTime<Utc>,
     ) -> Option<(Delivery, Admitted)> {
+        if lock(&self.running).contains_key(job_id) {
+            // The broker redelivered a job that still runs here (its
+            // channel dropped): a second attempt would fail on the busy
+            // disks and end the job under the first. The copy waits for
+            // the attempt to end, then goes back to be settled (dropped
+            // once done, run again if it stopped short).
+            tracing::info!(
+                job = job_id,
+                "job redelivered while it runs here: holding the copy"
+            );
+            let (this, job_id) = (self.clone(), job_id.to_string());
+            tokio::spawn(async move {
+                while lock(&this.running).contains_key(&job_id) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                let _ = delivery.nack(true).await;
+            });
+            return None;
+        }
         let cancelled = lock(&self.cancelled).remove(job_id);
         match verdict(
             self.journal.is_done(job_id),

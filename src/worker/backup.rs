@@ -58,7 +58,9 @@ impl Worker {
         };
         tracing::info!(backup = %job.backup_id, instance = %job.instance_id, attempt = admitted.attempt, "backup started");
         let outcome = self.run_job(&job, &instance, &mut admitted).await;
-        self.release(&job.job_id, &admitted);
+        admitted.work_over();
+        // Still "running" here until settled: a redelivered copy waits
+        // for that (see admit), so it never starts while this hands on.
         match outcome {
             Ok(executed) => self.hand_on(delivery, &job, executed).await,
             Err(Stop::Shutdown) => {
@@ -71,6 +73,7 @@ impl Worker {
                 self.fail(delivery, &job.job_id, why).await
             }
         }
+        self.release(&job.job_id, &admitted);
     }
 
     /// Execute until done, failed, stopped or past the deadline. A failure

@@ -142,13 +142,14 @@ impl Worker {
             s = stopped(&mut admitted.stop) => Err(Some(s)),
             _ = tokio::time::sleep(left) => Err(None),
         };
-        self.release(&job.job_id, &admitted);
+        admitted.work_over();
         let result = match outcome {
             Ok(Ok(stats)) => Ok(stats),
             Ok(Err(e)) => Err(format!("{e}")),
             Err(Some(Stop::Shutdown)) => {
                 target.discard();
                 self.journal.undo(&job.job_id, admitted.attempt);
+                self.release(&job.job_id, &admitted);
                 let _ = delivery.nack(true).await;
                 return;
             }
@@ -182,5 +183,7 @@ impl Worker {
                 self.fail(delivery, &job.job_id, why).await
             }
         }
+        // Settled: a redelivered copy waiting for it now finds it done.
+        self.release(&job.job_id, &admitted);
     }
 }

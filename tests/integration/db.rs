@@ -16,6 +16,10 @@ fn suite(db: &Db) {
     listing_pages_with_marker(&mut c);
     reference_intervals_track_liveness(&mut c);
     jobs_end_once(&mut c);
+    a_host_cannot_take_an_instance_its_host_still_reports(&mut c);
+    a_disk_is_not_retired_under_a_backup(&mut c);
+    drop(c);
+    rows_from_before_last_seen_count_as_seen(db);
 }
 
 #[test]
@@ -340,4 +344,209 @@ fn jobs_of_a_long_lived_project_fit_the_catalog_on_mariadb() {
     assert_eq!(message.bad_records.len(), 1000);
     assert!(serde_json::to_string(&message).unwrap().len() > 64 << 10);
     assert!(job.payload.len() < 1024, "the job keeps only its plan");
+}
+
+fn claim(
+    c: &mut DbConnection,
+    host: &str,
+    moved_before: chrono::NaiveDateTime,
+) -> instances::Upserted {
+    instances::upsert(
+        c,
+        "inst-claim",
+        "proj-claim",
+        host,
+        "db",
+        &disks(&[("vda", 1 << 30)]),
+        moved_before,
+    )
+    .unwrap()
+}
+
+/// Review finding 3: a second host's report never moves an instance its
+/// host still reports; the claim is recorded and the instance is not
+/// backed up until one of them stops (a capture in a moment of silence
+/// becomes a contest when the real host reports again).
+fn a_host_cannot_take_an_instance_its_host_still_reports(c: &mut DbConnection) {
+    use instances::Upserted;
+    let recent = now() - chrono::Duration::seconds(30);
+    // "Anything seen before a second from now is old": the holder is silent.
+    let silent = now() + chrono::Duration::seconds(1);
+    assert!(matches!(
+        claim(c, "host-a", recent),
+        Upserted::Recorded {
+            moved_from: None,
+            ..
+        }
+    ));
+    assert_eq!(
+        claim(c, "host-b", recent),
+        Upserted::Contested {
+            holder: "host-a".into()
+        }
+    );
+    let i = instances::get(c, "inst-claim").unwrap();
+    assert_eq!((i.host.as_str(), i.contender()), ("host-a", Some("host-b")));
+    let opts = ekko::service::backups::PlanOptions {
+        quota: Default::default(),
+        dedup_heads: 4,
+        job_timeout: std::time::Duration::from_secs(3600),
+    };
+    let new = ekko::service::backups::NewBackup {
+        instance_id: "inst-claim".into(),
+        user_id: "u".into(),
+        name: "n".into(),
+        description: String::new(),
+        mode: "auto".into(),
+        metadata: "{}".into(),
+        policy_id: None,
+    };
+    let err = ekko::service::backups::plan(c, &opts, &new, &Default::default()).unwrap_err();
+    assert!(err.to_string().contains("two hosts"), "{err}");
+    // The holder keeps reporting; the claim stands while renewed.
+    claim(c, "host-a", recent);
+    assert_eq!(
+        instances::get(c, "inst-claim").unwrap().contender(),
+        Some("host-b")
+    );
+    // The contender stopped long enough ago: the holder's report ends it.
+    claim(c, "host-a", silent);
+    assert_eq!(instances::get(c, "inst-claim").unwrap().contender(), None);
+    // The holder went silent (migrated away, or host down): it moves.
+    assert!(matches!(
+        claim(c, "host-b", silent),
+        Upserted::Recorded { moved_from: Some(ref from), .. } if from == "host-a"
+    ));
+    // The old holder reports it again: a contest, not a silent move back.
+    assert_eq!(
+        claim(c, "host-a", recent),
+        Upserted::Contested {
+            holder: "host-b".into()
+        }
+    );
+    // A row never seen (from before the column) counts as seen now.
+    use diesel::prelude::*;
+    use ekko::db::schema::instances as i;
+    diesel::update(i::table.find("inst-claim"))
+        .set((
+            i::last_seen_at.eq(None::<chrono::NaiveDateTime>),
+            i::contested_by.eq(None::<String>),
+        ))
+        .execute(c)
+        .unwrap();
+    assert!(matches!(
+        claim(c, "host-a", recent),
+        Upserted::Contested { .. }
+    ));
+    // An operator (or a catalog rebuild) may always move it.
+    assert!(matches!(
+        claim(c, "host-a", instances::MOVE_ALWAYS),
+        Upserted::Recorded {
+            moved_from: Some(_),
+            ..
+        }
+    ));
+    assert_eq!(instances::get(c, "inst-claim").unwrap().contender(), None);
+}
+
+/// Review finding 1: a disk with a backup queued or running is not
+/// retired, and a backup built on a head whose disk was retired meanwhile
+/// does not commit (its deltas would leave its record uncounted).
+fn a_disk_is_not_retired_under_a_backup(c: &mut DbConnection) {
+    use diesel::prelude::*;
+    use ekko::db::schema::disks as d;
+    instances::upsert(
+        c,
+        "inst-ret",
+        "proj-ret",
+        "host-r",
+        "r",
+        &disks(&[("vda", 1 << 30)]),
+        instances::MOVE_ALWAYS,
+    )
+    .unwrap();
+    hosts::heartbeat(c, "host-r", "1", 1).unwrap();
+    let disk = instances::disks_of(c, "inst-ret").unwrap().remove(0);
+    let b = Backup::queued("proj-ret", "u", "inst-ret", "n", "auto");
+    backups::insert(c, &b).unwrap();
+    let (alive, gone) = (
+        now() - chrono::Duration::seconds(60),
+        now() + chrono::Duration::seconds(1),
+    );
+    assert!(
+        instances::retire_gone(c, alive, gone).unwrap().is_empty(),
+        "its instance's backup is queued"
+    );
+    backups::transition(c, &b.id, BackupStatus::Running, None).unwrap();
+    assert!(
+        instances::retire_gone(c, alive, gone).unwrap().is_empty(),
+        "running"
+    );
+    // Retired anyway (an old ekko-retention during an upgrade).
+    diesel::update(d::table.find(&disk.id))
+        .set(d::retired_at.eq(Some(now())))
+        .execute(c)
+        .unwrap();
+    let dc = |fresh_map| backups::DiskCommit {
+        disk_id: disk.id.clone(),
+        base_seq: 0,
+        virtual_size: 1 << 30,
+        chunk_size: 1 << 18,
+        root_digest: vec![1; 32],
+        root_segment: 1,
+        bitmap_name: None,
+        full_read: true,
+        read_bytes: 0,
+        new_bytes: 0,
+        stored_bytes: 0,
+        new_segments: vec![],
+        ref_deltas: vec![],
+        fresh_map,
+    };
+    let err = backups::commit(c, &b.id, "full", "crash", &[dc(false)]).unwrap_err();
+    assert!(
+        err.to_string().contains("retired while the backup ran"),
+        "{err}"
+    );
+    // A fresh map stands on its own: it commits, and the disk is back.
+    backups::commit(c, &b.id, "full", "crash", &[dc(true)]).unwrap();
+    let disk = instances::disks_of(c, "inst-ret").unwrap().remove(0);
+    assert_eq!((disk.head_seq, disk.retired_at), (1, None));
+    // Nothing running any more: now it retires.
+    assert_eq!(instances::retire_gone(c, alive, gone).unwrap().len(), 1);
+}
+
+/// Review finding 2: rows from before `last_seen_at` are seen at the
+/// upgrade, not at their creation (no mass retirement, no takeover).
+fn rows_from_before_last_seen_count_as_seen(db: &Db) {
+    use diesel::prelude::*;
+    use ekko::db::schema::{disks as d, instances as i};
+    // Back to before 2026-12-04-000006_instance_claims (and any later).
+    for _ in 0..10 {
+        if db.revert_last().unwrap() == "20261204000006" {
+            break;
+        }
+    }
+    assert!(db.check_schema().is_err());
+    let mut c = db.conn().unwrap();
+    diesel::update(i::table)
+        .set(i::last_seen_at.eq(None::<chrono::NaiveDateTime>))
+        .execute(&mut c)
+        .unwrap();
+    diesel::update(d::table)
+        .set(d::last_seen_at.eq(None::<chrono::NaiveDateTime>))
+        .execute(&mut c)
+        .unwrap();
+    drop(c);
+    let before = now() - chrono::Duration::seconds(5);
+    db.sync().unwrap();
+    let mut c = db.conn().unwrap();
+    let seen: Vec<Option<chrono::NaiveDateTime>> =
+        d::table.select(d::last_seen_at).load(&mut c).unwrap();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|s| s.is_some_and(|s| s > before && s < now() + chrono::Duration::seconds(5))),
+        "seen at the upgrade (UTC): {seen:?}"
+    );
 }

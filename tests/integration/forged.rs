@@ -203,6 +203,35 @@ async fn forged_reports_are_refused_and_change_nothing() {
         "chunk_size 0",
     )
     .await;
+    // Sizes its host never reported, bytes it never stored: each would
+    // charge the victim project's quota (review finding 9).
+    let mut huge = other_disk.clone();
+    huge.disks = vec![DiskCommit {
+        virtual_size: 1 << 49,
+        ..commit(&vdisk, 0)
+    }];
+    refused(
+        &x,
+        wire::BACKUP_FINISHED,
+        serde_json::to_value(&huge).unwrap(),
+        &a,
+        "a disk size its host never reported",
+    )
+    .await;
+    let mut inflated = other_disk.clone();
+    inflated.disks = vec![DiskCommit {
+        read_bytes: (8 * MIB) as i64,
+        stored_bytes: (16 * MIB) as i64,
+        ..commit(&vdisk, 0)
+    }];
+    refused(
+        &x,
+        wire::BACKUP_FINISHED,
+        serde_json::to_value(&inflated).unwrap(),
+        &a,
+        "stored bytes no segment holds",
+    )
+    .await;
     let mut wrong_backup = other_disk.clone();
     wrong_backup.backup_id = mine.id.clone();
     wrong_backup.disks = vec![commit(&vdisk, 0)];
@@ -304,6 +333,11 @@ async fn forged_reports_are_refused_and_change_nothing() {
     assert_eq!(
         victim_instance.host, "host-a",
         "the instance stays on host a"
+    );
+    assert_eq!(
+        victim_instance.contender(),
+        Some("host-b"),
+        "host b's claim is recorded: the instance is not backed up while both report it"
     );
     assert_eq!(my_backup.status, BackupStatus::Available);
     assert_eq!(my_head, Some(1), "our disk's head did not move");
@@ -449,4 +483,74 @@ async fn poison_messages_are_dead_lettered_and_heartbeats_keep_flowing() {
     assert!(!reaped);
     let _ = stop.send(());
     conductor.await.unwrap().unwrap();
+}
+
+/// Review finding 5: a restore's start report overtaken by its own
+/// outcome (reports are recorded concurrently), or an outcome delivered
+/// twice, is not answered with a cancel: the host would delete the
+/// restored disk the catalog calls completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_start_report_does_not_cancel_a_completed_restore() {
+    let Some(x) = setup("proj-late-start", 8, "").await else {
+        return;
+    };
+    x.qsd.write(0, 0, &vec![0x21; MIB as usize]);
+    let b = ekko::service::local::backup_instance(&x.ekko, &x.req)
+        .await
+        .unwrap()
+        .backup;
+    let me = x.ekko.config.default.host.clone();
+    let topology = x.ekko.topology();
+    topology
+        .declare_host(x.ekko.queue.as_ref(), &me)
+        .await
+        .unwrap();
+    let mut control = x
+        .ekko
+        .queue
+        .consume(&topology.control_queue(&me), 4)
+        .await
+        .unwrap();
+    let ours = host(&me);
+    let beat = serde_json::json!({"host": me, "version": "1", "capacity": 1});
+    record(&x.ekko, &env(wire::HEARTBEAT_KIND, &beat), &ours)
+        .await
+        .unwrap();
+    let restore = ekko::service::restores::submit(
+        &x.ekko,
+        ekko::service::restores::NewRestore {
+            backup_id: b.id.clone(),
+            user_id: "u".into(),
+            device: None,
+            host: Some(me.clone()),
+            path: x.dir.path().join("late.raw").display().to_string(),
+            format: ekko::status::ImageFormat::Raw,
+        },
+    )
+    .await
+    .unwrap();
+    let rid = restore.id.clone();
+    let job =
+        x.db.run(move |c| Ok(jobs::active_for(c, jobs::Subject::Restore(&rid))?.unwrap()))
+            .await
+            .unwrap();
+    let finished = serde_json::json!({"job_id": job.id, "host": me, "bytes_written": MIB});
+    let started = serde_json::json!({"job_id": job.id, "host": me, "attempt": 1});
+    record(&x.ekko, &env(wire::RESTORE_FINISHED, &finished), &ours)
+        .await
+        .unwrap();
+    record(&x.ekko, &env(wire::JOB_STARTED, &started), &ours)
+        .await
+        .unwrap();
+    record(&x.ekko, &env(wire::RESTORE_FINISHED, &finished), &ours)
+        .await
+        .unwrap();
+    let cancel = tokio::time::timeout(Duration::from_millis(500), control.next()).await;
+    assert!(cancel.is_err(), "a cancel was sent for a completed restore");
+    let rid = restore.id.clone();
+    let r =
+        x.db.run(move |c| ekko::db::restores::get(c, &rid))
+            .await
+            .unwrap();
+    assert_eq!(r.status, ekko::status::RestoreStatus::Completed);
 }

@@ -386,7 +386,7 @@ async fn disks_of_deleted_instances_are_retired_and_their_data_reclaimed() {
         "proj-retire",
         8,
         "[retention]\ngc_grace_period = 0\nretire_after = 0\nscrub_percentage = 0\n\
-         [backup]\njob_timeout = 0\njob_stall_timeout = 0",
+         [backup]\njob_timeout = 0\njob_stall_timeout = 0\nheartbeat_interval = 0",
     )
     .await
     else {

@@ -126,6 +126,17 @@ pub fn disk_commit(dc: &DiskCommit) -> Check {
             return bad("byte counts out of range");
         }
     }
+    // What it stored is what its new segments hold (sizes the store is
+    // asked for before the commit); new data is data it read. A host
+    // cannot charge its projects' quota more than it really wrote.
+    let written: i64 = dc
+        .new_segments
+        .iter()
+        .map(|s| s.1.max(0))
+        .fold(0, i64::saturating_add);
+    if dc.stored_bytes > written || dc.new_bytes > dc.read_bytes {
+        return bad("byte counts do not add up");
+    }
     if dc.base_seq < 0 {
         return bad("base sequence out of range");
     }
@@ -163,6 +174,24 @@ pub struct PlannedBackup {
 pub struct PlannedDisk {
     pub disk_id: String,
     pub base_seq: i64,
+    /// The disk's size as its host last reported it (0: planned before
+    /// sizes were kept, not checked).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub virtual_size: i64,
+    /// Its size in the catalog when the outcome arrives (a resize
+    /// reported meanwhile): filled in by the caller, never stored.
+    #[serde(skip)]
+    pub inventoried_size: Option<i64>,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+impl PlannedDisk {
+    fn takes_size(&self, size: i64) -> bool {
+        self.virtual_size == 0 || size == self.virtual_size || Some(size) == self.inventoried_size
+    }
 }
 
 /// What a restore job was planned on.
@@ -196,8 +225,17 @@ pub fn finished(
         .collect();
     got.sort_unstable();
     want.sort_unstable();
-    if got != want {
+    if got.is_empty() || got != want {
         return Err("the finished backup's disks are not the ones its job was planned on".into());
+    }
+    for d in disks {
+        let plan = planned.disks.iter().find(|p| p.disk_id == d.disk_id);
+        if !plan.is_some_and(|p| p.takes_size(d.virtual_size)) {
+            return Err(format!(
+                "disk {}: {} bytes is not the size its host reported",
+                d.disk_id, d.virtual_size
+            ));
+        }
     }
     disks.iter().try_for_each(disk_commit)
 }
@@ -265,6 +303,11 @@ mod tests {
             ("root segment 0", Box::new(|d| d.root_segment = 0)),
             ("negative bytes", Box::new(|d| d.read_bytes = -1)),
             (
+                "more stored than written",
+                Box::new(|d| d.stored_bytes = 1001),
+            ),
+            ("more new than read", Box::new(|d| d.new_bytes = 11)),
+            (
                 "long bitmap",
                 Box::new(|d| d.bitmap_name = Some("b".repeat(200))),
             ),
@@ -294,9 +337,20 @@ mod tests {
             disks: vec![PlannedDisk {
                 disk_id: "d-1".into(),
                 base_seq: 3,
+                virtual_size: 1 << 30,
+                inventoried_size: None,
             }],
         };
         assert_eq!(finished("incremental", "crash", &[commit()], &plan), Ok(()));
+        let mut huge = commit();
+        huge.virtual_size = 1 << 49;
+        assert!(
+            finished("incremental", "crash", &[huge.clone()], &plan).is_err(),
+            "a size nobody reported"
+        );
+        let mut resized = plan.clone();
+        resized.disks[0].inventoried_size = Some(1 << 49);
+        assert_eq!(finished("incremental", "crash", &[huge], &resized), Ok(()));
         assert!(
             finished("incremental", "crash", &[], &plan).is_err(),
             "no disk"
@@ -319,7 +373,8 @@ mod tests {
             r#"{"job_id":"j","disks":[{"disk_id":"d-1","device":"vda","base_seq":3,"head":null}]}"#,
         )
         .unwrap();
-        assert_eq!(old, plan);
+        assert_eq!(old.disks[0].virtual_size, 0, "not kept then: not checked");
+        assert!(old.disks[0].takes_size(1 << 40));
     }
 
     #[test]

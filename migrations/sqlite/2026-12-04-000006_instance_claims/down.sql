@@ -1,0 +1,2 @@
+ALTER TABLE instances DROP COLUMN contested_at;
+ALTER TABLE instances DROP COLUMN contested_by;
