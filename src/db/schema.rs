@@ -113,6 +113,8 @@ diesel::table! {
         started_at -> Nullable<Timestamp>,
         completed_at -> Nullable<Timestamp>,
         deleted_at -> Nullable<Timestamp>,
+        checkpoint_name -> Nullable<Text>,
+        checkpoint_xml -> Nullable<Text>,
     }
 }
 
@@ -132,6 +134,7 @@ diesel::table! {
         new_bytes -> BigInt,
         stored_bytes -> BigInt,
         created_at -> Timestamp,
+        full_reason -> Nullable<Text>,
     }
 }
 

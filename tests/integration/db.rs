@@ -160,6 +160,7 @@ fn backup_state_machine(c: &mut DbConnection) {
         new_bytes: 5,
         stored_bytes: 3,
         created_at: now(),
+        full_reason: Some("no_checkpoint".into()),
     };
     backups::insert_disk_record(c, &rec).unwrap();
     let err = backups::insert_disk_record(c, &rec).unwrap_err();
@@ -222,6 +223,7 @@ fn record(c: &mut DbConnection, disk_id: &str, seq: i64) -> String {
             new_bytes: 0,
             stored_bytes: 0,
             created_at: now(),
+            full_reason: None,
         },
     )
     .unwrap();
