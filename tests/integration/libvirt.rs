@@ -289,6 +289,7 @@ async fn nova_domain_pull_backup_checkpoint_redefine_undefine() {
     };
     let ck = |n: &str| CheckpointSpec {
         name: n.into(),
+        description: None,
         bitmap_disks: vec!["vda".into()],
         excluded: vec!["vdb".into()],
     };
