@@ -5,6 +5,7 @@
 
 mod cluster;
 mod helpers;
+mod nova;
 mod qsd;
 
 mod api;
@@ -17,6 +18,7 @@ mod engine;
 mod extract;
 mod forged;
 mod libvirt;
+mod libvirt_backup;
 mod qmp_peer;
 mod queue;
 mod restore_target;

@@ -209,33 +209,56 @@ pub(super) fn remove_unneeded(
         .cloned()
         .collect();
     for name in names {
-        let xml = ledger[&name].clone();
-        let done = match dom.checkpoint_create(&xml, checkpoint_create::REDEFINE) {
-            Ok(ck) => match ck.delete(0) {
-                Ok(()) => {
-                    tracing::info!(instance = uuid, checkpoint = %name, "removed a bitmap no backup needs");
-                    true
-                }
-                Err(e) if e.is_connection_lost() => return Err(e.into()),
-                Err(e) => {
-                    // No bitmap to delete (already gone) or the domain
-                    // stopped: forget the metadata again; only the second
-                    // case is worth another try.
-                    let _ = ck.delete(checkpoint_delete::METADATA_ONLY);
-                    let running = dom.is_active().unwrap_or(false);
-                    tracing::info!(instance = uuid, checkpoint = %name, error = %e, running, "checkpoint not deleted");
-                    running
-                }
-            },
-            Err(e) if e.is_connection_lost() => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(instance = uuid, checkpoint = %name, error = %e, "checkpoint cannot be defined again; forgotten");
-                true
-            }
-        };
-        if done {
+        if remove_bitmaps(dom, uuid, &name, &ledger[&name])? {
             ledger.remove(&name);
         }
     }
     save_ledger(shared, uuid, &ledger)
+}
+
+/// Define checkpoint `name` again from `xml` and delete it for real, so its
+/// bitmaps go. When that fails as a whole (a disk's bitmap is already
+/// gone), each disk's bitmap is tried alone. Whether the entry is settled:
+/// false only while the domain cannot delete bitmaps (it stopped).
+fn remove_bitmaps(dom: &Domain, uuid: &str, name: &str, xml: &str) -> Result<bool, ExtractError> {
+    let attempt = |doc: &str| -> Result<bool, ExtractError> {
+        match dom.checkpoint_create(doc, checkpoint_create::REDEFINE) {
+            Ok(ck) => match ck.delete(0) {
+                Ok(()) => Ok(true),
+                Err(e) if e.is_connection_lost() => Err(e.into()),
+                Err(e) => {
+                    let _ = ck.delete(checkpoint_delete::METADATA_ONLY);
+                    tracing::debug!(instance = uuid, checkpoint = name, error = %e, "checkpoint not deleted");
+                    Ok(false)
+                }
+            },
+            Err(e) if e.is_connection_lost() => Err(e.into()),
+            Err(e) => {
+                tracing::debug!(instance = uuid, checkpoint = name, error = %e, "checkpoint not defined again");
+                Ok(false)
+            }
+        }
+    };
+    if attempt(xml)? {
+        tracing::info!(
+            instance = uuid,
+            checkpoint = name,
+            "removed bitmaps no backup needs"
+        );
+        return Ok(true);
+    }
+    if !dom.is_active()? {
+        return Ok(false);
+    }
+    let Ok(info) = crate::libvirt::parse_checkpoint(xml) else {
+        return Ok(true);
+    };
+    for d in info.disks.iter().filter(|d| d.bitmap.is_some()) {
+        if let Some(one) = info.redefinition_of_one(&d.name) {
+            if attempt(&one)? {
+                tracing::info!(instance = uuid, checkpoint = name, disk = %d.name, "removed a bitmap no backup needs");
+            }
+        }
+    }
+    Ok(true)
 }

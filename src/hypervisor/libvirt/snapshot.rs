@@ -341,6 +341,7 @@ fn begin_blocking(
     let (plan, socket, scratch_files, name, thawed) = match started {
         Ok(v) => v,
         Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
             if let Some(b) = &keep {
                 if let Err(t) = cleanup::drop_metadata(shared, &dom, uuid, b) {
                     tracing::error!(instance = uuid, error = %t, "forgetting the base checkpoint after a failed start");

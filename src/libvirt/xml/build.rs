@@ -179,6 +179,45 @@ pub fn parse_checkpoint(xml: &str) -> Result<CheckpointInfo, XmlError> {
     })
 }
 
+impl CheckpointInfo {
+    /// A document that defines this checkpoint again (`REDEFINE`) with the
+    /// bitmap of disk `only` and no other: deleting it then removes that
+    /// one bitmap, whatever became of the others. None without a creation
+    /// time (libvirt requires one to redefine) or a bitmap on `only`.
+    pub fn redefinition_of_one(&self, only: &str) -> Option<String> {
+        let created = self.creation_time?;
+        // libvirt names a bitmap after its checkpoint unless it says otherwise.
+        let bitmap = match self
+            .disks
+            .iter()
+            .find(|d| d.name == only)?
+            .bitmap
+            .as_deref()?
+        {
+            "" => self.name.clone(),
+            b => b.to_string(),
+        };
+        let mut x = format!(
+            "<domaincheckpoint><name>{}</name><creationTime>{created}</creationTime><disks>",
+            esc(&self.name)
+        );
+        for d in &self.disks {
+            if d.name == only {
+                let _ = write!(
+                    x,
+                    "<disk name='{}' checkpoint='bitmap' bitmap='{}'/>",
+                    esc(&d.name),
+                    esc(&bitmap)
+                );
+            } else {
+                let _ = write!(x, "<disk name='{}' checkpoint='no'/>", esc(&d.name));
+            }
+        }
+        x.push_str("</disks></domaincheckpoint>");
+        Some(x)
+    }
+}
+
 /// The checkpoint XML without its `<parent>`: redefining it then needs no
 /// parent defined first.
 pub fn checkpoint_without_parent(xml: &str) -> Result<String, XmlError> {

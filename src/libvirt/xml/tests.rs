@@ -261,6 +261,25 @@ fn checkpoint_xml_both_ways() {
             },
         ]
     );
+    let one = parse_checkpoint(&c.redefinition_of_one("vda").expect("vda has a bitmap")).unwrap();
+    assert_eq!(
+        (one.name.as_str(), one.creation_time),
+        ("ekko-2", Some(1_796_334_000))
+    );
+    assert_eq!(
+        one.disks,
+        vec![
+            CheckpointDisk {
+                name: "vda".into(),
+                bitmap: Some("ekko-2".into())
+            },
+            CheckpointDisk {
+                name: "vdb".into(),
+                bitmap: None
+            },
+        ]
+    );
+    assert_eq!(c.redefinition_of_one("vdb"), None, "no bitmap there");
     let orphan = checkpoint_without_parent(dumped).expect("strip");
     assert!(!orphan.contains("<parent>"));
     let c2 = parse_checkpoint(&orphan).expect("parse");
