@@ -151,13 +151,37 @@ impl Shared {
         }
     }
 
-    /// The domain of instance `uuid`, or None. Blocking.
+    /// The domain of instance `uuid`, or None. Blocking. A connection
+    /// found dead on the way (libvirtd restarted since it was opened) is
+    /// opened again, once.
     pub fn domain(&self, uuid: &str) -> Result<Option<Domain>, LibvirtError> {
-        let r = self.connection().and_then(|c| c.lookup_by_uuid(uuid));
-        if let Err(e) = &r {
-            self.forget_if_lost(e);
+        match self.connection().and_then(|c| c.lookup_by_uuid(uuid)) {
+            Err(e) if e.is_connection_lost() => {
+                tracing::warn!(error = %e, "libvirt connection lost; connecting again");
+                self.forget_if_lost(&e);
+                self.connection()?.lookup_by_uuid(uuid)
+            }
+            r => r,
         }
-        r
+    }
+
+    /// [`Shared::domain`], waiting up to `[libvirt] job_timeout` while the
+    /// daemon cannot be reached (restarting): ending a backup job must not
+    /// give up because libvirtd was being restarted at that moment.
+    pub fn domain_patiently(&self, uuid: &str) -> Result<Option<Domain>, LibvirtError> {
+        let end = std::time::Instant::now() + self.job_timeout();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.domain(uuid) {
+                Err(e) if e.is_connection_lost() && std::time::Instant::now() < end => {
+                    tracing::warn!(error = %e, "libvirtd unreachable; trying again");
+                    self.forget_if_lost(&e);
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// How long a libvirt job may take to end.
@@ -204,10 +228,13 @@ impl LibvirtHypervisor {
 
     /// Every domain that is an instance, with Nova's details. Blocking.
     fn domains(shared: &Shared) -> Result<Vec<NovaDomain>, LibvirtError> {
-        let conn = shared.connection()?;
-        let listed = conn
-            .list_all_domains(0)
-            .inspect_err(|e| shared.forget_if_lost(e))?;
+        let listed = match shared.connection()?.list_all_domains(0) {
+            Err(e) if e.is_connection_lost() => {
+                shared.forget_if_lost(&e);
+                shared.connection()?.list_all_domains(0)?
+            }
+            r => r?,
+        };
         let mut out = Vec::new();
         for dom in listed {
             // A domain undefined between the listing and now is just gone.

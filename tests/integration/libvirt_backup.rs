@@ -446,3 +446,168 @@ async fn nova_instance_backups_are_exact_through_reboots_and_lost_bitmaps() {
     let _ = ck1;
     lap("done");
 }
+
+/// Restart the test environment's libvirtd (domains keep running, as on a
+/// compute host whose libvirt is upgraded): SIGTERM, wait, start it again
+/// the way tools/test-env.sh does.
+fn restart_libvirtd() {
+    let pid: i32 = std::fs::read_to_string("/run/libvirtd.pid")
+        .expect("libvirtd's pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: sending a signal has no memory-safety effect.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGTERM) },
+        0,
+        "kill libvirtd"
+    );
+    let end = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < end, "libvirtd did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crate::helpers::services_start();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_or_libvirtd_dying_mid_backup_leaves_nothing_and_the_next_backup_is_right() {
+    let Some(uri) = service_env("EKKO_LIBVIRT_URI") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let lap = |what: &str| {
+        eprintln!(
+            "libvirt faults: {what} at {:.1}s",
+            t0.elapsed().as_secs_f64()
+        )
+    };
+    let x = setup(&uri, "").await;
+    let scratch = x.dir.path().join("scratch");
+    let vm = NovaVm::start(&uri, &x.dir.path().join("vm"), PROJECT, true);
+    let inst = vm.instance();
+    let conn = Connection::open(&uri).unwrap();
+    let slow = Arc::new(
+        connect(
+            x.dir.path(),
+            &x.conf
+                .replace("[backup]\n", "[backup]\nread_rate_limit = 1M\n"),
+        )
+        .await,
+    );
+    let hyp = LibvirtHypervisor::from_config(&x.ekko.config).unwrap();
+    let expected = vm.expected("1");
+    let b1 = back_up_with(&x.ekko, &hyp, &inst, &request())
+        .await
+        .expect("backup 1");
+    assert_restores(&x.ekko, &vm, &b1.backup.id, &expected, "backup 1").await;
+
+    // --- the worker dies mid-backup (its task dropped: nothing ends the
+    // job); a new worker's start cleans up
+    vm.write(0, 2 * MIB, MIB, 0x61);
+    let task = {
+        let (slow, inst) = (slow.clone(), inst.clone());
+        let dying = LibvirtHypervisor::from_config(&slow.config).unwrap();
+        tokio::spawn(async move { back_up_with(&slow, &dying, &inst, &request()).await })
+    };
+    job_started(&uri, &vm.uuid).await;
+    task.abort();
+    let _ = task.await;
+    assert!(
+        job_active(&conn, &vm.uuid),
+        "the dead worker's job still runs"
+    );
+    let dom = conn.lookup_by_uuid(&vm.uuid).unwrap().unwrap();
+    assert_eq!(
+        dom.list_checkpoints(0).unwrap().len(),
+        2,
+        "base and new checkpoint defined"
+    );
+    assert!(scratch.join("libvirt").join(&vm.uuid).exists());
+    let restarted = LibvirtHypervisor::from_config(&x.ekko.config).unwrap();
+    restarted.recover_all().await.unwrap();
+    assert_clean(&conn, &vm, &scratch, "after a new worker's start");
+    vm.write(0, 9 * MIB, 64 << 10, 0x62);
+    let expected = vm.expected("2");
+    let b2 = back_up_with(&x.ekko, &restarted, &inst, &request())
+        .await
+        .expect("backup 2");
+    assert_eq!(
+        reasons(&x.ekko, &vm, &b2.backup.id).await,
+        [None],
+        "still incremental from backup 1"
+    );
+    assert_restores(
+        &x.ekko,
+        &vm,
+        &b2.backup.id,
+        &expected,
+        "backup 2 (after a dead worker)",
+    )
+    .await;
+    lap("worker killed mid-backup");
+
+    // --- libvirtd restarts mid-backup
+    vm.write(0, 3 * MIB, MIB, 0x63);
+    let task = {
+        let (slow, inst) = (slow.clone(), inst.clone());
+        let hyp = LibvirtHypervisor::from_config(&slow.config).unwrap();
+        tokio::spawn(async move { back_up_with(&slow, &hyp, &inst, &request()).await })
+    };
+    job_started(&uri, &vm.uuid).await;
+    tokio::task::spawn_blocking(restart_libvirtd).await.unwrap();
+    // libvirt 11 keeps the job across its restart (QEMU serves the export
+    // on): the backup may end well; or it fails. Either way nothing is
+    // left and the next backup is right.
+    let outcome = task.await.unwrap();
+    eprintln!(
+        "libvirt faults: the backup during the restart: {:?}",
+        outcome
+            .as_ref()
+            .map(|b| b.backup.status)
+            .map_err(|e| format!("{e:#}"))
+    );
+    let conn = Connection::open(&uri).unwrap();
+    assert_clean(&conn, &vm, &scratch, "after libvirtd restarted");
+    lap("libvirtd restarted");
+
+    // --- the job ends under the reader (what a libvirt that drops jobs
+    // on restart would do): the backup fails, and leaves nothing
+    // More than the reads in flight (8 of 1 MiB), so some come after the abort.
+    vm.write(0, 16 * MIB, 12 * MIB, 0x65);
+    let task = {
+        let (slow, inst) = (slow.clone(), inst.clone());
+        let hyp = LibvirtHypervisor::from_config(&slow.config).unwrap();
+        tokio::spawn(async move { back_up_with(&slow, &hyp, &inst, &request()).await })
+    };
+    job_started(&uri, &vm.uuid).await;
+    crate::nova::virsh_ok(&uri, &["domjobabort", &vm.name]);
+    let failed = task
+        .await
+        .unwrap()
+        .err()
+        .expect("the backup fails without its job");
+    eprintln!("libvirt faults: job ended under the reader: {failed:#}");
+    assert_clean(&conn, &vm, &scratch, "after the job ended under the reader");
+    lap("job lost");
+    vm.write(0, 10 * MIB, 64 << 10, 0x64);
+    let expected = vm.expected("3");
+    let b3 = back_up_with(&x.ekko, &hyp, &inst, &request())
+        .await
+        .expect("backup after the restart");
+    eprintln!(
+        "libvirt faults: after the restart: {:?}",
+        reasons(&x.ekko, &vm, &b3.backup.id).await
+    );
+    assert_restores(
+        &x.ekko,
+        &vm,
+        &b3.backup.id,
+        &expected,
+        "backup after libvirtd restarted",
+    )
+    .await;
+    vm.stop();
+    vm.assert_models_match_images();
+    lap("done");
+}

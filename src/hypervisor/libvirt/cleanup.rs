@@ -146,7 +146,7 @@ pub(super) fn our_checkpoints(dom: &Domain) -> Result<Vec<String>, LibvirtError>
 /// scratch directory is emptied.
 pub(super) fn recover(shared: &Shared, uuid: &str) -> Result<(), ExtractError> {
     let dir = instance_dir(&shared.scratch_dir, uuid);
-    if let Some(dom) = shared.domain(uuid)? {
+    if let Some(dom) = shared.domain_patiently(uuid)? {
         recover_domain(shared, &dom, uuid, &dir)?;
     }
     remove_dir(&dir)

@@ -581,7 +581,7 @@ impl LibvirtSnapshot {
         let (new, base) = (self.new_checkpoint.name.clone(), self.base.clone());
         let dir = self.dir.clone();
         blocking(move || {
-            let Some(dom) = shared.domain(&uuid)? else {
+            let Some(dom) = shared.domain_patiently(&uuid)? else {
                 tracing::warn!(instance = %uuid, "the domain is gone; nothing to end");
                 return Ok(());
             };
