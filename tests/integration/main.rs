@@ -19,6 +19,7 @@ mod extract;
 mod forged;
 mod libvirt;
 mod libvirt_backup;
+mod libvirt_cluster;
 mod qmp_peer;
 mod queue;
 mod restore_target;
