@@ -119,7 +119,14 @@ pub(super) fn delete_for_real(
         return Ok(());
     };
     match ck.delete(0) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            // Its bitmaps are gone: nothing left for the ledger to remove.
+            let mut ledger = load_ledger(shared, uuid);
+            if ledger.remove(name).is_some() {
+                save_ledger(shared, uuid, &ledger)?;
+            }
+            Ok(())
+        }
         Err(e) if e.is_connection_lost() => Err(e.into()),
         Err(e) => {
             tracing::warn!(checkpoint = name, error = %e, "cannot delete the checkpoint's bitmaps now; forgetting its metadata, the next backup removes them");

@@ -53,9 +53,15 @@ pub(super) fn description(host: &str) -> String {
     format!("ekko: made on host {host}")
 }
 
-/// The host a checkpoint's description names, if Ekko wrote it.
+/// The host a checkpoint's description names, if Ekko wrote it (libvirt
+/// trims the text it keeps).
 pub(super) fn made_on(description: Option<&str>) -> Option<&str> {
-    description?.strip_prefix("ekko: made on host ")
+    Some(
+        description?
+            .trim()
+            .strip_prefix("ekko: made on host")?
+            .trim(),
+    )
 }
 
 /// Decide every disk. A requested target the domain lacks fails the

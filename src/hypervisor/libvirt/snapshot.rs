@@ -160,7 +160,7 @@ fn define_base(
         tracing::warn!(instance = uuid, checkpoint = %saved.name, "the catalog's checkpoint is not one Ekko made; reading in full");
         return Ok(Base::Moved);
     };
-    if plan::made_on(info.description.as_deref()) != Some(shared.host.as_str()) {
+    if plan::made_on(info.description.as_deref()) != Some(shared.host.trim()) {
         tracing::warn!(instance = uuid, checkpoint = %saved.name, made_on = ?info.description, "the checkpoint was made on another host; reading in full");
         return Ok(Base::Moved);
     }
@@ -291,6 +291,9 @@ fn begin_blocking(
     requests: &[DiskRequest],
     opts: &SnapshotOptions,
 ) -> Result<Begun, ExtractError> {
+    let t0 = std::time::Instant::now();
+    let mut marks: Vec<(&str, u128)> = Vec::new();
+    let mut mark = |what: &'static str| marks.push((what, t0.elapsed().as_millis()));
     let dom = shared
         .domain(uuid)?
         .ok_or_else(|| ExtractError::Other(format!("instance {uuid}: no such domain")))?;
@@ -301,9 +304,11 @@ fn begin_blocking(
     }
     let dir = instance_dir(&opts.scratch_dir, uuid);
     cleanup::recover_domain(shared, &dom, uuid, &dir)?;
+    mark("recovered");
     let _ = std::fs::remove_dir_all(&dir);
     let info = parse_domain(&dom.xml_desc(0)?).map_err(|e| ExtractError::Other(e.to_string()))?;
     let base = define_base(shared, &dom, uuid, opts.checkpoint.as_ref())?;
+    mark("base defined");
     let keep = match &base {
         Base::Defined { name, .. } => Some(name.clone()),
         _ => None,
@@ -311,12 +316,14 @@ fn begin_blocking(
     // From here on the base is defined: whatever fails forgets it again.
     let started = (|| {
         cleanup::remove_unneeded(shared, &dom, uuid, keep.as_deref())?;
+        mark("ledger settled");
         let plan = plan::plan(
             requests,
             &domain_disks(&dom, &info)?,
             &info.other_targets,
             &base,
         )?;
+        mark("planned");
         prepare_dir(&opts.scratch_dir, &dir, info.dac_owner)?;
         let socket = dir.join("nbd.sock");
         let scratch = |t: &str| dir.join(format!("{t}.scratch.qcow2"));
@@ -324,7 +331,9 @@ fn begin_blocking(
         let name = format!("{CHECKPOINT_PREFIX}{}", opts.tag);
         let ck = plan.checkpoint_spec(&name, &shared.host);
         let frozen = freeze(shared, &dom, &info, uuid)?;
+        mark("frozen");
         let begun = dom.backup_begin(&spec.to_xml(), Some(&ck.to_xml()), 0);
+        mark("job begun");
         let thawed = frozen && thaw(&dom, uuid);
         begun?;
         Ok((
@@ -376,19 +385,27 @@ fn begin_blocking(
         Ok((exports, cleanup::saved_xml(&ck)?))
     })();
     match described {
-        Ok((exports, xml)) => Ok(Begun {
-            plan,
-            socket,
-            scratch_files,
-            exports,
-            new_checkpoint: SavedCheckpoint { name, xml },
-            base: keep,
-            consistency: if thawed {
-                Consistency::Application
-            } else {
-                Consistency::Crash
-            },
-        }),
+        Ok((exports, xml)) => {
+            mark("job described");
+            tracing::debug!(
+                instance = uuid,
+                ?marks,
+                "libvirt backup job running (ms since the start)"
+            );
+            Ok(Begun {
+                plan,
+                socket,
+                scratch_files,
+                exports,
+                new_checkpoint: SavedCheckpoint { name, xml },
+                base: keep,
+                consistency: if thawed {
+                    Consistency::Application
+                } else {
+                    Consistency::Crash
+                },
+            })
+        }
         Err(e) => {
             end_job(shared, &dom, uuid, &name, keep.as_deref(), false);
             Err(e)
@@ -408,6 +425,7 @@ fn end_job(
     base: Option<&str>,
     keep_new: bool,
 ) -> bool {
+    let t0 = std::time::Instant::now();
     let mut clean = true;
     let mut step = |what: &str, r: Result<(), ExtractError>| {
         if let Err(e) = r {
@@ -425,6 +443,7 @@ fn end_job(
         }
     });
     step("ending the backup job", ended);
+    let job_ended = t0.elapsed().as_millis();
     let (gone, forgotten) = if keep_new {
         (base, Some(new))
     } else {
@@ -442,6 +461,13 @@ fn end_job(
             cleanup::drop_metadata(shared, dom, uuid, f),
         );
     }
+    tracing::debug!(
+        instance = uuid,
+        job_ended,
+        settled = t0.elapsed().as_millis() as u64,
+        keep_new,
+        "libvirt backup job ended (ms)"
+    );
     clean
 }
 
