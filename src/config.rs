@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 
 pub use options::{
     all_options, ApiOptions, AuthStrategy, BackupOptions, DatabaseOptions, DefaultOptions,
-    EncryptionMode, EncryptionOptions, KeystoneAuthtokenOptions, LocalStoreOptions, OptionInfo,
-    OsloPolicyOptions, QuotaOptions, RetentionOptions, StorageBackend, StorageOptions,
-    SwiftOptions,
+    EncryptionMode, EncryptionOptions, InstanceSource, KeystoneAuthtokenOptions, LibvirtOptions,
+    LocalStoreOptions, OptionInfo, OsloPolicyOptions, QuotaOptions, RetentionOptions,
+    StorageBackend, StorageOptions, SwiftOptions,
 };
 pub use types::{ByteSize, CommaList, Secret};
 
@@ -61,6 +61,7 @@ pub struct EkkoConfig {
     pub swift: SwiftOptions,
     pub local_store: LocalStoreOptions,
     pub backup: BackupOptions,
+    pub libvirt: LibvirtOptions,
     pub retention: RetentionOptions,
     pub quota: QuotaOptions,
     pub encryption: EncryptionOptions,

@@ -13,9 +13,11 @@ use crate::backup::reader::{ReadLimits, RecordReader};
 use crate::backup::{PreviousRecord, Progress};
 use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::config::EkkoConfig;
-use crate::extract::{DiskRequest, InstanceSnapshot};
+use crate::extract::{DiskRequest, InstanceSnapshot, SavedCheckpoint};
 use crate::hypervisor::{Hypervisor, LocalInstance, SnapshotOptions};
-use crate::wire::{BackupFinished, BackupJob, BadRecord, DiskCommit, RecordRef, Relocation};
+use crate::wire::{
+    BackupFinished, BackupJob, BadRecord, Checkpoint, DiskCommit, RecordRef, Relocation,
+};
 use crate::Ekko;
 
 /// A backup whose data and manifest are stored; its snapshot still waits
@@ -128,9 +130,19 @@ pub fn finished_of(job: &BackupJob, outcome: &InstanceOutcome, host: &str) -> Ba
                         .collect(),
                     ref_deltas: r.ref_deltas.iter().map(|(s, d)| (*s as i64, *d)).collect(),
                     fresh_map: r.fresh_map,
+                    full_reason: o.full_reason.as_ref().map(|f| f.as_str().to_string()),
                 }
             })
             .collect(),
+        checkpoint: None,
+    }
+}
+
+/// The snapshot's checkpoint as the wire carries it.
+pub fn wire_checkpoint(c: SavedCheckpoint) -> Checkpoint {
+    Checkpoint {
+        name: c.name,
+        xml: c.xml,
     }
 }
 
@@ -148,7 +160,11 @@ pub async fn back_up(
     progress: Option<Arc<Progress>>,
 ) -> anyhow::Result<Executed> {
     let engine = engine_options(&ekko.config, progress);
-    let opts = SnapshotOptions::of(&ekko.config, tag);
+    let mut opts = SnapshotOptions::of(&ekko.config, tag);
+    opts.checkpoint = job.checkpoint.as_ref().map(|c| SavedCheckpoint {
+        name: c.name.clone(),
+        xml: c.xml.clone(),
+    });
     let snapshot = hypervisor
         .snapshot(instance, &disk_requests(job), &opts)
         .await?;
@@ -173,8 +189,15 @@ pub async fn back_up(
     match back_up_instance(snapshot.as_ref(), &plan, &reader, &engine).await {
         Ok(outcome) => {
             crate::failpoint::hit("backup.after-manifest");
+            for d in &outcome.disks {
+                if let Some(why) = &d.full_reason {
+                    tracing::info!(backup = %job.backup_id, disk = %d.device, reason = why.as_str(), "disk read in full");
+                }
+            }
+            let mut finished = finished_of(job, &outcome, host);
+            finished.checkpoint = snapshot.checkpoint().map(wire_checkpoint);
             Ok(Executed {
-                finished: finished_of(job, &outcome, host),
+                finished,
                 outcome,
                 snapshot,
             })

@@ -31,6 +31,60 @@ pub enum FullReason {
     /// The bitmap is not the one the catalog says tracks the last backup.
     BitmapMismatch,
     Resized,
+    /// libvirt: the catalog keeps no checkpoint that every disk's last
+    /// backup shares (the first backup through libvirt, or after a QMP one).
+    NoCheckpoint,
+    /// libvirt refused to define the catalog's checkpoint again: a bitmap
+    /// is missing or broken (QEMU killed, disk replaced, bitmap removed).
+    CheckpointInvalid,
+    /// libvirt: the checkpoint was made on another host (the instance
+    /// moved): its bitmaps cannot be trusted here.
+    MovedHost,
+    /// Not a qcow2 image (a raw file, a block device, a network volume):
+    /// no bitmap can track its writes, so it is read whole every time.
+    NotQcow2,
+}
+
+impl FullReason {
+    /// The name the catalog and the logs use (`no_checkpoint`, …).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FullReason::Requested => "requested",
+            FullReason::NoBitmap => "no_bitmap",
+            FullReason::BitmapInconsistent => "bitmap_inconsistent",
+            FullReason::BitmapMismatch => "bitmap_mismatch",
+            FullReason::Resized => "resized",
+            FullReason::NoCheckpoint => "no_checkpoint",
+            FullReason::CheckpointInvalid => "checkpoint_invalid",
+            FullReason::MovedHost => "moved_host",
+            FullReason::NotQcow2 => "not_qcow2",
+        }
+    }
+
+    /// Every name [`FullReason::as_str`] gives.
+    pub const NAMES: &'static [&'static str] = &[
+        "requested",
+        "no_bitmap",
+        "bitmap_inconsistent",
+        "bitmap_mismatch",
+        "resized",
+        "no_checkpoint",
+        "checkpoint_invalid",
+        "moved_host",
+        "not_qcow2",
+    ];
+}
+
+/// A libvirt checkpoint as the catalog keeps it between backups: libvirt
+/// itself keeps a checkpoint's metadata only while a backup runs (Nova's
+/// undefine fails on a domain with checkpoints), the bitmaps stay in the
+/// qcow2 images, and the next backup defines it again from this XML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedCheckpoint {
+    pub name: String,
+    /// `virDomainCheckpointGetXMLDesc` without the domain and without
+    /// `<parent>`: redefinable on its own.
+    pub xml: String,
 }
 
 /// One disk to back up, with what the catalog knows about it.
@@ -84,6 +138,12 @@ pub trait InstanceSnapshot: Send + Sync {
     async fn commit(self: Box<Self>) -> Result<(), ExtractError>;
     /// Put everything back as before the snapshot.
     async fn abort(self: Box<Self>) -> Result<(), ExtractError>;
+    /// The checkpoint made at this snapshot's instant, for the catalog to
+    /// keep with the backup (libvirt); `None` for drivers without
+    /// checkpoints.
+    fn checkpoint(&self) -> Option<SavedCheckpoint> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +158,8 @@ pub enum ExtractError {
     Scratch(String),
     #[error("guest agent: {0}")]
     Agent(String),
+    #[error(transparent)]
+    Libvirt(#[from] crate::libvirt::LibvirtError),
     #[error("{0}")]
     Other(String),
 }

@@ -5,11 +5,13 @@
 //!
 //! * [`qmp`]: QEMU instances whose QMP sockets Ekko is given (the embedded
 //!   default, hosts without libvirt).
+//! * [`libvirt`]: a Nova compute host's domains, through libvirt's backup
+//!   API and checkpoints (`[backup] instance_source = libvirt`).
 //!
-//! Adding a driver (libvirt for Nova's instances) means a module here and
-//! a case in [`from_config`]; the API, the conductor and retention never
-//! see it.
+//! Adding a driver means a module here and a case in [`from_config`]; the
+//! API, the conductor and retention never see it.
 
+pub mod libvirt;
 pub mod qmp;
 
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::EkkoConfig;
-use crate::extract::{DiskRequest, ExtractError, InstanceSnapshot};
+use crate::extract::{DiskRequest, ExtractError, InstanceSnapshot, SavedCheckpoint};
 
 /// One instance this host serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,10 @@ pub struct SnapshotOptions {
     pub requests_in_flight: usize,
     /// Bytes per second; 0 = unlimited.
     pub read_rate_limit: u64,
+    /// The checkpoint the catalog keeps with the backup every disk's head
+    /// belongs to (libvirt): defined again before an incremental. `None`:
+    /// the backup reads in full.
+    pub checkpoint: Option<SavedCheckpoint>,
 }
 
 impl SnapshotOptions {
@@ -63,6 +69,7 @@ impl SnapshotOptions {
             scratch_limit: b.scratch_limit.bytes(),
             requests_in_flight: b.nbd_requests_in_flight as usize,
             read_rate_limit: b.read_rate_limit.bytes(),
+            checkpoint: None,
         }
     }
 }
@@ -91,11 +98,22 @@ pub trait Hypervisor: Send + Sync {
     /// Undo what a snapshot that was neither committed nor aborted left
     /// (a stopped job, a killed worker).
     async fn recover(&self, instance: &LocalInstance) -> Result<(), ExtractError>;
+
+    /// At a worker's start: undo what backups of any instance left when
+    /// the previous worker died. Drivers that clean up at each snapshot
+    /// anyway need nothing here.
+    async fn recover_all(&self) -> Result<(), ExtractError> {
+        Ok(())
+    }
 }
 
 /// The driver `[backup]` configures.
 pub fn from_config(config: &EkkoConfig) -> anyhow::Result<Arc<dyn Hypervisor>> {
-    Ok(Arc::new(qmp::QmpHypervisor::from_config(config)?))
+    use crate::config::InstanceSource;
+    Ok(match config.backup.instance_source {
+        InstanceSource::Qmp => Arc::new(qmp::QmpHypervisor::from_config(config)?),
+        InstanceSource::Libvirt => Arc::new(libvirt::LibvirtHypervisor::from_config(config)?),
+    })
 }
 
 /// Instance ids and project ids become object and queue names: keep them

@@ -381,10 +381,11 @@ async fn commit_project(
                             new_segments,
                             ref_deltas: deltas.into_iter().map(|(s, v)| (s as i64, v)).collect(),
                             fresh_map: false,
+                            full_reason: None,
                         });
                         heads.push((disk.id.clone(), refs));
                     }
-                    backups::commit(c, &m.backup_id, &m.kind, &m.consistency, &commits)?;
+                    backups::commit(c, &m.backup_id, &m.kind, &m.consistency, &commits, None)?;
                     Ok((heads, new_known))
                 })
             })

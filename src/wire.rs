@@ -195,6 +195,7 @@ mod golden {
             project_key: Some(key()),
             write_keys: None,
             deadline: at(),
+            checkpoint: None,
         };
         let restore = RestoreJob {
             job_id: "j-2".into(),
@@ -230,7 +231,9 @@ mod golden {
                 new_segments: vec![(43, 1000, 4)],
                 ref_deltas: vec![(42, -1), (43, 4)],
                 fresh_map: false,
+                full_reason: None,
             }],
+            checkpoint: None,
         };
         let inventory = HostInventory {
             host: "h-1".into(),
@@ -313,5 +316,30 @@ mod golden {
             let stored: serde_json::Value = serde_json::from_str(&text).expect("fixture JSON");
             assert_eq!(stored, value, "{kind}: wire format changed");
         }
+    }
+
+    /// The libvirt fields are optional both ways: a job or an outcome
+    /// without them reads (the fixtures above), and with them they round-trip.
+    #[test]
+    fn checkpoints_travel_with_jobs_and_outcomes() {
+        let samples: std::collections::HashMap<_, _> = samples().into_iter().collect();
+        let mut job: BackupJob = serde_json::from_value(samples[BACKUP_RUN].clone()).unwrap();
+        assert_eq!(job.checkpoint, None);
+        job.checkpoint = Some(Checkpoint {
+            name: "ekko-b-1-1".into(),
+            xml: "<domaincheckpoint><name>ekko-b-1-1</name></domaincheckpoint>".into(),
+        });
+        let text = serde_json::to_string(&job).unwrap();
+        assert_eq!(serde_json::from_str::<BackupJob>(&text).unwrap(), job);
+        let mut done: BackupFinished =
+            serde_json::from_value(samples[BACKUP_FINISHED].clone()).unwrap();
+        assert_eq!(
+            (&done.checkpoint, &done.disks[0].full_reason),
+            (&None, &None)
+        );
+        done.checkpoint = job.checkpoint.clone();
+        done.disks[0].full_reason = Some("not_qcow2".into());
+        let text = serde_json::to_string(&done).unwrap();
+        assert_eq!(serde_json::from_str::<BackupFinished>(&text).unwrap(), done);
     }
 }

@@ -186,6 +186,11 @@ pub async fn run(
     let capacity = ekko.config.backup.max_concurrent_backups.clamp(1, 64);
     let hypervisor = crate::hypervisor::from_config(&ekko.config)
         .map_err(|e| WorkerError::Config(format!("{e:#}")))?;
+    // A worker that died mid-backup left jobs, scratch files or checkpoint
+    // metadata behind: nothing of ours runs now, so all of it goes.
+    if let Err(e) = hypervisor.recover_all().await {
+        tracing::warn!(error = %e, "cleaning up after earlier backups failed; each backup cleans up before it starts");
+    }
     let journal = Journal::open(PathBuf::from(&ekko.config.default.state_path).join("jobs"))
         .map_err(|e| WorkerError::Config(format!("job journal: {e}")))?;
     let worker = Arc::new(Worker {

@@ -388,9 +388,9 @@ scenario_aio() {
     check "[storage] backend swift (Swift enabled)" ini_is "$CONF" storage backend swift
     check "[swift] container_prefix" ini_is "$CONF" swift container_prefix ekko-
     check_not "no [local_store] with Swift" has_section "$CONF" local_store
-    check "[backup] discovery_dir" ini_is "$CONF" backup discovery_dir "$STATE/instances"
-    check "discovery_dir created" test -d "$STATE/instances"
-    check "[backup] instances from EKKO_BACKUP_INSTANCES" ini_is "$CONF" backup instances "$EKKO_BACKUP_INSTANCES"
+    check "[backup] instance_source libvirt (nova-compute runs here)" ini_is "$CONF" backup instance_source libvirt
+    check "[libvirt] connection_uri" ini_is "$CONF" libvirt connection_uri qemu:///system
+    check_not "no [backup] discovery_dir with libvirt" ini_get "$CONF" backup discovery_dir
     check "[DEFAULT] debug" ini_is "$CONF" DEFAULT debug True
     check "[backup] host_bus_users on the controller" ini_is "$CONF" backup host_bus_users True
     check "bus user ekko-host-<host> created on the local broker" called_matching "^rabbitmqctl add_user\\|ekko-host-$EKKO_HOST\\|"
@@ -427,8 +427,18 @@ scenario_aio() {
     unset EKKO__DATABASE__CONNECTION
     check "run_process ekko-api" called "run_process ekko-api|$EKKO_BIN_DIR/ekko-api --config-file $CONF"
     check "run_process ekko-retention" called "run_process ekko-retention|$EKKO_BIN_DIR/ekko-retention --config-file $CONF"
-    check "run_process ekko-backup with its own bus URL" called "run_process ekko-backup|$EKKO_BIN_DIR/ekko-backup --config-file $CONF --config-file $EKKO_CONF_DIR/ekko-backup.conf"
+    check "run_process ekko-backup with its own bus URL, as root (libvirt)" called "run_process ekko-backup|$EKKO_BIN_DIR/ekko-backup --config-file $CONF --config-file $EKKO_CONF_DIR/ekko-backup.conf||root"
     check "three processes started" test "$(calls_of run_process)" = 3
+
+    # The QMP source, asked for: discovery files and listed instances.
+    export EKKO_INSTANCE_SOURCE=qmp
+    phase stack post-config
+    check "[backup] instance_source qmp (asked for)" ini_is "$CONF" backup instance_source qmp
+    check "[backup] discovery_dir" ini_is "$CONF" backup discovery_dir "$STATE/instances"
+    check "discovery_dir created" test -d "$STATE/instances"
+    check "[backup] instances from EKKO_BACKUP_INSTANCES" ini_is "$CONF" backup instances "$EKKO_BACKUP_INSTANCES"
+    check_config_is_real
+    unset EKKO_INSTANCE_SOURCE
 
     local before
     before=$(wc -l <"$EKKO_TEST_LOG")
@@ -540,9 +550,15 @@ scenario_compute() {
     check "no database or Keystone calls on a compute node" \
         test "$(calls_of database_connection_url)$(calls_of recreate_database)$(calls_of create_service_user)$(calls_of get_or_create_service)$(calls_of get_or_create_endpoint)" = 00000
     check "[storage] backend swift from EKKO_STORE_BACKEND" ini_is "$CONF" storage backend swift
-    check "[backup] discovery_dir" ini_is "$CONF" backup discovery_dir "$STATE/instances"
-    check_not "no [backup] instances unless EKKO_BACKUP_INSTANCES" ini_get "$CONF" backup instances
+    check "compute: [backup] instance_source libvirt" ini_is "$CONF" backup instance_source libvirt
+    check "compute: [libvirt] connection_uri" ini_is "$CONF" libvirt connection_uri qemu:///system
+    check_not "compute: no [backup] discovery_dir with libvirt" ini_get "$CONF" backup discovery_dir
+    check_not "no [backup] instances with libvirt" ini_get "$CONF" backup instances
     check_config_is_real
+    export EKKO_INSTANCE_SOURCE=bogus
+    phase_fails "an unknown instance source" "EKKO_INSTANCE_SOURCE must be libvirt or qmp" stack post-config
+    unset EKKO_INSTANCE_SOURCE
+    phase stack post-config
 
     phase stack extra
     check_not "no db sync on a compute node" called_matching '^exec ekko-manage'

@@ -60,6 +60,8 @@ pub struct DiskOutcome {
     pub base_seq: i64,
     /// The bitmap that tracks writes after this backup.
     pub new_bitmap: Option<String>,
+    /// Why the disk was read in full, if it was.
+    pub full_reason: Option<crate::extract::FullReason>,
     pub result: DiskBackupResult,
 }
 
@@ -127,6 +129,7 @@ pub async fn back_up_instance(
             device: d.device.clone(),
             base_seq: d.base_seq,
             new_bitmap: snap.new_bitmap().map(String::from),
+            full_reason: snap.full_reason().cloned(),
             result,
         });
     }

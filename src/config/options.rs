@@ -83,6 +83,11 @@ choice_option! {
 }
 
 choice_option! {
+    /// Where ekko-backup finds this host's instances.
+    pub enum InstanceSource { Qmp = "qmp", Libvirt = "libvirt" }
+}
+
+choice_option! {
     /// How ekko-api authenticates requests.
     pub enum AuthStrategy { Keystone = "keystone", Noauth = "noauth" }
 }
@@ -306,6 +311,11 @@ option_group! {
         pub restore_dir: String = s("$state_path/restores");
         /// Seconds between this worker's heartbeats.
         pub heartbeat_interval: u64 = 10;
+        /// Where this host's instances come from: `libvirt` on a Nova compute
+        /// host (the domains libvirt runs, see `[libvirt]`), `qmp` for QEMU
+        /// processes whose QMP sockets are given by `instances` and
+        /// `discovery_dir` (hosts without libvirt, the single-machine default).
+        pub instance_source: InstanceSource = InstanceSource::Qmp;
         /// Instances this host serves, as `instance_id:project_id:qmp_socket`
         /// entries.
         pub instances: CommaList = CommaList::default();
@@ -321,6 +331,35 @@ option_group! {
         pub host_bus_users: bool = false;
         /// The bus user name of a compute host is this prefix and its name.
         pub host_bus_user_prefix: String = s("ekko-host-");
+    }
+}
+
+option_group! {
+    /// `[libvirt]`: the instances of a Nova compute host, through libvirt
+    /// (`[backup] instance_source = libvirt`). libvirt0 is loaded at run time,
+    /// only by an ekko-backup configured so.
+    pub struct LibvirtOptions in "libvirt" {
+        /// The libvirt daemon to ask, as Nova's `[libvirt] connection_uri`.
+        pub connection_uri: String = s("qemu:///system");
+        /// Also back up domains Nova did not define (no `nova:instance`
+        /// metadata); they are billed to `unmanaged_project_id`. Off, such
+        /// domains are left alone.
+        pub include_unmanaged: bool = false;
+        /// The project that owns domains without Nova metadata (needed with
+        /// `include_unmanaged`).
+        pub unmanaged_project_id: String = s("");
+        /// Seconds the guest agent may take to freeze (or thaw) the guest's
+        /// file systems around the start of a backup.
+        pub quiesce_timeout: u64 = 10;
+        /// A domain with a guest agent channel (Nova adds one for images with
+        /// `hw_qemu_guest_agent=yes`) must be frozen for its backup: a
+        /// failed freeze fails the backup instead of making it
+        /// crash-consistent. Domains without the channel are always backed
+        /// up crash-consistent.
+        pub require_quiesce: bool = false;
+        /// Seconds a libvirt call may take before the backup fails (ending a
+        /// backup job waits this long at most).
+        pub job_timeout: u64 = 60;
     }
 }
 
@@ -406,6 +445,7 @@ pub fn all_options() -> Vec<OptionInfo> {
     all.extend(SwiftOptions::describe());
     all.extend(LocalStoreOptions::describe());
     all.extend(BackupOptions::describe());
+    all.extend(LibvirtOptions::describe());
     all.extend(RetentionOptions::describe());
     all.extend(QuotaOptions::describe());
     all.extend(EncryptionOptions::describe());

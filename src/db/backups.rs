@@ -44,6 +44,10 @@ pub struct Backup {
     pub started_at: Option<NaiveDateTime>,
     pub completed_at: Option<NaiveDateTime>,
     pub deleted_at: Option<NaiveDateTime>,
+    /// The libvirt checkpoint made at the backup's instant (its name and
+    /// XML): the base of the instance's next incremental.
+    pub checkpoint_name: Option<String>,
+    pub checkpoint_xml: Option<String>,
 }
 
 impl Backup {
@@ -81,6 +85,8 @@ impl Backup {
             started_at: None,
             completed_at: None,
             deleted_at: None,
+            checkpoint_name: None,
+            checkpoint_xml: None,
         }
     }
 }
@@ -104,6 +110,8 @@ pub struct BackupDisk {
     pub new_bytes: i64,
     pub stored_bytes: i64,
     pub created_at: NaiveDateTime,
+    /// Why the disk was read in full (`extract::FullReason::as_str`).
+    pub full_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Insertable)]
@@ -122,6 +130,7 @@ pub struct NewBackupDisk {
     pub new_bytes: i64,
     pub stored_bytes: i64,
     pub created_at: NaiveDateTime,
+    pub full_reason: Option<String>,
 }
 
 pub fn insert(conn: &mut DbConnection, backup: &Backup) -> DbResult<()> {
@@ -424,18 +433,25 @@ pub struct DiskCommit {
     /// the new map's whole counts and every reference of the head ends.
     #[serde(default)]
     pub fresh_map: bool,
+    #[serde(default)]
+    pub full_reason: Option<String>,
 }
+
+/// A libvirt checkpoint a backup keeps: (name, XML).
+pub type CheckpointRow = (String, String);
 
 /// Make a backup visible, in one transaction, once all its data is
 /// durably stored: segments, per-disk records, reference intervals, disk
-/// heads, and the status. Fails (changing nothing) when another backup of
-/// a disk committed meanwhile or a reused segment is being deleted.
+/// heads, the status and its checkpoint. Fails (changing nothing) when
+/// another backup of a disk committed meanwhile or a reused segment is
+/// being deleted.
 pub fn commit(
     conn: &mut DbConnection,
     backup_id: &str,
     kind: &str,
     consistency: &str,
     disks: &[DiskCommit],
+    checkpoint: Option<&CheckpointRow>,
 ) -> DbResult<Backup> {
     use super::schema::disks as d;
     use super::segments;
@@ -533,6 +549,7 @@ pub fn commit(
                     new_bytes: dc.new_bytes,
                     stored_bytes: dc.stored_bytes,
                     created_at: at,
+                    full_reason: dc.full_reason.clone(),
                 },
             )?;
             diesel::update(d::table.find(&dc.disk_id))
@@ -559,6 +576,8 @@ pub fn commit(
                 backups::stored_bytes.eq(sum(|d| d.stored_bytes)),
                 backups::completed_at.eq(at),
                 backups::updated_at.eq(at),
+                backups::checkpoint_name.eq(checkpoint.map(|c| c.0.as_str())),
+                backups::checkpoint_xml.eq(checkpoint.map(|c| c.1.as_str())),
             ))
             .execute(conn)?;
         if updated == 0 {

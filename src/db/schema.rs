@@ -115,6 +115,8 @@ diesel::table! {
         started_at -> Nullable<Timestamp>,
         completed_at -> Nullable<Timestamp>,
         deleted_at -> Nullable<Timestamp>,
+        checkpoint_name -> Nullable<Text>,
+        checkpoint_xml -> Nullable<Text>,
     }
 }
 
@@ -134,6 +136,7 @@ diesel::table! {
         new_bytes -> BigInt,
         stored_bytes -> BigInt,
         created_at -> Timestamp,
+        full_reason -> Nullable<Text>,
     }
 }
 

@@ -162,6 +162,18 @@ impl Domain {
         self.lib.owned_string(p, "virDomainGetXMLDesc")
     }
 
+    /// The size the guest sees of disk `target` (`vda`), in bytes; works on
+    /// stopped domains too (libvirt reads the image).
+    pub fn block_capacity(&self, target: &str) -> Result<u64, LibvirtError> {
+        let c = cstring("virDomainGetBlockInfo", target)?;
+        let mut info = ffi::VirDomainBlockInfo::default();
+        // SAFETY: valid handle, C string and out pointer of the API's type.
+        let rc =
+            unsafe { (self.lib.api.virDomainGetBlockInfo)(self.raw(), c.as_ptr(), &mut info, 0) };
+        self.lib.check(rc, "virDomainGetBlockInfo")?;
+        Ok(info.capacity)
+    }
+
     pub fn is_active(&self) -> Result<bool, LibvirtError> {
         // SAFETY: valid handle.
         let rc = unsafe { (self.lib.api.virDomainIsActive)(self.raw()) };

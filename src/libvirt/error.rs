@@ -36,6 +36,8 @@ pub mod code {
     pub const CHECKPOINT_INCONSISTENT: i32 = 109;
     pub const AGENT_COMMAND_TIMEOUT: i32 = 112;
     pub const AGENT_COMMAND_FAILED: i32 = 113;
+    /// Error domain (`virErrorDomain`) of libvirt's RPC layer.
+    pub const FROM_RPC: i32 = 7;
 }
 
 /// A libvirt call that failed.
@@ -92,9 +94,12 @@ impl LibvirtError {
     }
 
     /// The connection to the daemon is gone (libvirtd restarted or
-    /// stopped): open a new [`super::Connection`].
+    /// stopped): open a new [`super::Connection`]. A write on a connection
+    /// whose daemon went away fails in the RPC layer with a system error
+    /// ("Cannot write data: Broken pipe", code 38 in error domain 7).
     pub fn is_connection_lost(&self) -> bool {
         matches!(self.code, code::NO_CONNECT | code::RPC)
+            || (self.domain == code::FROM_RPC && self.code == code::SYSTEM_ERROR)
     }
 }
 
@@ -131,6 +136,13 @@ mod tests {
         );
         let e = LibvirtError::new("virDomainLookupByUUIDString", code::NO_DOMAIN, "gone");
         assert!(e.is_no_domain());
+        let broken = LibvirtError {
+            operation: "virDomainLookupByUUIDString",
+            code: code::SYSTEM_ERROR,
+            domain: code::FROM_RPC,
+            message: "Cannot write data: Broken pipe".into(),
+        };
+        assert!(broken.is_connection_lost(), "libvirtd restarted under us");
         assert_eq!(e.domain, 0);
     }
 }

@@ -60,6 +60,18 @@ pub const TYPED_PARAM_DOUBLE: c_int = 5;
 pub const TYPED_PARAM_BOOLEAN: c_int = 6;
 pub const TYPED_PARAM_STRING: c_int = 7;
 
+/// `struct _virDomainBlockInfo` (libvirt-domain.h).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VirDomainBlockInfo {
+    /// Logical size in bytes of the image (what the guest sees).
+    pub capacity: c_ulonglong,
+    /// Host storage in bytes occupied by the image.
+    pub allocation: c_ulonglong,
+    /// Host physical size in bytes of the image container.
+    pub physical: c_ulonglong,
+}
+
 /// `VIR_UUID_STRING_BUFLEN`.
 pub const UUID_STRING_BUFLEN: usize = 36 + 1;
 
@@ -129,6 +141,7 @@ libvirt_api! {
     virDomainGetName: fn(Ptr) -> *const c_char;
     virDomainGetXMLDesc: fn(Ptr, c_uint) -> *mut c_char;
     virDomainIsActive: fn(Ptr) -> c_int;
+    virDomainGetBlockInfo: fn(Ptr, *const c_char, *mut VirDomainBlockInfo, c_uint) -> c_int;
 
     virDomainBackupBegin: fn(Ptr, *const c_char, *const c_char, c_uint) -> c_int;
     virDomainBackupGetXMLDesc: fn(Ptr, c_uint) -> *mut c_char;

@@ -56,11 +56,18 @@ pub struct DomainInfo {
     pub nova: Option<NovaInstance>,
     /// Disks with `device='disk'` (no cdrom, floppy or lun), in XML order.
     pub disks: Vec<DiskInfo>,
+    /// The targets of the other disk devices (cdrom, floppy, lun): a
+    /// backup or checkpoint names them to leave them out.
+    pub other_targets: Vec<String>,
     /// An `org.qemu.guest_agent.0` channel is defined.
     pub guest_agent: bool,
     /// The channel's live `state` (running domains only): Some(true) when
     /// an agent in the guest is connected.
     pub guest_agent_connected: Option<bool>,
+    /// The user and group QEMU runs as (`<seclabel model='dac'>`'s label,
+    /// in a running domain's XML): what must be able to create the backup
+    /// job's NBD socket.
+    pub dac_owner: Option<(u32, u32)>,
 }
 
 /// Nova's `nova:instance` metadata.
@@ -262,12 +269,15 @@ pub fn parse_domain(xml: &str) -> Result<DomainInfo, XmlError> {
         .and_then(|m| nova_child(m, "instance"))
         .map(parse_nova);
     let mut disks = Vec::new();
+    let mut other_targets = Vec::new();
     let mut guest_agent = false;
     let mut guest_agent_connected = None;
     if let Some(devices) = child(root, "devices") {
         for disk in children(devices, "disk") {
             if disk.attribute("device").unwrap_or("disk") == "disk" {
                 disks.push(parse_disk(disk)?);
+            } else if let Some(t) = child(disk, "target").and_then(|t| attr(t, "dev")) {
+                other_targets.push(t);
             }
         }
         for ch in children(devices, "channel") {
@@ -279,14 +289,28 @@ pub fn parse_domain(xml: &str) -> Result<DomainInfo, XmlError> {
             }
         }
     }
+    let dac_owner = children(root, "seclabel")
+        .find(|s| s.attribute("model") == Some("dac"))
+        .and_then(|s| child(s, "label"))
+        .and_then(text)
+        .and_then(|l| parse_dac_label(&l));
     Ok(DomainInfo {
         uuid,
         name,
         nova,
         disks,
+        other_targets,
         guest_agent,
         guest_agent_connected,
+        dac_owner,
     })
+}
+
+/// `+64055:+994` (numeric, as libvirt writes a running domain's label).
+fn parse_dac_label(label: &str) -> Option<(u32, u32)> {
+    let (u, g) = label.split_once(':')?;
+    let num = |s: &str| s.trim().trim_start_matches('+').parse().ok();
+    Some((num(u)?, num(g)?))
 }
 
 /// Escape for an attribute value in single quotes, or for text.

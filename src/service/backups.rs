@@ -13,7 +13,7 @@ use crate::db::jobs::{self, Job};
 use crate::db::{quotas, segments, DbConnection, DbError, DbResult};
 use crate::keyring::JobKeys;
 use crate::status::JobKind;
-use crate::wire::{BackupJob, BadRecord, JobDisk, Relocation, BACKUP_RUN};
+use crate::wire::{BackupJob, BadRecord, Checkpoint, JobDisk, Relocation, BACKUP_RUN};
 use crate::Ekko;
 
 use super::convert::record_ref;
@@ -128,6 +128,9 @@ pub fn plan(
         // The records this job builds on or reuses: pinned while it runs,
         // so retention keeps every chunk it may reference at commit.
         let mut pins: Vec<(String, i64)> = Vec::new();
+        // The backups the disks' heads belong to: one backup for every
+        // disk makes its checkpoint the base of an incremental.
+        let mut head_backups: Vec<Option<String>> = Vec::new();
         for d in &disks {
             // A disk that came back after retirement starts afresh: its old
             // head's data may be reclaimed already.
@@ -139,6 +142,7 @@ pub fn plan(
             if let Some(h) = &head_row {
                 pins.push((h.disk_id.clone(), h.seq));
             }
+            head_backups.push(head_row.as_ref().map(|h| h.backup_id.clone()));
             let head = head_row.as_ref().and_then(record_ref);
             let rebuild_map = d.needs_full_read && !bad_records.is_empty();
             if rebuild_map {
@@ -161,6 +165,7 @@ pub fn plan(
                 dedup_sources.push(r);
             }
         }
+        let checkpoint = shared_checkpoint(c, &head_backups)?;
         let deadline = deadline_after(opts.job_timeout);
         let mut job = Job::queued(JobKind::Backup, &instance.project_id);
         job.backup_id = Some(backup.id.clone());
@@ -185,6 +190,7 @@ pub fn plan(
             project_key,
             write_keys,
             deadline,
+            checkpoint,
         };
         // The job keeps what its outcome is checked against, not the whole
         // message (a long-lived project's relocations would not fit).
@@ -206,6 +212,27 @@ pub fn plan(
         pins.dedup();
         jobs::pin(c, &job.id, &pins)?;
         Ok((backup, job, message))
+    })
+}
+
+/// The checkpoint of the backup that is the head of every disk (libvirt's
+/// base for an incremental); `None` when a disk has no head, the heads
+/// belong to different backups, or that backup has no checkpoint (the
+/// host then reads every disk in full).
+fn shared_checkpoint(
+    c: &mut DbConnection,
+    head_backups: &[Option<String>],
+) -> DbResult<Option<Checkpoint>> {
+    let Some(Some(first)) = head_backups.first() else {
+        return Ok(None);
+    };
+    if head_backups.iter().any(|b| b.as_ref() != Some(first)) {
+        return Ok(None);
+    }
+    let b = backups::get(c, first)?;
+    Ok(match (b.checkpoint_name, b.checkpoint_xml) {
+        (Some(name), Some(xml)) => Some(Checkpoint { name, xml }),
+        _ => None,
     })
 }
 

@@ -43,6 +43,7 @@ pub fn disk_commit(d: &wire::DiskCommit) -> DiskCommit {
         new_segments: d.new_segments.clone(),
         ref_deltas: d.ref_deltas.clone(),
         fresh_map: d.fresh_map,
+        full_reason: d.full_reason.clone(),
     }
 }
 

@@ -83,7 +83,6 @@ impl BackupOutcome {
 /// Back up every qcow2 disk of the instance behind `qmp_socket`, in this
 /// process: the same plan, execution and commit as a job sent to a host.
 pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result<BackupOutcome> {
-    let db = ekko.db()?.clone();
     let instance = LocalInstance {
         id: req.instance_id.clone(),
         project_id: req.project_id.clone(),
@@ -94,8 +93,22 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
         qmp_socket: req.qmp_socket.clone(),
         agent_socket: req.agent_socket.clone(),
     });
+    back_up_with(ekko, &hypervisor, &instance, req).await
+}
+
+/// Back up `instance` of `hypervisor` in this process (`req` gives the
+/// name, the mode and the progress; its socket fields are not used):
+/// its disks as the hypervisor sees them now are recorded, then the same
+/// plan, execution and commit as a job sent to a host.
+pub async fn back_up_with(
+    ekko: &Ekko,
+    hypervisor: &dyn Hypervisor,
+    instance: &LocalInstance,
+    req: &BackupRequest,
+) -> anyhow::Result<BackupOutcome> {
+    let db = ekko.db()?.clone();
     let reports: Vec<DiskReport> = hypervisor
-        .disks(&instance)
+        .disks(instance)
         .await?
         .iter()
         .map(|d| DiskReport {
@@ -106,12 +119,12 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
         .collect();
     anyhow::ensure!(
         !reports.is_empty(),
-        "no qcow2 disk found behind {}",
-        req.qmp_socket.display()
+        "instance {} has no disk to back up",
+        instance.id
     );
     let host = ekko.config.default.host.clone();
     let new = NewBackup {
-        instance_id: req.instance_id.clone(),
+        instance_id: instance.id.clone(),
         user_id: "operator".into(),
         name: req.name.clone(),
         description: String::new(),
@@ -119,20 +132,32 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
         metadata: "{}".into(),
         policy_id: None,
     };
-    let (id, project, h2) = (
-        req.instance_id.clone(),
-        req.project_id.clone(),
+    let (id, project, h2, name) = (
+        instance.id.clone(),
+        instance.project_id.clone(),
         host.clone(),
+        instance.name.clone(),
     );
     let plan = PlanOptions::of(ekko);
     // This process runs the job itself, with its own master key.
     let keys = crate::keyring::JobKeys {
-        project_key: ekko.keyring.ensure_project_key(&req.project_id).await?,
+        project_key: ekko
+            .keyring
+            .ensure_project_key(&instance.project_id)
+            .await?,
         ..Default::default()
     };
     let (interrupted, (backup, job, message)) = db
         .run(move |c| {
-            instances::upsert(c, &id, &project, &h2, &id, &reports, instances::MOVE_ALWAYS)?;
+            instances::upsert(
+                c,
+                &id,
+                &project,
+                &h2,
+                &name,
+                &reports,
+                instances::MOVE_ALWAYS,
+            )?;
             // QEMU serves one QMP client at a time and this process is about
             // to hold it: a backup of this instance still `running` belongs
             // to a process that died (its snapshot is recovered below).
@@ -152,7 +177,7 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
     // not bring them back. Their segments are left to the orphan sweep.
     for stale in &interrupted {
         tracing::warn!(backup = %stale, "marked an interrupted backup as failed");
-        ekko.remove_manifest(&req.project_id, stale).await;
+        ekko.remove_manifest(&instance.project_id, stale).await;
     }
     let fail = |why: String| {
         let jid = job.id.clone();
@@ -160,8 +185,8 @@ pub async fn backup_instance(ekko: &Ekko, req: &BackupRequest) -> anyhow::Result
     };
     let executed = match crate::execution::back_up(
         ekko,
-        &hypervisor,
-        &instance,
+        hypervisor,
+        instance,
         &message,
         &backup.id,
         req.progress.clone(),

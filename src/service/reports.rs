@@ -86,7 +86,18 @@ pub fn job_finished(c: &mut DbConnection, f: &BackupFinished) -> DbResult<Backup
             backups::transition(c, &f.backup_id, BackupStatus::Running, None)?;
         }
         let disks: Vec<_> = f.disks.iter().map(disk_commit).collect();
-        let b = backups::commit(c, &f.backup_id, &f.kind, &f.consistency, &disks)?;
+        let checkpoint = f
+            .checkpoint
+            .as_ref()
+            .map(|k| (k.name.clone(), k.xml.clone()));
+        let b = backups::commit(
+            c,
+            &f.backup_id,
+            &f.kind,
+            &f.consistency,
+            &disks,
+            checkpoint.as_ref(),
+        )?;
         jobs::finish(c, &f.job_id, JobStatus::Succeeded, None)?;
         Ok(b)
     })
@@ -109,6 +120,9 @@ fn check_finished(c: &mut DbConnection, f: &BackupFinished, sender: &Sender) -> 
         p.inventoried_size = instances::disk(c, &p.disk_id)?.map(|d| d.virtual_size);
     }
     checks::finished(&f.kind, &f.consistency, &f.disks, &planned).map_err(refused)?;
+    if let Some(k) = &f.checkpoint {
+        checks::checkpoint(&k.name, &k.xml).map_err(refused)?;
+    }
     Ok(job)
 }
 

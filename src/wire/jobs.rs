@@ -65,6 +65,19 @@ pub struct BackupJob {
     pub write_keys: Option<crate::crypto::WrappedKey>,
     /// A worker that receives the job later than this fails it instead.
     pub deadline: DateTime<Utc>,
+    /// The libvirt checkpoint of the backup every disk's head belongs to:
+    /// the host defines it again and reads only what changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A libvirt checkpoint as the catalog keeps it (see
+/// `extract::SavedCheckpoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub name: String,
+    /// The checkpoint's XML, without the domain and without `<parent>`.
+    pub xml: String,
 }
 
 /// Segment `from` (as maps name it) now lives in segment `to`.

@@ -44,6 +44,10 @@ pub struct BackupFinished {
     /// `crash` or `application`.
     pub consistency: String,
     pub disks: Vec<DiskCommit>,
+    /// The libvirt checkpoint made at the backup's instant: the next
+    /// backup's base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<super::jobs::Checkpoint>,
 }
 
 /// A job ended without a backup.
@@ -89,6 +93,9 @@ pub struct DiskCommit {
     /// the new map's whole counts and every reference of the head ends.
     #[serde(default)]
     pub fresh_map: bool,
+    /// Why the disk was read in full (`extract::FullReason::as_str`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<String>,
 }
 
 /// One instance a host can back up.

@@ -121,6 +121,14 @@ pub struct Client {
 }
 
 impl Client {
+    pub fn new(base: &str, token: String) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: base.to_string(),
+            token,
+        }
+    }
+
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = self
             .http
@@ -487,7 +495,7 @@ pub async fn start_cluster(
 /// deployment gives a compute host (README, "Message bus users"): it may
 /// declare and read only its own queues, publish only `status.*`, bind
 /// only its own job and control keys. Returns the user and its URL.
-fn host_bus_user(amqp: &str, exchange: &str, host: &str) -> (String, String) {
+pub fn host_bus_user(amqp: &str, exchange: &str, host: &str) -> (String, String) {
     use crate::helpers::rabbitmqctl;
     let user = format!("ekko-host-{host}");
     let password = uuid::Uuid::new_v4().simple().to_string();
@@ -521,6 +529,12 @@ fn host_bus_user(amqp: &str, exchange: &str, host: &str) -> (String, String) {
 
 /// The test's bus users, removed at the end.
 pub struct BusUsers(Vec<String>);
+
+impl BusUsers {
+    pub fn new(users: Vec<String>) -> BusUsers {
+        BusUsers(users)
+    }
+}
 
 impl Drop for BusUsers {
     fn drop(&mut self) {

@@ -164,6 +164,7 @@ fn backup_state_machine(c: &mut DbConnection) {
         new_bytes: 5,
         stored_bytes: 3,
         created_at: now(),
+        full_reason: Some("no_checkpoint".into()),
     };
     backups::insert_disk_record(c, &rec).unwrap();
     let err = backups::insert_disk_record(c, &rec).unwrap_err();
@@ -226,6 +227,7 @@ fn record(c: &mut DbConnection, disk_id: &str, seq: i64) -> String {
             new_bytes: 0,
             stored_bytes: 0,
             created_at: now(),
+            full_reason: None,
         },
     )
     .unwrap();
@@ -502,14 +504,15 @@ fn a_disk_is_not_retired_under_a_backup(c: &mut DbConnection) {
         new_segments: vec![],
         ref_deltas: vec![],
         fresh_map,
+        full_reason: None,
     };
-    let err = backups::commit(c, &b.id, "full", "crash", &[dc(false)]).unwrap_err();
+    let err = backups::commit(c, &b.id, "full", "crash", &[dc(false)], None).unwrap_err();
     assert!(
         err.to_string().contains("retired while the backup ran"),
         "{err}"
     );
     // A fresh map stands on its own: it commits, and the disk is back.
-    backups::commit(c, &b.id, "full", "crash", &[dc(true)]).unwrap();
+    backups::commit(c, &b.id, "full", "crash", &[dc(true)], None).unwrap();
     let disk = instances::disks_of(c, "inst-ret").unwrap().remove(0);
     assert_eq!((disk.head_seq, disk.retired_at), (1, None));
     // Nothing running any more: now it retires.

@@ -96,6 +96,7 @@ fn commit(disk_id: &str, base_seq: i64) -> DiskCommit {
         new_segments: vec![],
         ref_deltas: vec![],
         fresh_map: true,
+        full_reason: None,
     }
 }
 
@@ -166,6 +167,7 @@ async fn forged_reports_are_refused_and_change_nothing() {
         kind: "full".into(),
         consistency: "crash".into(),
         disks: vec![commit(&vdisk, 0)],
+        checkpoint: None,
     };
     refused(
         &x,
@@ -262,6 +264,7 @@ async fn forged_reports_are_refused_and_change_nothing() {
         kind: "full".into(),
         consistency: "crash".into(),
         disks: vec![],
+        checkpoint: None,
     };
     refused(
         &x,

@@ -138,6 +138,15 @@ pub fn rabbit_lock() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
+/// Tests that restart the test environment's libvirtd take this lock, and
+/// every test that uses libvirtd takes it too.
+pub fn libvirt_lock() -> MutexGuard<'static, ()> {
+    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| Mutex::new(()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
 /// The test environment's Keystone and service user as a `[keystone_authtoken]`
 /// section, or `None` (skip) when the environment is not there.
 pub fn keystone_section() -> Option<String> {

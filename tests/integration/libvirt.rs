@@ -150,6 +150,7 @@ async fn nova_domain_pull_backup_checkpoint_redefine_undefine() {
     let Some(uri) = service_env("EKKO_LIBVIRT_URI") else {
         return;
     };
+    let _libvirt = crate::helpers::libvirt_lock();
     let t0 = Instant::now();
     let lap = |what: &str| eprintln!("libvirt test: {what} at {:.2}s", t0.elapsed().as_secs_f64());
 
@@ -289,6 +290,7 @@ async fn nova_domain_pull_backup_checkpoint_redefine_undefine() {
     };
     let ck = |n: &str| CheckpointSpec {
         name: n.into(),
+        description: None,
         bitmap_disks: vec!["vda".into()],
         excluded: vec!["vdb".into()],
     };

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod helpers;
+mod nova;
 mod qsd;
 
 mod api;
@@ -17,6 +18,8 @@ mod engine;
 mod extract;
 mod forged;
 mod libvirt;
+mod libvirt_backup;
+mod libvirt_cluster;
 mod qmp_peer;
 mod queue;
 mod restore_target;

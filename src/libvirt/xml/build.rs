@@ -88,6 +88,10 @@ impl BackupSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointSpec {
     pub name: String,
+    /// Free text libvirt keeps with the checkpoint (Ekko: the host that
+    /// made it, so a checkpoint that followed its instance to another host
+    /// is recognised).
+    pub description: Option<String>,
     /// Targets that get a bitmap (named like the checkpoint).
     pub bitmap_disks: Vec<String>,
     /// Targets without one (`checkpoint='no'`: raw disks, block devices).
@@ -98,11 +102,11 @@ impl CheckpointSpec {
     /// The `<domaincheckpoint>` document for `virDomainBackupBegin`.
     pub fn to_xml(&self) -> String {
         let mut x = String::new();
-        let _ = write!(
-            x,
-            "<domaincheckpoint><name>{}</name><disks>",
-            esc(&self.name)
-        );
+        let _ = write!(x, "<domaincheckpoint><name>{}</name>", esc(&self.name));
+        if let Some(d) = &self.description {
+            let _ = write!(x, "<description>{}</description>", esc(d));
+        }
+        x.push_str("<disks>");
         for t in &self.bitmap_disks {
             let _ = write!(x, "<disk name='{}' checkpoint='bitmap'/>", esc(t));
         }
@@ -126,6 +130,7 @@ pub struct CheckpointDisk {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointInfo {
     pub name: String,
+    pub description: Option<String>,
     pub parent: Option<String>,
     /// Seconds since the epoch.
     pub creation_time: Option<i64>,
@@ -146,6 +151,7 @@ pub fn parse_checkpoint(xml: &str) -> Result<CheckpointInfo, XmlError> {
     let name = child(root, "name")
         .and_then(text)
         .ok_or_else(|| xml_error(WHAT, "no <name>"))?;
+    let description = child(root, "description").and_then(text);
     let parent = child(root, "parent")
         .and_then(|p| child(p, "name"))
         .and_then(text);
@@ -166,10 +172,50 @@ pub fn parse_checkpoint(xml: &str) -> Result<CheckpointInfo, XmlError> {
         .unwrap_or_default();
     Ok(CheckpointInfo {
         name,
+        description,
         parent,
         creation_time,
         disks,
     })
+}
+
+impl CheckpointInfo {
+    /// A document that defines this checkpoint again (`REDEFINE`) with the
+    /// bitmap of disk `only` and no other: deleting it then removes that
+    /// one bitmap, whatever became of the others. None without a creation
+    /// time (libvirt requires one to redefine) or a bitmap on `only`.
+    pub fn redefinition_of_one(&self, only: &str) -> Option<String> {
+        let created = self.creation_time?;
+        // libvirt names a bitmap after its checkpoint unless it says otherwise.
+        let bitmap = match self
+            .disks
+            .iter()
+            .find(|d| d.name == only)?
+            .bitmap
+            .as_deref()?
+        {
+            "" => self.name.clone(),
+            b => b.to_string(),
+        };
+        let mut x = format!(
+            "<domaincheckpoint><name>{}</name><creationTime>{created}</creationTime><disks>",
+            esc(&self.name)
+        );
+        for d in &self.disks {
+            if d.name == only {
+                let _ = write!(
+                    x,
+                    "<disk name='{}' checkpoint='bitmap' bitmap='{}'/>",
+                    esc(&d.name),
+                    esc(&bitmap)
+                );
+            } else {
+                let _ = write!(x, "<disk name='{}' checkpoint='no'/>", esc(&d.name));
+            }
+        }
+        x.push_str("</disks></domaincheckpoint>");
+        Some(x)
+    }
 }
 
 /// The checkpoint XML without its `<parent>`: redefining it then needs no

@@ -36,6 +36,7 @@ fn recipe_domain() {
     assert!(d.disks[0].is_qcow2() && !d.disks[0].has_backing());
     assert!(d.guest_agent);
     assert_eq!(d.guest_agent_connected, None);
+    assert_eq!(d.dac_owner, None, "an inactive definition has no label");
 }
 
 #[test]
@@ -58,6 +59,7 @@ fn live_nova_domain_with_chains_volumes_and_cdrom() {
     // the config drive (cdrom) is not a disk to back up
     let targets: Vec<&str> = d.disks.iter().map(|x| x.target.as_str()).collect();
     assert_eq!(targets, ["vda", "vdb", "vdc", "vdd"]);
+    assert_eq!(d.other_targets, ["sda"], "left out of backups by name");
     let vda = &d.disks[0];
     assert!(vda.is_qcow2());
     assert_eq!(
@@ -90,6 +92,7 @@ fn live_nova_domain_with_chains_volumes_and_cdrom() {
     assert_eq!(d.disks[3].source.path(), None);
     assert!(d.guest_agent);
     assert_eq!(d.guest_agent_connected, Some(false));
+    assert_eq!(d.dac_owner, Some((64055, 994)), "QEMU's user and group");
 }
 
 #[test]
@@ -212,6 +215,7 @@ fn backup_job_xml_as_libvirt_reports_it() {
 fn checkpoint_xml_both_ways() {
     let spec = CheckpointSpec {
         name: "ekko-1".into(),
+        description: None,
         bitmap_disks: vec!["vda".into()],
         excluded: vec![],
     };
@@ -225,6 +229,15 @@ fn checkpoint_xml_both_ways() {
         ..spec
     };
     assert!(spec.to_xml().contains("<disk name='vdb' checkpoint='no'/>"));
+    let spec = CheckpointSpec {
+        description: Some("ekko backup on host <h1>".into()),
+        ..spec
+    };
+    let described = parse_checkpoint(&spec.to_xml()).expect("parse");
+    assert_eq!(
+        described.description.as_deref(),
+        Some("ekko backup on host <h1>")
+    );
 
     let dumped = "<domaincheckpoint>\n  <name>ekko-2</name>\n  <parent>\n    <name>ekko-1</name>\n  </parent>\n  \
                   <creationTime>1796334000</creationTime>\n  <disks>\n    \
@@ -233,6 +246,7 @@ fn checkpoint_xml_both_ways() {
     let c = parse_checkpoint(dumped).expect("parse");
     assert_eq!(c.name, "ekko-2");
     assert_eq!(c.parent.as_deref(), Some("ekko-1"));
+    assert_eq!(c.description, None);
     assert_eq!(c.creation_time, Some(1_796_334_000));
     assert_eq!(
         c.disks,
@@ -247,6 +261,25 @@ fn checkpoint_xml_both_ways() {
             },
         ]
     );
+    let one = parse_checkpoint(&c.redefinition_of_one("vda").expect("vda has a bitmap")).unwrap();
+    assert_eq!(
+        (one.name.as_str(), one.creation_time),
+        ("ekko-2", Some(1_796_334_000))
+    );
+    assert_eq!(
+        one.disks,
+        vec![
+            CheckpointDisk {
+                name: "vda".into(),
+                bitmap: Some("ekko-2".into())
+            },
+            CheckpointDisk {
+                name: "vdb".into(),
+                bitmap: None
+            },
+        ]
+    );
+    assert_eq!(c.redefinition_of_one("vdb"), None, "no bitmap there");
     let orphan = checkpoint_without_parent(dumped).expect("strip");
     assert!(!orphan.contains("<parent>"));
     let c2 = parse_checkpoint(&orphan).expect("parse");

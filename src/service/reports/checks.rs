@@ -35,6 +35,11 @@ pub const MAX_DISKS: usize = 64;
 pub const MAX_SEGMENT: i64 = 5 << 30;
 /// Longest error text kept from a host.
 pub const MAX_ERROR: usize = 4096;
+/// Longest checkpoint name (`backups.checkpoint_name`).
+pub const MAX_CHECKPOINT_NAME: usize = 128;
+/// Largest checkpoint XML kept: libvirt's for a domain of 64 disks is a
+/// few KiB without the domain copy, which Ekko never keeps.
+pub const MAX_CHECKPOINT_XML: usize = 32 << 10;
 
 pub type Check = Result<(), String>;
 
@@ -143,6 +148,13 @@ pub fn disk_commit(dc: &DiskCommit) -> Check {
     if dc.bitmap_name.as_ref().is_some_and(|b| b.len() > 128) {
         return bad("bitmap name longer than 128 bytes");
     }
+    if dc
+        .full_reason
+        .as_deref()
+        .is_some_and(|r| !crate::extract::FullReason::NAMES.contains(&r))
+    {
+        return bad("unknown full-read reason");
+    }
     // Enough for a full read at the smallest chunk size, never unbounded.
     let most_segments = (size as u64 / MIN_CHUNK).max(1) as usize + 64;
     if dc.new_segments.len() > most_segments || dc.ref_deltas.len() > most_segments * 2 {
@@ -159,6 +171,37 @@ pub fn disk_commit(dc: &DiskCommit) -> Check {
         if segment <= 0 || !named.insert(segment) {
             return bad("a reference delta is malformed or named twice");
         }
+    }
+    Ok(())
+}
+
+/// A libvirt checkpoint a host reports for the catalog to keep: a plain
+/// name, and XML that libvirt can define again as that checkpoint (the
+/// next job hands it back to a host, which gives it to libvirt).
+pub fn checkpoint(name: &str, xml: &str) -> Check {
+    let plain = !name.is_empty()
+        && name.len() <= MAX_CHECKPOINT_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !plain {
+        return Err(format!(
+            "checkpoint name {name:?} is not plain or longer than {MAX_CHECKPOINT_NAME} bytes"
+        ));
+    }
+    if xml.len() > MAX_CHECKPOINT_XML {
+        return Err(format!(
+            "checkpoint {name}: XML of {} bytes (at most {MAX_CHECKPOINT_XML})",
+            xml.len()
+        ));
+    }
+    let parsed =
+        crate::libvirt::parse_checkpoint(xml).map_err(|e| format!("checkpoint {name}: {e}"))?;
+    if parsed.name != name {
+        return Err(format!(
+            "checkpoint {name}: its XML names checkpoint {:?}",
+            parsed.name
+        ));
     }
     Ok(())
 }
@@ -273,6 +316,7 @@ mod tests {
             new_segments: vec![(43, 1000, 4)],
             ref_deltas: vec![(42, -1), (43, 4)],
             fresh_map: false,
+            full_reason: None,
         }
     }
 
@@ -323,12 +367,49 @@ mod tests {
                 "delta twice",
                 Box::new(|d| d.ref_deltas = vec![(7, 1), (7, -1)]),
             ),
+            (
+                "unknown reason",
+                Box::new(|d| d.full_reason = Some("because".into())),
+            ),
         ];
         for (what, spoil) in cases {
             let mut d = commit();
             spoil(&mut d);
             assert!(disk_commit(&d).is_err(), "{what} passed");
         }
+    }
+
+    #[test]
+    fn checkpoints_are_plain_small_and_what_they_say() {
+        let xml = |n: &str| {
+            format!(
+                "<domaincheckpoint><name>{n}</name><creationTime>1</creationTime>\
+                 <disks><disk name='vda' checkpoint='bitmap' bitmap='{n}'/></disks></domaincheckpoint>"
+            )
+        };
+        assert_eq!(checkpoint("ekko-b-1-1", &xml("ekko-b-1-1")), Ok(()));
+        assert!(
+            checkpoint("ekko-b-1-1", &xml("ekko-other")).is_err(),
+            "another name"
+        );
+        assert!(checkpoint("ekko b", &xml("ekko b")).is_err(), "not plain");
+        assert!(checkpoint(&"e".repeat(129), &xml(&"e".repeat(129))).is_err());
+        assert!(
+            checkpoint("ekko-1", "<domain/>").is_err(),
+            "not a checkpoint"
+        );
+        assert!(
+            checkpoint("ekko-1", "<domaincheckpoint>").is_err(),
+            "not XML"
+        );
+        let huge = xml("ekko-1").replace(
+            "<disks>",
+            &format!("<description>{}</description><disks>", "x".repeat(40 << 10)),
+        );
+        assert!(checkpoint("ekko-1", &huge).is_err(), "too big");
+        let mut d = commit();
+        d.full_reason = Some("not_qcow2".into());
+        assert_eq!(disk_commit(&d), Ok(()));
     }
 
     #[test]

@@ -1,0 +1,271 @@
+//! What a backup leaves behind and how it goes: our backup job, the
+//! instance's scratch directory, checkpoint metadata, and bitmaps nobody
+//! needs. All blocking (libvirt calls and files).
+//!
+//! The ledger (`<state_path>/libvirt/<uuid>.json`) lists the checkpoints
+//! whose metadata Ekko removed from libvirt while their bitmap may still be
+//! in the qcow2 images, with the XML to define them again. At the next
+//! backup every entry but the catalog's checkpoint is defined again and
+//! deleted for real (the domain runs: libvirt removes the bitmaps). So a
+//! bitmap of an attempt whose outcome the catalog never took, or of a
+//! checkpoint the catalog moved past, is removed without ever touching
+//! QEMU's monitor.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{Shared, CHECKPOINT_PREFIX};
+use crate::extract::ExtractError;
+use crate::libvirt::{
+    checkpoint_create, checkpoint_delete, checkpoint_without_parent, checkpoint_xml, parse_backup,
+    Domain, LibvirtError,
+};
+
+/// Checkpoints whose metadata is gone from libvirt, by name, with their XML.
+pub(super) type Ledger = BTreeMap<String, String>;
+
+fn ledger_path(shared: &Shared, uuid: &str) -> PathBuf {
+    shared.ledger_dir.join(format!("{uuid}.json"))
+}
+
+pub(super) fn load_ledger(shared: &Shared, uuid: &str) -> Ledger {
+    let path = ledger_path(shared, uuid);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(file = %path.display(), error = %e, "unreadable checkpoint ledger, ignored");
+            Ledger::new()
+        }),
+        Err(_) => Ledger::new(),
+    }
+}
+
+/// Write the ledger (atomically: a crash leaves the old or the new one).
+pub(super) fn save_ledger(
+    shared: &Shared,
+    uuid: &str,
+    ledger: &Ledger,
+) -> Result<(), ExtractError> {
+    let path = ledger_path(shared, uuid);
+    if ledger.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ExtractError::Other(
+                format!("checkpoint ledger {}: {e}", path.display()),
+            )),
+            _ => Ok(()),
+        };
+    }
+    let io = |e: std::io::Error| {
+        ExtractError::Other(format!("checkpoint ledger {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(&shared.ledger_dir).map_err(io)?;
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(ledger).map_err(|e| ExtractError::Other(e.to_string()))?;
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)
+}
+
+/// Add entries to the instance's ledger.
+pub(super) fn remember(
+    shared: &Shared,
+    uuid: &str,
+    entries: &[(String, String)],
+) -> Result<(), ExtractError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut ledger = load_ledger(shared, uuid);
+    for (name, xml) in entries {
+        ledger.insert(name.clone(), xml.clone());
+    }
+    save_ledger(shared, uuid, &ledger)
+}
+
+/// The directory of one instance's backup job under the scratch directory.
+pub(super) fn instance_dir(scratch_dir: &Path, uuid: &str) -> PathBuf {
+    scratch_dir.join("libvirt").join(uuid)
+}
+
+/// A checkpoint's XML as Ekko keeps it: no domain copy, no parent.
+pub(super) fn saved_xml(ck: &crate::libvirt::Checkpoint) -> Result<String, ExtractError> {
+    let xml = ck.xml_desc(checkpoint_xml::NO_DOMAIN)?;
+    checkpoint_without_parent(&xml).map_err(|e| ExtractError::Other(e.to_string()))
+}
+
+/// Forget checkpoint `name` in libvirt (metadata only: the bitmaps stay),
+/// remembering it in the ledger first. Missing: nothing to do.
+pub(super) fn drop_metadata(
+    shared: &Shared,
+    dom: &Domain,
+    uuid: &str,
+    name: &str,
+) -> Result<(), ExtractError> {
+    let Some(ck) = dom.checkpoint_lookup(name)? else {
+        return Ok(());
+    };
+    remember(shared, uuid, &[(name.to_string(), saved_xml(&ck)?)])?;
+    ck.delete(checkpoint_delete::METADATA_ONLY)?;
+    Ok(())
+}
+
+/// Delete checkpoint `name` for real (its bitmaps go). Where libvirt cannot
+/// (the domain stopped), forget its metadata and leave it to the ledger.
+pub(super) fn delete_for_real(
+    shared: &Shared,
+    dom: &Domain,
+    uuid: &str,
+    name: &str,
+) -> Result<(), ExtractError> {
+    let Some(ck) = dom.checkpoint_lookup(name)? else {
+        return Ok(());
+    };
+    match ck.delete(0) {
+        Ok(()) => {
+            // Its bitmaps are gone: nothing left for the ledger to remove.
+            let mut ledger = load_ledger(shared, uuid);
+            if ledger.remove(name).is_some() {
+                save_ledger(shared, uuid, &ledger)?;
+            }
+            Ok(())
+        }
+        Err(e) if e.is_connection_lost() => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(checkpoint = name, error = %e, "cannot delete the checkpoint's bitmaps now; forgetting its metadata, the next backup removes them");
+            drop(ck);
+            drop_metadata(shared, dom, uuid, name)
+        }
+    }
+}
+
+/// Every checkpoint of ours libvirt knows for the domain.
+pub(super) fn our_checkpoints(dom: &Domain) -> Result<Vec<String>, LibvirtError> {
+    Ok(dom
+        .list_checkpoints(0)?
+        .iter()
+        .filter_map(|c| c.name().ok())
+        .filter(|n| n.starts_with(CHECKPOINT_PREFIX))
+        .collect())
+}
+
+/// Undo what an interrupted backup of instance `uuid` left: our backup job
+/// (its socket is in our scratch directory) is ended, every checkpoint of
+/// ours is forgotten by libvirt (metadata only, remembered in the ledger,
+/// so nothing a later incremental needs is lost), and the instance's
+/// scratch directory is emptied.
+pub(super) fn recover(shared: &Shared, uuid: &str) -> Result<(), ExtractError> {
+    let dir = instance_dir(&shared.scratch_dir, uuid);
+    if let Some(dom) = shared.domain_patiently(uuid)? {
+        recover_domain(shared, &dom, uuid, &dir)?;
+    }
+    remove_dir(&dir)
+}
+
+pub(super) fn recover_domain(
+    shared: &Shared,
+    dom: &Domain,
+    uuid: &str,
+    dir: &Path,
+) -> Result<(), ExtractError> {
+    if dom.is_active()? {
+        let stats = dom.job_stats()?;
+        if stats.is_backup() {
+            let job = parse_backup(&dom.backup_xml_desc()?)
+                .map_err(|e| ExtractError::Other(e.to_string()))?;
+            if job.socket.as_deref().is_some_and(|s| s.starts_with(dir)) {
+                tracing::warn!(
+                    instance = uuid,
+                    "ending the backup job an interrupted backup left"
+                );
+                dom.abort_job_and_wait(shared.job_timeout())?;
+            } else {
+                return Err(ExtractError::Other(format!(
+                    "instance {uuid}: another tool's backup job runs on the domain"
+                )));
+            }
+        }
+    }
+    for name in our_checkpoints(dom)? {
+        tracing::info!(instance = uuid, checkpoint = %name, "forgetting checkpoint metadata left by a backup");
+        drop_metadata(shared, dom, uuid, &name)?;
+    }
+    Ok(())
+}
+
+fn remove_dir(dir: &Path) -> Result<(), ExtractError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(ExtractError::Scratch(format!("{}: {e}", dir.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Remove the bitmaps of every ledger entry except `keep` (the catalog's
+/// checkpoint): each is defined again from its XML and deleted for real.
+/// An entry whose checkpoint libvirt cannot define or delete (the domain
+/// stopped) stays for the next backup; one whose bitmap is gone goes.
+pub(super) fn remove_unneeded(
+    shared: &Shared,
+    dom: &Domain,
+    uuid: &str,
+    keep: Option<&str>,
+) -> Result<(), ExtractError> {
+    let mut ledger = load_ledger(shared, uuid);
+    let names: Vec<String> = ledger
+        .keys()
+        .filter(|n| Some(n.as_str()) != keep)
+        .cloned()
+        .collect();
+    for name in names {
+        if remove_bitmaps(dom, uuid, &name, &ledger[&name])? {
+            ledger.remove(&name);
+        }
+    }
+    save_ledger(shared, uuid, &ledger)
+}
+
+/// Define checkpoint `name` again from `xml` and delete it for real, so its
+/// bitmaps go. When that fails as a whole (a disk's bitmap is already
+/// gone), each disk's bitmap is tried alone. Whether the entry is settled:
+/// false only while the domain cannot delete bitmaps (it stopped).
+fn remove_bitmaps(dom: &Domain, uuid: &str, name: &str, xml: &str) -> Result<bool, ExtractError> {
+    let attempt = |doc: &str| -> Result<bool, ExtractError> {
+        match dom.checkpoint_create(doc, checkpoint_create::REDEFINE) {
+            Ok(ck) => match ck.delete(0) {
+                Ok(()) => Ok(true),
+                Err(e) if e.is_connection_lost() => Err(e.into()),
+                Err(e) => {
+                    let _ = ck.delete(checkpoint_delete::METADATA_ONLY);
+                    tracing::debug!(instance = uuid, checkpoint = name, error = %e, "checkpoint not deleted");
+                    Ok(false)
+                }
+            },
+            Err(e) if e.is_connection_lost() => Err(e.into()),
+            Err(e) => {
+                tracing::debug!(instance = uuid, checkpoint = name, error = %e, "checkpoint not defined again");
+                Ok(false)
+            }
+        }
+    };
+    if attempt(xml)? {
+        tracing::info!(
+            instance = uuid,
+            checkpoint = name,
+            "removed bitmaps no backup needs"
+        );
+        return Ok(true);
+    }
+    if !dom.is_active()? {
+        return Ok(false);
+    }
+    let Ok(info) = crate::libvirt::parse_checkpoint(xml) else {
+        return Ok(true);
+    };
+    for d in info.disks.iter().filter(|d| d.bitmap.is_some()) {
+        if let Some(one) = info.redefinition_of_one(&d.name) {
+            if attempt(&one)? {
+                tracing::info!(instance = uuid, checkpoint = name, disk = %d.name, "removed a bitmap no backup needs");
+            }
+        }
+    }
+    Ok(true)
+}
