@@ -139,12 +139,11 @@ pub fn rabbit_lock() -> MutexGuard<'static, ()> {
 }
 
 /// Tests that restart the test environment's libvirtd take this lock, and
-/// every test that uses libvirtd takes it too.
-pub fn libvirt_lock() -> MutexGuard<'static, ()> {
-    static LOCK: OnceLock<Mutex<()>> = OnceLock::new();
-    LOCK.get_or_init(|| Mutex::new(()))
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+/// every test that uses libvirtd takes it too (an async lock: it is held
+/// across the test's awaits).
+pub async fn libvirt_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// The test environment's Keystone and service user as a `[keystone_authtoken]`

@@ -150,7 +150,7 @@ async fn nova_domain_pull_backup_checkpoint_redefine_undefine() {
     let Some(uri) = service_env("EKKO_LIBVIRT_URI") else {
         return;
     };
-    let _libvirt = crate::helpers::libvirt_lock();
+    let _libvirt = crate::helpers::libvirt_lock().await;
     let t0 = Instant::now();
     let lap = |what: &str| eprintln!("libvirt test: {what} at {:.2}s", t0.elapsed().as_secs_f64());
 

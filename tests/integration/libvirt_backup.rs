@@ -178,7 +178,7 @@ async fn nova_instance_backups_are_exact_through_reboots_and_lost_bitmaps() {
     let Some(uri) = service_env("EKKO_LIBVIRT_URI") else {
         return;
     };
-    let _libvirt = crate::helpers::libvirt_lock();
+    let _libvirt = crate::helpers::libvirt_lock().await;
     let t0 = Instant::now();
     let lap = |what: &str| {
         eprintln!(
@@ -476,7 +476,7 @@ async fn a_worker_or_libvirtd_dying_mid_backup_leaves_nothing_and_the_next_backu
     let Some(uri) = service_env("EKKO_LIBVIRT_URI") else {
         return;
     };
-    let _libvirt = crate::helpers::libvirt_lock();
+    let _libvirt = crate::helpers::libvirt_lock().await;
     let t0 = Instant::now();
     let lap = |what: &str| {
         eprintln!(

@@ -74,7 +74,7 @@ async fn a_nova_instance_through_the_api_the_bus_libvirt_and_swift() {
     let Some(uri) = service_env("EKKO_LIBVIRT_URI") else {
         return;
     };
-    let _libvirt = crate::helpers::libvirt_lock();
+    let _libvirt = crate::helpers::libvirt_lock().await;
     let (Some(amqp), Some(keystone), Some(project)) = (
         service_env("EKKO_AMQP_URL"),
         keystone_section(),
