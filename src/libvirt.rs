@@ -32,7 +32,8 @@ pub use conn::{
 };
 pub use error::{code, LibvirtError};
 pub use xml::{
-    checkpoint_without_parent, dirty_bitmap_context, parse_backup, parse_checkpoint, parse_domain,
-    BackupDisk, BackupJobDisk, BackupJobInfo, BackupSpec, CheckpointDisk, CheckpointInfo,
-    CheckpointSpec, DiskInfo, DiskSource, DomainInfo, NovaInstance, XmlError,
+    checkpoint_without_parent, dirty_bitmap_context, made_on, made_on_host, parse_backup,
+    parse_checkpoint, parse_domain, BackupDisk, BackupJobDisk, BackupJobInfo, BackupSpec,
+    CheckpointDisk, CheckpointInfo, CheckpointSpec, DiskInfo, DiskSource, DomainInfo, NovaInstance,
+    XmlError,
 };

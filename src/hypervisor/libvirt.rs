@@ -78,6 +78,23 @@ pub(crate) fn backed_up_disks(info: &DomainInfo) -> Vec<&crate::libvirt::DiskInf
         .collect()
 }
 
+/// The catalog keeps names of at most this many bytes; Nova allows 255
+/// characters.
+const MAX_NAME_BYTES: usize = 255;
+
+/// `name` cut to at most `max` bytes on a character boundary (a long
+/// display name must not keep an instance out of the inventory).
+fn shortened(mut name: String, max: usize) -> String {
+    if name.len() > max {
+        let mut end = max;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
+}
+
 /// The instance a domain is, or None when it is left alone (no Nova
 /// metadata and unmanaged domains not included, or ids Ekko cannot take).
 pub fn instance_of(info: &DomainInfo, running: bool, opts: &LibvirtOptions) -> Option<NovaDomain> {
@@ -104,7 +121,7 @@ pub fn instance_of(info: &DomainInfo, running: bool, opts: &LibvirtOptions) -> O
         instance: LocalInstance {
             id: info.uuid.clone(),
             project_id: project,
-            name,
+            name: shortened(name, MAX_NAME_BYTES),
         },
         user_id,
         flavor,
@@ -389,6 +406,9 @@ mod tests {
         let d = instance_of(&domain(None), false, &unmanaged).expect("included");
         assert_eq!((d.instance.project_id.as_str(), d.running), ("ops", false));
         assert_eq!(d.instance.name, "instance-0000002a");
+        let long = "名".repeat(100);
+        let cut = shortened(long.clone(), MAX_NAME_BYTES);
+        assert!(cut.len() <= MAX_NAME_BYTES && long.starts_with(&cut) && cut.len() > 250);
     }
 
     #[test]

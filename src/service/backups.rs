@@ -45,6 +45,10 @@ pub struct PlanOptions {
     pub quota: crate::config::QuotaOptions,
     pub dedup_heads: usize,
     pub job_timeout: Duration,
+    /// A disk its host's latest inventory left out by more than this was
+    /// detached: it is not planned (it would fail the whole backup), and
+    /// is retired later.
+    pub detached_after: Duration,
 }
 
 impl PlanOptions {
@@ -53,8 +57,33 @@ impl PlanOptions {
             quota: ekko.config.quota.clone(),
             dedup_heads: ekko.config.backup.dedup_heads as usize,
             job_timeout: job_timeout(ekko),
+            detached_after: detached_after(ekko.config.backup.heartbeat_interval),
         }
     }
+}
+
+/// Three inventories, and at least a minute (inventories of one host
+/// arrive at their own pace).
+pub fn detached_after(heartbeat_interval: u64) -> Duration {
+    Duration::from_secs(heartbeat_interval.saturating_mul(3).max(60))
+}
+
+/// The disks an instance's host still reports: those seen within `slack`
+/// of the newest report of any of its disks (a row never seen counts as
+/// seen).
+fn still_attached(
+    disks: Vec<crate::db::instances::Disk>,
+    slack: Duration,
+) -> Vec<crate::db::instances::Disk> {
+    let newest = disks.iter().filter_map(|d| d.last_seen_at).max();
+    let slack = chrono::TimeDelta::from_std(slack).unwrap_or(chrono::TimeDelta::MAX);
+    disks
+        .into_iter()
+        .filter(|d| match (newest, d.last_seen_at) {
+            (Some(n), Some(s)) => n - s <= slack,
+            _ => true,
+        })
+        .collect()
 }
 
 /// In one transaction: check quota and that the instance has no backup in
@@ -97,10 +126,15 @@ pub fn plan(
             )));
         }
         // Retired disks are gone; one that came back is in service again.
-        let disks: Vec<_> = instances::disks_of(c, &instance.id)?
-            .into_iter()
-            .filter(|d| d.in_service())
-            .collect();
+        // A disk the host stopped reporting (a detached volume) is left
+        // out: the instance's other disks are still backed up.
+        let disks = still_attached(
+            instances::disks_of(c, &instance.id)?
+                .into_iter()
+                .filter(|d| d.in_service())
+                .collect(),
+            opts.detached_after,
+        );
         if disks.is_empty() {
             return Err(DbError::Conflict(format!(
                 "instance {} has no disk its host reported",
@@ -513,4 +547,49 @@ pub async fn list_all(
         .db()?
         .run(move |c| backups::list(c, &filter, limit, marker.as_deref()))
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveDateTime, TimeDelta};
+
+    fn disk(device: &str, seen: Option<NaiveDateTime>) -> crate::db::instances::Disk {
+        let at = NaiveDateTime::default();
+        crate::db::instances::Disk {
+            id: device.into(),
+            instance_id: "i".into(),
+            project_id: "p".into(),
+            device: device.into(),
+            node_name: device.into(),
+            virtual_size: 1 << 30,
+            head_seq: 0,
+            bitmap_name: None,
+            needs_full_read: false,
+            retired_at: None,
+            created_at: at,
+            last_seen_at: seen,
+        }
+    }
+
+    #[test]
+    fn a_detached_disk_is_not_planned() {
+        let now = NaiveDateTime::default() + TimeDelta::days(400);
+        let slack = detached_after(10);
+        assert_eq!(slack, Duration::from_secs(60));
+        let kept: Vec<String> = still_attached(
+            vec![
+                disk("vda", Some(now)),
+                disk("vdb", Some(now - TimeDelta::seconds(59))),
+                disk("vdc", Some(now - TimeDelta::seconds(61))),
+                disk("vdd", None),
+            ],
+            slack,
+        )
+        .into_iter()
+        .map(|d| d.device)
+        .collect();
+        assert_eq!(kept, ["vda", "vdb", "vdd"]);
+        assert_eq!(detached_after(30), Duration::from_secs(90));
+    }
 }

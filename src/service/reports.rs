@@ -121,7 +121,7 @@ fn check_finished(c: &mut DbConnection, f: &BackupFinished, sender: &Sender) -> 
     }
     checks::finished(&f.kind, &f.consistency, &f.disks, &planned).map_err(refused)?;
     if let Some(k) = &f.checkpoint {
-        checks::checkpoint(&k.name, &k.xml).map_err(refused)?;
+        checks::checkpoint(&k.name, &k.xml, &f.host).map_err(refused)?;
     }
     Ok(job)
 }

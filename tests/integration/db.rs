@@ -330,6 +330,7 @@ fn jobs_of_a_long_lived_project_fit_the_catalog_on_mariadb() {
         quota: ekko::config::QuotaOptions::default(),
         dedup_heads: 8,
         job_timeout: std::time::Duration::from_secs(3600),
+        detached_after: std::time::Duration::from_secs(60),
     };
     let new = ekko::service::backups::NewBackup {
         instance_id: "inst-old".into(),
@@ -393,6 +394,7 @@ fn a_host_cannot_take_an_instance_its_host_still_reports(c: &mut DbConnection) {
         quota: Default::default(),
         dedup_heads: 4,
         job_timeout: std::time::Duration::from_secs(3600),
+        detached_after: std::time::Duration::from_secs(60),
     };
     let new = ekko::service::backups::NewBackup {
         instance_id: "inst-claim".into(),

@@ -11,8 +11,9 @@
 //! checkpoint the catalog moved past, is removed without ever touching
 //! QEMU's monitor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use super::{Shared, CHECKPOINT_PREFIX};
 use crate::extract::ExtractError;
@@ -80,6 +81,46 @@ pub(super) fn remember(
     save_ledger(shared, uuid, &ledger)
 }
 
+fn frozen_marker(shared: &Shared, uuid: &str) -> PathBuf {
+    shared.ledger_dir.join(format!("{uuid}.frozen"))
+}
+
+/// Say, durably, that a freeze of the guest may be outstanding (before
+/// asking for it).
+pub(super) fn mark_frozen(shared: &Shared, uuid: &str) -> Result<(), ExtractError> {
+    let path = frozen_marker(shared, uuid);
+    let io = |e: std::io::Error| ExtractError::Other(format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(&shared.ledger_dir).map_err(io)?;
+    let file = std::fs::File::create(&path).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+/// The guest is thawed: no freeze outstanding. Back to libvirt's default
+/// agent timeout for Nova's own agent calls.
+pub(super) fn thawed(shared: &Shared, dom: &Domain, uuid: &str) {
+    let _ = dom.set_agent_timeout(-1);
+    let _ = std::fs::remove_file(frozen_marker(shared, uuid));
+}
+
+/// Thaw a guest a freeze of ours may have left frozen (the worker died
+/// between freeze and thaw, or every thaw failed). Only where our marker
+/// says so: never a freeze of Nova's own (a quiesced snapshot).
+pub(super) fn thaw_if_left_frozen(shared: &Shared, dom: &Domain, uuid: &str) -> bool {
+    if !frozen_marker(shared, uuid).exists() {
+        return true;
+    }
+    if !dom.is_active().unwrap_or(false) {
+        // A stopped guest is not frozen.
+        thawed(shared, dom, uuid);
+        return true;
+    }
+    tracing::warn!(
+        instance = uuid,
+        "thawing a guest an interrupted backup may have left frozen"
+    );
+    super::snapshot::thaw(shared, dom, uuid)
+}
+
 /// The directory of one instance's backup job under the scratch directory.
 pub(super) fn instance_dir(scratch_dir: &Path, uuid: &str) -> PathBuf {
     scratch_dir.join("libvirt").join(uuid)
@@ -109,6 +150,8 @@ pub(super) fn drop_metadata(
 
 /// Delete checkpoint `name` for real (its bitmaps go). Where libvirt cannot
 /// (the domain stopped), forget its metadata and leave it to the ledger.
+/// A checkpoint whose metadata is already gone (forgotten while its job
+/// ran) is defined again from the ledger for the time of its deletion.
 pub(super) fn delete_for_real(
     shared: &Shared,
     dom: &Domain,
@@ -116,6 +159,13 @@ pub(super) fn delete_for_real(
     name: &str,
 ) -> Result<(), ExtractError> {
     let Some(ck) = dom.checkpoint_lookup(name)? else {
+        let mut ledger = load_ledger(shared, uuid);
+        if let Some(xml) = ledger.get(name).cloned() {
+            if remove_bitmaps(dom, uuid, name, &xml)? {
+                ledger.remove(name);
+                save_ledger(shared, uuid, &ledger)?;
+            }
+        }
         return Ok(());
     };
     match ck.delete(0) {
@@ -146,12 +196,34 @@ pub(super) fn our_checkpoints(dom: &Domain) -> Result<Vec<String>, LibvirtError>
         .collect())
 }
 
+/// The lock of instance `uuid`'s backup in this process: a backup's start,
+/// its end and a recovery take it, so a recovery (after a cancel or a
+/// deadline dropped a start still running in its thread) waits for the
+/// start to finish, then ends the job it began instead of missing it.
+pub(super) fn instance_lock(uuid: &str) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<String, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    locks.retain(|_, l| Arc::strong_count(l) > 1);
+    locks.entry(uuid.to_string()).or_default().clone()
+}
+
+/// Hold `lock` (a panic under it poisons nothing that matters: the state
+/// is libvirt's and the files', both read again).
+pub(super) fn hold(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
+    lock.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Undo what an interrupted backup of instance `uuid` left: our backup job
 /// (its socket is in our scratch directory) is ended, every checkpoint of
 /// ours is forgotten by libvirt (metadata only, remembered in the ledger,
 /// so nothing a later incremental needs is lost), and the instance's
 /// scratch directory is emptied.
 pub(super) fn recover(shared: &Shared, uuid: &str) -> Result<(), ExtractError> {
+    let lock = instance_lock(uuid);
+    let _held = hold(&lock);
     let dir = instance_dir(&shared.scratch_dir, uuid);
     if let Some(dom) = shared.domain_patiently(uuid)? {
         recover_domain(shared, &dom, uuid, &dir)?;
@@ -165,6 +237,7 @@ pub(super) fn recover_domain(
     uuid: &str,
     dir: &Path,
 ) -> Result<(), ExtractError> {
+    thaw_if_left_frozen(shared, dom, uuid);
     if dom.is_active()? {
         let stats = dom.job_stats()?;
         if stats.is_backup() {

@@ -48,22 +48,6 @@ pub(super) struct JobPlan {
     pub excluded: Vec<String>,
 }
 
-/// What Ekko writes into a checkpoint's description: the host that made it.
-pub(super) fn description(host: &str) -> String {
-    format!("ekko: made on host {host}")
-}
-
-/// The host a checkpoint's description names, if Ekko wrote it (libvirt
-/// trims the text it keeps).
-pub(super) fn made_on(description: Option<&str>) -> Option<&str> {
-    Some(
-        description?
-            .trim()
-            .strip_prefix("ekko: made on host")?
-            .trim(),
-    )
-}
-
 /// Decide every disk. A requested target the domain lacks fails the
 /// backup (the catalog's view of the instance is behind; the next
 /// inventory brings it up to date).
@@ -151,7 +135,7 @@ impl JobPlan {
     pub fn checkpoint_spec(&self, name: &str, host: &str) -> CheckpointSpec {
         CheckpointSpec {
             name: name.to_string(),
-            description: Some(description(host)),
+            description: Some(crate::libvirt::made_on_host(host)),
             bitmap_disks: self
                 .disks
                 .iter()
@@ -230,8 +214,11 @@ mod tests {
         let c = p.checkpoint_spec("ekko-b2", "compute-1");
         assert_eq!(c.bitmap_disks, ["vda"]);
         assert_eq!(c.excluded, ["vdb", "vdc", "sda"]);
-        assert_eq!(made_on(c.description.as_deref()), Some("compute-1"));
-        assert_eq!(made_on(Some("someone else's")), None);
+        assert_eq!(
+            crate::libvirt::made_on(c.description.as_deref()),
+            Some("compute-1")
+        );
+        assert_eq!(crate::libvirt::made_on(Some("someone else's")), None);
     }
 
     #[test]

@@ -160,7 +160,7 @@ fn define_base(
         tracing::warn!(instance = uuid, checkpoint = %saved.name, "the catalog's checkpoint is not one Ekko made; reading in full");
         return Ok(Base::Moved);
     };
-    if plan::made_on(info.description.as_deref()) != Some(shared.host.trim()) {
+    if crate::libvirt::made_on(info.description.as_deref()) != Some(shared.host.trim()) {
         tracing::warn!(instance = uuid, checkpoint = %saved.name, made_on = ?info.description, "the checkpoint was made on another host; reading in full");
         return Ok(Base::Moved);
     }
@@ -220,7 +220,11 @@ fn prepare_dir(
 }
 
 /// Freeze the guest if it has an agent: Ok(true) when frozen. A failed
-/// freeze is an error only when quiesce is required.
+/// freeze is an error only when quiesce is required; either way a freeze
+/// that may have taken effect (anything but "no agent") is thawed first.
+/// A marker file says a freeze may be outstanding, so a worker killed
+/// between freeze and thaw thaws the guest at its next start
+/// ([`cleanup::recover_domain`]).
 fn freeze(
     shared: &Shared,
     dom: &Domain,
@@ -240,6 +244,7 @@ fn freeze(
             message: "the guest agent channel is disconnected".into(),
         })
     } else {
+        cleanup::mark_frozen(shared, uuid)?;
         let timeout = i32::try_from(shared.opts.quiesce_timeout.max(1)).unwrap_or(i32::MAX);
         dom.set_agent_timeout(timeout).and_then(|_| dom.fs_freeze())
     };
@@ -248,27 +253,31 @@ fn freeze(
             tracing::info!(instance = uuid, filesystems = n, "guest frozen");
             Ok(true)
         }
-        Err(e) if required => Err(ExtractError::Agent(format!(
-            "[libvirt] require_quiesce: the guest could not be frozen: {e}"
-        ))),
         Err(e) => {
-            tracing::warn!(instance = uuid, error = %e, "guest not frozen; the backup is crash-consistent");
             // A freeze that timed out may still take effect: thaw anyway.
             if !e.is_agent_unavailable() || e.code == code::AGENT_COMMAND_TIMEOUT {
-                thaw(dom, uuid);
+                thaw(shared, dom, uuid);
+            } else {
+                cleanup::thawed(shared, dom, uuid);
             }
+            if required {
+                return Err(ExtractError::Agent(format!(
+                    "[libvirt] require_quiesce: the guest could not be frozen: {e}"
+                )));
+            }
+            tracing::warn!(instance = uuid, error = %e, "guest not frozen; the backup is crash-consistent");
             Ok(false)
         }
     }
 }
 
-/// Thaw, retried: a guest left frozen is an outage.
-fn thaw(dom: &Domain, uuid: &str) -> bool {
+/// Thaw, retried: a guest left frozen is an outage. If every try fails the
+/// marker stays, and the job's end and the next recovery try again.
+pub(super) fn thaw(shared: &Shared, dom: &Domain, uuid: &str) -> bool {
     for attempt in 0..3 {
         match dom.fs_thaw() {
             Ok(_) => {
-                // Back to libvirt's default for Nova's own agent calls.
-                let _ = dom.set_agent_timeout(-1);
+                cleanup::thawed(shared, dom, uuid);
                 return true;
             }
             Err(e) => {
@@ -279,13 +288,25 @@ fn thaw(dom: &Domain, uuid: &str) -> bool {
     }
     tracing::error!(
         instance = uuid,
-        "GUEST LEFT FROZEN: thaw failed three times"
+        "GUEST LEFT FROZEN: thaw failed three times; tried again when the job ends"
     );
     false
 }
 
-/// The libvirt part of a backup, up to a running job (blocking).
+/// The libvirt part of a backup, up to a running job (blocking), under
+/// the instance's lock ([`cleanup::instance_lock`]).
 fn begin_blocking(
+    shared: &Shared,
+    uuid: &str,
+    requests: &[DiskRequest],
+    opts: &SnapshotOptions,
+) -> Result<Begun, ExtractError> {
+    let lock = cleanup::instance_lock(uuid);
+    let _held = cleanup::hold(&lock);
+    begin_locked(shared, uuid, requests, opts)
+}
+
+fn begin_locked(
     shared: &Shared,
     uuid: &str,
     requests: &[DiskRequest],
@@ -334,7 +355,7 @@ fn begin_blocking(
         mark("frozen");
         let begun = dom.backup_begin(&spec.to_xml(), Some(&ck.to_xml()), 0);
         mark("job begun");
-        let thawed = frozen && thaw(&dom, uuid);
+        let thawed = frozen && thaw(shared, &dom, uuid);
         begun?;
         Ok((
             plan,
@@ -387,6 +408,17 @@ fn begin_blocking(
     match described {
         Ok((exports, xml)) => {
             mark("job described");
+            // Nova's undefine (delete, hard reboot, resize, cold migration)
+            // refuses a domain with checkpoints: both are forgotten while
+            // the job runs (metadata only, kept in the ledger; libvirt 11
+            // allows it during a pull job, whose export bitmap is already
+            // made). The job's end settles them from the ledger.
+            for n in std::iter::once(name.as_str()).chain(keep.as_deref()) {
+                if let Err(e) = cleanup::drop_metadata(shared, &dom, uuid, n) {
+                    tracing::error!(instance = uuid, checkpoint = n, error = %e, "checkpoint metadata kept while the job runs: Nova cannot undefine the domain until it ends");
+                }
+            }
+            mark("checkpoints forgotten");
             tracing::debug!(
                 instance = uuid,
                 ?marks,
@@ -426,7 +458,7 @@ fn end_job(
     keep_new: bool,
 ) -> bool {
     let t0 = std::time::Instant::now();
-    let mut clean = true;
+    let mut clean = cleanup::thaw_if_left_frozen(shared, dom, uuid);
     let mut step = |what: &str, r: Result<(), ExtractError>| {
         if let Err(e) = r {
             tracing::error!(instance = uuid, error = %e, "{what}");
@@ -607,6 +639,8 @@ impl LibvirtSnapshot {
         let (new, base) = (self.new_checkpoint.name.clone(), self.base.clone());
         let dir = self.dir.clone();
         blocking(move || {
+            let lock = cleanup::instance_lock(&uuid);
+            let _held = cleanup::hold(&lock);
             let Some(dom) = shared.domain_patiently(&uuid)? else {
                 tracing::warn!(instance = %uuid, "the domain is gone; nothing to end");
                 return Ok(());

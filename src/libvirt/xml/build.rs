@@ -137,6 +137,23 @@ pub struct CheckpointInfo {
     pub disks: Vec<CheckpointDisk>,
 }
 
+/// What Ekko writes into a checkpoint's description: the host that made
+/// it (the controller checks it names the host that reported it).
+pub fn made_on_host(host: &str) -> String {
+    format!("ekko: made on host {host}")
+}
+
+/// The host a checkpoint's description names, if Ekko wrote it (libvirt
+/// trims the text it keeps).
+pub fn made_on(description: Option<&str>) -> Option<&str> {
+    Some(
+        description?
+            .trim()
+            .strip_prefix("ekko: made on host")?
+            .trim(),
+    )
+}
+
 /// Parse a checkpoint's XML.
 pub fn parse_checkpoint(xml: &str) -> Result<CheckpointInfo, XmlError> {
     const WHAT: &str = "checkpoint XML";

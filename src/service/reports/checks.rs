@@ -178,7 +178,13 @@ pub fn disk_commit(dc: &DiskCommit) -> Check {
 /// A libvirt checkpoint a host reports for the catalog to keep: a plain
 /// name, and XML that libvirt can define again as that checkpoint (the
 /// next job hands it back to a host, which gives it to libvirt).
-pub fn checkpoint(name: &str, xml: &str) -> Check {
+/// A reported checkpoint: a plain name, small XML that parses as that
+/// checkpoint, made by `host` (the job's, checked against its bus user) as
+/// its description says, each disk's bitmap the checkpoint's own. Another
+/// host trusts a checkpoint only if its description names it, so a host
+/// cannot pass a forged base to the host an instance moves to, nor name a
+/// bitmap another tool owns.
+pub fn checkpoint(name: &str, xml: &str, host: &str) -> Check {
     let plain = !name.is_empty()
         && name.len() <= MAX_CHECKPOINT_NAME
         && name
@@ -201,6 +207,22 @@ pub fn checkpoint(name: &str, xml: &str) -> Check {
         return Err(format!(
             "checkpoint {name}: its XML names checkpoint {:?}",
             parsed.name
+        ));
+    }
+    if crate::libvirt::made_on(parsed.description.as_deref()) != Some(host.trim()) {
+        return Err(format!(
+            "checkpoint {name}: its description {:?} does not name host {host}, which made it",
+            parsed.description
+        ));
+    }
+    if let Some(d) = parsed.disks.iter().find(|d| {
+        d.bitmap
+            .as_deref()
+            .is_some_and(|b| !b.is_empty() && b != name)
+    }) {
+        return Err(format!(
+            "checkpoint {name}: disk {} names bitmap {:?}, not the checkpoint's own",
+            d.name, d.bitmap
         ));
     }
     Ok(())
@@ -383,30 +405,56 @@ mod tests {
     fn checkpoints_are_plain_small_and_what_they_say() {
         let xml = |n: &str| {
             format!(
-                "<domaincheckpoint><name>{n}</name><creationTime>1</creationTime>\
+                "<domaincheckpoint><name>{n}</name><description>ekko: made on host h1</description>\
+                 <creationTime>1</creationTime>\
                  <disks><disk name='vda' checkpoint='bitmap' bitmap='{n}'/></disks></domaincheckpoint>"
             )
         };
-        assert_eq!(checkpoint("ekko-b-1-1", &xml("ekko-b-1-1")), Ok(()));
+        assert_eq!(checkpoint("ekko-b-1-1", &xml("ekko-b-1-1"), "h1"), Ok(()));
         assert!(
-            checkpoint("ekko-b-1-1", &xml("ekko-other")).is_err(),
+            checkpoint("ekko-b-1-1", &xml("ekko-other"), "h1").is_err(),
             "another name"
         );
-        assert!(checkpoint("ekko b", &xml("ekko b")).is_err(), "not plain");
-        assert!(checkpoint(&"e".repeat(129), &xml(&"e".repeat(129))).is_err());
         assert!(
-            checkpoint("ekko-1", "<domain/>").is_err(),
+            checkpoint("ekko b", &xml("ekko b"), "h1").is_err(),
+            "not plain"
+        );
+        assert!(checkpoint(&"e".repeat(129), &xml(&"e".repeat(129)), "h1").is_err());
+        assert!(
+            checkpoint("ekko-1", "<domain/>", "h1").is_err(),
             "not a checkpoint"
         );
         assert!(
-            checkpoint("ekko-1", "<domaincheckpoint>").is_err(),
+            checkpoint("ekko-1", "<domaincheckpoint>", "h1").is_err(),
             "not XML"
         );
         let huge = xml("ekko-1").replace(
             "<disks>",
             &format!("<description>{}</description><disks>", "x".repeat(40 << 10)),
         );
-        assert!(checkpoint("ekko-1", &huge).is_err(), "too big");
+        assert!(checkpoint("ekko-1", &huge, "h1").is_err(), "too big");
+        assert!(
+            checkpoint("ekko-1", &xml("ekko-1"), "h2").is_err(),
+            "made on another host than the one reporting it"
+        );
+        assert!(
+            checkpoint(
+                "ekko-1",
+                &xml("ekko-1").replace("<description>ekko: made on host h1</description>", ""),
+                "h1"
+            )
+            .is_err(),
+            "no description"
+        );
+        assert!(
+            checkpoint(
+                "ekko-1",
+                &xml("ekko-1").replace("bitmap='ekko-1'", "bitmap='other-tool'"),
+                "h1"
+            )
+            .is_err(),
+            "another tool's bitmap"
+        );
         let mut d = commit();
         d.full_reason = Some("not_qcow2".into());
         assert_eq!(disk_commit(&d), Ok(()));
