@@ -160,6 +160,10 @@ pub enum ExtractError {
     Agent(String),
     #[error(transparent)]
     Libvirt(#[from] crate::libvirt::LibvirtError),
+    /// The hypervisor did not answer in time (the call may still be
+    /// pending; its outcome is unknown).
+    #[error("{0}")]
+    TimedOut(String),
     #[error("{0}")]
     Other(String),
 }

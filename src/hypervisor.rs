@@ -99,10 +99,16 @@ pub trait Hypervisor: Send + Sync {
     /// (a stopped job, a killed worker).
     async fn recover(&self, instance: &LocalInstance) -> Result<(), ExtractError>;
 
-    /// At a worker's start: undo what backups of any instance left when
-    /// the previous worker died. Drivers that clean up at each snapshot
-    /// anyway need nothing here.
-    async fn recover_all(&self) -> Result<(), ExtractError> {
+    /// Whether a worker that starts must undo what backups left when the
+    /// previous one died: [`Hypervisor::recover`] of each instance that
+    /// has no job, then [`Hypervisor::sweep`]. Drivers that clean up at
+    /// each snapshot anyway need nothing then.
+    fn cleans_up_at_start(&self) -> bool {
+        false
+    }
+
+    /// Remove what backups left for instances no longer on this host.
+    async fn sweep(&self) -> Result<(), ExtractError> {
         Ok(())
     }
 }

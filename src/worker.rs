@@ -6,9 +6,11 @@
 //! itself is elsewhere ([`crate::execution`], the backup engine, the
 //! hypervisor driver):
 //!
-//! * [`run`]: the daemon loop: heartbeats and inventory ([`inventory`]),
-//!   jobs from the host's durable queue (at most `max_concurrent_backups`
-//!   at once), cancels from its control queue, graceful shutdown.
+//! * [`run`]: the daemon loop: heartbeats and inventory ([`inventory`],
+//!   in tasks of their own), jobs from the host's durable queue (at most
+//!   `max_concurrent_backups` at once), cancels from its control queue,
+//!   graceful shutdown. Nothing it waits for depends on the hypervisor.
+//! * [`recovery`]: cleaning up after a worker that died mid-backup.
 //! * [`admission`]: the checks before a job runs and how it is stopped.
 //! * [`backup`], [`restore`]: one job of each kind.
 //! * [`journal`]: attempts and finished jobs, on local disk.
@@ -24,7 +26,10 @@ mod admission;
 mod backup;
 mod inventory;
 mod journal;
+mod recovery;
 mod restore;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -89,6 +94,13 @@ struct Worker {
     finished_restores: Mutex<VecDeque<(String, RestoredFiles)>>,
     /// Disks last seen per instance (a busy instance is not probed).
     known_disks: Mutex<HashMap<String, Vec<InventoryDisk>>>,
+    /// The heartbeat and inventory under way ([`inventory`]).
+    heartbeat_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    inventory_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Cleanup after an earlier worker ([`recovery`]): how far it got, and
+    /// the instances being cleaned up now.
+    recovery: Mutex<recovery::Recovery>,
+    recovering: Mutex<HashSet<String>>,
 }
 
 impl Worker {
@@ -155,9 +167,29 @@ impl Worker {
     }
 }
 
+/// Ends the heartbeat and inventory tasks when dropped.
+struct StopReports(Arc<Worker>);
+
+impl Drop for StopReports {
+    fn drop(&mut self) {
+        self.0.stop_reports();
+    }
+}
+
 /// The ekko-backup daemon (see the module documentation).
 pub async fn run(
     ekko: Ekko,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let hypervisor = crate::hypervisor::from_config(&ekko.config)
+        .map_err(|e| WorkerError::Config(format!("{e:#}")))?;
+    run_with(ekko, hypervisor, shutdown).await
+}
+
+/// [`run`] on a given hypervisor driver.
+pub(crate) async fn run_with(
+    ekko: Ekko,
+    hypervisor: Arc<dyn Hypervisor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let host = ekko.config.default.host.clone();
@@ -184,13 +216,9 @@ pub async fn run(
     }
     let queue = topology.host_queue(&host);
     let capacity = ekko.config.backup.max_concurrent_backups.clamp(1, 64);
-    let hypervisor = crate::hypervisor::from_config(&ekko.config)
-        .map_err(|e| WorkerError::Config(format!("{e:#}")))?;
-    // A worker that died mid-backup left jobs, scratch files or checkpoint
-    // metadata behind: nothing of ours runs now, so all of it goes.
-    if let Err(e) = hypervisor.recover_all().await {
-        tracing::warn!(error = %e, "cleaning up after earlier backups failed; each backup cleans up before it starts");
-    }
+    // What a worker that died mid-backup left behind is cleaned up after
+    // the inventory, not here: a hypervisor that hangs must not keep the
+    // worker from starting ([`recovery`]).
     let journal = Journal::open(PathBuf::from(&ekko.config.default.state_path).join("jobs"))
         .map_err(|e| WorkerError::Config(format!("job journal: {e}")))?;
     let worker = Arc::new(Worker {
@@ -201,8 +229,14 @@ pub async fn run(
         cancelled: Mutex::new(Default::default()),
         finished_restores: Mutex::new(Default::default()),
         known_disks: Mutex::new(HashMap::new()),
+        heartbeat_task: Mutex::new(None),
+        inventory_task: Mutex::new(None),
+        recovery: Mutex::new(Default::default()),
+        recovering: Mutex::new(HashSet::new()),
         ekko: ekko.clone(),
     });
+    // However the loop ends, the report tasks end with it.
+    let _reports = StopReports(worker.clone());
     let mut jobs = ekko.queue.consume(&queue, capacity as u16).await?;
     let mut control = ekko
         .queue
@@ -216,7 +250,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = ticker.tick() => worker.report().await,
+            _ = ticker.tick() => worker.tick(),
             d = jobs.next() => {
                 tasks.spawn(worker.clone().handle(d?));
             }
@@ -250,7 +284,7 @@ pub async fn run(
     let finished = tokio::time::timeout(grace, async {
         loop {
             tokio::select! {
-                _ = ticker.tick() => worker.report().await,
+                _ = ticker.tick() => worker.tick(),
                 next = tasks.join_next() => if next.is_none() { break },
             }
         }

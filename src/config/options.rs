@@ -357,8 +357,12 @@ option_group! {
         /// crash-consistent. Domains without the channel are always backed
         /// up crash-consistent.
         pub require_quiesce: bool = false;
-        /// Seconds a libvirt call may take before the backup fails (ending a
-        /// backup job waits this long at most).
+        /// Seconds ekko-backup waits for a libvirt call: one that takes
+        /// longer fails (its thread is left waiting for libvirt), so a hung
+        /// libvirtd or QEMU monitor fails what needs it, not the worker, and
+        /// until that call returns, calls for the same domain fail at once.
+        /// Beginning or ending a backup job, or cleaning up after one, may
+        /// take three times this plus `quiesce_timeout`.
         pub job_timeout: u64 = 60;
     }
 }

@@ -39,11 +39,19 @@
 //! qcow2 images. A small ledger per instance (`<state_path>/libvirt`)
 //! remembers the checkpoints whose metadata Ekko dropped while their bitmap
 //! may remain, so the bitmaps nobody needs are removed at the next backup.
+//!
+//! # Never stuck
+//! Every call is bounded ([`bounded`]): a hung libvirtd or QEMU monitor
+//! fails the calls that need it, not the worker. What backups left for
+//! domains no longer on this host goes at the worker's start ([`sweep`]).
 
+mod bounded;
 mod cleanup;
 mod plan;
 mod snapshot;
+mod sweep;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -143,6 +151,8 @@ pub(crate) struct Shared {
     /// `[backup] scratch_dir`: each instance's backup job has a directory
     /// of its own there (NBD socket, scratch files).
     pub scratch_dir: PathBuf,
+    /// Calls that timed out and have not returned yet ([`bounded`]).
+    stuck: bounded::Stuck,
 }
 
 impl Shared {
@@ -207,7 +217,8 @@ impl Shared {
     }
 }
 
-/// Run blocking libvirt work on tokio's blocking pool.
+/// Run blocking libvirt work on tokio's blocking pool. Unbounded: the
+/// driver's entry points bound it ([`bounded`]).
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ExtractError> + Send + 'static,
 ) -> Result<T, ExtractError> {
@@ -219,6 +230,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// The instances of the libvirt daemon `[libvirt] connection_uri` names.
 pub struct LibvirtHypervisor {
     shared: Arc<Shared>,
+    /// The instances at the last listing, by UUID.
+    last_seen: Mutex<HashMap<String, NovaDomain>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl LibvirtHypervisor {
@@ -239,12 +256,14 @@ impl LibvirtHypervisor {
                 host: config.default.host.clone(),
                 ledger_dir: PathBuf::from(&config.default.state_path).join("libvirt"),
                 scratch_dir: PathBuf::from(&config.backup.scratch_dir),
+                stuck: Default::default(),
             }),
+            last_seen: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Every domain that is an instance, with Nova's details. Blocking.
-    fn domains(shared: &Shared) -> Result<Vec<NovaDomain>, LibvirtError> {
+    /// Every domain, with its UUID. Blocking.
+    fn list(shared: &Shared) -> Result<Vec<(String, Domain)>, LibvirtError> {
         let listed = match shared.connection()?.list_all_domains(0) {
             Err(e) if e.is_connection_lost() => {
                 shared.forget_if_lost(&e);
@@ -252,27 +271,71 @@ impl LibvirtHypervisor {
             }
             r => r?,
         };
-        let mut out = Vec::new();
-        for dom in listed {
-            // A domain undefined between the listing and now is just gone.
-            let (xml, running) = match dom.xml_desc(0).and_then(|x| Ok((x, dom.is_active()?))) {
-                Ok(v) => v,
-                Err(e) if e.is_no_domain() => continue,
-                Err(e) => return Err(e),
-            };
-            match parse_domain(&xml) {
-                Ok(info) => out.extend(instance_of(&info, running, &shared.opts)),
-                Err(e) => tracing::warn!(error = %e, "unreadable domain XML, domain ignored"),
+        listed.into_iter().map(|d| Ok((d.uuid()?, d))).collect()
+    }
+
+    /// The instance a domain is, if any. Blocking.
+    fn describe(shared: &Shared, dom: &Domain) -> Result<Option<NovaDomain>, LibvirtError> {
+        // A domain undefined between the listing and now is just gone.
+        let (xml, running) = match dom.xml_desc(0).and_then(|x| Ok((x, dom.is_active()?))) {
+            Ok(v) => v,
+            Err(e) if e.is_no_domain() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match parse_domain(&xml) {
+            Ok(info) => Ok(instance_of(&info, running, &shared.opts)),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable domain XML, domain ignored");
+                Ok(None)
             }
         }
+    }
+
+    /// The instances with Nova's details (user, flavor, state). Each
+    /// domain is read in a call of its own: one that does not answer in
+    /// time (the daemon waits for its hung QEMU) is listed as last seen.
+    pub async fn nova_domains(&self) -> Result<Vec<NovaDomain>, ExtractError> {
+        let limit = self.shared.job_timeout();
+        let what = "listing the domains";
+        let listed = bounded::call(&self.shared, bounded::LISTING, what, limit, |s| {
+            Ok(Self::list(s)?)
+        })
+        .await?;
+        let mut out = Vec::new();
+        let mut seen = HashMap::new();
+        for (uuid, dom) in listed {
+            let what = format!("domain {uuid}: its description");
+            let described = bounded::call(&self.shared, &uuid, &what, limit, move |s| {
+                Ok(Self::describe(s, &dom)?)
+            })
+            .await;
+            let d = match described {
+                Ok(d) => d,
+                Err(e @ ExtractError::TimedOut(_)) => {
+                    tracing::warn!(domain = %uuid, error = %e, "domain not answering; listed as last seen");
+                    lock(&self.last_seen).get(&uuid).cloned()
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(d) = d {
+                seen.insert(uuid, d.clone());
+                out.push(d);
+            }
+        }
+        *lock(&self.last_seen) = seen;
         out.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
         Ok(out)
     }
 
-    /// The instances with Nova's details (user, flavor, state).
-    pub async fn nova_domains(&self) -> Result<Vec<NovaDomain>, ExtractError> {
-        let shared = self.shared.clone();
-        blocking(move || Ok(Self::domains(&shared)?)).await
+    /// Undo what backups of every instance left, and sweep what they left
+    /// for domains no longer here: for a process where no backup runs.
+    pub async fn recover_all(&self) -> Result<(), ExtractError> {
+        for d in self.nova_domains().await? {
+            if let Err(e) = self.recover(&d.instance).await {
+                tracing::warn!(instance = %d.instance.id, error = %e, "cleaning up after an earlier backup failed");
+            }
+        }
+        self.sweep().await
     }
 }
 
@@ -288,9 +351,10 @@ impl Hypervisor for LibvirtHypervisor {
     }
 
     async fn disks(&self, instance: &LocalInstance) -> Result<Vec<DiskInfo>, ExtractError> {
-        let shared = self.shared.clone();
         let id = instance.id.clone();
-        blocking(move || {
+        let what = format!("instance {id}: its disks");
+        let limit = self.shared.job_timeout();
+        bounded::call(&self.shared, &instance.id, &what, limit, move |shared| {
             let dom = shared
                 .domain(&id)?
                 .ok_or_else(|| ExtractError::Other(format!("instance {id}: no such domain")))?;
@@ -316,31 +380,33 @@ impl Hypervisor for LibvirtHypervisor {
         disks: &[DiskRequest],
         opts: &SnapshotOptions,
     ) -> Result<Box<dyn InstanceSnapshot>, ExtractError> {
-        let snap = snapshot::LibvirtSnapshot::begin(
+        bounded::begin(
             self.shared.clone(),
             &instance.id,
             disks.to_vec(),
             opts.clone(),
         )
-        .await?;
-        Ok(Box::new(snap))
+        .await
     }
 
     async fn recover(&self, instance: &LocalInstance) -> Result<(), ExtractError> {
-        let shared = self.shared.clone();
         let id = instance.id.clone();
-        blocking(move || cleanup::recover(&shared, &id)).await
+        let what = format!("instance {id}: cleaning up after a backup");
+        let limit = self.shared.step_timeout();
+        bounded::call(&self.shared, &instance.id, &what, limit, move |shared| {
+            cleanup::recover(shared, &id)
+        })
+        .await
     }
 
-    async fn recover_all(&self) -> Result<(), ExtractError> {
-        for d in self.nova_domains().await? {
-            let shared = self.shared.clone();
-            let id = d.instance.id.clone();
-            if let Err(e) = blocking(move || cleanup::recover(&shared, &id)).await {
-                tracing::warn!(instance = %d.instance.id, error = %e, "cleaning up after an earlier backup failed");
-            }
-        }
-        Ok(())
+    fn cleans_up_at_start(&self) -> bool {
+        true
+    }
+
+    async fn sweep(&self) -> Result<(), ExtractError> {
+        let limit = self.shared.step_timeout();
+        let what = "removing what backups left for domains no longer here";
+        bounded::call(&self.shared, bounded::LISTING, what, limit, sweep::sweep).await
     }
 }
 

@@ -86,14 +86,18 @@ impl Worker {
     ) -> Result<Result<Executed, String>, Stop> {
         let tag = format!("{}-{}", job.backup_id, admitted.attempt);
         let left = (job.deadline - Utc::now()).to_std().unwrap_or_default();
-        let work = execution::back_up(
-            &self.ekko,
-            self.hypervisor.as_ref(),
-            instance,
-            job,
-            &tag,
-            Some(admitted.progress.clone()),
-        );
+        let work = async {
+            self.wait_for_recovery(&instance.id).await;
+            execution::back_up(
+                &self.ekko,
+                self.hypervisor.as_ref(),
+                instance,
+                job,
+                &tag,
+                Some(admitted.progress.clone()),
+            )
+            .await
+        };
         // `None`: the deadline passed.
         let stop = tokio::select! {
             r = work => return Ok(r.map_err(|e| format!("{e:#}"))),

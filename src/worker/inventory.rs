@@ -2,8 +2,20 @@
 //! that it is alive (heartbeat) and which instances and disks it serves
 //! (inventory). A busy instance is not probed again (its last known disks
 //! are reported), so a running backup never competes for its monitor.
+//!
+//! Neither stops the worker's loop: each tick sends the heartbeat from a
+//! task of its own, and that task starts the inventory in another (then
+//! the cleanup after an earlier worker, see [`super::recovery`]). A
+//! heartbeat or inventory still under way when the next tick comes is not
+//! started again, so a hypervisor that hangs holds one inventory and never
+//! the heartbeats. An instance the hypervisor did not answer for in time
+//! keeps its last known disks: dropped, the conductor would think them
+//! detached.
+
+use std::sync::Arc;
 
 use super::{lock, Worker};
+use crate::extract::ExtractError;
 use crate::hypervisor::DiskInfo;
 use crate::wire::{
     Heartbeat, HostInventory, InventoryDisk, InventoryInstance, HEARTBEAT_KIND, HOST_INVENTORY,
@@ -17,18 +29,66 @@ fn wire_disk(d: &DiskInfo) -> InventoryDisk {
     }
 }
 
+/// Whether a task slot holds a task that has not finished.
+fn under_way(slot: &Option<tokio::task::JoinHandle<()>>) -> bool {
+    slot.as_ref().is_some_and(|t| !t.is_finished())
+}
+
 impl Worker {
-    /// Heartbeat and inventory.
-    pub(super) async fn report(&self) {
+    /// One tick: the heartbeat, then the inventory (see the module docs).
+    pub(super) fn tick(self: &Arc<Self>) {
+        let mut slot = lock(&self.heartbeat_task);
+        if under_way(&slot) {
+            tracing::warn!("the previous heartbeat is still being sent; skipping this one");
+            return;
+        }
+        let this = self.clone();
+        *slot = Some(tokio::spawn(async move {
+            if this.heartbeat().await {
+                this.start_inventory();
+            }
+        }));
+    }
+
+    fn start_inventory(self: &Arc<Self>) {
+        let mut slot = lock(&self.inventory_task);
+        if under_way(&slot) {
+            tracing::debug!("the previous inventory is still under way; skipping this one");
+            return;
+        }
+        let this = self.clone();
+        *slot = Some(tokio::spawn(async move {
+            this.inventory().await;
+            this.recover_leftovers().await;
+        }));
+    }
+
+    /// End the heartbeat and inventory tasks (the worker stops).
+    pub(super) fn stop_reports(&self) {
+        for slot in [&self.heartbeat_task, &self.inventory_task] {
+            if let Some(t) = lock(slot).take() {
+                t.abort();
+            }
+        }
+    }
+
+    /// Whether the heartbeat went out.
+    async fn heartbeat(&self) -> bool {
         let beat = Heartbeat {
             host: self.host.clone(),
             version: crate::VERSION.to_string(),
             capacity: self.ekko.config.backup.max_concurrent_backups,
         };
-        if let Err(e) = self.publish(HEARTBEAT_KIND, &beat).await {
-            tracing::warn!(error = %e, "heartbeat not sent");
-            return;
+        match self.publish(HEARTBEAT_KIND, &beat).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat not sent");
+                false
+            }
         }
+    }
+
+    async fn inventory(&self) {
         let instances = match self.hypervisor.instances().await {
             Ok(i) => i,
             Err(e) => {
@@ -36,6 +96,7 @@ impl Worker {
                 return;
             }
         };
+        lock(&self.known_disks).retain(|id, _| instances.iter().any(|i| &i.id == id));
         let busy = self.busy_instances();
         let mut report = HostInventory {
             host: self.host.clone(),
@@ -47,6 +108,10 @@ impl Worker {
             } else {
                 match self.hypervisor.disks(&inst).await {
                     Ok(d) => Some(d.iter().map(wire_disk).collect::<Vec<_>>()),
+                    Err(e @ ExtractError::TimedOut(_)) => {
+                        tracing::warn!(instance = %inst.id, error = %e, "instance not answering; reporting its last known disks");
+                        lock(&self.known_disks).get(&inst.id).cloned()
+                    }
                     Err(e) => {
                         tracing::warn!(instance = %inst.id, error = %e, "instance not reachable");
                         None

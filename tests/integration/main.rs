@@ -20,6 +20,7 @@ mod forged;
 mod libvirt;
 mod libvirt_backup;
 mod libvirt_cluster;
+mod libvirt_hang;
 mod qmp_peer;
 mod queue;
 mod restore_target;
