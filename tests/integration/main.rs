@@ -8,8 +8,10 @@ mod helpers;
 mod qsd;
 
 mod api;
+mod bus;
 mod cli;
 mod compaction;
+mod conductor;
 mod db;
 mod distributed;
 mod encryption;
