@@ -10,6 +10,7 @@
 //! * ekko-retention runs retention passes on `[retention] interval`.
 
 pub mod conductor;
+pub mod intake;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,7 +38,10 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 /// The conductor loop: record status messages until shutdown
 /// ([`conductor`]: each in its own task, permanent failures dead-lettered,
 /// transient ones retried), fail stalled jobs, start due policies. A
-/// message is acknowledged only once it is handled.
+/// message is acknowledged only once it is handled. Deliveries come from
+/// the [`intake`] task, so housekeeping runs on time with no message in
+/// sight, and stalled jobs are failed only while the conductor keeps up
+/// with the status queue (their progress is not waiting in it).
 pub async fn run_conductor(
     ekko: Ekko,
     shutdown: impl Future<Output = ()>,
@@ -47,51 +51,58 @@ pub async fn run_conductor(
         .map_err(|e| DaemonError::Config(e.to_string()))?;
     if !ekko.config.backup.host_bus_users {
         tracing::warn!("[backup] host_bus_users is off: compute hosts share a bus user, so a report is taken at its word about the host that sent it");
+    } else if let Some(why) = conductor::shared_bus_user(&ekko.config) {
+        tracing::warn!("{why}: with [backup] host_bus_users the controllers need a bus user no compute host holds (README, \"Message bus users\")");
     }
     let topology = ekko.topology();
     topology.declare_status(ekko.queue.as_ref()).await?;
-    let mut consumer = ekko
+    let max_report = crate::wire::max_report_size(&ekko.config);
+    let consumer = ekko
         .queue
-        .consume(&topology.status_queue(), conductor::CONCURRENCY as u16 * 2)
+        .consume_bounded(
+            &topology.status_queue(),
+            conductor::CONCURRENCY as u16 * 2,
+            usize::try_from(max_report).unwrap_or(usize::MAX),
+        )
         .await?;
-    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
     let stall = Duration::from_secs(ekko.config.backup.job_stall_timeout.max(10));
     let counters = Arc::new(conductor::Counters::default());
-    let slots = Arc::new(tokio::sync::Semaphore::new(conductor::CONCURRENCY));
+    let retries = Arc::new(conductor::Retries::default());
+    let catch_up = Arc::new(intake::CatchUp::default());
+    // Two of the largest reports at once, parsed (a report's parsed form
+    // can be many times its bytes).
+    let gates = intake::Gates::new(conductor::CONCURRENCY, max_report.saturating_mul(2));
+    let (to_loop, mut taken) = tokio::sync::mpsc::channel(1);
+    let intake = tokio::spawn(intake::receive(consumer, gates, catch_up.clone(), to_loop));
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+    let mut kept = conductor::Housekeeping::default();
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
-    loop {
+    let ended = loop {
         tokio::select! {
-            _ = &mut shutdown => break,
-            _ = housekeeping.tick() => {
-                if let Err(e) = crate::service::housekeeping::reap_stalled(&ekko, stall).await {
-                    tracing::warn!(error = %e, "stalled-job check failed");
+            _ = &mut shutdown => break Ok(()),
+            _ = housekeeping.tick() => kept.tick(&ekko, stall, &catch_up, &retries).await,
+            next = taken.recv() => match next {
+                Some(Ok(intake::Taken { delivery, held })) => {
+                    let (e, c, r) = (ekko.clone(), counters.clone(), retries.clone());
+                    tasks.spawn(async move {
+                        conductor::handle(e, delivery, c, r).await;
+                        drop(held);
+                    });
                 }
-                if let Err(e) = crate::service::housekeeping::run_due_policies(&ekko).await {
-                    tracing::warn!(error = %e, "scheduler pass failed");
-                }
-            }
-            permit = slots.clone().acquire_owned() => {
-                let Ok(permit) = permit else { break };
-                let delivery = tokio::select! {
-                    _ = &mut shutdown => break,
-                    d = consumer.next() => d?,
-                };
-                let (e, c) = (ekko.clone(), counters.clone());
-                tasks.spawn(async move {
-                    conductor::handle(e, delivery, c).await;
-                    drop(permit);
-                });
-            }
+                Some(Err(e)) => break Err(e.into()),
+                None => break Ok(()),
+            },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
-    }
+    };
+    intake.abort();
     // Let the reports being recorded finish (they are short).
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
-    Ok(())
+    ended
 }
 
 /// ekko-api: the conductor (the REST API joins it here).

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use message::{Envelope, BASE_VERSION, MESSAGE_VERSION, WRITE_KEYS_VERSION};
+pub use message::{
+    Envelope, Unreadable, BASE_VERSION, MESSAGE_VERSION, UNREADABLE_KIND, WRITE_KEYS_VERSION,
+};
 
 pub use crate::config::urls::TransportUrl;
 
@@ -30,6 +32,8 @@ pub enum QueueError {
     Unavailable(String),
     #[error("the broker refused the message (publisher confirm was a nack)")]
     Nacked,
+    #[error("no queue takes messages with routing key {0} (returned by the broker)")]
+    Unroutable(String),
     #[error("bad message: {0}")]
     BadMessage(String),
     #[error("the queue was closed")]
@@ -38,17 +42,59 @@ pub enum QueueError {
 
 pub type QueueResult<T> = Result<T, QueueError>;
 
+/// Bounds of a queue that must not grow without end (the dead letters):
+/// past either, the oldest messages are dropped (RabbitMQ's `x-max-length`,
+/// `x-max-length-bytes` and `x-message-ttl`, overflow `drop-head`).
+/// RabbitMQ refuses to declare an existing queue with other arguments, so a
+/// queue's bounds never change under its name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueBounds {
+    pub max_length: Option<u32>,
+    pub max_bytes: Option<u64>,
+    pub message_ttl: Option<std::time::Duration>,
+}
+
 #[async_trait]
 pub trait MessageQueue: Send + Sync {
     /// Declare (idempotently) a durable queue that receives the messages
     /// whose routing key matches one of `bindings` (AMQP topic patterns).
-    async fn declare_queue(&self, queue: &str, bindings: &[String]) -> QueueResult<()>;
+    async fn declare_queue(&self, queue: &str, bindings: &[String]) -> QueueResult<()> {
+        self.declare_bounded_queue(queue, bindings, QueueBounds::default())
+            .await
+    }
+
+    /// [`MessageQueue::declare_queue`], dropping its oldest messages past
+    /// `bounds`.
+    async fn declare_bounded_queue(
+        &self,
+        queue: &str,
+        bindings: &[String],
+        bounds: QueueBounds,
+    ) -> QueueResult<()>;
 
     /// Publish durably; returns once the broker has taken responsibility.
+    /// A message no queue is bound to take is dropped.
     async fn publish(&self, routing_key: &str, message: &Envelope) -> QueueResult<()>;
 
+    /// Publish durably, failing with [`QueueError::Unroutable`] when no
+    /// queue takes the message (AMQP `mandatory`: the broker returns it),
+    /// so that the sender keeps what it could not hand on.
+    async fn publish_mandatory(&self, routing_key: &str, message: &Envelope) -> QueueResult<()>;
+
     /// Consume with manual acknowledgement, at most `prefetch` unacked.
-    async fn consume(&self, queue: &str, prefetch: u16) -> QueueResult<Box<dyn Consumer>>;
+    async fn consume(&self, queue: &str, prefetch: u16) -> QueueResult<Box<dyn Consumer>> {
+        self.consume_bounded(queue, prefetch, usize::MAX).await
+    }
+
+    /// [`MessageQueue::consume`], handing a message over `max_bytes` on
+    /// the wire over unparsed, as an [`UNREADABLE_KIND`] stand-in (so is
+    /// any message that is not an Ekko message, whatever the bound).
+    async fn consume_bounded(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        max_bytes: usize,
+    ) -> QueueResult<Box<dyn Consumer>>;
 
     /// Delete a queue (tests and decommissioned hosts).
     async fn delete_queue(&self, queue: &str) -> QueueResult<()>;
@@ -63,11 +109,15 @@ pub trait Consumer: Send {
 /// A message taken from a queue. Acknowledge it once handled; dropping it
 /// unacknowledged, or `nack(true)`, puts it back for another consumer.
 pub struct Delivery {
+    /// The message, or an [`UNREADABLE_KIND`] stand-in for one that could
+    /// not be read.
     pub envelope: Envelope,
     pub redelivered: bool,
     /// The bus user that published it, as the broker checked it
     /// (RabbitMQ's validated `user_id`); `None` in process.
     pub user_id: Option<String>,
+    /// Its size on the wire (in process: as serialized, 0 if unbounded).
+    pub bytes: usize,
     acker: Box<dyn Acker>,
 }
 
@@ -77,12 +127,18 @@ impl Delivery {
             envelope,
             redelivered,
             user_id: None,
+            bytes: 0,
             acker,
         }
     }
 
     pub(crate) fn with_user_id(mut self, user_id: Option<String>) -> Delivery {
         self.user_id = user_id;
+        self
+    }
+
+    pub(crate) fn with_bytes(mut self, bytes: usize) -> Delivery {
+        self.bytes = bytes;
         self
     }
 

@@ -11,7 +11,9 @@
 //! each host consumes `<exchange>.backup.<host>` (jobs, key
 //! `backup.<host>`) and `<exchange>.control.<host>` (cancels, key
 //! `control.<host>`); every report goes to `<exchange>.status` (keys
-//! `status.<kind>`), which the conductors share.
+//! `status.<kind>`, published mandatory: a report no queue takes is not
+//! sent), which the conductors share; what they set aside goes to the
+//! bounded `<exchange>.status.dead-letters` (key [`DEAD_LETTER_KEY`]).
 
 pub mod jobs;
 pub mod reports;
@@ -19,7 +21,9 @@ pub mod reports;
 pub use jobs::*;
 pub use reports::*;
 
-use crate::queue::{Envelope, MessageQueue, QueueError};
+use std::time::Duration;
+
+use crate::queue::{Envelope, MessageQueue, QueueBounds, QueueError};
 
 /// Message kinds.
 pub const BACKUP_RUN: &str = "backup.run";
@@ -31,6 +35,20 @@ pub const JOB_PROGRESS: &str = "job.progress";
 pub const JOB_FAILED: &str = "job.failed";
 pub const JOB_CANCEL: &str = "job.cancel";
 pub const HOST_INVENTORY: &str = "host.inventory";
+/// Instances one inventory message lists at most: a host sends its
+/// inventory in pages of at most this many (and at most a quarter of
+/// `[backup] max_report_size`), each page recorded on its own.
+pub const INVENTORY_PAGE: usize = 500;
+
+/// The least `[backup] max_report_size` can be: a heartbeat or a job's
+/// start must always get through.
+pub const MIN_REPORT_SIZE: u64 = 16 << 10;
+
+/// The largest status message a conductor reads (`[backup]
+/// max_report_size`, at least [`MIN_REPORT_SIZE`]).
+pub fn max_report_size(config: &crate::config::EkkoConfig) -> u64 {
+    config.backup.max_report_size.bytes().max(MIN_REPORT_SIZE)
+}
 pub const HEARTBEAT_KIND: &str = "host.heartbeat";
 
 /// Routing key of a status message of `kind` (all go to the conductor).
@@ -40,6 +58,19 @@ pub fn status_key(kind: &str) -> String {
 
 /// Routing key of host heartbeats.
 pub const HEARTBEAT_KEY: &str = "status.host.heartbeat";
+
+/// Routing key of the conductors' dead letters. Not a `status.` key: a
+/// host's bus user may publish only those.
+pub const DEAD_LETTER_KEY: &str = "dead-letters.status";
+
+/// The dead letters are kept for inspection, not for ever: a stream of
+/// refused reports must not fill the broker (its disk or memory alarm
+/// would block every publisher on it). Past these the oldest go.
+pub const DEAD_LETTER_BOUNDS: QueueBounds = QueueBounds {
+    max_length: Some(10_000),
+    max_bytes: Some(256 << 20),
+    message_ttl: Some(Duration::from_secs(14 * 24 * 3600)),
+};
 
 /// Routing key of jobs for one compute host.
 pub fn host_routing_key(host: &str) -> String {
@@ -80,9 +111,14 @@ impl Topology {
         format!("{}.control.{host}", self.exchange)
     }
 
-    /// The conductors' dead letters: status messages set aside, with why.
+    /// The conductors' dead letters: status messages set aside, with why
+    /// ([`DEAD_LETTER_BOUNDS`]). Releases before the bound wrote to an
+    /// unbounded `<exchange>.status.dead` (key `dead.status`), which is no
+    /// longer written; RabbitMQ cannot bound an existing queue, hence the
+    /// new name. Drain and delete the old one once every conductor runs
+    /// this release.
     pub fn dead_letter_queue(&self) -> String {
-        format!("{}.status.dead", self.exchange)
+        format!("{}.status.dead-letters", self.exchange)
     }
 
     /// Declare (idempotently) the queues the conductors rely on: the status
@@ -92,7 +128,11 @@ impl Topology {
             .declare_queue(&self.status_queue(), &["status.#".to_string()])
             .await?;
         queue
-            .declare_queue(&self.dead_letter_queue(), &["dead.status".to_string()])
+            .declare_bounded_queue(
+                &self.dead_letter_queue(),
+                &[DEAD_LETTER_KEY.to_string()],
+                DEAD_LETTER_BOUNDS,
+            )
             .await
     }
 
@@ -120,14 +160,19 @@ pub fn report_routing_key(kind: &str) -> String {
     }
 }
 
-/// Publish a report of `kind` to the conductors.
+/// Publish a report of `kind` to the conductors. Mandatory: if no status
+/// queue takes it (deleted, or lost with its node) the broker returns it
+/// and this fails, so a host never counts a report as sent that nobody
+/// will read (a finished job stays the host's to hand on again).
 pub async fn publish_report<T: serde::Serialize>(
     queue: &dyn MessageQueue,
     kind: &str,
     body: &T,
 ) -> Result<(), QueueError> {
     let env = Envelope::new(kind, body)?;
-    queue.publish(&report_routing_key(kind), &env).await
+    queue
+        .publish_mandatory(&report_routing_key(kind), &env)
+        .await
 }
 
 #[cfg(test)]

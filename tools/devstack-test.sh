@@ -234,7 +234,8 @@ new_scenario() {
     unset EKKO_ENABLED_SERVICES EKKO_SKIP_BUILD EKKO_STORE_BACKEND EKKO_BACKUP_USER \
         EKKO_BACKUP_INSTANCES EKKO_CLIENT_DIR EKKO__DATABASE__CONNECTION \
         EKKO_ENCRYPTION EKKO_MASTER_KEY_FILE EKKO_HOST_KEY_FILE EKKO_RESTORE_HOST \
-        EKKO_HOST_TRANSPORT_URL EKKO_HOST_BUS_USERS
+        EKKO_HOST_TRANSPORT_URL EKKO_HOST_BUS_USERS EKKO_CONTROLLER_TRANSPORT_URL \
+        EKKO_CONTROLLER_BUS_USER EKKO_CONTROLLER_BUS_PASSWORD
     # devstack's globals the plugin reads.
     export DEST="$S/opt/stack" DATA_DIR="$S/opt/stack/data" STACK_USER
     STACK_USER=$(id -un)
@@ -325,7 +326,6 @@ check_config_is_real() {
 check_common_conf() {
     check "ekko.conf written" test -f "$CONF"
     check "ekko.conf is not world-readable" test "$(stat -c %a "$CONF")" = 640
-    check "[DEFAULT] transport_url from get_transport_url" ini_is "$CONF" DEFAULT transport_url "rabbit://stackrabbit:secretrabbit@10.0.0.5:5672/"
     check "[DEFAULT] state_path" ini_is "$CONF" DEFAULT state_path "$STATE"
     check "[DEFAULT] host" ini_is "$CONF" DEFAULT host "$EKKO_HOST"
     check "state_path created" test -d "$STATE"
@@ -342,6 +342,17 @@ check_common_conf() {
     check "[keystone_authtoken] memcached_servers" ini_is "$CONF" keystone_authtoken memcached_servers localhost:11211
     check "policy file installed from the sample" cmp "$EKKO_CONF_DIR/policy.yaml" "$ROOT/etc/ekko/policy.yaml.sample"
     check "[oslo_policy] policy_file" ini_is "$CONF" oslo_policy policy_file "$EKKO_CONF_DIR/policy.yaml"
+}
+
+# With host bus users a controller is on a bus user of its own, made on
+# the local broker: Ekko's exchange and queues only, never stackrabbit
+# (every nova-compute holds it).
+check_controller_bus_user() {
+    check "controller bus user ekko created on the local broker" called_matching "^rabbitmqctl add_user\\|ekko\\|[0-9a-f]+$"
+    check "its permissions: Ekko's exchange and queues only" \
+        called "rabbitmqctl set_permissions|-p|/|ekko|^ekko(\\..*)?\$|^ekko(\\..*)?\$|^ekko(\\..*)?\$"
+    check "[DEFAULT] transport_url: the controller's own user, not stackrabbit" \
+        bash -c "grep -q '^transport_url = rabbit://ekko:[0-9a-f]*@10.0.0.5:5672/\$' '$CONF'"
 }
 
 check_registered() {
@@ -393,6 +404,7 @@ scenario_aio() {
     check_not "no [backup] discovery_dir with libvirt" ini_get "$CONF" backup discovery_dir
     check "[DEFAULT] debug" ini_is "$CONF" DEFAULT debug True
     check "[backup] host_bus_users on the controller" ini_is "$CONF" backup host_bus_users True
+    check_controller_bus_user
     check "bus user ekko-host-<host> created on the local broker" called_matching "^rabbitmqctl add_user\\|ekko-host-$EKKO_HOST\\|"
     check "its permissions: its own queues" called_matching "^rabbitmqctl set_permissions\\|-p\\|/\\|ekko-host-$EKKO_HOST\\|\\^ekko"
     check "its topic permissions: status keys only" called_matching "^rabbitmqctl set_topic_permissions\\|-p\\|/\\|ekko-host-$EKKO_HOST\\|ekko\\|\\^status"
@@ -477,6 +489,7 @@ scenario_ctl_local() {
     check_common_conf
     check "[storage] backend local (no Swift)" ini_is "$CONF" storage backend local
     check "[backup] host_bus_users on the controller" ini_is "$CONF" backup host_bus_users True
+    check_controller_bus_user
     check_not "no ekko-backup.conf without ekko-backup" test -e "$EKKO_CONF_DIR/ekko-backup.conf"
     check "[local_store] path" ini_is "$CONF" local_store path "$STATE/store"
     check_not "no [swift] without Swift" has_section "$CONF" swift
@@ -547,6 +560,7 @@ scenario_compute() {
     unset EKKO_RESTORE_HOST
     check_common_conf
     check_not "no [database] on a compute node" has_section "$CONF" database
+    check "[DEFAULT] transport_url from get_transport_url (ekko-backup.conf overrides it)" ini_is "$CONF" DEFAULT transport_url "rabbit://stackrabbit:secretrabbit@10.0.0.5:5672/"
     check "no database or Keystone calls on a compute node" \
         test "$(calls_of database_connection_url)$(calls_of recreate_database)$(calls_of create_service_user)$(calls_of get_or_create_service)$(calls_of get_or_create_endpoint)" = 00000
     check "[storage] backend swift from EKKO_STORE_BACKEND" ini_is "$CONF" storage backend swift

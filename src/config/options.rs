@@ -331,6 +331,16 @@ option_group! {
         pub host_bus_users: bool = false;
         /// The bus user name of a compute host is this prefix and its name.
         pub host_bus_user_prefix: String = s("ekko-host-");
+        /// Largest status message the conductor reads (a heartbeat, an
+        /// inventory, a finished job's report); a larger one is
+        /// dead-lettered unread, so no host can make the conductor parse
+        /// (and hold in memory) an arbitrarily large report. ekko-backup
+        /// sends its inventory in pages of at most a quarter of this. A
+        /// finished backup's report lists its new segments: about 2 MiB
+        /// per TiB of new stored data, so raise this where one backup
+        /// writes more than 4 TiB. Keep RabbitMQ's `max_message_size` near
+        /// it. At least 16K.
+        pub max_report_size: ByteSize = ByteSize::mib(8);
     }
 }
 

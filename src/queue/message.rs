@@ -15,6 +15,20 @@ pub const BASE_VERSION: u32 = 1;
 /// a project key: a worker older than public-key mode would find no key and
 /// write plaintext, so it must refuse the job instead.
 pub const WRITE_KEYS_VERSION: u32 = 2;
+/// Kind of the stand-in a consumer is handed for a message it could not
+/// read (not an Ekko message, newer than this Ekko, or over the consumer's
+/// size bound; body: [`Unreadable`]). The consumer decides what becomes of
+/// it (the conductor dead-letters it, a worker rejects it) instead of the
+/// bus dropping it unseen. Never sent by Ekko.
+pub const UNREADABLE_KIND: &str = "bus.unreadable";
+
+/// Why a message could not be read, and how big it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreadable {
+    pub reason: String,
+    /// Its size on the wire.
+    pub bytes: usize,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -48,6 +62,20 @@ impl Envelope {
         })
     }
 
+    /// The stand-in for a message that could not be read
+    /// ([`UNREADABLE_KIND`]).
+    pub fn unreadable(reason: String, bytes: usize) -> Envelope {
+        let body = Unreadable { reason, bytes };
+        Envelope {
+            version: BASE_VERSION,
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: UNREADABLE_KIND.to_string(),
+            sent_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            body: serde_json::to_value(&body).unwrap_or_default(),
+            retries: 0,
+        }
+    }
+
     /// The same message, readable only by consumers of `version` or newer.
     pub fn requiring(mut self, version: u32) -> Envelope {
         self.version = self.version.max(version);
@@ -70,7 +98,8 @@ impl Envelope {
         Ok(env)
     }
 
-    /// The body as `T`, checking the kind.
+    /// The body as `T`, checking the kind. Read from the body in place (a
+    /// large report is not copied).
     pub fn body_as<T: for<'de> Deserialize<'de>>(&self, kind: &str) -> QueueResult<T> {
         if self.kind != kind {
             return Err(QueueError::BadMessage(format!(
@@ -78,7 +107,7 @@ impl Envelope {
                 self.kind
             )));
         }
-        serde_json::from_value(self.body.clone())
+        T::deserialize(&self.body)
             .map_err(|e| QueueError::BadMessage(format!("{} message {}: {e}", self.kind, self.id)))
     }
 }

@@ -1,8 +1,12 @@
 //! RabbitMQ through lapin: a durable topic exchange, durable queues,
-//! persistent messages with publisher confirms, manual ack with a prefetch
-//! window, and reconnection with exponential back-off (capped) on any
-//! connection or channel failure. Messages a dead consumer had not
-//! acknowledged are redelivered by the broker to another consumer.
+//! persistent messages with publisher confirms (mandatory where asked: a
+//! message the broker returns as unroutable is a failed publish), manual
+//! ack with a prefetch window, and reconnection with exponential back-off
+//! (capped) on any connection or channel failure. Messages a dead consumer
+//! had not acknowledged are redelivered by the broker to another consumer.
+//! A message over a consumer's bound is never parsed, and one that is not
+//! an Ekko message is not dropped here: both reach the consumer as
+//! [`UNREADABLE_KIND`](super::UNREADABLE_KIND) stand-ins.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +18,16 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use tokio::sync::Mutex;
 
-use super::{Acker, BusRole, Consumer, Delivery, Envelope, MessageQueue, QueueError, QueueResult};
+use super::{
+    Acker, BusRole, Consumer, Delivery, Envelope, MessageQueue, QueueBounds, QueueError,
+    QueueResult,
+};
 
 /// How long `publish` keeps retrying through a broker outage.
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(120);
@@ -41,12 +50,41 @@ struct Inner {
     user: Option<String>,
     link: Mutex<Option<Link>>,
     /// Queues declared so far, re-declared after a reconnect.
-    topology: Mutex<Vec<(String, Vec<String>)>>,
+    topology: Mutex<Vec<Declared>>,
+}
+
+/// A queue as declared: name, bindings, bounds.
+type Declared = (String, Vec<String>, QueueBounds);
+
+/// The queue arguments of `bounds` (overflow: the oldest go first).
+fn queue_arguments(bounds: &QueueBounds) -> FieldTable {
+    let mut args = FieldTable::default();
+    let long = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
+    if let Some(n) = bounds.max_length {
+        args.insert("x-max-length".into(), long(n.into()));
+    }
+    if let Some(n) = bounds.max_bytes {
+        args.insert("x-max-length-bytes".into(), long(n));
+    }
+    if let Some(ttl) = bounds.message_ttl {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        args.insert("x-message-ttl".into(), long(ms));
+    }
+    args
 }
 
 #[derive(Clone)]
 pub struct RabbitQueue {
     inner: Arc<Inner>,
+}
+
+/// The bus user an AMQP URI connects as (percent-decoded), if it names one.
+pub fn user_of(uri: &str) -> Option<String> {
+    let u = url::Url::parse(uri).ok()?;
+    let user: String = url::form_urlencoded::parse(u.username().as_bytes())
+        .map(|(k, v)| format!("{k}{v}"))
+        .collect();
+    Some(user).filter(|u| !u.is_empty())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> QueueError {
@@ -64,15 +102,7 @@ impl RabbitQueue {
         exchange: &str,
         role: BusRole,
     ) -> QueueResult<RabbitQueue> {
-        let user = uris
-            .first()
-            .and_then(|u| url::Url::parse(u).ok())
-            .map(|u| {
-                url::form_urlencoded::parse(u.username().as_bytes())
-                    .map(|(k, v)| format!("{k}{v}"))
-                    .collect::<String>()
-            })
-            .filter(|u| !u.is_empty());
+        let user = uris.first().and_then(|u| user_of(u));
         let q = RabbitQueue {
             inner: Arc::new(Inner {
                 uris,
@@ -127,8 +157,8 @@ impl RabbitQueue {
             .await
             .map_err(unavailable)?;
         let topology = self.inner.topology.lock().await.clone();
-        for (queue, bindings) in topology {
-            self.declare_on(channel, &queue, &bindings).await?;
+        for (queue, bindings, bounds) in topology {
+            self.declare_on(channel, &queue, &bindings, &bounds).await?;
         }
         Ok(())
     }
@@ -138,12 +168,13 @@ impl RabbitQueue {
         channel: &Channel,
         queue: &str,
         bindings: &[String],
+        bounds: &QueueBounds,
     ) -> QueueResult<()> {
         channel
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions::durable(),
-                FieldTable::default(),
+                queue_arguments(bounds),
             )
             .await
             .map_err(unavailable)?;
@@ -185,7 +216,12 @@ impl RabbitQueue {
         Ok(channel)
     }
 
-    async fn publish_once(&self, routing_key: &str, payload: &[u8]) -> QueueResult<()> {
+    async fn publish_once(
+        &self,
+        routing_key: &str,
+        payload: &[u8],
+        mandatory: bool,
+    ) -> QueueResult<()> {
         let channel = self.publish_channel().await?;
         let mut props = BasicProperties::default()
             .with_delivery_mode(2) // persistent
@@ -197,7 +233,10 @@ impl RabbitQueue {
             .basic_publish(
                 self.inner.exchange.as_str().into(),
                 routing_key.into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..Default::default()
+                },
                 payload,
                 props,
             )
@@ -205,39 +244,32 @@ impl RabbitQueue {
             .map_err(unavailable)?
             .await
             .map_err(unavailable)?;
-        if confirm.is_ack() {
-            Ok(())
-        } else {
-            Err(QueueError::Nacked)
-        }
-    }
-
-    async fn reset(&self) {
-        *self.inner.link.lock().await = None;
-    }
-}
-
-#[async_trait]
-impl MessageQueue for RabbitQueue {
-    async fn declare_queue(&self, queue: &str, bindings: &[String]) -> QueueResult<()> {
-        {
-            let mut topology = self.inner.topology.lock().await;
-            if !topology.iter().any(|(q, b)| q == queue && b == bindings) {
-                topology.push((queue.to_string(), bindings.to_vec()));
+        match confirm {
+            // Unroutable: the broker returns a mandatory message, then
+            // confirms it (it has nothing left to lose).
+            Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
+                Err(QueueError::Unroutable(routing_key.to_string()))
             }
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Nack(None) | Confirmation::NotRequested => Err(QueueError::Nacked),
         }
-        let channel = self.publish_channel().await?;
-        self.declare_on(&channel, queue, bindings).await
     }
 
-    async fn publish(&self, routing_key: &str, message: &Envelope) -> QueueResult<()> {
+    /// Publish, reconnecting through an outage for up to
+    /// [`PUBLISH_DEADLINE`]; a nack or a return is final.
+    async fn publish_with(
+        &self,
+        routing_key: &str,
+        message: &Envelope,
+        mandatory: bool,
+    ) -> QueueResult<()> {
         let payload = message.to_bytes()?;
         let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
         let mut backoff = BACKOFF_START;
         loop {
-            match self.publish_once(routing_key, &payload).await {
+            match self.publish_once(routing_key, &payload, mandatory).await {
                 Ok(()) => return Ok(()),
-                Err(QueueError::Nacked) => return Err(QueueError::Nacked),
+                Err(e @ (QueueError::Nacked | QueueError::Unroutable(_))) => return Err(e),
                 Err(e) if tokio::time::Instant::now() + backoff > deadline => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, routing_key, "publish failed, reconnecting");
@@ -249,11 +281,51 @@ impl MessageQueue for RabbitQueue {
         }
     }
 
-    async fn consume(&self, queue: &str, prefetch: u16) -> QueueResult<Box<dyn Consumer>> {
+    async fn reset(&self) {
+        *self.inner.link.lock().await = None;
+    }
+}
+
+#[async_trait]
+impl MessageQueue for RabbitQueue {
+    async fn declare_bounded_queue(
+        &self,
+        queue: &str,
+        bindings: &[String],
+        bounds: QueueBounds,
+    ) -> QueueResult<()> {
+        {
+            let mut topology = self.inner.topology.lock().await;
+            if !topology
+                .iter()
+                .any(|(q, b, l)| q == queue && b == bindings && *l == bounds)
+            {
+                topology.push((queue.to_string(), bindings.to_vec(), bounds));
+            }
+        }
+        let channel = self.publish_channel().await?;
+        self.declare_on(&channel, queue, bindings, &bounds).await
+    }
+
+    async fn publish(&self, routing_key: &str, message: &Envelope) -> QueueResult<()> {
+        self.publish_with(routing_key, message, false).await
+    }
+
+    async fn publish_mandatory(&self, routing_key: &str, message: &Envelope) -> QueueResult<()> {
+        self.publish_with(routing_key, message, true).await
+    }
+
+    async fn consume_bounded(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        max_bytes: usize,
+    ) -> QueueResult<Box<dyn Consumer>> {
         let mut consumer = RabbitConsumer {
             parent: self.clone(),
             queue: queue.to_string(),
             prefetch: prefetch.max(1),
+            max_bytes,
             current: None,
         };
         consumer.subscribe().await?;
@@ -261,7 +333,11 @@ impl MessageQueue for RabbitQueue {
     }
 
     async fn delete_queue(&self, queue: &str) -> QueueResult<()> {
-        self.inner.topology.lock().await.retain(|(q, _)| q != queue);
+        self.inner
+            .topology
+            .lock()
+            .await
+            .retain(|(q, _, _)| q != queue);
         let channel = self.publish_channel().await?;
         channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())
@@ -284,6 +360,8 @@ struct RabbitConsumer {
     parent: RabbitQueue,
     queue: String,
     prefetch: u16,
+    /// Larger messages are handed over unparsed.
+    max_bytes: usize,
     current: Option<Subscription>,
 }
 
@@ -332,25 +410,24 @@ impl Consumer for RabbitConsumer {
                 continue;
             };
             match sub.stream.next().await {
-                Some(Ok(d)) => match Envelope::from_bytes(&d.data) {
-                    Ok(envelope) => {
-                        let user_id = d.properties.user_id().as_ref().map(|u| u.to_string());
-                        let acker = RabbitAcker { acker: d.acker };
-                        return Ok(Delivery::new(envelope, d.redelivered, Box::new(acker))
-                            .with_user_id(user_id));
-                    }
-                    Err(e) => {
-                        // Unreadable: reject without requeue so it cannot loop.
-                        tracing::error!(error = %e, queue = %self.queue, "dropping unreadable message");
-                        let _ = d
-                            .acker
-                            .nack(BasicNackOptions {
-                                requeue: false,
-                                ..Default::default()
-                            })
-                            .await;
-                    }
-                },
+                Some(Ok(d)) => {
+                    let bytes = d.data.len();
+                    let envelope = if bytes > self.max_bytes {
+                        let why = format!(
+                            "{bytes} bytes, over this consumer's bound of {}",
+                            self.max_bytes
+                        );
+                        Envelope::unreadable(why, bytes)
+                    } else {
+                        Envelope::from_bytes(&d.data)
+                            .unwrap_or_else(|e| Envelope::unreadable(e.to_string(), bytes))
+                    };
+                    let user_id = d.properties.user_id().as_ref().map(|u| u.to_string());
+                    let acker = RabbitAcker { acker: d.acker };
+                    return Ok(Delivery::new(envelope, d.redelivered, Box::new(acker))
+                        .with_user_id(user_id)
+                        .with_bytes(bytes));
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, queue = %self.queue, "consumer link failed, reconnecting");
                     self.current = None;

@@ -36,6 +36,9 @@ use super::convert::{disk_commit, disk_report};
 use super::jobs::{fail_job, job_started, send_cancel};
 use super::{ServiceError, ServiceResult};
 
+/// Inventory entries recorded per catalog call.
+const INVENTORY_BATCH: usize = 50;
+
 /// How many heartbeat intervals an instance must go unreported before
 /// another host may take it over (a migration, an evacuation).
 const MOVE_AFTER_HEARTBEATS: u32 = 3;
@@ -203,36 +206,44 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
                 ekko.config.backup.heartbeat_interval.max(1) * MOVE_AFTER_HEARTBEATS as u64;
             let moved_before = crate::db::now()
                 - chrono::Duration::seconds(i64::try_from(interval).unwrap_or(i64::MAX / 2));
-            db.run(move |c| {
-                for i in &inv.instances {
-                    if let Err(why) = checks::inventory_entry(i) {
-                        tracing::warn!(host = %inv.host, %why, "inventory entry refused");
-                        continue;
-                    }
-                    let reports: Vec<_> = i.disks.iter().map(disk_report).collect();
-                    let upserted = instances::upsert(
-                        c,
-                        &i.id,
-                        &i.project_id,
-                        &inv.host,
-                        &i.name,
-                        &reports,
-                        moved_before,
-                    );
-                    match upserted {
-                        Ok(instances::Upserted::Recorded { .. }) => {}
-                        Ok(instances::Upserted::Contested { holder }) => {
-                            tracing::error!(host = %inv.host, instance = %i.id, %holder, "two live hosts report this instance: it stays with its host and is not backed up until one stops (a migration in progress, or a host claiming what is not its own)");
+            // In short batches, each on a connection of its own for a
+            // moment: a large inventory never holds one for long.
+            let host = std::sync::Arc::new(inv.host);
+            let mut entries = inv.instances.into_iter().peekable();
+            while entries.peek().is_some() {
+                let batch: Vec<_> = entries.by_ref().take(INVENTORY_BATCH).collect();
+                let host = host.clone();
+                db.run(move |c| {
+                    for i in &batch {
+                        if let Err(why) = checks::inventory_entry(i) {
+                            tracing::warn!(host = %host, %why, "inventory entry refused");
+                            continue;
                         }
-                        Err(DbError::Conflict(why)) => {
-                            tracing::warn!(host = %inv.host, instance = %i.id, %why, "inventory entry refused");
+                        let reports: Vec<_> = i.disks.iter().map(disk_report).collect();
+                        let upserted = instances::upsert(
+                            c,
+                            &i.id,
+                            &i.project_id,
+                            &host,
+                            &i.name,
+                            &reports,
+                            moved_before,
+                        );
+                        match upserted {
+                            Ok(instances::Upserted::Recorded { .. }) => {}
+                            Ok(instances::Upserted::Contested { holder }) => {
+                                tracing::error!(host = %host, instance = %i.id, %holder, "two live hosts report this instance: it stays with its host and is not backed up until one stops (a migration in progress, or a host claiming what is not its own)");
+                            }
+                            Err(DbError::Conflict(why)) => {
+                                tracing::warn!(host = %host, instance = %i.id, %why, "inventory entry refused");
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => return Err(e),
                     }
-                }
-                Ok(())
-            })
-            .await?;
+                    Ok(())
+                })
+                .await?;
+            }
         }
         JOB_STARTED => {
             let s: JobStarted = message.body_as(JOB_STARTED)?;

@@ -52,7 +52,7 @@ impl Service {
             .unwrap();
         let mut cmd = Command::new(bin);
         for (k, _) in std::env::vars() {
-            if k.starts_with("EKKO__") || k == "EKKO_FAILPOINT" {
+            if k.starts_with("EKKO__") || k == "EKKO_FAILPOINT" || k == "EKKO_FAIL_ONCE" {
                 cmd.env_remove(k);
             }
         }

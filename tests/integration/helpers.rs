@@ -254,20 +254,35 @@ pub async fn faulty_proxy(
     (addr, count)
 }
 
-/// Run the test environment's `rabbitmqctl`.
-pub fn rabbitmqctl(args: &[&str]) {
-    let ctl = std::env::var("EKKO_RABBITMQCTL").unwrap_or_else(|_| {
+fn rabbitmqctl_path() -> String {
+    std::env::var("EKKO_RABBITMQCTL").unwrap_or_else(|_| {
         format!(
             "{}/bin/rabbitmqctl",
             std::env::var("EKKO_OS_STATE").unwrap_or_else(|_| "/var/lib/ekko-openstack".into())
         )
-    });
+    })
+}
+
+/// Run the test environment's `rabbitmqctl`.
+pub fn rabbitmqctl(args: &[&str]) {
+    let ctl = rabbitmqctl_path();
     let status = std::process::Command::new(&ctl)
         .args(args)
         .stdout(std::process::Stdio::null())
         .status()
         .unwrap_or_else(|e| panic!("{ctl}: {e}"));
     assert!(status.success(), "{ctl} {args:?} failed");
+}
+
+/// Run the test environment's `rabbitmqctl`; what it printed.
+pub fn rabbitmqctl_output(args: &[&str]) -> String {
+    let ctl = rabbitmqctl_path();
+    let out = std::process::Command::new(&ctl)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{ctl}: {e}"));
+    assert!(out.status.success(), "{ctl} {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Stop the test environment's MariaDB (SIGTERM, as a service manager

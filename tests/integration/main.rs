@@ -9,8 +9,10 @@ mod nova;
 mod qsd;
 
 mod api;
+mod bus;
 mod cli;
 mod compaction;
+mod conductor;
 mod db;
 mod distributed;
 mod encryption;

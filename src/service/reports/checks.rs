@@ -28,8 +28,10 @@ pub const MAX_DISK_SIZE: u64 = 1 << 50;
 /// Chunk sizes: powers of two from 4 KiB to 16 MiB (`[backup] chunk_size`).
 pub const MIN_CHUNK: u64 = 4 << 10;
 pub const MAX_CHUNK: u64 = 16 << 20;
-/// A host serves at most this many instances, each at most this many disks.
-pub const MAX_INSTANCES: usize = 10_000;
+/// One inventory message lists at most this many instances (a host sends
+/// its inventory in pages of [`crate::wire::INVENTORY_PAGE`]), each with at
+/// most this many disks.
+pub const MAX_INSTANCES: usize = 2 * crate::wire::INVENTORY_PAGE;
 pub const MAX_DISKS: usize = 64;
 /// Largest segment object: 5 GiB (Swift's largest single object).
 pub const MAX_SEGMENT: i64 = 5 << 30;
