@@ -126,6 +126,10 @@ fn check_finished(c: &mut DbConnection, f: &BackupFinished, sender: &Sender) -> 
     if let Some(k) = &f.checkpoint {
         checks::checkpoint(&k.name, &k.xml, &f.host).map_err(refused)?;
     }
+    // Its outcome is here: the job is not stalled, even while the outcome
+    // waits for the store (an outage retries it) longer than the stall
+    // timeout.
+    jobs::heartbeat(c, &job.id)?;
     Ok(job)
 }
 

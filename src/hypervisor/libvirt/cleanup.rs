@@ -121,6 +121,16 @@ pub(super) fn thaw_if_left_frozen(shared: &Shared, dom: &Domain, uuid: &str) -> 
     super::snapshot::thaw(shared, dom, uuid)
 }
 
+/// Take checkpoint `name` out of the instance's ledger (its bitmaps are
+/// gone).
+fn forget(shared: &Shared, uuid: &str, name: &str) -> Result<(), ExtractError> {
+    let mut ledger = load_ledger(shared, uuid);
+    if ledger.remove(name).is_some() {
+        save_ledger(shared, uuid, &ledger)?;
+    }
+    Ok(())
+}
+
 /// The directory of one instance's backup job under the scratch directory.
 pub(super) fn instance_dir(scratch_dir: &Path, uuid: &str) -> PathBuf {
     scratch_dir.join("libvirt").join(uuid)
@@ -159,24 +169,16 @@ pub(super) fn delete_for_real(
     name: &str,
 ) -> Result<(), ExtractError> {
     let Some(ck) = dom.checkpoint_lookup(name)? else {
-        let mut ledger = load_ledger(shared, uuid);
-        if let Some(xml) = ledger.get(name).cloned() {
-            if remove_bitmaps(dom, uuid, name, &xml)? {
-                ledger.remove(name);
-                save_ledger(shared, uuid, &ledger)?;
+        if let Some(xml) = load_ledger(shared, uuid).get(name) {
+            if remove_bitmaps(dom, uuid, name, xml)? {
+                forget(shared, uuid, name)?;
             }
         }
         return Ok(());
     };
     match ck.delete(0) {
-        Ok(()) => {
-            // Its bitmaps are gone: nothing left for the ledger to remove.
-            let mut ledger = load_ledger(shared, uuid);
-            if ledger.remove(name).is_some() {
-                save_ledger(shared, uuid, &ledger)?;
-            }
-            Ok(())
-        }
+        // Its bitmaps are gone: nothing left for the ledger to remove.
+        Ok(()) => forget(shared, uuid, name),
         Err(e) if e.is_connection_lost() => Err(e.into()),
         Err(e) => {
             tracing::warn!(checkpoint = name, error = %e, "cannot delete the checkpoint's bitmaps now; forgetting its metadata, the next backup removes them");
@@ -210,10 +212,31 @@ pub(super) fn instance_lock(uuid: &str) -> Arc<Mutex<()>> {
     locks.entry(uuid.to_string()).or_default().clone()
 }
 
-/// Hold `lock` (a panic under it poisons nothing that matters: the state
-/// is libvirt's and the files', both read again).
-pub(super) fn hold(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
-    lock.lock().unwrap_or_else(|p| p.into_inner())
+/// Hold `lock` of instance `uuid`, waiting at most the shared step timeout
+/// (a start or end of the same instance stuck in libvirt must not pile up
+/// threads behind it, nor let a stale start freeze the guest long after
+/// its caller gave up). A panic under it poisons nothing that matters: the
+/// state is libvirt's and the files', both read again.
+pub(super) fn hold<'a>(
+    shared: &Shared,
+    lock: &'a Mutex<()>,
+    uuid: &str,
+) -> Result<MutexGuard<'a, ()>, ExtractError> {
+    let until = std::time::Instant::now() + shared.step_timeout();
+    loop {
+        match lock.try_lock() {
+            Ok(held) => return Ok(held),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                if std::time::Instant::now() >= until {
+                    return Err(ExtractError::TimedOut(format!(
+                        "instance {uuid}: an earlier start or end of its backup is still under way in libvirt"
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
 }
 
 /// Undo what an interrupted backup of instance `uuid` left: our backup job
@@ -223,7 +246,7 @@ pub(super) fn hold(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
 /// scratch directory is emptied.
 pub(super) fn recover(shared: &Shared, uuid: &str) -> Result<(), ExtractError> {
     let lock = instance_lock(uuid);
-    let _held = hold(&lock);
+    let _held = hold(shared, &lock, uuid)?;
     let dir = instance_dir(&shared.scratch_dir, uuid);
     if let Some(dom) = shared.domain_patiently(uuid)? {
         recover_domain(shared, &dom, uuid, &dir)?;

@@ -302,7 +302,7 @@ fn begin_blocking(
     opts: &SnapshotOptions,
 ) -> Result<Begun, ExtractError> {
     let lock = cleanup::instance_lock(uuid);
-    let _held = cleanup::hold(&lock);
+    let _held = cleanup::hold(shared, &lock, uuid)?;
     begin_locked(shared, uuid, requests, opts)
 }
 
@@ -640,7 +640,7 @@ impl LibvirtSnapshot {
         let dir = self.dir.clone();
         blocking(move || {
             let lock = cleanup::instance_lock(&uuid);
-            let _held = cleanup::hold(&lock);
+            let _held = cleanup::hold(&shared, &lock, &uuid)?;
             let Some(dom) = shared.domain_patiently(&uuid)? else {
                 tracing::warn!(instance = %uuid, "the domain is gone; nothing to end");
                 return Ok(());
