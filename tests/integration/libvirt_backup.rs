@@ -568,22 +568,25 @@ async fn a_worker_or_libvirtd_dying_mid_backup_leaves_nothing_and_the_next_backu
 
     // --- the worker dies mid-backup (its task dropped: nothing ends the
     // job); a new worker's start cleans up
-    vm.write(0, 2 * MIB, MIB, 0x61);
+    vm.write(0, 2 * MIB, 4 * MIB, 0x61);
     let task = {
         let (slow, inst) = (slow.clone(), inst.clone());
         let dying = LibvirtHypervisor::from_config(&slow.config).unwrap();
         tokio::spawn(async move { back_up_with(&slow, &dying, &inst, &request()).await })
     };
     job_started(&uri, &vm.uuid).await;
+    assert!(
+        checkpoints_forgotten_while_job_runs(&uri, &vm.uuid).await,
+        "base and new checkpoint forgotten while the job runs"
+    );
+    // The start is over (a start whose caller is gone ends its own job);
+    // the worker dies while it reads (4 MiB at 1 MiB/s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     task.abort();
     let _ = task.await;
     assert!(
         job_active(&conn, &vm.uuid),
         "the dead worker's job still runs"
-    );
-    assert!(
-        checkpoints_forgotten_while_job_runs(&uri, &vm.uuid).await,
-        "base and new checkpoint forgotten while the job runs"
     );
     assert!(scratch.join("libvirt").join(&vm.uuid).exists());
     let restarted = LibvirtHypervisor::from_config(&x.ekko.config).unwrap();
