@@ -154,14 +154,28 @@ class Client(object):
 
     def restore_create(self, backup_id, path, disk=None, host=None,
                        fmt=None):
+        """Restore one disk to a file (under the host's restore dir)."""
         target = {"type": "file", "path": path}
         if host:
             target["host"] = host
         body = {"backup_id": backup_id, "target": target}
-        if disk:
-            body["disk"] = disk
         if fmt:
             body["format"] = fmt
+        return self._restore_post(body, disk)
+
+    def restore_create_image(self, backup_id, name, disk=None,
+                             disk_format="raw", visibility="private"):
+        """Restore one disk into a new Glance image of the caller's
+        project (its id is the response's ``target.image_id``)."""
+        target = {"type": "image", "name": name,
+                  "disk_format": disk_format or "raw",
+                  "visibility": visibility}
+        return self._restore_post(
+            {"backup_id": backup_id, "target": target}, disk)
+
+    def _restore_post(self, body, disk=None):
+        if disk:
+            body["disk"] = disk
         return self.post("/restores", {"restore": body})["restore"]
 
     def restore_list(self, **filters):

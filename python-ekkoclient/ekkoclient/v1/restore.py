@@ -1,4 +1,6 @@
-"""``openstack ekko backup restore`` and ``openstack ekko restore ...``."""
+"""``openstack ekko restore create`` (into a Glance image or a file),
+``openstack ekko backup restore`` (the same) and ``openstack ekko restore
+...``."""
 
 from osc_lib.command import command
 from osc_lib import exceptions as osc_exc
@@ -6,7 +8,9 @@ from osc_lib import exceptions as osc_exc
 from ekkoclient import common
 from ekkoclient.v1 import backup as backup_cmds
 
-RESTORE_DONE = ("completed", "error")
+# A file restore ends ``completed``, an image restore ``available``.
+RESTORE_DONE = ("completed", "available", "error")
+DISK_FORMATS = ("raw", "qcow2")
 
 
 def restore_formatters():
@@ -15,6 +19,12 @@ def restore_formatters():
 
 
 def show_restore(restore):
+    """A restore for a ShowOne; an image restore also shows ``image_id``
+    (the Glance image, once Ekko has created it) at the top level, for
+    ``-c image_id -f value``."""
+    target = restore.get("target") or {}
+    if target.get("type") == "image":
+        restore = dict(restore, image_id=target.get("image_id"))
     return common.show_dict(restore, restore_formatters())
 
 
@@ -33,44 +43,75 @@ def wait_restore(client, restore, interval=2.0, timeout=None):
     return restore
 
 
-class RestoreBackup(command.ShowOne):
-    """Restore one disk of a backup to a file on the instance's host.
+class CreateRestore(command.ShowOne):
+    """Restore one disk of a backup into a new Glance image or a file.
 
-    The file is created under the host's ``[backup] restore_dir`` (never
-    overwritten); an operator action (policy ``ekko:restore:create``).
+    ``--image``: a new private image of the backup's project, which the
+    project then boots from (``server create --image``), rebuilds a server
+    with (``server rebuild --image``) or makes a volume of (``volume create
+    --image``). ``--target``: a file under the host's ``[backup]
+    restore_dir`` (never overwritten), an operator action by default
+    (policy ``ekko:restore:create``).
     """
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument("backup", metavar="<backup>",
                             help="Backup to restore (name or ID)")
-        parser.add_argument(
-            "--target", metavar="<relative-path>", required=True,
-            help="File to write, relative to the host's restore directory")
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument(
+            "--image", metavar="<name>",
+            help="Restore into a new private Glance image of this name")
+        where.add_argument(
+            "--target", metavar="<relative-path>",
+            help="Restore to this file, relative to the host's restore "
+                 "directory")
         parser.add_argument(
             "--device", "--disk", metavar="<device>", dest="device",
             help="Disk (device name) to restore; needed only when the "
                  "backup has several")
         parser.add_argument(
             "--host", metavar="<host>",
-            help="Compute host to write on (default: the instance's)")
+            help="With --target: compute host to write on (default: the "
+                 "instance's)")
         parser.add_argument(
-            "--disk-format", metavar="<format>", choices=("raw", "qcow2"),
+            "--disk-format", metavar="<format>", choices=DISK_FORMATS,
             dest="disk_format",
-            help="Format of the file: raw (default) or qcow2")
+            help="Format of the image or file: raw (default) or qcow2")
         backup_cmds.add_wait_options(parser, "restore")
         return parser
 
     def take_action(self, parsed_args):
+        if parsed_args.image is not None:
+            if parsed_args.host:
+                raise osc_exc.CommandError(
+                    "--host is for a file restore (--target); an image "
+                    "restore (--image) takes no host")
+            if not parsed_args.image.strip():
+                raise osc_exc.CommandError("--image needs a non-empty name")
         client = self.app.client_manager.ekko
         backup = client.find("backup", parsed_args.backup)
-        restore = client.restore_create(
-            backup["id"], parsed_args.target, disk=parsed_args.device,
-            host=parsed_args.host, fmt=parsed_args.disk_format)
+        if parsed_args.image is not None:
+            restore = client.restore_create_image(
+                backup["id"], parsed_args.image, disk=parsed_args.device,
+                disk_format=parsed_args.disk_format or "raw")
+        else:
+            restore = client.restore_create(
+                backup["id"], parsed_args.target, disk=parsed_args.device,
+                host=parsed_args.host, fmt=parsed_args.disk_format)
         if parsed_args.wait:
             restore = wait_restore(client, restore, parsed_args.wait_interval,
                                    parsed_args.wait_timeout)
         return show_restore(restore)
+
+
+class RestoreBackup(CreateRestore):
+    """Restore one disk of a backup (as ``ekko restore create``).
+
+    ``--image <name>``: into a new private Glance image of the backup's
+    project; ``--target <relative-path>``: to a file on the instance's host
+    under its ``[backup] restore_dir`` (never overwritten).
+    """
 
 
 class ListRestore(command.Lister):
@@ -96,21 +137,39 @@ class ListRestore(command.Lister):
             restores = [r for r in restores
                         if r.get("backup_id") == parsed_args.backup]
         cols = ["id", "backup_id", "status", "progress", "bytes_written",
-                "format", "target", "created_at"]
+                "format", "target", "image_id", "created_at"]
         heads = ["ID", "Backup ID", "Status", "Progress", "Bytes Written",
-                 "Format", "Target", "Created At"]
+                 "Format", "Target", "Image ID", "Created At"]
         if parsed_args.all_projects or parsed_args.project:
             cols.insert(2, "project_id")
             heads.insert(2, "Project ID")
         fmt = restore_formatters()
         fmt["target"] = _target
-        rows = [tuple(fmt[c](r.get(c)) if c in fmt else r.get(c)
-                      for c in cols) for r in restores]
+        rows = []
+        for r in restores:
+            values = [_column(r, c) for c in cols]
+            rows.append(tuple(fmt[c](v) if c in fmt else v
+                              for c, v in zip(cols, values)))
         return heads, rows
 
 
+def _column(restore, col):
+    """A list cell's value: an image restore's id and format are in its
+    target."""
+    target = restore.get("target") or {}
+    if col == "image_id":
+        return target.get("image_id") if target.get("type") == "image" \
+            else None
+    if col == "format" and restore.get("format") is None:
+        return target.get("disk_format")
+    return restore.get(col)
+
+
 def _target(t):
+    """``host:path`` for a file, ``image:<name>`` for an image."""
     t = t or {}
+    if t.get("type") == "image":
+        return "image:%s" % (t.get("name") or "")
     where = t.get("path", "")
     if t.get("host"):
         where = "%s:%s" % (t["host"], where)
