@@ -27,6 +27,7 @@ pub mod file_target;
 pub mod instance;
 pub mod map;
 mod map_builder;
+pub mod qcow2_stream;
 pub mod reader;
 pub mod restore;
 pub mod target_dir;
