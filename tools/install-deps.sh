@@ -11,11 +11,14 @@
 #     qemu-system-x86 10.x, virsh, libvirt-dev (headers), nbdinfo, all from
 #     bookworm-backports with the systemd family pinned to bookworm (else apt
 #     upgrades systemd to the backports release); started by tools/test-env.sh
+#   - Glance: glance-api (bookworm's Zed, 25.1, as python3-keystone 22),
+#     after QEMU: python3-glance depends on qemu-utils, which must already be
+#     the backports one; started by tools/test-env.sh
 #   - benchmark peers and drivers: restic, borgbackup, wrk, curl
 #   - lint: shellcheck
 #   - Python tools (PyPI, pinned in tools/requirements/*.txt) in the venv
 #     /opt/ekko-venv: schemathesis, python-openstackclient, Sphinx, reno
-# The OpenStack services for the integration tests are installed by
+# The other OpenStack services for the integration tests are installed by
 # tools/test-env.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -132,6 +135,30 @@ else
   [ "$rc" = 0 ] || die "installing libvirt failed"
   libvirt_ok || die "libvirt/qemu-system-x86_64 ${QEMU_MIN_MAJOR}+ still missing after the install: $(qemu-system-x86_64 --version 2>&1 | head -1)"
   log "libvirt $(libvirtd --version | awk '{print $NF}') and qemu-system-x86_64 $(qemu_system_major).x installed"
+fi
+
+# ------------------------------------------------------------ Glance
+# Here and not in tools/test-env.sh's list: python3-glance depends on
+# qemu-utils, and only once backports' 10.x is installed (above) does apt
+# take that one instead of bookworm main's 7.2. It also brings os-brick's
+# open-iscsi and udev (no daemon of theirs is used). tools/test-env.sh runs
+# the eventlet glance-api itself, not Debian's init script / uWSGI setup.
+GLANCE_PKGS=(glance-api)
+glance_ok() { local p; for p in "${GLANCE_PKGS[@]}"; do installed "$p" || return 1; done; }
+if glance_ok; then
+  log "glance-api $(dpkg-query -W -f='${Version}' glance-api) present"
+else
+  qemu_ok || die "refusing to install glance-api before qemu-utils ${QEMU_MIN_MAJOR}+ (it would pull bookworm's qemu-utils 7.2)"
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; own_policy=1
+  fi
+  rc=0
+  ( apt_install -- "${GLANCE_PKGS[@]}" ) || rc=$?
+  [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  [ "$rc" = 0 ] || die "installing glance-api failed"
+  qemu_ok || die "installing glance-api changed qemu-utils: $(qemu-img --version | head -1)"
+  log "glance-api $(dpkg-query -W -f='${Version}' glance-api) installed"
 fi
 
 # ------------------------------------------------------------ Python tools

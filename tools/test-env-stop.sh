@@ -2,8 +2,8 @@
 # tools/test-env-stop.sh [--purge] - stop what tools/test-env.sh started (by
 # the PIDs it recorded, never by name). A MariaDB or RabbitMQ that test-env.sh
 # found already running (not its own) is left alone. --purge also deletes the
-# state dir (databases, rings, objects, keys) for a clean next start; the
-# `ekko`/`keystone` databases on such a foreign MariaDB are kept.
+# state dir (databases, rings, objects, images, keys) for a clean next start;
+# the `ekko`/`keystone`/`glance` databases on such a foreign MariaDB are kept.
 # libvirtd and virtlogd are stopped only if test-env.sh started them.
 set -uo pipefail
 STATE=${EKKO_OS_STATE:-/var/lib/ekko-openstack}
@@ -31,6 +31,8 @@ if [ -d "$RUN" ]; then
   stop swift-object swift-object-server
   stop swift-container swift-container-server
   stop swift-account swift-account-server
+  stop glance-api glance-api    # the parent takes its worker down
+  stop keystone-short "keystone-short uWSGI master"
   stop keystone "keystone uWSGI master"  # --die-on-term: master takes its workers down
   stop rabbitmq beam
   stop memcached memcached

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # tools/test-env-verify.sh [--bench] - end-to-end checks of the services
-# started by tools/test-env.sh, with the real clients; --bench also
+# started by tools/test-env.sh, with the real clients (Glance's and the
+# short-token Keystone's too; a token's actual expiry is not waited for
+# here, ~20 s: tests do that); --bench also
 # measures token validation and 4 MiB Swift PUT/GET latency (median) and memory.
 set -uo pipefail
 STATE=${EKKO_OS_STATE:-/var/lib/ekko-openstack}
@@ -73,6 +75,41 @@ ch.queue_delete('ekko-verify'); c.close()
 EOF
 
 as_demo swift delete "$C" >/dev/null 2>&1 || true
+
+# ---- short-token Keystone: its token expires in EKKO_KEYSTONE_SHORT_TOKEN_TTL
+# seconds and the main Keystone validates it (shared keys)
+# token_at KEYSTONE_URL USER PASSWORD PROJECT -> X-Subject-Token, body in $TMP/tok.json
+token_at() {
+  curl -fsS -D "$TMP/tok.hdr" -o "$TMP/tok.json" -H 'Content-Type: application/json' "$1/v3/auth/tokens" -d \
+  '{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"'"$2"'","domain":{"id":"default"},"password":"'"$3"'"}}},"scope":{"project":{"name":"'"$4"'","domain":{"id":"default"}}}}}' \
+  && awk -F': ' 'tolower($1)=="x-subject-token"{print $2}' "$TMP/tok.hdr" | tr -d '\r'
+}
+SHORT=$(token_at "$EKKO_KEYSTONE_SHORT_URL" demo "$EKKO_DEMO_PASSWORD" demo)
+ttl=$(jq -r '.token | ((.expires_at|sub("\\.[0-9]+Z$";"Z")|fromdate) - (.issued_at|sub("\\.[0-9]+Z$";"Z")|fromdate))' "$TMP/tok.json" 2>/dev/null)
+check "short Keystone: token lives ${EKKO_KEYSTONE_SHORT_TOKEN_TTL}s (got ${ttl}s)" test "$ttl" = "$EKKO_KEYSTONE_SHORT_TOKEN_TTL"
+check "short Keystone's token validates at the main Keystone" \
+  test "$(code -H "X-Auth-Token: $STOK" -H "X-Subject-Token: $SHORT" "$EKKO_KEYSTONE_URL/v3/auth/tokens?nocatalog")" = 200
+
+# ---- Glance (openstack CLI, curl)
+if [ -n "${EKKO_GLANCE_URL:-}" ]; then
+  head -c 3145728 /dev/urandom >"$TMP/img.raw"
+  I=ekko-verify-$$
+  check "openstack image create --private --file (demo)" \
+    as_demo openstack image create --private --disk-format raw --container-format bare --file "$TMP/img.raw" "$I"
+  IID=$(as_demo openstack image show "$I" -f value -c id 2>/dev/null)
+  check "openstack image save (demo) matches" bash -c "$(declare -f as_demo); as_demo openstack image save --file '$TMP/img.back' '$IID' && cmp '$TMP/img.raw' '$TMP/img.back'"
+  check "image: owner = demo project, private, active, virtual_size" bash -c \
+    "set -o pipefail; $(declare -f as_demo); as_demo openstack image show '$IID' -f json | jq -e '.owner==\"$EKKO_DEMO_PROJECT_ID\" and .visibility==\"private\" and .status==\"active\" and .virtual_size==3145728'"
+  check "other project's user cannot see it (alt -> 404)" \
+    test "$(code -H "X-Auth-Token: $(token alt "$EKKO_ALT_PASSWORD" alt_demo)" "$EKKO_GLANCE_URL/v2/images/$IID")" = 404
+  check "raw curl: 401 without a token, 200 with the short Keystone's" bash -c \
+    "test \$(curl -s -o /dev/null -w '%{http_code}' '$EKKO_GLANCE_URL/v2/images') = 401 && test \$(curl -s -o /dev/null -w '%{http_code}' -H 'X-Auth-Token: $SHORT' '$EKKO_GLANCE_URL/v2/images/$IID') = 200"
+  check "image quota: Keystone registered limit image_size_total for glance" \
+    bash -c "set -o pipefail; openstack registered limit list --service glance -f value -c 'Resource Name' | grep -qx image_size_total"
+  as_demo openstack image delete "$IID" >/dev/null 2>&1 || true
+else
+  echo "SKIP Glance (EKKO_GLANCE_URL is empty: glance-api not installed or EKKO_OS_GLANCE=0)"
+fi
 
 # ---- libvirt (virsh; domains themselves: tests/integration/libvirt.rs)
 if [ -n "${EKKO_LIBVIRT_URI:-}" ]; then

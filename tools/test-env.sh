@@ -7,6 +7,8 @@
 #   eval "$(bash tools/test-env.sh)"     # or: source $EKKO_OS_STATE/env.sh
 #   bash tools/test-env-verify.sh        # end-to-end checks with the real clients
 #   bash tools/test-env-stop.sh [--purge]
+#   bash tools/test-env.sh glance-stop|glance-start   # only glance-api (tests
+#                                        # of Glance going away mid-upload)
 #
 # Idempotent: installs missing Debian packages, creates state once, starts only
 # what is not already running, (re)creates Keystone users/projects/endpoints
@@ -29,7 +31,8 @@
 #   If neither way works, the script stops and says what to set.
 #
 # Everything lives under $EKKO_OS_STATE (default /var/lib/ekko-openstack):
-#   mariadb/ rabbitmq/ keystone/ swift/ (rings, confs, device dir) log/ run/ env.sh
+#   mariadb/ rabbitmq/ keystone/ (short/: the short-token one) swift/ (rings,
+#   confs, device dir) glance/ (confs, images/) log/ run/ env.sh
 # All daemons run as root and bind 127.0.0.1 only.
 #
 # libvirt (packages from tools/install-deps.sh; skipped with a warning when
@@ -42,6 +45,38 @@
 # 0660: otherwise libvirt re-probes QEMU (~5 s) on every define and start.
 # Domains are TCG (`type='qemu'`); QEMU runs as libvirt-qemu, so the
 # directories of test disks and NBD sockets must let that user in.
+#
+# Glance (package glance-api from tools/install-deps.sh, which installs it
+# only after qemu-utils 10 from backports: python3-glance depends on
+# qemu-utils and bookworm main's 7.2 must never come in; skipped with a
+# warning when /usr/bin/glance-api is missing, or with EKKO_OS_GLANCE=0):
+# the eventlet `glance-api` (workers = 1) on $H:9292, file store in
+# glance/images, MariaDB database `glance`, Keystone user `glance`
+# (service project: admin + service; system: reader, which oslo.limit needs
+# to see every project's limits), service `image`; env.sh then has
+# EKKO_GLANCE_URL (empty without Glance). Quotas are Keystone unified limits
+# (use_keystone_limits; the legacy global user_storage_quota is ignored
+# then): large registered defaults, and a test sets its own project's
+# limit with the admin credentials, e.g.
+#   openstack limit create --service glance --region RegionOne \
+#     --project $PROJECT_ID --resource-limit 1 image_size_total   # MiB
+# (`openstack limit delete ID` likewise; but GET /v3/limits with a project
+# token lists only that project's limits: list with a system-scoped admin
+# token, `--os-system-scope all` without OS_PROJECT_NAME). Glance checks
+# image_size_total only BEFORE an upload: usage (whole MiB) > limit -> 413
+# at once; the upload that crosses the limit is accepted, so a test first
+# puts more than the limit into the project. authtoken accepts an expired
+# user token together with an X-Service-Token of a user with the `service`
+# role (ekko has it), within Keystone's [token] allow_expired_window.
+# glance-api stopped or killed mid-upload leaves that image `saving` for
+# good (a new PUT gets 409, DELETE works, the partial file stays in
+# glance/images); a client that drops mid-upload sets it back to `queued`.
+#
+# A second Keystone (same database, fernet keys and memcached; its own
+# uWSGI) on $H:5001 issues tokens that expire after 20 s
+# (EKKO_KEYSTONE_SHORT_URL): every service validates them as usual, so a
+# test can watch a user token expire without changing the main Keystone's
+# [token] expiration (global, 1 h).
 set -euo pipefail
 
 STATE=${EKKO_OS_STATE:-/var/lib/ekko-openstack}
@@ -59,6 +94,14 @@ SWIFT_ACCOUNT_PORT=${EKKO_OS_SWIFT_ACCOUNT_PORT:-6202}
 KEYSTONE_PROCESSES=${EKKO_OS_KEYSTONE_PROCESSES:-1}
 KEYSTONE_THREADS=${EKKO_OS_KEYSTONE_THREADS:-4}
 TOKEN_EXPIRATION=${EKKO_OS_TOKEN_EXPIRATION:-3600}
+# Tokens of the short-lived Keystone (seconds; Keystone accepts >= 0).
+KEYSTONE_SHORT_PORT=${EKKO_OS_KEYSTONE_SHORT_PORT:-5001}
+SHORT_TOKEN_EXPIRATION=${EKKO_OS_SHORT_TOKEN_EXPIRATION:-20}
+# How long after its expiry a token is still accepted together with a
+# service token (Keystone's default, 2 days; both Keystones).
+ALLOW_EXPIRED_WINDOW=${EKKO_OS_ALLOW_EXPIRED_WINDOW:-172800}
+GLANCE=${EKKO_OS_GLANCE:-1}    # 0: no Glance
+GLANCE_PORT=${EKKO_OS_GLANCE_PORT:-9292}
 # Test-only credentials (loopback only). Changing them needs a clean state.
 PW=${EKKO_OS_PASSWORD:-secret}
 ADMIN_PASS=${EKKO_OS_ADMIN_PASSWORD:-admin-$PW}
@@ -69,6 +112,8 @@ READER_PASS=${EKKO_OS_READER_PASSWORD:-reader-$PW}
 ALT_PASS=${EKKO_OS_ALT_PASSWORD:-alt-$PW}
 DB_PASS=${EKKO_OS_DB_PASSWORD:-ekko-db-$PW}
 KEYSTONE_DB_PASS=${EKKO_OS_KEYSTONE_DB_PASSWORD:-keystone-db-$PW}
+GLANCE_SERVICE_PASS=${EKKO_OS_GLANCE_SERVICE_PASSWORD:-glance-$PW}
+GLANCE_DB_PASS=${EKKO_OS_GLANCE_DB_PASSWORD:-glance-db-$PW}
 AMQP_PASS=${EKKO_OS_AMQP_PASSWORD:-ekko-mq-$PW}
 READY_TIMEOUT=${EKKO_OS_READY_TIMEOUT:-120}
 # Only used when a MariaDB / RabbitMQ not started by this script holds the port:
@@ -90,6 +135,8 @@ LIBVIRT_URI=qemu:///system
 PY=/usr/bin/python3            # Debian's python (a pyenv shim may shadow python3)
 LOG=$STATE/log RUN=$STATE/run
 KS_URL=http://$H:$KEYSTONE_PORT
+KS_SHORT_URL=http://$H:$KEYSTONE_SHORT_PORT
+GLANCE_URL=http://$H:$GLANCE_PORT
 SWIFT_URL=http://$H:$SWIFT_PORT
 T0=${EPOCHREALTIME/./}
 
@@ -140,12 +187,13 @@ alive() {
 }
 port_open() { (exec 3<>"/dev/tcp/$H/$1") 2>/dev/null; }
 # spawn NAME LOGFILE CMD...: detach (own session), record pid.
-# stop_ours NAME PATTERN: TERM our recorded pid (cmdline must match), wait up to 30 s.
+# stop_ours NAME PATTERN [WHAT]: TERM our recorded pid (cmdline must match),
+# wait up to 30 s; WHAT (default "restarting") is what the log line says.
 stop_ours() {
   local f=$RUN/$1.pid pid
   alive "$1" "$2" || return 0
   pid=$(cat "$f")
-  log "restarting $1 ($pid)"
+  log "${3:-restarting} $1 ($pid)"
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   kill -KILL "$pid" 2>/dev/null || true
@@ -285,6 +333,17 @@ GRANT ALL PRIVILEGES ON *.* TO 'ekko'@'localhost' WITH GRANT OPTION;
 GRANT ALL PRIVILEGES ON *.* TO 'ekko'@'%' WITH GRANT OPTION;
 FLUSH PRIVILEGES;
 EOF
+  [ "$GLANCE" = 1 ] || return 0
+  mysql_root <<EOF
+CREATE DATABASE IF NOT EXISTS glance;
+CREATE USER IF NOT EXISTS 'glance'@'localhost' IDENTIFIED BY '$GLANCE_DB_PASS';
+CREATE USER IF NOT EXISTS 'glance'@'%' IDENTIFIED BY '$GLANCE_DB_PASS';
+ALTER USER 'glance'@'localhost' IDENTIFIED BY '$GLANCE_DB_PASS';
+ALTER USER 'glance'@'%' IDENTIFIED BY '$GLANCE_DB_PASS';
+GRANT ALL PRIVILEGES ON glance.* TO 'glance'@'localhost';
+GRANT ALL PRIVILEGES ON glance.* TO 'glance'@'%';
+FLUSH PRIVILEGES;
+EOF
 }
 
 # ---------------------------------------------------------------- RabbitMQ
@@ -402,11 +461,13 @@ EOF
 # ---------------------------------------------------------------- Keystone
 KS=$STATE/keystone
 keystone_manage() { keystone-manage --config-file "$KS/keystone.conf" "$@"; }
-configure_keystone() {
-  mkdir -p "$KS"
-  cat >"$KS/keystone.conf" <<EOF
+# keystone_conf EXPIRATION LOGFILE: keystone.conf on stdout. Both Keystones
+# share the database, the fernet/credential keys and memcached, so each
+# validates the other's tokens; the expiry is in the token itself.
+keystone_conf() {
+  cat <<EOF
 [DEFAULT]
-log_file = $LOG/keystone.log
+log_file = $2
 use_stderr = false
 [database]
 connection = mysql+pymysql://keystone:$KEYSTONE_DB_PASS@$H:$MYSQL_PORT/keystone?charset=utf8
@@ -415,7 +476,10 @@ connection = mysql+pymysql://keystone:$KEYSTONE_DB_PASS@$H:$MYSQL_PORT/keystone?
 password_hash_rounds = ${EKKO_OS_PASSWORD_HASH_ROUNDS:-4}
 [token]
 provider = fernet
-expiration = $TOKEN_EXPIRATION
+expiration = $1
+# An expired token still validates with ?allow_expired=1 (what authtoken
+# asks for when the request also has a valid service token) this long.
+allow_expired_window = $ALLOW_EXPIRED_WINDOW
 [fernet_tokens]
 key_repository = $KS/fernet-keys
 [fernet_receipts]
@@ -429,6 +493,12 @@ enabled = true
 backend = oslo_cache.memcache_pool
 memcache_servers = $H:$MEMCACHED_PORT
 EOF
+}
+configure_keystone() {
+  mkdir -p "$KS" "$KS/short"
+  keystone_conf "$TOKEN_EXPIRATION" "$LOG/keystone.log" >"$KS/keystone.conf"
+  # The short-token Keystone: same everything, [token] expiration only.
+  keystone_conf "$SHORT_TOKEN_EXPIRATION" "$LOG/keystone-short.log" >"$KS/short/keystone.conf"
   # Same result as `keystone-manage fernet_setup` / `credential_setup` (key files
   # 0 = staged, 1 = primary; each = urlsafe base64 of 32 random bytes, dir 0700)
   # without two more ~5 s keystone imports.
@@ -473,24 +543,33 @@ setup_keystone_db() {
     KS_RESET=1
   fi
 }
-start_keystone() {
-  if alive keystone "keystone uWSGI master"; then log "Keystone already running"; return; fi
-  check_port_free "$KEYSTONE_PORT" keystone
+# start_keystone_uwsgi NAME PORT CONFDIR THREADS: one uWSGI Keystone; its
+# process title (and so the pid check) is "NAME uWSGI master".
+start_keystone_uwsgi() {
+  local name=$1 port=$2 confdir=$3 threads=$4
+  if alive "$name" "$name uWSGI master"; then log "$name already running"; return; fi
+  check_port_free "$port" "$name"
   # --die-on-term: uWSGI 2.0 otherwise treats SIGTERM as "reload".
   # HTTP router (--http, keep-alive capable) in front of the workers' unix socket.
   # Plain --http-socket closes each connection without "Connection: close", so
   # pooled clients (python-requests, hyper/reqwest) hit "connection reset".
-  spawn keystone "$LOG/keystone-uwsgi.log" /usr/bin/uwsgi-core --plugin python3,http \
-    --http "$H:$KEYSTONE_PORT" --http-keepalive --socket "$RUN/keystone-uwsgi.sock" \
+  spawn "$name" "$LOG/$name-uwsgi.log" /usr/bin/uwsgi-core --plugin python3,http \
+    --http "$H:$port" --http-keepalive --socket "$RUN/$name-uwsgi.sock" \
     --wsgi-file /usr/bin/keystone-wsgi-public \
-    --env "OS_KEYSTONE_CONFIG_DIR=$KS" --master --processes "$KEYSTONE_PROCESSES" --threads "$KEYSTONE_THREADS" \
+    --env "OS_KEYSTONE_CONFIG_DIR=$confdir" --master --processes "$KEYSTONE_PROCESSES" --threads "$threads" \
     --enable-threads --lazy-apps --die-on-term --need-app --buffer-size 65535 \
-    --procname-prefix-spaced keystone
+    --procname-prefix-spaced "$name"
+}
+start_keystone() {
+  start_keystone_uwsgi keystone "$KEYSTONE_PORT" "$KS" "$KEYSTONE_THREADS"
+  # Only tests that watch a token expire use it: 2 threads.
+  start_keystone_uwsgi keystone-short "$KEYSTONE_SHORT_PORT" "$KS/short" 2
 }
 provision_keystone() {
   # Idempotent find-or-create of projects/users/roles/catalog; prints KEY=VALUE.
   KS_URL=$KS_URL ADMIN_PASS=$ADMIN_PASS SERVICE_PASS=$SERVICE_PASS SWIFT_SERVICE_PASS=$SWIFT_SERVICE_PASS \
   DEMO_PASS=$DEMO_PASS READER_PASS=$READER_PASS ALT_PASS=$ALT_PASS SWIFT_URL=$SWIFT_URL \
+  GLANCE=$GLANCE GLANCE_SERVICE_PASS=$GLANCE_SERVICE_PASS GLANCE_URL=$GLANCE_URL \
   "$PY" - <<'PYEOF'
 # stdlib only: importing keystoneclient costs seconds of CPU on a busy 2-core box
 import json, os, urllib.request, urllib.error
@@ -526,6 +605,18 @@ def user(name, pw, proj, roles):
                           'default_project_id': proj})
     for r in roles:                                   # PUT: idempotent
         call('PUT', '/projects/%s/users/%s/roles/%s' % (proj, uid, r), token=T)
+    return uid
+def catalog(name, stype, desc, want):
+    svc = find_or_create('services', 'service', 'type=' + stype,
+                         {'name': name, 'type': stype, 'description': desc})
+    have = {e['interface']: e for e in call('GET', '/endpoints?service_id=' + svc, token=T)[1]['endpoints']}
+    for iface, url in want.items():
+        if iface not in have:
+            have[iface] = call('POST', '/endpoints', {'endpoint': {
+                'service_id': svc, 'interface': iface, 'url': url, 'region_id': 'RegionOne'}}, token=T)[1]['endpoint']
+        elif have[iface]['url'] != url:
+            call('PATCH', '/endpoints/' + have[iface]['id'], {'endpoint': {'url': url}}, token=T)
+    return svc, have['public']['id']
 admin, member, reader = role('admin'), role('member'), role('reader')
 service_role, _ = role('service'), role('ResellerAdmin')
 service = project('service', 'service users (ekko, swift)')
@@ -536,18 +627,34 @@ user('swift', E['SWIFT_SERVICE_PASS'], service, [admin, service_role])
 user('demo', E['DEMO_PASS'], demo, [member])
 user('demo-reader', E['READER_PASS'], demo, [reader])
 user('alt', E['ALT_PASS'], alt, [member])
-svc = find_or_create('services', 'service', 'type=object-store',
-                     {'name': 'swift', 'type': 'object-store', 'description': 'Swift object store'})
-want = {'public': E['SWIFT_URL'] + '/v1/AUTH_%(project_id)s',
-        'internal': E['SWIFT_URL'] + '/v1/AUTH_%(project_id)s',
-        'admin': E['SWIFT_URL'] + '/v1'}
-have = {e['interface']: e for e in call('GET', '/endpoints?service_id=' + svc, token=T)[1]['endpoints']}
-for iface, url in want.items():
-    if iface not in have:
-        call('POST', '/endpoints', {'endpoint': {'service_id': svc, 'interface': iface,
-                                                 'url': url, 'region_id': 'RegionOne'}}, token=T)
-    elif have[iface]['url'] != url:
-        call('PATCH', '/endpoints/' + have[iface]['id'], {'endpoint': {'url': url}}, token=T)
+catalog('swift', 'object-store', 'Swift object store',
+        {'public': E['SWIFT_URL'] + '/v1/AUTH_%(project_id)s',
+         'internal': E['SWIFT_URL'] + '/v1/AUTH_%(project_id)s',
+         'admin': E['SWIFT_URL'] + '/v1'})
+if E['GLANCE'] == '1':
+    # service + admin in the service project, as devstack gives it
+    glance = user('glance', E['GLANCE_SERVICE_PASS'], service, [admin, service_role])
+    # oslo.limit reads every project's limits: a project-scoped token only
+    # sees its own project's (GET /v3/limits), a system-scoped one all.
+    call('PUT', '/system/users/%s/roles/%s' % (glance, reader), token=T)
+    svc, endpoint = catalog('glance', 'image', 'Glance image service',
+                            {i: E['GLANCE_URL'] for i in ('public', 'internal', 'admin')})
+    # Unified limits: a resource without a registered limit has limit 0 (no
+    # image could even be created). Large defaults; a test sets a small one
+    # for its own project. Sizes in MiB.
+    want = {'image_size_total': 1048576, 'image_stage_total': 1048576,
+            'image_count_total': 10000, 'image_count_uploading': 100}
+    have = {r['resource_name']: r for r in call(
+        'GET', '/registered_limits?service_id=%s&region_id=RegionOne' % svc, token=T)[1]['registered_limits']}
+    new = [{'service_id': svc, 'region_id': 'RegionOne', 'resource_name': k, 'default_limit': v}
+           for k, v in want.items() if k not in have]
+    if new:
+        call('POST', '/registered_limits', {'registered_limits': new}, token=T)
+    for k, v in want.items():
+        if k in have and have[k]['default_limit'] != v:
+            call('PATCH', '/registered_limits/' + have[k]['id'],
+                 {'registered_limit': {'default_limit': v}}, token=T)
+    print('GLANCE_ENDPOINT_ID=%s' % endpoint)
 print('SERVICE_PROJECT_ID=%s' % service)
 print('DEMO_PROJECT_ID=%s' % demo)
 print('ALT_PROJECT_ID=%s' % alt)
@@ -709,6 +816,118 @@ start_swift() {
   done
 }
 
+# ---------------------------------------------------------------- Glance
+GL=$STATE/glance
+GLANCE_RESTART=0               # 1 = its config changed: restart a running glance-api
+ENV_GLANCE_URL=                # EKKO_GLANCE_URL in env.sh: set once Glance answers
+glance_manage() { glance-manage --config-file "$GL/glance-manage.conf" "$@"; }
+detect_glance() {
+  if [ "$GLANCE" = 0 ]; then log "Glance: skipped (EKKO_OS_GLANCE=0)"; return 0; fi
+  # Not in PKGS: python3-glance depends on qemu-utils, which must come from
+  # bookworm-backports first (tools/install-deps.sh does both, in that order).
+  if [ ! -x /usr/bin/glance-api ] || ! command -v glance-manage >/dev/null; then
+    log "WARNING: glance-api is not installed (tools/install-deps.sh installs it): EKKO_GLANCE_URL stays empty"
+    GLANCE=0
+  fi
+}
+setup_glance_db() {
+  mkdir -p "$GL"
+  cat >"$GL/glance-manage.conf" <<EOF
+[DEFAULT]
+log_file = $LOG/glance-manage.log
+use_stderr = false
+[database]
+connection = mysql+pymysql://glance:$GLANCE_DB_PASS@$H:$MYSQL_PORT/glance?charset=utf8
+EOF
+  # The marker only counts while the database has tables (see setup_keystone_db).
+  local n
+  n=$(mysql_root -N -B -e "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='glance'") \
+    || die "cannot query MariaDB"
+  [ "$n" -gt 0 ] || rm -f "$GL/.db_synced"
+  [ ! -e "$GL/.db_synced" ] || return 0
+  log "glance-manage db_sync"
+  glance_manage db_sync >>"$LOG/glance-manage.log" 2>&1 || die "glance db_sync failed, see $LOG/glance-manage.log"
+  touch "$GL/.db_synced"
+}
+# configure_glance: glance-api.conf (needs GLANCE_ENDPOINT_ID from the Keystone
+# provisioning); GLANCE_RESTART=1 when it changed.
+configure_glance() {
+  mkdir -p "$GL/images" "$GL/staging" "$GL/lock"
+  cat >"$GL/glance-api.conf.new" <<EOF
+[DEFAULT]
+bind_host = $H
+bind_port = $GLANCE_PORT
+# One API worker (2-core machine): glance-api is then a parent and one child.
+workers = 1
+log_file = $LOG/glance-api.log
+use_stderr = false
+# Where the glance-direct import method stages data (single-store form).
+node_staging_uri = file://$GL/staging
+# The default, 1 TiB: tests hit the quota below, not this cap.
+image_size_cap = 1099511627776
+# Quotas from Keystone's unified limits (per project; see the header).
+# user_storage_quota, the legacy option, is global only and ignored now.
+use_keystone_limits = true
+
+[database]
+connection = mysql+pymysql://glance:$GLANCE_DB_PASS@$H:$MYSQL_PORT/glance?charset=utf8
+
+[glance_store]
+stores = file
+default_store = file
+filesystem_store_datadir = $GL/images
+
+[paste_deploy]
+flavor = keystone
+config_file = /etc/glance/glance-api-paste.ini
+
+[keystone_authtoken]
+www_authenticate_uri = $KS_URL/v3
+auth_url = $KS_URL/v3
+auth_type = password
+interface = public
+region_name = RegionOne
+project_domain_id = default
+user_domain_id = default
+project_name = service
+username = glance
+password = $GLANCE_SERVICE_PASS
+memcached_servers = $H:$MEMCACHED_PORT
+# An X-Service-Token counts only if its user has the service role; with one,
+# an expired X-Auth-Token is still accepted (validated with allow_expired=1,
+# up to Keystone's [token] allow_expired_window), as Nova/Cinder rely on.
+service_token_roles = service
+service_token_roles_required = true
+
+[oslo_limit]
+# System scope: the only one that lists every project's limits.
+auth_url = $KS_URL/v3
+auth_type = password
+user_domain_id = default
+username = glance
+password = $GLANCE_SERVICE_PASS
+system_scope = all
+endpoint_id = $GLANCE_ENDPOINT_ID
+
+[oslo_concurrency]
+lock_path = $GL/lock
+EOF
+  if cmp -s "$GL/glance-api.conf.new" "$GL/glance-api.conf"; then
+    rm -f "$GL/glance-api.conf.new"
+  else
+    mv "$GL/glance-api.conf.new" "$GL/glance-api.conf"
+    GLANCE_RESTART=1
+  fi
+}
+start_glance() {
+  if alive glance-api glance-api; then log "glance-api already running"; return; fi
+  check_port_free "$GLANCE_PORT" glance-api
+  # The eventlet server, not Debian's init script (glance-wsgi-api under
+  # uWSGI, which needs extra options for chunked uploads): it takes
+  # bind_host/bind_port/workers from the conf.
+  spawn glance-api "$LOG/glance-api.out" /usr/bin/python3 /usr/bin/glance-api --config-file "$GL/glance-api.conf"
+}
+
 # ---------------------------------------------------------------- libvirt
 ENV_LIBVIRT_URI=               # EKKO_LIBVIRT_URI in env.sh: set once virsh answers
 LIBVIRT_STARTED=0              # 1 = libvirt is (being) started: wait for it
@@ -764,9 +983,23 @@ wait_libvirt() {
 }
 
 # ---------------------------------------------------------------- main
+case "${1:-}" in
+  '') ;;
+  glance-stop)
+    stop_ours glance-api glance-api stopping
+    exit 0 ;;
+  glance-start)
+    # With the conf the last full run wrote (Keystone etc. must be up).
+    [ -s "$GL/glance-api.conf" ] || die "no $GL/glance-api.conf: run tools/test-env.sh first"
+    start_glance
+    wait_for "glance-api" http_ok "$GLANCE_URL/healthcheck"
+    exit 0 ;;
+  *) die "unknown argument '$1' (none, glance-stop or glance-start)" ;;
+esac
 log "state dir: $STATE"
 detect_mariadb            # foreign MariaDB/RabbitMQ: settle before starting anything
 detect_rabbitmq
+detect_glance
 start_rabbitmq            # slowest to boot: start first, wait last
 start_libvirt             # probes QEMU in the background; waited for at the end
 start_memcached
@@ -778,12 +1011,17 @@ if alive swift-proxy swift-proxy-server; then PROXY_WAS_RUNNING=1; fi
 start_mariadb
 wait_for "MariaDB" mysql_root -e 'SELECT 1'
 provision_mariadb
+# glance-manage db_sync (seconds: imports, ~30 migrations) in parallel with Keystone's.
+if [ "$GLANCE" = 1 ]; then ( setup_glance_db ) & GLANCE_DB_BG=$!; fi
 wait $KS_BG || die "Keystone configuration failed (see $LOG/keystone-manage.log)"
 KS_RESET=0                # 1 = keystone bootstrapped now (its database is new)
 setup_keystone_db
 # A Keystone / Swift proxy still running from an earlier keystone database would
 # keep stale cached state and service tokens (404 "Could not find project").
-[ "$KS_RESET" = 0 ] || stop_ours keystone "keystone uWSGI master"
+if [ "$KS_RESET" = 1 ]; then
+  stop_ours keystone "keystone uWSGI master"
+  stop_ours keystone-short "keystone-short uWSGI master"
+fi
 wait_for "memcached" port_open "$MEMCACHED_PORT"
 start_keystone
 wait $SWIFT_BG || die "Swift configuration/start failed"
@@ -795,21 +1033,51 @@ wait_for "Keystone" http_ok "$KS_URL/v3"
 IDS=$(provision_keystone) || die "Keystone provisioning failed"
 eval "$IDS"
 log "Keystone provisioned"
+if [ "$GLANCE" = 1 ]; then
+  configure_glance
+  wait "$GLANCE_DB_BG" || die "Glance database setup failed (see $LOG/glance-manage.log)"
+  # A changed conf, or a Keystone database newer than the running glance-api
+  # (stale endpoint id and cached service token): restart it.
+  if [ "$GLANCE_RESTART" = 1 ] || [ "$KS_RESET" = 1 ]; then stop_ours glance-api glance-api; fi
+  start_glance
+fi
+wait_for "Keystone (short tokens, $KS_SHORT_URL)" http_ok "$KS_SHORT_URL/v3"
 wait_for "swift-account" http_ok "http://$H:$SWIFT_ACCOUNT_PORT/healthcheck"
 wait_for "swift-container" http_ok "http://$H:$SWIFT_CONTAINER_PORT/healthcheck"
 wait_for "swift-object" http_ok "http://$H:$SWIFT_OBJECT_PORT/healthcheck"
 wait_for "swift-proxy" http_ok "$SWIFT_URL/healthcheck"
 [ "$AMQP_MODE" != own ] || wait_for "RabbitMQ" port_open "$AMQP_PORT"
+if [ "$GLANCE" = 1 ]; then
+  wait_for "glance-api" http_ok "$GLANCE_URL/healthcheck"
+  ENV_GLANCE_URL=$GLANCE_URL
+fi
 
+# demo_token KEYSTONE_URL: a demo-scoped token.
+demo_token() {
+  curl -fsS -D - -o /dev/null -H 'Content-Type: application/json' "$1/v3/auth/tokens" -d \
+    '{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"demo","domain":{"id":"default"},"password":"'"$DEMO_PASS"'"}}},"scope":{"project":{"name":"demo","domain":{"id":"default"}}}}}' \
+    | awk -F': ' 'tolower($1)=="x-subject-token"{print $2}' | tr -d '\r'
+}
 # End-to-end smoke: demo token -> HEAD its Swift account (auto-creates it).
 smoke() {
   local tok
-  tok=$(curl -fsS -D - -o /dev/null -H 'Content-Type: application/json' "$KS_URL/v3/auth/tokens" -d \
-    '{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"demo","domain":{"id":"default"},"password":"'"$DEMO_PASS"'"}}},"scope":{"project":{"name":"demo","domain":{"id":"default"}}}}}' \
-    | awk -F': ' 'tolower($1)=="x-subject-token"{print $2}' | tr -d '\r')
+  tok=$(demo_token "$KS_URL")
   [ -n "$tok" ] && curl -fsS -o /dev/null -I -H "X-Auth-Token: $tok" "$SWIFT_URL/v1/AUTH_$DEMO_PROJECT_ID"
 }
+# A token of the short-token Keystone, validated by the main one (Swift's or
+# Glance's authtoken): both share the keys.
+smoke_short() {
+  local tok
+  tok=$(demo_token "$KS_SHORT_URL")
+  [ -n "$tok" ] || return 1
+  if [ "$GLANCE" = 1 ]; then
+    curl -fsS -o /dev/null -H "X-Auth-Token: $tok" "$GLANCE_URL/v2/images?limit=1"
+  else
+    curl -fsS -o /dev/null -I -H "X-Auth-Token: $tok" "$SWIFT_URL/v1/AUTH_$DEMO_PROJECT_ID"
+  fi
+}
 wait_for "end-to-end (Keystone token -> Swift)" smoke
+wait_for "end-to-end (short Keystone token -> $([ "$GLANCE" = 1 ] && echo Glance || echo Swift))" smoke_short
 wait_libvirt
 
 cat >"$STATE/env.sh" <<EOF
@@ -825,6 +1093,10 @@ export OS_PROJECT_NAME=admin
 export EKKO_KEYSTONE_URL=$KS_URL
 export EKKO_KEYSTONE_AUTH_URL=$KS_URL/v3
 export EKKO_SWIFT_URL=$SWIFT_URL
+export EKKO_KEYSTONE_SHORT_URL=$KS_SHORT_URL
+export EKKO_KEYSTONE_SHORT_AUTH_URL=$KS_SHORT_URL/v3
+export EKKO_KEYSTONE_SHORT_TOKEN_TTL=$SHORT_TOKEN_EXPIRATION
+export EKKO_GLANCE_URL=$ENV_GLANCE_URL
 export EKKO_SERVICE_USERNAME=ekko
 export EKKO_SERVICE_PASSWORD=$SERVICE_PASS
 export EKKO_SERVICE_PROJECT=service
