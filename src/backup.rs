@@ -24,6 +24,7 @@
 pub mod dedup;
 pub mod disk;
 pub mod file_target;
+pub mod image_target;
 pub mod instance;
 pub mod map;
 mod map_builder;

@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 
 pub use options::{
     all_options, ApiOptions, AuthStrategy, BackupOptions, DatabaseOptions, DefaultOptions,
-    EncryptionMode, EncryptionOptions, InstanceSource, KeystoneAuthtokenOptions, LibvirtOptions,
-    LocalStoreOptions, OptionInfo, OsloPolicyOptions, QuotaOptions, RetentionOptions,
-    StorageBackend, StorageOptions, SwiftOptions,
+    EncryptionMode, EncryptionOptions, GlanceOptions, InstanceSource, KeystoneAuthtokenOptions,
+    LibvirtOptions, LocalStoreOptions, OptionInfo, OsloPolicyOptions, QuotaOptions,
+    RetentionOptions, StorageBackend, StorageOptions, SwiftOptions,
 };
 pub use types::{ByteSize, CommaList, Secret};
 
@@ -60,6 +60,7 @@ pub struct EkkoConfig {
     pub storage: StorageOptions,
     pub swift: SwiftOptions,
     pub local_store: LocalStoreOptions,
+    pub glance: GlanceOptions,
     pub backup: BackupOptions,
     pub libvirt: LibvirtOptions,
     pub retention: RetentionOptions,

@@ -40,6 +40,7 @@ macro_rules! keyset_page {
 
 pub mod backups;
 pub mod hosts;
+pub mod images;
 pub mod instances;
 pub mod jobs;
 pub mod keys;

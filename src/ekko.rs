@@ -36,6 +36,8 @@ pub struct Ekko {
     pub queue: Arc<dyn MessageQueue>,
     /// This process's keys and the projects' keys (`[encryption]`).
     pub keyring: Arc<Keyring>,
+    /// Glance, made on first use (only restores into images need it).
+    glance: Arc<tokio::sync::OnceCell<Arc<crate::glance::Glance>>>,
 }
 
 /// How a process uses the catalog.
@@ -90,6 +92,7 @@ impl Ekko {
             store,
             queue,
             keyring,
+            glance: Default::default(),
         })
     }
 
@@ -101,6 +104,24 @@ impl Ekko {
                     .into(),
             )
         })
+    }
+
+    /// Glance, acting with tenants' tokens and the service user of
+    /// `[keystone_authtoken]` (see [`crate::glance`]).
+    pub async fn glance(&self) -> Result<Arc<crate::glance::Glance>, crate::glance::GlanceError> {
+        self.glance
+            .get_or_try_init(|| async {
+                let session = crate::keystone::ServiceSession::new(
+                    &self.config.keystone_authtoken,
+                    std::time::Duration::from_secs(self.config.glance.timeout.max(1)),
+                )
+                .map_err(|e| crate::glance::GlanceError::NotConfigured(format!("{e:#}")))?;
+                crate::glance::Glance::new(Arc::new(session), &self.config.glance)
+                    .map(Arc::new)
+                    .map_err(|e| crate::glance::GlanceError::NotConfigured(format!("{e:#}")))
+            })
+            .await
+            .cloned()
     }
 
     /// The container of a project's objects.

@@ -32,6 +32,7 @@
 //! | L1 | [`segment`] | segment objects: records, trailer, footer | `chunk`, `crypto` |
 //! | L1 | [`manifest`] | a backup's manifest in the store | `chunk`, `crypto` |
 //! | L2 | [`keystone`] | Ekko's own Keystone session | |
+//! | L2 | [`glance`] | Glance v2 with a tenant's token and Ekko's service token | `keystone` |
 //! | L2 | [`db`] | the catalog: diesel schema, one file per table family; the only SQL | |
 //! | L2 | [`queue`] | the `MessageQueue` seam: RabbitMQ (lapin), in-process; envelopes | |
 //! | L2 | [`store`] | the `ObjectStore` seam: local directory, Swift | `keystone` |
@@ -74,6 +75,7 @@ pub mod execution;
 pub mod extract;
 pub mod failpoint;
 pub mod format;
+pub mod glance;
 pub mod hypervisor;
 pub mod ids;
 pub mod index;

@@ -140,7 +140,20 @@ pub const DEFAULTS: &[RuleDefault] = &[
         name: "ekko:restore:create",
         check: "rule:context_is_admin",
         description: "Restore a backup to a file on a compute host (an operator action).",
-        operations: &["POST /v1/restores"],
+        operations: &["POST /v1/restores (target type file)"],
+    },
+    RuleDefault {
+        name: "ekko:restore:create_image",
+        check: ADMIN_OR_MEMBER,
+        description: "Restore a backup into a new Glance image in its project.",
+        operations: &["POST /v1/restores (target type image)"],
+    },
+    RuleDefault {
+        name: "ekko:restore:cancel_image",
+        check: ADMIN_OR_MEMBER,
+        description:
+            "Cancel a queued or running restore into an image (its partial image is deleted).",
+        operations: &["POST /v1/restores/{restore_id}/action (cancel, image target)"],
     },
     RuleDefault {
         name: "ekko:restore:cancel",

@@ -253,6 +253,7 @@ mod golden {
             relocations: vec![],
             project_key: None,
             deadline: at(),
+            image: None,
         };
         let finished = BackupFinished {
             job_id: "j-1".into(),

@@ -43,7 +43,20 @@ pub async fn create(
     body: web::Json<CreateBody>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = ctx.caller(&state);
-    let restore = restores::create(&state.ekko, &caller, body.into_inner().restore).await?;
+    // The caller's own token: an image is made in their project with it.
+    let token = state
+        .keystone
+        .as_ref()
+        .and(req.headers().get("x-auth-token"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let restore = restores::create(
+        &state.ekko,
+        &caller,
+        body.into_inner().restore,
+        token.as_deref(),
+    )
+    .await?;
     let base = base_url(&req, &state);
     Ok(HttpResponse::Accepted()
         .insert_header(("Location", format!("{base}/v1/restores/{}", restore.id)))

@@ -34,6 +34,18 @@ pub trait RestoreTarget: Send + Sync {
     fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()>;
     /// These ranges are complete (a file starts writing them back).
     fn written(&self, _ranges: Vec<(u64, u64)>) {}
+    /// A streaming target (an image upload) takes data in disk order
+    /// through a buffer of this many bytes: the walk then plans windows of
+    /// at most half of it, and [`admit`](RestoreTarget::admit)s each
+    /// before fetching it. `None`: the target writes anywhere (a file).
+    fn stream_buffer(&self) -> Option<u64> {
+        None
+    }
+    /// Wait until data up to byte `end` fits the stream's buffer (the
+    /// stream has sent what lies a buffer before it).
+    async fn admit(&self, _end: u64) -> Result<(), EngineError> {
+        Ok(())
+    }
     /// Everything is written: make it durable and final.
     async fn finish(&self) -> Result<(), EngineError>;
     /// The restore is abandoned: remove what it wrote.
@@ -264,8 +276,16 @@ async fn walk(
     concurrency: usize,
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
-    let window = reader.limits().restore_window;
+    let streaming = target.as_ref().and_then(|t| t.stream_buffer());
+    let window = match streaming {
+        // Two windows fill the stream's buffer.
+        Some(buffer) => (buffer / 2 / chunk_size.max(1))
+            .clamp(1, reader.limits().restore_window as u64) as usize,
+        None => reader.limits().restore_window,
+    };
     let keys = reader.keys();
+    // The first position of the next window to plan.
+    let mut next_first = 0u64;
     let mut walker = Some(MapWalker::new(reader, root, disk_size, chunk_size));
     // The next window is walked and planned while the current one's last
     // fetches are in flight (no drain at window edges); only one window's
@@ -283,7 +303,17 @@ async fn walk(
         }
         if pending.is_empty() && planning.is_none() {
             if let Some(w) = walker.take() {
-                planning = Some(plan_window(reader, w, window, chunk_size, disk_size).boxed());
+                let end = disk_size.min((next_first + window as u64).saturating_mul(chunk_size));
+                let admitting = target.clone().filter(|_| streaming.is_some());
+                planning = Some(
+                    async move {
+                        if let Some(t) = admitting {
+                            t.admit(end).await?;
+                        }
+                        plan_window(reader, w, window, chunk_size, disk_size).await
+                    }
+                    .boxed(),
+                );
             }
         }
         if in_flight.is_empty() && planning.is_none() {
@@ -295,6 +325,7 @@ async fn walk(
                 planning = None;
                 let planned = planned?;
                 walker = planned.walker;
+                next_first = planned.next;
                 stored += planned.stored;
                 if let Some(p) = progress {
                     p.add_total(planned.bytes);
@@ -322,6 +353,11 @@ async fn walk(
                 }
             }
         }
+        // A stream waits for every position in order: one that cannot be
+        // read ends the restore now.
+        if streaming.is_some() && !bad.is_empty() {
+            break;
+        }
     }
     bad.sort_by_key(|b| b.0);
     bad.truncate(BAD_RANGES_KEPT);
@@ -345,6 +381,8 @@ struct Planned<'r> {
     /// Stored chunks and their bytes.
     stored: u64,
     bytes: u64,
+    /// The first position after this window.
+    next: u64,
 }
 
 /// Walk the next `window` leaves and plan their fetches.
@@ -362,8 +400,10 @@ async fn plan_window<'r>(
             unlocated: Vec::new(),
             stored: 0,
             bytes: 0,
+            next: 0,
         });
     };
+    let next = w.first + w.entries.len() as u64;
     let (mut stored, mut bytes) = (0, 0);
     for (pos, e) in (w.first..).zip(&w.entries) {
         if !e.is_zero() {
@@ -378,6 +418,7 @@ async fn plan_window<'r>(
         unlocated,
         stored,
         bytes,
+        next,
     })
 }
 
@@ -410,6 +451,29 @@ async fn fetch(
     })
     .await
     .map_err(|e| EngineError::Other(format!("restore worker: {e}")))?
+}
+
+/// Which positions of a record hold data (the rest are zero chunks): one
+/// walk of the map's pages, no chunk read. A streaming target lays out its
+/// stream from it before the first byte.
+pub async fn allocation(
+    reader: &RecordReader,
+    record: &super::PreviousRecord,
+) -> Result<super::qcow2_stream::Allocation, EngineError> {
+    let n = positions(record.disk_size, record.chunk_size);
+    let mut allocation = super::qcow2_stream::Allocation::new(n);
+    let mut walker = MapWalker::new(reader, record.root, record.disk_size, record.chunk_size);
+    while let Some(w) = walker
+        .next_window(reader.limits().restore_window.max(1))
+        .await?
+    {
+        for (pos, e) in (w.first..).zip(&w.entries) {
+            if !e.is_zero() {
+                allocation.set(pos);
+            }
+        }
+    }
+    Ok(allocation)
 }
 
 /// Check every chunk of a record (digests, checksums), writing nothing.

@@ -245,6 +245,27 @@ option_group! {
 }
 
 option_group! {
+    /// `[glance]`: the image service restores into (`"target": {"type":
+    /// "image"}`). Ekko acts in the tenant's project with the tenant's own
+    /// token, sent together with a service token of the `[keystone_authtoken]`
+    /// user, so Glance still accepts it once it expired during a long upload.
+    pub struct GlanceOptions in "glance" {
+        /// Glance's URL; empty means the catalog's `image` endpoint on
+        /// `[keystone_authtoken] interface` in its region.
+        pub endpoint_override: Option<String> = None;
+        /// Seconds before a request to Glance other than an upload times out
+        /// (an upload is bounded by the restore's deadline).
+        pub timeout: u64 = 60;
+        /// Restored data held in memory per image restore, to put chunks
+        /// fetched out of order back in disk order for the upload stream.
+        pub stream_buffer: ByteSize = ByteSize::mib(64);
+        /// Bytes per second one image upload may send (spare the image
+        /// store and the network of a busy cloud); 0: unlimited.
+        pub upload_rate_limit: ByteSize = ByteSize(0);
+    }
+}
+
+option_group! {
     /// `[local_store]`: a directory as object store (backend = local).
     pub struct LocalStoreOptions in "local_store" {
         /// Directory holding one sub-directory per project.
@@ -458,6 +479,7 @@ pub fn all_options() -> Vec<OptionInfo> {
     all.extend(StorageOptions::describe());
     all.extend(SwiftOptions::describe());
     all.extend(LocalStoreOptions::describe());
+    all.extend(GlanceOptions::describe());
     all.extend(BackupOptions::describe());
     all.extend(LibvirtOptions::describe());
     all.extend(RetentionOptions::describe());

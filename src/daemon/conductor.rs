@@ -355,6 +355,8 @@ impl Housekeeping {
         if let Err(e) = crate::service::housekeeping::run_due_policies(ekko).await {
             tracing::warn!(error = %e, "scheduler pass failed");
         }
+        // Images of failed restores that Glance could not delete before.
+        crate::service::restores::settle_pending_images(ekko, None).await;
         retries.forget_idle(Duration::from_secs(600));
     }
 }

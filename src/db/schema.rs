@@ -229,6 +229,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    pending_images (image_id) {
+        image_id -> Text,
+        restore_id -> Text,
+        project_id -> Text,
+        glance_url -> Text,
+        user_token -> Text,
+        attempts -> Integer,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     quotas (project_id, resource) {
         project_id -> Text,
         resource -> Text,
@@ -255,5 +269,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     jobs,
     job_pins,
     restores,
+    pending_images,
     quotas,
 );

@@ -20,7 +20,7 @@ use diesel::Connection;
 
 use crate::db::backups::{self, Backup, BackupStatus};
 use crate::db::jobs::{self, Job};
-use crate::db::{instances, restores, DbConnection, DbError, DbResult};
+use crate::db::{images, instances, restores, DbConnection, DbError, DbResult};
 use crate::queue::{Envelope, QueueError};
 use crate::status::{JobKind, JobStatus, RestoreStatus};
 use crate::wire::{
@@ -357,21 +357,48 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
         RESTORE_FINISHED => {
             let f: RestoreFinished = message.body_as(RESTORE_FINISHED)?;
             let written = i64::try_from(f.bytes_written).unwrap_or(i64::MAX);
+            let (f2, sender2) = (f.clone(), sender.clone());
+            // An image is handed to its tenant only once Glance shows it
+            // complete: checked before the catalog says so.
+            let (job, image, format) = db
+                .run_as::<_, ServiceError, _>(move |c| {
+                    let job = job_of(c, &f2.job_id, &f2.host, &sender2)?;
+                    let Some(r) = job.restore_id.clone() else {
+                        return Err(refused(format!("job {} is no restore", f2.job_id)));
+                    };
+                    let image = images::of_restore(c, &r)?;
+                    let format = restores::get(c, &r)?.format;
+                    Ok((job, image, format))
+                })
+                .await?;
+            let planned: PlannedRestore = plan_of(&job)?;
+            let image_check = match (&image, job.status.is_active()) {
+                (Some(p), true) => {
+                    super::restores::check_image(ekko, p, planned.disk_size, format).await
+                }
+                _ => Ok(()),
+            };
+            let image_restore = image.as_ref().map(|p| p.restore_id.clone());
             let ended = db
                 .run_as::<_, ServiceError, _>(move |c| {
-                    let job = job_of(c, &f.job_id, &f.host, &sender)?;
                     let Some(r) = job.restore_id.clone() else {
                         return Err(refused(format!("job {} is no restore", f.job_id)));
                     };
-                    let planned: PlannedRestore = plan_of(&job)?;
                     if planned.disk_size > 0 && f.bytes_written > planned.disk_size {
                         return Err(refused(format!(
                             "restore {r}: {} bytes written to a disk of {}",
                             f.bytes_written, planned.disk_size
                         )));
                     }
+                    if let Err(why) = &image_check {
+                        fail_job(c, &job.id, why)?;
+                        return Ok(None);
+                    }
                     let done = c.transaction(|c| {
                         restores::transition(c, &r, RestoreStatus::Completed, None, Some(written))?;
+                        if let Some(p) = &image {
+                            images::remove(c, &p.image_id)?;
+                        }
                         jobs::finish(c, &f.job_id, JobStatus::Succeeded, None)
                     });
                     match done {
@@ -390,6 +417,9 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             if let Some(job) = ended {
                 send_cancel(ekko, &job).await;
             }
+            if let Some(r) = &image_restore {
+                super::restores::settle_pending_images(ekko, Some(r)).await;
+            }
         }
         JOB_FAILED => {
             let f: JobFailed = message.body_as(JOB_FAILED)?;
@@ -407,6 +437,10 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             // nothing and removes nothing.
             if let (true, Some(b)) = (ended, &job.backup_id) {
                 ekko.remove_manifest(&job.project_id, b).await;
+            }
+            // A failed restore's image goes.
+            if let (true, Some(r)) = (ended, &job.restore_id) {
+                super::restores::settle_pending_images(ekko, Some(r)).await;
             }
         }
         other => {

@@ -1,35 +1,68 @@
 //! Restores: one disk of an available backup, written to a target by a
-//! compute host. The target today is a file under the host's `[backup]
-//! restore_dir` (an operator action by default).
+//! compute host: a file under the host's `[backup] restore_dir` (an
+//! operator action by default), or a new Glance image in the backup's
+//! project (a tenant's action), which the controller creates, checks when
+//! the host reports it filled, and deletes when the restore fails.
 
 use diesel::Connection;
 use serde::Deserialize;
 
 use crate::db::backups::{self, BackupStatus};
+use crate::db::images::{self, PendingImage};
 use crate::db::jobs::{self, Job};
 pub use crate::db::restores::Restore;
 use crate::db::restores::{self};
 use crate::db::{hosts, instances, keys, segments, DbError};
+use crate::glance::{GlanceError, NewImage};
 use crate::status::{ImageFormat, JobKind, RestoreStatus};
-use crate::wire::{Relocation, RestoreJob, RESTORE_RUN};
+use crate::wire::{ImageJob, Relocation, RestoreJob, RESTORE_RUN};
 use crate::Ekko;
 
 use super::convert::record_ref;
-use super::jobs::{deadline_after, end_for_cancel, job_timeout, send, send_cancel};
+use super::jobs::{deadline_after, end_for_cancel, fail_job, job_timeout, send, send_cancel};
 use super::reports::PlannedRestore;
 use super::{find, marker_error, Caller, Page, ServiceError, ServiceResult};
 
 /// A restore someone asks for: one disk of an available backup, written to
-/// `path` under `[backup] restore_dir` on `host` (the instance's host when
-/// `None`).
+/// a file or streamed into a Glance image, by `host` (the instance's host
+/// when `None`).
 #[derive(Debug, Clone)]
 pub struct NewRestore {
     pub backup_id: String,
     pub user_id: String,
     pub device: Option<String>,
     pub host: Option<String>,
-    pub path: String,
+    pub target: NewTarget,
     pub format: ImageFormat,
+}
+
+/// Where a new restore writes.
+#[derive(Clone)]
+pub enum NewTarget {
+    /// `path` under the host's `[backup] restore_dir`.
+    File { path: String },
+    /// A new image in the backup's project, created with the tenant's
+    /// token (kept to finish or remove the image; see [`crate::glance`]).
+    Image {
+        name: String,
+        visibility: String,
+        user_token: String,
+    },
+}
+
+impl std::fmt::Debug for NewTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NewTarget::File { path } => f.debug_struct("File").field("path", path).finish(),
+            NewTarget::Image {
+                name, visibility, ..
+            } => f
+                .debug_struct("Image")
+                .field("name", name)
+                .field("visibility", visibility)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// `POST /v1/restores`: what a caller may ask for.
@@ -50,53 +83,124 @@ pub struct CreateRestore {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
 pub enum Target {
-    /// A file under the host's restore directory.
+    /// A file under the host's restore directory (an operator action).
     File {
         path: String,
         #[serde(default)]
         host: Option<String>,
     },
+    /// A new Glance image in the backup's project (a tenant's action).
+    Image {
+        name: String,
+        /// `raw` (default) or `qcow2`; the top-level `format` may say it
+        /// instead.
+        #[serde(default)]
+        disk_format: Option<String>,
+        /// `private` (default) or `shared`.
+        #[serde(default)]
+        visibility: Option<String>,
+    },
+}
+
+fn parse_format(f: Option<&str>) -> ServiceResult<ImageFormat> {
+    match f {
+        None => Ok(ImageFormat::Raw),
+        Some(f) => ImageFormat::parse(f).ok_or_else(|| {
+            ServiceError::Invalid(format!("format must be raw or qcow2, not {f:?}"))
+        }),
+    }
 }
 
 /// A caller asks for a restore of one of the backups they may see.
-pub async fn create(ekko: &Ekko, caller: &Caller<'_>, r: CreateRestore) -> ServiceResult<Restore> {
-    let format = match r.format.as_deref() {
-        None => ImageFormat::Raw,
-        Some(f) => ImageFormat::parse(f).ok_or_else(|| {
-            ServiceError::Invalid(format!("format must be raw or qcow2, not {f:?}"))
-        })?,
+/// `user_token` is the caller's own Keystone token: an image is created and
+/// filled with it (none in `noauth` mode, where images cannot be made).
+pub async fn create(
+    ekko: &Ekko,
+    caller: &Caller<'_>,
+    r: CreateRestore,
+    user_token: Option<&str>,
+) -> ServiceResult<Restore> {
+    let (target, host, format, action) = match r.target {
+        Target::File { path, host } => {
+            let plain = !path.is_empty()
+                && path.len() <= 255
+                && std::path::Path::new(&path)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(ServiceError::Invalid(
+                    "target path must be a relative path (under the host's restore_dir) without '..'"
+                        .into(),
+                ));
+            }
+            let format = parse_format(r.format.as_deref())?;
+            (
+                NewTarget::File { path },
+                host,
+                format,
+                "ekko:restore:create",
+            )
+        }
+        Target::Image {
+            name,
+            disk_format,
+            visibility,
+        } => {
+            let format = match (disk_format.as_deref(), r.format.as_deref()) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(ServiceError::Invalid(format!(
+                        "disk_format {a:?} and format {b:?} disagree"
+                    )))
+                }
+                (a, b) => parse_format(a.or(b))?,
+            };
+            if name.trim().is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+                return Err(ServiceError::Invalid(
+                    "image name must be 1 to 255 bytes without control characters".into(),
+                ));
+            }
+            let visibility = visibility.unwrap_or_else(|| "private".into());
+            if !matches!(visibility.as_str(), "private" | "shared") {
+                return Err(ServiceError::Invalid(format!(
+                    "visibility must be private or shared, not {visibility:?}"
+                )));
+            }
+            let Some(token) = user_token else {
+                return Err(ServiceError::Invalid(
+                    "a restore into an image acts with the caller's Keystone token; this API \
+                     runs without Keystone (auth_strategy = noauth)"
+                        .into(),
+                ));
+            };
+            let target = NewTarget::Image {
+                name,
+                visibility,
+                user_token: token.to_string(),
+            };
+            (target, None, format, "ekko:restore:create_image")
+        }
     };
-    let Target::File { path, host } = r.target;
-    let plain = !path.is_empty()
-        && path.len() <= 255
-        && std::path::Path::new(&path)
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if !plain {
-        return Err(ServiceError::Invalid(
-            "target path must be a relative path (under the host's restore_dir) without '..'"
-                .into(),
-        ));
-    }
     // The backup is named in the body: one the caller cannot see is a bad
     // request, as a missing one.
     let id = r.backup_id;
     let b = super::backups::visible(ekko, caller, &id, "ekko:backup:get")
         .await
         .map_err(|e| e.named_in_body("backup", &id))?;
-    caller.authorize("ekko:restore:create", &b.project_id, None)?;
+    caller.authorize(action, &b.project_id, None)?;
     let new = NewRestore {
         backup_id: b.id.clone(),
         user_id: caller.user_id().to_string(),
         device: r.disk,
         host,
-        path,
+        target,
         format,
     };
     submit(ekko, new).await
 }
 
-/// Record a queued restore and its job, and send the job to its host.
+/// Record a queued restore and its job (and, for an image, the image
+/// Ekko is about to create), create the image, and send the job to its
+/// host.
 pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
     let timeout = job_timeout(ekko);
     let db = ekko.db()?.clone();
@@ -127,7 +231,23 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
             }
         }
     }
-    let (restore, job, message) = db
+    // An image's id is chosen here, so the catalog knows it before Glance
+    // does: a crash between the two leaves a row that housekeeping settles,
+    // never an image nobody knows of.
+    let image = match &new.target {
+        NewTarget::Image { user_token, .. } => {
+            let glance = ekko.glance().await.map_err(glance_error)?;
+            let url = glance.url().await.map_err(glance_error)?;
+            Some(ImageJob {
+                glance_url: url,
+                image_id: uuid::Uuid::new_v4().to_string(),
+                user_token: user_token.clone(),
+            })
+        }
+        NewTarget::File { .. } => None,
+    };
+    let image2 = image.clone();
+    let (restore, job, message, facts) = db
         .run(move |c| {
             c.transaction(|c| {
                 let b = backups::get(c, &new.backup_id)?;
@@ -167,12 +287,52 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
                     Some(h) => h.clone(),
                     None => instances::get(c, &b.instance_id)?.host,
                 };
-                let target = serde_json::json!({
-                    "type": "file", "host": host, "path": new.path, "device": device,
-                })
-                .to_string();
-                let r = Restore::queued(&b.project_id, &new.user_id, &b.id, &target, new.format);
+                let (target, path) = match (&new.target, &image2) {
+                    (
+                        NewTarget::Image {
+                            name, visibility, ..
+                        },
+                        Some(i),
+                    ) => (
+                        serde_json::json!({
+                            "type": "image", "host": host, "device": device,
+                            "image_id": i.image_id, "name": name,
+                            "disk_format": new.format.as_str(), "visibility": visibility,
+                        }),
+                        String::new(),
+                    ),
+                    (NewTarget::File { path }, _) => (
+                        serde_json::json!({
+                            "type": "file", "host": host, "path": path, "device": device,
+                        }),
+                        path.clone(),
+                    ),
+                    (NewTarget::Image { .. }, None) => {
+                        return Err(DbError::Conflict(
+                            "an image restore without an image".into(),
+                        ))
+                    }
+                };
+                let r = Restore::queued(
+                    &b.project_id,
+                    &new.user_id,
+                    &b.id,
+                    &target.to_string(),
+                    new.format,
+                );
                 restores::insert(c, &r)?;
+                if let Some(i) = &image2 {
+                    images::insert(
+                        c,
+                        &PendingImage::new(
+                            &i.image_id,
+                            &r.id,
+                            &b.project_id,
+                            &i.glance_url,
+                            &i.user_token,
+                        ),
+                    )?;
+                }
                 let deadline = deadline_after(timeout);
                 let mut job = Job::queued(JobKind::Restore, &b.project_id);
                 job.restore_id = Some(r.id.clone());
@@ -186,13 +346,14 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
                     record: record_ref(record).ok_or_else(|| {
                         DbError::Conflict(format!("backup {} has a corrupt record", b.id))
                     })?,
-                    path: new.path.clone(),
+                    path,
                     format: new.format.as_str().to_string(),
                     relocations: Relocation::from_rows(&segments::relocations(c, &b.project_id)?),
                     project_key: keys::get(c, &b.project_id)?
                         .map(|row| row.wrapped_key())
                         .transpose()?,
                     deadline,
+                    image: image2.clone(),
                 };
                 let planned = PlannedRestore {
                     disk_size: message.record.disk_size,
@@ -200,13 +361,233 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
                 job.payload = serde_json::to_string(&planned)
                     .map_err(|e| DbError::Conflict(format!("job {}: {e}", job.id)))?;
                 jobs::insert(c, &job)?;
-                Ok((r, job, message))
+                let facts = ImageFacts {
+                    disk_size: message.record.disk_size,
+                    device,
+                    instance_id: b.instance_id.clone(),
+                    backup_id: b.id.clone(),
+                    backup_created_at: b.created_at,
+                };
+                Ok((r, job, message, facts))
             })
         })
         .await?;
+    if let (
+        Some(i),
+        NewTarget::Image {
+            name, visibility, ..
+        },
+    ) = (&image, &new_target_of(&restore))
+    {
+        if let Err(e) = create_image(ekko, i, name, visibility, restore.format, &facts).await {
+            // Nothing to upload into: the restore ends here, and the row
+            // goes with the image Glance may or may not have made.
+            let (jid, why) = (job.id.clone(), format!("image not created: {e}"));
+            db.run(move |c| fail_job(c, &jid, &why).map(drop)).await?;
+            settle_pending_images(ekko, Some(&restore.id)).await;
+            return Err(glance_error(e));
+        }
+    }
     send(ekko, &job, RESTORE_RUN, &message).await?;
     tracing::info!(restore = %restore.id, backup = %restore.backup_id, host = ?job.host, "restore queued");
     Ok(restore)
+}
+
+/// What an image needs from the backup to boot as the instance did.
+struct ImageFacts {
+    disk_size: u64,
+    device: String,
+    instance_id: String,
+    backup_id: String,
+    backup_created_at: chrono::NaiveDateTime,
+}
+
+/// The image part of a restore's target, as recorded.
+fn new_target_of(r: &Restore) -> NewTarget {
+    let t: serde_json::Value = serde_json::from_str(&r.target).unwrap_or_default();
+    let field = |k: &str| {
+        t.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    if field("type") == "image" {
+        NewTarget::Image {
+            name: field("name"),
+            visibility: field("visibility"),
+            user_token: String::new(),
+        }
+    } else {
+        NewTarget::File {
+            path: field("path"),
+        }
+    }
+}
+
+/// Create the image record in Glance, with the id the catalog holds.
+async fn create_image(
+    ekko: &Ekko,
+    i: &ImageJob,
+    name: &str,
+    visibility: &str,
+    format: ImageFormat,
+    facts: &ImageFacts,
+) -> Result<(), GlanceError> {
+    let glance = ekko.glance().await?;
+    let mut properties = std::collections::BTreeMap::new();
+    properties.insert("id".to_string(), i.image_id.clone());
+    properties.insert("ekko_backup_id".to_string(), facts.backup_id.clone());
+    properties.insert("ekko_instance_id".to_string(), facts.instance_id.clone());
+    properties.insert("ekko_disk".to_string(), facts.device.clone());
+    properties.insert(
+        "ekko_backup_created_at".to_string(),
+        facts.backup_created_at.and_utc().to_rfc3339(),
+    );
+    if let Some(bus) = disk_bus(&facts.device) {
+        properties.insert("hw_disk_bus".to_string(), bus.to_string());
+    }
+    let image = NewImage {
+        name: name.to_string(),
+        disk_format: format.as_str().to_string(),
+        visibility: visibility.to_string(),
+        min_disk: facts.disk_size.div_ceil(1 << 30),
+        properties,
+    };
+    let made = glance.create(&i.glance_url, &i.user_token, &image).await?;
+    tracing::info!(image = %made.id, status = %made.status, "image created for a restore");
+    Ok(())
+}
+
+/// The bus a libvirt target device name implies (`vda` virtio, `sda`
+/// scsi, `hda` ide); `None` when the name says nothing.
+fn disk_bus(device: &str) -> Option<&'static str> {
+    let letters = |rest: &str| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_lowercase());
+    match device.get(..2) {
+        Some("vd") if letters(&device[2..]) => Some("virtio"),
+        Some("sd") if letters(&device[2..]) => Some("scsi"),
+        Some("hd") if letters(&device[2..]) => Some("ide"),
+        _ => None,
+    }
+}
+
+/// Glance's answer as the caller sees it.
+fn glance_error(e: GlanceError) -> ServiceError {
+    match e {
+        GlanceError::Refused { status: 413, .. } => ServiceError::LimitExceeded(e.to_string()),
+        GlanceError::Refused { status: 409, .. } => ServiceError::Conflict(e.to_string()),
+        GlanceError::Refused { .. } => ServiceError::Invalid(e.to_string()),
+        GlanceError::Unavailable(_) | GlanceError::NotConfigured(_) => {
+            ServiceError::Unavailable(e.to_string())
+        }
+    }
+}
+
+/// A restore into an image reported finished: the image is the one
+/// planned, active and of the disk's size (a host's word is not enough to
+/// hand an image to a tenant). `Err` says why not.
+pub async fn check_image(
+    ekko: &Ekko,
+    p: &PendingImage,
+    disk_size: u64,
+    format: ImageFormat,
+) -> Result<(), String> {
+    let glance = ekko.glance().await.map_err(|e| e.to_string())?;
+    let info = glance
+        .get(&p.glance_url, &p.user_token, &p.image_id)
+        .await
+        .map_err(|e| format!("cannot check image {}: {e}", p.image_id))?
+        .ok_or_else(|| format!("image {} is gone", p.image_id))?;
+    if info.status != "active" {
+        return Err(format!(
+            "image {} is {}, not active",
+            p.image_id, info.status
+        ));
+    }
+    if info.owner.as_deref() != Some(p.project_id.as_str()) {
+        return Err(format!(
+            "image {} is not owned by project {}",
+            p.image_id, p.project_id
+        ));
+    }
+    let size_ok = match format {
+        ImageFormat::Raw => info.size == Some(disk_size),
+        ImageFormat::Qcow2 => info.size.is_some_and(|s| s > 0),
+    };
+    let virtual_ok = info.virtual_size.is_none_or(|v| v == disk_size);
+    if !size_ok || !virtual_ok {
+        return Err(format!(
+            "image {} holds {:?} bytes (virtual {:?}) for a disk of {disk_size}",
+            p.image_id, info.size, info.virtual_size
+        ));
+    }
+    Ok(())
+}
+
+/// Settle the images Ekko created and still holds (one restore's, or
+/// every one): a completed restore's image is the tenant's (its row
+/// goes); a failed restore's image is deleted, and its row goes once
+/// Glance confirms. An active restore's image is left alone. Returns how
+/// many were settled; failures are logged and retried by the next pass.
+pub async fn settle_pending_images(ekko: &Ekko, restore_id: Option<&str>) -> usize {
+    let Ok(db) = ekko.db().cloned() else { return 0 };
+    let rid = restore_id.map(str::to_string);
+    let rows = db
+        .run(move |c| {
+            let rows = match &rid {
+                Some(r) => images::of_restore(c, r)?.into_iter().collect(),
+                None => images::list(c, 100)?,
+            };
+            let mut out = Vec::new();
+            for p in rows {
+                let status = restores::get(c, &p.restore_id).map(|r| r.status).ok();
+                out.push((p, status));
+            }
+            Ok(out)
+        })
+        .await;
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "pending images not read");
+            return 0;
+        }
+    };
+    let mut settled = 0;
+    for (p, status) in rows {
+        let image_id = p.image_id.clone();
+        match status {
+            Some(s) if s.is_active() => continue,
+            Some(RestoreStatus::Completed) => {}
+            // Failed, or its restore is gone: the image goes.
+            _ => {
+                let deleted = match ekko.glance().await {
+                    Ok(g) => g.delete(&p.glance_url, &p.user_token, &p.image_id).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = deleted {
+                    let why = e.to_string();
+                    // Past Keystone's allow-expired window the token opens
+                    // nothing: say so once and stop.
+                    let hopeless = matches!(e.status(), Some(401 | 403))
+                        && p.created_at < crate::db::now() - chrono::Duration::days(2);
+                    if hopeless {
+                        tracing::error!(image = %p.image_id, restore = %p.restore_id, project = %p.project_id, error = %why, "image of a failed restore cannot be deleted with its token any more: delete it by hand");
+                    } else {
+                        tracing::warn!(image = %p.image_id, restore = %p.restore_id, error = %why, "image of a failed restore not deleted yet");
+                        let id = image_id.clone();
+                        let _ = db.run(move |c| images::attempt_failed(c, &id, &why)).await;
+                        continue;
+                    }
+                } else {
+                    tracing::info!(image = %p.image_id, restore = %p.restore_id, "image of a failed restore deleted");
+                }
+            }
+        }
+        if db.run(move |c| images::remove(c, &image_id)).await.is_ok() {
+            settled += 1;
+        }
+    }
+    settled
 }
 
 /// The restore, if `action` is allowed on it; one of another project the
@@ -250,9 +631,20 @@ pub async fn list(
         .map_err(marker_error)
 }
 
-/// A caller stops a queued or running restore.
+/// A caller stops a queued or running restore (an image restore is the
+/// tenant's to stop, a file restore the operator's).
 pub async fn cancel(ekko: &Ekko, caller: &Caller<'_>, id: &str) -> ServiceResult<Restore> {
-    let r = visible(ekko, caller, id, "ekko:restore:cancel").await?;
+    let r = visible(ekko, caller, id, "ekko:restore:get").await?;
+    let action = match new_target_of(&r) {
+        NewTarget::Image { .. } => "ekko:restore:cancel_image",
+        NewTarget::File { .. } => "ekko:restore:cancel",
+    };
+    caller.authorize_owned(
+        action,
+        &r.project_id,
+        Some(&r.user_id),
+        Some(("restore", id)),
+    )?;
     let why = format!("cancelled by user {}", caller.user_id());
     cancel_restore(ekko, &r.id, &why).await
 }
@@ -286,6 +678,8 @@ pub async fn cancel_restore(ekko: &Ekko, restore_id: &str, why: &str) -> Service
     if let Some(job) = job {
         send_cancel(ekko, &job).await;
     }
+    // A partial image goes now (or at a later pass if Glance is down).
+    settle_pending_images(ekko, Some(&restore.id)).await;
     tracing::info!(restore = %restore.id, "restore cancelled");
     Ok(restore)
 }

@@ -140,7 +140,8 @@ pub struct RestoreJob {
     pub project_id: String,
     /// The disk's record in the backup.
     pub record: RecordRef,
-    /// File name under the host's `[backup] restore_dir`.
+    /// File name under the host's `[backup] restore_dir` (empty for an
+    /// image).
     pub path: String,
     /// `raw` or `qcow2`.
     pub format: String,
@@ -149,6 +150,31 @@ pub struct RestoreJob {
     #[serde(default)]
     pub project_key: Option<crate::crypto::WrappedKey>,
     pub deadline: DateTime<Utc>,
+    /// A restore into a Glance image instead of a file (a worker that does
+    /// not know this field sees an empty path and refuses the job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageJob>,
+}
+
+/// The Glance image a restore uploads into, created by the controller.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageJob {
+    /// Glance's URL (without `/v2`).
+    pub glance_url: String,
+    pub image_id: String,
+    /// The tenant's token (sent with the host's service token, so Glance
+    /// takes it even once expired).
+    pub user_token: String,
+}
+
+// The token stays out of logs.
+impl std::fmt::Debug for ImageJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageJob")
+            .field("glance_url", &self.glance_url)
+            .field("image_id", &self.image_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `job.cancel`: stop a queued or running job on its host.

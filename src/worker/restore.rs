@@ -1,6 +1,7 @@
 //! A restore job on this host: one disk of a backup written to a new file
 //! under `[backup] restore_dir` ([`FileTarget`]; never over an existing
-//! file, never through a link). A partial restore is no restore: whatever
+//! file, never through a link), or streamed into a Glance image the
+//! controller created ([`ImageTarget`]). A partial restore is no restore: whatever
 //! stops it (failure, cancel, deadline, shutdown) removes what it created,
 //! and nothing else.
 
@@ -12,8 +13,9 @@ use chrono::Utc;
 use super::admission::stopped;
 use super::{Stop, Worker};
 use crate::backup::file_target::{open_beneath, FileTarget};
+use crate::backup::image_target::{ImageTarget, ImageUpload};
 use crate::backup::reader::{ReadLimits, RecordReader};
-use crate::backup::restore::{restore, RestoreTarget, TargetFormat};
+use crate::backup::restore::{allocation, restore, RestoreTarget, TargetFormat};
 use crate::backup::EngineError;
 use crate::execution::previous;
 use crate::queue::Delivery;
@@ -72,6 +74,38 @@ impl Worker {
         })
     }
 
+    /// Start the upload into the image the controller created: the map's
+    /// allocation first (the stream's layout), then the data as the walk
+    /// reads it.
+    async fn start_image(
+        &self,
+        reader: &RecordReader,
+        record: &crate::backup::PreviousRecord,
+        format: TargetFormat,
+        image: &crate::wire::ImageJob,
+    ) -> Result<ImageTarget, String> {
+        let glance = self.ekko.glance().await.map_err(|e| e.to_string())?;
+        let allocation = allocation(reader, record)
+            .await
+            .map_err(|e| e.to_string())?;
+        let upload = ImageUpload {
+            glance,
+            url: image.glance_url.clone(),
+            image_id: image.image_id.clone(),
+            user_token: image.user_token.clone(),
+            rate_limit: self.ekko.config.glance.upload_rate_limit.bytes(),
+        };
+        ImageTarget::start(
+            upload,
+            format,
+            record.disk_size,
+            record.chunk_size,
+            allocation,
+            self.ekko.config.glance.stream_buffer.bytes(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
     pub(super) async fn handle_restore(self: Arc<Self>, delivery: Delivery) {
         let job: RestoreJob = match delivery.envelope.body_as(RESTORE_RUN) {
             Ok(j) => j,
@@ -81,8 +115,14 @@ impl Worker {
                 return;
             }
         };
+        // An image restore writes no file: its path stays empty.
+        let path = match &job.image {
+            Some(_) if job.path.is_empty() => Ok(PathBuf::new()),
+            Some(_) => Err("an image restore names no file".to_string()),
+            None => self.restore_target(&job.path),
+        };
         let (path, record, format) = match (
-            self.restore_target(&job.path),
+            path,
             previous(&job.record),
             TargetFormat::parse(&job.format),
         ) {
@@ -113,15 +153,6 @@ impl Worker {
         else {
             return;
         };
-        tracing::info!(restore = %job.restore_id, backup = %job.backup_id, target = %path.display(), "restore started");
-        let target = match self.create_target(&path, format, record.disk_size, &job.restore_id) {
-            Ok(t) => Arc::new(t),
-            Err(why) => {
-                // Nothing was created: another restore may own the name.
-                self.release(&job.job_id, &admitted);
-                return self.fail(delivery, &job.job_id, why).await;
-            }
-        };
         let reader = RecordReader::new(
             self.ekko.store.clone(),
             &self.ekko.container(&job.project_id),
@@ -129,14 +160,33 @@ impl Worker {
         .with_relocations(Relocation::map(&job.relocations))
         .with_keys(keys)
         .with_limits(ReadLimits::from_config(&self.ekko.config.backup));
+        let created = match &job.image {
+            Some(image) => {
+                tracing::info!(restore = %job.restore_id, backup = %job.backup_id, image = %image.image_id, "restore into an image started");
+                self.start_image(&reader, &record, format, image)
+                    .await
+                    .map(|t| (Arc::new(t) as Arc<dyn RestoreTarget>, None))
+            }
+            None => {
+                tracing::info!(restore = %job.restore_id, backup = %job.backup_id, target = %path.display(), "restore started");
+                self.create_target(&path, format, record.disk_size, &job.restore_id)
+                    .map(|t| {
+                        let t = Arc::new(t);
+                        (t.clone() as Arc<dyn RestoreTarget>, Some(t))
+                    })
+            }
+        };
+        let (target, file) = match created {
+            Ok(t) => t,
+            Err(why) => {
+                // Nothing was created: another restore may own the name.
+                self.release(&job.job_id, &admitted);
+                return self.fail(delivery, &job.job_id, why).await;
+            }
+        };
         let left = (job.deadline - Utc::now()).to_std().unwrap_or_default();
         let progress = admitted.progress.clone();
-        let work = restore(
-            &reader,
-            &record,
-            target.clone() as Arc<dyn RestoreTarget>,
-            Some(&progress),
-        );
+        let work = restore(&reader, &record, target.clone(), Some(&progress));
         let outcome = tokio::select! {
             r = work => Ok(r),
             s = stopped(&mut admitted.stop) => Err(Some(s)),
@@ -166,7 +216,9 @@ impl Worker {
                 match self.publish_patiently(RESTORE_FINISHED, &done).await {
                     Ok(()) => {
                         self.journal.done(&job.job_id);
-                        self.restore_reported(&job.job_id, target.files());
+                        if let Some(file) = &file {
+                            self.restore_reported(&job.job_id, file.files());
+                        }
                         let _ = delivery.ack().await;
                         tracing::info!(restore = %job.restore_id, "restore written and reported");
                     }

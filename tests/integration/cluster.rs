@@ -334,6 +334,16 @@ pub async fn start_cluster(
     swift_proxy: Option<String>,
     public_key: bool,
 ) -> Option<Cluster> {
+    start_cluster_with(dir, swift_proxy, public_key, ["", ""]).await
+}
+
+/// [`start_cluster`] with more configuration for host a and host b.
+pub async fn start_cluster_with(
+    dir: &Path,
+    swift_proxy: Option<String>,
+    public_key: bool,
+    host_extra: [&str; 2],
+) -> Option<Cluster> {
     ekko::cli::install_crypto_provider();
     let amqp = service_env("EKKO_AMQP_URL")?;
     let keystone = keystone_section()?;
@@ -418,7 +428,7 @@ pub async fn start_cluster(
         std::fs::write(
             &conf,
             format!(
-                "{}[backup]\nheartbeat_interval = 1\ndiscovery_dir = {}\nshutdown_timeout = 3\n{}{}",
+                "{}[backup]\nheartbeat_interval = 1\ndiscovery_dir = {}\nshutdown_timeout = 3\n{}{}{}",
                 common(
                     &format!("state-{name}"),
                     &format!("host = {host}\n"),
@@ -429,7 +439,8 @@ pub async fn start_cluster(
                 // Host b reads slowly, so a test can catch a job mid-way.
                 if i == 1 { "read_rate_limit = 4M\n" } else { "" },
                 // Host a is the restore side; host b can only write.
-                &host_keys[i]
+                &host_keys[i],
+                host_extra[i]
             ),
         )
         .unwrap();

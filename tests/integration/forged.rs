@@ -526,7 +526,9 @@ async fn a_late_start_report_does_not_cancel_a_completed_restore() {
             user_id: "u".into(),
             device: None,
             host: Some(me.clone()),
-            path: x.dir.path().join("late.raw").display().to_string(),
+            target: ekko::service::restores::NewTarget::File {
+                path: x.dir.path().join("late.raw").display().to_string(),
+            },
             format: ekko::status::ImageFormat::Raw,
         },
     )

@@ -19,6 +19,7 @@ mod encryption;
 mod engine;
 mod extract;
 mod forged;
+mod image_restore;
 mod libvirt;
 mod libvirt_backup;
 mod libvirt_cluster;
