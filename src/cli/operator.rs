@@ -52,11 +52,20 @@ pub enum Command {
         #[arg(long)]
         instance: Option<String>,
     },
-    /// Restore one disk of a backup to a file.
+    /// Restore one disk of a backup to a file, or into a new Glance image
+    /// in the backup's project (`--image`).
     Restore {
         backup: String,
+        /// The file to write (never overwritten).
+        #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+        output: Option<std::path::PathBuf>,
+        /// Name of a new private Glance image to restore into.
         #[arg(long)]
-        output: std::path::PathBuf,
+        image: Option<String>,
+        /// A Keystone token scoped to the backup's project, for `--image`
+        /// (e.g. `openstack token issue -f value -c id` as a member).
+        #[arg(long, env = "OS_TOKEN", hide_env_values = true, requires = "image")]
+        os_token: Option<String>,
         /// Which disk (needed when the backup has several).
         #[arg(long)]
         disk: Option<String>,
@@ -157,6 +166,8 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Restore {
             backup,
             output,
+            image,
+            os_token,
             disk,
             format,
         } => {
@@ -167,6 +178,34 @@ pub async fn main() -> anyhow::Result<()> {
                 crate::backup::restore::TargetFormat::Raw
             };
             let t = std::time::Instant::now();
+            if let Some(name) = image {
+                let token = os_token.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--image needs a token of the backup's project: --os-token or OS_TOKEN"
+                    )
+                })?;
+                let bar = super::ProgressBar::start("restore");
+                let made = service::local::restore_backup_to_image(
+                    &ekko,
+                    &backup,
+                    disk.as_deref(),
+                    &name,
+                    format,
+                    &token,
+                    Some(&bar.progress()),
+                )
+                .await;
+                drop(bar);
+                let (image_id, stats) = made?;
+                println!(
+                    "restored {backup} into image {image_id} ({name}) in {:.2} s ({} chunks, {} zero chunks)",
+                    t.elapsed().as_secs_f64(),
+                    stats.chunks,
+                    stats.zero_chunks
+                );
+                return Ok(());
+            }
+            let output = output.ok_or_else(|| anyhow::anyhow!("--output or --image"))?;
             let bar = super::ProgressBar::start("restore");
             let stats = service::local::restore_backup(
                 &ekko,

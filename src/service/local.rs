@@ -262,6 +262,117 @@ pub async fn restore_backup(
     Ok(restore_to_file(&reader, &record, path, format, progress).await?)
 }
 
+/// A restore from this machine into a new Glance image in the backup's
+/// project: the same stream and checks as the API's (see
+/// [`super::restores`]), acting with `user_token` (a token scoped to the
+/// backup's project) and the service user's token. The image is deleted
+/// if the restore fails. Returns the image's id.
+pub async fn restore_backup_to_image(
+    ekko: &Ekko,
+    backup_id: &str,
+    device: Option<&str>,
+    name: &str,
+    format: TargetFormat,
+    user_token: &str,
+    progress: Option<&Progress>,
+) -> anyhow::Result<(String, RestoreStats)> {
+    use crate::backup::image_target::{ImageTarget, ImageUpload};
+    use crate::backup::restore::{allocation, refuse_write_keys, restore, RestoreTarget};
+    let (backup, rec) = record_of(ekko, backup_id, device).await?;
+    anyhow::ensure!(
+        backup.status == BackupStatus::Available,
+        "backup {backup_id} is {}, not available",
+        backup.status
+    );
+    let reader = ekko.project_reader(&backup.project_id).await?;
+    refuse_write_keys(&reader)?;
+    let record = record(&rec)?;
+    let glance = ekko.glance().await?;
+    let image = crate::wire::ImageJob {
+        glance_url: glance.url().await?,
+        image_id: uuid::Uuid::new_v4().to_string(),
+        user_token: user_token.to_string(),
+    };
+    let did = rec.disk_id.clone();
+    let device = ekko
+        .db()?
+        .run(move |c| Ok(instances::disk(c, &did)?.map(|d| d.device)))
+        .await?
+        .unwrap_or_default();
+    let facts = super::restores::ImageFacts {
+        disk_size: record.disk_size,
+        device,
+        instance_id: backup.instance_id.clone(),
+        backup_id: backup.id.clone(),
+        backup_created_at: backup.created_at,
+    };
+    super::restores::create_image(ekko, &image, name, "private", format, &facts).await?;
+    let pending = crate::db::images::PendingImage::new(
+        &image.image_id,
+        "",
+        &backup.project_id,
+        &image.glance_url,
+        user_token,
+    );
+    let delete = || async {
+        if let Err(e) = glance
+            .delete(&image.glance_url, user_token, &image.image_id)
+            .await
+        {
+            tracing::error!(image = %image.image_id, error = %e, "image of a failed restore not deleted");
+        }
+    };
+    // The image must be the backup's project's: a token of another
+    // project made it elsewhere.
+    match glance
+        .get(&image.glance_url, user_token, &image.image_id)
+        .await
+    {
+        Ok(Some(i)) if i.owner.as_deref() == Some(backup.project_id.as_str()) => {}
+        other => {
+            delete().await;
+            anyhow::bail!(
+                "the image was not made in the backup's project {} ({other:?}): use a token scoped to it",
+                backup.project_id
+            );
+        }
+    }
+    let written = async {
+        let upload = ImageUpload {
+            glance: glance.clone(),
+            url: image.glance_url.clone(),
+            image_id: image.image_id.clone(),
+            user_token: user_token.to_string(),
+            rate_limit: ekko.config.glance.upload_rate_limit.bytes(),
+        };
+        let target = Arc::new(ImageTarget::start(
+            upload,
+            format,
+            record.disk_size,
+            record.chunk_size,
+            allocation(&reader, &record).await?,
+            ekko.config.glance.stream_buffer.bytes(),
+        )?);
+        let stats = restore(&reader, &record, target.clone(), progress).await;
+        if stats.is_err() {
+            target.discard();
+        }
+        let stats = stats?;
+        super::restores::check_image(ekko, &pending, record.disk_size, format)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        anyhow::Ok(stats)
+    }
+    .await;
+    match written {
+        Ok(stats) => Ok((image.image_id.clone(), stats)),
+        Err(e) => {
+            delete().await;
+            Err(e)
+        }
+    }
+}
+
 /// Re-read every chunk of every disk of a backup and check its digest.
 pub async fn verify_backup(
     ekko: &Ekko,

@@ -394,12 +394,12 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
 }
 
 /// What an image needs from the backup to boot as the instance did.
-struct ImageFacts {
-    disk_size: u64,
-    device: String,
-    instance_id: String,
-    backup_id: String,
-    backup_created_at: chrono::NaiveDateTime,
+pub(super) struct ImageFacts {
+    pub disk_size: u64,
+    pub device: String,
+    pub instance_id: String,
+    pub backup_id: String,
+    pub backup_created_at: chrono::NaiveDateTime,
 }
 
 /// The image part of a restore's target, as recorded.
@@ -425,7 +425,7 @@ fn new_target_of(r: &Restore) -> NewTarget {
 }
 
 /// Create the image record in Glance, with the id the catalog holds.
-async fn create_image(
+pub(super) async fn create_image(
     ekko: &Ekko,
     i: &ImageJob,
     name: &str,

@@ -183,9 +183,11 @@ async fn image_size_limit(admin: &str, mib: u64) -> String {
     let resp = http
         .post(format!("{ks}/limits"))
         .header("X-Auth-Token", admin)
-        .json(&json!({"limits": [{"service_id": service, "project_id": project,
+        .json(
+            &json!({"limits": [{"service_id": service, "project_id": project,
             "region_id": "RegionOne", "resource_name": "image_size_total",
-            "resource_limit": mib}]}))
+            "resource_limit": mib}]}),
+        )
         .send()
         .await
         .unwrap();
@@ -211,9 +213,14 @@ async fn clear_limits() {
         .send()
         .await
         .unwrap();
-    let system = resp.headers()["X-Subject-Token"].to_str().unwrap().to_string();
+    let system = resp.headers()["X-Subject-Token"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let limits: Value = http
-        .get(format!("{ks}/limits?project_id={project}&resource_name=image_size_total"))
+        .get(format!(
+            "{ks}/limits?project_id={project}&resource_name=image_size_total"
+        ))
         .header("X-Auth-Token", &system)
         .send()
         .await
@@ -234,7 +241,11 @@ async fn remove_limit(admin: &str, id: &str) {
         .send()
         .await
         .unwrap();
-    assert!(resp.status().is_success(), "limit {id} not removed: {}", resp.status());
+    assert!(
+        resp.status().is_success(),
+        "limit {id} not removed: {}",
+        resp.status()
+    );
 }
 
 /// Stop or start glance-api the way the test environment runs it.
@@ -509,6 +520,47 @@ async fn encrypted_backups_restore_into_images_on_the_restore_host() {
     assert!(
         c.hosts[0].worker.log().contains(&images[0]),
         "the restore side uploaded"
+    );
+
+    // The operator's command line does the same from where the master key
+    // is, with a token of the backup's project.
+    let cli = |tok: &str, name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ekko"))
+            .args(["--config-file", c.operator_conf.to_str().unwrap()])
+            .args(["restore", &incr, "--image", name, "--format", "qcow2"])
+            .env("OS_TOKEN", tok)
+            .output()
+            .unwrap()
+    };
+    let o = cli(&member, "ekko-test-cli");
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let image = said
+        .split_whitespace()
+        .skip_while(|w| *w != "image")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let out = c.dir.join("cli.qcow2");
+    download(&member, &image, &out).await;
+    assert!(same_disk(&incr_ref, &out, "qcow2"), "CLI image differs");
+    images.push(image);
+    // A token of another project makes nothing there.
+    let alt = token("EKKO_ALT_USERNAME", "EKKO_ALT_PASSWORD", "alt_demo").await;
+    let o = cli(&alt, "ekko-test-cli-alt");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("backup's project"), "{err}");
+    let (s, listed) = glance(&alt, "GET", "/v2/images?name=ekko-test-cli-alt").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        listed["images"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
     );
     for i in images {
         glance(&member, "DELETE", &format!("/v2/images/{i}")).await;
