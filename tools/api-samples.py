@@ -318,6 +318,30 @@ def capture(args):
     _, body = api.call("GET", "/v1/restores", member)
     keep("restores-list-resp.json", body)
 
+    # A member restores into a new Glance image (ekko:restore:create_image).
+    next_second()
+    req = {"restore": {"backup_id": first, "target": {
+        "type": "image", "name": "web-1 before upgrade", "disk_format": "qcow2",
+        "visibility": "private"}}}
+    _, body = api.call("POST", "/v1/restores", member, req)
+    restore = body["restore"]["id"]
+    image = body["restore"]["target"]["image_id"]
+    norm.name(restore, "restore-3")
+    norm.name(image, "image-1")
+    keep("restore-create-image-req.json", req)
+    keep("restore-create-image-resp.json", body)
+    try:
+        wait_for(api, "/v1/restores/" + restore, member, "restore", ("completed",))
+    finally:
+        glance = os.environ.get("EKKO_GLANCE_URL", "").rstrip("/")
+        if glance:
+            gone = urllib.request.Request("%s/v2/images/%s" % (glance, image), method="DELETE")
+            gone.add_header("X-Auth-Token", member)
+            try:
+                urllib.request.urlopen(gone, timeout=30).close()
+            except urllib.error.URLError as e:
+                print("api-samples: image %s not deleted: %s" % (image, e), file=sys.stderr)
+
     # Instances.
     _, body = api.call("GET", "/v1/instances", member)
     keep("instances-list-resp.json", body)
