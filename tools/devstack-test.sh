@@ -187,6 +187,7 @@ database_connection_url() {
 }
 recreate_database() { record recreate_database "$@"; }
 create_service_user() { record create_service_user "$@"; }
+get_or_add_user_project_role() { record get_or_add_user_project_role "$@"; }
 get_or_create_service() { record get_or_create_service "$@"; echo 5e7c0de5; }
 get_or_create_endpoint() { record get_or_create_endpoint "$@"; echo e0d9017; }
 run_process() { record run_process "$@"; }
@@ -357,6 +358,7 @@ check_controller_bus_user() {
 
 check_registered() {
     check "service user ekko created" called "create_service_user ekko|admin"
+    check "service user ekko has the service role (service tokens)" called "get_or_add_user_project_role service|ekko|service"
     check "service registered as type instance-backup" called "get_or_create_service ekko|instance-backup|Ekko instance backup"
     check "endpoint registered for instance-backup at http://10.0.0.5:6800" \
         called "get_or_create_endpoint instance-backup|RegionOne|http://10.0.0.5:6800"
@@ -562,7 +564,7 @@ scenario_compute() {
     check_not "no [database] on a compute node" has_section "$CONF" database
     check "[DEFAULT] transport_url from get_transport_url (ekko-backup.conf overrides it)" ini_is "$CONF" DEFAULT transport_url "rabbit://stackrabbit:secretrabbit@10.0.0.5:5672/"
     check "no database or Keystone calls on a compute node" \
-        test "$(calls_of database_connection_url)$(calls_of recreate_database)$(calls_of create_service_user)$(calls_of get_or_create_service)$(calls_of get_or_create_endpoint)" = 00000
+        test "$(calls_of database_connection_url)$(calls_of recreate_database)$(calls_of create_service_user)$(calls_of get_or_create_service)$(calls_of get_or_create_endpoint)$(calls_of get_or_add_user_project_role)" = 000000
     check "[storage] backend swift from EKKO_STORE_BACKEND" ini_is "$CONF" storage backend swift
     check "compute: [backup] instance_source libvirt" ini_is "$CONF" backup instance_source libvirt
     check "compute: [libvirt] connection_uri" ini_is "$CONF" libvirt connection_uri qemu:///system
