@@ -360,7 +360,7 @@ pub async fn restore_backup_to_image(
         let stats = stats?;
         super::restores::check_image(ekko, &pending, record.disk_size, format)
             .await
-            .map_err(anyhow::Error::msg)?;
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         anyhow::Ok(stats)
     }
     .await;

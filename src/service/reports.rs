@@ -374,7 +374,13 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             let planned: PlannedRestore = plan_of(&job)?;
             let image_check = match (&image, job.status.is_active()) {
                 (Some(p), true) => {
-                    super::restores::check_image(ekko, p, planned.disk_size, format).await
+                    match super::restores::check_image(ekko, p, planned.disk_size, format).await {
+                        // Glance cannot say now: the report is retried.
+                        Err(super::restores::ImageCheck::Unknown(why)) => {
+                            return Err(ServiceError::Unavailable(why))
+                        }
+                        other => other,
+                    }
                 }
                 _ => Ok(()),
             };
@@ -391,7 +397,7 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
                         )));
                     }
                     if let Err(why) = &image_check {
-                        fail_job(c, &job.id, why)?;
+                        fail_job(c, &job.id, &why.to_string())?;
                         return Ok(None);
                     }
                     let done = c.transaction(|c| {
@@ -417,8 +423,8 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             if let Some(job) = ended {
                 send_cancel(ekko, &job).await;
             }
-            if let Some(r) = &image_restore {
-                super::restores::settle_pending_images(ekko, Some(r)).await;
+            if let Some(r) = image_restore {
+                super::restores::settle_in_background(ekko, Some(r));
             }
         }
         JOB_FAILED => {
@@ -440,7 +446,7 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             }
             // A failed restore's image goes.
             if let (true, Some(r)) = (ended, &job.restore_id) {
-                super::restores::settle_pending_images(ekko, Some(r)).await;
+                super::restores::settle_in_background(ekko, Some(r.clone()));
             }
         }
         other => {

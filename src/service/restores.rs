@@ -384,7 +384,7 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
             // goes with the image Glance may or may not have made.
             let (jid, why) = (job.id.clone(), format!("image not created: {e}"));
             db.run(move |c| fail_job(c, &jid, &why).map(drop)).await?;
-            settle_pending_images(ekko, Some(&restore.id)).await;
+            settle_in_background(ekko, Some(restore.id.clone()));
             return Err(glance_error(e));
         }
     }
@@ -482,29 +482,56 @@ fn glance_error(e: GlanceError) -> ServiceError {
     }
 }
 
+/// Why an image is not handed over (yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageCheck {
+    /// It is not what was planned: the restore fails.
+    Wrong(String),
+    /// Glance cannot say now: ask again later (the report is retried).
+    Unknown(String),
+}
+
+impl std::fmt::Display for ImageCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageCheck::Wrong(why) | ImageCheck::Unknown(why) => f.write_str(why),
+        }
+    }
+}
+
 /// A restore into an image reported finished: the image is the one
 /// planned, active and of the disk's size (a host's word is not enough to
-/// hand an image to a tenant). `Err` says why not.
+/// hand an image to a tenant).
 pub async fn check_image(
     ekko: &Ekko,
     p: &PendingImage,
     disk_size: u64,
     format: ImageFormat,
-) -> Result<(), String> {
-    let glance = ekko.glance().await.map_err(|e| e.to_string())?;
-    let info = glance
+) -> Result<(), ImageCheck> {
+    let unknown = |e: GlanceError| {
+        let why = format!("cannot check image {}: {e}", p.image_id);
+        match e {
+            GlanceError::Refused { .. } => ImageCheck::Wrong(why),
+            _ => ImageCheck::Unknown(why),
+        }
+    };
+    let wrong = |why: String| Err(ImageCheck::Wrong(why));
+    let glance = ekko.glance().await.map_err(unknown)?;
+    let Some(info) = glance
         .get(&p.glance_url, &p.user_token, &p.image_id)
         .await
-        .map_err(|e| format!("cannot check image {}: {e}", p.image_id))?
-        .ok_or_else(|| format!("image {} is gone", p.image_id))?;
+        .map_err(unknown)?
+    else {
+        return wrong(format!("image {} is gone", p.image_id));
+    };
     if info.status != "active" {
-        return Err(format!(
+        return wrong(format!(
             "image {} is {}, not active",
             p.image_id, info.status
         ));
     }
     if info.owner.as_deref() != Some(p.project_id.as_str()) {
-        return Err(format!(
+        return wrong(format!(
             "image {} is not owned by project {}",
             p.image_id, p.project_id
         ));
@@ -515,12 +542,30 @@ pub async fn check_image(
     };
     let virtual_ok = info.virtual_size.is_none_or(|v| v == disk_size);
     if !size_ok || !virtual_ok {
-        return Err(format!(
+        return wrong(format!(
             "image {} holds {:?} bytes (virtual {:?}) for a disk of {disk_size}",
             p.image_id, info.size, info.virtual_size
         ));
     }
     Ok(())
+}
+
+/// [`settle_pending_images`] off the caller's path (Glance may be slow or
+/// down: a report, a cancel or the conductor's tick never waits for it).
+/// A pass over every row starts only when none runs.
+pub fn settle_in_background(ekko: &Ekko, restore_id: Option<String>) {
+    static SWEEPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::Ordering;
+    if restore_id.is_none() && SWEEPING.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let ekko = ekko.clone();
+    tokio::spawn(async move {
+        settle_pending_images(&ekko, restore_id.as_deref()).await;
+        if restore_id.is_none() {
+            SWEEPING.store(false, Ordering::SeqCst);
+        }
+    });
 }
 
 /// Settle the images Ekko created and still holds (one restore's, or
@@ -553,7 +598,15 @@ pub async fn settle_pending_images(ekko: &Ekko, restore_id: Option<&str>) -> usi
         }
     };
     let mut settled = 0;
+    let now = crate::db::now();
     for (p, status) in rows {
+        // A sweep retries a failed deletion after 2^attempts seconds (at
+        // most 5 minutes); a restore's own settle tries at once.
+        let wait = chrono::Duration::seconds(1i64 << p.attempts.clamp(0, 8).min(8))
+            .min(chrono::Duration::minutes(5));
+        if restore_id.is_none() && p.attempts > 0 && p.updated_at + wait > now {
+            continue;
+        }
         let image_id = p.image_id.clone();
         match status {
             Some(s) if s.is_active() => continue,
@@ -679,7 +732,7 @@ pub async fn cancel_restore(ekko: &Ekko, restore_id: &str, why: &str) -> Service
         send_cancel(ekko, &job).await;
     }
     // A partial image goes now (or at a later pass if Glance is down).
-    settle_pending_images(ekko, Some(&restore.id)).await;
+    settle_in_background(ekko, Some(restore.id.clone()));
     tracing::info!(restore = %restore.id, "restore cancelled");
     Ok(restore)
 }
