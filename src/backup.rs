@@ -14,6 +14,8 @@
 //! * [`disk`]: backs up one disk.
 //! * [`restore`]: restores or verifies a record, a window of leaves at a
 //!   time.
+//! * [`export`]: serves a record as an NBD export (reads through a
+//!   bounded cache of checked chunks).
 //! * [`file_target`], [`target_dir`]: restores into files on this host,
 //!   created exclusively and never through a link.
 //!
@@ -23,6 +25,7 @@
 
 pub mod dedup;
 pub mod disk;
+pub mod export;
 pub mod file_target;
 pub mod image_target;
 pub mod instance;

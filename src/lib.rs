@@ -37,14 +37,14 @@
 //! | L2 | [`queue`] | the `MessageQueue` seam: RabbitMQ (lapin), in-process; envelopes | |
 //! | L2 | [`store`] | the `ObjectStore` seam: local directory, Swift | `keystone` |
 //! | L2 | [`qmp`] | QEMU's monitor protocol | |
-//! | L2 | [`nbd`] | NBD protocol and client | |
+//! | L2 | [`nbd`] | NBD protocol, client, and a read-only server for exports | |
 //! | L2 | [`libvirt`] | libvirt loaded at run time: domains, backup jobs, checkpoints, XML | |
 //! | L2 | [`auth`] | who calls: Keystone tokens, noauth | `keystone` |
 //! | L2 | [`policy`] | oslo.policy rules; a caller checked against them | `auth` |
 //! | L3 | [`wire`] | the bus: kinds, routing keys, queue names, versioned messages | |
 //! | L3 | [`extract`] | the snapshot seam; pull-mode backup over QMP/NBD | |
 //! | L3 | [`hypervisor`] | the hypervisor seam: instances, disks, snapshots (QMP) | `extract` |
-//! | L3 | [`backup`] | the engine: disks to records, records back (restore seam) | `extract` |
+//! | L3 | [`backup`] | the engine: disks to records, records back (restore seam, exports) | `extract` |
 //! | L3 | [`keyring`] | this process's keys and the projects' keys | |
 //! | L4 | [`ekko`] | `Ekko`, the composition root: config, catalog, store, bus, keys | |
 //! | L5 | [`execution`] | the host side of a job: wire job → engine → wire report | |

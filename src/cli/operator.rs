@@ -1,11 +1,17 @@
 //! `ekko`: the operator and standalone command line (the binary only
 //! calls [`main`]).
 
+use crate::config::types::OptionType;
+use crate::config::ByteSize;
 use crate::config::ConfigArgs;
 use crate::ekko::Catalog;
 use crate::service;
 use crate::Ekko;
 use clap::{Parser, Subcommand};
+
+fn parse_size(raw: &str) -> Result<ByteSize, String> {
+    ByteSize::parse_value(raw)
+}
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +77,27 @@ pub enum Command {
         disk: Option<String>,
         #[arg(long, value_parser = ["raw", "qcow2"], default_value = "raw")]
         format: String,
+    },
+    /// Serve one disk of a backup read-only over NBD (boot from it, copy
+    /// or inspect it without restoring it) until its lifetime runs out or
+    /// SIGINT/SIGTERM; a unix socket is removed when the export ends.
+    Export {
+        backup: String,
+        /// Which disk (needed when the backup has several).
+        #[arg(long)]
+        disk: Option<String>,
+        /// Listen on this unix socket (created; never replaced).
+        #[arg(long, required_unless_present = "bind", conflicts_with = "bind")]
+        socket: Option<std::path::PathBuf>,
+        /// Listen on this TCP address (ADDR:PORT).
+        #[arg(long)]
+        bind: Option<String>,
+        /// End the export after this many seconds.
+        #[arg(long)]
+        lifetime: Option<u64>,
+        /// Decoded chunks kept in memory (K, M, G suffixes).
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        cache: ByteSize,
     },
     /// Re-read a backup and check every chunk's digest.
     Verify { backup: String },
@@ -226,6 +253,33 @@ pub async fn main() -> anyhow::Result<()> {
                 stats.chunks,
                 stats.zero_chunks
             );
+        }
+        Command::Export {
+            backup,
+            disk,
+            socket,
+            bind,
+            lifetime,
+            cache,
+        } => {
+            let endpoint = match (socket, bind) {
+                (Some(path), _) => crate::nbd::server::Endpoint::Unix(path),
+                (None, Some(addr)) => crate::nbd::server::Endpoint::Tcp(addr),
+                (None, None) => anyhow::bail!("--socket or --bind"),
+            };
+            let ekko = Ekko::connect(config, Catalog::Required).await?;
+            let req = service::local::ExportRequest {
+                backup_id: backup.clone(),
+                device: disk,
+                endpoint,
+                lifetime: lifetime.map(std::time::Duration::from_secs),
+                cache_bytes: cache.bytes(),
+            };
+            service::local::export_backup(&ekko, &req, super::shutdown_signal(), |url| {
+                println!("exporting {backup} at {url}");
+            })
+            .await?;
+            println!("export of {backup} ended");
         }
         Command::Verify { backup } => {
             let ekko = Ekko::connect(config, Catalog::Required).await?;

@@ -13,15 +13,42 @@ pub const FLAG_NO_ZEROES: u16 = 2;
 pub const CLIENT_FIXED_NEWSTYLE: u32 = 1;
 pub const CLIENT_NO_ZEROES: u32 = 2;
 
+pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
+pub const OPT_LIST: u32 = 3;
+pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
+pub const OPT_LIST_META_CONTEXT: u32 = 9;
 pub const OPT_SET_META_CONTEXT: u32 = 10;
 
 pub const REP_ACK: u32 = 1;
+pub const REP_SERVER: u32 = 2;
 pub const REP_INFO: u32 = 3;
 pub const REP_META_CONTEXT: u32 = 4;
 pub const REP_FLAG_ERROR: u32 = 1 << 31;
+pub const REP_ERR_UNSUP: u32 = REP_FLAG_ERROR | 1;
+pub const REP_ERR_INVALID: u32 = REP_FLAG_ERROR | 3;
+pub const REP_ERR_UNKNOWN: u32 = REP_FLAG_ERROR | 6;
+pub const REP_ERR_TOO_BIG: u32 = REP_FLAG_ERROR | 9;
+
+/// Transmission flags: the flags field is meaningful; the export is
+/// read-only.
+pub const FLAG_HAS_FLAGS: u16 = 1;
+pub const FLAG_READ_ONLY: u16 = 1 << 1;
+/// Request flag of `NBD_CMD_BLOCK_STATUS`: one extent is enough.
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+
+/// Errors a server puts in replies (the protocol's own numbering, which
+/// is Linux's).
+pub const EPERM: u32 = 1;
+pub const EIO: u32 = 5;
+pub const EINVAL: u32 = 22;
+pub const EOVERFLOW: u32 = 75;
+pub const ENOTSUP: u32 = 95;
+
+/// The meta context of holes and zeroes.
+pub const BASE_ALLOCATION: &str = "base:allocation";
 
 pub const INFO_EXPORT: u16 = 0;
 pub const INFO_BLOCK_SIZE: u16 = 3;
@@ -48,6 +75,7 @@ pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
 pub const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
+pub const REPLY_TYPE_ERROR: u16 = REPLY_TYPE_ERROR_BIT | 1;
 
 /// `base:allocation` flags.
 pub const STATE_HOLE: u32 = 1;

@@ -373,6 +373,68 @@ pub async fn restore_backup_to_image(
     }
 }
 
+/// How `ekko export` serves a disk of a backup.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    pub backup_id: String,
+    pub device: Option<String>,
+    pub endpoint: crate::nbd::server::Endpoint,
+    /// Ends by itself after this long.
+    pub lifetime: Option<Duration>,
+    /// Bytes of decoded chunks kept cached.
+    pub cache_bytes: u64,
+}
+
+/// Serve one disk of a backup read-only over NBD, here, where the store
+/// and the project's keys are, until the lifetime runs out or `shutdown`
+/// resolves. `ready` gets the export's URL once clients can connect. The
+/// socket file (a unix endpoint) is removed when the export ends.
+pub async fn export_backup(
+    ekko: &Ekko,
+    req: &ExportRequest,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: impl FnOnce(&str),
+) -> anyhow::Result<()> {
+    use crate::backup::export::BackupExport;
+    use crate::nbd::server::{serve, Endpoint, Export, Listener};
+    use anyhow::Context;
+
+    let id = &req.backup_id;
+    let (backup, rec) = record_of(ekko, id, req.device.as_deref()).await?;
+    anyhow::ensure!(
+        backup.status == BackupStatus::Available,
+        "backup {id} is {}, not available",
+        backup.status
+    );
+    let reader = Arc::new(ekko.project_reader(&backup.project_id).await?);
+    tracing::info!(backup = %id, disk = %rec.disk_id, "loading the backup's map");
+    let source = BackupExport::open(reader, &record(&rec)?, req.cache_bytes)
+        .await
+        .with_context(|| format!("map of backup {id}, disk {}", rec.disk_id))?;
+    let listener = Listener::bind(&req.endpoint).await?;
+    let url = match (&req.endpoint, listener.local_addr()) {
+        (Endpoint::Tcp(_), Some(addr)) => format!("nbd://{addr}/"),
+        (at, _) => at.to_string(),
+    };
+    tracing::info!(backup = %id, %url, lifetime = ?req.lifetime, "export ready");
+    ready(&url);
+    let lifetime = req.lifetime;
+    let ended = async move {
+        match lifetime {
+            Some(t) => tokio::select! {
+                _ = shutdown => {}
+                _ = tokio::time::sleep(t) => tracing::info!(backup = %id, "export lifetime over"),
+            },
+            None => shutdown.await,
+        }
+    };
+    let export = Arc::new(Export::new(id, Arc::new(source)));
+    serve(export, listener, ended)
+        .await
+        .with_context(|| format!("export of backup {id}"))?;
+    Ok(())
+}
+
 /// Re-read every chunk of every disk of a backup and check its digest.
 pub async fn verify_backup(
     ekko: &Ekko,

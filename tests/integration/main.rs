@@ -17,6 +17,7 @@ mod db;
 mod distributed;
 mod encryption;
 mod engine;
+mod export;
 mod extract;
 mod forged;
 mod image_restore;

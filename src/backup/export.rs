@@ -1,0 +1,249 @@
+//! A backup record served as a block device: the [`ExportSource`] behind
+//! `ekko export` (an NBD export of one disk of a backup).
+//!
+//! The record's map is loaded once ([`map_tree`]: one entry per chunk, a
+//! few tens of bytes each), so every read knows at once which chunks it
+//! needs and which are zero. Stored chunks are fetched through the
+//! [`RecordReader`] (its digest check runs before any byte is served) and
+//! kept decoded in a cache bounded in bytes, least recently used first out.
+//! Concurrent reads of one chunk share one fetch. A chunk that cannot be
+//! fetched or fails its check fails the reads that need it, and only them:
+//! the next read of it tries the store again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::{StreamExt, TryStreamExt};
+
+use super::reader::RecordReader;
+use super::restore::map_tree;
+use super::{EngineError, PreviousRecord};
+use crate::chunk::{ChunkDigest, ChunkRef};
+use crate::nbd::server::{ExportSource, SourceError};
+use crate::segment::RecordExpect;
+
+/// Chunks one read fetches at once (a 32 MiB read of 256 KiB chunks needs
+/// 128; a few in flight keep the store busy without a burst of GETs).
+const FETCHES_PER_READ: usize = 8;
+
+type Chunk = Arc<Vec<u8>>;
+type Fetch = Shared<BoxFuture<'static, Result<Chunk, Arc<String>>>>;
+
+/// Decoded chunks by digest within a byte budget, least recently used out.
+struct ChunkCache {
+    map: HashMap<ChunkDigest, (Chunk, u64)>,
+    /// Last use → digest: the oldest first.
+    order: BTreeMap<u64, ChunkDigest>,
+    bytes: u64,
+    budget: u64,
+    tick: u64,
+}
+
+impl ChunkCache {
+    fn new(budget: u64) -> ChunkCache {
+        ChunkCache {
+            map: HashMap::new(),
+            order: BTreeMap::new(),
+            bytes: 0,
+            budget,
+            tick: 0,
+        }
+    }
+
+    fn get(&mut self, d: &ChunkDigest) -> Option<Chunk> {
+        self.tick += 1;
+        let (chunk, used) = self.map.get_mut(d)?;
+        self.order.remove(used);
+        *used = self.tick;
+        self.order.insert(self.tick, *d);
+        Some(chunk.clone())
+    }
+
+    fn insert(&mut self, d: ChunkDigest, chunk: Chunk) {
+        let weight = chunk.len() as u64;
+        if weight > self.budget || self.map.contains_key(&d) {
+            return;
+        }
+        self.tick += 1;
+        self.bytes += weight;
+        self.order.insert(self.tick, d);
+        self.map.insert(d, (chunk, self.tick));
+        while self.bytes > self.budget {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((c, _)) = self.map.remove(&oldest) {
+                self.bytes -= c.len() as u64;
+            }
+        }
+    }
+}
+
+/// One disk of a backup, readable at any offset.
+pub struct BackupExport {
+    reader: Arc<RecordReader>,
+    entries: Vec<ChunkRef>,
+    disk_size: u64,
+    chunk_size: u64,
+    cache: Mutex<ChunkCache>,
+    fetching: Mutex<HashMap<ChunkDigest, Fetch>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BackupExport {
+    /// Load the record's map; keep at most `cache_bytes` of decoded chunks.
+    pub async fn open(
+        reader: Arc<RecordReader>,
+        record: &PreviousRecord,
+        cache_bytes: u64,
+    ) -> Result<BackupExport, EngineError> {
+        if record.chunk_size == 0 {
+            return Err(EngineError::Other("record with a chunk size of 0".into()));
+        }
+        let tree = map_tree(&reader, record.root, record.disk_size, record.chunk_size).await?;
+        Ok(BackupExport {
+            reader,
+            entries: tree.entries,
+            disk_size: record.disk_size,
+            chunk_size: record.chunk_size,
+            cache: Mutex::new(ChunkCache::new(cache_bytes)),
+            fetching: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Bytes of the disk at chunk position `pos`.
+    fn chunk_len(&self, pos: u64) -> u64 {
+        self.chunk_size.min(self.disk_size - pos * self.chunk_size)
+    }
+
+    /// The decoded chunk at `pos` (`None`: a zero chunk), from the cache or
+    /// the store.
+    async fn chunk(&self, pos: u64) -> Result<Option<Chunk>, String> {
+        let r = self.entries[pos as usize];
+        if r.is_zero() {
+            return Ok(None);
+        }
+        if let Some(c) = lock(&self.cache).get(&r.digest) {
+            return Ok(Some(c));
+        }
+        let fetch = lock(&self.fetching)
+            .entry(r.digest)
+            .or_insert_with(|| {
+                let reader = self.reader.clone();
+                let expect = RecordExpect::chunk(self.chunk_size);
+                async move {
+                    // `read` checks the digest before returning the bytes.
+                    let plain = reader.read(&r, expect).await.map_err(|e| {
+                        Arc::new(format!(
+                            "chunk {} (segment {:016x}): {e}",
+                            r.digest, r.segment
+                        ))
+                    })?;
+                    Ok(Arc::new(plain))
+                }
+                .boxed()
+                .shared()
+            })
+            .clone();
+        let got = fetch.await;
+        lock(&self.fetching).remove(&r.digest);
+        let chunk = got.map_err(|e| e.to_string())?;
+        if chunk.len() as u64 != self.chunk_len(pos) {
+            return Err(format!(
+                "chunk {} at position {pos}: {} bytes, expected {}",
+                r.digest,
+                chunk.len(),
+                self.chunk_len(pos)
+            ));
+        }
+        lock(&self.cache).insert(r.digest, chunk.clone());
+        Ok(Some(chunk))
+    }
+}
+
+#[async_trait::async_trait]
+impl ExportSource for BackupExport {
+    fn size(&self) -> u64 {
+        self.disk_size
+    }
+
+    fn preferred_block(&self) -> u32 {
+        self.chunk_size.min(u32::MAX as u64) as u32
+    }
+
+    async fn read(&self, offset: u64, length: u32) -> Result<Vec<u8>, SourceError> {
+        let end = offset + length as u64;
+        if length == 0 || end > self.disk_size {
+            return Err(format!("read {offset}+{length} past the end").into());
+        }
+        let (first, last) = (offset / self.chunk_size, (end - 1) / self.chunk_size);
+        let chunks: Vec<(u64, Option<Chunk>)> = futures::stream::iter(first..=last)
+            .map(|pos| async move { self.chunk(pos).await.map(|c| (pos, c)) })
+            .buffered(FETCHES_PER_READ)
+            .try_collect()
+            .await?;
+        let mut out = Vec::with_capacity(length as usize);
+        for (pos, chunk) in chunks {
+            let start = pos * self.chunk_size;
+            let from = offset.max(start) - start;
+            let to = end.min(start + self.chunk_len(pos)) - start;
+            match chunk {
+                Some(c) => out.extend_from_slice(&c[from as usize..to as usize]),
+                None => out.resize(out.len() + (to - from) as usize, 0),
+            }
+        }
+        Ok(out)
+    }
+
+    fn extents(&self, offset: u64, length: u64) -> Vec<(u64, bool)> {
+        let end = (offset + length).min(self.disk_size);
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let pos = at / self.chunk_size;
+            let next = ((pos + 1) * self.chunk_size).min(end);
+            let zero = self.entries.get(pos as usize).is_none_or(|r| r.is_zero());
+            match out.last_mut() {
+                Some((len, z)) if *z == zero => *len += next - at,
+                _ => out.push((next - at, zero)),
+            }
+            at = next;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(i: u8) -> ChunkDigest {
+        ChunkDigest::of(&[i])
+    }
+
+    #[test]
+    fn the_cache_keeps_to_its_budget_least_recently_used_out() {
+        let mut c = ChunkCache::new(300);
+        for i in 0..3 {
+            c.insert(digest(i), Arc::new(vec![i; 100]));
+        }
+        assert!(c.get(&digest(0)).is_some(), "0 is now the most recent");
+        c.insert(digest(3), Arc::new(vec![3; 100]));
+        assert_eq!(c.bytes, 300);
+        assert!(c.get(&digest(1)).is_none(), "the least recently used went");
+        for i in [0, 2, 3] {
+            assert_eq!(c.get(&digest(i)).unwrap()[0], i);
+        }
+        // Larger than the whole budget: not cached, nothing evicted.
+        c.insert(digest(9), Arc::new(vec![9; 301]));
+        assert!(c.get(&digest(9)).is_none());
+        assert_eq!(c.map.len(), 3);
+        let mut none = ChunkCache::new(0);
+        none.insert(digest(1), Arc::new(vec![1]));
+        assert!(none.get(&digest(1)).is_none());
+    }
+}
