@@ -11,11 +11,14 @@
 //! * [`policies`], [`instances`], [`quotas`], [`hosts`]: the other
 //!   resources.
 //! * [`local`]: what the `ekko` command line runs in its own process
-//!   (back up an instance over its QMP socket, restore, verify).
+//!   (back up an instance over its QMP socket, restore, verify, export).
+//! * [`files`]: list and copy files out of a backup's ext filesystem
+//!   through its export, never mounting it in the kernel.
 //! * [`convert`]: wire messages ↔ catalog rows.
 
 pub mod backups;
 pub mod convert;
+pub mod files;
 pub mod hosts;
 pub mod housekeeping;
 pub mod instances;

@@ -16,6 +16,8 @@
 #     the backports one; started by tools/test-env.sh
 #   - benchmark peers and drivers: restic, borgbackup, wrk, curl
 #   - lint: shellcheck
+#   - file-level restore (`ekko files`): e2fsprogs (debugfs), fuse3
+#     (fusermount3, for nbdfuse run as non-root; nbdfuse is in libnbd-bin)
 #   - Python tools (PyPI, pinned in tools/requirements/*.txt) in the venv
 #     /opt/ekko-venv: schemathesis, python-openstackclient, Sphinx, reno
 # The other OpenStack services for the integration tests are installed by
@@ -24,7 +26,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PKGS=(gcc pkg-config libmariadb-dev libmariadb-dev-compat libsqlite3-dev
-      restic borgbackup wrk curl shellcheck python3-venv python3-pip)
+      restic borgbackup wrk curl shellcheck python3-venv python3-pip
+      e2fsprogs fuse3)
 VENV=${EKKO_VENV:-/opt/ekko-venv}
 QEMU_MIN_MAJOR=10
 BACKPORTS_LIST=/etc/apt/sources.list.d/ekko-bookworm-backports.list

@@ -99,6 +99,16 @@ pub enum Command {
         #[arg(long, default_value = "256M", value_parser = parse_size)]
         cache: ByteSize,
     },
+    /// List or copy files of a backup's ext2/3/4 disk, read in userspace
+    /// (nbdfuse + debugfs) through an export: nothing is mounted.
+    Files {
+        backup: String,
+        /// Which disk (needed when the backup has several).
+        #[arg(long)]
+        disk: Option<String>,
+        #[command(subcommand)]
+        action: FilesAction,
+    },
     /// Re-read a backup and check every chunk's digest.
     Verify { backup: String },
     /// Delete a backup (its space is reclaimed by ekko-retention).
@@ -127,6 +137,17 @@ pub enum Command {
         /// Disk size in MiB.
         #[arg(long, default_value_t = 1024)]
         size_mib: u64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FilesAction {
+    /// `ls -l` of a directory of the backup's filesystem.
+    Ls { path: String },
+    /// Copy a file of the backup's filesystem to a new file here.
+    Get {
+        path: String,
+        output: std::path::PathBuf,
     },
 }
 
@@ -280,6 +301,26 @@ pub async fn main() -> anyhow::Result<()> {
             })
             .await?;
             println!("export of {backup} ended");
+        }
+        Command::Files {
+            backup,
+            disk,
+            action,
+        } => {
+            let ekko = Ekko::connect(config, Catalog::Required).await?;
+            let cmd = match action {
+                FilesAction::Ls { path } => service::files::FilesCommand::List(path),
+                FilesAction::Get { path, output } => {
+                    service::files::FilesCommand::Get { path, out: output }
+                }
+            };
+            let printed = service::files::files(&ekko, &backup, disk.as_deref(), &cmd).await?;
+            match cmd {
+                service::files::FilesCommand::List(_) => print!("{printed}"),
+                service::files::FilesCommand::Get { path, out } => {
+                    println!("copied {path} of {backup} to {}", out.display())
+                }
+            }
         }
         Command::Verify { backup } => {
             let ekko = Ekko::connect(config, Catalog::Required).await?;
