@@ -17,7 +17,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{StreamExt, TryStreamExt};
 
 use super::reader::RecordReader;
-use super::restore::map_tree;
+use super::restore::{map_tree, refuse_write_keys};
 use super::{EngineError, PreviousRecord};
 use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::nbd::server::{ExportSource, SourceError};
@@ -101,6 +101,8 @@ impl BackupExport {
         record: &PreviousRecord,
         cache_bytes: u64,
     ) -> Result<BackupExport, EngineError> {
+        // A host with only a public-key project's write keys opens no chunk.
+        refuse_write_keys(&reader)?;
         if record.chunk_size == 0 {
             return Err(EngineError::Other("record with a chunk size of 0".into()));
         }
@@ -219,7 +221,175 @@ impl ExportSource for BackupExport {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+
     use super::*;
+    use crate::backup::disk::{back_up_disk, DiskBackupOptions};
+    use crate::extract::{DiskSnapshot, ExtractError, FullReason};
+    use crate::store::local::LocalStore;
+    use crate::store::{ByteStream, ObjectMeta, ObjectStore, StoreResult};
+
+    const C: u64 = 64 << 10;
+
+    /// 32 chunk positions; every fourth one zero.
+    struct Disk;
+
+    fn chunk_data(pos: u64) -> Vec<u8> {
+        if pos % 4 == 3 {
+            return vec![0; C as usize];
+        }
+        (0..C)
+            .map(|i| (i as u8) ^ (pos as u8) ^ ((i >> 9) as u8))
+            .collect()
+    }
+
+    #[async_trait::async_trait]
+    impl DiskSnapshot for Disk {
+        fn device(&self) -> &str {
+            "vda"
+        }
+        fn size(&self) -> u64 {
+            32 * C
+        }
+        fn full_reason(&self) -> Option<&FullReason> {
+            Some(&FullReason::Requested)
+        }
+        fn changed(&self) -> &[(u64, u64)] {
+            &[(0, 32 * C)]
+        }
+        fn zeros(&self) -> &[(u64, u64)] {
+            &[]
+        }
+        fn new_bitmap(&self) -> Option<&str> {
+            None
+        }
+        fn read_ranges<'a>(
+            &'a self,
+            ranges: Vec<(u64, u64)>,
+        ) -> BoxStream<'a, Result<(u64, Bytes), ExtractError>> {
+            let pieces = ranges.into_iter().flat_map(|(off, len)| {
+                (off / C..(off + len) / C).map(|p| Ok((p * C, Bytes::from(chunk_data(p)))))
+            });
+            futures::stream::iter(pieces).boxed()
+        }
+    }
+
+    /// A local store that counts ranged GETs and can fail them.
+    struct Counting {
+        inner: LocalStore,
+        ranged: AtomicU64,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Counting {
+        async fn put(&self, c: &str, n: &str, body: Bytes) -> StoreResult<()> {
+            self.inner.put(c, n, body).await
+        }
+        async fn put_stream(&self, c: &str, n: &str, body: ByteStream) -> StoreResult<u64> {
+            self.inner.put_stream(c, n, body).await
+        }
+        async fn get(&self, c: &str, n: &str) -> StoreResult<Bytes> {
+            self.inner.get(c, n).await
+        }
+        async fn get_range(&self, c: &str, n: &str, off: u64, len: u64) -> StoreResult<Bytes> {
+            self.ranged.fetch_add(1, Ordering::SeqCst);
+            // Slow enough for concurrent readers to meet on one fetch.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return self.inner.get_range(c, "missing", off, len).await;
+            }
+            self.inner.get_range(c, n, off, len).await
+        }
+        async fn get_stream(&self, c: &str, n: &str) -> StoreResult<ByteStream> {
+            self.inner.get_stream(c, n).await
+        }
+        async fn head(&self, c: &str, n: &str) -> StoreResult<ObjectMeta> {
+            self.inner.head(c, n).await
+        }
+        async fn list(&self, c: &str, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+            self.inner.list(c, prefix).await
+        }
+        async fn delete(&self, c: &str, n: &str) -> StoreResult<()> {
+            self.inner.delete(c, n).await
+        }
+        async fn containers(&self, prefix: &str) -> StoreResult<Vec<String>> {
+            self.inner.containers(prefix).await
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_share_fetches_and_a_failed_fetch_fails_only_its_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Counting {
+            inner: LocalStore::new(dir.path(), false).unwrap(),
+            ranged: AtomicU64::new(0),
+            failing: Default::default(),
+        });
+        let reader = Arc::new(RecordReader::new(store.clone(), "c"));
+        let opts = DiskBackupOptions {
+            chunk_size: C,
+            compression_level: 1,
+            segment_size: 4 << 20,
+            dedup_memory: 1 << 20,
+            progress: None,
+        };
+        let made = back_up_disk(&Disk, None, Arc::default(), &reader, &opts)
+            .await
+            .unwrap();
+        let record = PreviousRecord {
+            root: made.root,
+            disk_size: 32 * C,
+            chunk_size: C,
+        };
+        let export = BackupExport::open(reader, &record, 0).await.unwrap();
+        assert_eq!(export.size(), 32 * C);
+        assert_eq!(export.preferred_block(), C as u32);
+        // Data and zero runs as the map says.
+        assert_eq!(
+            export.extents(C / 2, 4 * C),
+            vec![(5 * C / 2, false), (C, true), (C / 2, false)]
+        );
+        // A read across chunks and a zero chunk: the disk's bytes.
+        let got = export.read(C + 100, (3 * C) as u32).await.unwrap();
+        let disk: Vec<u8> = (0..32).flat_map(chunk_data).collect();
+        assert!(got[..] == disk[(C + 100) as usize..(4 * C + 100) as usize]);
+
+        // Eight readers of one chunk at once (no cache): one GET.
+        export.read(0, 10).await.unwrap();
+        let before = store.ranged.load(Ordering::SeqCst);
+        let reads = (0..8).map(|i| export.read(5 * C + i * 100, 100));
+        for (i, r) in futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let at = (5 * C + i as u64 * 100) as usize;
+            assert!(r.unwrap()[..] == disk[at..at + 100]);
+        }
+        assert_eq!(store.ranged.load(Ordering::SeqCst) - before, 1);
+        // Zero chunks never reach the store.
+        let before = store.ranged.load(Ordering::SeqCst);
+        assert!(export
+            .read(3 * C, C as u32)
+            .await
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0));
+        assert_eq!(store.ranged.load(Ordering::SeqCst), before);
+
+        // The store fails: reads needing a chunk fail; zero ranges still
+        // read; once it is back, the same chunk reads (no error cached).
+        store.failing.store(true, Ordering::SeqCst);
+        assert!(export.read(6 * C, 10).await.is_err());
+        assert!(export.read(7 * C, 10).await.is_ok());
+        store.failing.store(false, Ordering::SeqCst);
+        let at = (6 * C) as usize;
+        assert!(export.read(6 * C, 10).await.unwrap()[..] == disk[at..at + 10]);
+    }
 
     fn digest(i: u8) -> ChunkDigest {
         ChunkDigest::of(&[i])
