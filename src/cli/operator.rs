@@ -8,6 +8,7 @@ use crate::ekko::Catalog;
 use crate::service;
 use crate::Ekko;
 use clap::{Parser, Subcommand};
+use std::io::Write;
 
 fn parse_size(raw: &str) -> Result<ByteSize, String> {
     ByteSize::parse_value(raw)
@@ -300,7 +301,8 @@ pub async fn main() -> anyhow::Result<()> {
                 println!("exporting {backup} at {url}");
             })
             .await?;
-            println!("export of {backup} ended");
+            // Whoever read the first line may be gone: not an error.
+            let _ = writeln!(std::io::stdout(), "export of {backup} ended");
         }
         Command::Files {
             backup,

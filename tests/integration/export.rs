@@ -430,6 +430,30 @@ fn an_expired_export_ends_and_removes_its_socket() {
     assert!(!e.socket.exists(), "the expired export's socket is gone");
     let (ok, _) = run(Command::new("qemu-img").args(["info", &e.url()]));
     assert!(!ok, "nothing serves there any more");
+
+    // Over TCP on a port of its choosing, named in its first line.
+    let mut child = ekko_bin()
+        .arg("--config-file")
+        .arg(&s.conf)
+        .args(["export", &id, "--bind", "127.0.0.1:0", "--lifetime", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("nbd://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let (ok, msg) = run(Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw", &url])
+        .arg(&reference));
+    assert!(ok, "{msg}");
+    assert!(child.wait().unwrap().success());
+    drop(stdout);
 }
 
 /// Boot from a backup: a qcow2 overlay on the export takes the writes,

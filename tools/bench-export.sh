@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Export benchmark (issue 20). One disk of SIZE MiB (random data in the
+# first MiB of every 2 MiB, the rest zero) on a qemu-storage-daemon, backed
+# up with the embedded default (SQLite, local store); then
+#   - `ekko restore` of the disk to a file vs a sequential copy of the
+#     export to a file with nbdcopy (cold cache): throughput ratio (the
+#     target is >= 0.8);
+#   - time to first byte of a cold export: `ekko export` started until a
+#     4 KiB read at 0 is answered (includes Python's start, ~20 ms);
+#   - 4 KiB random reads, one at a time, with a warm cache: p50/p99
+#     (tools/lib/nbd_latency.py, a minimal NBD client);
+#   - peak RSS of the export process (VmHWM).
+#
+#   tools/bench-export.sh [size_mib]    (EKKO_BIN=... to use a built ekko)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+size_mib=${1:-1024}
+cache=256M
+if [[ -z ${EKKO_BIN:-} ]]; then
+    cargo build --release --quiet --bin ekko
+    EKKO_BIN=target/release/ekko
+fi
+for t in qemu-img qemu-storage-daemon nbdcopy python3; do
+    command -v "$t" >/dev/null || { echo "$t is missing: tools/install-deps.sh installs it" >&2; exit 1; }
+done
+
+work=$(mktemp -d /tmp/ekko-bench-export.XXXXXX)
+qsd_pid=
+exp_pid=
+cleanup() {
+    [[ -n $exp_pid ]] && kill "$exp_pid" 2>/dev/null && wait "$exp_pid" 2>/dev/null
+    [[ -n $qsd_pid ]] && kill "$qsd_pid" 2>/dev/null && wait "$qsd_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+
+python3 - "$work/disk.raw" "$size_mib" <<'PY'
+import os, sys
+path, mib = sys.argv[1], int(sys.argv[2])
+with open(path, "wb") as f:
+    f.truncate(mib << 20)
+    for i in range(0, mib, 2):
+        f.seek(i << 20)
+        f.write(os.urandom(1 << 20))
+PY
+qemu-img convert -f raw -O qcow2 "$work/disk.raw" "$work/disk.qcow2"
+qemu-storage-daemon \
+    --blockdev "driver=file,node-name=file0,filename=$work/disk.qcow2" \
+    --blockdev driver=qcow2,node-name=disk0,file=file0 \
+    --chardev "socket,path=$work/qmp.sock,server=on,wait=off,id=qmp0" \
+    --monitor chardev=qmp0 &
+qsd_pid=$!
+for _ in $(seq 200); do [[ -S $work/qmp.sock ]] && break; sleep 0.05; done
+
+printf '[DEFAULT]\nstate_path = %s/state\n' "$work" >"$work/ekko.conf"
+ekko() { "$EKKO_BIN" --config-file "$work/ekko.conf" "$@"; }
+ekko init >/dev/null 2>&1
+id=$(ekko backup --qmp-socket "$work/qmp.sock" --instance bench --project bench 2>/dev/null \
+    | awk '{ print $2; exit }')
+kill "$qsd_pid"; wait "$qsd_pid" 2>/dev/null || true; qsd_pid=
+rm -f "$work/disk.qcow2"
+
+t0=$(now)
+ekko restore "$id" --output "$work/restored.raw" >/dev/null 2>&1
+t_restore=$(secs "$t0" "$(now)")
+rm -f "$work/restored.raw"
+
+sock=$work/export.sock
+t0=$(now)
+"$EKKO_BIN" --config-file "$work/ekko.conf" export "$id" --socket "$sock" --cache "$cache" \
+    >"$work/export.log" 2>&1 &
+exp_pid=$!
+python3 tools/lib/nbd_latency.py --first "$sock"
+ttfb_ms=$(awk -v s="$(secs "$t0" "$(now)")" 'BEGIN { printf "%.0f", s * 1000 }')
+
+t0=$(now)
+nbdcopy "nbd+unix:///?socket=$sock" "$work/copy.raw"
+t_copy=$(secs "$t0" "$(now)")
+cmp -s "$work/disk.raw" "$work/copy.raw" || { echo "the export's copy differs from the disk" >&2; exit 1; }
+rm -f "$work/copy.raw"
+
+span=$(( (size_mib < 128 ? size_mib : 128) << 20 ))
+read -r p50 p99 < <(python3 tools/lib/nbd_latency.py "$sock" "$span" 2000)
+rss_kib=$(awk '/VmHWM/ { print $2 }' "/proc/$exp_pid/status")
+kill -TERM "$exp_pid"; wait "$exp_pid" || true; exp_pid=
+[[ ! -e $sock ]] || { echo "the export's socket was left behind" >&2; exit 1; }
+
+awk -v mib="$size_mib" -v r="$t_restore" -v c="$t_copy" -v ttfb="$ttfb_ms" \
+    -v p50="$p50" -v p99="$p99" -v rss="$rss_kib" -v cache="$cache" 'BEGIN {
+    printf "disk: %d MiB, half data (1 MiB runs), half zero\n", mib
+    printf "ekko restore to a file:        %6.2f s  %7.1f MiB/s\n", r, mib / r
+    printf "nbdcopy of the export to a file: %6.2f s  %7.1f MiB/s  (%.2fx restore)\n", c, mib / c, r / c
+    printf "cold export, time to first byte: %d ms\n", ttfb
+    printf "4 KiB random reads, warm cache: p50 %d us, p99 %d us\n", p50, p99
+    printf "export peak RSS: %.1f MiB (cache %s)\n", rss / 1024, cache
+}'
