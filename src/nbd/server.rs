@@ -257,10 +257,15 @@ where
                 };
                 let (export, w) = (export.clone(), w.clone());
                 tasks.spawn(async move {
-                    let reply = read_reply(&export, st, cookie, offset, length, flags).await;
-                    if let Err(e) = w.lock().await.write_all(&reply).await {
-                        tracing::debug!(error = %e, "read reply not sent");
+                    let pieces = read_reply(&export, st, cookie, offset, length, flags).await;
+                    let mut w = w.lock().await;
+                    for piece in pieces {
+                        if let Err(e) = w.write_all(&piece).await {
+                            tracing::debug!(error = %e, "read reply not sent");
+                            break;
+                        }
                     }
+                    drop(w);
                     drop(slot);
                 });
                 continue;

@@ -5,6 +5,7 @@
 use super::handshake::{Negotiated, ALLOCATION_ID};
 use super::{Export, MAX_MESSAGE};
 use crate::nbd::protocol::*;
+use bytes::Bytes;
 
 fn simple_header(errno: u32, cookie: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(16);
@@ -56,7 +57,9 @@ pub(super) fn error_reply(st: Negotiated, cookie: u64, errno: u32, message: &str
     out
 }
 
-/// The whole reply to a read: the data, or an error and no data.
+/// The whole reply to a read: the data, or an error and no data. In
+/// pieces written one after the other under the connection's lock, so the
+/// data is never copied into a reply buffer.
 pub(super) async fn read_reply(
     export: &Export,
     st: Negotiated,
@@ -64,29 +67,29 @@ pub(super) async fn read_reply(
     offset: u64,
     length: u32,
     flags: u16,
-) -> Vec<u8> {
+) -> Vec<Bytes> {
     let data = match export.source.read(offset, length).await {
-        Ok(d) if d.len() == length as usize => d,
+        Ok(d) if d.len() == length as usize => Bytes::from(d),
         Ok(d) => {
             tracing::error!(offset, length, got = d.len(), "export source read short");
-            return error_reply(st, cookie, EIO, "short read");
+            return vec![error_reply(st, cookie, EIO, "short read").into()];
         }
         Err(e) => {
             tracing::warn!(offset, length, error = %e, "export read failed");
-            return error_reply(st, cookie, EIO, &e.to_string());
+            return vec![error_reply(st, cookie, EIO, &e.to_string()).into()];
         }
     };
     if !st.structured {
-        let mut out = simple_header(0, cookie);
-        out.extend_from_slice(&data);
-        return out;
+        return vec![simple_header(0, cookie).into(), data];
     }
     let runs = if flags & CMD_FLAG_DF != 0 {
         vec![(length as u64, false)]
     } else {
         merged(export.source.extents(offset, length as u64))
     };
-    let mut out = Vec::with_capacity(data.len() + 32 * runs.len());
+    let mut pieces = Vec::with_capacity(2 * runs.len() + 1);
+    // Chunk headers (and whole hole chunks) gathered between data pieces.
+    let mut frame = Vec::new();
     let mut at = 0u64;
     for (len, zero) in runs {
         let len = len.min(length as u64 - at);
@@ -96,19 +99,20 @@ pub(super) async fn read_reply(
         let last = at + len == length as u64;
         let done = if last { REPLY_FLAG_DONE } else { 0 };
         if zero {
-            chunk_header(&mut out, done, REPLY_TYPE_OFFSET_HOLE, cookie, 12);
-            out.extend_from_slice(&(offset + at).to_be_bytes());
-            out.extend_from_slice(&(len as u32).to_be_bytes());
+            chunk_header(&mut frame, done, REPLY_TYPE_OFFSET_HOLE, cookie, 12);
+            frame.extend_from_slice(&(offset + at).to_be_bytes());
+            frame.extend_from_slice(&(len as u32).to_be_bytes());
         } else {
             chunk_header(
-                &mut out,
+                &mut frame,
                 done,
                 REPLY_TYPE_OFFSET_DATA,
                 cookie,
                 8 + len as u32,
             );
-            out.extend_from_slice(&(offset + at).to_be_bytes());
-            out.extend_from_slice(&data[at as usize..(at + len) as usize]);
+            frame.extend_from_slice(&(offset + at).to_be_bytes());
+            pieces.push(Bytes::from(std::mem::take(&mut frame)));
+            pieces.push(data.slice(at as usize..(at + len) as usize));
         }
         at += len;
         if last {
@@ -117,17 +121,22 @@ pub(super) async fn read_reply(
     }
     if at < length as u64 {
         // A source whose extents fall short of the range: the rest as data.
+        let rest = length as u64 - at;
         chunk_header(
-            &mut out,
+            &mut frame,
             REPLY_FLAG_DONE,
             REPLY_TYPE_OFFSET_DATA,
             cookie,
-            8 + (length as u64 - at) as u32,
+            8 + rest as u32,
         );
-        out.extend_from_slice(&(offset + at).to_be_bytes());
-        out.extend_from_slice(&data[at as usize..]);
+        frame.extend_from_slice(&(offset + at).to_be_bytes());
+        pieces.push(Bytes::from(std::mem::take(&mut frame)));
+        pieces.push(data.slice(at as usize..));
     }
-    out
+    if !frame.is_empty() {
+        pieces.push(Bytes::from(frame));
+    }
+    pieces
 }
 
 /// Adjacent runs of the same kind joined.
