@@ -22,6 +22,7 @@ use super::convert::record_ref;
 use super::jobs::{deadline_after, end_for_cancel, fail_job, job_timeout, send, send_cancel};
 use super::reports::PlannedRestore;
 use super::{find, marker_error, Caller, Page, ServiceError, ServiceResult};
+use crate::status::JobStatus;
 
 /// A restore someone asks for: one disk of an available backup, written to
 /// a file or streamed into a Glance image, by `host` (the instance's host
@@ -187,6 +188,15 @@ pub async fn create(
         .await
         .map_err(|e| e.named_in_body("backup", &id))?;
     caller.authorize(action, &b.project_id, None)?;
+    // Glance makes the token's project the image's owner: another
+    // project's backup (an admin's, say) would land in the wrong project.
+    if matches!(target, NewTarget::Image { .. }) && caller.project_id()? != b.project_id {
+        return Err(ServiceError::Invalid(format!(
+            "an image is created in the project of your token; restore backup {} with a token \
+             scoped to its project {}",
+            b.id, b.project_id
+        )));
+    }
     let new = NewRestore {
         backup_id: b.id.clone(),
         user_id: caller.user_id().to_string(),
@@ -215,6 +225,21 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
             Ok((b.project_id, host))
         })
         .await;
+    if let (Ok((project, _)), NewTarget::Image { .. }) = (&found, &new.target) {
+        let upload_host = &ekko.config.glance.upload_host;
+        if new.host.is_none() && !upload_host.is_empty() {
+            new.host = Some(upload_host.clone());
+        }
+        let limit = i64::from(ekko.config.glance.max_image_restores_per_project);
+        let p = project.clone();
+        let held = db.run(move |c| images::count_of_project(c, &p)).await?;
+        if held >= limit {
+            return Err(ServiceError::LimitExceeded(format!(
+                "project {project} has {held} restores into images in flight (at most {limit}): \
+                 wait for one to end"
+            )));
+        }
+    }
     if let Ok((project, instance_host)) = found {
         // A public-key project's backups are read where the master key is.
         if new.host.is_none() {
@@ -379,11 +404,31 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
         },
     ) = (&image, &new_target_of(&restore))
     {
-        if let Err(e) = create_image(ekko, i, name, visibility, restore.format, &facts).await {
-            // Nothing to upload into: the restore ends here, and the row
-            // goes with the image Glance may or may not have made.
+        if let Err(e) = create_image(
+            ekko,
+            &restore.project_id,
+            i,
+            name,
+            visibility,
+            restore.format,
+            &facts,
+        )
+        .await
+        {
+            // Nothing to upload into: the restore ends here. An image
+            // Glance refused was never made (its row goes now); after a
+            // timeout or a 5xx it may still appear, and the row stays
+            // until a pass deletes it.
             let (jid, why) = (job.id.clone(), format!("image not created: {e}"));
-            db.run(move |c| fail_job(c, &jid, &why).map(drop)).await?;
+            let (refused, image_id) = (e.status().is_some_and(|s| s != 409), i.image_id.clone());
+            db.run(move |c| {
+                fail_job(c, &jid, &why)?;
+                if refused {
+                    images::remove(c, &image_id)?;
+                }
+                Ok(())
+            })
+            .await?;
             settle_in_background(ekko, Some(restore.id.clone()));
             return Err(glance_error(e));
         }
@@ -427,6 +472,7 @@ fn new_target_of(r: &Restore) -> NewTarget {
 /// Create the image record in Glance, with the id the catalog holds.
 pub(super) async fn create_image(
     ekko: &Ekko,
+    project_id: &str,
     i: &ImageJob,
     name: &str,
     visibility: &str,
@@ -455,17 +501,31 @@ pub(super) async fn create_image(
     };
     let made = glance.create(&i.glance_url, &i.user_token, &image).await?;
     tracing::info!(image = %made.id, status = %made.status, "image created for a restore");
+    // The token's project owns it: it must be the backup's.
+    if made.owner.as_deref() != Some(project_id) || made.id != i.image_id {
+        glance
+            .delete(&i.glance_url, &i.user_token, &made.id)
+            .await?;
+        return Err(GlanceError::Refused {
+            status: 400,
+            message: format!(
+                "the image was made in project {:?}, not the backup's project {project_id}: use a \
+                 token scoped to it",
+                made.owner.unwrap_or_default()
+            ),
+        });
+    }
     Ok(())
 }
 
-/// The bus a libvirt target device name implies (`vda` virtio, `sda`
-/// scsi, `hda` ide); `None` when the name says nothing.
+/// The bus a libvirt target device name implies: `vd*` is virtio (Nova's
+/// default). `sd*` may be scsi or sata and `hd*` ide or sata: no guess
+/// that could make the image unbootable.
 fn disk_bus(device: &str) -> Option<&'static str> {
-    let letters = |rest: &str| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_lowercase());
-    match device.get(..2) {
-        Some("vd") if letters(&device[2..]) => Some("virtio"),
-        Some("sd") if letters(&device[2..]) => Some("scsi"),
-        Some("hd") if letters(&device[2..]) => Some("ide"),
+    match device.strip_prefix("vd") {
+        Some(rest) if !rest.is_empty() && rest.chars().all(|c| c.is_ascii_lowercase()) => {
+            Some("virtio")
+        }
         _ => None,
     }
 }
@@ -554,25 +614,54 @@ pub async fn check_image(
 /// down: a report, a cancel or the conductor's tick never waits for it).
 /// A pass over every row starts only when none runs.
 pub fn settle_in_background(ekko: &Ekko, restore_id: Option<String>) {
-    static SWEEPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    use std::sync::atomic::Ordering;
-    if restore_id.is_none() && SWEEPING.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let ekko = ekko.clone();
-    tokio::spawn(async move {
-        settle_pending_images(&ekko, restore_id.as_deref()).await;
-        if restore_id.is_none() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SWEEPING: AtomicBool = AtomicBool::new(false);
+    /// Lets the next sweep start however this one ends (a panic included).
+    struct Sweep;
+    impl Drop for Sweep {
+        fn drop(&mut self) {
             SWEEPING.store(false, Ordering::SeqCst);
         }
+    }
+    let sweep = match restore_id {
+        None if SWEEPING.swap(true, Ordering::SeqCst) => return,
+        None => Some(Sweep),
+        Some(_) => None,
+    };
+    let ekko = ekko.clone();
+    tokio::spawn(async move {
+        let _sweep = sweep;
+        settle_pending_images(&ekko, restore_id.as_deref()).await;
     });
 }
 
+/// What becomes of one pending image.
+enum Settle {
+    /// Its restore runs and the host has not reported: nothing yet.
+    Wait,
+    /// The host reported the upload: check the image, then complete.
+    Check {
+        job_id: String,
+        disk_size: u64,
+        format: ImageFormat,
+    },
+    /// The restore completed: the image is the tenant's.
+    HandOver,
+    /// The restore failed (or is gone): the image goes.
+    Delete,
+}
+
+/// A Glance image created this long ago may still appear after a delete
+/// answered 404 (a create that timed out on our side): keep trying.
+const CREATE_GRACE_MINUTES: i64 = 10;
+
 /// Settle the images Ekko created and still holds (one restore's, or
-/// every one): a completed restore's image is the tenant's (its row
-/// goes); a failed restore's image is deleted, and its row goes once
-/// Glance confirms. An active restore's image is left alone. Returns how
-/// many were settled; failures are logged and retried by the next pass.
+/// every one): a restore whose host reported the upload is completed once
+/// Glance shows the image right (or failed if it is wrong); a completed
+/// restore's image is the tenant's (its row goes); a failed restore's image
+/// is deleted, and its row goes once Glance confirms. Failures are logged
+/// and retried by later passes (after 2^attempts seconds, at most five
+/// minutes). Returns how many rows were settled.
 pub async fn settle_pending_images(ekko: &Ekko, restore_id: Option<&str>) -> usize {
     let Ok(db) = ekko.db().cloned() else { return 0 };
     let rid = restore_id.map(str::to_string);
@@ -584,8 +673,28 @@ pub async fn settle_pending_images(ekko: &Ekko, restore_id: Option<&str>) -> usi
             };
             let mut out = Vec::new();
             for p in rows {
-                let status = restores::get(c, &p.restore_id).map(|r| r.status).ok();
-                out.push((p, status));
+                let settle = match restores::get(c, &p.restore_id) {
+                    Ok(r) if r.status.is_active() => match (
+                        p.finished_bytes,
+                        jobs::active_for(c, jobs::Subject::Restore(&r.id))?,
+                    ) {
+                        (Some(_), Some(job)) => {
+                            let planned: PlannedRestore =
+                                serde_json::from_str(&job.payload).unwrap_or_default();
+                            Settle::Check {
+                                job_id: job.id,
+                                disk_size: planned.disk_size,
+                                format: r.format,
+                            }
+                        }
+                        _ => Settle::Wait,
+                    },
+                    Ok(r) if r.status == RestoreStatus::Completed => Settle::HandOver,
+                    Ok(_) | Err(DbError::NotFound(_)) => Settle::Delete,
+                    // The catalog cannot say: nothing is deleted on a guess.
+                    Err(e) => return Err(e),
+                };
+                out.push((p, settle));
             }
             Ok(out)
         })
@@ -597,42 +706,86 @@ pub async fn settle_pending_images(ekko: &Ekko, restore_id: Option<&str>) -> usi
             return 0;
         }
     };
-    let mut settled = 0;
     let now = crate::db::now();
-    for (p, status) in rows {
-        // A sweep retries a failed deletion after 2^attempts seconds (at
-        // most 5 minutes); a restore's own settle tries at once.
-        let wait = chrono::Duration::seconds(1i64 << p.attempts.clamp(0, 8).min(8))
+    let mut settled = 0;
+    for (p, settle) in rows {
+        let backoff = chrono::Duration::seconds(1i64 << p.attempts.clamp(0, 8))
             .min(chrono::Duration::minutes(5));
-        if restore_id.is_none() && p.attempts > 0 && p.updated_at + wait > now {
+        if restore_id.is_none() && p.attempts > 0 && p.updated_at + backoff > now {
             continue;
         }
         let image_id = p.image_id.clone();
-        match status {
-            Some(s) if s.is_active() => continue,
-            Some(RestoreStatus::Completed) => {}
-            // Failed, or its restore is gone: the image goes.
-            _ => {
-                let deleted = match ekko.glance().await {
-                    Ok(g) => g.delete(&p.glance_url, &p.user_token, &p.image_id).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = deleted {
-                    let why = e.to_string();
-                    // Past Keystone's allow-expired window the token opens
-                    // nothing: say so once and stop.
-                    let hopeless = matches!(e.status(), Some(401 | 403))
-                        && p.created_at < crate::db::now() - chrono::Duration::days(2);
-                    if hopeless {
-                        tracing::error!(image = %p.image_id, restore = %p.restore_id, project = %p.project_id, error = %why, "image of a failed restore cannot be deleted with its token any more: delete it by hand");
-                    } else {
-                        tracing::warn!(image = %p.image_id, restore = %p.restore_id, error = %why, "image of a failed restore not deleted yet");
-                        let id = image_id.clone();
-                        let _ = db.run(move |c| images::attempt_failed(c, &id, &why)).await;
+        let retry = |why: String| {
+            let (db, id) = (db.clone(), image_id.clone());
+            async move {
+                let _ = db.run(move |c| images::attempt_failed(c, &id, &why)).await;
+            }
+        };
+        match settle {
+            Settle::Wait => continue,
+            Settle::HandOver => {}
+            Settle::Check {
+                job_id,
+                disk_size,
+                format,
+            } => {
+                let written = p.finished_bytes.unwrap_or(0);
+                match check_image(ekko, &p, disk_size, format).await {
+                    Ok(()) => {
+                        let (r, id, j) = (p.restore_id.clone(), image_id.clone(), job_id);
+                        let done = db
+                            .run(move |c| {
+                                c.transaction(|c| {
+                                    restores::transition(
+                                        c,
+                                        &r,
+                                        RestoreStatus::Completed,
+                                        None,
+                                        Some(written),
+                                    )?;
+                                    images::remove(c, &id)?;
+                                    jobs::finish(c, &j, JobStatus::Succeeded, None)
+                                })
+                            })
+                            .await;
+                        match done {
+                            Ok(_) => {
+                                tracing::info!(image = %p.image_id, restore = %p.restore_id, "image checked: restore completed");
+                                settled += 1;
+                            }
+                            // Cancelled meanwhile: the next pass deletes it.
+                            Err(e) => {
+                                tracing::info!(image = %p.image_id, error = %e, "image checked, restore not completed")
+                            }
+                        }
                         continue;
                     }
-                } else {
-                    tracing::info!(image = %p.image_id, restore = %p.restore_id, "image of a failed restore deleted");
+                    Err(ImageCheck::Unknown(why)) => {
+                        // Glance cannot say now: the job stays alive and
+                        // the check is retried.
+                        tracing::warn!(image = %p.image_id, %why, "image not checked yet");
+                        let j = job_id.clone();
+                        let _ = db.run(move |c| jobs::heartbeat(c, &j)).await;
+                        retry(why).await;
+                        continue;
+                    }
+                    Err(ImageCheck::Wrong(why)) => {
+                        tracing::warn!(image = %p.image_id, restore = %p.restore_id, %why, "image refused");
+                        let j = job_id.clone();
+                        if db.run(move |c| fail_job(c, &j, &why)).await.is_err() {
+                            continue;
+                        }
+                        if !delete_image(ekko, &p, now).await {
+                            retry("not deleted yet".into()).await;
+                            continue;
+                        }
+                    }
+                }
+            }
+            Settle::Delete => {
+                if !delete_image(ekko, &p, now).await {
+                    retry("not deleted yet".into()).await;
+                    continue;
                 }
             }
         }
@@ -641,6 +794,38 @@ pub async fn settle_pending_images(ekko: &Ekko, restore_id: Option<&str>) -> usi
         }
     }
     settled
+}
+
+/// Delete a failed restore's image; `true` once it is gone for good (or
+/// can never be deleted with its token, which is logged for the operator).
+async fn delete_image(ekko: &Ekko, p: &PendingImage, now: chrono::NaiveDateTime) -> bool {
+    let deleted = match ekko.glance().await {
+        Ok(g) => {
+            g.delete_or_absent(&p.glance_url, &p.user_token, &p.image_id)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match deleted {
+        Ok(true) => {
+            tracing::info!(image = %p.image_id, restore = %p.restore_id, "image of a failed restore deleted");
+            true
+        }
+        // Not there: maybe not yet (a create that timed out on our side).
+        Ok(false) => p.created_at + chrono::Duration::minutes(CREATE_GRACE_MINUTES) < now,
+        Err(e) => {
+            // Past Keystone's allow-expired window the token opens nothing:
+            // say so once and stop.
+            let hopeless = matches!(e.status(), Some(401 | 403))
+                && p.created_at < now - chrono::Duration::days(2);
+            if hopeless {
+                tracing::error!(image = %p.image_id, restore = %p.restore_id, project = %p.project_id, error = %e, "image of a failed restore cannot be deleted with its token any more: delete it by hand");
+            } else {
+                tracing::warn!(image = %p.image_id, restore = %p.restore_id, error = %e, "image of a failed restore not deleted yet");
+            }
+            hopeless
+        }
+    }
 }
 
 /// The restore, if `action` is allowed on it; one of another project the

@@ -368,6 +368,11 @@ async fn tenants_restore_backups_into_glance_images() {
             .unwrap()
             .replace(&missing, "X"),
     );
+    // An admin sees every project's backups, but an image is made in the
+    // token's project: refused, never written into the wrong project.
+    let (s, v) = restore_image(&c.admin, &full, "wrong-project", "raw").await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("scoped to its project"), "{v}");
     // Bad input: a clear 400, nothing created.
     let (s, v) = c
         .member
@@ -396,7 +401,7 @@ async fn tenants_restore_backups_into_glance_images() {
         wait_image(&member, &image, &["gone"], Duration::from_secs(30)).await;
         r["error"].as_str().unwrap_or_default().to_string()
     } else {
-        assert_eq!(s, 413, "{v}");
+        assert_eq!(s, 403, "{v}");
         v.to_string()
     };
     remove_limit(&admin, &limit).await;
