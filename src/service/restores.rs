@@ -245,6 +245,18 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
         if new.host.is_none() {
             new.host = ekko.keyring.default_restore_host(&project).await?;
         }
+        // Any live host can stream an image (its job carries the project's
+        // wrapped key): an instance lost with its host is still restored.
+        if let (None, NewTarget::Image { .. }, Some(h)) = (&new.host, &new.target, &instance_host) {
+            let stall = chrono::Duration::seconds(ekko.config.backup.job_stall_timeout as i64);
+            let since = (chrono::Utc::now() - stall).naive_utc();
+            let alive = db.run(move |c| hosts::alive_since(c, since)).await?;
+            if !alive.is_empty() && !alive.iter().any(|a| &a.name == h) {
+                let pick = (uuid::Uuid::new_v4().as_u128() % alive.len() as u128) as usize;
+                tracing::info!(instance_host = %h, host = %alive[pick].name, "the instance's host is silent: another host restores into the image");
+                new.host = Some(alive[pick].name.clone());
+            }
+        }
         // A host no ekko-backup ever reported from would leave the
         // restore queued until its deadline.
         if let Some(host) = new.host.clone().or(instance_host) {

@@ -479,6 +479,23 @@ async fn tenants_restore_backups_into_glance_images() {
     );
     images.push(image);
 
+    // The instance's host is dead (the instance lost with it): another
+    // live host restores into the image.
+    let mut c = c;
+    c.hosts[0].worker.kill9();
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    let (s, v) = restore_image(&c.member, &full, "host-gone", "raw").await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        v["restore"]["target"]["host"],
+        c.hosts[1].name.as_str(),
+        "{v}"
+    );
+    let rid = v["restore"]["id"].as_str().unwrap().to_string();
+    let r = wait_restore(&c.member, &rid, &["completed", "error"]).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    images.push(r["target"]["image_id"].as_str().unwrap().to_string());
+
     for i in images {
         glance(&member, "DELETE", &format!("/v2/images/{i}")).await;
     }
