@@ -18,6 +18,7 @@ pub mod backups;
 pub mod convert;
 pub mod hosts;
 pub mod housekeeping;
+pub mod images;
 pub mod instances;
 pub mod jobs;
 pub mod local;

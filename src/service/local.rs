@@ -299,14 +299,14 @@ pub async fn restore_backup_to_image(
         .run(move |c| Ok(instances::disk(c, &did)?.map(|d| d.device)))
         .await?
         .unwrap_or_default();
-    let facts = super::restores::ImageFacts {
+    let facts = super::images::ImageFacts {
         disk_size: record.disk_size,
         device,
         instance_id: backup.instance_id.clone(),
         backup_id: backup.id.clone(),
         backup_created_at: backup.created_at,
     };
-    super::restores::create_image(
+    super::images::create_image(
         ekko,
         &backup.project_id,
         &image,
@@ -353,7 +353,7 @@ pub async fn restore_backup_to_image(
             target.discard();
         }
         let stats = stats?;
-        super::restores::check_image(ekko, &pending, record.disk_size, format)
+        super::images::check_image(ekko, &pending, record.disk_size, format)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         anyhow::Ok(stats)

@@ -402,7 +402,7 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             match ended {
                 Finished::Done => {}
                 Finished::Ended(job) => send_cancel(ekko, &job).await,
-                Finished::CheckImage(r) => super::restores::settle_in_background(ekko, Some(r)),
+                Finished::CheckImage(r) => super::images::settle_in_background(ekko, Some(r)),
             }
         }
         JOB_FAILED => {
@@ -424,7 +424,7 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             }
             // A failed restore's image goes.
             if let (true, Some(r)) = (ended, &job.restore_id) {
-                super::restores::settle_in_background(ekko, Some(r.clone()));
+                super::images::settle_in_background(ekko, Some(r.clone()));
             }
         }
         other => {

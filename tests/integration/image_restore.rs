@@ -479,9 +479,22 @@ async fn tenants_restore_backups_into_glance_images() {
     );
     images.push(image);
 
+    // The uploading host killed mid-upload: the restore ends in error
+    // (its job reaped as stalled) and the half image goes.
+    let mut c = c;
+    let (s, v) = restore_image(&c.member, &slow, "host-killed", "raw").await;
+    assert_eq!(s, 202, "{v}");
+    let rid = v["restore"]["id"].as_str().unwrap().to_string();
+    let image = v["restore"]["target"]["image_id"].as_str().unwrap().to_string();
+    wait_image(&member, &image, &["saving"], WAIT).await;
+    c.hosts[1].worker.kill9();
+    let r = wait_restore(&c.member, &rid, &["error"]).await;
+    assert!(r["error"].as_str().unwrap().contains("stopped reporting"), "{r}");
+    wait_image(&member, &image, &["gone"], Duration::from_secs(60)).await;
+    c.hosts[1].worker.restart_with(&[]);
+
     // The instance's host is dead (the instance lost with it): another
     // live host restores into the image.
-    let mut c = c;
     c.hosts[0].worker.kill9();
     tokio::time::sleep(Duration::from_secs(22)).await;
     let (s, v) = restore_image(&c.member, &full, "host-gone", "raw").await;
