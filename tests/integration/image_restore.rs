@@ -485,11 +485,17 @@ async fn tenants_restore_backups_into_glance_images() {
     let (s, v) = restore_image(&c.member, &slow, "host-killed", "raw").await;
     assert_eq!(s, 202, "{v}");
     let rid = v["restore"]["id"].as_str().unwrap().to_string();
-    let image = v["restore"]["target"]["image_id"].as_str().unwrap().to_string();
+    let image = v["restore"]["target"]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_image(&member, &image, &["saving"], WAIT).await;
     c.hosts[1].worker.kill9();
     let r = wait_restore(&c.member, &rid, &["error"]).await;
-    assert!(r["error"].as_str().unwrap().contains("stopped reporting"), "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("stopped reporting"),
+        "{r}"
+    );
     wait_image(&member, &image, &["gone"], Duration::from_secs(60)).await;
     c.hosts[1].worker.restart_with(&[]);
 
