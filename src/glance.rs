@@ -84,8 +84,11 @@ impl Glance {
     pub fn new(session: Arc<ServiceSession>, opts: &GlanceOptions) -> anyhow::Result<Glance> {
         crate::tls::install_crypto_provider();
         let ks = session.options();
+        // No overall timeout (an upload takes as long as it takes), but a
+        // Glance that stops answering mid-request is given up.
         let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(ks.http_connect_timeout.max(1)))
+            .read_timeout(Duration::from_secs(opts.timeout.max(1)))
             .danger_accept_invalid_certs(ks.insecure);
         if let Some(ca) = &ks.cafile {
             let pem =
@@ -153,7 +156,7 @@ impl Glance {
             let resp = req
                 .send()
                 .await
-                .map_err(|e| GlanceError::Unavailable(error_chain(&e)))?;
+                .map_err(|e| GlanceError::Unavailable(error_chain(&e.without_url())))?;
             if resp.status() == reqwest::StatusCode::UNAUTHORIZED && !renew {
                 renew = true;
                 continue;
@@ -223,6 +226,19 @@ impl Glance {
         user_token: &str,
         image_id: &str,
     ) -> Result<(), GlanceError> {
+        self.delete_or_absent(url, user_token, image_id)
+            .await
+            .map(drop)
+    }
+
+    /// Delete the image: `true` when this deleted it, `false` when Glance
+    /// did not know it.
+    pub async fn delete_or_absent(
+        &self,
+        url: &str,
+        user_token: &str,
+        image_id: &str,
+    ) -> Result<bool, GlanceError> {
         let id = path_segment(image_id)?;
         match self
             .send(user_token, self.control_timeout(), |h| {
@@ -230,7 +246,8 @@ impl Glance {
             })
             .await
         {
-            Ok(_) | Err(GlanceError::Refused { status: 404, .. }) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(GlanceError::Refused { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -258,7 +275,7 @@ impl Glance {
             .body(body)
             .send()
             .await
-            .map_err(|e| GlanceError::Unavailable(error_chain(&e)))?;
+            .map_err(|e| GlanceError::Unavailable(error_chain(&e.without_url())))?;
         checked(resp).await.map(drop)
     }
 }

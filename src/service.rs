@@ -21,6 +21,7 @@ pub mod convert;
 pub mod files;
 pub mod hosts;
 pub mod housekeeping;
+pub mod images;
 pub mod instances;
 pub mod jobs;
 pub mod local;

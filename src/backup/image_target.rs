@@ -30,6 +30,8 @@ pub struct ImageUpload {
     pub user_token: String,
     /// Bytes per second the upload may send; 0: unlimited.
     pub rate_limit: u64,
+    /// Glance not taking data for this long fails the upload.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// How the stream encodes the disk.
@@ -119,6 +121,7 @@ impl ImageTarget {
         let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
         let paced = Paced {
             tx,
+            idle: upload.idle_timeout,
             rate: upload.rate_limit,
             sent: 0,
             since: tokio::time::Instant::now(),
@@ -160,7 +163,8 @@ impl ImageTarget {
             image_id,
             shared,
             chunk_size,
-            buffer: buffer.max(2 * chunk_size),
+            // The walk admits whole map leaves: two fit, whatever is asked.
+            buffer: buffer.max(2 * chunk_size * crate::format::INDEX_FANOUT as u64),
             outcome: Mutex::new(Some(done_rx)),
             upload,
             emitter,
@@ -237,6 +241,7 @@ async fn emit(
 /// The upload's side of the body, at most `rate` bytes a second.
 struct Paced {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    idle: std::time::Duration,
     rate: u64,
     sent: u64,
     since: tokio::time::Instant,
@@ -245,7 +250,11 @@ struct Paced {
 impl Paced {
     async fn send(&mut self, item: Result<Bytes, std::io::Error>) -> Result<(), ()> {
         let n = item.as_ref().map_or(0, |b| b.len() as u64);
-        self.tx.send(item).await.map_err(drop)?;
+        // A Glance that stops reading (hung, not closed) ends the upload.
+        match tokio::time::timeout(self.idle, self.tx.send(item)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return Err(()),
+        }
         self.sent += n;
         if self.rate > 0 {
             let due = self.since

@@ -277,10 +277,13 @@ async fn walk(
     progress: Option<&Progress>,
 ) -> Result<RestoreStats, EngineError> {
     let streaming = target.as_ref().and_then(|t| t.stream_buffer());
+    // A window is counted in map leaves (INDEX_FANOUT chunks each); two
+    // windows fill a stream's buffer (at least one leaf each).
+    let leaf_bytes = chunk_size.max(1) * crate::format::INDEX_FANOUT as u64;
     let window = match streaming {
-        // Two windows fill the stream's buffer.
-        Some(buffer) => (buffer / 2 / chunk_size.max(1))
-            .clamp(1, reader.limits().restore_window as u64) as usize,
+        Some(buffer) => {
+            (buffer / 2 / leaf_bytes).clamp(1, reader.limits().restore_window as u64) as usize
+        }
         None => reader.limits().restore_window,
     };
     let keys = reader.keys();
@@ -303,7 +306,10 @@ async fn walk(
         }
         if pending.is_empty() && planning.is_none() {
             if let Some(w) = walker.take() {
-                let end = disk_size.min((next_first + window as u64).saturating_mul(chunk_size));
+                let end = disk_size.min(
+                    (next_first + window as u64 * crate::format::INDEX_FANOUT as u64)
+                        .saturating_mul(chunk_size),
+                );
                 let admitting = target.clone().filter(|_| streaming.is_some());
                 planning = Some(
                     async move {

@@ -262,6 +262,17 @@ option_group! {
         /// Bytes per second one image upload may send (spare the image
         /// store and the network of a busy cloud); 0: unlimited.
         pub upload_rate_limit: ByteSize = ByteSize(0);
+        /// The host (an ekko-backup that holds the keys and reaches Glance)
+        /// that runs every restore into an image. An image restore's host
+        /// holds the tenant's token while it runs: set this to a trusted
+        /// node where compute hosts are not trusted with tenants' tokens.
+        /// Empty: the restore's usual host (the instance's, or in
+        /// public-key mode `[encryption] restore_host`).
+        pub upload_host: String = s("");
+        /// Image restores a project may have in flight (with the failed
+        /// ones whose image is not deleted yet): members cannot take every
+        /// worker's job slots.
+        pub max_image_restores_per_project: u32 = 4;
     }
 }
 

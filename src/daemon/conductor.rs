@@ -356,7 +356,7 @@ impl Housekeeping {
             tracing::warn!(error = %e, "scheduler pass failed");
         }
         // Images of failed restores that Glance could not delete before.
-        crate::service::restores::settle_in_background(ekko, None);
+        crate::service::images::settle_in_background(ekko, None);
         retries.forget_idle(Duration::from_secs(600));
     }
 }

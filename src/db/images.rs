@@ -19,6 +19,8 @@ pub struct PendingImage {
     pub glance_url: String,
     /// The tenant's token; only ever sent with Ekko's service token.
     pub user_token: String,
+    /// What the host reported writing, once it reported the upload done.
+    pub finished_bytes: Option<i64>,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub created_at: NaiveDateTime,
@@ -33,6 +35,7 @@ impl std::fmt::Debug for PendingImage {
             .field("restore_id", &self.restore_id)
             .field("project_id", &self.project_id)
             .field("glance_url", &self.glance_url)
+            .field("finished_bytes", &self.finished_bytes)
             .field("attempts", &self.attempts)
             .field("last_error", &self.last_error)
             .finish_non_exhaustive()
@@ -54,6 +57,7 @@ impl PendingImage {
             project_id: project_id.into(),
             glance_url: glance_url.into(),
             user_token: user_token.into(),
+            finished_bytes: None,
             attempts: 0,
             last_error: None,
             created_at: at,
@@ -86,10 +90,11 @@ pub fn get(conn: &mut DbConnection, image_id: &str) -> DbResult<PendingImage> {
         .found(|| format!("pending image {image_id}"))
 }
 
-/// Every pending image, oldest first, at most `limit`.
+/// Pending images, least recently tried first, at most `limit` (rows that
+/// keep failing go to the back and never starve the others).
 pub fn list(conn: &mut DbConnection, limit: i64) -> DbResult<Vec<PendingImage>> {
     Ok(pending_images::table
-        .order(pending_images::created_at.asc())
+        .order(pending_images::updated_at.asc())
         .limit(limit)
         .select(PendingImage::as_select())
         .load(conn)?)
@@ -111,4 +116,24 @@ pub fn attempt_failed(conn: &mut DbConnection, image_id: &str, why: &str) -> DbR
         ))
         .execute(conn)?;
     Ok(())
+}
+
+/// The host reported the upload done, with `bytes` written.
+pub fn mark_finished(conn: &mut DbConnection, image_id: &str, bytes: i64) -> DbResult<()> {
+    diesel::update(pending_images::table.find(image_id))
+        .set((
+            pending_images::finished_bytes.eq(Some(bytes)),
+            pending_images::updated_at.eq(now()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Images a project's restores hold now (its image restores in flight,
+/// and failed ones whose image is not deleted yet).
+pub fn count_of_project(conn: &mut DbConnection, project_id: &str) -> DbResult<i64> {
+    Ok(pending_images::table
+        .filter(pending_images::project_id.eq(project_id))
+        .count()
+        .get_result(conn)?)
 }

@@ -235,6 +235,7 @@ diesel::table! {
         project_id -> Text,
         glance_url -> Text,
         user_token -> Text,
+        finished_bytes -> Nullable<BigInt>,
         attempts -> Integer,
         last_error -> Nullable<Text>,
         created_at -> Timestamp,

@@ -299,14 +299,23 @@ pub async fn restore_backup_to_image(
         .run(move |c| Ok(instances::disk(c, &did)?.map(|d| d.device)))
         .await?
         .unwrap_or_default();
-    let facts = super::restores::ImageFacts {
+    let facts = super::images::ImageFacts {
         disk_size: record.disk_size,
         device,
         instance_id: backup.instance_id.clone(),
         backup_id: backup.id.clone(),
         backup_created_at: backup.created_at,
     };
-    super::restores::create_image(ekko, &image, name, "private", format, &facts).await?;
+    super::images::create_image(
+        ekko,
+        &backup.project_id,
+        &image,
+        name,
+        "private",
+        format,
+        &facts,
+    )
+    .await?;
     let pending = crate::db::images::PendingImage::new(
         &image.image_id,
         "",
@@ -322,21 +331,6 @@ pub async fn restore_backup_to_image(
             tracing::error!(image = %image.image_id, error = %e, "image of a failed restore not deleted");
         }
     };
-    // The image must be the backup's project's: a token of another
-    // project made it elsewhere.
-    match glance
-        .get(&image.glance_url, user_token, &image.image_id)
-        .await
-    {
-        Ok(Some(i)) if i.owner.as_deref() == Some(backup.project_id.as_str()) => {}
-        other => {
-            delete().await;
-            anyhow::bail!(
-                "the image was not made in the backup's project {} ({other:?}): use a token scoped to it",
-                backup.project_id
-            );
-        }
-    }
     let written = async {
         let upload = ImageUpload {
             glance: glance.clone(),
@@ -344,6 +338,7 @@ pub async fn restore_backup_to_image(
             image_id: image.image_id.clone(),
             user_token: user_token.to_string(),
             rate_limit: ekko.config.glance.upload_rate_limit.bytes(),
+            idle_timeout: std::time::Duration::from_secs(ekko.config.glance.timeout.max(1)),
         };
         let target = Arc::new(ImageTarget::start(
             upload,
@@ -358,7 +353,7 @@ pub async fn restore_backup_to_image(
             target.discard();
         }
         let stats = stats?;
-        super::restores::check_image(ekko, &pending, record.disk_size, format)
+        super::images::check_image(ekko, &pending, record.disk_size, format)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         anyhow::Ok(stats)

@@ -357,74 +357,52 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
         RESTORE_FINISHED => {
             let f: RestoreFinished = message.body_as(RESTORE_FINISHED)?;
             let written = i64::try_from(f.bytes_written).unwrap_or(i64::MAX);
-            let (f2, sender2) = (f.clone(), sender.clone());
-            // An image is handed to its tenant only once Glance shows it
-            // complete: checked before the catalog says so.
-            let (job, image, format) = db
-                .run_as::<_, ServiceError, _>(move |c| {
-                    let job = job_of(c, &f2.job_id, &f2.host, &sender2)?;
-                    let Some(r) = job.restore_id.clone() else {
-                        return Err(refused(format!("job {} is no restore", f2.job_id)));
-                    };
-                    let image = images::of_restore(c, &r)?;
-                    let format = restores::get(c, &r)?.format;
-                    Ok((job, image, format))
-                })
-                .await?;
-            let planned: PlannedRestore = plan_of(&job)?;
-            let image_check = match (&image, job.status.is_active()) {
-                (Some(p), true) => {
-                    match super::restores::check_image(ekko, p, planned.disk_size, format).await {
-                        // Glance cannot say now: the report is retried.
-                        Err(super::restores::ImageCheck::Unknown(why)) => {
-                            return Err(ServiceError::Unavailable(why))
-                        }
-                        other => other,
-                    }
-                }
-                _ => Ok(()),
-            };
-            let image_restore = image.as_ref().map(|p| p.restore_id.clone());
             let ended = db
                 .run_as::<_, ServiceError, _>(move |c| {
+                    let job = job_of(c, &f.job_id, &f.host, &sender)?;
                     let Some(r) = job.restore_id.clone() else {
                         return Err(refused(format!("job {} is no restore", f.job_id)));
                     };
+                    let planned: PlannedRestore = plan_of(&job)?;
                     if planned.disk_size > 0 && f.bytes_written > planned.disk_size {
                         return Err(refused(format!(
                             "restore {r}: {} bytes written to a disk of {}",
                             f.bytes_written, planned.disk_size
                         )));
                     }
-                    if let Err(why) = &image_check {
-                        fail_job(c, &job.id, &why.to_string())?;
-                        return Ok(None);
+                    // An image is handed to its tenant only once Glance
+                    // shows it complete: the host's word is recorded, and
+                    // the check (off this queue) completes the restore.
+                    if let Some(p) = images::of_restore(c, &r)? {
+                        if job.status.is_active() {
+                            c.transaction(|c| {
+                                images::mark_finished(c, &p.image_id, written)?;
+                                jobs::heartbeat(c, &job.id)
+                            })?;
+                            return Ok(Finished::CheckImage(r));
+                        }
                     }
                     let done = c.transaction(|c| {
                         restores::transition(c, &r, RestoreStatus::Completed, None, Some(written))?;
-                        if let Some(p) = &image {
-                            images::remove(c, &p.image_id)?;
-                        }
                         jobs::finish(c, &f.job_id, JobStatus::Succeeded, None)
                     });
                     match done {
-                        Ok(_) => Ok(None),
+                        Ok(_) => Ok(Finished::Done),
                         Err(DbError::Conflict(_)) => match jobs::get(c, &f.job_id)?.status {
                             // Already recorded (a redelivery): nothing to do.
-                            JobStatus::Succeeded => Ok(None),
+                            JobStatus::Succeeded => Ok(Finished::Done),
                             // Cancelled or timed out as it finished: the
                             // host removes the file when told (again) to stop.
-                            _ => Ok(Some(job)),
+                            _ => Ok(Finished::Ended(Box::new(job))),
                         },
                         Err(e) => Err(e.into()),
                     }
                 })
                 .await?;
-            if let Some(job) = ended {
-                send_cancel(ekko, &job).await;
-            }
-            if let Some(r) = image_restore {
-                super::restores::settle_in_background(ekko, Some(r));
+            match ended {
+                Finished::Done => {}
+                Finished::Ended(job) => send_cancel(ekko, &job).await,
+                Finished::CheckImage(r) => super::images::settle_in_background(ekko, Some(r)),
             }
         }
         JOB_FAILED => {
@@ -446,7 +424,7 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             }
             // A failed restore's image goes.
             if let (true, Some(r)) = (ended, &job.restore_id) {
-                super::restores::settle_in_background(ekko, Some(r.clone()));
+                super::images::settle_in_background(ekko, Some(r.clone()));
             }
         }
         other => {
@@ -456,4 +434,13 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
         }
     }
     Ok(())
+}
+
+/// What a restore's finished report leads to.
+enum Finished {
+    Done,
+    /// The restore had ended (cancelled, timed out): its host stops.
+    Ended(Box<Job>),
+    /// An image to check before the restore completes.
+    CheckImage(String),
 }

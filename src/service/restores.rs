@@ -13,9 +13,10 @@ use crate::db::jobs::{self, Job};
 pub use crate::db::restores::Restore;
 use crate::db::restores::{self};
 use crate::db::{hosts, instances, keys, segments, DbError};
-use crate::glance::{GlanceError, NewImage};
 use crate::status::{ImageFormat, JobKind, RestoreStatus};
 use crate::wire::{ImageJob, Relocation, RestoreJob, RESTORE_RUN};
+
+use super::images::{create_image, glance_error, settle_in_background, ImageFacts};
 use crate::Ekko;
 
 use super::convert::record_ref;
@@ -187,6 +188,15 @@ pub async fn create(
         .await
         .map_err(|e| e.named_in_body("backup", &id))?;
     caller.authorize(action, &b.project_id, None)?;
+    // Glance makes the token's project the image's owner: another
+    // project's backup (an admin's, say) would land in the wrong project.
+    if matches!(target, NewTarget::Image { .. }) && caller.project_id()? != b.project_id {
+        return Err(ServiceError::Invalid(format!(
+            "an image is created in the project of your token; restore backup {} with a token \
+             scoped to its project {}",
+            b.id, b.project_id
+        )));
+    }
     let new = NewRestore {
         backup_id: b.id.clone(),
         user_id: caller.user_id().to_string(),
@@ -215,10 +225,37 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
             Ok((b.project_id, host))
         })
         .await;
+    if let (Ok((project, _)), NewTarget::Image { .. }) = (&found, &new.target) {
+        let upload_host = &ekko.config.glance.upload_host;
+        if new.host.is_none() && !upload_host.is_empty() {
+            new.host = Some(upload_host.clone());
+        }
+        let limit = i64::from(ekko.config.glance.max_image_restores_per_project);
+        let p = project.clone();
+        let held = db.run(move |c| images::count_of_project(c, &p)).await?;
+        if held >= limit {
+            return Err(ServiceError::LimitExceeded(format!(
+                "project {project} has {held} restores into images in flight (at most {limit}): \
+                 wait for one to end"
+            )));
+        }
+    }
     if let Ok((project, instance_host)) = found {
         // A public-key project's backups are read where the master key is.
         if new.host.is_none() {
             new.host = ekko.keyring.default_restore_host(&project).await?;
+        }
+        // Any live host can stream an image (its job carries the project's
+        // wrapped key): an instance lost with its host is still restored.
+        if let (None, NewTarget::Image { .. }, Some(h)) = (&new.host, &new.target, &instance_host) {
+            let stall = chrono::Duration::seconds(ekko.config.backup.job_stall_timeout as i64);
+            let since = (chrono::Utc::now() - stall).naive_utc();
+            let alive = db.run(move |c| hosts::alive_since(c, since)).await?;
+            if !alive.is_empty() && !alive.iter().any(|a| &a.name == h) {
+                let pick = (uuid::Uuid::new_v4().as_u128() % alive.len() as u128) as usize;
+                tracing::info!(instance_host = %h, host = %alive[pick].name, "the instance's host is silent: another host restores into the image");
+                new.host = Some(alive[pick].name.clone());
+            }
         }
         // A host no ekko-backup ever reported from would leave the
         // restore queued until its deadline.
@@ -379,11 +416,31 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
         },
     ) = (&image, &new_target_of(&restore))
     {
-        if let Err(e) = create_image(ekko, i, name, visibility, restore.format, &facts).await {
-            // Nothing to upload into: the restore ends here, and the row
-            // goes with the image Glance may or may not have made.
+        if let Err(e) = create_image(
+            ekko,
+            &restore.project_id,
+            i,
+            name,
+            visibility,
+            restore.format,
+            &facts,
+        )
+        .await
+        {
+            // Nothing to upload into: the restore ends here. An image
+            // Glance refused was never made (its row goes now); after a
+            // timeout or a 5xx it may still appear, and the row stays
+            // until a pass deletes it.
             let (jid, why) = (job.id.clone(), format!("image not created: {e}"));
-            db.run(move |c| fail_job(c, &jid, &why).map(drop)).await?;
+            let (refused, image_id) = (e.status().is_some_and(|s| s != 409), i.image_id.clone());
+            db.run(move |c| {
+                fail_job(c, &jid, &why)?;
+                if refused {
+                    images::remove(c, &image_id)?;
+                }
+                Ok(())
+            })
+            .await?;
             settle_in_background(ekko, Some(restore.id.clone()));
             return Err(glance_error(e));
         }
@@ -391,15 +448,6 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
     send(ekko, &job, RESTORE_RUN, &message).await?;
     tracing::info!(restore = %restore.id, backup = %restore.backup_id, host = ?job.host, "restore queued");
     Ok(restore)
-}
-
-/// What an image needs from the backup to boot as the instance did.
-pub(super) struct ImageFacts {
-    pub disk_size: u64,
-    pub device: String,
-    pub instance_id: String,
-    pub backup_id: String,
-    pub backup_created_at: chrono::NaiveDateTime,
 }
 
 /// The image part of a restore's target, as recorded.
@@ -422,225 +470,6 @@ fn new_target_of(r: &Restore) -> NewTarget {
             path: field("path"),
         }
     }
-}
-
-/// Create the image record in Glance, with the id the catalog holds.
-pub(super) async fn create_image(
-    ekko: &Ekko,
-    i: &ImageJob,
-    name: &str,
-    visibility: &str,
-    format: ImageFormat,
-    facts: &ImageFacts,
-) -> Result<(), GlanceError> {
-    let glance = ekko.glance().await?;
-    let mut properties = std::collections::BTreeMap::new();
-    properties.insert("id".to_string(), i.image_id.clone());
-    properties.insert("ekko_backup_id".to_string(), facts.backup_id.clone());
-    properties.insert("ekko_instance_id".to_string(), facts.instance_id.clone());
-    properties.insert("ekko_disk".to_string(), facts.device.clone());
-    properties.insert(
-        "ekko_backup_created_at".to_string(),
-        facts.backup_created_at.and_utc().to_rfc3339(),
-    );
-    if let Some(bus) = disk_bus(&facts.device) {
-        properties.insert("hw_disk_bus".to_string(), bus.to_string());
-    }
-    let image = NewImage {
-        name: name.to_string(),
-        disk_format: format.as_str().to_string(),
-        visibility: visibility.to_string(),
-        min_disk: facts.disk_size.div_ceil(1 << 30),
-        properties,
-    };
-    let made = glance.create(&i.glance_url, &i.user_token, &image).await?;
-    tracing::info!(image = %made.id, status = %made.status, "image created for a restore");
-    Ok(())
-}
-
-/// The bus a libvirt target device name implies (`vda` virtio, `sda`
-/// scsi, `hda` ide); `None` when the name says nothing.
-fn disk_bus(device: &str) -> Option<&'static str> {
-    let letters = |rest: &str| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_lowercase());
-    match device.get(..2) {
-        Some("vd") if letters(&device[2..]) => Some("virtio"),
-        Some("sd") if letters(&device[2..]) => Some("scsi"),
-        Some("hd") if letters(&device[2..]) => Some("ide"),
-        _ => None,
-    }
-}
-
-/// Glance's answer as the caller sees it.
-fn glance_error(e: GlanceError) -> ServiceError {
-    match e {
-        GlanceError::Refused { status: 413, .. } => ServiceError::LimitExceeded(e.to_string()),
-        GlanceError::Refused { status: 409, .. } => ServiceError::Conflict(e.to_string()),
-        GlanceError::Refused { .. } => ServiceError::Invalid(e.to_string()),
-        GlanceError::Unavailable(_) | GlanceError::NotConfigured(_) => {
-            ServiceError::Unavailable(e.to_string())
-        }
-    }
-}
-
-/// Why an image is not handed over (yet).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageCheck {
-    /// It is not what was planned: the restore fails.
-    Wrong(String),
-    /// Glance cannot say now: ask again later (the report is retried).
-    Unknown(String),
-}
-
-impl std::fmt::Display for ImageCheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ImageCheck::Wrong(why) | ImageCheck::Unknown(why) => f.write_str(why),
-        }
-    }
-}
-
-/// A restore into an image reported finished: the image is the one
-/// planned, active and of the disk's size (a host's word is not enough to
-/// hand an image to a tenant).
-pub async fn check_image(
-    ekko: &Ekko,
-    p: &PendingImage,
-    disk_size: u64,
-    format: ImageFormat,
-) -> Result<(), ImageCheck> {
-    let unknown = |e: GlanceError| {
-        let why = format!("cannot check image {}: {e}", p.image_id);
-        match e {
-            GlanceError::Refused { .. } => ImageCheck::Wrong(why),
-            _ => ImageCheck::Unknown(why),
-        }
-    };
-    let wrong = |why: String| Err(ImageCheck::Wrong(why));
-    let glance = ekko.glance().await.map_err(unknown)?;
-    let Some(info) = glance
-        .get(&p.glance_url, &p.user_token, &p.image_id)
-        .await
-        .map_err(unknown)?
-    else {
-        return wrong(format!("image {} is gone", p.image_id));
-    };
-    if info.status != "active" {
-        return wrong(format!(
-            "image {} is {}, not active",
-            p.image_id, info.status
-        ));
-    }
-    if info.owner.as_deref() != Some(p.project_id.as_str()) {
-        return wrong(format!(
-            "image {} is not owned by project {}",
-            p.image_id, p.project_id
-        ));
-    }
-    let size_ok = match format {
-        ImageFormat::Raw => info.size == Some(disk_size),
-        ImageFormat::Qcow2 => info.size.is_some_and(|s| s > 0),
-    };
-    let virtual_ok = info.virtual_size.is_none_or(|v| v == disk_size);
-    if !size_ok || !virtual_ok {
-        return wrong(format!(
-            "image {} holds {:?} bytes (virtual {:?}) for a disk of {disk_size}",
-            p.image_id, info.size, info.virtual_size
-        ));
-    }
-    Ok(())
-}
-
-/// [`settle_pending_images`] off the caller's path (Glance may be slow or
-/// down: a report, a cancel or the conductor's tick never waits for it).
-/// A pass over every row starts only when none runs.
-pub fn settle_in_background(ekko: &Ekko, restore_id: Option<String>) {
-    static SWEEPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    use std::sync::atomic::Ordering;
-    if restore_id.is_none() && SWEEPING.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let ekko = ekko.clone();
-    tokio::spawn(async move {
-        settle_pending_images(&ekko, restore_id.as_deref()).await;
-        if restore_id.is_none() {
-            SWEEPING.store(false, Ordering::SeqCst);
-        }
-    });
-}
-
-/// Settle the images Ekko created and still holds (one restore's, or
-/// every one): a completed restore's image is the tenant's (its row
-/// goes); a failed restore's image is deleted, and its row goes once
-/// Glance confirms. An active restore's image is left alone. Returns how
-/// many were settled; failures are logged and retried by the next pass.
-pub async fn settle_pending_images(ekko: &Ekko, restore_id: Option<&str>) -> usize {
-    let Ok(db) = ekko.db().cloned() else { return 0 };
-    let rid = restore_id.map(str::to_string);
-    let rows = db
-        .run(move |c| {
-            let rows = match &rid {
-                Some(r) => images::of_restore(c, r)?.into_iter().collect(),
-                None => images::list(c, 100)?,
-            };
-            let mut out = Vec::new();
-            for p in rows {
-                let status = restores::get(c, &p.restore_id).map(|r| r.status).ok();
-                out.push((p, status));
-            }
-            Ok(out)
-        })
-        .await;
-    let rows = match rows {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "pending images not read");
-            return 0;
-        }
-    };
-    let mut settled = 0;
-    let now = crate::db::now();
-    for (p, status) in rows {
-        // A sweep retries a failed deletion after 2^attempts seconds (at
-        // most 5 minutes); a restore's own settle tries at once.
-        let wait = chrono::Duration::seconds(1i64 << p.attempts.clamp(0, 8).min(8))
-            .min(chrono::Duration::minutes(5));
-        if restore_id.is_none() && p.attempts > 0 && p.updated_at + wait > now {
-            continue;
-        }
-        let image_id = p.image_id.clone();
-        match status {
-            Some(s) if s.is_active() => continue,
-            Some(RestoreStatus::Completed) => {}
-            // Failed, or its restore is gone: the image goes.
-            _ => {
-                let deleted = match ekko.glance().await {
-                    Ok(g) => g.delete(&p.glance_url, &p.user_token, &p.image_id).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = deleted {
-                    let why = e.to_string();
-                    // Past Keystone's allow-expired window the token opens
-                    // nothing: say so once and stop.
-                    let hopeless = matches!(e.status(), Some(401 | 403))
-                        && p.created_at < crate::db::now() - chrono::Duration::days(2);
-                    if hopeless {
-                        tracing::error!(image = %p.image_id, restore = %p.restore_id, project = %p.project_id, error = %why, "image of a failed restore cannot be deleted with its token any more: delete it by hand");
-                    } else {
-                        tracing::warn!(image = %p.image_id, restore = %p.restore_id, error = %why, "image of a failed restore not deleted yet");
-                        let id = image_id.clone();
-                        let _ = db.run(move |c| images::attempt_failed(c, &id, &why)).await;
-                        continue;
-                    }
-                } else {
-                    tracing::info!(image = %p.image_id, restore = %p.restore_id, "image of a failed restore deleted");
-                }
-            }
-        }
-        if db.run(move |c| images::remove(c, &image_id)).await.is_ok() {
-            settled += 1;
-        }
-    }
-    settled
 }
 
 /// The restore, if `action` is allowed on it; one of another project the

@@ -94,6 +94,7 @@ impl Worker {
             image_id: image.image_id.clone(),
             user_token: image.user_token.clone(),
             rate_limit: self.ekko.config.glance.upload_rate_limit.bytes(),
+            idle_timeout: std::time::Duration::from_secs(self.ekko.config.glance.timeout.max(1)),
         };
         ImageTarget::start(
             upload,

@@ -368,6 +368,11 @@ async fn tenants_restore_backups_into_glance_images() {
             .unwrap()
             .replace(&missing, "X"),
     );
+    // An admin sees every project's backups, but an image is made in the
+    // token's project: refused, never written into the wrong project.
+    let (s, v) = restore_image(&c.admin, &full, "wrong-project", "raw").await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("scoped to its project"), "{v}");
     // Bad input: a clear 400, nothing created.
     let (s, v) = c
         .member
@@ -396,7 +401,7 @@ async fn tenants_restore_backups_into_glance_images() {
         wait_image(&member, &image, &["gone"], Duration::from_secs(30)).await;
         r["error"].as_str().unwrap_or_default().to_string()
     } else {
-        assert_eq!(s, 413, "{v}");
+        assert_eq!(s, 403, "{v}");
         v.to_string()
     };
     remove_limit(&admin, &limit).await;
@@ -473,6 +478,42 @@ async fn tenants_restore_backups_into_glance_images() {
         "image after token expiry differs"
     );
     images.push(image);
+
+    // The uploading host killed mid-upload: the restore ends in error
+    // (its job reaped as stalled) and the half image goes.
+    let mut c = c;
+    let (s, v) = restore_image(&c.member, &slow, "host-killed", "raw").await;
+    assert_eq!(s, 202, "{v}");
+    let rid = v["restore"]["id"].as_str().unwrap().to_string();
+    let image = v["restore"]["target"]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_image(&member, &image, &["saving"], WAIT).await;
+    c.hosts[1].worker.kill9();
+    let r = wait_restore(&c.member, &rid, &["error"]).await;
+    assert!(
+        r["error"].as_str().unwrap().contains("stopped reporting"),
+        "{r}"
+    );
+    wait_image(&member, &image, &["gone"], Duration::from_secs(60)).await;
+    c.hosts[1].worker.restart_with(&[]);
+
+    // The instance's host is dead (the instance lost with it): another
+    // live host restores into the image.
+    c.hosts[0].worker.kill9();
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    let (s, v) = restore_image(&c.member, &full, "host-gone", "raw").await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        v["restore"]["target"]["host"],
+        c.hosts[1].name.as_str(),
+        "{v}"
+    );
+    let rid = v["restore"]["id"].as_str().unwrap().to_string();
+    let r = wait_restore(&c.member, &rid, &["completed", "error"]).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    images.push(r["target"]["image_id"].as_str().unwrap().to_string());
 
     for i in images {
         glance(&member, "DELETE", &format!("/v2/images/{i}")).await;

@@ -5,6 +5,10 @@
 -- Glance. A crash or Glance outage at any point leaves the row, and a
 -- later housekeeping pass settles it.
 --
+-- `finished_bytes` is set when the host reports the upload done: the
+-- controller then checks the image in Glance before the restore completes
+-- (a Glance outage then delays the check, never the status queue).
+--
 -- `user_token` is the tenant's token, sent with Ekko's service token so
 -- Glance accepts it once expired (keystonemiddleware's allow-expired path,
 -- bounded by Keystone's [token] allow_expired_window); it is cleared with
@@ -15,6 +19,7 @@ CREATE TABLE pending_images (
     project_id VARCHAR(64) NOT NULL,
     glance_url VARCHAR(255) NOT NULL,
     user_token TEXT NOT NULL,
+    finished_bytes BIGINT NULL,
     attempts INT NOT NULL DEFAULT 0,
     last_error TEXT NULL,
     created_at DATETIME(6) NOT NULL,

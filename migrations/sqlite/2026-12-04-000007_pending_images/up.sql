@@ -5,6 +5,7 @@ CREATE TABLE pending_images (
     project_id VARCHAR(64) NOT NULL,
     glance_url VARCHAR(255) NOT NULL,
     user_token TEXT NOT NULL,
+    finished_bytes BIGINT NULL,
     attempts INT NOT NULL DEFAULT 0,
     last_error TEXT NULL,
     created_at DATETIME(6) NOT NULL,

@@ -200,23 +200,23 @@ class TestRestoreCreate(unittest.TestCase):
         self.assertEqual(1, rc)
         self.assertIn("--image needs a non-empty name", logs.output[0])
 
-    def test_wait_until_available(self):
+    def test_wait_until_completed(self):
         rc, app, client, err = self.run_app(
             [FakeResponse(200, {"backup": BACKUP}),
              FakeResponse(202, {"restore": image_restore(image_id=None)}),
              FakeResponse(200, {"restore": image_restore("running", 40)}),
-             FakeResponse(200, {"restore": image_restore("available", 100)})],
+             FakeResponse(200, {"restore": image_restore("completed", 100)})],
             "restore", "create", "--image", "web1-restored", "b1", "--wait",
             "--wait-interval", "0", "--wait-timeout", "60", "-f", "json")
         self.assertEqual(0, rc)
         self.assertEqual(["GET", "POST", "GET", "GET"],
                          [c[0] for c in client.adapter.calls])
         shown = json.loads(app.out.getvalue())
-        self.assertEqual(("available", 100, IMAGE_ID),
+        self.assertEqual(("completed", 100, IMAGE_ID),
                          (shown["status"], shown["progress"],
                           shown["image_id"]))
         self.assertIn("restore r1 [", err)
-        self.assertIn("100% available", err)
+        self.assertIn("100% completed", err)
 
     def test_wait_on_error_exits_non_zero_with_the_reason(self):
         failed = image_restore(
@@ -239,19 +239,19 @@ class TestRestoreCreate(unittest.TestCase):
     def test_list_shows_the_image(self):
         rc, app, _, _ = self.run_app(
             [FakeResponse(200, {"restores": [
-                image_restore("available", 100), file_restore("completed")]})],
+                image_restore("completed", 100), file_restore("completed")]})],
             "restore", "list", "-f", "json")
         self.assertEqual(0, rc)
         rows = json.loads(app.out.getvalue())
         self.assertEqual(
-            [("r1", "image:web1-restored", IMAGE_ID, "raw", "available"),
+            [("r1", "image:web1-restored", IMAGE_ID, "raw", "completed"),
              ("r0", "stack-host:web1.raw", None, "raw", "completed")],
             [(r["ID"], r["Target"], r["Image ID"], r["Format"], r["Status"])
              for r in rows])
 
     def test_show_has_image_id_only_for_images(self):
         rc, app, _, _ = self.run_app(
-            [FakeResponse(200, {"restore": image_restore("available")})],
+            [FakeResponse(200, {"restore": image_restore("completed")})],
             "restore", "show", "r1", "-c", "image_id", "-f", "value")
         self.assertEqual((0, IMAGE_ID), (rc, app.out.getvalue().strip()))
         rc, app, _, _ = self.run_app(

@@ -8,8 +8,8 @@ from osc_lib import exceptions as osc_exc
 from ekkoclient import common
 from ekkoclient.v1 import backup as backup_cmds
 
-# A file restore ends ``completed``, an image restore ``available``.
-RESTORE_DONE = ("completed", "available", "error")
+# A restore, into a file or an image, ends ``completed`` or ``error``.
+RESTORE_DONE = ("completed", "error")
 DISK_FORMATS = ("raw", "qcow2")
 
 
