@@ -46,6 +46,8 @@ pub trait ExportSource: Send + Sync {
 /// Requests served at once per connection; beyond it the server stops
 /// reading requests (memory stays bounded by this times [`MAX_REQUEST`]).
 pub const IN_FLIGHT: usize = 16;
+/// Clients served at once by one export.
+pub const MAX_CLIENTS: usize = 16;
 /// The largest read a client may ask for (the block size the server
 /// advertises as its maximum).
 pub const MAX_REQUEST: u32 = 32 << 20;
@@ -118,13 +120,31 @@ impl Listener {
     pub async fn bind(at: &Endpoint) -> std::io::Result<Listener> {
         let with = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{at}: {e}"));
         match at {
-            Endpoint::Unix(path) => Ok(Listener::Unix(
-                tokio::net::UnixListener::bind(path).map_err(with)?,
-                path.clone(),
-            )),
-            Endpoint::Tcp(addr) => Ok(Listener::Tcp(
-                tokio::net::TcpListener::bind(addr).await.map_err(with)?,
-            )),
+            Endpoint::Unix(path) => {
+                let l = tokio::net::UnixListener::bind(path).map_err(with)?;
+                // Only this user may connect, whatever the umask.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(with)?;
+                Ok(Listener::Unix(l, path.clone()))
+            }
+            Endpoint::Tcp(addr) => {
+                // No TLS yet: a backup's plain data never leaves the
+                // machine (reach it through a unix socket or SSH).
+                let loopback = tokio::net::lookup_host(addr.as_str())
+                    .await
+                    .map_err(with)?
+                    .all(|a| a.ip().is_loopback());
+                if !loopback {
+                    return Err(with(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "exports are served without TLS: only a loopback address may be bound",
+                    )));
+                }
+                Ok(Listener::Tcp(
+                    tokio::net::TcpListener::bind(addr).await.map_err(with)?,
+                ))
+            }
         }
     }
 
@@ -164,6 +184,10 @@ pub async fn serve(
             a = accept(&listener) => a,
         };
         match accepted {
+            // A bounded number of clients: each may hold IN_FLIGHT reads.
+            Ok((_, peer)) if clients.len() >= MAX_CLIENTS => {
+                tracing::warn!(%peer, max = MAX_CLIENTS, "NBD client refused: too many clients");
+            }
             Ok((stream, peer)) => {
                 let export = export.clone();
                 clients.spawn(async move {

@@ -44,21 +44,24 @@ pub async fn files(
     device: Option<&str>,
     cmd: &FilesCommand,
 ) -> anyhow::Result<String> {
+    // debugfs dumps into this process's private directory; the copy to
+    // OUT is created here, exclusively (never through a link), mode 0600.
+    let work = WorkDir::create()?;
+    let dumped = work.0.join("dumped");
     let request = match cmd {
         FilesCommand::List(path) => format!("ls -l {}", quoted(path)?),
         FilesCommand::Get { path, out } => {
             anyhow::ensure!(
-                !out.exists(),
+                std::fs::symlink_metadata(out).is_err(),
                 "{} exists (never overwritten)",
                 out.display()
             );
-            let out = out
+            let to = dumped
                 .to_str()
-                .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", out.display()))?;
-            format!("dump {} {}", quoted(path)?, quoted(out)?)
+                .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", dumped.display()))?;
+            format!("dump {} {}", quoted(path)?, quoted(to)?)
         }
     };
-    let work = WorkDir::create()?;
     let socket = work.0.join("export.sock");
     let mnt = work.0.join("disk");
     std::fs::create_dir(&mnt).with_context(|| format!("creating {}", mnt.display()))?;
@@ -94,7 +97,8 @@ pub async fn files(
     served?;
     let printed = read?;
     if let FilesCommand::Get { out, .. } = cmd {
-        anyhow::ensure!(out.exists(), "debugfs wrote nothing: {printed}");
+        anyhow::ensure!(dumped.exists(), "debugfs wrote nothing: {printed}");
+        copy_out(&dumped, out)?;
     }
     Ok(printed)
 }
@@ -208,4 +212,24 @@ async fn unmount(mnt: &Path, fuse: &mut tokio::process::Child) {
         let _ = fuse.kill().await;
         let _ = Command::new("umount").arg("-l").arg(mnt).status().await;
     }
+}
+
+/// Copy the dumped file to `out`: created exclusively (an existing name, a
+/// link included, fails), mode 0600, synced; removed again on failure.
+fn copy_out(from: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    let copied = std::fs::File::open(from)
+        .and_then(|mut src| std::io::copy(&mut src, &mut dst))
+        .and_then(|_| dst.sync_all());
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(out);
+        return Err(e).with_context(|| format!("writing {}", out.display()));
+    }
+    Ok(())
 }

@@ -454,6 +454,17 @@ fn an_expired_export_ends_and_removes_its_socket() {
     assert!(ok, "{msg}");
     assert!(child.wait().unwrap().success());
     drop(stdout);
+
+    // No TLS yet: an address other machines reach is refused.
+    let o = ekko_bin()
+        .arg("--config-file")
+        .arg(&s.conf)
+        .args(["export", &id, "--bind", "0.0.0.0:0", "--lifetime", "3"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("loopback"), "{err}");
 }
 
 /// Boot from a backup: a qcow2 overlay on the export takes the writes,
