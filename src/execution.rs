@@ -208,3 +208,34 @@ pub async fn back_up(
         }
     }
 }
+
+/// Start streaming `record` into the Glance image `image` the controller
+/// created (the map's allocation first: the stream's layout), as
+/// `[glance]` says; the walk then feeds it ([`crate::backup::restore::restore`]).
+pub async fn image_target(
+    ekko: &crate::Ekko,
+    reader: &RecordReader,
+    record: &crate::backup::PreviousRecord,
+    format: crate::backup::restore::TargetFormat,
+    image: &crate::wire::ImageJob,
+) -> anyhow::Result<crate::backup::image_target::ImageTarget> {
+    use crate::backup::image_target::{ImageTarget, ImageUpload};
+    let opts = &ekko.config.glance;
+    let upload = ImageUpload {
+        glance: ekko.glance().await?,
+        url: image.glance_url.clone(),
+        image_id: image.image_id.clone(),
+        user_token: image.user_token.clone(),
+        rate_limit: opts.upload_rate_limit.bytes(),
+        idle_timeout: std::time::Duration::from_secs(opts.timeout.max(1)),
+    };
+    let allocation = crate::backup::restore::allocation(reader, record).await?;
+    Ok(ImageTarget::start(
+        upload,
+        format,
+        record.disk_size,
+        record.chunk_size,
+        allocation,
+        opts.stream_buffer.bytes(),
+    )?)
+}

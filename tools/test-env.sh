@@ -313,17 +313,25 @@ EOF
   # mariadbd writes its own pid file (same path) once up.
   spawn mariadb "$LOG/mariadb.out" /usr/sbin/mariadbd --defaults-file="$MY/my.cnf"
 }
+# service_db_sql NAME PASSWORD: the SQL giving OpenStack service NAME its
+# database and its user NAME (from anywhere), the password set again when
+# the user exists.
+service_db_sql() {
+  cat <<EOF
+CREATE DATABASE IF NOT EXISTS $1;
+CREATE USER IF NOT EXISTS '$1'@'localhost' IDENTIFIED BY '$2';
+CREATE USER IF NOT EXISTS '$1'@'%' IDENTIFIED BY '$2';
+ALTER USER '$1'@'localhost' IDENTIFIED BY '$2';
+ALTER USER '$1'@'%' IDENTIFIED BY '$2';
+GRANT ALL PRIVILEGES ON $1.* TO '$1'@'localhost';
+GRANT ALL PRIVILEGES ON $1.* TO '$1'@'%';
+EOF
+}
 provision_mariadb() {
   # ALTER USER: on a server that already had these users, make the passwords
   # match env.sh (a no-op on our own server).
   mysql_root <<EOF
-CREATE DATABASE IF NOT EXISTS keystone;
-CREATE USER IF NOT EXISTS 'keystone'@'localhost' IDENTIFIED BY '$KEYSTONE_DB_PASS';
-CREATE USER IF NOT EXISTS 'keystone'@'%' IDENTIFIED BY '$KEYSTONE_DB_PASS';
-ALTER USER 'keystone'@'localhost' IDENTIFIED BY '$KEYSTONE_DB_PASS';
-ALTER USER 'keystone'@'%' IDENTIFIED BY '$KEYSTONE_DB_PASS';
-GRANT ALL PRIVILEGES ON keystone.* TO 'keystone'@'localhost';
-GRANT ALL PRIVILEGES ON keystone.* TO 'keystone'@'%';
+$(service_db_sql keystone "$KEYSTONE_DB_PASS")
 CREATE DATABASE IF NOT EXISTS ekko;
 CREATE USER IF NOT EXISTS 'ekko'@'localhost' IDENTIFIED BY '$DB_PASS';
 CREATE USER IF NOT EXISTS 'ekko'@'%' IDENTIFIED BY '$DB_PASS';
@@ -335,13 +343,7 @@ FLUSH PRIVILEGES;
 EOF
   [ "$GLANCE" = 1 ] || return 0
   mysql_root <<EOF
-CREATE DATABASE IF NOT EXISTS glance;
-CREATE USER IF NOT EXISTS 'glance'@'localhost' IDENTIFIED BY '$GLANCE_DB_PASS';
-CREATE USER IF NOT EXISTS 'glance'@'%' IDENTIFIED BY '$GLANCE_DB_PASS';
-ALTER USER 'glance'@'localhost' IDENTIFIED BY '$GLANCE_DB_PASS';
-ALTER USER 'glance'@'%' IDENTIFIED BY '$GLANCE_DB_PASS';
-GRANT ALL PRIVILEGES ON glance.* TO 'glance'@'localhost';
-GRANT ALL PRIVILEGES ON glance.* TO 'glance'@'%';
+$(service_db_sql glance "$GLANCE_DB_PASS")
 FLUSH PRIVILEGES;
 EOF
 }

@@ -276,8 +276,7 @@ pub async fn restore_backup_to_image(
     user_token: &str,
     progress: Option<&Progress>,
 ) -> anyhow::Result<(String, RestoreStats)> {
-    use crate::backup::image_target::{ImageTarget, ImageUpload};
-    use crate::backup::restore::{allocation, refuse_write_keys, restore, RestoreTarget};
+    use crate::backup::restore::{refuse_write_keys, restore, RestoreTarget};
     let (backup, rec) = record_of(ekko, backup_id, device).await?;
     anyhow::ensure!(
         backup.status == BackupStatus::Available,
@@ -332,22 +331,8 @@ pub async fn restore_backup_to_image(
         }
     };
     let written = async {
-        let upload = ImageUpload {
-            glance: glance.clone(),
-            url: image.glance_url.clone(),
-            image_id: image.image_id.clone(),
-            user_token: user_token.to_string(),
-            rate_limit: ekko.config.glance.upload_rate_limit.bytes(),
-            idle_timeout: std::time::Duration::from_secs(ekko.config.glance.timeout.max(1)),
-        };
-        let target = Arc::new(ImageTarget::start(
-            upload,
-            format,
-            record.disk_size,
-            record.chunk_size,
-            allocation(&reader, &record).await?,
-            ekko.config.glance.stream_buffer.bytes(),
-        )?);
+        let target =
+            Arc::new(crate::execution::image_target(ekko, &reader, &record, format, &image).await?);
         let stats = restore(&reader, &record, target.clone(), progress).await;
         if stats.is_err() {
             target.discard();

@@ -13,9 +13,8 @@ use chrono::Utc;
 use super::admission::stopped;
 use super::{Stop, Worker};
 use crate::backup::file_target::{open_beneath, FileTarget};
-use crate::backup::image_target::{ImageTarget, ImageUpload};
 use crate::backup::reader::{ReadLimits, RecordReader};
-use crate::backup::restore::{allocation, restore, RestoreTarget, TargetFormat};
+use crate::backup::restore::{restore, RestoreTarget, TargetFormat};
 use crate::backup::EngineError;
 use crate::execution::previous;
 use crate::queue::Delivery;
@@ -72,39 +71,6 @@ impl Worker {
                 other => other.to_string(),
             }
         })
-    }
-
-    /// Start the upload into the image the controller created: the map's
-    /// allocation first (the stream's layout), then the data as the walk
-    /// reads it.
-    async fn start_image(
-        &self,
-        reader: &RecordReader,
-        record: &crate::backup::PreviousRecord,
-        format: TargetFormat,
-        image: &crate::wire::ImageJob,
-    ) -> Result<ImageTarget, String> {
-        let glance = self.ekko.glance().await.map_err(|e| e.to_string())?;
-        let allocation = allocation(reader, record)
-            .await
-            .map_err(|e| e.to_string())?;
-        let upload = ImageUpload {
-            glance,
-            url: image.glance_url.clone(),
-            image_id: image.image_id.clone(),
-            user_token: image.user_token.clone(),
-            rate_limit: self.ekko.config.glance.upload_rate_limit.bytes(),
-            idle_timeout: std::time::Duration::from_secs(self.ekko.config.glance.timeout.max(1)),
-        };
-        ImageTarget::start(
-            upload,
-            format,
-            record.disk_size,
-            record.chunk_size,
-            allocation,
-            self.ekko.config.glance.stream_buffer.bytes(),
-        )
-        .map_err(|e| e.to_string())
     }
 
     pub(super) async fn handle_restore(self: Arc<Self>, delivery: Delivery) {
@@ -164,9 +130,10 @@ impl Worker {
         let created = match &job.image {
             Some(image) => {
                 tracing::info!(restore = %job.restore_id, backup = %job.backup_id, image = %image.image_id, "restore into an image started");
-                self.start_image(&reader, &record, format, image)
+                crate::execution::image_target(&self.ekko, &reader, &record, format, image)
                     .await
                     .map(|t| (Arc::new(t) as Arc<dyn RestoreTarget>, None))
+                    .map_err(|e| format!("{e:#}"))
             }
             None => {
                 tracing::info!(restore = %job.restore_id, backup = %job.backup_id, target = %path.display(), "restore started");

@@ -74,6 +74,22 @@ async fn restore_image(c: &Client, backup: &str, name: &str, format: &str) -> (u
     .await
 }
 
+/// [`restore_image`] that must be accepted: the restore's id and its image's.
+async fn start_image_restore(
+    c: &Client,
+    backup: &str,
+    name: &str,
+    format: &str,
+) -> (String, String) {
+    let (s, v) = restore_image(c, backup, name, format).await;
+    assert_eq!(s, 202, "{v}");
+    let id = |v: &Value| v.as_str().unwrap().to_string();
+    (
+        id(&v["restore"]["id"]),
+        id(&v["restore"]["target"]["image_id"]),
+    )
+}
+
 async fn wait_restore(c: &Client, id: &str, states: &[&str]) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -121,13 +137,8 @@ async fn assert_image_restore(
     reference: &Path,
     tag: &str,
 ) -> String {
-    let (s, v) = restore_image(&c.member, backup, &format!("ekko-test-{tag}"), format).await;
-    assert_eq!(s, 202, "{v}");
-    let rid = v["restore"]["id"].as_str().unwrap().to_string();
-    let image = v["restore"]["target"]["image_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (rid, image) =
+        start_image_restore(&c.member, backup, &format!("ekko-test-{tag}"), format).await;
     let r = wait_restore(&c.member, &rid, &["completed", "error"]).await;
     assert_eq!(r["status"], "completed", "{r}\n{}", c.api.log());
     assert_eq!(r["target"]["image_id"], image.as_str(), "{r}");
@@ -411,13 +422,7 @@ async fn tenants_restore_backups_into_glance_images() {
     let b = &c.hosts[1];
     b.qsd.write(0, 0, &vec![0x77; 8 * MIB as usize]);
     let (slow, slow_ref) = backup_now(&c, 1, "slow").await;
-    let (s, v) = restore_image(&c.member, &slow, "cancelled", "raw").await;
-    assert_eq!(s, 202, "{v}");
-    let rid = v["restore"]["id"].as_str().unwrap().to_string();
-    let image = v["restore"]["target"]["image_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (rid, image) = start_image_restore(&c.member, &slow, "cancelled", "raw").await;
     wait_image(&member, &image, &["saving"], WAIT).await;
     let (s, v) = c
         .member
@@ -434,13 +439,7 @@ async fn tenants_restore_backups_into_glance_images() {
 
     // Glance stopped mid-upload: the restore fails with the reason, and
     // once Glance is back no image is left.
-    let (s, v) = restore_image(&c.member, &slow, "glance-down", "raw").await;
-    assert_eq!(s, 202, "{v}");
-    let rid = v["restore"]["id"].as_str().unwrap().to_string();
-    let image = v["restore"]["target"]["image_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (rid, image) = start_image_restore(&c.member, &slow, "glance-down", "raw").await;
     wait_image(&member, &image, &["saving"], WAIT).await;
     glance_api("stop");
     let r = wait_restore(&c.member, &rid, &["error"]).await;
@@ -453,13 +452,7 @@ async fn tenants_restore_backups_into_glance_images() {
     // (Glance takes it with Ekko's service token).
     let short = Client::new(&c.member.base, short_member_token().await);
     let started = Instant::now();
-    let (s, v) = restore_image(&short, &slow, "outlives-token", "raw").await;
-    assert_eq!(s, 202, "{v}");
-    let rid = v["restore"]["id"].as_str().unwrap().to_string();
-    let image = v["restore"]["target"]["image_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (rid, image) = start_image_restore(&short, &slow, "outlives-token", "raw").await;
     let r = wait_restore(&c.member, &rid, &["completed", "error"]).await;
     assert_eq!(r["status"], "completed", "{r}\n{}", b.worker.log());
     let ttl: u64 = service_env("EKKO_KEYSTONE_SHORT_TOKEN_TTL")
@@ -482,13 +475,7 @@ async fn tenants_restore_backups_into_glance_images() {
     // The uploading host killed mid-upload: the restore ends in error
     // (its job reaped as stalled) and the half image goes.
     let mut c = c;
-    let (s, v) = restore_image(&c.member, &slow, "host-killed", "raw").await;
-    assert_eq!(s, 202, "{v}");
-    let rid = v["restore"]["id"].as_str().unwrap().to_string();
-    let image = v["restore"]["target"]["image_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (rid, image) = start_image_restore(&c.member, &slow, "host-killed", "raw").await;
     wait_image(&member, &image, &["saving"], WAIT).await;
     c.hosts[1].worker.kill9();
     let r = wait_restore(&c.member, &rid, &["error"]).await;
