@@ -17,6 +17,7 @@
 pub mod backups;
 pub mod bind;
 pub mod error;
+pub mod exports;
 pub mod instances;
 pub mod paging;
 pub mod policies;
@@ -321,6 +322,15 @@ fn operations() -> Vec<PathOperations> {
         (
             &["/v1/backups/{backup_id}/action"],
             vec![op!(POST, backups::action)],
+        ),
+        (
+            &["/v1/backups/{backup_id}/exports"],
+            vec![op!(POST, exports::create)],
+        ),
+        (&["/v1/exports"], vec![op!(GET, exports::list)]),
+        (
+            &["/v1/exports/{export_id}"],
+            vec![op!(GET, exports::show), op!(DELETE, exports::delete)],
         ),
         (
             &["/v1/restores"],

@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 
 pub use options::{
     all_options, ApiOptions, AuthStrategy, BackupOptions, DatabaseOptions, DefaultOptions,
-    EncryptionMode, EncryptionOptions, GlanceOptions, InstanceSource, KeystoneAuthtokenOptions,
-    LibvirtOptions, LocalStoreOptions, OptionInfo, OsloPolicyOptions, QuotaOptions,
-    RetentionOptions, StorageBackend, StorageOptions, SwiftOptions,
+    EncryptionMode, EncryptionOptions, ExportOptions, GlanceOptions, InstanceSource,
+    KeystoneAuthtokenOptions, LibvirtOptions, LocalStoreOptions, OptionInfo, OsloPolicyOptions,
+    QuotaOptions, RetentionOptions, StorageBackend, StorageOptions, SwiftOptions,
 };
 pub use types::{ByteSize, CommaList, Secret};
 
@@ -61,6 +61,7 @@ pub struct EkkoConfig {
     pub swift: SwiftOptions,
     pub local_store: LocalStoreOptions,
     pub glance: GlanceOptions,
+    pub export: ExportOptions,
     pub backup: BackupOptions,
     pub libvirt: LibvirtOptions,
     pub retention: RetentionOptions,

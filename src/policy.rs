@@ -180,6 +180,38 @@ pub const DEFAULTS: &[RuleDefault] = &[
         operations: &["GET /v1/restores?all_projects=true"],
     },
     RuleDefault {
+        name: "ekko:export:create",
+        check: "rule:context_is_admin",
+        description:
+            "Serve a disk of a backup read-only over NBD from a host (an operator action: \
+                      whoever reaches the export's address reads the disk).",
+        operations: &["POST /v1/backups/{backup_id}/exports"],
+    },
+    RuleDefault {
+        name: "ekko:export:get",
+        check: "rule:context_is_admin",
+        description: "Show an export (its URL reads the backup's disk).",
+        operations: &["GET /v1/exports/{export_id}"],
+    },
+    RuleDefault {
+        name: "ekko:export:get_all",
+        check: "rule:context_is_admin",
+        description: "List the project's exports.",
+        operations: &["GET /v1/exports"],
+    },
+    RuleDefault {
+        name: "ekko:export:get_all_projects",
+        check: "rule:context_is_admin",
+        description: "List the exports of every project (all_projects=true).",
+        operations: &["GET /v1/exports?all_projects=true"],
+    },
+    RuleDefault {
+        name: "ekko:export:delete",
+        check: "rule:context_is_admin",
+        description: "Stop an export.",
+        operations: &["DELETE /v1/exports/{export_id}"],
+    },
+    RuleDefault {
         name: "ekko:instance:get",
         check: ADMIN_OR_READER,
         description: "Show an instance known to Ekko.",

@@ -18,6 +18,7 @@
 
 pub mod backups;
 pub mod convert;
+pub mod exports;
 pub mod files;
 pub mod hosts;
 pub mod housekeeping;

@@ -133,6 +133,29 @@ impl RestoreStatus {
 }
 
 text_enum!(
+    /// Where an export is in its life: `starting` until its host listens,
+    /// `active` while it serves, `ending` once asked to stop, then `ended`
+    /// (or `error`) for good.
+    ExportStatus {
+        Starting = "starting",
+        Active = "active",
+        Ending = "ending",
+        Ended = "ended",
+        Error = "error",
+    }
+);
+
+impl ExportStatus {
+    /// Still served, or about to be.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            ExportStatus::Starting | ExportStatus::Active | ExportStatus::Ending
+        )
+    }
+}
+
+text_enum!(
     /// A job sent to a compute host.
     JobStatus {
         Queued = "queued",

@@ -34,6 +34,10 @@ pub const JOB_STARTED: &str = "job.started";
 pub const JOB_PROGRESS: &str = "job.progress";
 pub const JOB_FAILED: &str = "job.failed";
 pub const JOB_CANCEL: &str = "job.cancel";
+pub const EXPORT_START: &str = "export.start";
+pub const EXPORT_STOP: &str = "export.stop";
+pub const EXPORT_READY: &str = "export.ready";
+pub const EXPORT_ENDED: &str = "export.ended";
 pub const HOST_INVENTORY: &str = "host.inventory";
 /// Instances one inventory message lists at most: a host sends its
 /// inventory in pages of at most this many (and at most a quarter of
@@ -298,6 +302,16 @@ mod golden {
             host: "h-1".into(),
             version: "0.1.0".into(),
             capacity: 2,
+            exports: None,
+        };
+        let export = ExportJob {
+            export_id: "e-1".into(),
+            backup_id: "b-1".into(),
+            project_id: "p-1".into(),
+            record: restore.record.clone(),
+            relocations: vec![],
+            project_key: None,
+            expires_at: restore.deadline,
         };
         vec![
             (BACKUP_RUN, v(serde_json::to_value(&backup))),
@@ -344,6 +358,30 @@ mod golden {
             ),
             (HOST_INVENTORY, v(serde_json::to_value(&inventory))),
             (HEARTBEAT_KIND, v(serde_json::to_value(&heartbeat))),
+            (EXPORT_START, v(serde_json::to_value(&export))),
+            (
+                EXPORT_STOP,
+                v(serde_json::to_value(StopExport {
+                    export_id: "e-1".into(),
+                })),
+            ),
+            (
+                EXPORT_READY,
+                v(serde_json::to_value(ExportReady {
+                    export_id: "e-1".into(),
+                    host: "h-1".into(),
+                    address: "192.0.2.1:10809".into(),
+                    tls: true,
+                })),
+            ),
+            (
+                EXPORT_ENDED,
+                v(serde_json::to_value(ExportEnded {
+                    export_id: "e-1".into(),
+                    host: "h-1".into(),
+                    error: None,
+                })),
+            ),
         ]
     }
 

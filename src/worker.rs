@@ -24,6 +24,7 @@
 
 mod admission;
 mod backup;
+mod export;
 mod inventory;
 mod journal;
 mod recovery;
@@ -42,7 +43,8 @@ use crate::backup::file_target::RestoredFiles;
 use crate::hypervisor::Hypervisor;
 use crate::queue::{Delivery, MessageQueue, QueueError};
 use crate::wire::{
-    CancelJob, InventoryDisk, JobFailed, BACKUP_RUN, JOB_CANCEL, JOB_FAILED, RESTORE_RUN,
+    CancelJob, InventoryDisk, JobFailed, StopExport, BACKUP_RUN, EXPORT_START, EXPORT_STOP,
+    JOB_CANCEL, JOB_FAILED, RESTORE_RUN,
 };
 use crate::Ekko;
 use journal::Journal;
@@ -101,6 +103,8 @@ struct Worker {
     /// the instances being cleaned up now.
     recovery: Mutex<recovery::Recovery>,
     recovering: Mutex<HashSet<String>>,
+    /// Exports served here, by id: send `true` to stop one ([`export`]).
+    exports: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
 impl Worker {
@@ -159,6 +163,7 @@ impl Worker {
         match delivery.envelope.kind.as_str() {
             BACKUP_RUN => self.handle_backup(delivery).await,
             RESTORE_RUN => self.handle_restore(delivery).await,
+            EXPORT_START => self.handle_export(delivery).await,
             other => {
                 tracing::error!(id = %delivery.envelope.id, kind = other, "rejecting a job of unknown kind");
                 let _ = delivery.nack(false).await;
@@ -233,6 +238,7 @@ pub(crate) async fn run_with(
         inventory_task: Mutex::new(None),
         recovery: Mutex::new(Default::default()),
         recovering: Mutex::new(HashSet::new()),
+        exports: Mutex::new(HashMap::new()),
         ekko: ekko.clone(),
     });
     // However the loop ends, the report tasks end with it.
@@ -256,6 +262,20 @@ pub(crate) async fn run_with(
             }
             c = control.next() => {
                 let c = c?;
+                if c.envelope.kind == EXPORT_STOP {
+                    match c.envelope.body_as::<StopExport>(EXPORT_STOP) {
+                        Ok(stop) => {
+                            let found = worker.stop_export(&stop.export_id);
+                            tracing::info!(export = %stop.export_id, served_here = found, "export stop received");
+                            c.ack().await?;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "rejecting a control message");
+                            c.nack(false).await?;
+                        }
+                    }
+                    continue;
+                }
                 match c.envelope.body_as::<CancelJob>(JOB_CANCEL) {
                     Ok(cancel) => {
                         let found = worker.cancel(&cancel.job_id);
@@ -279,6 +299,9 @@ pub(crate) async fn run_with(
         grace_s = grace.as_secs(),
         "shutting down"
     );
+    // Exports end now (their clients reconnect to another one); running
+    // backups get the grace period.
+    worker.stop_exports();
     // Heartbeats and inventory go on meanwhile: a host that goes quiet
     // looks gone, and its instances could be claimed by another.
     let finished = tokio::time::timeout(grace, async {

@@ -90,7 +90,9 @@ pub enum Command {
         /// Listen on this unix socket (created; never replaced).
         #[arg(long, required_unless_present = "bind", conflicts_with = "bind")]
         socket: Option<std::path::PathBuf>,
-        /// Listen on this TCP address (ADDR:PORT).
+        /// Listen on this TCP address (ADDR:PORT). With `[export]
+        /// tls_cert_file` and `tls_key_file` set, clients must use TLS
+        /// (then any address may be bound; without TLS only loopback).
         #[arg(long)]
         bind: Option<String>,
         /// End the export after this many seconds.
@@ -290,12 +292,22 @@ pub async fn main() -> anyhow::Result<()> {
                 (None, None) => anyhow::bail!("--socket or --bind"),
             };
             let ekko = Ekko::connect(config, Catalog::Required).await?;
+            // TLS guards what leaves the machine: a unix socket stays local.
+            let tls = match endpoint {
+                crate::nbd::server::Endpoint::Tcp(_) => ekko
+                    .config
+                    .export
+                    .server_tls()
+                    .map_err(anyhow::Error::msg)?,
+                crate::nbd::server::Endpoint::Unix(_) => None,
+            };
             let req = service::local::ExportRequest {
                 backup_id: backup.clone(),
                 device: disk,
                 endpoint,
                 lifetime: lifetime.map(std::time::Duration::from_secs),
                 cache_bytes: cache.bytes(),
+                tls,
             };
             service::local::export_backup(&ekko, &req, super::shutdown_signal(), |url| {
                 println!("exporting {backup} at {url}");

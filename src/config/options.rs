@@ -277,6 +277,41 @@ option_group! {
 }
 
 option_group! {
+    /// `[export]`: backups served read-only over NBD (`POST
+    /// /v1/backups/{id}/exports` on an ekko-backup host, `ekko export`).
+    pub struct ExportOptions in "export" {
+        /// Address an ekko-backup host's exports listen on. Without TLS only
+        /// a loopback address is allowed (reach the export from the host
+        /// itself, e.g. a QEMU booting from it, or through an SSH tunnel).
+        pub listen_address: String = s("127.0.0.1");
+        /// Host name or address put in an export's URL; empty: the listen
+        /// address, or `[DEFAULT] host` when that is a wildcard.
+        pub advertise_address: String = s("");
+        /// TCP ports exports take, as `FIRST-LAST` (firewall rules); empty:
+        /// any free port.
+        pub port_range: String = s("");
+        /// PEM certificate chain of the export server: with it (and
+        /// `tls_key_file`) clients must upgrade to TLS (NBD_OPT_STARTTLS)
+        /// before choosing an export; QEMU connects with `tls-creds-x509`.
+        pub tls_cert_file: String = s("");
+        /// PEM private key of `tls_cert_file`.
+        pub tls_key_file: String = s("");
+        /// PEM CA certificates: when set, every client must present a
+        /// certificate signed by one of them (QEMU's `verify-peer`).
+        pub tls_ca_file: String = s("");
+        /// Decoded chunks each export keeps in memory (4 KiB reads of a
+        /// chunk already fetched are served from here).
+        pub cache_size: ByteSize = ByteSize::mib(256);
+        /// Exports one ekko-backup host serves at once; more are refused.
+        pub max_exports: u32 = 8;
+        /// Seconds an export created through the API lives by default.
+        pub default_lifetime: u64 = 3600;
+        /// The longest lifetime the API grants an export, in seconds.
+        pub max_lifetime: u64 = 86400;
+    }
+}
+
+option_group! {
     /// `[local_store]`: a directory as object store (backend = local).
     pub struct LocalStoreOptions in "local_store" {
         /// Directory holding one sub-directory per project.
@@ -491,10 +526,49 @@ pub fn all_options() -> Vec<OptionInfo> {
     all.extend(SwiftOptions::describe());
     all.extend(LocalStoreOptions::describe());
     all.extend(GlanceOptions::describe());
+    all.extend(ExportOptions::describe());
     all.extend(BackupOptions::describe());
     all.extend(LibvirtOptions::describe());
     all.extend(RetentionOptions::describe());
     all.extend(QuotaOptions::describe());
     all.extend(EncryptionOptions::describe());
     all
+}
+
+impl ExportOptions {
+    /// The export server's TLS identity; `None` when no certificate is set.
+    pub fn server_tls(&self) -> Result<Option<crate::tls::ServerTls>, String> {
+        let (cert, key, ca) = (&self.tls_cert_file, &self.tls_key_file, &self.tls_ca_file);
+        match (cert.is_empty(), key.is_empty()) {
+            (true, true) if ca.is_empty() => Ok(None),
+            (true, _) | (_, true) => Err(
+                "[export] tls_cert_file and tls_key_file go together (tls_ca_file needs them)"
+                    .into(),
+            ),
+            _ => crate::tls::ServerTls::from_files(
+                std::path::Path::new(cert),
+                std::path::Path::new(key),
+                (!ca.is_empty()).then(|| std::path::Path::new(ca.as_str())),
+            )
+            .map(Some),
+        }
+    }
+
+    /// The ports exports may bind, as an inclusive range; `None`: any.
+    pub fn ports(&self) -> Result<Option<(u16, u16)>, String> {
+        let r = self.port_range.trim();
+        if r.is_empty() {
+            return Ok(None);
+        }
+        let bad = || format!("[export] port_range {r:?} is not FIRST-LAST (ports 1 to 65535)");
+        let (a, b) = r.split_once('-').ok_or_else(bad)?;
+        let (a, b): (u16, u16) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if a == 0 || a > b {
+            return Err(bad());
+        }
+        Ok(Some((a, b)))
+    }
 }

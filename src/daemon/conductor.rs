@@ -351,6 +351,9 @@ impl Housekeeping {
             if let Err(e) = crate::service::housekeeping::reap_stalled(ekko, stall).await {
                 tracing::warn!(error = %e, "stalled-job check failed");
             }
+            if let Err(e) = crate::service::exports::end_overdue(ekko, stall).await {
+                tracing::warn!(error = %e, "overdue-export check failed");
+            }
         }
         if let Err(e) = crate::service::housekeeping::run_due_policies(ekko).await {
             tracing::warn!(error = %e, "scheduler pass failed");

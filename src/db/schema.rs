@@ -229,6 +229,26 @@ diesel::table! {
 }
 
 diesel::table! {
+    exports (id) {
+        id -> Text,
+        project_id -> Text,
+        user_id -> Text,
+        backup_id -> Text,
+        device -> Text,
+        host -> Text,
+        status -> Text,
+        url -> Nullable<Text>,
+        tls -> Bool,
+        lifetime -> BigInt,
+        expires_at -> Timestamp,
+        active_at -> Nullable<Timestamp>,
+        error -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     pending_images (image_id) {
         image_id -> Text,
         restore_id -> Text,
@@ -272,4 +292,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     restores,
     pending_images,
     quotas,
+    exports,
 );

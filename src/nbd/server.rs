@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 
-use self::handshake::{negotiate, Negotiated};
+use self::handshake::{hello, options, Negotiated, Outcome, Tls};
 use self::replies::{block_status_reply, error_reply, read_reply, simple_or_done};
 use crate::nbd::protocol::*;
 
@@ -51,6 +51,9 @@ pub const MAX_CLIENTS: usize = 16;
 /// The largest read a client may ask for (the block size the server
 /// advertises as its maximum).
 pub const MAX_REQUEST: u32 = 32 << 20;
+/// A client that has not chosen the export (TLS included) within this is
+/// dropped: a silent peer cannot hold one of the export's client slots.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Error messages in structured replies are cut to this.
 const MAX_MESSAGE: usize = 4096;
 
@@ -58,6 +61,9 @@ const MAX_MESSAGE: usize = 4096;
 pub struct Export {
     pub name: String,
     pub source: Arc<dyn ExportSource>,
+    /// Clients must upgrade to TLS (`NBD_OPT_STARTTLS`) before anything
+    /// else.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Export {
@@ -65,7 +71,13 @@ impl Export {
         Export {
             name: name.to_string(),
             source,
+            tls: None,
         }
+    }
+
+    pub fn with_tls(mut self, tls: Option<crate::tls::ServerTls>) -> Export {
+        self.tls = tls;
+        self
     }
 
     /// The export's own name or the default (empty) one.
@@ -116,8 +128,8 @@ pub enum Listener {
 
 impl Listener {
     /// Bind; an existing socket file is never replaced (another export
-    /// may be serving on it).
-    pub async fn bind(at: &Endpoint) -> std::io::Result<Listener> {
+    /// may be serving on it). Without `tls`, TCP binds only loopback.
+    pub async fn bind(at: &Endpoint, tls: bool) -> std::io::Result<Listener> {
         let with = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{at}: {e}"));
         match at {
             Endpoint::Unix(path) => {
@@ -129,16 +141,15 @@ impl Listener {
                 Ok(Listener::Unix(l, path.clone()))
             }
             Endpoint::Tcp(addr) => {
-                // No TLS yet: a backup's plain data never leaves the
-                // machine (reach it through a unix socket or SSH).
+                // A backup's plain data leaves the machine only over TLS.
                 let loopback = tokio::net::lookup_host(addr.as_str())
                     .await
                     .map_err(with)?
                     .all(|a| a.ip().is_loopback());
-                if !loopback {
+                if !loopback && !tls {
                     return Err(with(std::io::Error::new(
                         std::io::ErrorKind::PermissionDenied,
-                        "exports are served without TLS: only a loopback address may be bound",
+                        "an export without TLS may bind only a loopback address",
                     )));
                 }
                 Ok(Listener::Tcp(
@@ -232,14 +243,53 @@ async fn accept(l: &Listener) -> std::io::Result<(Stream, String)> {
 
 // ---- one client ----
 
-/// Handshake, then serve requests until the client disconnects.
+/// Handshake (TLS first where the export requires it), then serve
+/// requests until the client disconnects.
 pub async fn serve_client<S>(mut stream: S, export: Arc<Export>) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(state) = negotiate(&mut stream, &export).await? else {
-        return Ok(());
+    let timed_out = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no export chosen within the handshake timeout",
+        )
     };
+    let tls = match &export.tls {
+        Some(_) => Tls::Required,
+        None => Tls::Off,
+    };
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let Some(no_zeroes) = hello(&mut stream).await? else {
+            return Ok((false, Outcome::Close));
+        };
+        Ok::<_, std::io::Error>((
+            no_zeroes,
+            options(&mut stream, &export, no_zeroes, tls).await?,
+        ))
+    });
+    let (no_zeroes, outcome) = first.await.map_err(|_| timed_out())??;
+    match (outcome, &export.tls) {
+        (Outcome::Go(state), _) => transmit_on(stream, export, state).await,
+        (Outcome::StartTls, Some(server)) => {
+            let upgraded = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let mut stream = server.acceptor.accept(stream).await?;
+                let outcome = options(&mut stream, &export, no_zeroes, Tls::Done).await?;
+                Ok::<_, std::io::Error>((stream, outcome))
+            });
+            match upgraded.await.map_err(|_| timed_out())?? {
+                (stream, Outcome::Go(state)) => transmit_on(stream, export, state).await,
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn transmit_on<S>(stream: S, export: Arc<Export>, state: Negotiated) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (r, w) = tokio::io::split(stream);
     transmit(BufReader::new(r), Arc::new(Mutex::new(w)), export, state).await
 }
@@ -395,7 +445,7 @@ mod tests {
     async fn start(source: Arc<Memory>) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("nbd.sock");
-        let listener = Listener::bind(&Endpoint::Unix(socket.clone()))
+        let listener = Listener::bind(&Endpoint::Unix(socket.clone()), false)
             .await
             .unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

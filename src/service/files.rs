@@ -71,6 +71,7 @@ pub async fn files(
         endpoint: Endpoint::Unix(socket.clone()),
         lifetime: None,
         cache_bytes: CACHE_BYTES,
+        tls: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready) = tokio::sync::oneshot::channel::<String>();

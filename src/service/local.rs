@@ -363,6 +363,8 @@ pub struct ExportRequest {
     pub lifetime: Option<Duration>,
     /// Bytes of decoded chunks kept cached.
     pub cache_bytes: u64,
+    /// Clients must upgrade to TLS first.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// Serve one disk of a backup read-only over NBD, here, where the store
@@ -391,7 +393,7 @@ pub async fn export_backup(
     let source = BackupExport::open(reader, &record(&rec)?, req.cache_bytes)
         .await
         .with_context(|| format!("map of backup {id}, disk {}", rec.disk_id))?;
-    let listener = Listener::bind(&req.endpoint).await?;
+    let listener = Listener::bind(&req.endpoint, req.tls.is_some()).await?;
     let url = match (&req.endpoint, listener.local_addr()) {
         (Endpoint::Tcp(_), Some(addr)) => format!("nbd://{addr}/"),
         (at, _) => at.to_string(),
@@ -408,7 +410,7 @@ pub async fn export_backup(
             None => shutdown.await,
         }
     };
-    let export = Arc::new(Export::new(id, Arc::new(source)));
+    let export = Arc::new(Export::new(id, Arc::new(source)).with_tls(req.tls.clone()));
     serve(export, listener, ended)
         .await
         .with_context(|| format!("export of backup {id}"))?;

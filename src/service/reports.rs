@@ -25,8 +25,8 @@ use crate::queue::{Envelope, QueueError};
 use crate::status::{JobKind, JobStatus, RestoreStatus};
 use crate::wire::{
     BackupFinished, Heartbeat, HostInventory, JobFailed, JobProgress, JobStarted, RestoreFinished,
-    BACKUP_FINISHED, HEARTBEAT_KIND, HOST_INVENTORY, JOB_FAILED, JOB_PROGRESS, JOB_STARTED,
-    RESTORE_FINISHED,
+    BACKUP_FINISHED, EXPORT_ENDED, EXPORT_READY, HEARTBEAT_KIND, HOST_INVENTORY, JOB_FAILED,
+    JOB_PROGRESS, JOB_STARTED, RESTORE_FINISHED,
 };
 use crate::Ekko;
 
@@ -200,8 +200,12 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             let hb: Heartbeat = message.body_as(HEARTBEAT_KIND)?;
             checks::heartbeat(&hb, &sender).map_err(refused)?;
             let capacity = i32::try_from(hb.capacity).unwrap_or(i32::MAX);
+            let (host, served) = (hb.host.clone(), hb.exports.clone());
             db.run(move |c| crate::db::hosts::heartbeat(c, &hb.host, &hb.version, capacity))
                 .await?;
+            if let Some(served) = served {
+                super::exports::reconcile_host(ekko, &host, served).await?;
+            }
         }
         HOST_INVENTORY => {
             let inv: HostInventory = message.body_as(HOST_INVENTORY)?;
@@ -426,6 +430,12 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             if let (true, Some(r)) = (ended, &job.restore_id) {
                 super::images::settle_in_background(ekko, Some(r.clone()));
             }
+        }
+        EXPORT_READY => {
+            super::exports::ready(ekko, message.body_as(EXPORT_READY)?, &sender).await?
+        }
+        EXPORT_ENDED => {
+            super::exports::ended(ekko, message.body_as(EXPORT_ENDED)?, &sender).await?
         }
         other => {
             return Err(

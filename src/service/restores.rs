@@ -294,32 +294,8 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
                         b.id, b.status
                     )));
                 }
-                let records = backups::disks_of(c, &b.id)?;
-                let disks = instances::disks_of(c, &b.instance_id)?;
-                let record = match &new.device {
-                    Some(dev) => {
-                        let disk = disks.iter().find(|d| &d.device == dev).ok_or_else(|| {
-                            DbError::Conflict(format!("backup {} has no disk {dev}", b.id))
-                        })?;
-                        records.iter().find(|r| r.disk_id == disk.id)
-                    }
-                    None if records.len() == 1 => records.first(),
-                    None => {
-                        return Err(DbError::Conflict(format!(
-                            "backup {} has {} disks: name one with \"disk\"",
-                            b.id,
-                            records.len()
-                        )))
-                    }
-                }
-                .ok_or_else(|| {
-                    DbError::Conflict(format!("backup {} has no such disk record", b.id))
-                })?;
-                let device = disks
-                    .iter()
-                    .find(|d| d.id == record.disk_id)
-                    .map(|d| d.device.clone())
-                    .unwrap_or_default();
+                let (record, device) = disk_record(c, &b, new.device.as_deref())?;
+                let record = &record;
                 let host = match &new.host {
                     Some(h) => h.clone(),
                     None => instances::get(c, &b.instance_id)?.host,
@@ -448,6 +424,41 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
     send(ekko, &job, RESTORE_RUN, &message).await?;
     tracing::info!(restore = %restore.id, backup = %restore.backup_id, host = ?job.host, "restore queued");
     Ok(restore)
+}
+
+/// The record of one disk of backup `b` (the named device, or its only
+/// disk) and the disk's device name.
+pub(super) fn disk_record(
+    c: &mut crate::db::DbConnection,
+    b: &backups::Backup,
+    device: Option<&str>,
+) -> Result<(backups::BackupDisk, String), DbError> {
+    let records = backups::disks_of(c, &b.id)?;
+    let disks = instances::disks_of(c, &b.instance_id)?;
+    let record = match device {
+        Some(dev) => {
+            let disk = disks
+                .iter()
+                .find(|d| d.device == dev)
+                .ok_or_else(|| DbError::Conflict(format!("backup {} has no disk {dev}", b.id)))?;
+            records.into_iter().find(|r| r.disk_id == disk.id)
+        }
+        None if records.len() == 1 => records.into_iter().next(),
+        None => {
+            return Err(DbError::Conflict(format!(
+                "backup {} has {} disks: name one with \"disk\"",
+                b.id,
+                records.len()
+            )))
+        }
+    }
+    .ok_or_else(|| DbError::Conflict(format!("backup {} has no such disk record", b.id)))?;
+    let device = disks
+        .iter()
+        .find(|d| d.id == record.disk_id)
+        .map(|d| d.device.clone())
+        .unwrap_or_default();
+    Ok((record, device))
 }
 
 /// The image part of a restore's target, as recorded.

@@ -182,3 +182,25 @@ impl std::fmt::Debug for ImageJob {
 pub struct CancelJob {
     pub job_id: String,
 }
+
+/// `export.start`: serve one disk of a backup read-only over NBD until
+/// `expires_at` (or an `export.stop`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportJob {
+    /// Also the export's NBD name.
+    pub export_id: String,
+    pub backup_id: String,
+    pub project_id: String,
+    pub record: RecordRef,
+    #[serde(default)]
+    pub relocations: Vec<Relocation>,
+    #[serde(default)]
+    pub project_key: Option<crate::crypto::WrappedKey>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `export.stop` (control queue): end an export now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopExport {
+    pub export_id: String,
+}

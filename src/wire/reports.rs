@@ -12,6 +12,31 @@ pub struct Heartbeat {
     pub version: String,
     /// Backups this host runs at once.
     pub capacity: u32,
+    /// The exports this host serves (a host that predates exports sends
+    /// none; one that sends a list serves nothing it leaves out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exports: Option<Vec<String>>,
+}
+
+/// `export.ready`: the host listens for an export's clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportReady {
+    pub export_id: String,
+    pub host: String,
+    /// `ADDRESS:PORT` clients connect to.
+    pub address: String,
+    /// Clients must upgrade to TLS.
+    pub tls: bool,
+}
+
+/// `export.ended`: the host serves an export no more (its lifetime ran
+/// out, it was stopped, or it could not start: `error`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportEnded {
+    pub export_id: String,
+    pub host: String,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Sent by a worker as it starts (or restarts) a job. Status messages name

@@ -119,6 +119,7 @@ impl Worker {
             host: self.host.clone(),
             version: crate::VERSION.to_string(),
             capacity: self.ekko.config.backup.max_concurrent_backups,
+            exports: Some(self.served_exports()),
         };
         match self.publish(HEARTBEAT_KIND, &beat).await {
             Ok(()) => true,

@@ -30,6 +30,7 @@ fn heartbeat(host: &str) -> Heartbeat {
         host: host.into(),
         version: "1".into(),
         capacity: 1,
+        exports: None,
     }
 }
 

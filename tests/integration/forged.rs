@@ -559,3 +559,88 @@ async fn a_late_start_report_does_not_cancel_a_completed_restore() {
             .unwrap();
     assert_eq!(r.status, ekko::status::RestoreStatus::Completed);
 }
+
+/// Export reports (issue 20): only the export's own host may say where it
+/// listens or that it ended, with an address that is one; a heartbeat
+/// cannot list exports without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_export_reports_are_refused_and_change_nothing() {
+    use ekko::db::exports::{self, Export};
+    let Some(x) = setup("proj-forge-export", 8, "").await else {
+        return;
+    };
+    let e = Export::starting("proj-forge-export", "u", "b-1", "vda", "host-a", 600);
+    let row = e.clone();
+    x.db.run(move |c| exports::insert(c, &row)).await.unwrap();
+    let ready = |host: &str, address: &str| serde_json::json!({"export_id": e.id, "host": host, "address": address, "tls": false});
+    let cases = [
+        (
+            ready("host-b", "127.0.0.1:4000"),
+            host("host-b"),
+            "another host's export",
+        ),
+        (
+            ready("host-a", "127.0.0.1:4000"),
+            host("host-b"),
+            "a host speaking as another",
+        ),
+        (ready("host-a", "127.0.0.1:0"), host("host-a"), "port 0"),
+        (
+            ready("host-a", "evil/../x:1"),
+            host("host-a"),
+            "not an address",
+        ),
+        (ready("host-a", "127.0.0.1"), host("host-a"), "no port"),
+    ];
+    for (body, sender, what) in cases {
+        refused(&x, wire::EXPORT_READY, body, &sender, what).await;
+    }
+    let ended = serde_json::json!({"export_id": e.id, "host": "host-b", "error": "x"});
+    refused(
+        &x,
+        wire::EXPORT_ENDED,
+        ended,
+        &host("host-b"),
+        "ended by another host",
+    )
+    .await;
+    let listed: Vec<String> = (0..5000).map(|i| format!("e-{i}")).collect();
+    let beat =
+        serde_json::json!({"host": "host-a", "version": "1", "capacity": 1, "exports": listed});
+    refused(
+        &x,
+        wire::HEARTBEAT_KIND,
+        beat,
+        &host("host-a"),
+        "5000 exports listed",
+    )
+    .await;
+    let id = e.id.clone();
+    let now = x.db.run(move |c| exports::get(c, &id)).await.unwrap();
+    assert_eq!(now.status, ekko::status::ExportStatus::Starting);
+    assert_eq!(now.url, None);
+
+    // Its own host: active at the address it reports, under the export's
+    // own name; a second report changes nothing.
+    let ok = record(
+        &x.ekko,
+        &env(wire::EXPORT_READY, &ready("host-a", "192.0.2.7:10809")),
+        &host("host-a"),
+    )
+    .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let again = record(
+        &x.ekko,
+        &env(wire::EXPORT_READY, &ready("host-a", "192.0.2.9:1")),
+        &host("host-a"),
+    )
+    .await;
+    assert!(again.is_ok(), "{again:?}");
+    let id = e.id.clone();
+    let now = x.db.run(move |c| exports::get(c, &id)).await.unwrap();
+    assert_eq!(now.status, ekko::status::ExportStatus::Active);
+    assert_eq!(
+        now.url.as_deref(),
+        Some(format!("nbd://192.0.2.7:10809/{}", e.id).as_str())
+    );
+}

@@ -18,6 +18,7 @@ mod distributed;
 mod encryption;
 mod engine;
 mod export;
+mod export_api;
 mod extract;
 mod forged;
 mod image_restore;

@@ -189,6 +189,31 @@ class Client(object):
                          {"cancel": {}})
         return (body or {}).get("restore")
 
+    # -- exports ----------------------------------------------------------
+
+    def export_create(self, backup_id, disk=None, host=None, lifetime=None):
+        """Serve one disk of a backup over NBD from a host (the instance's
+        by default) for ``lifetime`` seconds (the API's default: 3600)."""
+        body = {}
+        if disk:
+            body["disk"] = disk
+        if host:
+            body["host"] = host
+        if lifetime is not None:
+            body["lifetime"] = lifetime
+        return self.post("/backups/%s/exports" % q(backup_id),
+                         {"export": body})["export"]
+
+    def export_list(self, limit=None, **filters):
+        return self.paginate("/exports", "exports", filters, limit=limit)
+
+    def export_get(self, export_id):
+        return self.get("/exports/%s" % q(export_id))["export"]
+
+    def export_delete(self, export_id):
+        """End an export (202: ``ending``, then ``ended``)."""
+        self.delete("/exports/%s" % q(export_id))
+
     # -- instances --------------------------------------------------------
 
     def instance_list(self, **filters):

@@ -81,12 +81,35 @@ fn parse_meta(data: &[u8]) -> Option<(&[u8], Vec<&[u8]>)> {
     f.done().then_some((name, queries))
 }
 
-/// Negotiate; `Ok(None)` when the client aborts or breaks the protocol
-/// (then the connection is closed).
-pub(super) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
+/// Where a connection stands with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tls {
+    /// The export offers none.
+    Off,
+    /// The export requires it and the client has not upgraded yet: only
+    /// `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` are answered.
+    Required,
+    /// The connection is upgraded.
+    Done,
+}
+
+/// How option haggling ended.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// Transmission starts.
+    Go(Negotiated),
+    /// The client asked for TLS and got the ack: upgrade, then haggle on.
+    StartTls,
+    /// The client aborted or broke the protocol: close.
+    Close,
+}
+
+/// The server's greeting and the client's flags; `Ok(None)` when the
+/// client sent flags the server does not know (then it closes), else
+/// whether the client dropped the zero padding.
+pub(super) async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
-    export: &Export,
-) -> std::io::Result<Option<Negotiated>> {
+) -> std::io::Result<Option<bool>> {
     let mut hello = NBDMAGIC.to_vec();
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
     hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
@@ -97,11 +120,21 @@ pub(super) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
         tracing::debug!(flags = client, "unknown client flags");
         return Ok(None);
     }
-    let no_zeroes = client & CLIENT_NO_ZEROES != 0;
+    Ok(Some(client & CLIENT_NO_ZEROES != 0))
+}
+
+/// Answer options until the client chooses the export, asks for TLS or
+/// leaves.
+pub(super) async fn options<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    export: &Export,
+    no_zeroes: bool,
+    tls: Tls,
+) -> std::io::Result<Outcome> {
     let mut state = Negotiated::default();
     loop {
         if s.read_u64().await? != IHAVEOPT {
-            return Ok(None);
+            return Ok(Outcome::Close);
         }
         let opt = s.read_u32().await?;
         let len = s.read_u32().await?;
@@ -113,10 +146,25 @@ pub(super) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data).await?;
+        // Before the upgrade nothing about the export is told (the spec's
+        // "TLS-only" mode); the old export-name option cannot be refused
+        // with a reply, so the connection closes.
+        if tls == Tls::Required && !matches!(opt, OPT_STARTTLS | OPT_ABORT) {
+            if opt == OPT_EXPORT_NAME {
+                return Ok(Outcome::Close);
+            }
+            s.write_all(&option_reply(
+                opt,
+                REP_ERR_TLS_REQD,
+                b"TLS required: send NBD_OPT_STARTTLS first",
+            ))
+            .await?;
+            continue;
+        }
         let reply = match opt {
             OPT_EXPORT_NAME => {
                 if !export.answers_to(&data) {
-                    return Ok(None);
+                    return Ok(Outcome::Close);
                 }
                 let mut out = export.source.size().to_be_bytes().to_vec();
                 out.extend_from_slice(&export.flags(state.structured).to_be_bytes());
@@ -124,13 +172,24 @@ pub(super) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                     out.extend_from_slice(&[0u8; 124]);
                 }
                 s.write_all(&out).await?;
-                return Ok(Some(state));
+                return Ok(Outcome::Go(state));
             }
             OPT_ABORT => {
                 // The client may close without reading the ack.
                 let _ = s.write_all(&option_reply(opt, REP_ACK, &[])).await;
-                return Ok(None);
+                return Ok(Outcome::Close);
             }
+            OPT_STARTTLS => match tls {
+                Tls::Off => option_reply(opt, REP_ERR_UNSUP, b"this export offers no TLS"),
+                Tls::Done => option_reply(opt, REP_ERR_INVALID, b"TLS is already on"),
+                Tls::Required if len != 0 => {
+                    option_reply(opt, REP_ERR_INVALID, b"no data expected")
+                }
+                Tls::Required => {
+                    s.write_all(&option_reply(opt, REP_ACK, &[])).await?;
+                    return Ok(Outcome::StartTls);
+                }
+            },
             OPT_LIST if len != 0 => option_reply(opt, REP_ERR_INVALID, b"no data expected"),
             OPT_LIST => {
                 let mut name = (export.name.len() as u32).to_be_bytes().to_vec();
@@ -158,7 +217,7 @@ pub(super) async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                     out.extend(option_reply(opt, REP_ACK, &[]));
                     if opt == OPT_GO {
                         s.write_all(&out).await?;
-                        return Ok(Some(state));
+                        return Ok(Outcome::Go(state));
                     }
                     out
                 }

@@ -1,0 +1,216 @@
+//! An export on this host: one disk of a backup served read-only over NBD
+//! (`export.start`) until its lifetime runs out, the controller stops it
+//! (`export.stop`) or the worker shuts down. The job is acknowledged as
+//! soon as it is read: an export is not redelivered after a crash (the
+//! conductor sees it missing from this host's heartbeat and ends it), and a
+//! long-lived export must not hold a job slot or an unacknowledged
+//! delivery.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use super::{lock, Worker};
+use crate::backup::export::BackupExport;
+use crate::backup::reader::{ReadLimits, RecordReader};
+use crate::execution::previous;
+use crate::nbd::server::{serve, Endpoint, Export, Listener};
+use crate::queue::Delivery;
+use crate::wire::{
+    ExportEnded, ExportJob, ExportReady, Relocation, EXPORT_ENDED, EXPORT_READY, EXPORT_START,
+};
+
+/// A bound export, ready to serve.
+struct Bound {
+    export: Arc<Export>,
+    listener: Listener,
+    address: String,
+}
+
+impl Worker {
+    pub(super) async fn handle_export(self: Arc<Self>, delivery: Delivery) {
+        let job: ExportJob = match delivery.envelope.body_as(EXPORT_START) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(id = %delivery.envelope.id, error = %e, "rejecting an export this worker cannot read");
+                let _ = delivery.nack(false).await;
+                return;
+            }
+        };
+        let _ = delivery.ack().await;
+        let id = job.export_id.clone();
+        // Registered before anything is bound: a stop that arrives while
+        // the map loads finds it.
+        let Some(mut stop) = self.register_export(&id) else {
+            let why = format!(
+                "host {} serves {} exports already ([export] max_exports)",
+                self.host, self.ekko.config.export.max_exports
+            );
+            return self.export_ended(&id, Some(why)).await;
+        };
+        let bound = tokio::select! {
+            b = self.bind_export(&job) => b,
+            _ = stop.wait_for(|s| *s) => Err("stopped before it served".to_string()),
+        };
+        let bound = match bound {
+            Ok(b) => b,
+            Err(why) => {
+                lock(&self.exports).remove(&id);
+                return self.export_ended(&id, Some(why)).await;
+            }
+        };
+        let ready = ExportReady {
+            export_id: id.clone(),
+            host: self.host.clone(),
+            address: bound.address.clone(),
+            tls: bound.export.tls.is_some(),
+        };
+        if let Err(e) = self.publish_patiently(EXPORT_READY, &ready).await {
+            tracing::error!(export = %id, error = %e, "cannot report the export; ending it");
+            lock(&self.exports).remove(&id);
+            return;
+        }
+        tracing::info!(export = %id, backup = %job.backup_id, address = %bound.address, tls = ready.tls, expires_at = %job.expires_at, "export serving");
+        let left = (job.expires_at - Utc::now()).to_std().unwrap_or_default();
+        let ended = async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => tracing::info!(export = %id, "export stopped"),
+                _ = tokio::time::sleep(left) => tracing::info!(export = %id, "export lifetime over"),
+            }
+        };
+        let served = serve(bound.export, bound.listener, ended).await;
+        lock(&self.exports).remove(&job.export_id);
+        let error = served
+            .err()
+            .map(|e| format!("export failed on host {}: {e}", self.host));
+        self.export_ended(&job.export_id, error).await;
+    }
+
+    /// Take a slot for export `id`; `None` when the host serves its
+    /// maximum already. The receiver turns true when it must stop.
+    fn register_export(&self, id: &str) -> Option<watch::Receiver<bool>> {
+        let mut exports = lock(&self.exports);
+        let max = self.ekko.config.export.max_exports.max(1) as usize;
+        if exports.len() >= max && !exports.contains_key(id) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(false);
+        // A second start of one export (a duplicate) replaces the first.
+        if let Some(old) = exports.insert(id.to_string(), tx) {
+            let _ = old.send(true);
+        }
+        Some(rx)
+    }
+
+    /// Stop export `id` if it is served here; true when it was.
+    pub(super) fn stop_export(&self, id: &str) -> bool {
+        match lock(&self.exports).get(id) {
+            Some(tx) => tx.send(true).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stop every export (the worker shuts down).
+    pub(super) fn stop_exports(&self) {
+        for tx in lock(&self.exports).values() {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// The exports served here, for the heartbeat.
+    pub(super) fn served_exports(&self) -> Vec<String> {
+        lock(&self.exports).keys().cloned().collect()
+    }
+
+    async fn export_ended(&self, id: &str, error: Option<String>) {
+        if let Some(why) = &error {
+            tracing::error!(export = id, error = %why, "export ended with an error");
+        }
+        let ended = ExportEnded {
+            export_id: id.to_string(),
+            host: self.host.clone(),
+            error,
+        };
+        if let Err(e) = self.publish_patiently(EXPORT_ENDED, &ended).await {
+            tracing::error!(export = id, error = %e, "cannot report the export's end");
+        }
+    }
+
+    /// Open the record (with the project's keys, which only a host that
+    /// holds them has) and bind the export's listener.
+    async fn bind_export(&self, job: &ExportJob) -> Result<Bound, String> {
+        if job.expires_at <= Utc::now() {
+            return Err("its lifetime ran out before it started".into());
+        }
+        let record = previous(&job.record).ok_or("the backup's record is corrupt")?;
+        let keys = self
+            .ekko
+            .keyring
+            .open_job(&job.project_id, job.project_key.as_ref(), None)
+            .map_err(|e| e.to_string())?;
+        let config = &self.ekko.config.export;
+        let tls = config.server_tls()?;
+        let reader = RecordReader::new(
+            self.ekko.store.clone(),
+            &self.ekko.container(&job.project_id),
+        )
+        .with_relocations(Relocation::map(&job.relocations))
+        .with_keys(keys)
+        .with_limits(ReadLimits::from_config(&self.ekko.config.backup));
+        let source = BackupExport::open(Arc::new(reader), &record, config.cache_size.bytes())
+            .await
+            .map_err(|e| format!("map of backup {}: {e}", job.backup_id))?;
+        let listener = self.export_listener(tls.is_some()).await?;
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .ok_or("the export's listener has no port")?;
+        let export = Export::new(&job.export_id, Arc::new(source)).with_tls(tls);
+        Ok(Bound {
+            export: Arc::new(export),
+            listener,
+            address: self.advertised(port),
+        })
+    }
+
+    /// A listener on `[export] listen_address`, on a free port of
+    /// `port_range` (any free port when unset).
+    async fn export_listener(&self, tls: bool) -> Result<Listener, String> {
+        let config = &self.ekko.config.export;
+        let host = bracketed(&config.listen_address);
+        let (first, last) = config.ports()?.unwrap_or((0, 0));
+        let mut last_error = String::new();
+        for port in first..=last {
+            match Listener::bind(&Endpoint::Tcp(format!("{host}:{port}")), tls).await {
+                Ok(l) => return Ok(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last_error = e.to_string(),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!("no free port in [export] port_range: {last_error}"))
+    }
+
+    /// `ADDRESS:PORT` as clients reach this host.
+    fn advertised(&self, port: u16) -> String {
+        let config = &self.ekko.config.export;
+        let listen = &config.listen_address;
+        let wildcard = listen
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        let host = match (config.advertise_address.as_str(), wildcard) {
+            ("", false) => listen.as_str(),
+            ("", true) => self.host.as_str(),
+            (a, _) => a,
+        };
+        format!("{}:{port}", bracketed(host))
+    }
+}
+
+/// An IPv6 address in brackets, as it appears before a port.
+fn bracketed(host: &str) -> String {
+    match host.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{host}]"),
+        Err(_) => host.to_string(),
+    }
+}
