@@ -5,8 +5,9 @@ Drives a running ekko-api (the whole of it: `ekko all-in-one` from
 tools/lib/stack.sh, behind the real Keystone) through every operation of
 api-ref/openapi.json, checks each answer has the status code the document
 gives, and keeps the request and response bodies the api-ref shows.
-Volatile values (ids, timestamps, the host and port in links, the request
-id) become stable placeholders, so a rerun writes the same bytes.
+Volatile values (ids, timestamps, the host and port in links, the port in
+an export's NBD url, the request id) become stable placeholders, so a rerun
+writes the same bytes.
 
     tools/api-samples.py --url URL --pause-pid PID --update   # write samples
     tools/api-samples.py --url URL --pause-pid PID --check    # compare
@@ -44,7 +45,15 @@ TIMESTAMPS = {
     "updated_at": "2026-11-26T10:00:05Z",
     # 02:00 in Europe/Paris (the sample policy's schedule and zone), winter.
     "next_run_at": "2026-11-27T01:00:00Z",
+    # created_at plus the sample export's lifetime (EXPORT_LIFETIME).
+    "expires_at": "2026-11-26T11:00:00Z",
 }
+# The lifetime the sample export asks for, in seconds.
+EXPORT_LIFETIME = 3600
+# The port in an export's url (nbd://ADDRESS:PORT/ID; the host takes any
+# free port): NBD's registered port.
+EXPORT_PORT = 10809
+EXPORT_URL_RE = re.compile(r"^(nbd://(?:\[[^\]]*\]|[^/:]+)):\d+/")
 # A backup's stored (compressed) size.
 STORED_BYTES = 24576
 NAMESPACE = uuid.UUID("6f1c7d2e-0b9a-4e5f-8c3d-2a1b0e9f8d7c")
@@ -115,6 +124,8 @@ class Normalizer:
                 return TIMESTAMPS[key]
             if key == "request_id":
                 return "req-" + placeholder("request")
+            if key == "url":
+                v = EXPORT_URL_RE.sub(r"\g<1>:%d/" % EXPORT_PORT, v)
             return self.text(v)
         return v
 
@@ -341,6 +352,25 @@ def capture(args):
                 urllib.request.urlopen(gone, timeout=30).close()
             except urllib.error.URLError as e:
                 print("api-samples: image %s not deleted: %s" % (image, e), file=sys.stderr)
+
+    # Exports (admin only by default: ekko:export:*): the instance's host
+    # serves the backup's disk over NBD until the export is deleted.
+    req = {"export": {"disk": "disk0", "lifetime": EXPORT_LIFETIME}}
+    _, body = api.call("POST", "/v1/backups/%s/exports" % first, admin, req)
+    export = body["export"]["id"]
+    norm.name(export, "export-1")
+    keep("export-create-req.json", req)
+    keep("export-create-resp.json", body)
+    wait_for(api, "/v1/exports/" + export, admin, "export", ("active",))
+    _, body = api.call("GET", "/v1/exports/" + export, admin)
+    if not (body["export"]["url"] or "").endswith("/" + export):
+        raise Failure("export %s is active without its url: %s" % (export, body))
+    keep("export-show-resp.json", body)
+    # The admin's token is of another project than the backup's.
+    _, body = api.call("GET", "/v1/exports?all_projects=true", admin)
+    keep("exports-list-resp.json", body)
+    api.call("DELETE", "/v1/exports/" + export, admin)
+    wait_for(api, "/v1/exports/" + export, admin, "export", ("ended",))
 
     # Instances.
     _, body = api.call("GET", "/v1/instances", member)

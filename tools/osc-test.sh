@@ -169,7 +169,7 @@ else
 fi
 run plugin-help admin help ekko
 check "openstack help ekko: the plugin is loaded" succeeded plugin-help
-for c in "backup create" "backup restore" "restore create" "restore cancel" "instance timeline" "policy add instance" "quota set"; do
+for c in "backup create" "backup restore" "restore create" "restore cancel" "instance timeline" "policy add instance" "quota set" "export create" "export delete"; do
   check "openstack help ekko lists 'ekko $c'" has plugin-help "ekko $c"
 done
 
@@ -271,6 +271,71 @@ check "restore cancel of a completed restore fails with 409 Conflict" fails_with
 run r-again demo ekko backup restore "$B1" --target osc-restored.raw --wait --wait-interval 0.5 --wait-timeout 300
 check "restore --wait onto an existing file fails with the reason (never overwritten)" \
   fails_with r-again "failed: .*exists.*never overwrites"
+
+# ---------------------------------------------------------------- exports
+# Serving a backup over NBD is an operator action by default: the admin
+# exports the demo member's B1 (the export belongs to B1's project), reads
+# it with qemu-img, then ends it.
+echo "== exports (admin)"
+run x-member demo ekko export create "$B1" --wait --wait-interval 0.5 --wait-timeout 60
+check "demo: export create is an operator action (403 for a member by default, exit 1)" \
+  exits_with x-member 1 "HTTP 403"
+run x-long admin ekko export create "$B1" --lifetime 999999
+check "export create --lifetime beyond [export] max_lifetime fails with 400 and the bounds" \
+  exits_with x-long 1 "HTTP 400.*lifetime must be 1 to 86400 seconds"
+
+must x1 admin ekko export create "$B1" --lifetime 600 --wait --wait-interval 0.5 --wait-timeout 120 -f json
+X1=$(js x1 "d['id']")
+XURL=$(js x1 "d['url']")
+check "export create --wait: active, B1's only disk, on the instance's host, in demo's project" \
+  jtrue x1 "d['status'] == 'active' and d['backup_id'] == '$B1' and d['disk'] == 'disk0' and d['host'] == 'stack-host' and d['project_id'] == '$DEMO_PID' and d['error'] is None"
+check "export create: an nbd:// URL naming the export, no TLS, the lifetime asked" \
+  jtrue x1 "d['url'].startswith('nbd://') and d['url'].endswith('/$X1') and d['tls'] is False and d['lifetime'] == 600 and d['expires_at']"
+check "export create --wait drew a progress bar on stderr" has x1 "\[#+\] 100% active" err
+# As the file restore's compare above: the backup (here raw over NBD)
+# first, the instance disk second; -U: qemu-storage-daemon holds the
+# disk's write lock.
+check "the export reads bit-exact as the instance disk (qemu-img compare over NBD)" \
+  qemu-img compare -U -q -f raw -F qcow2 "$XURL" "$STACK_DISK"
+
+run xshow admin ekko export show "$X1" -f json
+check "export show: active, the same URL, no links" \
+  jtrue xshow "d['id'] == '$X1' and d['status'] == 'active' and d['url'] == '$XURL' and 'links' not in d"
+run xshow-url admin ekko export show "$X1" -c url -f value
+check "export show -c url -f value prints the URL alone" \
+  [ "$(cat "$W/xshow-url.out")" = "$XURL" ]
+run xlist admin ekko export list --all-projects --backup "$B1" -f json
+check "export list --all-projects --backup: the export, with its project, disk, host and URL" \
+  jtrue xlist "[(x['ID'], x['Backup ID'], x['Project ID'], x['Disk'], x['Host'], x['Status'], x['URL']) for x in d] == [('$X1', '$B1', '$DEMO_PID', 'disk0', 'stack-host', 'active', '$XURL')] and d[0]['Expires At']"
+run xlist-own admin ekko export list --backup "$B1" -f json
+check "admin: export list without --all-projects is the admin project's only" \
+  jtrue xlist-own "d == []"
+
+run xdel admin ekko export delete "$X1"
+check "export delete" succeeded xdel
+run xending admin ekko export show "$X1" -f json
+check "export delete: the export is ending (or already ended)" \
+  jtrue xending "d['status'] in ('ending', 'ended')"
+for _ in $(seq 1 60); do
+  run xend admin ekko export show "$X1" -f json
+  if jtrue xend "d['status'] == 'ended'"; then break; fi
+  sleep 0.5
+done
+check "export delete: the export ends (status ended) within 30 s" \
+  jtrue xend "d['status'] == 'ended'"
+# not_served URL: nothing serves an NBD export at URL any more.
+not_served() { ! timeout 20 qemu-img info -f raw "$1" >/dev/null 2>&1; }
+check "the ended export is no longer served (qemu-img info of its URL fails)" \
+  not_served "$XURL"
+# Each export is tried; a failure is reported by id and makes the exit 1.
+# Deleting an export that has ended already changes nothing (202).
+run xdel-bad admin ekko export delete "$X1" no-such-export
+check "export delete <ended> <missing>: exit 1, '1 of 2 exports failed to delete'" \
+  exits_with xdel-bad 1 "1 of 2 exports failed to delete"
+check "export delete reports the missing export by id with the API's 404" \
+  has xdel-bad "Failed to delete export no-such-export: .*HTTP 404" err
+run xend2 admin ekko export show "$X1" -f json
+check "the ended export stays ended" jtrue xend2 "d['status'] == 'ended'"
 
 # Restore into a Glance image, as the member (ekko:restore:create_image
 # allows project members by default), then the image through Glance with

@@ -9,15 +9,22 @@
 //! Concurrent reads of one chunk share one fetch. A chunk that cannot be
 //! fetched or fails its check fails the reads that need it, and only them:
 //! the next read of it tries the store again.
+//!
+//! A read fetches the chunks it lacks as a restore does: adjacent records
+//! of a segment in one ranged GET. A reader that goes on where an earlier
+//! read ended (`nbdcopy`, `qemu-img convert`, a booting guest) also gets
+//! the next [`READ_AHEAD`] chunks fetched before it asks for them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use futures::channel::oneshot;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{StreamExt, TryStreamExt};
 
 use super::reader::RecordReader;
-use super::restore::{map_tree, refuse_write_keys};
+use super::restore::{map_tree, plan_fetches, refuse_write_keys, Fetch};
 use super::{EngineError, PreviousRecord};
 use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::nbd::server::{ExportSource, SourceError};
@@ -26,9 +33,16 @@ use crate::segment::RecordExpect;
 /// Chunks one read fetches at once (a 32 MiB read of 256 KiB chunks needs
 /// 128; a few in flight keep the store busy without a burst of GETs).
 const FETCHES_PER_READ: usize = 8;
+/// Chunk positions fetched ahead of a sequential reader (8 MiB of 256 KiB
+/// chunks: one merged GET of a segment).
+const READ_AHEAD: u64 = 32;
+/// Ends of recent reads remembered to tell a sequential reader (several
+/// clients, each with many requests in flight).
+const RECENT_READS: usize = 64;
 
-type Chunk = Arc<Vec<u8>>;
-type Fetch = Shared<BoxFuture<'static, Result<Chunk, Arc<String>>>>;
+type Chunk = Bytes;
+type Fetched = Result<Chunk, Arc<String>>;
+type Fetching = Shared<BoxFuture<'static, Fetched>>;
 
 /// Decoded chunks by digest within a byte budget, least recently used out.
 struct ChunkCache {
@@ -49,6 +63,10 @@ impl ChunkCache {
             budget,
             tick: 0,
         }
+    }
+
+    fn contains(&self, d: &ChunkDigest) -> bool {
+        self.map.contains_key(d)
     }
 
     fn get(&mut self, d: &ChunkDigest) -> Option<Chunk> {
@@ -86,8 +104,10 @@ pub struct BackupExport {
     entries: Vec<ChunkRef>,
     disk_size: u64,
     chunk_size: u64,
-    cache: Mutex<ChunkCache>,
-    fetching: Mutex<HashMap<ChunkDigest, Fetch>>,
+    cache: Arc<Mutex<ChunkCache>>,
+    fetching: Arc<Mutex<HashMap<ChunkDigest, Fetching>>>,
+    /// Where recent reads ended (chunk positions), newest last.
+    recent: Mutex<VecDeque<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,8 +132,9 @@ impl BackupExport {
             entries: tree.entries,
             disk_size: record.disk_size,
             chunk_size: record.chunk_size,
-            cache: Mutex::new(ChunkCache::new(cache_bytes)),
-            fetching: Mutex::new(HashMap::new()),
+            cache: Arc::new(Mutex::new(ChunkCache::new(cache_bytes))),
+            fetching: Arc::new(Mutex::new(HashMap::new())),
+            recent: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -145,7 +166,7 @@ impl BackupExport {
                             r.digest, r.segment
                         ))
                     })?;
-                    Ok(Arc::new(plain))
+                    Ok(Bytes::from(plain))
                 }
                 .boxed()
                 .shared()
@@ -154,16 +175,139 @@ impl BackupExport {
         let got = fetch.await;
         lock(&self.fetching).remove(&r.digest);
         let chunk = got.map_err(|e| e.to_string())?;
-        if chunk.len() as u64 != self.chunk_len(pos) {
-            return Err(format!(
-                "chunk {} at position {pos}: {} bytes, expected {}",
-                r.digest,
-                chunk.len(),
-                self.chunk_len(pos)
-            ));
-        }
         lock(&self.cache).insert(r.digest, chunk.clone());
         Ok(Some(chunk))
+    }
+
+    /// Whether a read of positions `first..=last` goes on where a recent
+    /// read ended (remembering where this one ends).
+    fn sequential(&self, first: u64, last: u64) -> bool {
+        let mut recent = lock(&self.recent);
+        let near = recent
+            .iter()
+            .any(|&end| first <= end + READ_AHEAD && first + READ_AHEAD >= end);
+        recent.push_back(last + 1);
+        if recent.len() > RECENT_READS {
+            recent.pop_front();
+        }
+        near
+    }
+
+    /// Start merged fetches of the stored chunks of positions `from..to`
+    /// that are neither cached nor being fetched; each registers its
+    /// chunks as being fetched, so [`Self::chunk`] waits for them. Chunks
+    /// that cannot be located are left to [`Self::chunk`] (which reports
+    /// why).
+    async fn prefetch(&self, from: u64, to: u64) {
+        let wanted: Vec<ChunkRef> = {
+            let (cache, fetching) = (lock(&self.cache), lock(&self.fetching));
+            (from..to)
+                .map(|pos| {
+                    let r = self.entries[pos as usize];
+                    let have = cache.contains(&r.digest) || fetching.contains_key(&r.digest);
+                    if r.is_zero() || have {
+                        ChunkRef::ZERO
+                    } else {
+                        r
+                    }
+                })
+                .collect()
+        };
+        if wanted.iter().all(ChunkRef::is_zero) {
+            return;
+        }
+        let (fetches, _) = plan_fetches(&self.reader, from, wanted, self.chunk_size).await;
+        for f in fetches {
+            let mut senders = Vec::new();
+            {
+                let mut fetching = lock(&self.fetching);
+                for w in &f.records {
+                    if fetching.contains_key(&w.digest) {
+                        continue;
+                    }
+                    let (tx, rx) = oneshot::channel::<Fetched>();
+                    let abandoned = || Arc::new("chunk fetch abandoned".to_string());
+                    let fut = rx.map(move |r| r.unwrap_or_else(|_| Err(abandoned())));
+                    fetching.insert(w.digest, fut.boxed().shared());
+                    senders.push((w.digest, tx));
+                }
+            }
+            // Spawned: the fetch completes for every reader waiting on it
+            // even if the read that started it is dropped.
+            tokio::spawn(fetch_range(
+                self.reader.clone(),
+                f,
+                self.chunk_size,
+                self.cache.clone(),
+                self.fetching.clone(),
+                senders,
+            ));
+        }
+    }
+}
+
+/// GET one merged range, then decode (digest checked) its records on the
+/// blocking pool, several at once, each cached and handed to the readers
+/// waiting for it as soon as it is ready.
+async fn fetch_range(
+    reader: Arc<RecordReader>,
+    f: Fetch,
+    chunk_size: u64,
+    cache: Arc<Mutex<ChunkCache>>,
+    fetching: Arc<Mutex<HashMap<ChunkDigest, Fetching>>>,
+    senders: Vec<(ChunkDigest, oneshot::Sender<Fetched>)>,
+) {
+    let mut senders: HashMap<ChunkDigest, oneshot::Sender<Fetched>> = senders.into_iter().collect();
+    let segment = f.segment;
+    let got = reader
+        .store()
+        .get_range(
+            reader.container(),
+            &super::segment_object(segment),
+            f.start,
+            f.end - f.start,
+        )
+        .await;
+    let keys = reader.keys();
+    let decoded = futures::stream::iter(f.records)
+        .map(|w| {
+            let (got, keys) = (got.as_ref().map(|b| b.clone()), keys.clone());
+            let at = (w.offset - f.start) as usize;
+            async move {
+                let bytes = got.map_err(|e| Arc::new(format!("segment {segment:016x}: {e}")))?;
+                let end = at + w.length as usize;
+                if end > bytes.len() {
+                    return Err(Arc::new(format!("segment {segment:016x}: short read")));
+                }
+                let record = bytes.slice(at..end);
+                let digest = w.digest;
+                tokio::task::spawn_blocking(move || {
+                    let expect = RecordExpect::chunk(chunk_size);
+                    crate::segment::decode_record(
+                        segment,
+                        &record,
+                        &digest,
+                        expect,
+                        keys.as_deref(),
+                    )
+                    .map(Bytes::from)
+                    .map_err(|e| Arc::new(format!("chunk {digest}: {e}")))
+                })
+                .await
+                .map_err(|e| Arc::new(format!("decoding a chunk: {e}")))?
+            }
+            .map(move |r: Fetched| (w.digest, r))
+        })
+        .buffer_unordered(FETCHES_PER_READ);
+    futures::pin_mut!(decoded);
+    while let Some((d, r)) = decoded.next().await {
+        if let Ok(c) = &r {
+            lock(&cache).insert(d, c.clone());
+        }
+        if let Some(tx) = senders.remove(&d) {
+            let _ = tx.send(r);
+            lock(&fetching).remove(&d);
+        }
     }
 }
 
@@ -177,28 +321,51 @@ impl ExportSource for BackupExport {
         self.chunk_size.min(u32::MAX as u64) as u32
     }
 
-    async fn read(&self, offset: u64, length: u32) -> Result<Vec<u8>, SourceError> {
+    async fn read(&self, offset: u64, length: u32) -> Result<Bytes, SourceError> {
         let end = offset + length as u64;
         if length == 0 || end > self.disk_size {
             return Err(format!("read {offset}+{length} past the end").into());
         }
         let (first, last) = (offset / self.chunk_size, (end - 1) / self.chunk_size);
+        let ahead = match self.sequential(first, last) {
+            true => READ_AHEAD,
+            false => 0,
+        };
+        let positions = self.entries.len() as u64;
+        self.prefetch(first, (last + 1 + ahead).min(positions))
+            .await;
         let chunks: Vec<(u64, Option<Chunk>)> = futures::stream::iter(first..=last)
             .map(|pos| async move { self.chunk(pos).await.map(|c| (pos, c)) })
             .buffered(FETCHES_PER_READ)
             .try_collect()
             .await?;
+        // Within one chunk (most reads: clients read chunk-aligned), the
+        // cached bytes themselves, not a copy.
+        if let [(pos, Some(c))] = chunks.as_slice() {
+            let start = pos * self.chunk_size;
+            if c.len() as u64 == self.chunk_len(*pos) {
+                return Ok(c.slice((offset - start) as usize..(end - start) as usize));
+            }
+        }
         let mut out = Vec::with_capacity(length as usize);
         for (pos, chunk) in chunks {
             let start = pos * self.chunk_size;
             let from = offset.max(start) - start;
             let to = end.min(start + self.chunk_len(pos)) - start;
             match chunk {
+                Some(c) if c.len() as u64 != self.chunk_len(pos) => {
+                    return Err(format!(
+                        "chunk at position {pos}: {} bytes, expected {}",
+                        c.len(),
+                        self.chunk_len(pos)
+                    )
+                    .into())
+                }
                 Some(c) => out.extend_from_slice(&c[from as usize..to as usize]),
                 None => out.resize(out.len() + (to - from) as usize, 0),
             }
         }
-        Ok(out)
+        Ok(Bytes::from(out))
     }
 
     fn extents(&self, offset: u64, length: u64) -> Vec<(u64, bool)> {
@@ -399,21 +566,21 @@ mod tests {
     fn the_cache_keeps_to_its_budget_least_recently_used_out() {
         let mut c = ChunkCache::new(300);
         for i in 0..3 {
-            c.insert(digest(i), Arc::new(vec![i; 100]));
+            c.insert(digest(i), Bytes::from(vec![i; 100]));
         }
         assert!(c.get(&digest(0)).is_some(), "0 is now the most recent");
-        c.insert(digest(3), Arc::new(vec![3; 100]));
+        c.insert(digest(3), Bytes::from(vec![3; 100]));
         assert_eq!(c.bytes, 300);
         assert!(c.get(&digest(1)).is_none(), "the least recently used went");
         for i in [0, 2, 3] {
             assert_eq!(c.get(&digest(i)).unwrap()[0], i);
         }
         // Larger than the whole budget: not cached, nothing evicted.
-        c.insert(digest(9), Arc::new(vec![9; 301]));
+        c.insert(digest(9), Bytes::from(vec![9; 301]));
         assert!(c.get(&digest(9)).is_none());
         assert_eq!(c.map.len(), 3);
         let mut none = ChunkCache::new(0);
-        none.insert(digest(1), Arc::new(vec![1]));
+        none.insert(digest(1), Bytes::from(vec![1]));
         assert!(none.get(&digest(1)).is_none());
     }
 }

@@ -140,26 +140,26 @@ const RANGES_IN_FLIGHT: usize = 8;
 const RANGE_MAX: u64 = 8 << 20;
 
 /// One stored record and the disk positions that hold it.
-struct Wanted {
-    offset: u64,
-    length: u32,
-    digest: crate::chunk::ChunkDigest,
-    positions: Vec<u64>,
+pub(super) struct Wanted {
+    pub offset: u64,
+    pub length: u32,
+    pub digest: crate::chunk::ChunkDigest,
+    pub positions: Vec<u64>,
 }
 
 /// Consecutive records of one segment fetched with one ranged GET.
-struct Fetch {
-    segment: u64,
-    start: u64,
-    end: u64,
-    records: Vec<Wanted>,
+pub(super) struct Fetch {
+    pub segment: u64,
+    pub start: u64,
+    pub end: u64,
+    pub records: Vec<Wanted>,
 }
 
 /// Group a map's stored entries into ranged GETs: per segment, in offset
 /// order, adjacent records merged (a chunk shared by several positions is
 /// fetched once). Entries whose segment cannot be located are returned
 /// with the reason.
-async fn plan_fetches(
+pub(super) async fn plan_fetches(
     reader: &RecordReader,
     first: u64,
     entries: Vec<ChunkRef>,

@@ -37,7 +37,7 @@ pub trait ExportSource: Send + Sync {
     fn preferred_block(&self) -> u32;
     /// Exactly `length` bytes at `offset` (within the size), or an error:
     /// never other bytes.
-    async fn read(&self, offset: u64, length: u32) -> Result<Vec<u8>, SourceError>;
+    async fn read(&self, offset: u64, length: u32) -> Result<bytes::Bytes, SourceError>;
     /// `[offset, offset+length)` as runs of `(length, reads as zeroes)`,
     /// in order, covering the range.
     fn extents(&self, offset: u64, length: u64) -> Vec<(u64, bool)>;
@@ -399,7 +399,7 @@ mod tests {
         fn preferred_block(&self) -> u32 {
             BLOCK as u32
         }
-        async fn read(&self, offset: u64, length: u32) -> Result<Vec<u8>, SourceError> {
+        async fn read(&self, offset: u64, length: u32) -> Result<bytes::Bytes, SourceError> {
             let end = offset + length as u64;
             if let Some((s, e)) = self.bad {
                 if offset < e && s < end {
@@ -407,7 +407,9 @@ mod tests {
                 }
             }
             tokio::task::yield_now().await;
-            Ok(self.data[offset as usize..end as usize].to_vec())
+            Ok(bytes::Bytes::copy_from_slice(
+                &self.data[offset as usize..end as usize],
+            ))
         }
         fn extents(&self, offset: u64, length: u64) -> Vec<(u64, bool)> {
             let mut out = Vec::new();

@@ -69,7 +69,7 @@ pub(super) async fn read_reply(
     flags: u16,
 ) -> Vec<Bytes> {
     let data = match export.source.read(offset, length).await {
-        Ok(d) if d.len() == length as usize => Bytes::from(d),
+        Ok(d) if d.len() == length as usize => d,
         Ok(d) => {
             tracing::error!(offset, length, got = d.len(), "export source read short");
             return vec![error_reply(st, cookie, EIO, "short read").into()];
