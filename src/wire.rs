@@ -306,6 +306,7 @@ mod golden {
         };
         let export = ExportJob {
             export_id: "e-1".into(),
+            nbd_name: "0123456789abcdef0123456789abcdef".into(),
             backup_id: "b-1".into(),
             project_id: "p-1".into(),
             record: restore.record.clone(),

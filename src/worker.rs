@@ -103,8 +103,8 @@ struct Worker {
     /// the instances being cleaned up now.
     recovery: Mutex<recovery::Recovery>,
     recovering: Mutex<HashSet<String>>,
-    /// Exports served here, by id: send `true` to stop one ([`export`]).
-    exports: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Exports served here ([`export`]).
+    exports: Mutex<export::Exports>,
 }
 
 impl Worker {
@@ -163,7 +163,6 @@ impl Worker {
         match delivery.envelope.kind.as_str() {
             BACKUP_RUN => self.handle_backup(delivery).await,
             RESTORE_RUN => self.handle_restore(delivery).await,
-            EXPORT_START => self.handle_export(delivery).await,
             other => {
                 tracing::error!(id = %delivery.envelope.id, kind = other, "rejecting a job of unknown kind");
                 let _ = delivery.nack(false).await;
@@ -238,7 +237,7 @@ pub(crate) async fn run_with(
         inventory_task: Mutex::new(None),
         recovery: Mutex::new(Default::default()),
         recovering: Mutex::new(HashSet::new()),
-        exports: Mutex::new(HashMap::new()),
+        exports: Mutex::new(Default::default()),
         ekko: ekko.clone(),
     });
     // However the loop ends, the report tasks end with it.
@@ -262,6 +261,10 @@ pub(crate) async fn run_with(
             }
             c = control.next() => {
                 let c = c?;
+                if c.envelope.kind == EXPORT_START {
+                    tasks.spawn(worker.clone().handle_export(c));
+                    continue;
+                }
                 if c.envelope.kind == EXPORT_STOP {
                     match c.envelope.body_as::<StopExport>(EXPORT_STOP) {
                         Ok(stop) => {

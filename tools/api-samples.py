@@ -50,10 +50,11 @@ TIMESTAMPS = {
 }
 # The lifetime the sample export asks for, in seconds.
 EXPORT_LIFETIME = 3600
-# The port in an export's url (nbd://ADDRESS:PORT/ID; the host takes any
-# free port): NBD's registered port.
+# The port in an export's url (nbd://ADDRESS:PORT/NAME; the host takes any
+# free port): NBD's registered port. NAME is a random secret per export.
 EXPORT_PORT = 10809
-EXPORT_URL_RE = re.compile(r"^(nbd://(?:\[[^\]]*\]|[^/:]+)):\d+/")
+EXPORT_URL_RE = re.compile(r"^(nbd://(?:\[[^\]]*\]|[^/:]+)):\d+/[0-9a-f]+$")
+EXPORT_NAME = "4f6b0c2e9d8a7b1c3e5f7a9b0d2c4e6f8a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d"
 # A backup's stored (compressed) size.
 STORED_BYTES = 24576
 NAMESPACE = uuid.UUID("6f1c7d2e-0b9a-4e5f-8c3d-2a1b0e9f8d7c")
@@ -125,7 +126,7 @@ class Normalizer:
             if key == "request_id":
                 return "req-" + placeholder("request")
             if key == "url":
-                v = EXPORT_URL_RE.sub(r"\g<1>:%d/" % EXPORT_PORT, v)
+                return EXPORT_URL_RE.sub(r"\g<1>:%d/%s" % (EXPORT_PORT, EXPORT_NAME), v)
             return self.text(v)
         return v
 
@@ -363,7 +364,7 @@ def capture(args):
     keep("export-create-resp.json", body)
     wait_for(api, "/v1/exports/" + export, admin, "export", ("active",))
     _, body = api.call("GET", "/v1/exports/" + export, admin)
-    if not (body["export"]["url"] or "").endswith("/" + export):
+    if not EXPORT_URL_RE.match(body["export"]["url"] or ""):
         raise Failure("export %s is active without its url: %s" % (export, body))
     keep("export-show-resp.json", body)
     # The admin's token is of another project than the backup's.

@@ -297,7 +297,9 @@ option_group! {
         /// PEM private key of `tls_cert_file`.
         pub tls_key_file: String = s("");
         /// PEM CA certificates: when set, every client must present a
-        /// certificate signed by one of them (QEMU's `verify-peer`).
+        /// certificate signed by one of them (QEMU's `verify-peer`). Use a
+        /// CA dedicated to export clients, not the compute hosts' QEMU CA
+        /// (every host holds a certificate of that one).
         pub tls_ca_file: String = s("");
         /// Decoded chunks each export keeps in memory (4 KiB reads of a
         /// chunk already fetched are served from here).

@@ -211,6 +211,14 @@ pub fn delete_if_allowed(conn: &mut DbConnection, id: &str) -> DbResult<Backup> 
 }
 
 fn delete_if_allowed_in(conn: &mut DbConnection, id: &str) -> DbResult<Backup> {
+    // An export serving it would start failing its reads (a VM booted
+    // from it would see I/O errors).
+    if let Some(e) = super::exports::live_of_backup(conn, id)?.first() {
+        return Err(DbError::Conflict(format!(
+            "backup {id} is exported (export {}, {}); delete the export first",
+            e.id, e.status
+        )));
+    }
     let at = now();
     let updated = diesel::update(
         backups::table

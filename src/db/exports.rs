@@ -19,7 +19,10 @@ pub struct Export {
     pub device: String,
     pub host: String,
     pub status: ExportStatus,
-    /// `nbd://ADDRESS:PORT/ID`, once the host listens.
+    /// The export's NBD name: a random secret, the only name it answers
+    /// to (the URL carries it; whoever may see the URL may read the disk).
+    pub nbd_name: String,
+    /// `nbd://ADDRESS:PORT/NAME`, once the host listens.
     pub url: Option<String>,
     /// Clients must upgrade to TLS.
     pub tls: bool,
@@ -51,6 +54,11 @@ impl Export {
             device: device.into(),
             host: host.into(),
             status: ExportStatus::Starting,
+            nbd_name: format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            ),
             url: None,
             tls: false,
             lifetime,
@@ -111,6 +119,42 @@ pub fn live_of_host(conn: &mut DbConnection, host: &str) -> DbResult<Vec<Export>
     Ok(exports::table
         .filter(exports::host.eq(host))
         .filter(exports::status.eq_any(LIVE))
+        .select(Export::as_select())
+        .load(conn)?)
+}
+
+/// The exports among `ids` that are `host`'s (one query).
+pub fn of_host_among(conn: &mut DbConnection, host: &str, ids: &[String]) -> DbResult<Vec<Export>> {
+    Ok(exports::table
+        .filter(exports::host.eq(host))
+        .filter(exports::id.eq_any(ids))
+        .select(Export::as_select())
+        .load(conn)?)
+}
+
+/// Live exports of a backup (it cannot be deleted while one serves it).
+pub fn live_of_backup(conn: &mut DbConnection, backup_id: &str) -> DbResult<Vec<Export>> {
+    Ok(exports::table
+        .filter(exports::backup_id.eq(backup_id))
+        .filter(exports::status.eq_any(LIVE))
+        .select(Export::as_select())
+        .load(conn)?)
+}
+
+/// When the oldest live export was asked for: its map and relocations
+/// date from then, so segments condemned or moved since must stay.
+pub fn oldest_live_start(conn: &mut DbConnection) -> DbResult<Option<NaiveDateTime>> {
+    Ok(exports::table
+        .filter(exports::status.eq_any(LIVE))
+        .select(diesel::dsl::min(exports::created_at))
+        .first(conn)?)
+}
+
+/// Exports `ending` since before `before` (their host never confirmed).
+pub fn ending_before(conn: &mut DbConnection, before: NaiveDateTime) -> DbResult<Vec<Export>> {
+    Ok(exports::table
+        .filter(exports::status.eq(ExportStatus::Ending))
+        .filter(exports::updated_at.lt(before))
         .select(Export::as_select())
         .load(conn)?)
 }

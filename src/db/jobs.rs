@@ -209,8 +209,15 @@ pub fn stalled(conn: &mut DbConnection, stale_before: NaiveDateTime) -> DbResult
 /// Start of the oldest job still queued or running: garbage collection
 /// must not delete anything such a writer may still reference.
 pub fn oldest_active_start(conn: &mut DbConnection) -> DbResult<Option<NaiveDateTime>> {
-    Ok(jobs::table
+    let job: Option<NaiveDateTime> = jobs::table
         .filter(jobs::status.eq_any(ACTIVE))
         .select(diesel::dsl::min(jobs::created_at))
-        .first(conn)?)
+        .first(conn)?;
+    // A live export reads with the map and relocations of its start, as a
+    // job does.
+    let export = super::exports::oldest_live_start(conn)?;
+    Ok(match (job, export) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
 }

@@ -237,6 +237,7 @@ diesel::table! {
         device -> Text,
         host -> Text,
         status -> Text,
+        nbd_name -> Text,
         url -> Nullable<Text>,
         tls -> Bool,
         lifetime -> BigInt,

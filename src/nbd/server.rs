@@ -46,14 +46,23 @@ pub trait ExportSource: Send + Sync {
 /// Requests served at once per connection; beyond it the server stops
 /// reading requests (memory stays bounded by this times [`MAX_REQUEST`]).
 pub const IN_FLIGHT: usize = 16;
-/// Clients served at once by one export.
+/// Clients served at once by one export (counted once they chose it:
+/// connections still in their handshake are bounded apart).
 pub const MAX_CLIENTS: usize = 16;
+/// Connections in their handshake at once per export.
+const MAX_HANDSHAKES: usize = 64;
+/// Bytes of read replies in flight per export, all clients together: a
+/// client that stops reading its replies holds at most this much.
+const IN_FLIGHT_BYTES: u32 = 128 << 20;
+/// A reply not written within this (a client that stopped reading) ends
+/// its connection.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The largest read a client may ask for (the block size the server
 /// advertises as its maximum).
 pub const MAX_REQUEST: u32 = 32 << 20;
 /// A client that has not chosen the export (TLS included) within this is
-/// dropped: a silent peer cannot hold one of the export's client slots.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// dropped: a silent peer holds a handshake slot only this long.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Error messages in structured replies are cut to this.
 const MAX_MESSAGE: usize = 4096;
 
@@ -64,6 +73,11 @@ pub struct Export {
     /// Clients must upgrade to TLS (`NBD_OPT_STARTTLS`) before anything
     /// else.
     pub tls: Option<crate::tls::ServerTls>,
+    /// The name is a secret: the export answers to it alone (not to the
+    /// default name) and is not listed.
+    pub secret_name: bool,
+    clients: Arc<Semaphore>,
+    in_flight: Arc<Semaphore>,
 }
 
 impl Export {
@@ -72,6 +86,9 @@ impl Export {
             name: name.to_string(),
             source,
             tls: None,
+            secret_name: false,
+            clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            in_flight: Arc::new(Semaphore::new(IN_FLIGHT_BYTES as usize)),
         }
     }
 
@@ -80,9 +97,17 @@ impl Export {
         self
     }
 
-    /// The export's own name or the default (empty) one.
+    /// Answer only to the exact name, list nothing (the name is the
+    /// secret a client must know).
+    pub fn with_secret_name(mut self) -> Export {
+        self.secret_name = true;
+        self
+    }
+
+    /// The export's own name, or the default (empty) one unless the name
+    /// is a secret.
     fn answers_to(&self, name: &[u8]) -> bool {
-        name.is_empty() || name == self.name.as_bytes()
+        (name.is_empty() && !self.secret_name) || name == self.name.as_bytes()
     }
 
     fn flags(&self, structured: bool) -> u16 {
@@ -187,6 +212,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut clients = JoinSet::new();
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -195,15 +221,17 @@ pub async fn serve(
             a = accept(&listener) => a,
         };
         match accepted {
-            // A bounded number of clients: each may hold IN_FLIGHT reads.
-            Ok((_, peer)) if clients.len() >= MAX_CLIENTS => {
-                tracing::warn!(%peer, max = MAX_CLIENTS, "NBD client refused: too many clients");
-            }
             Ok((stream, peer)) => {
+                // Connections in their handshake are bounded apart from
+                // the clients served: silent peers cannot crowd them out.
+                let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = MAX_HANDSHAKES, "NBD connection refused: too many handshakes");
+                    continue;
+                };
                 let export = export.clone();
                 clients.spawn(async move {
                     tracing::info!(%peer, "NBD client connected");
-                    match serve_client(stream, export).await {
+                    match serve_client_with(stream, export, Some(handshake)).await {
                         Ok(()) => tracing::info!(%peer, "NBD client left"),
                         Err(e) => tracing::info!(%peer, error = %e, "NBD client dropped"),
                     }
@@ -245,7 +273,20 @@ async fn accept(l: &Listener) -> std::io::Result<(Stream, String)> {
 
 /// Handshake (TLS first where the export requires it), then serve
 /// requests until the client disconnects.
-pub async fn serve_client<S>(mut stream: S, export: Arc<Export>) -> std::io::Result<()>
+pub async fn serve_client<S>(stream: S, export: Arc<Export>) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_client_with(stream, export, None).await
+}
+
+/// [`serve_client`], releasing `handshake` once the client chose the
+/// export (or left).
+async fn serve_client_with<S>(
+    mut stream: S,
+    export: Arc<Export>,
+    handshake: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -270,7 +311,7 @@ where
     });
     let (no_zeroes, outcome) = first.await.map_err(|_| timed_out())??;
     match (outcome, &export.tls) {
-        (Outcome::Go(state), _) => transmit_on(stream, export, state).await,
+        (Outcome::Go(state), _) => transmit_on(stream, export, state, handshake).await,
         (Outcome::StartTls, Some(server)) => {
             let upgraded = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
                 let mut stream = server.acceptor.accept(stream).await?;
@@ -278,7 +319,7 @@ where
                 Ok::<_, std::io::Error>((stream, outcome))
             });
             match upgraded.await.map_err(|_| timed_out())?? {
-                (stream, Outcome::Go(state)) => transmit_on(stream, export, state).await,
+                (stream, Outcome::Go(state)) => transmit_on(stream, export, state, handshake).await,
                 _ => Ok(()),
             }
         }
@@ -286,10 +327,22 @@ where
     }
 }
 
-async fn transmit_on<S>(stream: S, export: Arc<Export>, state: Negotiated) -> std::io::Result<()>
+async fn transmit_on<S>(
+    stream: S,
+    export: Arc<Export>,
+    state: Negotiated,
+    handshake: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    drop(handshake);
+    // A bounded number of clients: each may hold IN_FLIGHT reads.
+    let Ok(_client) = export.clients.clone().try_acquire_owned() else {
+        return Err(std::io::Error::other(format!(
+            "too many clients (at most {MAX_CLIENTS})"
+        )));
+    };
     let (r, w) = tokio::io::split(stream);
     transmit(BufReader::new(r), Arc::new(Mutex::new(w)), export, state).await
 }
@@ -307,9 +360,22 @@ where
     let size = export.source.size();
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut tasks = JoinSet::new();
+    // Set by a reply that could not be written in time.
+    let (stuck_tx, mut stuck) = tokio::sync::watch::channel(false);
+    let stuck_tx = Arc::new(stuck_tx);
+    let stalled = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client stopped reading replies",
+        )
+    };
     let result = loop {
         let mut h = [0u8; 28];
-        match r.read_exact(&mut h).await {
+        let header = tokio::select! {
+            h = r.read_exact(&mut h) => h,
+            _ = stuck.wait_for(|s| *s) => break Err(stalled()),
+        };
+        match header {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
             Err(e) => break Err(e),
@@ -329,17 +395,34 @@ where
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break Ok(());
                 };
-                let (export, w) = (export.clone(), w.clone());
+                // The export's byte budget, all clients together.
+                let budget = tokio::select! {
+                    b = export.in_flight.clone().acquire_many_owned(length) => b,
+                    _ = stuck.wait_for(|s| *s) => break Err(stalled()),
+                };
+                let Ok(budget) = budget else {
+                    break Ok(());
+                };
+                let (export, w, stuck_tx) = (export.clone(), w.clone(), stuck_tx.clone());
                 tasks.spawn(async move {
                     let pieces = read_reply(&export, st, cookie, offset, length, flags).await;
-                    let mut w = w.lock().await;
-                    for piece in pieces {
-                        if let Err(e) = w.write_all(&piece).await {
-                            tracing::debug!(error = %e, "read reply not sent");
-                            break;
+                    let sent = tokio::time::timeout(REPLY_TIMEOUT, async {
+                        let mut w = w.lock().await;
+                        for piece in pieces {
+                            w.write_all(&piece).await?;
+                        }
+                        Ok::<_, std::io::Error>(())
+                    })
+                    .await;
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(error = %e, "read reply not sent"),
+                        Err(_) => {
+                            tracing::info!("NBD client stopped reading replies: dropping it");
+                            let _ = stuck_tx.send(true);
                         }
                     }
-                    drop(w);
+                    drop(budget);
                     drop(slot);
                 });
                 continue;
@@ -367,13 +450,23 @@ where
             CMD_READ | CMD_BLOCK_STATUS => error_reply(st, cookie, EINVAL, "out of range"),
             _ => error_reply(st, cookie, EINVAL, "unknown command"),
         };
-        if let Err(e) = w.lock().await.write_all(&reply).await {
-            break Err(e);
+        match tokio::time::timeout(REPLY_TIMEOUT, async {
+            w.lock().await.write_all(&reply).await
+        })
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => break Err(e),
+            Err(_) => break Err(stalled()),
         }
     };
-    // Requests already taken are answered before the connection closes.
+    // Requests already taken are answered before the connection closes
+    // (a stuck client's replies give up after the reply timeout).
+    if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+        tasks.abort_all();
+    }
     while tasks.join_next().await.is_some() {}
-    let _ = w.lock().await.shutdown().await;
+    let _ = tokio::time::timeout(REPLY_TIMEOUT, async { w.lock().await.shutdown().await }).await;
     result
 }
 
@@ -546,6 +639,40 @@ mod tests {
         }
         // The first client still works after its error.
         assert!(c.read(0, 10).await.unwrap()[..] == mem.data[..10]);
+    }
+
+    /// An export with a secret name lists nothing and answers to that
+    /// name alone: not to the default name, not to a guess.
+    #[tokio::test]
+    async fn a_secret_name_is_never_told_nor_defaulted() {
+        let mem = memory(None);
+        let export = Export::new("s3cr3t", mem as Arc<dyn ExportSource>).with_secret_name();
+        let (mut c, s) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(serve_client(s, Arc::new(export)));
+        let mut hello = [0u8; 18];
+        c.read_exact(&mut hello).await.unwrap();
+        c.write_all(&CLIENT_FIXED_NEWSTYLE.to_be_bytes())
+            .await
+            .unwrap();
+        let reply = async |c: &mut tokio::io::DuplexStream| {
+            let mut h = [0u8; 20];
+            c.read_exact(&mut h).await.unwrap();
+            let mut data = vec![0u8; be_u32(&h[16..]) as usize];
+            c.read_exact(&mut data).await.unwrap();
+            be_u32(&h[12..])
+        };
+        c.write_all(&option(OPT_LIST, &[])).await.unwrap();
+        assert_eq!(reply(&mut c).await, REP_ERR_UNSUP);
+        for guess in ["", "guess", "s3cr3"] {
+            c.write_all(&option(OPT_GO, &go_data(guess))).await.unwrap();
+            assert_eq!(reply(&mut c).await, REP_ERR_UNKNOWN, "{guess:?}");
+        }
+        c.write_all(&option(OPT_GO, &go_data("s3cr3t")))
+            .await
+            .unwrap();
+        assert_eq!(reply(&mut c).await, REP_INFO);
+        drop(c);
+        let _ = server.await;
     }
 
     /// A client without structured replies: LIST, INFO, GO, simple

@@ -28,8 +28,9 @@ use super::reports::Sender;
 use super::restores::disk_record;
 use super::{find, marker_error, Caller, Page, ServiceError, ServiceResult};
 
-/// Exports a heartbeat may list (a host serves `[export] max_exports`).
-const MAX_LISTED: usize = 4096;
+/// Exports a heartbeat may list (a host serves `[export] max_exports`,
+/// 8 by default).
+const MAX_LISTED: usize = 256;
 
 /// `POST /v1/backups/{id}/exports`: what a caller may ask for.
 #[derive(Debug, Default, Deserialize)]
@@ -62,9 +63,11 @@ pub async fn create(
     caller.authorize("ekko:export:create", &b.project_id, None)?;
     let config = &ekko.config.export;
     let max = i64::try_from(config.max_lifetime.max(1)).unwrap_or(i64::MAX);
-    let lifetime = r
-        .lifetime
-        .unwrap_or(i64::try_from(config.default_lifetime).unwrap_or(3600));
+    let lifetime = r.lifetime.unwrap_or(
+        i64::try_from(config.default_lifetime)
+            .unwrap_or(3600)
+            .min(max),
+    );
     if !(1..=max).contains(&lifetime) {
         return Err(ServiceError::Invalid(format!(
             "lifetime must be 1 to {max} seconds, not {lifetime}"
@@ -94,7 +97,7 @@ pub async fn create(
         })
         .await?;
     if !known {
-        return Err(ServiceError::Invalid(format!(
+        return Err(ServiceError::Conflict(format!(
             "export host {host} runs no ekko-backup known to Ekko"
         )));
     }
@@ -115,7 +118,7 @@ pub async fn create(
                 }
                 let (record, device) = disk_record(c, &b, r.disk.as_deref())?;
                 if exports::live_of_host(c, &host)?.len() as i64 >= per_host {
-                    return Err(DbError::LimitExceeded(format!(
+                    return Err(DbError::Conflict(format!(
                         "host {host} serves {per_host} exports already ([export] max_exports)"
                     )));
                 }
@@ -123,6 +126,7 @@ pub async fn create(
                 exports::insert(c, &e)?;
                 let message = ExportJob {
                     export_id: e.id.clone(),
+                    nbd_name: e.nbd_name.clone(),
                     backup_id: b.id.clone(),
                     project_id: b.project_id.clone(),
                     record: record_ref(&record).ok_or_else(|| {
@@ -138,10 +142,12 @@ pub async fn create(
             })
         })
         .await?;
+    // On the control queue: the job queue's deliveries wait behind the
+    // host's running backups.
     let sent = match Envelope::new(EXPORT_START, &message) {
         Ok(env) => {
             ekko.queue
-                .publish(&wire::host_routing_key(&export.host), &env)
+                .publish(&wire::control_routing_key(&export.host), &env)
                 .await
         }
         Err(e) => Err(e),
@@ -274,11 +280,9 @@ fn check_address(a: &str) -> Result<(), String> {
     let bad = || format!("export address {a:?} is not ADDRESS:PORT");
     let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
     let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    // As host names go ([DEFAULT] host is advertised when listening on
+    // a wildcard address).
+    let host_ok = crate::ids::HostName::parse(host).is_ok();
     if port_ok && host_ok {
         Ok(())
     } else {
@@ -295,7 +299,7 @@ pub async fn ready(ekko: &Ekko, r: ExportReady, sender: &Sender) -> ServiceResul
         .db()?
         .run_as::<_, ServiceError, _>(move |c| {
             let e = export_of(c, &r.export_id, &r.host, &sender)?;
-            let url = format!("nbd://{}/{}", r.address, e.id);
+            let url = format!("nbd://{}/{}", r.address, e.nbd_name);
             let activated = exports::activate(c, &e.id, &url, r.tls)?;
             Ok((exports::get(c, &e.id)?, activated))
         })
@@ -324,41 +328,49 @@ pub async fn ended(ekko: &Ekko, r: ExportEnded, sender: &Sender) -> ServiceResul
         .await
 }
 
-/// A heartbeat's list of the exports a host serves: an active export it
-/// leaves out (listed for two heartbeats) was lost with a restart of its
-/// worker and ends in `error`; an export it serves that the catalog ended
-/// (a stop that was lost) is stopped again.
+/// A heartbeat's list of the exports a host serves: an active or ending
+/// export it leaves out (for two heartbeats) is served no more (its worker
+/// restarted, or it stopped) and ends; an export it serves that the
+/// catalog has stopped or ended (a stop that was lost) is stopped again.
 pub async fn reconcile_host(ekko: &Ekko, host: &str, served: Vec<String>) -> ServiceResult<()> {
-    if served.len() > MAX_LISTED {
+    if served.len() > MAX_LISTED || served.iter().any(|id| id.len() > 64) {
         return Err(refused(format!(
-            "heartbeat of host {host}: {} exports listed",
+            "heartbeat of host {host}: {} exports listed (at most {MAX_LISTED} ids)",
             served.len()
         )));
     }
+    let mut served = served;
+    served.sort();
+    served.dedup();
     let interval = ekko.config.backup.heartbeat_interval.max(1) as i64;
     let settled_before = crate::db::now() - chrono::Duration::seconds(2 * interval);
-    let (h, list) = (host.to_string(), served.clone());
+    let h = host.to_string();
     let stale = ekko
         .db()?
         .run(move |c| {
-            let mut stale = Vec::new();
             for e in exports::live_of_host(c, &h)? {
-                let missing = !list.contains(&e.id)
-                    && e.status == ExportStatus::Active
-                    && e.active_at.is_some_and(|at| at < settled_before);
-                if missing {
-                    let why = format!("host {h} serves it no more (its ekko-backup restarted)");
-                    exports::end(c, &e.id, Some(&why))?;
+                let since = match e.status {
+                    ExportStatus::Active => e.active_at,
+                    ExportStatus::Ending => Some(e.updated_at),
+                    _ => None,
+                };
+                let gone = since.is_some_and(|at| at < settled_before)
+                    && served.binary_search(&e.id).is_err();
+                if !gone {
+                    continue;
+                }
+                let why = (e.status == ExportStatus::Active)
+                    .then(|| format!("host {h} serves it no more (its ekko-backup restarted)"));
+                if exports::end(c, &e.id, why.as_deref())? && why.is_some() {
                     tracing::warn!(export = %e.id, host = %h, "export lost by its host");
                 }
             }
-            for id in &list {
-                match exports::get(c, id) {
-                    Ok(e) if e.host == h && !e.status.is_live() => stale.push(e.id),
-                    _ => {}
-                }
-            }
-            Ok(stale)
+            let listed = exports::of_host_among(c, &h, &served)?;
+            Ok(listed
+                .into_iter()
+                .filter(|e| !matches!(e.status, ExportStatus::Starting | ExportStatus::Active))
+                .map(|e| e.id)
+                .collect::<Vec<_>>())
         })
         .await?;
     for id in stale {
@@ -384,8 +396,17 @@ pub async fn end_overdue(ekko: &Ekko, start_timeout: std::time::Duration) -> Ser
                 }
             }
             for e in exports::starting_before(c, started_before)? {
-                let why = format!("host {} did not start the export", e.host);
+                let why = format!(
+                    "host {} did not start the export (its ekko-backup is down, or older than exports)",
+                    e.host
+                );
                 if exports::end(c, &e.id, Some(&why))? {
+                    ended.push(e);
+                }
+            }
+            // Asked to stop and never confirmed (the host restarted).
+            for e in exports::ending_before(c, expired_before)? {
+                if exports::end(c, &e.id, None)? {
                     ended.push(e);
                 }
             }

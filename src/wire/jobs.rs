@@ -183,12 +183,14 @@ pub struct CancelJob {
     pub job_id: String,
 }
 
-/// `export.start`: serve one disk of a backup read-only over NBD until
+/// `export.start` (control queue: it must not wait behind running
+/// backups): serve one disk of a backup read-only over NBD until
 /// `expires_at` (or an `export.stop`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportJob {
-    /// Also the export's NBD name.
     pub export_id: String,
+    /// The NBD name the export answers to (and only to): a secret.
+    pub nbd_name: String,
     pub backup_id: String,
     pub project_id: String,
     pub record: RecordRef,

@@ -81,6 +81,7 @@ impl Worker {
         for (_, (_, tx)) in lock(&self.running).iter() {
             let _ = tx.send(why);
         }
+        self.stop_exports();
     }
 
     /// Stop a running job, or remember not to start it; a restore that

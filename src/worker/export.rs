@@ -1,10 +1,10 @@
 //! An export on this host: one disk of a backup served read-only over NBD
-//! (`export.start`) until its lifetime runs out, the controller stops it
-//! (`export.stop`) or the worker shuts down. The job is acknowledged as
-//! soon as it is read: an export is not redelivered after a crash (the
-//! conductor sees it missing from this host's heartbeat and ends it), and a
-//! long-lived export must not hold a job slot or an unacknowledged
-//! delivery.
+//! (`export.start`, on the control queue) until its lifetime runs out, the
+//! controller stops it (`export.stop`) or the worker shuts down. The
+//! message is acknowledged as soon as it is read: an export is not
+//! redelivered after a crash (the conductor sees it missing from this
+//! host's heartbeat and ends it), and a long-lived export must not hold an
+//! unacknowledged delivery. It answers only to its secret NBD name.
 
 use std::sync::Arc;
 
@@ -20,6 +20,21 @@ use crate::queue::Delivery;
 use crate::wire::{
     ExportEnded, ExportJob, ExportReady, Relocation, EXPORT_ENDED, EXPORT_READY, EXPORT_START,
 };
+
+/// The exports served on this host.
+#[derive(Default)]
+pub(super) struct Exports {
+    /// By id: send `true` to stop one.
+    served: std::collections::HashMap<String, watch::Sender<bool>>,
+    /// The worker shuts down: no new export starts.
+    closed: bool,
+}
+
+enum Registered {
+    Yes(watch::Receiver<bool>),
+    Duplicate,
+    No(String),
+}
 
 /// A bound export, ready to serve.
 struct Bound {
@@ -42,12 +57,11 @@ impl Worker {
         let id = job.export_id.clone();
         // Registered before anything is bound: a stop that arrives while
         // the map loads finds it.
-        let Some(mut stop) = self.register_export(&id) else {
-            let why = format!(
-                "host {} serves {} exports already ([export] max_exports)",
-                self.host, self.ekko.config.export.max_exports
-            );
-            return self.export_ended(&id, Some(why)).await;
+        let mut stop = match self.register_export(&id) {
+            Registered::Yes(rx) => rx,
+            // Served already (a duplicate message): nothing to report.
+            Registered::Duplicate => return,
+            Registered::No(why) => return self.export_ended(&id, Some(why)).await,
         };
         let bound = tokio::select! {
             b = self.bind_export(&job) => b,
@@ -56,7 +70,7 @@ impl Worker {
         let bound = match bound {
             Ok(b) => b,
             Err(why) => {
-                lock(&self.exports).remove(&id);
+                lock(&self.exports).served.remove(&id);
                 return self.export_ended(&id, Some(why)).await;
             }
         };
@@ -68,7 +82,7 @@ impl Worker {
         };
         if let Err(e) = self.publish_patiently(EXPORT_READY, &ready).await {
             tracing::error!(export = %id, error = %e, "cannot report the export; ending it");
-            lock(&self.exports).remove(&id);
+            lock(&self.exports).served.remove(&id);
             return;
         }
         tracing::info!(export = %id, backup = %job.backup_id, address = %bound.address, tls = ready.tls, expires_at = %job.expires_at, "export serving");
@@ -80,47 +94,55 @@ impl Worker {
             }
         };
         let served = serve(bound.export, bound.listener, ended).await;
-        lock(&self.exports).remove(&job.export_id);
+        lock(&self.exports).served.remove(&job.export_id);
         let error = served
             .err()
             .map(|e| format!("export failed on host {}: {e}", self.host));
         self.export_ended(&job.export_id, error).await;
     }
 
-    /// Take a slot for export `id`; `None` when the host serves its
-    /// maximum already. The receiver turns true when it must stop.
-    fn register_export(&self, id: &str) -> Option<watch::Receiver<bool>> {
+    /// Take a slot for export `id`. The receiver turns true when it must
+    /// stop.
+    fn register_export(&self, id: &str) -> Registered {
         let mut exports = lock(&self.exports);
         let max = self.ekko.config.export.max_exports.max(1) as usize;
-        if exports.len() >= max && !exports.contains_key(id) {
-            return None;
+        if exports.closed {
+            return Registered::No(format!("host {} is shutting down", self.host));
+        }
+        if exports.served.contains_key(id) {
+            return Registered::Duplicate;
+        }
+        if exports.served.len() >= max {
+            return Registered::No(format!(
+                "host {} serves {max} exports already ([export] max_exports)",
+                self.host
+            ));
         }
         let (tx, rx) = watch::channel(false);
-        // A second start of one export (a duplicate) replaces the first.
-        if let Some(old) = exports.insert(id.to_string(), tx) {
-            let _ = old.send(true);
-        }
-        Some(rx)
+        exports.served.insert(id.to_string(), tx);
+        Registered::Yes(rx)
     }
 
     /// Stop export `id` if it is served here; true when it was.
     pub(super) fn stop_export(&self, id: &str) -> bool {
-        match lock(&self.exports).get(id) {
+        match lock(&self.exports).served.get(id) {
             Some(tx) => tx.send(true).is_ok(),
             None => false,
         }
     }
 
-    /// Stop every export (the worker shuts down).
+    /// Stop every export and start no more (the worker shuts down).
     pub(super) fn stop_exports(&self) {
-        for tx in lock(&self.exports).values() {
+        let mut exports = lock(&self.exports);
+        exports.closed = true;
+        for tx in exports.served.values() {
             let _ = tx.send(true);
         }
     }
 
     /// The exports served here, for the heartbeat.
     pub(super) fn served_exports(&self) -> Vec<String> {
-        lock(&self.exports).keys().cloned().collect()
+        lock(&self.exports).served.keys().cloned().collect()
     }
 
     async fn export_ended(&self, id: &str, error: Option<String>) {
@@ -166,7 +188,12 @@ impl Worker {
             .local_addr()
             .map(|a| a.port())
             .ok_or("the export's listener has no port")?;
-        let export = Export::new(&job.export_id, Arc::new(source)).with_tls(tls);
+        if job.nbd_name.len() < 32 {
+            return Err("the export has no secret NBD name".into());
+        }
+        let export = Export::new(&job.nbd_name, Arc::new(source))
+            .with_tls(tls)
+            .with_secret_name();
         Ok(Bound {
             export: Arc::new(export),
             listener,

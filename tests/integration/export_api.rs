@@ -187,7 +187,7 @@ async fn exports_run_on_the_host_over_tls_and_end_when_asked_or_due() {
         assert_eq!(e["tls"], true);
         let url = e["url"].as_str().unwrap().to_string();
         assert!(
-            url.starts_with("nbd://127.0.0.1:") && url.ends_with(&id),
+            url.starts_with("nbd://127.0.0.1:") && !url.contains(&id),
             "{url}"
         );
         let (same, out) = compare(&url, Some(&pki.join("client")), reference);
@@ -200,6 +200,13 @@ async fn exports_run_on_the_host_over_tls_and_end_when_asked_or_due() {
     assert!(!plain, "a plain client read the export: {out}");
     let (stranger, out) = compare(&url, Some(&pki.join("stranger")), &full_ref);
     assert!(!stranger, "a client of another CA read the export: {out}");
+    // The right client without the export's secret name (the default
+    // name, or a guess) reads nothing either.
+    let (addr, _) = url.rsplit_once('/').unwrap();
+    for other in [format!("{addr}/"), format!("{addr}/{id}")] {
+        let (read, out) = compare(&other, Some(&pki.join("client")), &full_ref);
+        assert!(!read, "{other} read the export: {out}");
+    }
     // Still served to the right client after those attempts.
     assert!(compare(&url, Some(&pki.join("client")), &full_ref).0);
 
@@ -251,6 +258,13 @@ async fn exports_run_on_the_host_over_tls_and_end_when_asked_or_due() {
     let e = wait_export(&c.admin, &short, &["ended", "error"], WAIT).await;
     assert_eq!(e["status"], "ended", "{e}");
     assert!(short_url.is_empty() || closed(&short_url));
+
+    // A backup being exported cannot be deleted (its reads would fail).
+    let (s, v) = c
+        .member
+        .call("DELETE", &format!("/v1/backups/{incr}"), None)
+        .await;
+    assert_eq!(s, 409, "{v}");
 
     // The worker dies with an export live: the catalog does not keep
     // showing it active (the restarted worker's heartbeats leave it out).

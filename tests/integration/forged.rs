@@ -639,8 +639,7 @@ async fn forged_export_reports_are_refused_and_change_nothing() {
     let id = e.id.clone();
     let now = x.db.run(move |c| exports::get(c, &id)).await.unwrap();
     assert_eq!(now.status, ekko::status::ExportStatus::Active);
-    assert_eq!(
-        now.url.as_deref(),
-        Some(format!("nbd://192.0.2.7:10809/{}", e.id).as_str())
-    );
+    let url = format!("nbd://192.0.2.7:10809/{}", e.nbd_name);
+    assert_eq!(now.url.as_deref(), Some(url.as_str()));
+    assert_eq!(e.nbd_name.len(), 64, "a secret, not the id");
 }

@@ -3,6 +3,8 @@
 -- address it listens on (`url`), `active` while it serves, `ending` once
 -- asked to stop, `ended` or `error` for good. The host ends it by itself
 -- at `expires_at`; the conductor ends a row whose host fell silent.
+-- `nbd_name` is a random secret: the export answers only to it (whoever
+-- may see the URL may read the disk), never to the default name.
 CREATE TABLE exports (
     id VARCHAR(36) NOT NULL PRIMARY KEY,
     project_id VARCHAR(64) NOT NULL,
@@ -11,6 +13,7 @@ CREATE TABLE exports (
     device VARCHAR(255) NOT NULL,
     host VARCHAR(255) NOT NULL,
     status VARCHAR(16) NOT NULL,
+    nbd_name VARCHAR(64) NOT NULL,
     url VARCHAR(512) NULL,
     tls BOOLEAN NOT NULL,
     lifetime BIGINT NOT NULL,

@@ -7,6 +7,7 @@ CREATE TABLE exports (
     device VARCHAR(255) NOT NULL,
     host VARCHAR(255) NOT NULL,
     status VARCHAR(16) NOT NULL,
+    nbd_name VARCHAR(64) NOT NULL,
     url VARCHAR(512) NULL,
     tls BOOLEAN NOT NULL,
     lifetime BIGINT NOT NULL,

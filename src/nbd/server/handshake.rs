@@ -191,6 +191,10 @@ pub(super) async fn options<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             },
             OPT_LIST if len != 0 => option_reply(opt, REP_ERR_INVALID, b"no data expected"),
+            // A secret name is not told: the client must know it.
+            OPT_LIST if export.secret_name => {
+                option_reply(opt, REP_ERR_UNSUP, b"exports are not listed")
+            }
             OPT_LIST => {
                 let mut name = (export.name.len() as u32).to_be_bytes().to_vec();
                 name.extend_from_slice(export.name.as_bytes());
