@@ -458,6 +458,19 @@ fn end_job(
     keep_new: bool,
 ) -> bool {
     let t0 = std::time::Instant::now();
+    // The handle's connection may have died with libvirtd (restarted
+    // mid-backup): settle through a fresh one, waiting for the daemon.
+    let fresh;
+    let dom = match dom.job_stats() {
+        Err(e) if e.is_connection_lost() => match shared.domain_patiently(uuid) {
+            Ok(Some(d)) => {
+                fresh = d;
+                &fresh
+            }
+            _ => dom,
+        },
+        _ => dom,
+    };
     let mut clean = cleanup::thaw_if_left_frozen(shared, dom, uuid);
     let mut step = |what: &str, r: Result<(), ExtractError>| {
         if let Err(e) = r {
