@@ -12,6 +12,10 @@
 #   - peak RSS of the export process (VmHWM).
 #
 #   tools/bench-export.sh [size_mib]    (EKKO_BIN=... to use a built ekko)
+#
+# EKKO_BENCH_STORE=swift stores in the test environment's Swift instead of
+# a local directory (source /var/lib/ekko-openstack/env.sh first): object
+# round trips, where merged ranged GETs count.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -56,6 +60,10 @@ qsd_pid=$!
 for _ in $(seq 200); do [[ -S $work/qmp.sock ]] && break; sleep 0.05; done
 
 printf '[DEFAULT]\nstate_path = %s/state\n' "$work" >"$work/ekko.conf"
+if [[ ${EKKO_BENCH_STORE:-local} == swift ]]; then
+    printf '[storage]\nbackend = swift\n[swift]\ncontainer_prefix = ekko-bench-%s-\n[keystone_authtoken]\nauth_url = %s\nusername = %s\npassword = %s\nproject_name = %s\nregion_name = RegionOne\ninterface = internal\n' \
+        "$$" "$EKKO_KEYSTONE_AUTH_URL" "$EKKO_SERVICE_USERNAME" "$EKKO_SERVICE_PASSWORD" "$EKKO_SERVICE_PROJECT" >>"$work/ekko.conf"
+fi
 ekko() { "$EKKO_BIN" --config-file "$work/ekko.conf" "$@"; }
 ekko init >/dev/null 2>&1
 id=$(ekko backup --qmp-socket "$work/qmp.sock" --instance bench --project bench 2>/dev/null \
@@ -88,9 +96,9 @@ rss_kib=$(awk '/VmHWM/ { print $2 }' "/proc/$exp_pid/status")
 kill -TERM "$exp_pid"; wait "$exp_pid" || true; exp_pid=
 [[ ! -e $sock ]] || { echo "the export's socket was left behind" >&2; exit 1; }
 
-awk -v mib="$size_mib" -v r="$t_restore" -v c="$t_copy" -v ttfb="$ttfb_ms" \
+awk -v store="${EKKO_BENCH_STORE:-local}" -v mib="$size_mib" -v r="$t_restore" -v c="$t_copy" -v ttfb="$ttfb_ms" \
     -v p50="$p50" -v p99="$p99" -v rss="$rss_kib" -v cache="$cache" 'BEGIN {
-    printf "disk: %d MiB, half data (1 MiB runs), half zero\n", mib
+    printf "disk: %d MiB, half data (1 MiB runs), half zero; store: %s\n", mib, store
     printf "ekko restore to a file:        %6.2f s  %7.1f MiB/s\n", r, mib / r
     printf "nbdcopy of the export to a file: %6.2f s  %7.1f MiB/s  (%.2fx restore)\n", c, mib / c, r / c
     printf "cold export, time to first byte: %d ms\n", ttfb

@@ -24,7 +24,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{StreamExt, TryStreamExt};
 
 use super::reader::RecordReader;
-use super::restore::{map_tree, plan_fetches, refuse_write_keys, Fetch};
+use super::restore::{map_tree, plan_fetches, refuse_write_keys, Fetch, Wanted};
 use super::{EngineError, PreviousRecord};
 use crate::chunk::{ChunkDigest, ChunkRef};
 use crate::nbd::server::{ExportSource, SourceError};
@@ -33,9 +33,15 @@ use crate::segment::RecordExpect;
 /// Chunks one read fetches at once (a 32 MiB read of 256 KiB chunks needs
 /// 128; a few in flight keep the store busy without a burst of GETs).
 const FETCHES_PER_READ: usize = 8;
-/// Chunk positions fetched ahead of a sequential reader (8 MiB of 256 KiB
-/// chunks: one merged GET of a segment).
+/// Chunk positions fetched ahead of a sequential reader (8 MiB of
+/// 256 KiB chunks, in GETs of at most [`RANGE_MAX`] side by side).
 const READ_AHEAD: u64 = 32;
+/// The largest merged GET: a reader waits for the whole range, so ranges
+/// stay short and many are in flight (a restore, which waits for nothing,
+/// takes 8 MiB at once).
+const RANGE_MAX: u64 = 1 << 20;
+/// Records one blocking task decodes (1 MiB of 256 KiB chunks).
+const DECODE_GROUP: usize = 4;
 /// Ends of recent reads remembered to tell a sequential reader (several
 /// clients, each with many requests in flight).
 const RECENT_READS: usize = 64;
@@ -194,55 +200,67 @@ impl BackupExport {
     }
 
     /// Start merged fetches of the stored chunks of positions `from..to`
-    /// that are neither cached nor being fetched; each registers its
-    /// chunks as being fetched, so [`Self::chunk`] waits for them. Chunks
-    /// that cannot be located are left to [`Self::chunk`] (which reports
-    /// why).
-    async fn prefetch(&self, from: u64, to: u64) {
+    /// that are neither cached nor being fetched. They are registered as
+    /// being fetched at once (under the lock, before any wait), so no other
+    /// read fetches them again and [`Self::chunk`] waits for them; the
+    /// planning and the GETs run in a task of their own, which settles every
+    /// registered chunk even if the read that started it is dropped.
+    fn prefetch(&self, from: u64, to: u64) {
+        let mut senders: HashMap<ChunkDigest, oneshot::Sender<Fetched>> = HashMap::new();
         let wanted: Vec<ChunkRef> = {
-            let (cache, fetching) = (lock(&self.cache), lock(&self.fetching));
+            let cache = lock(&self.cache);
+            let mut fetching = lock(&self.fetching);
             (from..to)
                 .map(|pos| {
                     let r = self.entries[pos as usize];
-                    let have = cache.contains(&r.digest) || fetching.contains_key(&r.digest);
-                    if r.is_zero() || have {
-                        ChunkRef::ZERO
-                    } else {
-                        r
-                    }
-                })
-                .collect()
-        };
-        if wanted.iter().all(ChunkRef::is_zero) {
-            return;
-        }
-        let (fetches, _) = plan_fetches(&self.reader, from, wanted, self.chunk_size).await;
-        for f in fetches {
-            let mut senders = Vec::new();
-            {
-                let mut fetching = lock(&self.fetching);
-                for w in &f.records {
-                    if fetching.contains_key(&w.digest) {
-                        continue;
+                    if r.is_zero() || cache.contains(&r.digest) || fetching.contains_key(&r.digest)
+                    {
+                        return ChunkRef::ZERO;
                     }
                     let (tx, rx) = oneshot::channel::<Fetched>();
                     let abandoned = || Arc::new("chunk fetch abandoned".to_string());
                     let fut = rx.map(move |r| r.unwrap_or_else(|_| Err(abandoned())));
-                    fetching.insert(w.digest, fut.boxed().shared());
-                    senders.push((w.digest, tx));
+                    fetching.insert(r.digest, fut.boxed().shared());
+                    senders.insert(r.digest, tx);
+                    r
+                })
+                .collect()
+        };
+        if senders.is_empty() {
+            return;
+        }
+        let (reader, chunk_size) = (self.reader.clone(), self.chunk_size);
+        let (cache, fetching) = (self.cache.clone(), self.fetching.clone());
+        tokio::spawn(async move {
+            let (fetches, unlocated) =
+                plan_fetches(&reader, from, wanted.clone(), chunk_size, RANGE_MAX).await;
+            for (pos, why) in unlocated {
+                let d = wanted[(pos - from) as usize].digest;
+                if let Some(tx) = senders.remove(&d) {
+                    let _ = tx.send(Err(Arc::new(why)));
+                    lock(&fetching).remove(&d);
                 }
             }
-            // Spawned: the fetch completes for every reader waiting on it
-            // even if the read that started it is dropped.
-            tokio::spawn(fetch_range(
-                self.reader.clone(),
-                f,
-                self.chunk_size,
-                self.cache.clone(),
-                self.fetching.clone(),
-                senders,
-            ));
-        }
+            for f in fetches {
+                let mine: Vec<_> = f
+                    .records
+                    .iter()
+                    .filter_map(|w| senders.remove(&w.digest).map(|tx| (w.digest, tx)))
+                    .collect();
+                tokio::spawn(fetch_range(
+                    reader.clone(),
+                    f,
+                    chunk_size,
+                    cache.clone(),
+                    fetching.clone(),
+                    mine,
+                ));
+            }
+            // Anything left was planned nowhere: let its readers try alone.
+            for (d, _) in senders {
+                lock(&fetching).remove(&d);
+            }
+        });
     }
 }
 
@@ -269,36 +287,62 @@ async fn fetch_range(
         )
         .await;
     let keys = reader.keys();
-    let decoded = futures::stream::iter(f.records)
-        .map(|w| {
+    // Records decoded a few at a time per blocking task: one hand-off per
+    // group rather than per chunk, groups decoded side by side.
+    let groups: Vec<Vec<Wanted>> = {
+        let mut groups = Vec::new();
+        let mut records = f.records.into_iter().peekable();
+        while records.peek().is_some() {
+            groups.push(records.by_ref().take(DECODE_GROUP).collect());
+        }
+        groups
+    };
+    let start = f.start;
+    let decoded = futures::stream::iter(groups)
+        .map(|group| {
             let (got, keys) = (got.as_ref().map(|b| b.clone()), keys.clone());
-            let at = (w.offset - f.start) as usize;
             async move {
-                let bytes = got.map_err(|e| Arc::new(format!("segment {segment:016x}: {e}")))?;
-                let end = at + w.length as usize;
-                if end > bytes.len() {
-                    return Err(Arc::new(format!("segment {segment:016x}: short read")));
-                }
-                let record = bytes.slice(at..end);
-                let digest = w.digest;
-                tokio::task::spawn_blocking(move || {
+                let digests: Vec<ChunkDigest> = group.iter().map(|w| w.digest).collect();
+                let failed =
+                    |why: Arc<String>| digests.iter().map(|d| (*d, Err(why.clone()))).collect();
+                let bytes = match got {
+                    Ok(b) => b,
+                    Err(e) => return failed(Arc::new(format!("segment {segment:016x}: {e}"))),
+                };
+                let done = tokio::task::spawn_blocking(move || {
                     let expect = RecordExpect::chunk(chunk_size);
-                    crate::segment::decode_record(
-                        segment,
-                        &record,
-                        &digest,
-                        expect,
-                        keys.as_deref(),
-                    )
-                    .map(Bytes::from)
-                    .map_err(|e| Arc::new(format!("chunk {digest}: {e}")))
+                    group
+                        .iter()
+                        .map(|w| {
+                            let at = (w.offset - start) as usize;
+                            let end = at + w.length as usize;
+                            let r = match bytes.get(at..end) {
+                                None => {
+                                    Err(Arc::new(format!("segment {segment:016x}: short read")))
+                                }
+                                Some(record) => crate::segment::decode_record(
+                                    segment,
+                                    record,
+                                    &w.digest,
+                                    expect,
+                                    keys.as_deref(),
+                                )
+                                .map(Bytes::from)
+                                .map_err(|e| Arc::new(format!("chunk {}: {e}", w.digest))),
+                            };
+                            (w.digest, r)
+                        })
+                        .collect::<Vec<(ChunkDigest, Fetched)>>()
                 })
-                .await
-                .map_err(|e| Arc::new(format!("decoding a chunk: {e}")))?
+                .await;
+                match done {
+                    Ok(r) => r,
+                    Err(e) => failed(Arc::new(format!("decoding chunks: {e}"))),
+                }
             }
-            .map(move |r: Fetched| (w.digest, r))
         })
-        .buffer_unordered(FETCHES_PER_READ);
+        .buffer_unordered(FETCHES_PER_READ)
+        .flat_map(futures::stream::iter);
     futures::pin_mut!(decoded);
     while let Some((d, r)) = decoded.next().await {
         if let Ok(c) = &r {
@@ -332,8 +376,7 @@ impl ExportSource for BackupExport {
             false => 0,
         };
         let positions = self.entries.len() as u64;
-        self.prefetch(first, (last + 1 + ahead).min(positions))
-            .await;
+        self.prefetch(first, (last + 1 + ahead).min(positions));
         let chunks: Vec<(u64, Option<Chunk>)> = futures::stream::iter(first..=last)
             .map(|pos| async move { self.chunk(pos).await.map(|c| (pos, c)) })
             .buffered(FETCHES_PER_READ)

@@ -164,6 +164,7 @@ pub(super) async fn plan_fetches(
     first: u64,
     entries: Vec<ChunkRef>,
     chunk_size: u64,
+    range_max: u64,
 ) -> (Vec<Fetch>, Vec<(u64, String)>) {
     let mut by_record: HashMap<(u64, u64), Wanted> = HashMap::new();
     let mut unlocated = Vec::new();
@@ -200,7 +201,7 @@ pub(super) async fn plan_fetches(
             Some(f)
                 if f.segment == segment
                     && w.offset <= f.end + RANGE_GAP
-                    && end - f.start <= RANGE_MAX =>
+                    && end - f.start <= range_max =>
             {
                 f.end = end;
                 f.records.push(w);
@@ -417,7 +418,8 @@ async fn plan_window<'r>(
             bytes += chunk_size.min(disk_size - pos * chunk_size);
         }
     }
-    let (fetches, unlocated) = plan_fetches(reader, w.first, w.entries, chunk_size).await;
+    let (fetches, unlocated) =
+        plan_fetches(reader, w.first, w.entries, chunk_size, RANGE_MAX).await;
     Ok(Planned {
         walker: Some(walker),
         fetches,
