@@ -21,11 +21,11 @@
 //! | L0 | [`failpoint`] | crash points for tests (`EKKO_FAILPOINT`) | |
 //! | L0 | [`ids`] | id newtypes, checked where they enter | |
 //! | L0 | [`status`] | every status and kind as an enum | |
-//! | L0 | [`config`] | oslo-style INI → one typed struct per section; URLs; the sample | `format` |
+//! | L0 | [`config`] | oslo-style INI → one typed struct per section; URLs; the sample | `format`, `tls` |
 //! | L0 | [`telemetry`] | tracing subscriber set-up | `config` |
 //! | L0 | [`schedule`] | cron schedules and time zones | |
 //! | L0 | [`timeline`] | an instance's backups as a terminal chart | |
-//! | L0 | [`tls`] | the TLS provider every client uses | |
+//! | L0 | [`tls`] | the TLS provider every client uses; a server's identity (exports) | |
 //! | L1 | [`chunk`] | chunk digests, zero detection, zstd | |
 //! | L1 | [`crypto`] | master and project keys, sealed records | `chunk` |
 //! | L1 | [`index`] | a disk's map tree: pages and their shape | `chunk` |

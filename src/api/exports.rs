@@ -9,8 +9,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::paging::{next_link, page_of};
 use super::{base_url, timestamp, RequestContext, State};
-use crate::db::exports::Export;
-use crate::service::exports::{self, CreateExport};
+use crate::service::exports::{self, CreateExport, Export};
 
 fn view(e: &Export, base: &str) -> serde_json::Value {
     json!({

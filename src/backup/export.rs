@@ -371,12 +371,14 @@ impl ExportSource for BackupExport {
             return Err(format!("read {offset}+{length} past the end").into());
         }
         let (first, last) = (offset / self.chunk_size, (end - 1) / self.chunk_size);
-        let ahead = match self.sequential(first, last) {
-            true => READ_AHEAD,
-            false => 0,
+        // A sequential reader gets whole blocks of READ_AHEAD positions
+        // ahead (block-aligned: a window sliding one chunk per read would
+        // fetch one chunk per GET at its end).
+        let to = match self.sequential(first, last) {
+            true => (last + 1 + READ_AHEAD).div_ceil(READ_AHEAD) * READ_AHEAD,
+            false => last + 1,
         };
-        let positions = self.entries.len() as u64;
-        self.prefetch(first, (last + 1 + ahead).min(positions));
+        self.prefetch(first, to.min(self.entries.len() as u64));
         let chunks: Vec<(u64, Option<Chunk>)> = futures::stream::iter(first..=last)
             .map(|pos| async move { self.chunk(pos).await.map(|c| (pos, c)) })
             .buffered(FETCHES_PER_READ)

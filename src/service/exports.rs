@@ -13,7 +13,8 @@
 
 use serde::Deserialize;
 
-use crate::db::exports::{self, Export, ExportStatus};
+pub use crate::db::exports::Export;
+use crate::db::exports::{self, ExportStatus};
 use crate::db::{backups, hosts, instances, keys, segments, DbConnection, DbError};
 use crate::queue::Envelope;
 use crate::status::BackupStatus;
