@@ -33,12 +33,15 @@ use crate::segment::RecordExpect;
 /// Chunks one read fetches at once (a 32 MiB read of 256 KiB chunks needs
 /// 128; a few in flight keep the store busy without a burst of GETs).
 const FETCHES_PER_READ: usize = 8;
-/// Chunk positions fetched ahead of a sequential reader, in whole aligned
-/// blocks (16 MiB of 256 KiB chunks, in GETs of at most [`RANGE_MAX`]
-/// side by side). Measured with `tools/bench-export.sh` on Swift: 32
-/// positions and 1 MiB GETs copy 0.72-0.77x as fast as a restore, 64 and
+/// Bytes fetched ahead of a sequential reader, in whole aligned blocks
+/// (64 chunks of 256 KiB, in GETs of at most [`RANGE_MAX`] side by side),
+/// and never more than a quarter of the cache (they would be evicted
+/// before they are read). Measured with `tools/bench-export.sh` on Swift:
+/// 8 MiB and 1 MiB GETs copy 0.72-0.77x as fast as a restore, 16 MiB and
 /// 2 MiB 0.77-0.82x.
-const READ_AHEAD: u64 = 64;
+const READ_AHEAD_BYTES: u64 = 16 << 20;
+/// Ranged GETs one export has in flight at once.
+const GETS_IN_FLIGHT: usize = 16;
 /// The largest merged GET: a reader waits for the whole range, so ranges
 /// stay short and many are in flight (a restore, which waits for nothing,
 /// takes 8 MiB at once).
@@ -117,6 +120,9 @@ pub struct BackupExport {
     fetching: Arc<Mutex<HashMap<ChunkDigest, Fetching>>>,
     /// Where recent reads ended (chunk positions), newest last.
     recent: Mutex<VecDeque<u64>>,
+    /// Chunk positions read ahead (0: none).
+    ahead: u64,
+    gets: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -144,6 +150,8 @@ impl BackupExport {
             cache: Arc::new(Mutex::new(ChunkCache::new(cache_bytes))),
             fetching: Arc::new(Mutex::new(HashMap::new())),
             recent: Mutex::new(VecDeque::new()),
+            ahead: READ_AHEAD_BYTES.min(cache_bytes / 4) / record.chunk_size,
+            gets: Arc::new(tokio::sync::Semaphore::new(GETS_IN_FLIGHT)),
         })
     }
 
@@ -165,24 +173,34 @@ impl BackupExport {
         let fetch = lock(&self.fetching)
             .entry(r.digest)
             .or_insert_with(|| {
-                let reader = self.reader.clone();
+                // Spawned, and it removes its own entry: a reader that gives
+                // up (its client left) leaves no fetch nobody drives.
+                let (tx, rx) = oneshot::channel::<Fetched>();
+                let (reader, gets) = (self.reader.clone(), self.gets.clone());
+                let (cache, fetching) = (self.cache.clone(), self.fetching.clone());
                 let expect = RecordExpect::chunk(self.chunk_size);
-                async move {
+                tokio::spawn(async move {
+                    let _get = gets.acquire_owned().await;
                     // `read` checks the digest before returning the bytes.
-                    let plain = reader.read(&r, expect).await.map_err(|e| {
+                    let got = reader.read(&r, expect).await.map(Bytes::from).map_err(|e| {
                         Arc::new(format!(
                             "chunk {} (segment {:016x}): {e}",
                             r.digest, r.segment
                         ))
-                    })?;
-                    Ok(Bytes::from(plain))
-                }
-                .boxed()
-                .shared()
+                    });
+                    if let Ok(c) = &got {
+                        lock(&cache).insert(r.digest, c.clone());
+                    }
+                    let _ = tx.send(got);
+                    lock(&fetching).remove(&r.digest);
+                });
+                let abandoned = || Arc::new("chunk fetch abandoned".to_string());
+                rx.map(move |r| r.unwrap_or_else(|_| Err(abandoned())))
+                    .boxed()
+                    .shared()
             })
             .clone();
         let got = fetch.await;
-        lock(&self.fetching).remove(&r.digest);
         let chunk = got.map_err(|e| e.to_string())?;
         lock(&self.cache).insert(r.digest, chunk.clone());
         Ok(Some(chunk))
@@ -194,7 +212,7 @@ impl BackupExport {
         let mut recent = lock(&self.recent);
         let near = recent
             .iter()
-            .any(|&end| first <= end + READ_AHEAD && first + READ_AHEAD >= end);
+            .any(|&end| first <= end + self.ahead && first + self.ahead >= end);
         recent.push_back(last + 1);
         if recent.len() > RECENT_READS {
             recent.pop_front();
@@ -234,6 +252,7 @@ impl BackupExport {
         }
         let (reader, chunk_size) = (self.reader.clone(), self.chunk_size);
         let (cache, fetching) = (self.cache.clone(), self.fetching.clone());
+        let gets = self.gets.clone();
         tokio::spawn(async move {
             let (fetches, unlocated) =
                 plan_fetches(&reader, from, wanted.clone(), chunk_size, RANGE_MAX).await;
@@ -257,6 +276,7 @@ impl BackupExport {
                     cache.clone(),
                     fetching.clone(),
                     mine,
+                    gets.clone(),
                 ));
             }
             // Anything left was planned nowhere: let its readers try alone.
@@ -277,9 +297,11 @@ async fn fetch_range(
     cache: Arc<Mutex<ChunkCache>>,
     fetching: Arc<Mutex<HashMap<ChunkDigest, Fetching>>>,
     senders: Vec<(ChunkDigest, oneshot::Sender<Fetched>)>,
+    gets: Arc<tokio::sync::Semaphore>,
 ) {
     let mut senders: HashMap<ChunkDigest, oneshot::Sender<Fetched>> = senders.into_iter().collect();
     let segment = f.segment;
+    let get = gets.acquire_owned().await;
     let got = reader
         .store()
         .get_range(
@@ -289,6 +311,7 @@ async fn fetch_range(
             f.end - f.start,
         )
         .await;
+    drop(get);
     let keys = reader.keys();
     // Records decoded a few at a time per blocking task: one hand-off per
     // group rather than per chunk, groups decoded side by side.
@@ -377,8 +400,8 @@ impl ExportSource for BackupExport {
         // A sequential reader gets whole blocks of READ_AHEAD positions
         // ahead (block-aligned: a window sliding one chunk per read would
         // fetch one chunk per GET at its end).
-        let to = match self.sequential(first, last) {
-            true => (last + 1 + READ_AHEAD).div_ceil(READ_AHEAD) * READ_AHEAD,
+        let to = match self.ahead > 1 && self.sequential(first, last) {
+            true => (last + 1 + self.ahead).div_ceil(self.ahead) * self.ahead,
             false => last + 1,
         };
         self.prefetch(first, to.min(self.entries.len() as u64));
