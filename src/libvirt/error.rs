@@ -98,8 +98,12 @@ impl LibvirtError {
     /// whose daemon went away fails in the RPC layer with a system error
     /// ("Cannot write data: Broken pipe", code 38 in error domain 7).
     pub fn is_connection_lost(&self) -> bool {
+        // After the first failure ("Cannot recv data"), every call on the
+        // dead connection fails with "client socket is closed" (an
+        // internal error of the RPC layer).
         matches!(self.code, code::NO_CONNECT | code::RPC)
-            || (self.domain == code::FROM_RPC && self.code == code::SYSTEM_ERROR)
+            || (self.domain == code::FROM_RPC
+                && matches!(self.code, code::SYSTEM_ERROR | code::INTERNAL_ERROR))
     }
 }
 
@@ -143,6 +147,16 @@ mod tests {
             message: "Cannot write data: Broken pipe".into(),
         };
         assert!(broken.is_connection_lost(), "libvirtd restarted under us");
+        let closed = LibvirtError {
+            operation: "virDomainGetJobStats",
+            code: code::INTERNAL_ERROR,
+            domain: code::FROM_RPC,
+            message: "internal error: client socket is closed".into(),
+        };
+        assert!(
+            closed.is_connection_lost(),
+            "a call after the connection died"
+        );
         assert_eq!(e.domain, 0);
     }
 }
