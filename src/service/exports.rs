@@ -16,14 +16,14 @@ use serde::Deserialize;
 pub use crate::db::exports::Export;
 use crate::db::exports::{self, ExportStatus};
 use crate::db::{backups, hosts, instances, keys, segments, DbConnection, DbError};
-use crate::queue::Envelope;
 use crate::status::BackupStatus;
 use crate::wire::{
-    self, ExportEnded, ExportJob, ExportReady, Relocation, StopExport, EXPORT_START, EXPORT_STOP,
+    ExportEnded, ExportJob, ExportReady, Relocation, StopExport, EXPORT_START, EXPORT_STOP,
 };
 use crate::Ekko;
 
 use super::convert::record_ref;
+use super::jobs::send_control;
 use super::reports::checks;
 use super::reports::Sender;
 use super::restores::disk_record;
@@ -145,15 +145,7 @@ pub async fn create(
         .await?;
     // On the control queue: the job queue's deliveries wait behind the
     // host's running backups.
-    let sent = match Envelope::new(EXPORT_START, &message) {
-        Ok(env) => {
-            ekko.queue
-                .publish(&wire::control_routing_key(&export.host), &env)
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = sent {
+    if let Err(e) = send_control(ekko, &export.host, EXPORT_START, &message).await {
         let (id, why) = (
             export.id.clone(),
             format!("the message bus refused the export: {e}"),
@@ -234,15 +226,7 @@ async fn send_stop(ekko: &Ekko, host: &str, export_id: &str) {
     let stop = StopExport {
         export_id: export_id.to_string(),
     };
-    let sent = match Envelope::new(EXPORT_STOP, &stop) {
-        Ok(env) => {
-            ekko.queue
-                .publish(&wire::control_routing_key(host), &env)
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = sent {
+    if let Err(e) = send_control(ekko, host, EXPORT_STOP, &stop).await {
         tracing::warn!(export = export_id, host, error = %e, "export stop not sent to the host");
     }
 }

@@ -131,15 +131,21 @@ pub(crate) async fn send_cancel(ekko: &Ekko, job: &Job) {
     let cancel = CancelJob {
         job_id: job.id.clone(),
     };
-    let sent = match Envelope::new(JOB_CANCEL, &cancel) {
-        Ok(env) => {
-            ekko.queue
-                .publish(&wire::control_routing_key(&host), &env)
-                .await
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = sent {
+    if let Err(e) = send_control(ekko, &host, JOB_CANCEL, &cancel).await {
         tracing::warn!(job = %job.id, %host, error = %e, "cancel not sent to the host");
     }
+}
+
+/// Publish a message of `kind` on `host`'s control queue (cancels, export
+/// starts and stops: never behind the host's running jobs).
+pub(crate) async fn send_control<T: serde::Serialize>(
+    ekko: &Ekko,
+    host: &str,
+    kind: &str,
+    body: &T,
+) -> Result<(), crate::queue::QueueError> {
+    let env = Envelope::new(kind, body)?;
+    ekko.queue
+        .publish(&wire::control_routing_key(host), &env)
+        .await
 }
