@@ -13,11 +13,13 @@
 //! * [`error`]: the error body.
 //! * [`backups`], [`restores`], [`instances`], [`policies`], [`quotas`]: the
 //!   resources.
+//! * [`health`]: `/healthcheck`, outside the versioned API.
 
 pub mod backups;
 pub mod bind;
 pub mod error;
 pub mod exports;
+pub mod health;
 pub mod instances;
 pub mod paging;
 pub mod policies;
@@ -120,6 +122,9 @@ impl FromRequest for RequestContext {
 
 const REQUEST_ID: &str = "x-openstack-request-id";
 
+/// oslo.middleware's health check path.
+pub const HEALTHCHECK_PATH: &str = "/healthcheck";
+
 /// `req-<uuid>`
 fn valid_request_id(v: &str) -> bool {
     v.strip_prefix("req-")
@@ -149,12 +154,17 @@ async fn frame(
         .app_data::<web::Data<ApiState>>()
         .cloned()
         .ok_or_else(|| actix_web::error::ErrorInternalServerError("no API state"))?;
-    let discovery = matches!(req.path(), "/" | "/v1" | "/v1/" | "/v1/openapi.json");
+    // Discovery and the health check need no token (the health check
+    // authenticates a token itself, for its detailed answer).
+    let discovery = matches!(
+        req.path(),
+        "/" | "/v1" | "/v1/" | "/v1/openapi.json" | HEALTHCHECK_PATH
+    );
 
     let outcome = match negotiated {
         Err(e) => Err(e),
         Ok(version) if discovery => Ok(Some(version)),
-        Ok(version) => match authenticate(&state, &req).await {
+        Ok(version) => match authenticate(&state, req.headers()).await {
             Ok(creds) => {
                 req.extensions_mut().insert(RequestContext {
                     request_id: request_id.clone(),
@@ -217,8 +227,11 @@ async fn frame(
     Ok(res)
 }
 
-async fn authenticate(state: &ApiState, req: &ServiceRequest) -> Result<Credentials, ApiError> {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+async fn authenticate(
+    state: &ApiState,
+    headers: &actix_web::http::header::HeaderMap,
+) -> Result<Credentials, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let result = match &state.keystone {
         Some(ks) => {
             let token = header("X-Auth-Token").or_else(|| header("X-Storage-Token"));
@@ -411,6 +424,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     let path = web::PathConfig::default()
         .error_handler(|e, _| ApiError::bad_request(format!("invalid path: {e}")).into());
     cfg.app_data(json).app_data(query).app_data(path);
+    // Not an API operation (no microversion, not in the API reference):
+    // load balancers and monitoring ask it.
+    cfg.service(
+        resource(&[HEALTHCHECK_PATH])
+            .route(web::get().to(health::healthcheck))
+            .route(web::head().to(health::healthcheck)),
+    );
     for (paths, ops) in operations() {
         let mut r = resource(paths);
         for (_, route) in ops {

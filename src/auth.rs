@@ -9,7 +9,8 @@
 //!   token's expiry), keyed by the SHA-256 of the token so no token is kept
 //!   in memory in the clear. Invalid tokens are cached as invalid, as
 //!   keystonemiddleware does, so a flood of bad tokens does not reach
-//!   Keystone. The cache is per process (`memcached_servers` is not used).
+//!   Keystone. The cache is per process (`memcached_servers`, which deployment
+//!   tools write, is ignored with a warning).
 //! * A service token (`X-Service-Token`) is validated too and must carry
 //!   one of `service_token_roles` when `service_token_roles_required`.
 

@@ -20,6 +20,9 @@ pub fn start(args: &ConfigArgs) -> anyhow::Result<EkkoConfig> {
         host = %config.default.host,
         "configuration loaded"
     );
+    for line in &config.ignored {
+        tracing::warn!("{line}");
+    }
     Ok(config)
 }
 

@@ -6,12 +6,19 @@
 //!   with nothing at all, the defaults give the single-machine configuration
 //!   (SQLite, a local directory store, the in-process queue).
 //! * Environment: `EKKO__<SECTION>__<KEY>` overrides any file, e.g.
-//!   `EKKO__DEFAULT__DEBUG=true`, `EKKO__DATABASE__CONNECTION=…`.
+//!   `EKKO__DEFAULT__DEBUG=true`, `EKKO__DATABASE__CONNECTION=…`; so does
+//!   oslo.config's `OS_<SECTION>__<KEY>` (`EKKO__` wins over `OS_`).
 //! * `$name`, `${name}` and `${section.name}` refer to other options (oslo's
 //!   substitution); `$$` is a literal `$`.
 //! * Everything is checked at start-up: an unknown section or key, or a bad
 //!   value, is an error that names the file (or variable), section and key.
+//!   Sections and keys other OpenStack libraries own (oslo.log,
+//!   oslo.messaging, keystonemiddleware), which deployment tools write into
+//!   every service's file, are ignored with a warning
+//!   ([`EkkoConfig::ignored`]); `ekko-manage config check --strict` refuses
+//!   them too.
 
+mod foreign;
 pub mod ini;
 pub mod options;
 pub mod sample;
@@ -21,11 +28,14 @@ pub mod urls;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use foreign::{foreign_key, FOREIGN_SECTIONS};
+
 pub use options::{
     all_options, ApiOptions, AuthStrategy, BackupOptions, DatabaseOptions, DefaultOptions,
-    EncryptionMode, EncryptionOptions, ExportOptions, GlanceOptions, InstanceSource,
-    KeystoneAuthtokenOptions, LibvirtOptions, LocalStoreOptions, OptionInfo, OsloPolicyOptions,
-    QuotaOptions, RetentionOptions, StorageBackend, StorageOptions, SwiftOptions,
+    EncryptionMode, EncryptionOptions, ExportOptions, GlanceOptions, HealthcheckOptions,
+    InstanceSource, KeystoneAuthtokenOptions, LibvirtOptions, LocalStoreOptions, OptionInfo,
+    OsloPolicyOptions, QuotaOptions, RetentionOptions, StorageBackend, StorageOptions,
+    SwiftOptions,
 };
 pub use types::{ByteSize, CommaList, Secret};
 
@@ -35,17 +45,8 @@ const ENV_SEPARATOR: &str = "__";
 const DEFAULT_CONFIG_FILE: &str = "/etc/ekko/ekko.conf";
 const DEFAULT_CONFIG_DIR: &str = "/etc/ekko/ekko.conf.d";
 
-/// Sections other OpenStack libraries own. Devstack and deployment tools
-/// write them into every service's file; Ekko ignores them with a warning
-/// instead of refusing to start.
-const FOREIGN_SECTIONS: &[&str] = &[
-    "oslo_messaging_rabbit",
-    "oslo_messaging_notifications",
-    "oslo_concurrency",
-    "oslo_middleware",
-    "cors",
-    "healthcheck",
-];
+/// Prefix of oslo.config's environment overrides: `OS_SECTION__KEY`.
+const OSLO_ENV_PREFIX: &str = "OS_";
 
 /// The whole configuration, one field per section.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -67,9 +68,14 @@ pub struct EkkoConfig {
     pub retention: RetentionOptions,
     pub quota: QuotaOptions,
     pub encryption: EncryptionOptions,
+    pub healthcheck: HealthcheckOptions,
     /// The files that were read, in order (for locating `policy_file`).
     #[serde(skip)]
     pub loaded_files: Vec<PathBuf>,
+    /// What was read but is not Ekko's (another library's section or key,
+    /// an `OS_…` variable of no option), one line each, logged at start.
+    #[serde(skip)]
+    pub ignored: Vec<String>,
 }
 
 /// Where to read configuration from (the oslo command-line flags).
@@ -160,6 +166,21 @@ impl ConfigArgs {
     ) -> Result<EkkoConfig, ConfigError> {
         EkkoConfig::load(&self.files()?, env)
     }
+
+    /// As [`ConfigArgs::load`], refusing other libraries' sections and
+    /// keys too (`ekko-manage config check --strict`).
+    pub fn load_strict(&self) -> Result<EkkoConfig, ConfigError> {
+        EkkoConfig::load_checked(&self.files()?, std::env::vars(), Strictness::Strict)
+    }
+}
+
+/// Whether what other OpenStack libraries own is ignored or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strictness {
+    /// Ignored with a warning (the services: deployment tools write it).
+    Tolerant,
+    /// An error (a configuration check).
+    Strict,
 }
 
 impl EkkoConfig {
@@ -169,6 +190,18 @@ impl EkkoConfig {
         files: &[PathBuf],
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<EkkoConfig, ConfigError> {
+        Self::load_checked(files, env, Strictness::Tolerant)
+    }
+
+    /// [`EkkoConfig::load`], with other libraries' sections and keys
+    /// ignored or refused as `strictness` says.
+    pub fn load_checked(
+        files: &[PathBuf],
+        env: impl IntoIterator<Item = (String, String)>,
+        strictness: Strictness,
+    ) -> Result<EkkoConfig, ConfigError> {
+        let tolerant = strictness == Strictness::Tolerant;
+        let mut ignored = Vec::new();
         let registry: BTreeMap<(String, String), OptionInfo> = all_options()
             .into_iter()
             .map(|o| ((ini::table_name(o.section), o.name.to_string()), o))
@@ -193,8 +226,11 @@ impl EkkoConfig {
                 let origin = format!("{}:{}", path.display(), e.line);
                 let table = ini::table_name(&e.section);
                 if !known_section(&table) {
-                    if FOREIGN_SECTIONS.contains(&e.section.as_str()) {
-                        tracing::warn!(%origin, section = %e.section, "ignoring section of another library");
+                    if tolerant && FOREIGN_SECTIONS.contains(&e.section.as_str()) {
+                        ignored.push(format!(
+                            "{origin}: [{}] {} ignored: the section belongs to another library",
+                            e.section, e.key
+                        ));
                         continue;
                     }
                     return Err(ConfigError::UnknownSection {
@@ -203,6 +239,13 @@ impl EkkoConfig {
                     });
                 }
                 if !registry.contains_key(&(table.clone(), e.key.clone())) {
+                    if tolerant && foreign_key(&e.section, &e.key) {
+                        ignored.push(format!(
+                            "{origin}: [{}] {} ignored: Ekko does not use this option of another library",
+                            e.section, e.key
+                        ));
+                        continue;
+                    }
                     return Err(ConfigError::UnknownKey {
                         origin,
                         section: e.section.clone(),
@@ -217,9 +260,52 @@ impl EkkoConfig {
                 builder.add_source(config::File::from_str(&filtered, ini::OsloIni).required(true));
         }
 
-        // Environment overrides; unknown names are errors too.
+        // Environment overrides; unknown EKKO__ names are errors too.
+        // oslo.config's OS_SECTION__KEY come first, so EKKO__ wins; an OS_
+        // variable of no option (other services share that namespace) is
+        // ignored with a warning.
         let mut env_vars: BTreeMap<String, String> = BTreeMap::new();
+        let (mut ekko_env, mut oslo_env) = (Vec::new(), Vec::new());
         for (name, value) in env {
+            if name.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")) {
+                ekko_env.push((name, value));
+            } else if let Some(rest) = name.strip_prefix(OSLO_ENV_PREFIX) {
+                // OS_AUTH_URL and friends (the openstack CLI's) have no `__`.
+                if let Some((section, key)) = rest.split_once(ENV_SEPARATOR) {
+                    oslo_env.push((name.clone(), section.to_string(), key.to_string(), value));
+                }
+            }
+        }
+        oslo_env.sort();
+        for (name, section, key, value) in oslo_env {
+            let (table, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            if !registry.contains_key(&(table.clone(), key.clone())) {
+                if tolerant {
+                    ignored.push(format!(
+                        "environment variable {name} ignored: no such option"
+                    ));
+                    continue;
+                }
+                return Err(ConfigError::UnknownKey {
+                    origin: format!("environment variable {name}"),
+                    section,
+                    key,
+                });
+            }
+            origins.insert(
+                (table.clone(), key.clone()),
+                format!("environment variable {name}"),
+            );
+            env_vars.insert(
+                format!(
+                    "{ENV_PREFIX}{ENV_SEPARATOR}{}{ENV_SEPARATOR}{}",
+                    table.to_ascii_uppercase(),
+                    key.to_ascii_uppercase()
+                ),
+                value,
+            );
+        }
+        for (name, value) in ekko_env {
             let Some(rest) = name.strip_prefix(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")) else {
                 continue;
             };
@@ -236,8 +322,19 @@ impl EkkoConfig {
                     key,
                 });
             }
-            origins.insert((table, key), format!("environment variable {name}"));
-            env_vars.insert(name.clone(), value.clone());
+            origins.insert(
+                (table.clone(), key.clone()),
+                format!("environment variable {name}"),
+            );
+            // One spelling per option, so EKKO__ replaces an OS_ value.
+            env_vars.insert(
+                format!(
+                    "{ENV_PREFIX}{ENV_SEPARATOR}{}{ENV_SEPARATOR}{}",
+                    table.to_ascii_uppercase(),
+                    key.to_ascii_uppercase()
+                ),
+                value.clone(),
+            );
         }
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
@@ -293,6 +390,7 @@ impl EkkoConfig {
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Other(e.to_string()))?;
         cfg.loaded_files = files.to_vec();
+        cfg.ignored = ignored;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -505,180 +603,4 @@ fn hostname() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        let mut f = std::fs::File::create(&p).unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-        p
-    }
-
-    fn no_env() -> Vec<(String, String)> {
-        vec![]
-    }
-
-    #[test]
-    fn defaults_are_the_embedded_configuration() {
-        let cfg = EkkoConfig::load(&[], no_env()).unwrap();
-        assert_eq!(cfg.default.transport_url, "memory://");
-        assert_eq!(
-            cfg.database.connection,
-            "sqlite:////var/lib/ekko/ekko.sqlite"
-        );
-        assert_eq!(cfg.storage.backend, StorageBackend::Local);
-        assert_eq!(cfg.local_store.path, "/var/lib/ekko/store");
-        assert!(!cfg.default.host.is_empty());
-    }
-
-    #[test]
-    fn later_files_win_and_substitution_follows_state_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = write(
-            dir.path(),
-            "a.conf",
-            "[DEFAULT]\nstate_path = /srv/ekko\ndebug = True\n[api]\nbind_port = 7000\n",
-        );
-        let b = write(dir.path(), "b.conf", "[api]\nbind_port = 7001\n");
-        let cfg = EkkoConfig::load(&[a, b], no_env()).unwrap();
-        assert_eq!(cfg.api.bind_port, 7001);
-        assert!(cfg.default.debug);
-        assert_eq!(cfg.local_store.path, "/srv/ekko/store");
-        assert_eq!(cfg.database.connection, "sqlite:////srv/ekko/ekko.sqlite");
-    }
-
-    #[test]
-    fn environment_reaches_default_section() {
-        let env = vec![
-            ("EKKO__DEFAULT__DEBUG".to_string(), "yes".to_string()),
-            ("EKKO__API__BIND_PORT".to_string(), "7100".to_string()),
-            ("UNRELATED".to_string(), "x".to_string()),
-        ];
-        let cfg = EkkoConfig::load(&[], env).unwrap();
-        assert!(cfg.default.debug);
-        assert_eq!(cfg.api.bind_port, 7100);
-    }
-
-    #[test]
-    fn unknown_key_names_file_line_section_and_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = write(dir.path(), "ekko.conf", "[api]\n\nbind_prot = 1\n");
-        let err = EkkoConfig::load(std::slice::from_ref(&a), no_env())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(&format!("{}:3", a.display())), "{err}");
-        assert!(err.contains("[api]") && err.contains("bind_prot"), "{err}");
-    }
-
-    #[test]
-    fn unknown_section_is_an_error_but_foreign_ones_are_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = write(dir.path(), "a.conf", "[databse]\nconnection = x\n");
-        let err = EkkoConfig::load(&[a], no_env()).unwrap_err().to_string();
-        assert!(err.contains("unknown section [databse]"), "{err}");
-        let b = write(
-            dir.path(),
-            "b.conf",
-            "[oslo_messaging_rabbit]\nheartbeat_rate = 2\n[api]\nbind_port = 1\n",
-        );
-        assert_eq!(EkkoConfig::load(&[b], no_env()).unwrap().api.bind_port, 1);
-    }
-
-    #[test]
-    fn bad_values_name_file_section_key_and_reason() {
-        let dir = tempfile::tempdir().unwrap();
-        let cases = [
-            ("[api]\nbind_port = 99999\n", "bind_port", "integer"),
-            ("[DEFAULT]\ndebug = maybe\n", "debug", "boolean"),
-            (
-                "[storage]\nbackend = s3\n",
-                "backend",
-                "one of local, swift",
-            ),
-            ("[backup]\nchunk_size = 3K\n", "chunk_size", "power of two"),
-            ("[backup]\nsegment_size = lots\n", "segment_size", "size"),
-            (
-                "[database]\nconnection = postgres://x/y\n",
-                "connection",
-                "mysql",
-            ),
-            (
-                "[DEFAULT]\ntransport_url = kafka://h\n",
-                "transport_url",
-                "rabbit",
-            ),
-            (
-                "[retention]\ngc_grace_period = 3600\n",
-                "gc_grace_period",
-                "job_timeout",
-            ),
-            (
-                "[retention]\nretire_after = 60\n",
-                "retire_after",
-                "three heartbeats",
-            ),
-        ];
-        for (i, (text, key, reason)) in cases.iter().enumerate() {
-            let p = write(dir.path(), &format!("c{i}.conf"), text);
-            let err = EkkoConfig::load(std::slice::from_ref(&p), no_env())
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key), "{text:?} -> {err}");
-            assert!(err.contains(reason), "{text:?} -> {err}");
-        }
-        let err = EkkoConfig::load(&[], vec![("EKKO__API__BIND_PORT".into(), "http".into())])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("bind_port") && err.contains("integer"),
-            "{err}"
-        );
-        let err = EkkoConfig::load(&[], vec![("EKKO__API__NOPE".into(), "1".into())])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("EKKO__API__NOPE"), "{err}");
-    }
-
-    #[test]
-    fn missing_file_and_syntax_errors_are_clear() {
-        let err = EkkoConfig::load(&[PathBuf::from("/nonexistent/ekko.conf")], no_env())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/nonexistent/ekko.conf"), "{err}");
-        let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "bad.conf", "[api]\nthis is not an assignment\n");
-        let err = EkkoConfig::load(&[p], no_env()).unwrap_err().to_string();
-        assert!(err.contains("bad.conf") && err.contains("line 2"), "{err}");
-    }
-
-    #[test]
-    fn config_dir_files_are_read_in_name_order() {
-        let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "20-b.conf", "[api]\nbind_port = 2\n");
-        write(dir.path(), "10-a.conf", "[api]\nbind_port = 1\n");
-        write(dir.path(), "ignored.txt", "garbage");
-        let args = ConfigArgs {
-            config_file: vec![],
-            config_dir: vec![dir.path().to_path_buf()],
-        };
-        assert_eq!(args.load_with_env(no_env()).unwrap().api.bind_port, 2);
-    }
-
-    #[test]
-    fn substitution_escapes_and_loops() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = write(
-            dir.path(),
-            "a.conf",
-            "[keystone_authtoken]\npassword = pa$$word\nusername = ${api.bind_host}\n",
-        );
-        let cfg = EkkoConfig::load(&[p], no_env()).unwrap();
-        assert_eq!(cfg.keystone_authtoken.password.expose(), "pa$word");
-        assert_eq!(cfg.keystone_authtoken.username.as_deref(), Some("0.0.0.0"));
-        let q = write(dir.path(), "b.conf", "[DEFAULT]\nstate_path = $nosuch/x\n");
-        let err = EkkoConfig::load(&[q], no_env()).unwrap_err().to_string();
-        assert!(err.contains("nosuch"), "{err}");
-    }
-}
+mod tests;

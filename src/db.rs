@@ -263,6 +263,17 @@ impl Db {
         .map_err(|e| DbError::Task(e.to_string()))?
     }
 
+    /// One round trip to the catalog's tables (health checks): a pooled
+    /// connection to a database that was dropped still answers `SELECT 1`.
+    pub async fn ping(&self) -> DbResult<()> {
+        use diesel::RunQueryDsl;
+        self.run(|c| {
+            diesel::sql_query("SELECT COUNT(*) FROM __diesel_schema_migrations").execute(c)?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Apply pending migrations; returns the versions applied.
     pub fn sync(&self) -> DbResult<Vec<String>> {
         let mut conn = self.conn()?;

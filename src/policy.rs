@@ -180,6 +180,13 @@ pub const DEFAULTS: &[RuleDefault] = &[
         operations: &["GET /v1/restores?all_projects=true"],
     },
     RuleDefault {
+        name: "ekko:healthcheck:detailed",
+        check: "rule:context_is_admin",
+        description: "See each health check (catalog, message bus, object store) in the \
+                      answer of /healthcheck, which tells anyone else only OK.",
+        operations: &["GET /healthcheck", "HEAD /healthcheck"],
+    },
+    RuleDefault {
         name: "ekko:export:create",
         check: "rule:context_is_admin",
         description:

@@ -98,6 +98,12 @@ pub trait MessageQueue: Send + Sync {
 
     /// Delete a queue (tests and decommissioned hosts).
     async fn delete_queue(&self, queue: &str) -> QueueResult<()>;
+
+    /// One round trip to the broker, reconnecting if the link is down
+    /// (health checks). Needs no permission on any queue or routing key.
+    async fn ping(&self) -> QueueResult<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]

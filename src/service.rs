@@ -15,11 +15,13 @@
 //! * [`files`]: list and copy files out of a backup's ext filesystem
 //!   through its export, never mounting it in the kernel.
 //! * [`convert`]: wire messages ↔ catalog rows.
+//! * [`health`]: can this process reach the catalog, the bus, the store.
 
 pub mod backups;
 pub mod convert;
 pub mod exports;
 pub mod files;
+pub mod health;
 pub mod hosts;
 pub mod housekeeping;
 pub mod images;

@@ -99,7 +99,13 @@ pub enum ConfigAction {
         output: Option<PathBuf>,
     },
     /// Load and validate the configuration, then print the effective values.
-    Check,
+    Check {
+        /// Refuse what Ekko ignores with a warning at start-up: other
+        /// libraries' sections and keys (oslo.log, keystonemiddleware...)
+        /// and `OS_<SECTION>__<KEY>` variables of no option.
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 /// Parse the command line and run the command.
@@ -113,9 +119,12 @@ pub fn main() -> anyhow::Result<()> {
             action: PolicyAction::Sample { output },
         } => write_or_print(output, &crate::policy::sample())?,
         Command::Config {
-            action: ConfigAction::Check,
+            action: ConfigAction::Check { strict },
         } => {
             let config = super::start(&cli.config)?;
+            if strict {
+                cli.config.load_strict()?;
+            }
             println!(
                 "configuration is valid ({} file(s) read)",
                 config.loaded_files.len()

@@ -184,9 +184,6 @@ option_group! {
         pub region_name: Option<String> = None;
         /// Endpoint interface used from the catalog (public, internal, admin).
         pub interface: String = s("internal");
-        /// memcached servers (host:port) for the token cache; empty keeps the
-        /// cache in process memory.
-        pub memcached_servers: CommaList = CommaList::default();
         /// Seconds a validated token is cached; -1 disables the cache.
         pub token_cache_time: i64 = 300;
         /// A service token (X-Service-Token) must carry one of these roles.
@@ -273,6 +270,21 @@ option_group! {
         /// ones whose image is not deleted yet): members cannot take every
         /// worker's job slots.
         pub max_image_restores_per_project: u32 = 4;
+    }
+}
+
+option_group! {
+    /// `[healthcheck]`: `GET|HEAD /healthcheck` of ekko-api, as
+    /// oslo.middleware's (no token needed).
+    pub struct HealthcheckOptions in "healthcheck" {
+        /// While this file exists `/healthcheck` answers `503 DISABLED BY
+        /// FILE`, so a load balancer drains this node (create it before
+        /// maintenance, remove it after).
+        pub disable_by_file_path: Option<String> = None;
+        /// Answer a caller whose token passes `ekko:healthcheck:detailed`
+        /// (admin by default) with each check (catalog, message bus, object
+        /// store) as JSON, `503` when one fails.
+        pub detailed: bool = true;
     }
 }
 
@@ -534,6 +546,7 @@ pub fn all_options() -> Vec<OptionInfo> {
     all.extend(RetentionOptions::describe());
     all.extend(QuotaOptions::describe());
     all.extend(EncryptionOptions::describe());
+    all.extend(HealthcheckOptions::describe());
     all
 }
 

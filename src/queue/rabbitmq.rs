@@ -332,6 +332,23 @@ impl MessageQueue for RabbitQueue {
         Ok(Box::new(consumer))
     }
 
+    async fn ping(&self) -> QueueResult<()> {
+        self.publish_channel().await?;
+        // Opening and closing a channel is a broker round trip that no
+        // permission guards (a compute host may publish `status.*` only).
+        let channel = {
+            let link = self.inner.link.lock().await;
+            let l = link
+                .as_ref()
+                .ok_or_else(|| unavailable("no link to the broker"))?;
+            l.connection.create_channel().await.map_err(unavailable)?
+        };
+        channel
+            .close(200, "health check".into())
+            .await
+            .map_err(unavailable)
+    }
+
     async fn delete_queue(&self, queue: &str) -> QueueResult<()> {
         self.inner
             .topology

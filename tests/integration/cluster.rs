@@ -15,6 +15,18 @@ use crate::qsd::{identical, Qsd};
 
 pub const MIB: u64 = 1 << 20;
 
+/// What kolla-ansible writes into every service's `[DEFAULT]` that is
+/// oslo.log's or oslo.service's, not Ekko's.
+pub const KOLLA_DEFAULT: &str = "log_dir = /var/log/kolla/ekko\nuse_stderr = False\n\
+    graceful_shutdown_timeout = 60\n";
+/// keystonemiddleware's keys kolla-ansible writes (appended to a
+/// `[keystone_authtoken]` section), and sections of other libraries.
+pub const KOLLA_AUTHTOKEN: &str = "service_type = instance-backup\n\
+    memcache_security_strategy = ENCRYPT\nmemcache_secret_key = kolla-secret\n\
+    memcached_servers = 127.0.0.1:11211\nservice_token_roles_required = True\n\
+    [oslo_messaging_notifications]\ndriver = noop\n\
+    [oslo_middleware]\nenable_proxy_headers_parsing = True\n";
+
 /// A service process, killed with the test.
 pub struct Service {
     name: String,
@@ -43,6 +55,7 @@ impl Service {
     fn spawn(&mut self) {
         let bin = match self.name.as_str() {
             "ekko-api" => env!("CARGO_BIN_EXE_ekko-api"),
+            "ekko-retention" => env!("CARGO_BIN_EXE_ekko-retention"),
             _ => env!("CARGO_BIN_EXE_ekko-backup"),
         };
         let log = std::fs::OpenOptions::new()
@@ -352,12 +365,16 @@ pub async fn start_cluster_with(
     t.db.sync().unwrap();
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let exchange = format!("ekko-test-{tag}");
-    // `default` goes into [DEFAULT], `swift` into [swift].
+    // `default` goes into [DEFAULT], `swift` into [swift]. Every file also
+    // has what kolla-ansible writes for every service (other libraries'
+    // keys), which the daemons ignore with a warning.
     let common = |state: &str, default: &str, swift: &str| {
         format!(
-            "[DEFAULT]\ntransport_url = {amqp}\ncontrol_exchange = {exchange}\nstate_path = {}\n{default}\
-             [storage]\nbackend = swift\n[swift]\ncontainer_prefix = ekko-{tag}-\n{swift}{keystone}",
-            dir.join(state).display()
+            "[DEFAULT]\ntransport_url = {amqp}\ncontrol_exchange = {exchange}\nstate_path = {}\n{default}{}\
+             [storage]\nbackend = swift\n[swift]\ncontainer_prefix = ekko-{tag}-\n{swift}{keystone}{}",
+            dir.join(state).display(),
+            KOLLA_DEFAULT,
+            KOLLA_AUTHTOKEN,
         )
     };
     let (controller_keys, host_keys) = if public_key {

@@ -26,6 +26,7 @@ mod libvirt;
 mod libvirt_backup;
 mod libvirt_cluster;
 mod libvirt_hang;
+mod operations;
 mod qmp_peer;
 mod queue;
 mod restore_target;

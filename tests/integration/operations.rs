@@ -1,0 +1,202 @@
+//! Operating Ekko as an OpenStack service (issue 21): `/healthcheck` with
+//! the catalog up and down, configuration files as deployment tools write
+//! them, against the real Keystone, MariaDB, RabbitMQ and Swift.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cluster::{token, Service, KOLLA_AUTHTOKEN, KOLLA_DEFAULT};
+use crate::helpers::{free_port, keystone_section, mariadb_db, mysql_admin, service_env};
+
+async fn wait_until_listening(base: &str, api: &Service) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{base}/")).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ekko-api did not start: {}",
+            api.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn health(base: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = reqwest::Client::new().get(format!("{base}/healthcheck"));
+    if let Some(t) = token {
+        req = req.header("X-Auth-Token", t);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn check<'a>(detail: &'a Value, name: &str) -> &'a Value {
+    detail["checks"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} check in {detail}"))
+}
+
+fn write_conf(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_drains_by_file_and_details_the_catalog_down_and_up() {
+    ekko::cli::install_crypto_provider();
+    let (Some(amqp), Some(keystone), Some(server)) = (
+        service_env("EKKO_AMQP_URL"),
+        keystone_section(),
+        service_env("EKKO_DATABASE_URL"),
+    ) else {
+        return;
+    };
+    let Some(t) = mariadb_db() else { return };
+    t.db.sync().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let drain = dir.path().join("drain");
+    let port = free_port();
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let conf = write_conf(
+        dir.path(),
+        "api.conf",
+        &format!(
+            "[DEFAULT]\ntransport_url = {amqp}\ncontrol_exchange = ekko-test-{tag}\nstate_path = {}\n{KOLLA_DEFAULT}\
+             [database]\nconnection = {}\n[api]\nbind_host = 127.0.0.1\nbind_port = {port}\n\
+             [storage]\nbackend = swift\n[swift]\ncontainer_prefix = ekko-{tag}-\n\
+             [healthcheck]\ndisable_by_file_path = {}\n{keystone}{KOLLA_AUTHTOKEN}",
+            dir.path().join("state").display(),
+            t.url,
+            drain.display(),
+        ),
+    );
+    let api = Service::start("ekko-api", &conf, dir.path().join("api.log"), &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_listening(&base, &api).await;
+    // The foreign keys were read and noted, not refused.
+    assert!(
+        api.log().contains("memcache_secret_key ignored"),
+        "{}",
+        api.log()
+    );
+
+    // No token: OK in text; HEAD too, without a body.
+    assert_eq!(health(&base, None).await, (200, "OK".to_string()));
+    let head = reqwest::Client::new()
+        .head(format!("{base}/healthcheck"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    // A bad token is not a 401 here: just the plain answer.
+    assert_eq!(health(&base, Some("not-a-token")).await, (200, "OK".into()));
+    // A member sees only OK; an admin sees every check.
+    let member = token("EKKO_DEMO_USERNAME", "EKKO_DEMO_PASSWORD", "demo").await;
+    let admin = token("OS_USERNAME", "OS_PASSWORD", "admin").await;
+    assert_eq!(health(&base, Some(&member)).await, (200, "OK".into()));
+    let (s, body) = health(&base, Some(&admin)).await;
+    assert_eq!(s, 200, "{body}");
+    let detail: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(detail["status"], "OK", "{detail}");
+    for name in ["catalog", "message_bus", "object_store"] {
+        assert_eq!(check(&detail, name)["ok"], true, "{detail}");
+    }
+    assert!(!body.contains(&service_env("EKKO_SERVICE_PASSWORD").unwrap()));
+
+    // Drained by file: 503 for everyone, back once the file is gone.
+    std::fs::write(&drain, "").unwrap();
+    assert_eq!(health(&base, None).await, (503, "DISABLED BY FILE".into()));
+    assert_eq!(health(&base, Some(&admin)).await.0, 503);
+    std::fs::remove_file(&drain).unwrap();
+    assert_eq!(health(&base, None).await.0, 200);
+
+    // The catalog goes away: the plain answer stays OK (the process serves;
+    // a load balancer gains nothing by draining every node of a shared
+    // catalog), the detailed one is 503 and names the catalog.
+    let name = t.url.rsplit('/').next().unwrap().to_string();
+    let admin_db = mysql_admin::Admin::new(&server);
+    admin_db.drop_database(&name);
+    assert_eq!(health(&base, None).await, (200, "OK".into()));
+    let (s, body) = health(&base, Some(&admin)).await;
+    assert_eq!(s, 503, "{body}");
+    let detail: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(detail["status"], "FAILED");
+    assert_eq!(check(&detail, "catalog")["ok"], false, "{detail}");
+    assert_eq!(check(&detail, "message_bus")["ok"], true, "{detail}");
+    assert_eq!(check(&detail, "object_store")["ok"], true, "{detail}");
+
+    // And comes back.
+    admin_db.create_database(&name);
+    t.db.sync().unwrap();
+    let (s, body) = health(&base, Some(&admin)).await;
+    assert_eq!(s, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kolla_style_file_starts_retention_and_fails_the_strict_check() {
+    ekko::cli::install_crypto_provider();
+    let (Some(amqp), Some(keystone)) = (service_env("EKKO_AMQP_URL"), keystone_section()) else {
+        return;
+    };
+    let Some(t) = mariadb_db() else { return };
+    t.db.sync().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let conf = write_conf(
+        dir.path(),
+        "ekko.conf",
+        &format!(
+            "[DEFAULT]\ntransport_url = {amqp}\ncontrol_exchange = ekko-test-{tag}\nstate_path = {}\n{KOLLA_DEFAULT}\
+             [database]\nconnection = {}\n[storage]\nbackend = swift\n[swift]\ncontainer_prefix = ekko-{tag}-\n\
+             {keystone}{KOLLA_AUTHTOKEN}",
+            dir.path().join("state").display(),
+            t.url,
+        ),
+    );
+    let mut retention = Service::start(
+        "ekko-retention",
+        &conf,
+        dir.path().join("retention.log"),
+        &[],
+    );
+    // It connects and runs a pass (the pass logs when it is done).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let passed = |log: String| {
+        log.lines()
+            .any(|l| l.contains("INFO") && l.contains("retention pass"))
+    };
+    while !passed(retention.log()) {
+        assert!(
+            !retention.exited(),
+            "ekko-retention exited: {}",
+            retention.log()
+        );
+        assert!(Instant::now() < deadline, "no pass: {}", retention.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        retention.log().contains("log_dir ignored"),
+        "{}",
+        retention.log()
+    );
+    assert!(retention.terminate(), "{}", retention.log());
+
+    let manage = |strict: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ekko-manage"));
+        c.args(["--config-file", conf.to_str().unwrap(), "config", "check"]);
+        if strict {
+            c.arg("--strict");
+        }
+        c.output().unwrap()
+    };
+    let out = manage(false);
+    assert!(out.status.success(), "{out:?}");
+    let out = manage(true);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("log_dir"), "{err}");
+}
