@@ -1,9 +1,11 @@
 //! The command lines: what every binary shares (reading the configuration,
 //! starting logging, waiting for SIGTERM/SIGINT, progress bars), and the
-//! `ekko` ([`operator`]) and `ekko-manage` ([`manage`]) commands.
+//! `ekko` ([`operator`]), `ekko-manage` ([`manage`]) and `ekko-status`
+//! ([`status`]) commands.
 
 pub mod manage;
 pub mod operator;
+pub mod status;
 
 use crate::config::{ConfigArgs, EkkoConfig};
 

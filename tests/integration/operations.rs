@@ -200,3 +200,75 @@ async fn a_kolla_style_file_starts_retention_and_fails_the_strict_check() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("log_dir"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ekko_status_upgrade_check_exit_codes() {
+    let Some(t) = mariadb_db() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "[DEFAULT]\nstate_path = {}\n[database]\nconnection = {}\n",
+        dir.path().join("state").display(),
+        t.url
+    );
+    let status = |conf: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ekko-status"))
+            .args(["--config-file", conf.to_str().unwrap(), "upgrade", "check"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), text)
+    };
+    let clean = write_conf(dir.path(), "clean.conf", &base);
+
+    // A catalog never synced: the schema check fails.
+    let (code, text) = status(&clean);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("Check: Database schema") && text.contains("ekko-manage db sync"),
+        "{text}"
+    );
+
+    t.db.sync().unwrap();
+    let (code, text) = status(&clean);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("Upgrade Check Results"), "{text}");
+
+    // Keys of other libraries: a warning that names them.
+    let kolla = write_conf(
+        dir.path(),
+        "kolla.conf",
+        &format!("{base}[DEFAULT]\n{KOLLA_DEFAULT}"),
+    );
+    let (code, text) = status(&kolla);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("log_dir ignored"), "{text}");
+
+    // A compute host still on an older release: a warning naming it.
+    ekko::db::hosts::heartbeat(&mut t.db.conn().unwrap(), "compute-old", "0.0.1", 1).unwrap();
+    let (code, text) = status(&clean);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("compute-old runs 0.0.1"), "{text}");
+
+    // An unreadable master key file: a failure.
+    let missing = write_conf(
+        dir.path(),
+        "keys.conf",
+        &format!(
+            "{base}[encryption]\nmaster_key_file = {}\n",
+            dir.path().join("nope.key").display()
+        ),
+    );
+    let (code, text) = status(&missing);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("nope.key"), "{text}");
+
+    // A configuration that does not load: a failure, not a crash.
+    let bad = write_conf(
+        dir.path(),
+        "bad.conf",
+        &format!("{base}[api]\nbind_port = many\n"),
+    );
+    let (code, text) = status(&bad);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("bind_port"), "{text}");
+}

@@ -1,0 +1,5 @@
+//! ekko-status: operators' status checks (`ekko-status upgrade check`).
+
+fn main() {
+    ekko::cli::status::main()
+}
