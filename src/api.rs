@@ -136,6 +136,7 @@ async fn frame(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
     let request_id = format!("req-{}", uuid::Uuid::new_v4());
     let global = req
         .headers()
@@ -224,7 +225,31 @@ async fn frame(
     );
     let status = res.status().as_u16();
     tracing::info!(request_id = %request_id, global_request_id = ?global, status, "{} {}", res.request().method(), res.request().path());
+    count_request(&res, started.elapsed());
     Ok(res)
+}
+
+/// The request in the API's metrics, by route pattern (never the path
+/// itself: ids would make a series per resource).
+fn count_request<B>(res: &ServiceResponse<B>, took: std::time::Duration) {
+    let m = crate::metrics::metrics();
+    let method = res.request().method().as_str();
+    let pattern = res.request().match_pattern();
+    let route = pattern.as_deref().unwrap_or("unmatched");
+    let status = res.status().as_u16().to_string();
+    m.api_requests
+        .get_or_create(&crate::metrics::labels(&[
+            ("method", method),
+            ("route", route),
+            ("status", &status),
+        ]))
+        .inc();
+    m.api_request_seconds
+        .get_or_create(&crate::metrics::labels(&[
+            ("method", method),
+            ("route", route),
+        ]))
+        .observe(took.as_secs_f64());
 }
 
 async fn authenticate(

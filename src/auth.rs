@@ -172,9 +172,16 @@ impl KeystoneAuth {
     /// Validate one token, from the cache when possible.
     pub async fn validate(&self, token: &str) -> Result<Credentials, AuthError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let lookups = &crate::metrics::metrics().token_cache;
         if let Some(hit) = self.cached(&key) {
+            lookups
+                .get_or_create(&crate::metrics::labels(&[("result", "hit")]))
+                .inc();
             return hit;
         }
+        lookups
+            .get_or_create(&crate::metrics::labels(&[("result", "miss")]))
+            .inc();
         let result = self.fetch(token).await;
         let (result, expires) = match result {
             Ok((c, exp)) => (Ok(c), Some(exp)),

@@ -33,8 +33,8 @@ use foreign::{foreign_key, FOREIGN_SECTIONS};
 pub use options::{
     all_options, ApiOptions, AuthStrategy, BackupOptions, DatabaseOptions, DefaultOptions,
     EncryptionMode, EncryptionOptions, ExportOptions, GlanceOptions, HealthcheckOptions,
-    InstanceSource, KeystoneAuthtokenOptions, LibvirtOptions, LocalStoreOptions, OptionInfo,
-    OsloPolicyOptions, QuotaOptions, RetentionOptions, StorageBackend, StorageOptions,
+    InstanceSource, KeystoneAuthtokenOptions, LibvirtOptions, LocalStoreOptions, MetricsOptions,
+    OptionInfo, OsloPolicyOptions, QuotaOptions, RetentionOptions, StorageBackend, StorageOptions,
     SwiftOptions,
 };
 pub use types::{ByteSize, CommaList, Secret};
@@ -69,6 +69,7 @@ pub struct EkkoConfig {
     pub quota: QuotaOptions,
     pub encryption: EncryptionOptions,
     pub healthcheck: HealthcheckOptions,
+    pub metrics: MetricsOptions,
     /// The files that were read, in order (for locating `policy_file`).
     #[serde(skip)]
     pub loaded_files: Vec<PathBuf>,
@@ -473,6 +474,19 @@ impl EkkoConfig {
                     self.retention.retire_after
                 ),
             ));
+        }
+        for (key, listen) in [
+            ("api_listen", &self.metrics.api_listen),
+            ("backup_listen", &self.metrics.backup_listen),
+            ("retention_listen", &self.metrics.retention_listen),
+        ] {
+            if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "metrics",
+                    key,
+                    format!("{listen:?} is not an address and port (e.g. 127.0.0.1:9680)"),
+                ));
+            }
         }
         urls::DatabaseUrl::parse(&self.database.connection)
             .map_err(|e| invalid("database", "connection", e.to_string()))?;

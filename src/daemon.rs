@@ -11,6 +11,7 @@
 
 pub mod conductor;
 pub mod intake;
+pub mod metrics;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -110,13 +111,16 @@ pub async fn run_api(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::
     use futures::FutureExt;
     let shutdown = Box::pin(shutdown).shared();
     tracing::info!("starting the REST API and the conductor");
+    let listener = metrics::start(&ekko, &ekko.config.metrics.api_listen)?;
     let http = crate::api::serve(ekko.clone(), shutdown.clone());
     let conductor = async {
         run_conductor(ekko, shutdown)
             .await
             .map_err(anyhow::Error::from)
     };
-    tokio::try_join!(http, conductor)?;
+    let served = tokio::try_join!(http, conductor);
+    metrics::stop(listener).await;
+    served?;
     Ok(())
 }
 
@@ -128,7 +132,11 @@ pub fn check_api(ekko: &Ekko) -> anyhow::Result<()> {
 
 /// ekko-backup: see [`crate::worker`].
 pub async fn run_backup(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    Ok(crate::worker::run(ekko, shutdown).await?)
+    let listener = metrics::start(&ekko, &ekko.config.metrics.backup_listen)
+        .map_err(|e| DaemonError::Config(format!("{e:#}")))?;
+    let ran = crate::worker::run(ekko, shutdown).await;
+    metrics::stop(listener).await;
+    Ok(ran?)
 }
 
 /// ekko-retention: a retention pass (rules, then garbage collection) every
@@ -137,12 +145,17 @@ pub async fn run_retention(
     ekko: Ekko,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let listener = metrics::start(&ekko, &ekko.config.metrics.retention_listen)
+        .map_err(|e| DaemonError::Config(format!("{e:#}")))?;
     let mut ticker =
         tokio::time::interval(Duration::from_secs(ekko.config.retention.interval.max(1)));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => {
+                metrics::stop(listener).await;
+                return Ok(());
+            }
             _ = ticker.tick() => {
                 // In its own task: a defect that panics in one pass is
                 // logged, and the next pass runs on time.

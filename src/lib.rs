@@ -23,6 +23,7 @@
 //! | L0 | [`status`] | every status and kind as an enum | |
 //! | L0 | [`config`] | oslo-style INI → one typed struct per section; URLs; the sample | `format`, `tls` |
 //! | L0 | [`telemetry`] | tracing subscriber set-up | `config` |
+//! | L0 | [`metrics`] | this process's Prometheus metrics | |
 //! | L0 | [`schedule`] | cron schedules and time zones | |
 //! | L0 | [`timeline`] | an instance's backups as a terminal chart | |
 //! | L0 | [`tls`] | the TLS provider every client uses; a server's identity (exports) | |
@@ -83,6 +84,7 @@ pub mod keyring;
 pub mod keystone;
 pub mod libvirt;
 pub mod manifest;
+pub mod metrics;
 pub mod nbd;
 pub mod policy;
 pub mod qmp;

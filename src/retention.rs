@@ -216,6 +216,7 @@ pub async fn retire_gone(ekko: &Ekko) -> anyhow::Result<usize> {
 /// One retention pass over every enabled policy, then garbage collection.
 /// With `dry_run`, only counts what would expire.
 pub async fn run_pass(ekko: &Ekko, dry_run: bool) -> anyhow::Result<PassReport> {
+    let started = std::time::Instant::now();
     let mut report = PassReport::default();
     let all = ekko.db()?.run(|c| policies::list(c, None)).await?;
     for p in all.into_iter().filter(|p| p.enabled) {
@@ -278,7 +279,27 @@ pub async fn run_pass(ekko: &Ekko, dry_run: bool) -> anyhow::Result<PassReport> 
         }
     }
     tracing::info!(?report, "retention pass");
+    if !dry_run {
+        count_pass(&report, started.elapsed());
+    }
     Ok(report)
+}
+
+/// A pass in this process's metrics.
+fn count_pass(report: &PassReport, took: std::time::Duration) {
+    let m = crate::metrics::metrics();
+    m.retention_pass_seconds.observe(took.as_secs_f64());
+    for (outcome, n) in [
+        ("condemned", report.segments_condemned),
+        ("deleted", report.segments_deleted),
+        ("compacted", report.segments_compacted),
+    ] {
+        m.retention_segments
+            .get_or_create(&crate::metrics::labels(&[("outcome", outcome)]))
+            .inc_by(n as u64);
+    }
+    m.retention_bytes_reclaimed
+        .inc_by(report.bytes_reclaimed.max(0) as u64);
 }
 
 /// Condemn unreferenced segments; delete those condemned long enough.

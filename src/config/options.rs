@@ -274,6 +274,23 @@ option_group! {
 }
 
 option_group! {
+    /// `[metrics]`: each daemon's listener for Prometheus (`GET /metrics`)
+    /// and a local health check (`GET /healthcheck`: the catalog, bus and
+    /// store checks as JSON, `503` when one fails). No token is asked:
+    /// bind it to loopback or a management network. Off unless set.
+    pub struct MetricsOptions in "metrics" {
+        /// ekko-api's listener, `host:port` (e.g. `127.0.0.1:9680`); empty:
+        /// none. Its scrapes also count the catalog's backups and restores
+        /// by status and each compute host's heartbeat age.
+        pub api_listen: String = s("");
+        /// ekko-backup's listener on a compute host; empty: none.
+        pub backup_listen: String = s("");
+        /// ekko-retention's listener; empty: none.
+        pub retention_listen: String = s("");
+    }
+}
+
+option_group! {
     /// `[healthcheck]`: `GET|HEAD /healthcheck` of ekko-api, as
     /// oslo.middleware's (no token needed).
     pub struct HealthcheckOptions in "healthcheck" {
@@ -547,6 +564,7 @@ pub fn all_options() -> Vec<OptionInfo> {
     all.extend(QuotaOptions::describe());
     all.extend(EncryptionOptions::describe());
     all.extend(HealthcheckOptions::describe());
+    all.extend(MetricsOptions::describe());
     all
 }
 

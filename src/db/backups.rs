@@ -661,3 +661,11 @@ pub fn ids_that_may_count(conn: &mut DbConnection, project_id: &str) -> DbResult
         .select(backups::id)
         .load(conn)?)
 }
+
+/// How many backups the catalog holds in each status (metrics).
+pub fn count_by_status(conn: &mut DbConnection) -> DbResult<Vec<(BackupStatus, i64)>> {
+    Ok(backups::table
+        .group_by(backups::status)
+        .select((backups::status, diesel::dsl::count_star()))
+        .load(conn)?)
+}

@@ -148,3 +148,11 @@ pub fn set_progress(conn: &mut DbConnection, id: &str, percent: i32, bytes: i64)
     .execute(conn)?;
     Ok(())
 }
+
+/// How many restores the catalog holds in each status (metrics).
+pub fn count_by_status(conn: &mut DbConnection) -> DbResult<Vec<(RestoreStatus, i64)>> {
+    Ok(restores::table
+        .group_by(restores::status)
+        .select((restores::status, diesel::dsl::count_star()))
+        .load(conn)?)
+}

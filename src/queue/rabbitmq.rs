@@ -439,6 +439,12 @@ impl Consumer for RabbitConsumer {
                         Envelope::from_bytes(&d.data)
                             .unwrap_or_else(|e| Envelope::unreadable(e.to_string(), bytes))
                     };
+                    if d.redelivered {
+                        crate::metrics::metrics()
+                            .redeliveries
+                            .get_or_create(&crate::metrics::labels(&[("queue", &self.queue)]))
+                            .inc();
+                    }
                     let user_id = d.properties.user_id().as_ref().map(|u| u.to_string());
                     let acker = RabbitAcker { acker: d.acker };
                     return Ok(Delivery::new(envelope, d.redelivered, Box::new(acker))

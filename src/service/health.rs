@@ -1,7 +1,7 @@
 //! Whether this process can reach what it depends on: the catalog, the
-//! message bus and the object store, each asked once with a deadline. The
-//! detailed `/healthcheck` of ekko-api, the daemons' local health checks
-//! and `ekko-status upgrade check` run these.
+//! message bus and the object store, each asked once with a deadline (the
+//! detailed `/healthcheck` of ekko-api, and the one of each daemon's
+//! metrics listener); and the catalog's gauges a metrics scrape shows.
 
 use std::time::{Duration, Instant};
 
@@ -83,4 +83,45 @@ async fn timed(
             }
         }
     }
+}
+
+/// Set the catalog's gauges (backups and restores by status, seconds since
+/// each host's heartbeat) before the metrics are rendered; a process with
+/// no catalog has none to set.
+pub async fn refresh_catalog_metrics(ekko: &Ekko) -> Result<(), crate::db::DbError> {
+    let Ok(db) = ekko.db() else {
+        return Ok(());
+    };
+    let (backups, restores, hosts) = db
+        .run(|c| {
+            Ok((
+                crate::db::backups::count_by_status(c)?,
+                crate::db::restores::count_by_status(c)?,
+                crate::db::hosts::list(c)?,
+            ))
+        })
+        .await?;
+    let m = crate::metrics::metrics();
+    // Statuses no longer present read 0, not their last count.
+    m.backups.clear();
+    m.restores.clear();
+    m.heartbeat_age_seconds.clear();
+    for (status, n) in backups {
+        m.backups
+            .get_or_create(&crate::metrics::labels(&[("status", status.as_str())]))
+            .set(n);
+    }
+    for (status, n) in restores {
+        m.restores
+            .get_or_create(&crate::metrics::labels(&[("status", status.as_str())]))
+            .set(n);
+    }
+    let now = crate::db::now();
+    for h in hosts {
+        let age = (now - h.heartbeat_at).num_seconds().max(0);
+        m.heartbeat_age_seconds
+            .get_or_create(&crate::metrics::labels(&[("host", &h.name)]))
+            .set(age);
+    }
+    Ok(())
 }

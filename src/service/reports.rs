@@ -188,6 +188,21 @@ async fn missing_segment(ekko: &Ekko, f: &BackupFinished) -> ServiceResult<Optio
     Ok(None)
 }
 
+/// A committed backup in this process's metrics.
+fn count_committed(b: &crate::db::backups::Backup) {
+    let m = crate::metrics::metrics();
+    m.add_backup_bytes(b.logical_bytes, b.read_bytes, b.new_bytes, b.stored_bytes);
+    if let (Some(start), Some(end)) = (b.started_at, b.completed_at) {
+        let took = (end - start).to_std().unwrap_or_default();
+        m.backup_seconds
+            .get_or_create(&crate::metrics::labels(&[(
+                "kind",
+                b.kind.as_deref().unwrap_or("unknown"),
+            )]))
+            .observe(took.as_secs_f64());
+    }
+}
+
 /// Handle one status message from `sender`. Unreadable bodies are
 /// `BadMessage`, reports that contradict the catalog `Refused` (the caller
 /// dead-letters both); a `Conflict` is a verdict (the message is handled);
@@ -339,7 +354,8 @@ pub async fn record(ekko: &Ekko, message: &Envelope, sender: &Sender) -> Service
             };
             match committed {
                 Ok(b) => {
-                    tracing::info!(backup = %b.id, host = %f.host, kind = %f.kind, "backup committed")
+                    tracing::info!(backup = %b.id, host = %f.host, kind = %f.kind, "backup committed");
+                    count_committed(&b);
                 }
                 Err(DbError::Conflict(why)) => {
                     // The backup cannot be committed (cancelled, timed out,

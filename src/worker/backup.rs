@@ -57,8 +57,10 @@ impl Worker {
             return;
         };
         tracing::info!(backup = %job.backup_id, instance = %job.instance_id, attempt = admitted.attempt, "backup started");
+        let started = std::time::Instant::now();
         let outcome = self.run_job(&job, &instance, &mut admitted).await;
         admitted.work_over();
+        count_backup(&outcome, started.elapsed());
         // Still "running" here until settled: a redelivered copy waits
         // for that (see admit), so it never starts while this hands on.
         match outcome {
@@ -190,4 +192,27 @@ impl Worker {
             }
         }
     }
+}
+
+/// A backup run in this host's metrics: its duration by outcome, and its
+/// bytes once stored.
+fn count_backup(outcome: &Result<Result<Executed, String>, Stop>, took: std::time::Duration) {
+    let m = crate::metrics::metrics();
+    let result = match outcome {
+        Ok(Ok(executed)) => {
+            let disks = &executed.finished.disks;
+            let sum = |f: fn(&crate::wire::DiskCommit) -> i64| disks.iter().map(f).sum::<i64>();
+            m.add_backup_bytes(
+                sum(|d| d.virtual_size),
+                sum(|d| d.read_bytes),
+                sum(|d| d.new_bytes),
+                sum(|d| d.stored_bytes),
+            );
+            "stored"
+        }
+        Ok(Err(_)) => "failed",
+        Err(Stop::Shutdown) => "shutdown",
+        Err(_) => "cancelled",
+    };
+    m.job_ended("backup", result, took);
 }

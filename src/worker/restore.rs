@@ -155,12 +155,21 @@ impl Worker {
         let left = (job.deadline - Utc::now()).to_std().unwrap_or_default();
         let progress = admitted.progress.clone();
         let work = restore(&reader, &record, target.clone(), Some(&progress));
+        let started = std::time::Instant::now();
         let outcome = tokio::select! {
             r = work => Ok(r),
             s = stopped(&mut admitted.stop) => Err(Some(s)),
             _ = tokio::time::sleep(left) => Err(None),
         };
         admitted.work_over();
+        let how = match &outcome {
+            Ok(Ok(_)) => "written",
+            Ok(Err(_)) => "failed",
+            Err(Some(Stop::Shutdown)) => "shutdown",
+            Err(Some(_)) => "cancelled",
+            Err(None) => "timed_out",
+        };
+        crate::metrics::metrics().job_ended("restore", how, started.elapsed());
         let result = match outcome {
             Ok(Ok(stats)) => Ok(stats),
             Ok(Err(e)) => Err(format!("{e}")),

@@ -237,6 +237,8 @@ pub struct Cluster {
     pub exchange: String,
     /// Each host's own bus URL (its user).
     pub bus_urls: Vec<String>,
+    /// ekko-api's metrics listener (`http://…`).
+    pub api_metrics: String,
     _bus_users: BusUsers,
     _db: crate::helpers::TestDb,
 }
@@ -397,11 +399,13 @@ pub async fn start_cluster_with(
         host_urls.push(url);
     }
     let api_port = free_port();
+    let metrics_port = free_port();
     let api_conf = dir.join("api.conf");
     std::fs::write(
         &api_conf,
         format!(
             "{}[database]\nconnection = {}\n[api]\nbind_host = 127.0.0.1\nbind_port = {api_port}\n\
+             [metrics]\napi_listen = 127.0.0.1:{metrics_port}\n\
              [backup]\njob_stall_timeout = 20\nhost_bus_users = true\n{controller_keys}",
             common("api", "", ""),
             t.url
@@ -514,6 +518,7 @@ pub async fn start_cluster_with(
         public_key,
         exchange,
         bus_urls: host_urls,
+        api_metrics: format!("http://127.0.0.1:{metrics_port}"),
         _bus_users: BusUsers(bus_users),
         _db: t,
     })

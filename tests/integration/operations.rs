@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{token, Service, KOLLA_AUTHTOKEN, KOLLA_DEFAULT};
+use crate::cluster::{start_cluster_with, token, Service, KOLLA_AUTHTOKEN, KOLLA_DEFAULT, MIB};
 use crate::helpers::{free_port, keystone_section, mariadb_db, mysql_admin, service_env};
 
 async fn wait_until_listening(base: &str, api: &Service) {
@@ -271,4 +271,153 @@ async fn ekko_status_upgrade_check_exit_codes() {
     let (code, text) = status(&bad);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("bind_port"), "{text}");
+}
+
+/// The value of one series in a Prometheus text exposition.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_daemons_metrics_show_a_distributed_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let host_port = free_port();
+    let host_extra = format!("[metrics]\nbackup_listen = 127.0.0.1:{host_port}\n");
+    let Some(c) = start_cluster_with(dir.path(), None, false, [&host_extra, ""]).await else {
+        return;
+    };
+    // ekko-retention on the same catalog, bus and store.
+    let retention_port = free_port();
+    let conf = dir.path().join("retention.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{}[metrics]\nretention_listen = 127.0.0.1:{retention_port}\n[retention]\ninterval = 1\n",
+            std::fs::read_to_string(&c.operator_conf).unwrap()
+        ),
+    )
+    .unwrap();
+    let retention = Service::start(
+        "ekko-retention",
+        &conf,
+        dir.path().join("retention.log"),
+        &[],
+    );
+
+    let a = &c.hosts[0];
+    a.qsd.write(0, 0, &vec![0x5a; 3 * MIB as usize]);
+    let b = c
+        .member
+        .backup(&a.instance, "full", Duration::from_secs(120))
+        .await;
+    assert_eq!(b["status"], "available", "{b}");
+
+    // The compute host: the backup's bytes and how long it ran.
+    let (s, host) = get(&format!("http://127.0.0.1:{host_port}/metrics")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        series(&host, "ekko_backup_bytes_total{stage=\"scanned\"}"),
+        Some((64 * MIB) as f64),
+        "{host}"
+    );
+    for stage in ["read", "new", "stored"] {
+        let name = format!("ekko_backup_bytes_total{{stage=\"{stage}\"}}");
+        assert!(
+            series(&host, &name) >= b[format!("{stage}_bytes")].as_f64(),
+            "{host}\n{b}"
+        );
+        assert!(series(&host, &name) > Some(0.0), "{host}");
+    }
+    assert_eq!(
+        series(
+            &host,
+            "ekko_job_duration_seconds_count{kind=\"backup\",outcome=\"stored\"}"
+        ),
+        Some(1.0),
+        "{host}"
+    );
+    // The conductor: what it committed, the catalog's gauges, requests.
+    let (s, api) = get(&format!("{}/metrics", c.api_metrics)).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        series(&api, "ekko_backup_bytes_total{stage=\"scanned\"}"),
+        Some((64 * MIB) as f64),
+        "{api}"
+    );
+    assert_eq!(
+        series(&api, "ekko_backup_bytes_total{stage=\"stored\"}"),
+        b["stored_bytes"].as_f64(),
+        "{api}\n{b}"
+    );
+    assert_eq!(
+        series(
+            &api,
+            "ekko_backup_commit_duration_seconds_count{kind=\"full\"}"
+        ),
+        Some(1.0),
+        "{api}"
+    );
+    assert_eq!(
+        series(&api, "ekko_backups{status=\"available\"}"),
+        Some(1.0),
+        "{api}"
+    );
+    assert!(
+        series(
+            &api,
+            "ekko_api_requests_total{method=\"POST\",route=\"/v1/backups\",status=\"202\"}"
+        ) >= Some(1.0),
+        "{api}"
+    );
+    assert!(
+        series(&api, "ekko_token_cache_lookups_total{result=\"hit\"}") >= Some(1.0),
+        "{api}"
+    );
+    let age = series(
+        &api,
+        &format!("ekko_host_heartbeat_age_seconds{{host=\"{}\"}}", a.name),
+    );
+    assert!(age.is_some_and(|s| s < 30.0), "{api}");
+    // Retention: a pass ran.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, text) = get(&format!("http://127.0.0.1:{retention_port}/metrics")).await;
+        if series(&text, "ekko_retention_pass_duration_seconds_count") >= Some(1.0) {
+            assert!(text.contains("ekko_retention_segments_total"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pass: {text}\n{}",
+            retention.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The local health checks: the host has no catalog to check.
+    let (s, body) = get(&format!("http://127.0.0.1:{host_port}/healthcheck")).await;
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["message_bus", "object_store"], "{v}");
+    let (s, body) = get(&format!("http://127.0.0.1:{retention_port}/healthcheck")).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("\"catalog\""), "{body}");
 }
