@@ -38,6 +38,12 @@ if is_service_enabled ekko-api ekko-backup ekko-retention; then
             sync_ekko_database
         fi
         start_ekko
+
+    elif [[ "${1:-}" == "stack" && "${2:-}" == "test-config" ]]; then
+        if ekko_uses_database; then
+            echo_summary "Checking Ekko"
+            check_ekko
+        fi
     fi
 
     if [[ "${1:-}" == "unstack" ]]; then

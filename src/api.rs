@@ -39,6 +39,7 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use crate::auth::{AuthError, Credentials, KeystoneAuth};
 use crate::config::AuthStrategy;
 use crate::policy::{Caller, Policy};
+use crate::queue::valid_request_id;
 use crate::Ekko;
 use error::ApiError;
 use version::Microversion;
@@ -125,12 +126,6 @@ const REQUEST_ID: &str = "x-openstack-request-id";
 /// oslo.middleware's health check path.
 pub const HEALTHCHECK_PATH: &str = "/healthcheck";
 
-/// `req-<uuid>`
-fn valid_request_id(v: &str) -> bool {
-    v.strip_prefix("req-")
-        .is_some_and(|u| u.len() == 36 && uuid::Uuid::parse_str(u).is_ok())
-}
-
 /// Request id, microversion, authentication, error bodies, headers.
 async fn frame(
     req: ServiceRequest,
@@ -180,7 +175,24 @@ async fn frame(
     };
     let (version, mut res) = match outcome {
         Ok(version) => {
-            let res = next.call(req).await?.map_into_boxed_body();
+            // Every line the request logs, and every message it sends,
+            // carries its ids (and who asks).
+            let (user, project) = req
+                .extensions()
+                .get::<RequestContext>()
+                .map(|c| (c.creds.user_id.clone(), c.creds.project_id.clone()))
+                .unwrap_or_default();
+            let span = tracing::info_span!(
+                "request",
+                request_id = %request_id,
+                global_request_id = global.as_deref().unwrap_or("-"),
+                user = %user,
+                project = project.as_deref().unwrap_or("-"),
+            );
+            let work = tracing::Instrument::instrument(next.call(req), span);
+            let res = crate::telemetry::with_request_id(Some(request_id.clone()), work)
+                .await?
+                .map_into_boxed_body();
             (version, res)
         }
         Err(e) => {
@@ -287,15 +299,38 @@ async fn authenticate(
     })
 }
 
-/// The URL clients use to reach this API (for links).
+/// The URL clients use to reach this API (for links): `[api]
+/// public_endpoint`; else, with `[oslo_middleware]
+/// enable_proxy_headers_parsing`, what the proxy headers say (scheme, host
+/// and the path prefix the proxy serves the API at); else the request's
+/// own `Host` and this listener's scheme.
 pub fn base_url(req: &HttpRequest, state: &ApiState) -> String {
-    match &state.ekko.config.api.public_endpoint {
-        Some(p) => p.trim_end_matches('/').to_string(),
-        None => {
-            let ci = req.connection_info();
-            format!("{}://{}", ci.scheme(), ci.host())
-        }
+    let config = &state.ekko.config;
+    if let Some(p) = &config.api.public_endpoint {
+        return p.trim_end_matches('/').to_string();
     }
+    if config.oslo_middleware.enable_proxy_headers_parsing {
+        let ci = req.connection_info();
+        let prefix = req
+            .headers()
+            .get("X-Forwarded-Prefix")
+            .and_then(|v| v.to_str().ok())
+            .map(|p| p.trim().trim_end_matches('/'))
+            .filter(|p| p.starts_with('/') && !p.contains(['"', '<', '>', '\\', ' ']))
+            .unwrap_or("");
+        return format!("{}://{}{prefix}", ci.scheme(), ci.host());
+    }
+    let scheme = if req.app_config().secure() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| req.app_config().host());
+    format!("{scheme}://{host}")
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -488,6 +523,8 @@ pub async fn serve(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::Re
     .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?
     .run();
     tracing::info!(%host, port, "ekko-api listening");
+    // Connected (Ekko::connect) and bound.
+    crate::systemd::notify_ready();
     let handle = server.handle();
     let stopper = async move {
         shutdown.await;

@@ -34,8 +34,8 @@ pub use options::{
     all_options, ApiOptions, AuthStrategy, BackupOptions, DatabaseOptions, DefaultOptions,
     EncryptionMode, EncryptionOptions, ExportOptions, GlanceOptions, HealthcheckOptions,
     InstanceSource, KeystoneAuthtokenOptions, LibvirtOptions, LocalStoreOptions, MetricsOptions,
-    OptionInfo, OsloPolicyOptions, QuotaOptions, RetentionOptions, StorageBackend, StorageOptions,
-    SwiftOptions,
+    OptionInfo, OsloMiddlewareOptions, OsloPolicyOptions, QuotaOptions, RetentionOptions,
+    StorageBackend, StorageOptions, SwiftOptions,
 };
 pub use types::{ByteSize, CommaList, Secret};
 
@@ -68,6 +68,7 @@ pub struct EkkoConfig {
     pub retention: RetentionOptions,
     pub quota: QuotaOptions,
     pub encryption: EncryptionOptions,
+    pub oslo_middleware: OsloMiddlewareOptions,
     pub healthcheck: HealthcheckOptions,
     pub metrics: MetricsOptions,
     /// The files that were read, in order (for locating `policy_file`).
@@ -88,6 +89,12 @@ pub struct ConfigArgs {
     /// Directory whose `*.conf` files are read after the config files.
     #[arg(long = "config-dir", value_name = "DIR", global = true)]
     pub config_dir: Vec<PathBuf>,
+    /// Log at debug level (`[DEFAULT] debug`).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// Log to this file (`[DEFAULT] log_file`; SIGHUP reopens it).
+    #[arg(long = "log-file", value_name = "PATH", global = true)]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +172,15 @@ impl ConfigArgs {
         &self,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<EkkoConfig, ConfigError> {
-        EkkoConfig::load(&self.files()?, env)
+        let mut config = EkkoConfig::load(&self.files()?, env)?;
+        // The command line wins over files and environment, as in oslo.
+        if self.debug {
+            config.default.debug = true;
+        }
+        if let Some(file) = &self.log_file {
+            config.default.log_file = Some(file.display().to_string());
+        }
+        Ok(config)
     }
 
     /// As [`ConfigArgs::load`], refusing other libraries' sections and

@@ -134,6 +134,8 @@ pub fn check_api(ekko: &Ekko) -> anyhow::Result<()> {
 pub async fn run_backup(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let listener = metrics::start(&ekko, &ekko.config.metrics.backup_listen)
         .map_err(|e| DaemonError::Config(format!("{e:#}")))?;
+    // Connected to the bus and the store (Ekko::connect).
+    crate::systemd::notify_ready();
     let ran = crate::worker::run(ekko, shutdown).await;
     metrics::stop(listener).await;
     Ok(ran?)
@@ -147,6 +149,7 @@ pub async fn run_retention(
 ) -> Result<(), DaemonError> {
     let listener = metrics::start(&ekko, &ekko.config.metrics.retention_listen)
         .map_err(|e| DaemonError::Config(format!("{e:#}")))?;
+    crate::systemd::notify_ready();
     let mut ticker =
         tokio::time::interval(Duration::from_secs(ekko.config.retention.interval.max(1)));
     tokio::pin!(shutdown);

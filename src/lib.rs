@@ -24,6 +24,7 @@
 //! | L0 | [`config`] | oslo-style INI → one typed struct per section; URLs; the sample | `format`, `tls` |
 //! | L0 | [`telemetry`] | tracing subscriber set-up | `config` |
 //! | L0 | [`metrics`] | this process's Prometheus metrics | |
+//! | L0 | [`systemd`] | readiness for `Type=notify` units | |
 //! | L0 | [`schedule`] | cron schedules and time zones | |
 //! | L0 | [`timeline`] | an instance's backups as a terminal chart | |
 //! | L0 | [`tls`] | the TLS provider every client uses; a server's identity (exports) | |
@@ -97,6 +98,7 @@ pub mod service;
 pub mod standalone;
 pub mod status;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod timeline;
 pub mod tls;

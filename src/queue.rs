@@ -19,7 +19,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use message::{
-    Envelope, Unreadable, BASE_VERSION, MESSAGE_VERSION, UNREADABLE_KIND, WRITE_KEYS_VERSION,
+    valid_request_id, Envelope, Unreadable, BASE_VERSION, MESSAGE_VERSION, UNREADABLE_KIND,
+    WRITE_KEYS_VERSION,
 };
 
 pub use crate::config::urls::TransportUrl;

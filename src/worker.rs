@@ -160,6 +160,21 @@ impl Worker {
     }
 
     async fn handle(self: Arc<Self>, delivery: Delivery) {
+        // The job runs, logs and reports under the API request that asked
+        // for it.
+        let request_id = delivery.envelope.request_id.clone();
+        let span = tracing::info_span!(
+            "job",
+            request_id = request_id.as_deref().unwrap_or("-"),
+            kind = %delivery.envelope.kind,
+            host = %self.host,
+        );
+        let work = self.handle_kind(delivery);
+        crate::telemetry::with_request_id(request_id, tracing::Instrument::instrument(work, span))
+            .await
+    }
+
+    async fn handle_kind(self: Arc<Self>, delivery: Delivery) {
         match delivery.envelope.kind.as_str() {
             BACKUP_RUN => self.handle_backup(delivery).await,
             RESTORE_RUN => self.handle_restore(delivery).await,

@@ -33,7 +33,7 @@ cd "$ROOT"
 
 EKKO_BIN=${EKKO_BIN:-target/debug}
 case $EKKO_BIN in /*) ;; *) EKKO_BIN="$ROOT/$EKKO_BIN" ;; esac
-BINARIES=(ekko ekko-api ekko-backup ekko-retention ekko-manage)
+BINARIES=(ekko ekko-api ekko-backup ekko-retention ekko-manage ekko-status)
 for b in "${BINARIES[@]}"; do
     [ -x "$EKKO_BIN/$b" ] || { echo "devstack-test: $EKKO_BIN/$b missing (build first, or set EKKO_BIN)" >&2; exit 2; }
 done
@@ -191,6 +191,7 @@ get_or_add_user_project_role() { record get_or_add_user_project_role "$@"; }
 get_or_create_service() { record get_or_create_service "$@"; echo 5e7c0de5; }
 get_or_create_endpoint() { record get_or_create_endpoint "$@"; echo e0d9017; }
 run_process() { record run_process "$@"; }
+wait_for_service() { record wait_for_service "$@"; }
 rabbitmqctl() { record rabbitmqctl "$@"; }
 stop_process() { record stop_process "$@"; }
 mysql() { record mysql "$@"; }
@@ -213,7 +214,7 @@ cat >"$TMP/fakebin/cargo" <<'SH'
 #!/usr/bin/env bash
 set -euo pipefail
 printf 'cargo %s|cwd=%s|CARGO_TARGET_DIR=%s\n' "$*" "$PWD" "${CARGO_TARGET_DIR:-}" >>"$EKKO_TEST_LOG"
-for b in ekko ekko-api ekko-backup ekko-retention ekko-manage; do
+for b in ekko ekko-api ekko-backup ekko-retention ekko-manage ekko-status; do
     mkdir -p "$CARGO_TARGET_DIR/release"
     printf '#!/usr/bin/env bash\nprintf "exec %s %%s\\n" "$*" >>"$EKKO_TEST_LOG"\nexec "%s/%s" "$@"\n' \
         "$b" "$EKKO_TEST_REAL_BIN" "$b" >"$CARGO_TARGET_DIR/release/$b"
@@ -240,7 +241,7 @@ new_scenario() {
     # devstack's globals the plugin reads.
     export DEST="$S/opt/stack" DATA_DIR="$S/opt/stack/data" STACK_USER
     STACK_USER=$(id -un)
-    export SERVICE_HOST=10.0.0.5 SERVICE_PROTOCOL=http SERVICE_LISTEN_ADDRESS=0.0.0.0
+    export SERVICE_HOST=10.0.0.5 SERVICE_PROTOCOL=http SERVICE_LISTEN_ADDRESS=0.0.0.0 SERVICE_TIMEOUT=60
     export KEYSTONE_SERVICE_URI=http://10.0.0.5/identity REGION_NAME=RegionOne
     export SERVICE_PASSWORD=secretservice SERVICE_DOMAIN_NAME=Default SERVICE_PROJECT_NAME=service
     export MEMCACHE_SERVERS=localhost:11211 API_WORKERS=2
@@ -305,7 +306,7 @@ key_mode() { stat -c %a "$1"; }
 
 # config_check: the real ekko-manage accepts the written file.
 config_check() {
-    "$EKKO_BIN/ekko-manage" --config-file "$CONF" config check >"$S/config-check.out" 2>"$S/config-check.err"
+    "$EKKO_BIN/ekko-manage" --config-file "$CONF" config check --strict >"$S/config-check.out" 2>"$S/config-check.err"
 }
 check_config_is_real() {
     if config_check; then
@@ -340,7 +341,7 @@ check_common_conf() {
     check "[keystone_authtoken] project_name" ini_is "$CONF" keystone_authtoken project_name service
     check "[keystone_authtoken] interface public" ini_is "$CONF" keystone_authtoken interface public
     check "[keystone_authtoken] region_name" ini_is "$CONF" keystone_authtoken region_name RegionOne
-    check "[keystone_authtoken] memcached_servers" ini_is "$CONF" keystone_authtoken memcached_servers localhost:11211
+    check_not "no [keystone_authtoken] memcached_servers (Ekko's token cache is per process)" ini_get "$CONF" keystone_authtoken memcached_servers
     check "policy file installed from the sample" cmp "$EKKO_CONF_DIR/policy.yaml" "$ROOT/etc/ekko/policy.yaml.sample"
     check "[oslo_policy] policy_file" ini_is "$CONF" oslo_policy policy_file "$EKKO_CONF_DIR/policy.yaml"
 }
@@ -356,9 +357,17 @@ check_controller_bus_user() {
         bash -c "grep -q '^transport_url = rabbit://ekko:[0-9a-f]*@10.0.0.5:5672/\$' '$CONF'"
 }
 
+# check_registered swift|local
 check_registered() {
-    check "service user ekko created" called "create_service_user ekko|admin"
-    check "service user ekko has the service role (service tokens)" called "get_or_add_user_project_role service|ekko|service"
+    check "service user ekko created with the service role (service tokens, token validation)" \
+        called "create_service_user ekko|service"
+    check_not "the service user is never given admin" called_matching '(^create_service_user ekko\|admin|^get_or_add_user_project_role admin)'
+    if [[ $1 == swift ]]; then
+        check "with Swift, member in the service project (Swift's operator role)" \
+            called "get_or_add_user_project_role member|ekko|service"
+    else
+        check_not "without Swift, no other role" called_matching '^get_or_add_user_project_role'
+    fi
     check "service registered as type instance-backup" called "get_or_create_service ekko|instance-backup|Ekko instance backup"
     check "endpoint registered for instance-backup at http://10.0.0.5:6800" \
         called "get_or_create_endpoint instance-backup|RegionOne|http://10.0.0.5:6800"
@@ -414,7 +423,7 @@ scenario_aio() {
         bash -c "grep -q '^transport_url = rabbit://ekko-host-$EKKO_HOST:[0-9a-f]*@10.0.0.5:5672/' '$EKKO_CONF_DIR/ekko-backup.conf'"
     check "ekko-backup.conf is not world-readable" test "$(stat -c %a "$EKKO_CONF_DIR/ekko-backup.conf")" = 640
     check "database recreated" called "recreate_database ekko"
-    check_registered
+    check_registered swift
     check_config_is_real
     check "config check sees the Swift store" grep -q "backend: Swift" "$S/config-check.out"
     check "[encryption] on by default (symmetric)" ini_is "$CONF" encryption enabled true
@@ -440,6 +449,7 @@ scenario_aio() {
     check "catalog schema up to date after the extra phase" "$EKKO_BIN/ekko-manage" --config-file "$CONF" db version
     unset EKKO__DATABASE__CONNECTION
     check "run_process ekko-api" called "run_process ekko-api|$EKKO_BIN_DIR/ekko-api --config-file $CONF"
+    check "then waits for its /healthcheck" called "wait_for_service 60|http://10.0.0.5:6800/healthcheck"
     check "run_process ekko-retention" called "run_process ekko-retention|$EKKO_BIN_DIR/ekko-retention --config-file $CONF"
     check "run_process ekko-backup with its own bus URL, as root (libvirt)" called "run_process ekko-backup|$EKKO_BIN_DIR/ekko-backup --config-file $CONF --config-file $EKKO_CONF_DIR/ekko-backup.conf||root"
     check "three processes started" test "$(calls_of run_process)" = 3
@@ -454,10 +464,11 @@ scenario_aio() {
     check_config_is_real
     unset EKKO_INSTANCE_SOURCE
 
-    local before
-    before=$(wc -l <"$EKKO_TEST_LOG")
+    export EKKO__DATABASE__CONNECTION="sqlite://$S/catalog.sqlite"
     phase stack test-config
-    check "test-config does nothing" test "$(wc -l <"$EKKO_TEST_LOG")" = "$before"
+    unset EKKO__DATABASE__CONNECTION
+    check "test-config runs ekko-status upgrade check" called "exec ekko-status --config-file $CONF upgrade check"
+    check_not "and it passed" called_matching '^die '
 
     phase unstack
     for b in ekko-api ekko-retention ekko-backup; do
@@ -498,7 +509,7 @@ scenario_ctl_local() {
     check_not "no [backup] discovery_dir without ekko-backup" ini_get "$CONF" backup discovery_dir
     check "[database] connection" ini_is "$CONF" database connection "mysql+pymysql://root:secretdb@127.0.0.1/ekko?charset=utf8&plugin=dbcounter"
     check "database recreated" called "recreate_database ekko"
-    check_registered
+    check_registered local
     check_config_is_real
     check "config check sees the local store" grep -q "backend: Local" "$S/config-check.out"
     check "[encryption] mode public_key" ini_is "$CONF" encryption mode public_key

@@ -12,7 +12,6 @@ pub(super) const FOREIGN_SECTIONS: &[&str] = &[
     "oslo_messaging_notifications",
     "oslo_concurrency",
     "oslo_messaging_kombu",
-    "oslo_middleware",
     "oslo_reports",
     "oslo_limit",
     "profiler",
@@ -29,12 +28,9 @@ pub(super) const FOREIGN_KEYS: &[(&str, &[&str])] = &[
     (
         "DEFAULT",
         &[
-            "log_dir",
             "use_stderr",
             "use_syslog",
             "syslog_log_facility",
-            "use_journal",
-            "use_json",
             "use_eventlog",
             "log_config_append",
             "log_date_format",
@@ -98,6 +94,14 @@ pub(super) const FOREIGN_KEYS: &[(&str, &[&str])] = &[
             "domain_name",
             "cache",
             "region_name_fallback",
+        ],
+    ),
+    (
+        "oslo_middleware",
+        &[
+            "max_request_body_size",
+            "secure_proxy_ssl_header",
+            "http_basic_auth_user_file",
         ],
     ),
     (

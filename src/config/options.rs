@@ -110,8 +110,16 @@ option_group! {
         pub state_path: String = s("/var/lib/ekko");
         /// Log at debug level instead of info.
         pub debug: bool = false;
-        /// Write logs to this file instead of standard error.
+        /// Write logs to this file instead of standard error (relative
+        /// paths are under `log_dir`); SIGHUP reopens it (logrotate).
         pub log_file: Option<String> = None;
+        /// Directory of `log_file`; alone, logs go to `<log_dir>/<program>.log`.
+        pub log_dir: Option<String> = None;
+        /// Log one JSON object per line (with the request's or job's span).
+        pub use_json: bool = false;
+        /// Log to journald (with each line's fields) instead of a file or
+        /// standard error.
+        pub use_journal: bool = false;
     }
 }
 
@@ -287,6 +295,19 @@ option_group! {
         pub backup_listen: String = s("");
         /// ekko-retention's listener; empty: none.
         pub retention_listen: String = s("");
+    }
+}
+
+option_group! {
+    /// `[oslo_middleware]`: what oslo.middleware's options mean for ekko-api.
+    pub struct OsloMiddlewareOptions in "oslo_middleware" {
+        /// Believe the proxy headers (`Forwarded`, `X-Forwarded-Proto`,
+        /// `X-Forwarded-Host`, `X-Forwarded-Prefix`) when building the links
+        /// of answers: only behind a proxy that sets them (devstack's Apache
+        /// at `/instance-backup`, an HAProxy with TLS). Off, a client that
+        /// sends them cannot make the API hand out links to another host.
+        /// `[api] public_endpoint`, when set, wins over both.
+        pub enable_proxy_headers_parsing: bool = false;
     }
 }
 
@@ -563,6 +584,7 @@ pub fn all_options() -> Vec<OptionInfo> {
     all.extend(RetentionOptions::describe());
     all.extend(QuotaOptions::describe());
     all.extend(EncryptionOptions::describe());
+    all.extend(OsloMiddlewareOptions::describe());
     all.extend(HealthcheckOptions::describe());
     all.extend(MetricsOptions::describe());
     all

@@ -107,6 +107,7 @@ fn kept(envelope: &Envelope, bytes: usize) -> Envelope {
         sent_at: envelope.sent_at.clone(),
         body: serde_json::json!({ "omitted_bytes": bytes }),
         retries: envelope.retries,
+        request_id: envelope.request_id.clone(),
     }
 }
 
@@ -257,7 +258,23 @@ pub async fn handle(
     counters: Arc<Counters>,
     retries: Arc<Retries>,
 ) {
-    let outcome = outcome_of(&ekko, &delivery.envelope, delivery.user_id.as_deref()).await;
+    // Logged under the request the report follows from (`[DEFAULT]
+    // use_json` and journald keep the fields; text shows the span).
+    let span = tracing::info_span!(
+        "report",
+        request_id = delivery.envelope.request_id.as_deref().unwrap_or("-"),
+        kind = %delivery.envelope.kind,
+        message = %delivery.envelope.id,
+    );
+    let outcome = crate::telemetry::with_request_id(
+        delivery.envelope.request_id.clone(),
+        tracing::Instrument::instrument(
+            outcome_of(&ekko, &delivery.envelope, delivery.user_id.as_deref()),
+            span.clone(),
+        ),
+    )
+    .await;
+    let _entered = span.enter();
     let tried = retries.of(&delivery);
     let (id, kind) = (&delivery.envelope.id, &delivery.envelope.kind);
     let settled = match disposition(&outcome, tried) {

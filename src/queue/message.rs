@@ -44,6 +44,17 @@ pub struct Envelope {
     /// later retry (absent: never).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// The API request this message follows from (`req-<uuid>`), so its
+    /// handling logs under the same id on every host. Anything else a
+    /// sender puts here is dropped when the message is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// `req-<uuid>`: the only request id a message may carry.
+pub fn valid_request_id(v: &str) -> bool {
+    v.strip_prefix("req-")
+        .is_some_and(|u| u.len() == 36 && uuid::Uuid::parse_str(u).is_ok())
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -59,6 +70,7 @@ impl Envelope {
             sent_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             body: serde_json::to_value(body).map_err(|e| QueueError::BadMessage(e.to_string()))?,
             retries: 0,
+            request_id: crate::telemetry::current_request_id(),
         })
     }
 
@@ -73,6 +85,7 @@ impl Envelope {
             sent_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             body: serde_json::to_value(&body).unwrap_or_default(),
             retries: 0,
+            request_id: None,
         }
     }
 
@@ -87,8 +100,15 @@ impl Envelope {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> QueueResult<Envelope> {
-        let env: Envelope = serde_json::from_slice(bytes)
+        let mut env: Envelope = serde_json::from_slice(bytes)
             .map_err(|e| QueueError::BadMessage(format!("not an Ekko message: {e}")))?;
+        if env
+            .request_id
+            .as_deref()
+            .is_some_and(|r| !valid_request_id(r))
+        {
+            env.request_id = None;
+        }
         if env.version > MESSAGE_VERSION {
             return Err(QueueError::BadMessage(format!(
                 "message {} has version {}, newer than the {} this Ekko understands",

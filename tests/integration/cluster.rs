@@ -17,7 +17,7 @@ pub const MIB: u64 = 1 << 20;
 
 /// What kolla-ansible writes into every service's `[DEFAULT]` that is
 /// oslo.log's or oslo.service's, not Ekko's.
-pub const KOLLA_DEFAULT: &str = "log_dir = /var/log/kolla/ekko\nuse_stderr = False\n\
+pub const KOLLA_DEFAULT: &str = "use_stderr = False\nsyslog_log_facility = LOG_LOCAL0\n\
     graceful_shutdown_timeout = 60\n";
 /// keystonemiddleware's keys kolla-ansible writes (appended to a
 /// `[keystone_authtoken]` section), and sections of other libraries.
@@ -140,6 +140,25 @@ impl Client {
             base: base.to_string(),
             token,
         }
+    }
+
+    /// POST a backup of `instance`; its id and the API's request id.
+    pub async fn start_backup_traced(&self, instance: &str, mode: &str) -> (String, String) {
+        let r = self
+            .http
+            .post(format!("{}/v1/backups", self.base))
+            .header("X-Auth-Token", &self.token)
+            .json(&json!({"backup": {"instance_id": instance, "mode": mode}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        let request_id = r.headers()["x-openstack-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let v: Value = r.json().await.unwrap();
+        (v["backup"]["id"].as_str().unwrap().to_string(), request_id)
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {

@@ -107,6 +107,24 @@ async fn healthcheck_drains_by_file_and_details_the_catalog_down_and_up() {
     }
     assert!(!body.contains(&service_env("EKKO_SERVICE_PASSWORD").unwrap()));
 
+    // The file sets enable_proxy_headers_parsing (as kolla does): links
+    // follow the proxy's scheme, host and path prefix.
+    let v: Value = reqwest::Client::new()
+        .get(format!("{base}/"))
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "cloud.example")
+        .header("X-Forwarded-Prefix", "/instance-backup")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["versions"][0]["links"][0]["href"], "https://cloud.example/instance-backup/v1/",
+        "{v}"
+    );
+
     // Drained by file: 503 for everyone, back once the file is gone.
     std::fs::write(&drain, "").unwrap();
     assert_eq!(health(&base, None).await, (503, "DISABLED BY FILE".into()));
@@ -179,7 +197,7 @@ async fn a_kolla_style_file_starts_retention_and_fails_the_strict_check() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        retention.log().contains("log_dir ignored"),
+        retention.log().contains("use_stderr ignored"),
         "{}",
         retention.log()
     );
@@ -198,7 +216,7 @@ async fn a_kolla_style_file_starts_retention_and_fails_the_strict_check() {
     let out = manage(true);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("log_dir"), "{err}");
+    assert!(err.contains("use_stderr"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +259,7 @@ async fn ekko_status_upgrade_check_exit_codes() {
     );
     let (code, text) = status(&kolla);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("log_dir ignored"), "{text}");
+    assert!(text.contains("use_stderr ignored"), "{text}");
 
     // A compute host still on an older release: a warning naming it.
     ekko::db::hosts::heartbeat(&mut t.db.conn().unwrap(), "compute-old", "0.0.1", 1).unwrap();
@@ -318,11 +336,33 @@ async fn every_daemons_metrics_show_a_distributed_backup() {
 
     let a = &c.hosts[0];
     a.qsd.write(0, 0, &vec![0x5a; 3 * MIB as usize]);
+    let (id, request_id) = c.member.start_backup_traced(&a.instance, "full").await;
     let b = c
         .member
-        .backup(&a.instance, "full", Duration::from_secs(120))
+        .wait_for(&id, &["available", "error"], Duration::from_secs(120))
         .await;
     assert_eq!(b["status"], "available", "{b}");
+    // One request id finds the backup's lines on the API (the request),
+    // the conductor (the host's reports) and the compute host (the job).
+    let api_log = c.api.log();
+    let on_api = api_log
+        .lines()
+        .filter(|l| l.contains(&request_id))
+        .collect::<Vec<_>>();
+    assert!(on_api.iter().any(|l| l.contains("request{")), "{api_log}");
+    assert!(
+        on_api
+            .iter()
+            .any(|l| l.contains("report{") && l.contains("backup committed")),
+        "{api_log}"
+    );
+    let host_log = a.worker.log();
+    assert!(
+        host_log
+            .lines()
+            .any(|l| l.contains(&request_id) && l.contains("job{") && l.contains("backup started")),
+        "{host_log}"
+    );
 
     // The compute host: the backup's bytes and how long it ran.
     let (s, host) = get(&format!("http://127.0.0.1:{host_port}/metrics")).await;
@@ -420,4 +460,151 @@ async fn every_daemons_metrics_show_a_distributed_backup() {
     let (s, body) = get(&format!("http://127.0.0.1:{retention_port}/healthcheck")).await;
     assert_eq!(s, 200, "{body}");
     assert!(body.contains("\"catalog\""), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_headers_are_ignored_unless_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = write_conf(
+        dir.path(),
+        "api.conf",
+        &format!(
+            "[DEFAULT]\nstate_path = {}\n[api]\nbind_host = 127.0.0.1\nbind_port = {port}\nauth_strategy = noauth\n",
+            dir.path().display()
+        ),
+    );
+    let init = Command::new(env!("CARGO_BIN_EXE_ekko"))
+        .args(["--config-file", conf.to_str().unwrap(), "init"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let api = Service::start("ekko-api", &conf, dir.path().join("api.log"), &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_listening(&base, &api).await;
+    let v: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/"))
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "evil.example")
+        .header("Forwarded", "host=evil.example;proto=https")
+        .header("X-Forwarded-Prefix", "/elsewhere")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["version"]["links"][0]["href"],
+        format!("{base}/v1/"),
+        "{v}"
+    );
+}
+
+#[test]
+fn the_debian_package_unpacks_into_a_clean_tree_with_its_units() {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_ekko-api")).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let built = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/build-deb.sh"))
+        .args(["--bin-dir", bin_dir.to_str().unwrap(), "--out"])
+        .arg(dir.path())
+        .env("EKKO_DEB_COMPRESSION", "none")
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let deb = String::from_utf8(built.stdout).unwrap().trim().to_string();
+    let field = |name: &str| {
+        let o = Command::new("dpkg-deb")
+            .args(["-f", &deb, name])
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(field("Package"), "ekko");
+    assert_eq!(field("Version"), ekko::VERSION);
+    assert!(field("Depends").contains("adduser"));
+
+    // Installed into a clean tree, as dpkg would lay it out.
+    let root = dir.path().join("root");
+    let x = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(x.success());
+    for b in [
+        "ekko",
+        "ekko-api",
+        "ekko-backup",
+        "ekko-retention",
+        "ekko-manage",
+        "ekko-status",
+    ] {
+        let path = root.join("usr/bin").join(b);
+        let v = Command::new(&path).arg("--version").output().unwrap();
+        assert!(v.status.success(), "{b}: {v:?}");
+        assert!(
+            String::from_utf8_lossy(&v.stdout).contains(ekko::VERSION),
+            "{b}: {v:?}"
+        );
+    }
+    assert!(root.join("etc/ekko/ekko.conf").is_file());
+    assert!(root.join("usr/share/doc/ekko/copyright").is_file());
+    // The package's default configuration loads (everything commented out).
+    let check = Command::new(root.join("usr/bin/ekko-manage"))
+        .args([
+            "--config-file",
+            root.join("etc/ekko/ekko.conf").to_str().unwrap(),
+            "config",
+            "check",
+            "--strict",
+        ])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    for daemon in ["ekko-api", "ekko-backup", "ekko-retention"] {
+        let unit =
+            std::fs::read_to_string(root.join(format!("lib/systemd/system/{daemon}.service")))
+                .unwrap();
+        for line in [
+            "Type=notify",
+            "Restart=on-failure",
+            "NoNewPrivileges=yes",
+            &format!("ExecStart=/usr/bin/{daemon} --config-file /etc/ekko/ekko.conf"),
+        ] {
+            assert!(unit.lines().any(|l| l == line), "{daemon}: no {line}");
+        }
+        // Only the compute host's worker runs as root (QEMU's sockets).
+        assert_eq!(
+            unit.lines().any(|l| l == "User=ekko"),
+            daemon != "ekko-backup",
+            "{daemon}"
+        );
+    }
+    // systemd itself accepts the units (pointed at the unpacked binaries).
+    let units = dir.path().join("units");
+    std::fs::create_dir(&units).unwrap();
+    let mut paths = Vec::new();
+    for daemon in ["ekko-api", "ekko-backup", "ekko-retention"] {
+        let text =
+            std::fs::read_to_string(root.join(format!("lib/systemd/system/{daemon}.service")))
+                .unwrap()
+                .replace("/usr/bin/", &format!("{}/usr/bin/", root.display()));
+        let path = units.join(format!("{daemon}.service"));
+        std::fs::write(&path, text).unwrap();
+        paths.push(path);
+    }
+    if let Ok(v) = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&paths)
+        .output()
+    {
+        let err = String::from_utf8_lossy(&v.stderr);
+        assert!(
+            !err.lines().any(|l| l.contains("ekko-")),
+            "systemd-analyze verify: {err}"
+        );
+    }
 }
