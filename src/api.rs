@@ -245,7 +245,11 @@ async fn frame(
 /// itself: ids would make a series per resource).
 fn count_request<B>(res: &ServiceResponse<B>, took: std::time::Duration) {
     let m = crate::metrics::metrics();
-    let method = res.request().method().as_str();
+    // Any token is a valid method to HTTP: only the API's own are labels.
+    let method = match res.request().method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    };
     let pattern = res.request().match_pattern();
     let route = pattern.as_deref().unwrap_or("unmatched");
     let status = res.status().as_u16().to_string();

@@ -111,7 +111,11 @@ pub async fn run_api(ekko: Ekko, shutdown: impl Future<Output = ()>) -> anyhow::
     use futures::FutureExt;
     let shutdown = Box::pin(shutdown).shared();
     tracing::info!("starting the REST API and the conductor");
-    let listener = metrics::start(&ekko, &ekko.config.metrics.api_listen)?;
+    let listener = metrics::start(
+        &ekko,
+        &ekko.config.metrics.api_listen,
+        metrics::CatalogGauges::Refresh,
+    )?;
     let http = crate::api::serve(ekko.clone(), shutdown.clone());
     let conductor = async {
         run_conductor(ekko, shutdown)
@@ -132,8 +136,12 @@ pub fn check_api(ekko: &Ekko) -> anyhow::Result<()> {
 
 /// ekko-backup: see [`crate::worker`].
 pub async fn run_backup(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let listener = metrics::start(&ekko, &ekko.config.metrics.backup_listen)
-        .map_err(|e| DaemonError::Config(format!("{e:#}")))?;
+    let listener = metrics::start(
+        &ekko,
+        &ekko.config.metrics.backup_listen,
+        metrics::CatalogGauges::None,
+    )
+    .map_err(|e| DaemonError::Config(format!("{e:#}")))?;
     // Connected to the bus and the store (Ekko::connect).
     crate::systemd::notify_ready();
     let ran = crate::worker::run(ekko, shutdown).await;
@@ -147,8 +155,12 @@ pub async fn run_retention(
     ekko: Ekko,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let listener = metrics::start(&ekko, &ekko.config.metrics.retention_listen)
-        .map_err(|e| DaemonError::Config(format!("{e:#}")))?;
+    let listener = metrics::start(
+        &ekko,
+        &ekko.config.metrics.retention_listen,
+        metrics::CatalogGauges::None,
+    )
+    .map_err(|e| DaemonError::Config(format!("{e:#}")))?;
     crate::systemd::notify_ready();
     let mut ticker =
         tokio::time::interval(Duration::from_secs(ekko.config.retention.interval.max(1)));

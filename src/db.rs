@@ -265,13 +265,19 @@ impl Db {
 
     /// One round trip to the catalog's tables (health checks): a pooled
     /// connection to a database that was dropped still answers `SELECT 1`.
+    /// It waits at most a second for a pooled connection: a busy pool is
+    /// an answer, and health checks must not queue behind real work.
     pub async fn ping(&self) -> DbResult<()> {
         use diesel::RunQueryDsl;
-        self.run(|c| {
-            diesel::sql_query("SELECT COUNT(*) FROM __diesel_schema_migrations").execute(c)?;
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get_timeout(std::time::Duration::from_secs(1))?;
+            diesel::sql_query("SELECT COUNT(*) FROM __diesel_schema_migrations")
+                .execute(&mut *conn)?;
             Ok(())
         })
         .await
+        .map_err(|e| DbError::Task(e.to_string()))?
     }
 
     /// Apply pending migrations; returns the versions applied.

@@ -69,11 +69,7 @@ pub fn init(opts: &DefaultOptions) -> std::io::Result<()> {
         Box::new(tracing_journald::layer()?.with_syslog_identifier(program))
     } else {
         match log_path(opts, &program) {
-            Some(path) => {
-                let file = ReopeningFile::open(path)?;
-                install_sighup();
-                format_layer(opts.use_json, file, false)
-            }
+            Some(path) => format_layer(opts.use_json, ReopeningFile::open(path)?, false),
             // Colours only for a person at a terminal, never into a
             // service manager's log.
             None => {
@@ -83,6 +79,9 @@ pub fn init(opts: &DefaultOptions) -> std::io::Result<()> {
             }
         }
     };
+    // Always: SIGHUP (logrotate, `systemctl reload`) must never end a
+    // daemon, whatever it logs to.
+    install_sighup();
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(output)
@@ -167,9 +166,11 @@ impl<'a> MakeWriter<'a> for ReopeningFile {
     fn make_writer(&'a self) -> Self::Writer {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if REOPEN.swap(false, Ordering::Relaxed) {
-            // On failure the old file goes on receiving lines.
-            if let Ok(f) = Self::append(&self.path) {
-                *file = f;
+            match Self::append(&self.path) {
+                Ok(f) => *file = f,
+                // The old file goes on receiving lines; the next line
+                // tries again.
+                Err(_) => REOPEN.store(true, Ordering::Relaxed),
             }
         }
         LogLine(file)

@@ -166,7 +166,7 @@ impl Worker {
         let span = tracing::info_span!(
             "job",
             request_id = request_id.as_deref().unwrap_or("-"),
-            kind = %delivery.envelope.kind,
+            kind = ?delivery.envelope.kind,
             host = %self.host,
         );
         let work = self.handle_kind(delivery);

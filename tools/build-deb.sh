@@ -49,13 +49,20 @@ install -m 0644 LICENSE "$root/usr/share/doc/ekko/copyright"
 install -m 0644 README.md "$root/usr/share/doc/ekko/README.md"
 
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+# The packages of the shared libraries the binaries load (what
+# dpkg-shlibdeps would find, without a debian/ directory).
+depends=$(for b in "${binaries[@]}"; do ldd "$root/usr/bin/$b"; done \
+    | awk '$3 ~ /^\// { print $3 }' | sort -u \
+    | while read -r lib; do dpkg -S "$(readlink -f "$lib")" 2>/dev/null || dpkg -S "$lib" 2>/dev/null; done \
+    | cut -d: -f1 | sort -u | paste -sd, | sed 's/,/, /g')
+[[ -n $depends ]] || { echo "cannot tell which packages the binaries need" >&2; exit 1; }
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: ekko
 Version: $version
 Architecture: $arch
 Maintainer: Ekko developers <ekko@localhost>
 Installed-Size: $size
-Depends: libc6, adduser
+Depends: $depends, adduser
 Recommends: qemu-utils
 Suggests: libvirt-daemon-system
 Section: admin
@@ -78,7 +85,10 @@ if [ "$1" = configure ]; then
     if ! getent passwd ekko >/dev/null; then
         adduser --system --group --home /var/lib/ekko --no-create-home ekko
     fi
-    install -d -o ekko -g ekko -m 0750 /var/lib/ekko /var/log/ekko
+    # 0755: QEMU's user must reach the job directories ekko-backup hands
+    # it below; what Ekko keeps there is created 0640/0750.
+    install -d -o ekko -g ekko -m 0755 /var/lib/ekko
+    install -d -o ekko -g ekko -m 0750 /var/log/ekko
     chgrp ekko /etc/ekko/ekko.conf
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true

@@ -116,7 +116,26 @@ pub async fn upgrade_check(args: &ConfigArgs) -> Vec<Outcome> {
         }
     };
     let mut out = vec![configuration(&config)];
-    let db = match Db::open(&config.database) {
+    // A check answers now: one connection attempt, and a SQLite catalog
+    // that does not exist is reported, not created.
+    let mut options = config.database.clone();
+    options.max_retries = 0;
+    if let Ok(url) = crate::config::urls::DatabaseUrl::parse(&options.connection) {
+        if url.backend == crate::config::urls::Backend::Sqlite
+            && !std::path::Path::new(&url.target).exists()
+        {
+            out.push(outcome(
+                "Database schema",
+                Verdict::Failure,
+                Some(format!(
+                    "no catalog at {}: run `ekko init` or `ekko-manage db sync`",
+                    url.target
+                )),
+            ));
+            return out;
+        }
+    }
+    let db = match Db::open(&options) {
         Ok(db) => db,
         Err(e) => {
             out.push(outcome(
@@ -215,7 +234,14 @@ async fn host_versions(db: &Db) -> Outcome {
     let older: Vec<String> = hosts
         .iter()
         .filter(|h| older_release(&h.version, crate::VERSION))
-        .map(|h| format!("{} runs {}", h.name, h.version))
+        // Names and versions are the hosts' own words: escaped.
+        .map(|h| {
+            format!(
+                "{} runs {}",
+                h.name.escape_debug(),
+                h.version.escape_debug()
+            )
+        })
         .collect();
     if older.is_empty() {
         return outcome(CHECK, Verdict::Success, None);

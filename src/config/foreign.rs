@@ -106,14 +106,10 @@ pub(super) const FOREIGN_KEYS: &[(&str, &[&str])] = &[
     ),
     (
         "healthcheck",
-        &[
-            "path",
-            "backends",
-            "disable_by_file_paths",
-            "enabled",
-            "allowed_source_ranges",
-            "ignore_proxied_requests",
-        ],
+        // Not `disable_by_file_paths` or `allowed_source_ranges`: an
+        // operator who sets them expects draining or a restriction, so
+        // they stop start-up instead of being ignored.
+        &["path", "backends", "enabled", "ignore_proxied_requests"],
     ),
 ];
 

@@ -284,8 +284,9 @@ option_group! {
 option_group! {
     /// `[metrics]`: each daemon's listener for Prometheus (`GET /metrics`)
     /// and a local health check (`GET /healthcheck`: the catalog, bus and
-    /// store checks as JSON, `503` when one fails). No token is asked:
-    /// bind it to loopback or a management network. Off unless set.
+    /// store checks, `503` when one fails). No token is asked: bind it to
+    /// loopback or a management network. Answers are cached 10 s, so
+    /// scrapes cannot load the catalog. Off unless set.
     pub struct MetricsOptions in "metrics" {
         /// ekko-api's listener, `host:port` (e.g. `127.0.0.1:9680`); empty:
         /// none. Its scrapes also count the catalog's backups and restores
@@ -295,6 +296,10 @@ option_group! {
         pub backup_listen: String = s("");
         /// ekko-retention's listener; empty: none.
         pub retention_listen: String = s("");
+        /// Answer the listener's `/healthcheck` with each check as JSON
+        /// (the catalog's, bus's and store's hosts and errors); else only
+        /// `OK` or `FAILED`.
+        pub health_details: bool = false;
     }
 }
 

@@ -255,3 +255,19 @@ fn substitution_escapes_and_loops() {
     let err = EkkoConfig::load(&[q], no_env()).unwrap_err().to_string();
     assert!(err.contains("nosuch"), "{err}");
 }
+
+#[test]
+fn passwords_are_hidden_from_every_url_form() {
+    assert_eq!(
+        redact_url("mysql+pymysql://ekko:s3cret@db/ekko"),
+        "mysql+pymysql://ekko:****@db/ekko"
+    );
+    let several = redact_url("rabbit://ekko:pw1@h1:5672,other:pw2@h2:5672/vhost");
+    assert_eq!(
+        several,
+        "rabbit://ekko:****@h1:5672,other:****@h2:5672/vhost"
+    );
+    let odd = redact_url("rabbit://ekko:p/w,x@h1:5672,h2:5672/");
+    assert!(!odd.contains("p/w"), "{odd}");
+    assert_eq!(redact_url("not a url with :pw@"), "<unreadable URL>");
+}

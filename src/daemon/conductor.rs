@@ -259,22 +259,26 @@ pub async fn handle(
     retries: Arc<Retries>,
 ) {
     // Logged under the request the report follows from (`[DEFAULT]
-    // use_json` and journald keep the fields; text shows the span).
+    // use_json` and journald keep the fields; text shows the span). The
+    // sender's id and kind are untrusted: Debug-quoted, never raw.
     let span = tracing::info_span!(
         "report",
         request_id = delivery.envelope.request_id.as_deref().unwrap_or("-"),
-        kind = %delivery.envelope.kind,
-        message = %delivery.envelope.id,
+        kind = ?delivery.envelope.kind,
+        message = ?delivery.envelope.id,
     );
-    let outcome = crate::telemetry::with_request_id(
-        delivery.envelope.request_id.clone(),
-        tracing::Instrument::instrument(
-            outcome_of(&ekko, &delivery.envelope, delivery.user_id.as_deref()),
-            span.clone(),
-        ),
-    )
-    .await;
-    let _entered = span.enter();
+    let request_id = delivery.envelope.request_id.clone();
+    let work = handle_report(ekko, delivery, counters, retries);
+    crate::telemetry::with_request_id(request_id, tracing::Instrument::instrument(work, span)).await
+}
+
+async fn handle_report(
+    ekko: Ekko,
+    delivery: Delivery,
+    counters: Arc<Counters>,
+    retries: Arc<Retries>,
+) {
+    let outcome = outcome_of(&ekko, &delivery.envelope, delivery.user_id.as_deref()).await;
     let tried = retries.of(&delivery);
     let (id, kind) = (&delivery.envelope.id, &delivery.envelope.kind);
     let settled = match disposition(&outcome, tried) {
@@ -284,7 +288,7 @@ pub async fn handle(
             delivery.ack().await
         }
         Disposition::DeadLetter(reason) => {
-            tracing::error!(%id, %kind, user = ?delivery.user_id, bytes = delivery.bytes, %reason, "status message dead-lettered");
+            tracing::error!(?id, ?kind, user = ?delivery.user_id, bytes = delivery.bytes, %reason, "status message dead-lettered");
             let bytes = match delivery.bytes {
                 0 => delivery.envelope.to_bytes().map_or(usize::MAX, |b| b.len()),
                 n => n,
@@ -317,7 +321,7 @@ pub async fn handle(
         }
         Disposition::Retry { after, counts } => {
             if let Err(e) = &outcome {
-                tracing::warn!(%id, %kind, tries = tried + 1, error = %e, "cannot record the report yet");
+                tracing::warn!(?id, ?kind, tries = tried + 1, error = %e, "cannot record the report yet");
             }
             if counts {
                 retries.failed(&delivery);

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::Ekko;
 
+/// The most hosts the heartbeat-age gauge has a series for.
+const MAX_HOST_SERIES: usize = 2000;
+
 /// How long one check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -92,12 +95,17 @@ pub async fn refresh_catalog_metrics(ekko: &Ekko) -> Result<(), crate::db::DbErr
     let Ok(db) = ekko.db() else {
         return Ok(());
     };
+    // Hosts heard from within `[retention] retire_after`, at most
+    // MAX_HOST_SERIES of them: a host names itself, so the names are not
+    // the operator's to bound.
+    let since = crate::db::now()
+        - chrono::Duration::seconds(ekko.config.retention.retire_after.min(i64::MAX as u64) as i64);
     let (backups, restores, hosts) = db
-        .run(|c| {
+        .run(move |c| {
             Ok((
                 crate::db::backups::count_by_status(c)?,
                 crate::db::restores::count_by_status(c)?,
-                crate::db::hosts::list(c)?,
+                crate::db::hosts::alive_since(c, since)?,
             ))
         })
         .await?;
@@ -117,7 +125,7 @@ pub async fn refresh_catalog_metrics(ekko: &Ekko) -> Result<(), crate::db::DbErr
             .set(n);
     }
     let now = crate::db::now();
-    for h in hosts {
+    for h in hosts.into_iter().take(MAX_HOST_SERIES) {
         let age = (now - h.heartbeat_at).num_seconds().max(0);
         m.heartbeat_age_seconds
             .get_or_create(&crate::metrics::labels(&[("host", &h.name)]))

@@ -389,7 +389,10 @@ fn operator_backs_up_restores_verifies_and_deletes() {
     // unchanged data.
     let (ok, chart) = op.ekko(&["timeline", "--instance", "inst-1", "--width", "30"]);
     assert!(ok, "{chart}");
-    let rows: Vec<&str> = chart.lines().filter(|l| l.starts_with("20")).collect();
+    let rows: Vec<&str> = chart
+        .lines()
+        .filter(|l| l.starts_with("20") && l.contains("MiB"))
+        .collect();
     assert_eq!(rows.len(), 2, "{chart}");
     assert!(
         rows[0].contains("full") && rows[1].contains("incremental"),

@@ -312,7 +312,8 @@ async fn get(url: &str) -> (u16, String) {
 async fn every_daemons_metrics_show_a_distributed_backup() {
     let dir = tempfile::tempdir().unwrap();
     let host_port = free_port();
-    let host_extra = format!("[metrics]\nbackup_listen = 127.0.0.1:{host_port}\n");
+    let host_extra =
+        format!("[metrics]\nbackup_listen = 127.0.0.1:{host_port}\nhealth_details = true\n");
     let Some(c) = start_cluster_with(dir.path(), None, false, [&host_extra, ""]).await else {
         return;
     };
@@ -322,7 +323,7 @@ async fn every_daemons_metrics_show_a_distributed_backup() {
     std::fs::write(
         &conf,
         format!(
-            "{}[metrics]\nretention_listen = 127.0.0.1:{retention_port}\n[retention]\ninterval = 1\n",
+            "{}[metrics]\nretention_listen = 127.0.0.1:{retention_port}\nhealth_details = true\n[retention]\ninterval = 1\n",
             std::fs::read_to_string(&c.operator_conf).unwrap()
         ),
     )
@@ -446,6 +447,11 @@ async fn every_daemons_metrics_show_a_distributed_backup() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    // Without health_details the listener tells only OK.
+    assert_eq!(
+        get(&format!("{}/healthcheck", c.api_metrics)).await,
+        (200, "OK".to_string())
+    );
     // The local health checks: the host has no catalog to check.
     let (s, body) = get(&format!("http://127.0.0.1:{host_port}/healthcheck")).await;
     assert_eq!(s, 200, "{body}");
@@ -523,7 +529,10 @@ fn the_debian_package_unpacks_into_a_clean_tree_with_its_units() {
     };
     assert_eq!(field("Package"), "ekko");
     assert_eq!(field("Version"), ekko::VERSION);
-    assert!(field("Depends").contains("adduser"));
+    let depends = field("Depends");
+    for package in ["adduser", "libc6", "libmariadb3", "libsqlite3-0"] {
+        assert!(depends.contains(package), "{depends}");
+    }
 
     // Installed into a clean tree, as dpkg would lay it out.
     let root = dir.path().join("root");
