@@ -459,7 +459,7 @@ run bnoprop demo ekko backup set osc-kept --no-property
 run bshow5 demo ekko backup show "$B2" -f json
 check "backup set --no-property clears the metadata" jtrue bshow5 "d['metadata'] == {}"
 run bprop-bad demo ekko backup set osc-kept --property novalue
-check "backup set --property without '=' fails with the reason" fails_with bprop-bad "not key=value"
+check "backup set --property without '=' fails with the reason (osc-lib's KeyValueAction)" fails_with bprop-bad "key=value.*novalue"
 
 # Policies.
 must pcreate demo ekko policy create osc-nightly --schedule "0 2 * * *" --timezone UTC \

@@ -194,11 +194,18 @@ class TestCommon(unittest.TestCase):
                          common.progress_bar(None, "queued", 4))
         self.assertEqual("[####] 100% x", common.progress_bar(150, "x", 4))
 
-    def test_parse_properties(self):
-        self.assertEqual({"a": "1", "b": "x=y"},
-                         common.parse_properties(["a=0", "a=1", "b=x=y"]))
-        self.assertRaises(ValueError, common.parse_properties, ["novalue"])
-        self.assertRaises(ValueError, common.parse_properties, ["=v"])
+    def test_show_dict_uses_osc_lib_columns(self):
+        from osc_lib.cli import format_columns
+        cols, vals = common.show_dict(
+            {"id": "1", "metadata": {"a": "1"}, "tags": ["x", "y"],
+             "disks": [{"device": "vda"}], "nums": [1, 2], "links": []})
+        self.assertEqual(("disks", "id", "metadata", "nums", "tags"), cols)
+        self.assertIsInstance(vals[0], format_columns.ListDictColumn)
+        self.assertEqual("1", vals[1])
+        self.assertIsInstance(vals[2], format_columns.DictColumn)
+        self.assertEqual("a='1'", vals[2].human_readable())
+        self.assertEqual("[1, 2]", vals[3].human_readable())
+        self.assertEqual("x, y", vals[4].human_readable())
 
     def test_wait_for_draws_and_stops(self):
         states = iter([{"status": "queued", "progress": 0},
