@@ -37,9 +37,14 @@ class FakeAdapter(object):
 
 
 def make(endpoint="http://ekko:6800/v1/", answers=()):
+    """A client on a fake adapter, as if discovery had found ``endpoint``
+    and negotiated microversion 1.0."""
     c = v1.Client.__new__(v1.Client)
     c.service_type = "instance-backup"
-    c._base = None
+    c.api_version = None
+    c._base = v1.root_of(endpoint)
+    c._api_url = c._base + "/v1"
+    c._microversion = "1.0"
     c.adapter = FakeAdapter(endpoint, answers)
     return c
 
@@ -59,8 +64,9 @@ class TestClient(unittest.TestCase):
         self.assertEqual(("GET", "http://ekko:6800/v1/instances"),
                          (method, url))
         self.assertEqual({"all_projects": "true"}, kw["params"])
-        self.assertEqual("instance-backup 1.0",
-                         kw["headers"]["OpenStack-API-Version"])
+        # keystoneauth sends OpenStack-API-Version from the microversion.
+        self.assertEqual("1.0", kw["microversion"])
+        self.assertNotIn("OpenStack-API-Version", kw["headers"])
         self.assertFalse(kw["raise_exc"])
 
     def test_pagination_follows_next_markers(self):
@@ -123,7 +129,9 @@ class TestClient(unittest.TestCase):
         self.assertIn("More than one backup", str(cm.exception))
 
     def test_no_endpoint(self):
-        c = make(endpoint=None)
+        from keystoneauth1 import noauth
+        from keystoneauth1 import session
+        c = v1.Client(session.Session(auth=noauth.NoAuth()))
         with self.assertRaises(exc.EndpointNotFound) as cm:
             c.instance_list()
         self.assertIn("instance-backup", str(cm.exception))
