@@ -59,3 +59,18 @@ class TestPackaging(unittest.TestCase):
 
     def test_version_is_a_string(self):
         self.assertIsInstance(ekkoclient.__version__, str)
+
+
+class TestEveryCommandIsTested(unittest.TestCase):
+
+    def test_one_testcase_per_command(self):
+        from ekkoclient.tests.unit import test_backup
+        from ekkoclient.tests.unit import test_instance_policy_quota
+        from ekkoclient.tests.unit import test_restore_export
+        tested = set()
+        for mod in (test_backup, test_instance_policy_quota,
+                    test_restore_export):
+            tested |= {n[4:] for n in dir(mod) if n.startswith("Test")}
+        for target in entry_points("openstack.ekko.v1").values():
+            name = target.partition(":")[2]
+            self.assertIn(name, tested, "no Test%s" % name)
