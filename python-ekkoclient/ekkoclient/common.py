@@ -5,6 +5,8 @@ import sys
 import time
 
 from cliff import columns
+from osc_lib.cli import format_columns
+from osc_lib import utils
 
 
 def human(n):
@@ -33,7 +35,8 @@ class SizeColumn(columns.FormattableColumn):
 
 
 class JsonColumn(columns.FormattableColumn):
-    """A dict or list: compact JSON in tables, the structure otherwise."""
+    """A structure osc-lib has no column for (a list of numbers, a mixed
+    list): compact JSON in tables, the structure otherwise."""
 
     def human_readable(self):
         if self._value in (None, {}, []):
@@ -44,40 +47,39 @@ class JsonColumn(columns.FormattableColumn):
         return self._value
 
 
-class ListColumn(columns.FormattableColumn):
-    def human_readable(self):
-        return ", ".join(str(v) for v in self._value or [])
-
-    def machine_readable(self):
-        return list(self._value or [])
+def column_for(value):
+    """osc-lib's column class for a dict or list value (``None`` for a
+    scalar): ``DictColumn``, ``ListColumn`` (strings) or
+    ``ListDictColumn`` (dicts)."""
+    if isinstance(value, dict):
+        return format_columns.DictColumn
+    if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return format_columns.ListColumn
+        if all(isinstance(v, dict) for v in value):
+            return format_columns.ListDictColumn
+        return JsonColumn
+    return None
 
 
 def show_dict(resource, formatters=None, drop=("links",)):
-    """(columns, values) of a resource for a ShowOne, keys sorted."""
-    formatters = formatters or {}
-    keys = sorted(k for k in resource if k not in drop)
-    values = []
+    """(columns, values) of a resource for a ShowOne, keys sorted; dicts
+    and lists without a formatter get osc-lib's columns."""
+    formatters = dict(formatters or {})
+    keys = tuple(sorted(k for k in resource if k not in drop))
     for k in keys:
-        v = resource[k]
-        if k in formatters:
-            v = formatters[k](v)
-        elif isinstance(v, (dict, list)):
-            v = JsonColumn(v)
-        values.append(v)
-    return tuple(keys), tuple(values)
+        if k not in formatters:
+            cls = column_for(resource[k])
+            if cls is not None:
+                formatters[k] = cls
+    return keys, utils.get_dict_properties(resource, keys,
+                                           formatters=formatters)
 
 
-def parse_properties(pairs):
-    """``["k=v", ...]`` to a dict (the last value of a key wins)."""
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError("%r is not key=value" % pair)
-        k, v = pair.split("=", 1)
-        if not k:
-            raise ValueError("%r has an empty key" % pair)
-        out[k] = v
-    return out
+def list_rows(items, cols, formatters=None):
+    """The rows of a Lister: ``cols`` of each item, formatted."""
+    return [utils.get_dict_properties(i, cols, formatters=formatters)
+            for i in items]
 
 
 def progress_bar(progress, status, width=30):

@@ -51,8 +51,12 @@ def _client_class(version):
 
 def make_client(instance):
     """Return the Ekko client for the ClientManager ``instance``."""
-    version = instance._api_version.get(API_NAME) or DEFAULT_API_VERSION
-    client_class = _client_class(version)
+    version = str(instance._api_version.get(API_NAME) or
+                  DEFAULT_API_VERSION)
+    # "1", "1.0" or "latest": the major picks the client class; the client
+    # negotiates the microversion with the API (keystoneauth discovery).
+    major = "1" if version == "latest" else version.split(".")[0]
+    client_class = _client_class(major)
     endpoint = _endpoint_override(instance)
     LOG.debug("Instantiating ekko client %s (endpoint override %s)",
               client_class, endpoint)
@@ -62,18 +66,23 @@ def make_client(instance):
         interface=instance.interface or "public",
         region_name=instance.region_name,
         service_type=SERVICE_TYPE,
+        api_version=version,
     )
 
 
 def build_option_parser(parser):
     """Add Ekko's global options."""
     parser.add_argument(
-        "--os-ekko-api-version",
+        "--os-ekko-api-version", "--os-instance-backup-api-version",
         metavar="<ekko-api-version>",
+        dest=API_VERSION_OPTION,
         default=utils.env("OS_EKKO_API_VERSION",
+                          "OS_INSTANCE_BACKUP_API_VERSION",
                           default=DEFAULT_API_VERSION),
-        help="Ekko (instance-backup) API version, default=%s "
-             "(Env: OS_EKKO_API_VERSION)" % DEFAULT_API_VERSION,
+        help="Ekko (instance-backup) API version: 1 (the newest "
+             "microversion both ends speak), a microversion such as 1.0, "
+             "or latest; default=%s (Env: OS_EKKO_API_VERSION or "
+             "OS_INSTANCE_BACKUP_API_VERSION)" % DEFAULT_API_VERSION,
     )
     parser.add_argument(
         "--os-ekko-endpoint",

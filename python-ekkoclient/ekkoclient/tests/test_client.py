@@ -37,9 +37,14 @@ class FakeAdapter(object):
 
 
 def make(endpoint="http://ekko:6800/v1/", answers=()):
+    """A client on a fake adapter, as if discovery had found ``endpoint``
+    and negotiated microversion 1.0."""
     c = v1.Client.__new__(v1.Client)
     c.service_type = "instance-backup"
-    c._base = None
+    c.api_version = None
+    c._base = v1.root_of(endpoint)
+    c._api_url = c._base + "/v1"
+    c._microversion = "1.0"
     c.adapter = FakeAdapter(endpoint, answers)
     return c
 
@@ -59,8 +64,9 @@ class TestClient(unittest.TestCase):
         self.assertEqual(("GET", "http://ekko:6800/v1/instances"),
                          (method, url))
         self.assertEqual({"all_projects": "true"}, kw["params"])
-        self.assertEqual("instance-backup 1.0",
-                         kw["headers"]["OpenStack-API-Version"])
+        # keystoneauth sends OpenStack-API-Version from the microversion.
+        self.assertEqual("1.0", kw["microversion"])
+        self.assertNotIn("OpenStack-API-Version", kw["headers"])
         self.assertFalse(kw["raise_exc"])
 
     def test_pagination_follows_next_markers(self):
@@ -123,7 +129,9 @@ class TestClient(unittest.TestCase):
         self.assertIn("More than one backup", str(cm.exception))
 
     def test_no_endpoint(self):
-        c = make(endpoint=None)
+        from keystoneauth1 import noauth
+        from keystoneauth1 import session
+        c = v1.Client(session.Session(auth=noauth.NoAuth()))
         with self.assertRaises(exc.EndpointNotFound) as cm:
             c.instance_list()
         self.assertIn("instance-backup", str(cm.exception))
@@ -194,11 +202,18 @@ class TestCommon(unittest.TestCase):
                          common.progress_bar(None, "queued", 4))
         self.assertEqual("[####] 100% x", common.progress_bar(150, "x", 4))
 
-    def test_parse_properties(self):
-        self.assertEqual({"a": "1", "b": "x=y"},
-                         common.parse_properties(["a=0", "a=1", "b=x=y"]))
-        self.assertRaises(ValueError, common.parse_properties, ["novalue"])
-        self.assertRaises(ValueError, common.parse_properties, ["=v"])
+    def test_show_dict_uses_osc_lib_columns(self):
+        from osc_lib.cli import format_columns
+        cols, vals = common.show_dict(
+            {"id": "1", "metadata": {"a": "1"}, "tags": ["x", "y"],
+             "disks": [{"device": "vda"}], "nums": [1, 2], "links": []})
+        self.assertEqual(("disks", "id", "metadata", "nums", "tags"), cols)
+        self.assertIsInstance(vals[0], format_columns.ListDictColumn)
+        self.assertEqual("1", vals[1])
+        self.assertIsInstance(vals[2], format_columns.DictColumn)
+        self.assertEqual("a='1'", vals[2].human_readable())
+        self.assertEqual("[1, 2]", vals[3].human_readable())
+        self.assertEqual("x, y", vals[4].human_readable())
 
     def test_wait_for_draws_and_stops(self):
         states = iter([{"status": "queued", "progress": 0},

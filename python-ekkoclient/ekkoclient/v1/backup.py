@@ -3,6 +3,8 @@ cancel and delete backups."""
 
 import logging
 
+from osc_lib.cli import format_columns
+from osc_lib.cli import parseractions
 from osc_lib.command import command
 from osc_lib import exceptions as osc_exc
 
@@ -21,7 +23,7 @@ SIZE_FIELDS = ("size", "read_bytes", "new_bytes", "stored_bytes")
 
 def backup_formatters():
     f = {k: common.SizeColumn for k in SIZE_FIELDS}
-    f["metadata"] = common.JsonColumn
+    f["metadata"] = format_columns.DictColumn
     return f
 
 
@@ -76,18 +78,15 @@ class CreateBackup(command.ShowOne):
             help="Read every allocated block, not only those changed since "
                  "the last backup (mode full; default auto)")
         parser.add_argument(
-            "--property", metavar="<key=value>", action="append",
-            dest="properties", default=[],
+            "--property", metavar="<key=value>",
+            action=parseractions.KeyValueAction, dest="properties",
             help="Metadata to store with the backup (repeat for several)")
         add_wait_options(parser, "backup")
         return parser
 
     def take_action(self, parsed_args):
         client = self.app.client_manager.ekko
-        try:
-            metadata = common.parse_properties(parsed_args.properties)
-        except ValueError as e:
-            raise osc_exc.CommandError(str(e))
+        metadata = parsed_args.properties or {}
         instance = client.find("instance", parsed_args.instance)
         backup = client.backup_create(
             instance["id"], name=parsed_args.name,
@@ -164,12 +163,7 @@ class ListBackup(command.Lister):
         if parsed_args.all_projects or parsed_args.project:
             cols.insert(3, "project_id")
             heads.insert(3, "Project ID")
-        fmt = backup_formatters()
-        rows = []
-        for b in backups:
-            rows.append(tuple(
-                fmt[c](b.get(c)) if c in fmt else b.get(c) for c in cols))
-        return heads, rows
+        return heads, common.list_rows(backups, cols, backup_formatters())
 
 
 class ShowBackup(command.ShowOne):
@@ -205,8 +199,8 @@ class SetBackup(command.Command):
             "--unprotected", action="store_false", dest="protected",
             help="Remove the protection")
         parser.add_argument(
-            "--property", metavar="<key=value>", action="append",
-            dest="properties", default=[],
+            "--property", metavar="<key=value>",
+            action=parseractions.KeyValueAction, dest="properties",
             help="Set a metadata property (repeat for several)")
         parser.add_argument(
             "--no-property", action="store_true",
@@ -216,10 +210,7 @@ class SetBackup(command.Command):
 
     def take_action(self, parsed_args):
         client = self.app.client_manager.ekko
-        try:
-            properties = common.parse_properties(parsed_args.properties)
-        except ValueError as e:
-            raise osc_exc.CommandError(str(e))
+        properties = parsed_args.properties or {}
         fields = {}
         for k in ("name", "description", "protected"):
             v = getattr(parsed_args, k)

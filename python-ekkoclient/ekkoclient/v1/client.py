@@ -7,26 +7,43 @@ keystoneauth. The endpoint is the catalog's ``instance-backup`` service
 (interface and region from the session's caller) unless overridden.
 """
 
+import logging
 import urllib.parse
 
 from keystoneauth1 import adapter as ks_adapter
+from keystoneauth1 import discover
 from keystoneauth1 import exceptions as ks_exc
 
 import ekkoclient
 from ekkoclient import exceptions
 
+LOG = logging.getLogger(__name__)
+
 SERVICE_TYPE = "instance-backup"
 API_VERSION_HEADER = "OpenStack-API-Version"
-MICROVERSION = "1.0"
+# The microversions this client speaks (the API's 1.0 to 1.0 today).
+MIN_MICROVERSION = "1.0"
+MAX_MICROVERSION = "1.0"
+MICROVERSION = MAX_MICROVERSION  # kept for callers of the old name
 
 
 class Client(object):
-    """A thin client of the Ekko REST API v1."""
+    """A thin client of the Ekko REST API v1.
+
+    ``api_version`` is what ``--os-ekko-api-version`` says: a major version
+    (``1``: the newest microversion both this client and the API speak),
+    a microversion (``1.0``; an error if the API does not serve it) or
+    ``latest`` (as ``1``). keystoneauth discovers the API (``GET /``, its
+    ``versions`` document) from the catalog endpoint or the override, and
+    sends ``OpenStack-API-Version: instance-backup <microversion>`` on
+    every request.
+    """
 
     def __init__(self, session, endpoint_override=None, interface=None,
                  region_name=None, service_type=SERVICE_TYPE,
-                 service_name=None, **kwargs):
+                 service_name=None, api_version=None, **kwargs):
         self.service_type = service_type
+        self.api_version = str(api_version) if api_version else None
         self.adapter = ks_adapter.Adapter(
             session,
             service_type=service_type,
@@ -38,44 +55,92 @@ class Client(object):
             client_version=ekkoclient.__version__,
         )
         self._base = None
+        self._api_url = None
+        self._microversion = None
 
     # -- plumbing ---------------------------------------------------------
+
+    def _no_endpoint(self):
+        return exceptions.EndpointNotFound(
+            "No %s endpoint (service ekko) in the catalog for "
+            "interface %s, region %s; register it or pass "
+            "--os-ekko-endpoint / OS_EKKO_ENDPOINT." % (
+                self.service_type,
+                self.adapter.interface or "public",
+                self.adapter.region_name or "(any)"))
+
+    def _discover(self):
+        """The v1 URL and the microversion range, by keystoneauth's version
+        discovery; without a versions document (an API that has none, a
+        proxy that hides it), the endpoint's root + ``/v1`` and 1.0."""
+        data = None
+        try:
+            data = ks_adapter.Adapter(
+                self.adapter.session,
+                service_type=self.adapter.service_type,
+                service_name=self.adapter.service_name,
+                interface=self.adapter.interface,
+                region_name=self.adapter.region_name,
+                endpoint_override=self.adapter.endpoint_override,
+                min_version="1.0", max_version="1.latest",
+            ).get_endpoint_data()
+        except ks_exc.EndpointNotFound:
+            raise self._no_endpoint()
+        except (ks_exc.DiscoveryFailure, ks_exc.ClientException) as e:
+            LOG.debug("ekko version discovery failed: %s", e)
+        if data is not None and data.url and data.api_version:
+            lo = data.min_microversion or discover.normalize_version_number(
+                MIN_MICROVERSION)
+            hi = data.max_microversion or lo
+            return data.url.rstrip("/"), lo, hi
+        try:
+            endpoint = self.adapter.get_endpoint()
+        except ks_exc.EndpointNotFound:
+            endpoint = None
+        if not endpoint:
+            raise self._no_endpoint()
+        one = discover.normalize_version_number(MIN_MICROVERSION)
+        return root_of(endpoint) + "/v1", one, one
+
+    def _negotiate(self):
+        url, lo, hi = self._discover()
+        self._microversion = negotiate(self.api_version, lo, hi)
+        self._api_url = url
+        self._base = root_of(url)
+        self.adapter.default_microversion = self._microversion
+        LOG.debug("ekko API %s, microversion %s (the API serves %s to %s)",
+                  url, self._microversion, discover.version_to_string(lo),
+                  discover.version_to_string(hi))
 
     @property
     def base_url(self):
         """The API root (without ``/v1``)."""
         if self._base is None:
-            try:
-                endpoint = self.adapter.get_endpoint()
-            except ks_exc.EndpointNotFound:
-                endpoint = None
-            if not endpoint:
-                raise exceptions.EndpointNotFound(
-                    "No %s endpoint (service ekko) in the catalog for "
-                    "interface %s, region %s; register it or pass "
-                    "--os-ekko-endpoint / OS_EKKO_ENDPOINT." % (
-                        self.service_type,
-                        self.adapter.interface or "public",
-                        self.adapter.region_name or "(any)"))
-            self._base = root_of(endpoint)
+            self._negotiate()
         return self._base
 
+    @property
+    def microversion(self):
+        """The microversion every request asks for (negotiated once)."""
+        if self._microversion is None:
+            self._negotiate()
+        return self._microversion
+
     def url(self, path):
-        return self.base_url + "/v1" + path
+        if self._api_url is None:
+            self._negotiate()
+        return self._api_url + path
 
     def request(self, method, path, json=None, params=None):
         """Send a request; return the decoded body (``None`` if empty)."""
         url = self.url(path)
-        headers = {
-            "Accept": "application/json",
-            API_VERSION_HEADER: "%s %s" % (self.service_type, MICROVERSION),
-        }
+        headers = {"Accept": "application/json"}
         if params:
             params = {k: _param(v) for k, v in params.items()
                       if v is not None}
         resp = self.adapter.request(
             url, method, json=json, params=params or None, headers=headers,
-            raise_exc=False)
+            microversion=self.microversion, raise_exc=False)
         if resp.status_code >= 400:
             raise exceptions.from_response(
                 resp.status_code, resp.content, resp.headers, method, url)
@@ -295,6 +360,47 @@ def _param(value):
     if isinstance(value, bool):
         return "true" if value else "false"
     return value
+
+
+def negotiate(requested, lo, hi):
+    """The microversion to ask for: ``requested`` (``None``, a major
+    version, ``latest`` or ``X.Y``) within the API's range ``lo``..``hi``
+    (parsed tuples) and this client's."""
+    mine_lo = discover.normalize_version_number(MIN_MICROVERSION)
+    mine_hi = discover.normalize_version_number(MAX_MICROVERSION)
+    lo_s, hi_s = (discover.version_to_string(v) for v in (lo, hi))
+    if requested and requested != "latest" and "." in requested:
+        try:
+            want = discover.normalize_version_number(requested)
+        except TypeError:
+            raise exceptions.EkkoError(
+                "Invalid API version %r: expected MAJOR or MAJOR.MINOR, "
+                "e.g. 1 or %s" % (requested, MIN_MICROVERSION))
+        if not (lo <= want <= hi):
+            raise exceptions.EkkoError(
+                "API version %s is not supported by the API, which serves "
+                "%s to %s" % (requested, lo_s, hi_s))
+        if not (mine_lo <= want <= mine_hi):
+            raise exceptions.EkkoError(
+                "API version %s is not supported by python-ekkoclient, "
+                "which speaks %s to %s" % (
+                    requested, MIN_MICROVERSION, MAX_MICROVERSION))
+        return discover.version_to_string(want)
+    if requested and requested != "latest":
+        try:
+            major = discover.normalize_version_number(requested)[0]
+        except TypeError:
+            major = None
+        if major != mine_hi[0]:
+            raise exceptions.EkkoError(
+                "API version %s is not supported; use 1" % requested)
+    best = min(hi, mine_hi)
+    if best < max(lo, mine_lo):
+        raise exceptions.EkkoError(
+            "The API serves microversions %s to %s, python-ekkoclient %s to "
+            "%s: upgrade one of them" % (lo_s, hi_s, MIN_MICROVERSION,
+                                         MAX_MICROVERSION))
+    return discover.version_to_string(best)
 
 
 def root_of(endpoint):

@@ -134,8 +134,7 @@ class ListExport(command.Lister):
         if parsed_args.all_projects or parsed_args.project:
             cols.insert(2, "project_id")
             heads.insert(2, "Project ID")
-        rows = [tuple(e.get(c) for c in cols) for e in exports]
-        return heads, rows
+        return heads, common.list_rows(exports, cols)
 
 
 class ShowExport(command.ShowOne):

@@ -1,5 +1,6 @@
 """``openstack ekko instance ...``: the instances Ekko knows."""
 
+from osc_lib.cli import format_columns
 from osc_lib.command import command
 
 from ekkoclient import common
@@ -11,12 +12,18 @@ def _disks(disks):
                      for d in disks or [])
 
 
-class DisksColumn(common.JsonColumn):
+class DisksColumn(format_columns.ListDictColumn):
     def human_readable(self):
         return _disks(self._value)
 
 
-class LastBackupColumn(common.JsonColumn):
+class LastBackupColumn(format_columns.DictColumn):
+    """The last backup: ``id (kind, created_at)`` in tables; null in json
+    and yaml when the instance has none."""
+
+    def machine_readable(self):
+        return dict(self._value) if self._value else None
+
     def human_readable(self):
         b = self._value
         if not b:
@@ -51,9 +58,7 @@ class ListInstance(command.Lister):
             cols.insert(2, "project_id")
             heads.insert(2, "Project ID")
         fmt = {"disks": DisksColumn, "last_backup": LastBackupColumn}
-        rows = [tuple(fmt[c](i.get(c)) if c in fmt else i.get(c)
-                      for c in cols) for i in instances]
-        return heads, rows
+        return heads, common.list_rows(instances, cols, fmt)
 
 
 class ShowInstance(command.ShowOne):

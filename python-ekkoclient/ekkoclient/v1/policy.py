@@ -3,6 +3,7 @@ and the instances they protect."""
 
 import logging
 
+from osc_lib.cli import format_columns
 from osc_lib.command import command
 from osc_lib import exceptions as osc_exc
 
@@ -14,7 +15,7 @@ LOG = logging.getLogger(__name__)
 KEEPS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 
-class RetentionColumn(common.JsonColumn):
+class RetentionColumn(format_columns.DictColumn):
     def human_readable(self):
         r = self._value or {}
         parts = ["keep_%s=%s" % (k, r["keep_" + k]) for k in KEEPS
@@ -26,7 +27,7 @@ class RetentionColumn(common.JsonColumn):
 
 def show_policy(policy):
     return common.show_dict(policy, {"retention": RetentionColumn,
-                                     "instances": common.ListColumn})
+                                     "instances": format_columns.ListColumn})
 
 
 def add_policy_options(parser, create):
@@ -129,10 +130,9 @@ class ListPolicy(command.Lister):
         if parsed_args.long:
             cols += ["retention", "description", "project_id"]
             heads += ["Retention", "Description", "Project ID"]
-        fmt = {"retention": RetentionColumn, "instances": common.ListColumn}
-        rows = [tuple(fmt[c](p.get(c)) if c in fmt else p.get(c)
-                      for c in cols) for p in client.policy_list()]
-        return heads, rows
+        fmt = {"retention": RetentionColumn,
+               "instances": format_columns.ListColumn}
+        return heads, common.list_rows(client.policy_list(), cols, fmt)
 
 
 class ShowPolicy(command.ShowOne):
@@ -248,6 +248,6 @@ class ShowPolicyRetention(command.Lister):
                 rows.append((inst.get("instance_id"), b.get("id"),
                              b.get("created_at"),
                              "keep" if b.get("keep") else "remove",
-                             common.ListColumn(b.get("reasons"))))
+                             format_columns.ListColumn(b.get("reasons"))))
         return (["Instance ID", "Backup ID", "Created At", "Verdict",
                  "Reasons"], rows)

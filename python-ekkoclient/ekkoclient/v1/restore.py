@@ -2,6 +2,8 @@
 ``openstack ekko backup restore`` (the same) and ``openstack ekko restore
 ...``."""
 
+from cliff import columns
+from osc_lib.cli import format_columns
 from osc_lib.command import command
 from osc_lib import exceptions as osc_exc
 
@@ -15,7 +17,7 @@ DISK_FORMATS = ("raw", "qcow2")
 
 def restore_formatters():
     return {"bytes_written": common.SizeColumn,
-            "target": common.JsonColumn}
+            "target": format_columns.DictColumn}
 
 
 def show_restore(restore):
@@ -143,14 +145,9 @@ class ListRestore(command.Lister):
         if parsed_args.all_projects or parsed_args.project:
             cols.insert(2, "project_id")
             heads.insert(2, "Project ID")
-        fmt = restore_formatters()
-        fmt["target"] = _target
-        rows = []
-        for r in restores:
-            values = [_column(r, c) for c in cols]
-            rows.append(tuple(fmt[c](v) if c in fmt else v
-                              for c, v in zip(cols, values)))
-        return heads, rows
+        fmt = dict(restore_formatters(), target=TargetColumn)
+        return heads, common.list_rows(
+            [{c: _column(r, c) for c in cols} for r in restores], cols, fmt)
 
 
 def _column(restore, col):
@@ -174,6 +171,17 @@ def _target(t):
     if t.get("host"):
         where = "%s:%s" % (t["host"], where)
     return where
+
+
+class TargetColumn(columns.FormattableColumn):
+    """A restore's target in a list: ``host:path`` or ``image:<name>``
+    (in every format, as the list always showed it)."""
+
+    def human_readable(self):
+        return _target(self._value)
+
+    def machine_readable(self):
+        return _target(self._value)
 
 
 class ShowRestore(command.ShowOne):
