@@ -1,6 +1,6 @@
 //! ekko: the operator and standalone command line (`ekko::cli::operator`).
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    ekko::cli::operator::main().await
+async fn main() -> std::process::ExitCode {
+    ekko::cli::operator::run().await
 }

@@ -51,6 +51,7 @@ pub enum Command {
 pub enum KeyAction {
     /// Write a new random master key file (mode 0600; never overwrites).
     Generate {
+        /// The key file to create.
         #[arg(long)]
         output: PathBuf,
     },
@@ -59,6 +60,7 @@ pub enum KeyAction {
     /// Rewrap every project key under a new master key (data is not
     /// touched); then point [encryption] master_key_file at the new file.
     Rotate {
+        /// The new master key (`ekko-manage key generate`).
         #[arg(long)]
         new_master_key_file: PathBuf,
     },
@@ -86,6 +88,7 @@ pub enum CatalogAction {
 pub enum PolicyAction {
     /// Print every policy rule with its default (or write it to --output).
     Sample {
+        /// Write it to this file instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,
     },
@@ -95,6 +98,7 @@ pub enum PolicyAction {
 pub enum ConfigAction {
     /// Print the sample configuration (or write it to --output).
     Sample {
+        /// Write it to this file instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,
     },

@@ -14,11 +14,38 @@ fn parse_size(raw: &str) -> Result<ByteSize, String> {
     ByteSize::parse_value(raw)
 }
 
+/// How `list`, `hosts` and `verify` print (`-f json` as the openstack CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Columns for people.
+    Table,
+    /// One JSON document for programs.
+    Json,
+}
+
+/// What the exit status says (`ekko --help` lists it).
+pub mod exit {
+    /// Something failed (the message says what).
+    pub const FAILURE: u8 = 1;
+    /// The command line was wrong (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// What the command names does not exist.
+    pub const NOT_FOUND: u8 = 3;
+    /// `verify` found damaged data.
+    pub const DAMAGED: u8 = 4;
+}
+
+/// `verify` found damaged chunks.
+#[derive(Debug, thiserror::Error)]
+#[error("backup {0} is damaged")]
+pub struct Damaged(String);
+
 #[derive(Parser)]
 #[command(
     name = "ekko",
     version,
-    about = "Ekko: block-based backup for OpenStack instances"
+    about = "Ekko: block-based backup for OpenStack instances",
+    after_help = "Exit status: 0 done, 1 failed, 2 usage error, 3 not found, 4 damaged backup (verify)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -36,15 +63,23 @@ pub enum Command {
     /// process: the single-machine default.
     AllInOne,
     /// Show the hosts that reported in.
-    Hosts,
+    Hosts {
+        /// Output format.
+        #[arg(short = 'f', long = "format", value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Back up every qcow2 disk of an instance through its QMP socket.
     Backup {
+        /// The instance's QMP socket (QEMU's or qemu-storage-daemon's monitor).
         #[arg(long)]
         qmp_socket: std::path::PathBuf,
+        /// The instance's id, as the catalog names it.
         #[arg(long)]
         instance: String,
+        /// The project the backup belongs to.
         #[arg(long, default_value = "default")]
         project: String,
+        /// A name for the backup.
         #[arg(long, default_value = "")]
         name: String,
         /// Read every block even if the dirty bitmap could be trusted.
@@ -54,14 +89,22 @@ pub enum Command {
         #[arg(long)]
         agent_socket: Option<std::path::PathBuf>,
     },
-    /// List backups (newest first).
+    /// List backups (newest first), every one unless `--limit`.
     List {
+        /// Only this instance's backups.
         #[arg(long)]
         instance: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Output format.
+        #[arg(short = 'f', long = "format", value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Restore one disk of a backup to a file, or into a new Glance image
     /// in the backup's project (`--image`).
     Restore {
+        /// The backup's id.
         backup: String,
         /// The file to write (never overwritten).
         #[arg(long, required_unless_present = "image", conflicts_with = "image")]
@@ -76,6 +119,7 @@ pub enum Command {
         /// Which disk (needed when the backup has several).
         #[arg(long)]
         disk: Option<String>,
+        /// Format of the file written.
         #[arg(long, value_parser = ["raw", "qcow2"], default_value = "raw")]
         format: String,
     },
@@ -83,6 +127,7 @@ pub enum Command {
     /// or inspect it without restoring it) until its lifetime runs out or
     /// SIGINT/SIGTERM; a unix socket is removed when the export ends.
     Export {
+        /// The backup's id.
         backup: String,
         /// Which disk (needed when the backup has several).
         #[arg(long)]
@@ -105,6 +150,7 @@ pub enum Command {
     /// List or copy files of a backup's ext2/3/4 disk, read in userspace
     /// (nbdfuse + debugfs) through an export: nothing is mounted.
     Files {
+        /// The backup's id.
         backup: String,
         /// Which disk (needed when the backup has several).
         #[arg(long)]
@@ -113,11 +159,21 @@ pub enum Command {
         action: FilesAction,
     },
     /// Re-read a backup and check every chunk's digest.
-    Verify { backup: String },
+    Verify {
+        /// The backup's id.
+        backup: String,
+        /// Output format.
+        #[arg(short = 'f', long = "format", value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Delete a backup (its space is reclaimed by ekko-retention).
-    Delete { backup: String },
+    Delete {
+        /// The backup's id.
+        backup: String,
+    },
     /// An instance's backups over time as a terminal chart (new vs reused).
     Timeline {
+        /// The instance's id.
         #[arg(long)]
         instance: String,
         /// Bar width in characters.
@@ -128,6 +184,7 @@ pub enum Command {
     /// ekko-retention does on `[retention] interval`); `--dry-run` shows
     /// what each policy keeps and removes, and why, and changes nothing.
     Retention {
+        /// Show what would be removed, and why; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -146,12 +203,50 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum FilesAction {
     /// `ls -l` of a directory of the backup's filesystem.
-    Ls { path: String },
+    Ls {
+        /// A directory of the backup's filesystem (e.g. /etc).
+        path: String,
+    },
     /// Copy a file of the backup's filesystem to a new file here.
     Get {
+        /// A file of the backup's filesystem.
         path: String,
+        /// Where to write it (never overwritten).
         output: std::path::PathBuf,
     },
+}
+
+/// A backup list's page (the catalog's largest).
+const PAGE: usize = 1000;
+
+/// Run the command line; its exit status ([`exit`]).
+pub async fn run() -> std::process::ExitCode {
+    match main().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ekko: {e:#}");
+            std::process::ExitCode::from(exit_status(&e))
+        }
+    }
+}
+
+fn exit_status(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<Damaged>().is_some() {
+            return exit::DAMAGED;
+        }
+        let missing = matches!(
+            cause.downcast_ref::<service::ServiceError>(),
+            Some(service::ServiceError::NotFound(_))
+        ) || matches!(
+            cause.downcast_ref::<crate::db::DbError>(),
+            Some(crate::db::DbError::NotFound(_))
+        );
+        if missing {
+            return exit::NOT_FOUND;
+        }
+    }
+    exit::FAILURE
 }
 
 /// Parse the command line and run the command.
@@ -196,9 +291,45 @@ pub async fn main() -> anyhow::Result<()> {
             drop(bar);
             print!("{}", out?.summary(t.elapsed()));
         }
-        Command::List { instance } => {
+        Command::List {
+            instance,
+            limit,
+            format,
+        } => {
             let ekko = Ekko::connect(config, Catalog::Required).await?;
-            let list = service::backups::list_all(&ekko, instance, 1000, None).await?;
+            // Page after page: a list never stops silently at a page.
+            let mut list = Vec::new();
+            let mut marker = None;
+            loop {
+                let want = limit.map_or(PAGE, |l| l.saturating_sub(list.len()).min(PAGE));
+                if want == 0 {
+                    break;
+                }
+                let page = service::backups::list_all(&ekko, instance.clone(), want as i64, marker)
+                    .await?;
+                let got = page.len();
+                marker = page.last().map(|b| b.id.clone());
+                list.extend(page);
+                if got < want {
+                    break;
+                }
+            }
+            if format == Format::Json {
+                let rows: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "id": b.id, "instance_id": b.instance_id, "project_id": b.project_id,
+                            "name": b.name, "status": b.status, "kind": b.kind,
+                            "created_at": crate::api::timestamp(&b.created_at),
+                            "logical_bytes": b.logical_bytes, "read_bytes": b.read_bytes,
+                            "new_bytes": b.new_bytes, "stored_bytes": b.stored_bytes,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
             println!(
                 "{:<36}  {:<10}  {:<11}  {:<19}  {:>12}",
                 "id", "status", "kind", "created (UTC)", "stored bytes"
@@ -336,14 +467,46 @@ pub async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Verify { backup } => {
+        Command::Verify { backup, format } => {
             let ekko = Ekko::connect(config, Catalog::Required).await?;
             let mut bad = 0;
             let bar = super::ProgressBar::start("verify");
             let verified =
                 service::local::verify_backup(&ekko, &backup, Some(&bar.progress())).await;
             drop(bar);
-            for (disk, stats) in verified? {
+            let verified = verified?;
+            if format == Format::Json {
+                let disks: Vec<serde_json::Value> = verified
+                    .iter()
+                    .map(|(disk, stats)| {
+                        let damaged: Vec<serde_json::Value> = stats
+                            .bad
+                            .iter()
+                            .map(|(offset, length, why)| {
+                                serde_json::json!({"offset": offset, "length": length, "why": why})
+                            })
+                            .collect();
+                        serde_json::json!({
+                            "disk": disk,
+                            "chunks": stats.chunks + stats.bad_chunks,
+                            "damaged_chunks": stats.bad_chunks,
+                            "damaged": damaged,
+                        })
+                    })
+                    .collect();
+                let bad: u64 = verified.iter().map(|(_, s)| s.bad_chunks).sum();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"backup": backup, "ok": bad == 0, "disks": disks})
+                    )?
+                );
+                if bad > 0 {
+                    return Err(Damaged(backup).into());
+                }
+                return Ok(());
+            }
+            for (disk, stats) in verified {
                 println!(
                     "disk {disk}: {} chunks checked, {} damaged",
                     stats.chunks + stats.bad_chunks,
@@ -357,7 +520,9 @@ pub async fn main() -> anyhow::Result<()> {
                 }
                 bad += stats.bad_chunks;
             }
-            anyhow::ensure!(bad == 0, "backup {backup} is damaged");
+            if bad > 0 {
+                return Err(Damaged(backup).into());
+            }
         }
         Command::Delete { backup } => {
             let ekko = Ekko::connect(config, Catalog::Required).await?;
@@ -405,9 +570,23 @@ pub async fn main() -> anyhow::Result<()> {
             }
             println!("{report}");
         }
-        Command::Hosts => {
+        Command::Hosts { format } => {
             let ekko = Ekko::connect(config, Catalog::Required).await?;
-            for h in service::hosts::list(&ekko).await? {
+            let hosts = service::hosts::list(&ekko).await?;
+            if format == Format::Json {
+                let rows: Vec<serde_json::Value> = hosts
+                    .iter()
+                    .map(|h| {
+                        serde_json::json!({
+                            "name": h.name, "version": h.version, "capacity": h.capacity,
+                            "heartbeat_at": crate::api::timestamp(&h.heartbeat_at),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            for h in hosts {
                 println!(
                     "{:<32} {:<10} capacity {:<3} last heartbeat {} UTC",
                     h.name, h.version, h.capacity, h.heartbeat_at
@@ -416,4 +595,34 @@ pub async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of every command says what it is for.
+    fn assert_documented(cmd: &clap::Command, path: &str) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(arg.get_help().is_some(), "{path} {id}: no help text");
+        }
+        for sub in cmd.get_subcommands() {
+            assert!(
+                sub.get_about().is_some(),
+                "{path} {}: no about",
+                sub.get_name()
+            );
+            assert_documented(sub, &format!("{path} {}", sub.get_name()));
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        assert_documented(&super::Cli::command(), "ekko");
+        assert_documented(&super::super::manage::Cli::command(), "ekko-manage");
+    }
 }

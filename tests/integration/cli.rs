@@ -457,6 +457,45 @@ fn crash_between_upload_and_commit_leaves_no_backup() {
         .map(|d| d.count())
         .unwrap_or_else(|e| panic!("{}: {e}", manifests.display()));
     assert_eq!(count, 2, "manifests of the two committed backups only");
+
+    // For programs: JSON output and exit statuses that say what happened.
+    let status = |args: &[&str]| {
+        let out = run(bin("ekko").arg("--config-file").arg(&op.conf).args(args));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            text(&out),
+        )
+    };
+    let (code, json, all) = status(&["list", "-f", "json"]);
+    assert_eq!(code, Some(0), "{all}");
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("list -f json is JSON");
+    let ids: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&first.as_str()) && ids.contains(&next.as_str()),
+        "{json}"
+    );
+    let (_, json, _) = status(&["list", "-f", "json", "--limit", "1"]);
+    let one: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(one.as_array().unwrap().len(), 1, "{json}");
+    let (code, json, all) = status(&["verify", &next, "-f", "json"]);
+    assert_eq!(code, Some(0), "{all}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["ok"], true, "{json}");
+    let (code, json, _) = status(&["hosts", "-f", "json"]);
+    assert_eq!(code, Some(0));
+    assert!(serde_json::from_str::<serde_json::Value>(&json)
+        .unwrap()
+        .is_array());
+    let missing = "00000000-0000-4000-8000-000000000000";
+    assert_eq!(status(&["verify", missing]).0, Some(3), "not found");
+    assert_eq!(status(&["delete", missing]).0, Some(3), "not found");
+    assert_eq!(status(&["list", "--no-such-flag"]).0, Some(2), "usage");
 }
 
 /// The database is lost: `ekko-manage catalog rebuild` recreates the

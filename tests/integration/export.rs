@@ -405,6 +405,14 @@ async fn a_damaged_segment_fails_only_the_reads_that_need_it() {
     let (ok, msg) =
         run(Command::new("qemu-io").args(["-r", "-f", "raw", "-c", "read 0 8M", &e.url()]));
     assert!(ok && !msg.contains("failed"), "{msg}");
+    // `ekko verify` names the damage, and its exit status says so (4).
+    let out = ekko_bin()
+        .arg("--config-file")
+        .arg(&s.conf)
+        .args(["verify", &incr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
 
     // The segment gone altogether: the same.
     std::fs::remove_file(&segment).unwrap();
