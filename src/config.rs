@@ -45,6 +45,31 @@ const ENV_SEPARATOR: &str = "__";
 const DEFAULT_CONFIG_FILE: &str = "/etc/ekko/ekko.conf";
 const DEFAULT_CONFIG_DIR: &str = "/etc/ekko/ekko.conf.d";
 
+/// Note an environment override of `[table] key`: where it came from,
+/// and its value under one spelling (`EKKO__TABLE__KEY`), so an `EKKO__`
+/// variable replaces an `OS_` one.
+fn record(
+    origins: &mut BTreeMap<(String, String), String>,
+    env_vars: &mut BTreeMap<String, String>,
+    name: &str,
+    table: &str,
+    key: &str,
+    value: String,
+) {
+    origins.insert(
+        (table.to_string(), key.to_string()),
+        format!("environment variable {name}"),
+    );
+    env_vars.insert(
+        format!(
+            "{ENV_PREFIX}{ENV_SEPARATOR}{}{ENV_SEPARATOR}{}",
+            table.to_ascii_uppercase(),
+            key.to_ascii_uppercase()
+        ),
+        value,
+    );
+}
+
 /// Prefix of oslo.config's environment overrides: `OS_SECTION__KEY`.
 const OSLO_ENV_PREFIX: &str = "OS_";
 
@@ -308,18 +333,7 @@ impl EkkoConfig {
                     key,
                 });
             }
-            origins.insert(
-                (table.clone(), key.clone()),
-                format!("environment variable {name}"),
-            );
-            env_vars.insert(
-                format!(
-                    "{ENV_PREFIX}{ENV_SEPARATOR}{}{ENV_SEPARATOR}{}",
-                    table.to_ascii_uppercase(),
-                    key.to_ascii_uppercase()
-                ),
-                value,
-            );
+            record(&mut origins, &mut env_vars, &name, &table, &key, value);
         }
         for (name, value) in ekko_env {
             let Some(rest) = name.strip_prefix(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")) else {
@@ -338,17 +352,12 @@ impl EkkoConfig {
                     key,
                 });
             }
-            origins.insert(
-                (table.clone(), key.clone()),
-                format!("environment variable {name}"),
-            );
-            // One spelling per option, so EKKO__ replaces an OS_ value.
-            env_vars.insert(
-                format!(
-                    "{ENV_PREFIX}{ENV_SEPARATOR}{}{ENV_SEPARATOR}{}",
-                    table.to_ascii_uppercase(),
-                    key.to_ascii_uppercase()
-                ),
+            record(
+                &mut origins,
+                &mut env_vars,
+                &name,
+                &table,
+                &key,
                 value.clone(),
             );
         }
