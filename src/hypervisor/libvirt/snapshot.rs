@@ -439,7 +439,12 @@ fn begin_locked(
             })
         }
         Err(e) => {
-            end_job(shared, &dom, uuid, &name, keep.as_deref(), false);
+            // libvirtd may have restarted under us (the job's description
+            // read failed): end_job settles through a fresh connection,
+            // and once the job is over its scratch goes as well.
+            if end_job(shared, &dom, uuid, &name, keep.as_deref(), false) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             Err(e)
         }
     }
