@@ -567,9 +567,7 @@ pub struct Link {
 }
 
 /// Shared in tests and handlers: a JSON timestamp.
-pub fn timestamp(t: &chrono::NaiveDateTime) -> String {
-    t.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
+pub use crate::service::convert::timestamp;
 
 /// Shared handle type for handlers.
 pub type State = web::Data<ApiState>;

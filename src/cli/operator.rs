@@ -321,7 +321,7 @@ pub async fn main() -> anyhow::Result<()> {
                         serde_json::json!({
                             "id": b.id, "instance_id": b.instance_id, "project_id": b.project_id,
                             "name": b.name, "status": b.status, "kind": b.kind,
-                            "created_at": crate::api::timestamp(&b.created_at),
+                            "created_at": crate::service::convert::timestamp(&b.created_at),
                             "logical_bytes": b.logical_bytes, "read_bytes": b.read_bytes,
                             "new_bytes": b.new_bytes, "stored_bytes": b.stored_bytes,
                         })
@@ -579,7 +579,7 @@ pub async fn main() -> anyhow::Result<()> {
                     .map(|h| {
                         serde_json::json!({
                             "name": h.name, "version": h.version, "capacity": h.capacity,
-                            "heartbeat_at": crate::api::timestamp(&h.heartbeat_at),
+                            "heartbeat_at": crate::service::convert::timestamp(&h.heartbeat_at),
                         })
                     })
                     .collect();

@@ -6,6 +6,11 @@ use crate::db::backups::{BackupDisk, DiskCommit};
 use crate::db::instances::DiskReport;
 use crate::wire;
 
+/// A catalog time as the API and the CLIs print it (RFC 3339, UTC).
+pub fn timestamp(t: &chrono::NaiveDateTime) -> String {
+    t.and_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// A committed record as a job names it (the base of an incremental, a
 /// dedup source, what a restore reads). `None` for a corrupt row.
 pub fn record_ref(rec: &BackupDisk) -> Option<wire::RecordRef> {

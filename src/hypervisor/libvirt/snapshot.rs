@@ -439,9 +439,8 @@ fn begin_locked(
             })
         }
         Err(e) => {
-            // libvirtd may have restarted under us (the job's description
-            // read failed): end_job settles through a fresh connection,
-            // and once the job is over its scratch goes as well.
+            // (libvirtd may have restarted: end_job reconnects.) Once the
+            // job is over, its scratch goes too.
             if end_job(shared, &dom, uuid, &name, keep.as_deref(), false) {
                 let _ = std::fs::remove_dir_all(&dir);
             }
