@@ -27,6 +27,9 @@ if is_service_enabled ekko-api ekko-backup ekko-retention; then
         configure_ekko
         if is_service_enabled ekko-api; then
             create_ekko_accounts
+            if [[ "$EKKO_USE_APACHE" == "True" ]]; then
+                configure_ekko_apache
+            fi
         fi
         if ekko_uses_database; then
             init_ekko_database

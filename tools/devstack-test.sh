@@ -192,6 +192,12 @@ get_or_create_service() { record get_or_create_service "$@"; echo 5e7c0de5; }
 get_or_create_endpoint() { record get_or_create_endpoint "$@"; echo e0d9017; }
 run_process() { record run_process "$@"; }
 wait_for_service() { record wait_for_service "$@"; }
+# lib/apache's: sites go under the scenario's etc/apache2.
+apache_site_config_for() { mkdir -p "$S/etc/apache2/sites-available"; echo "$S/etc/apache2/sites-available/$1.conf"; }
+enable_apache_mod() { record enable_apache_mod "$@"; }
+enable_apache_site() { record enable_apache_site "$@"; }
+disable_apache_site() { record disable_apache_site "$@"; }
+restart_apache_server() { record restart_apache_server "$@"; }
 rabbitmqctl() { record rabbitmqctl "$@"; }
 stop_process() { record stop_process "$@"; }
 mysql() { record mysql "$@"; }
@@ -237,7 +243,8 @@ new_scenario() {
         EKKO_BACKUP_INSTANCES EKKO_CLIENT_DIR EKKO__DATABASE__CONNECTION \
         EKKO_ENCRYPTION EKKO_MASTER_KEY_FILE EKKO_HOST_KEY_FILE EKKO_RESTORE_HOST \
         EKKO_HOST_TRANSPORT_URL EKKO_HOST_BUS_USERS EKKO_CONTROLLER_TRANSPORT_URL \
-        EKKO_CONTROLLER_BUS_USER EKKO_CONTROLLER_BUS_PASSWORD
+        EKKO_CONTROLLER_BUS_USER EKKO_CONTROLLER_BUS_PASSWORD EKKO_USE_APACHE \
+        EKKO_SERVICE_LISTEN_ADDRESS
     # devstack's globals the plugin reads.
     export DEST="$S/opt/stack" DATA_DIR="$S/opt/stack/data" STACK_USER
     STACK_USER=$(id -un)
@@ -325,13 +332,14 @@ check_config_is_real() {
 }
 
 # checks common to every host: [DEFAULT], [api], [keystone_authtoken].
+# BIND: the API's expected listen address (loopback behind Apache).
 check_common_conf() {
     check "ekko.conf written" test -f "$CONF"
     check "ekko.conf is not world-readable" test "$(stat -c %a "$CONF")" = 640
     check "[DEFAULT] state_path" ini_is "$CONF" DEFAULT state_path "$STATE"
     check "[DEFAULT] host" ini_is "$CONF" DEFAULT host "$EKKO_HOST"
     check "state_path created" test -d "$STATE"
-    check "[api] bind_host" ini_is "$CONF" api bind_host 0.0.0.0
+    check "[api] bind_host ${BIND:-127.0.0.1}" ini_is "$CONF" api bind_host "${BIND:-127.0.0.1}"
     check "[api] bind_port" ini_is "$CONF" api bind_port 6800
     check "[api] workers from API_WORKERS" ini_is "$CONF" api workers 2
     check "[keystone_authtoken] auth_url" ini_is "$CONF" keystone_authtoken auth_url http://10.0.0.5/identity
@@ -357,7 +365,7 @@ check_controller_bus_user() {
         bash -c "grep -q '^transport_url = rabbit://ekko:[0-9a-f]*@10.0.0.5:5672/\$' '$CONF'"
 }
 
-# check_registered swift|local
+# check_registered swift|local ENDPOINT
 check_registered() {
     check "service user ekko created with the service role (service tokens, token validation)" \
         called "create_service_user ekko|service"
@@ -369,8 +377,9 @@ check_registered() {
         check_not "without Swift, no other role" called_matching '^get_or_add_user_project_role'
     fi
     check "service registered as type instance-backup" called "get_or_create_service ekko|instance-backup|Ekko instance backup"
-    check "endpoint registered for instance-backup at http://10.0.0.5:6800" \
-        called "get_or_create_endpoint instance-backup|RegionOne|http://10.0.0.5:6800"
+    check "endpoint registered for instance-backup at $2" \
+        called "get_or_create_endpoint instance-backup|RegionOne|$2"
+    check "[api] public_endpoint $2" ini_is "$CONF" api public_endpoint "$2"
     check_not "nothing registered with freezer's service type backup" called_matching '^get_or_create_(service|endpoint) ([^|]*\|)?backup(\||$)'
     check "exactly one service and one endpoint registered" \
         test "$(calls_of get_or_create_service)$(calls_of get_or_create_endpoint)" = 11
@@ -423,7 +432,20 @@ scenario_aio() {
         bash -c "grep -q '^transport_url = rabbit://ekko-host-$EKKO_HOST:[0-9a-f]*@10.0.0.5:5672/' '$EKKO_CONF_DIR/ekko-backup.conf'"
     check "ekko-backup.conf is not world-readable" test "$(stat -c %a "$EKKO_CONF_DIR/ekko-backup.conf")" = 640
     check "database recreated" called "recreate_database ekko"
-    check_registered swift
+    check_registered swift http://10.0.0.5/instance-backup
+    local site="$S/etc/apache2/sites-available/ekko-api.conf"
+    check "Apache site written for ekko-api" test -f "$site"
+    check "it proxies /instance-backup to the API's loopback listener" \
+        grep -q '^    ProxyPass "http://127.0.0.1:6800" retry=0$' "$site"
+    check "at <Location \"/instance-backup\">" grep -q '^<Location "/instance-backup">$' "$site"
+    check "it tells the API its path" grep -q '^    RequestHeader set X-Forwarded-Prefix "/instance-backup"$' "$site"
+    check_not "no placeholder left in the site" grep -q '%PATH%\|%URL%' "$site"
+    for m in proxy proxy_http headers; do
+        check "Apache module $m enabled" called "enable_apache_mod $m"
+    done
+    check "site enabled" called "enable_apache_site ekko-api"
+    check "Apache restarted" called "restart_apache_server "
+    check "behind Apache the API believes proxy headers" ini_is "$CONF" oslo_middleware enable_proxy_headers_parsing True
     check_config_is_real
     check "config check sees the Swift store" grep -q "backend: Swift" "$S/config-check.out"
     check "[encryption] on by default (symmetric)" ini_is "$CONF" encryption enabled true
@@ -449,7 +471,8 @@ scenario_aio() {
     check "catalog schema up to date after the extra phase" "$EKKO_BIN/ekko-manage" --config-file "$CONF" db version
     unset EKKO__DATABASE__CONNECTION
     check "run_process ekko-api" called "run_process ekko-api|$EKKO_BIN_DIR/ekko-api --config-file $CONF"
-    check "then waits for its /healthcheck" called "wait_for_service 60|http://10.0.0.5:6800/healthcheck"
+    check "then waits for its /healthcheck" called "wait_for_service 60|http://127.0.0.1:6800/healthcheck"
+    check "and for it through Apache" called "wait_for_service 60|http://10.0.0.5/instance-backup/healthcheck"
     check "run_process ekko-retention" called "run_process ekko-retention|$EKKO_BIN_DIR/ekko-retention --config-file $CONF"
     check "run_process ekko-backup with its own bus URL, as root (libvirt)" called "run_process ekko-backup|$EKKO_BIN_DIR/ekko-backup --config-file $CONF --config-file $EKKO_CONF_DIR/ekko-backup.conf||root"
     check "three processes started" test "$(calls_of run_process)" = 3
@@ -482,6 +505,7 @@ scenario_aio() {
         check "clean removes $b" test ! -e "$EKKO_BIN_DIR/$b"
     done
     check "clean drops the ekko database" called "mysql -uroot|-psecretdb|-h127.0.0.1|-e|DROP DATABASE IF EXISTS ekko;"
+    check "clean removes the Apache site" bash -c "test ! -e '$site' && grep -qx 'disable_apache_site ekko-api' '$EKKO_TEST_LOG'"
     check "nothing died" test "$(calls_of die)" = 0
 }
 
@@ -490,7 +514,7 @@ scenario_ctl_local() {
     new_scenario ctl-local
     ENABLED_SERVICES="key,mysql,rabbit"
     export EKKO_ENABLED_SERVICES=ekko-api,ekko-retention EKKO_SKIP_BUILD=True
-    export EKKO_ENCRYPTION=public_key
+    export EKKO_ENCRYPTION=public_key EKKO_USE_APACHE=False
     export EKKO_CLIENT_DIR="$S/no-such-client"
     write_wrappers "$EKKO_BIN_DIR"
 
@@ -499,7 +523,7 @@ scenario_ctl_local() {
     check "no client directory: pip not run" test "$(calls_of pip_install)" = 0
 
     phase stack post-config
-    check_common_conf
+    BIND=0.0.0.0 check_common_conf
     check "[storage] backend local (no Swift)" ini_is "$CONF" storage backend local
     check "[backup] host_bus_users on the controller" ini_is "$CONF" backup host_bus_users True
     check_controller_bus_user
@@ -509,7 +533,9 @@ scenario_ctl_local() {
     check_not "no [backup] discovery_dir without ekko-backup" ini_get "$CONF" backup discovery_dir
     check "[database] connection" ini_is "$CONF" database connection "mysql+pymysql://root:secretdb@127.0.0.1/ekko?charset=utf8&plugin=dbcounter"
     check "database recreated" called "recreate_database ekko"
-    check_registered local
+    check_registered local http://10.0.0.5:6800
+    check_not "EKKO_USE_APACHE=False: no Apache site" called_matching '^(enable_apache_site|restart_apache_server)'
+    check_not "nor proxy headers believed" ini_get "$CONF" oslo_middleware enable_proxy_headers_parsing
     check_config_is_real
     check "config check sees the local store" grep -q "backend: Local" "$S/config-check.out"
     check "[encryption] mode public_key" ini_is "$CONF" encryption mode public_key

@@ -16,6 +16,8 @@
 #     the backports one; started by tools/test-env.sh
 #   - benchmark peers and drivers: restic, borgbackup, wrk, curl
 #   - lint: shellcheck
+#   - Apache httpd (apache2-bin: the binary and modules, no service) to serve
+#     the API at a path as devstack does (tests/integration/operations.rs)
 #   - file-level restore (`ekko files`): e2fsprogs (debugfs), fuse3
 #     (fusermount3, for nbdfuse run as non-root; nbdfuse is in libnbd-bin)
 #   - Python tools (PyPI, pinned in tools/requirements/*.txt) in the venv
@@ -27,7 +29,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PKGS=(gcc pkg-config libmariadb-dev libmariadb-dev-compat libsqlite3-dev
       restic borgbackup wrk curl shellcheck python3-venv python3-pip
-      e2fsprogs fuse3)
+      e2fsprogs fuse3 apache2-bin)
 VENV=${EKKO_VENV:-/opt/ekko-venv}
 QEMU_MIN_MAJOR=10
 BACKPORTS_LIST=/etc/apt/sources.list.d/ekko-bookworm-backports.list

@@ -471,23 +471,7 @@ async fn every_daemons_metrics_show_a_distributed_backup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_headers_are_ignored_unless_enabled() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let conf = write_conf(
-        dir.path(),
-        "api.conf",
-        &format!(
-            "[DEFAULT]\nstate_path = {}\n[api]\nbind_host = 127.0.0.1\nbind_port = {port}\nauth_strategy = noauth\n",
-            dir.path().display()
-        ),
-    );
-    let init = Command::new(env!("CARGO_BIN_EXE_ekko"))
-        .args(["--config-file", conf.to_str().unwrap(), "init"])
-        .output()
-        .unwrap();
-    assert!(init.status.success(), "{init:?}");
-    let api = Service::start("ekko-api", &conf, dir.path().join("api.log"), &[]);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until_listening(&base, &api).await;
+    let (base, _api) = noauth_api(dir.path(), "").await;
     let v: Value = reqwest::Client::new()
         .get(format!("{base}/v1/"))
         .header("X-Forwarded-Proto", "https")
@@ -504,6 +488,158 @@ async fn proxy_headers_are_ignored_unless_enabled() {
         v["version"]["links"][0]["href"],
         format!("{base}/v1/"),
         "{v}"
+    );
+}
+
+/// An ekko-api without Keystone on a loopback port, with `extra` config:
+/// its base URL and the running process.
+async fn noauth_api(dir: &Path, extra: &str) -> (String, Service) {
+    let port = free_port();
+    let conf = write_conf(
+        dir,
+        "api.conf",
+        &format!(
+            "[DEFAULT]\nstate_path = {}\n[api]\nbind_host = 127.0.0.1\nbind_port = {port}\nauth_strategy = noauth\n{extra}",
+            dir.display()
+        ),
+    );
+    let init = Command::new(env!("CARGO_BIN_EXE_ekko"))
+        .args(["--config-file", conf.to_str().unwrap(), "init"])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let api = Service::start("ekko-api", &conf, dir.join("api.log"), &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_listening(&base, &api).await;
+    (base, api)
+}
+
+/// Apache's httpd, in the foreground with a configuration of its own.
+struct Apache(std::process::Child);
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The API at its path on a real Apache, with the site the devstack plugin
+/// installs (devstack/files/apache-ekko-api.template): links, the health
+/// check and API calls through it carry the path and the host clients
+/// used, and a client cannot send the API elsewhere with its own headers.
+#[tokio::test]
+async fn the_api_behind_apache_at_its_path_links_there() {
+    const HTTPD: &str = "/usr/sbin/apache2";
+    if !Path::new(HTTPD).exists() {
+        assert!(
+            std::env::var("EKKO_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "{HTTPD} is missing: tools/install-deps.sh installs apache2-bin"
+        );
+        eprintln!("skipping: no {HTTPD}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (api_base, api) = noauth_api(
+        dir.path(),
+        "[oslo_middleware]\nenable_proxy_headers_parsing = True\n",
+    )
+    .await;
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/devstack/files/apache-ekko-api.template"
+    ))
+    .unwrap();
+    let site = template
+        .replace("%PATH%", "/instance-backup")
+        .replace("%URL%", &api_base);
+    let d = dir.path().display();
+    let modules = "/usr/lib/apache2/modules";
+    let port = free_port();
+    let mut conf = String::new();
+    for m in ["mpm_event", "authz_core", "proxy", "proxy_http", "headers"] {
+        conf += &format!("LoadModule {m}_module {modules}/mod_{m}.so\n");
+    }
+    conf += &format!(
+        "ServerName 127.0.0.1\nListen 127.0.0.1:{port}\nUser nobody\nGroup nogroup\n\
+         PidFile {d}/httpd.pid\nErrorLog {d}/httpd-error.log\nDefaultRuntimeDir {d}\n\
+         Include {d}/ekko-api-site.conf\n"
+    );
+    std::fs::write(dir.path().join("ekko-api-site.conf"), site).unwrap();
+    std::fs::write(dir.path().join("httpd.conf"), conf).unwrap();
+    let _apache = Apache(
+        Command::new(HTTPD)
+            .args(["-DFOREGROUND", "-f"])
+            .arg(dir.path().join("httpd.conf"))
+            .spawn()
+            .unwrap(),
+    );
+    let apache = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("{apache}/instance-backup");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        match client.get(format!("{endpoint}/healthcheck")).send().await {
+            Ok(r) if r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                break (r.status().as_u16(), r.text().await.unwrap())
+            }
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!(
+                "Apache did not serve the API: {other:?}; {}",
+                std::fs::read_to_string(dir.path().join("httpd-error.log")).unwrap_or_default()
+            ),
+        }
+    };
+    assert_eq!((status, body.as_str()), (200, "OK"), "{}", api.log());
+    // A client's own prefix is replaced, not believed.
+    let v: Value = client
+        .get(format!("{endpoint}/v1/"))
+        .header("X-Forwarded-Prefix", "/elsewhere")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["version"]["links"][0]["href"],
+        format!("{endpoint}/v1/"),
+        "{v}"
+    );
+    let versions: Value = client
+        .get(format!("{endpoint}/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        versions
+            .to_string()
+            .contains(&format!("\"{endpoint}/v1/\"")),
+        "the version document links through Apache: {versions}"
+    );
+    // An API call through it (noauth: the caller's project in X-Project-Id).
+    let r = client
+        .get(format!("{endpoint}/v1/backups"))
+        .header("X-Project-Id", "0123456789abcdef0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+    // The API's own listener still links to itself.
+    let direct: Value = client
+        .get(format!("{api_base}/v1/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        direct["version"]["links"][0]["href"],
+        format!("{api_base}/v1/")
     );
 }
 
