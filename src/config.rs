@@ -35,7 +35,7 @@ pub use options::{
     EncryptionMode, EncryptionOptions, ExportOptions, GlanceOptions, HealthcheckOptions,
     InstanceSource, KeystoneAuthtokenOptions, LibvirtOptions, LocalStoreOptions, MetricsOptions,
     OptionInfo, OsloMiddlewareOptions, OsloPolicyOptions, QuotaOptions, RetentionOptions,
-    StorageBackend, StorageOptions, SwiftOptions,
+    S3Options, S3UrlStyle, StorageBackend, StorageOptions, SwiftOptions,
 };
 pub use types::{ByteSize, CommaList, Secret};
 
@@ -85,6 +85,7 @@ pub struct EkkoConfig {
     pub oslo_policy: OsloPolicyOptions,
     pub storage: StorageOptions,
     pub swift: SwiftOptions,
+    pub s3: S3Options,
     pub local_store: LocalStoreOptions,
     pub glance: GlanceOptions,
     pub export: ExportOptions,

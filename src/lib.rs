@@ -37,7 +37,7 @@
 //! | L2 | [`glance`] | Glance v2 with a tenant's token and Ekko's service token | `keystone` |
 //! | L2 | [`db`] | the catalog: diesel schema, one file per table family; the only SQL | |
 //! | L2 | [`queue`] | the `MessageQueue` seam: RabbitMQ (lapin), in-process; envelopes | |
-//! | L2 | [`store`] | the `ObjectStore` seam: local directory, Swift | `keystone` |
+//! | L2 | [`store`] | the `ObjectStore` seam: local directory, Swift, S3 | `keystone` |
 //! | L2 | [`qmp`] | QEMU's monitor protocol | |
 //! | L2 | [`nbd`] | NBD protocol, client, and a read-only server for exports | |
 //! | L2 | [`libvirt`] | libvirt loaded at run time: domains, backup jobs, checkpoints, XML | |

@@ -3,11 +3,13 @@
 //! Objects are write-once: [`ObjectStore::put`] makes an object visible
 //! atomically and durably, or not at all. Each project's objects live in its
 //! own container. Implementations: a local directory
-//! ([`local::LocalStore`], the single-machine default) and OpenStack Swift
-//! ([`swift::SwiftStore`]). `tests/integration/store.rs` runs one conformance suite
-//! against every implementation.
+//! ([`local::LocalStore`], the single-machine default), OpenStack Swift
+//! ([`swift::SwiftStore`]) and S3-compatible stores ([`s3::S3Store`]: a
+//! container is a bucket of the same name). `tests/integration/store.rs`
+//! runs one conformance suite against every implementation.
 
 pub mod local;
+pub mod s3;
 pub mod swift;
 
 use std::sync::Arc;
@@ -174,7 +176,139 @@ pub fn open(config: &EkkoConfig) -> StoreResult<Arc<dyn ObjectStore>> {
             config.local_store.fsync,
         )?)),
         StorageBackend::Swift => Ok(Arc::new(swift::SwiftStore::new(config)?)),
+        StorageBackend::S3 => Ok(Arc::new(s3::S3Store::new(&config.s3)?)),
     }
+}
+
+// ---- shared by the HTTP stores (Swift, S3) ----
+
+pub(crate) fn unavailable(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(what.to_string())
+}
+
+pub(crate) fn not_found(container: &str, name: &str) -> StoreError {
+    StoreError::NotFound {
+        container: container.to_string(),
+        name: name.to_string(),
+    }
+}
+
+/// An answer worth asking again: the server failed, was busy or timed out.
+pub(crate) fn retryable(status: reqwest::StatusCode) -> bool {
+    use reqwest::StatusCode;
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+}
+
+/// The pause before retry `attempt` (1, 2, …): exponential from 200 ms,
+/// at most 5 s, plus up to 100 ms of jitter so that retries of parallel
+/// requests spread out.
+pub(crate) fn retry_delay(attempt: u32) -> std::time::Duration {
+    let backoff = (100u64 << attempt.min(6)).min(5_000);
+    let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u16) % 100;
+    std::time::Duration::from_millis(backoff + jitter)
+}
+
+/// The bytes a ranged GET of `offset`+`length` answered, checked: a store
+/// that ignored the range (not `partial`: the whole object) is sliced; a
+/// partial answer shorter than asked means the range passed the object's
+/// end (`total`: its size, when the answer gave it).
+pub(crate) fn ranged_body(
+    (container, name): (&str, &str),
+    (offset, length): (u64, u64),
+    partial: bool,
+    total: Option<u64>,
+    data: Bytes,
+) -> StoreResult<Bytes> {
+    let bad_range = |size: u64| StoreError::BadRange {
+        container: container.into(),
+        name: name.into(),
+        offset,
+        length,
+        size,
+    };
+    if !partial {
+        return match data.get(offset as usize..(offset + length) as usize) {
+            Some(slice) => Ok(data.slice_ref(slice)),
+            None => Err(bad_range(data.len() as u64)),
+        };
+    }
+    if data.len() as u64 != length {
+        return Err(bad_range(total.unwrap_or(offset + data.len() as u64)));
+    }
+    Ok(data)
+}
+
+/// A range of no bytes: empty if `offset` lies inside the object or at its
+/// end (HTTP cannot ask for zero bytes).
+pub(crate) async fn empty_range(
+    store: &dyn ObjectStore,
+    container: &str,
+    name: &str,
+    offset: u64,
+) -> StoreResult<Bytes> {
+    let size = store.head(container, name).await?.size;
+    if offset <= size {
+        Ok(Bytes::new())
+    } else {
+        Err(StoreError::BadRange {
+            container: container.into(),
+            name: name.into(),
+            offset,
+            length: 0,
+            size,
+        })
+    }
+}
+
+/// What a `416 Range Not Satisfiable` means: the range passed the object's
+/// end (its size from a HEAD), or the HEAD's own error.
+pub(crate) async fn unsatisfiable(
+    store: &dyn ObjectStore,
+    container: &str,
+    name: &str,
+    (offset, length): (u64, u64),
+) -> StoreError {
+    match store.head(container, name).await {
+        Ok(meta) => StoreError::BadRange {
+            container: container.into(),
+            name: name.into(),
+            offset,
+            length,
+            size: meta.size,
+        },
+        Err(e) => e,
+    }
+}
+
+/// The object size of a `Content-Range: bytes a-b/size` header.
+pub(crate) fn content_range_size(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get("Content-Range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit('/').next())
+        .and_then(|s| s.parse::<u64>().ok())
+}
+
+/// An HTTP date header (`Last-Modified`, `Date`) as a time; the epoch when
+/// absent or unreadable.
+pub(crate) fn http_date(headers: &reqwest::header::HeaderMap, name: &str) -> DateTime<Utc> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+/// The `Content-Length` header, for a HEAD.
+pub(crate) fn content_length(headers: &reqwest::header::HeaderMap, what: &str) -> StoreResult<u64> {
+    headers
+        .get("Content-Length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| unavailable(format!("{what}: no Content-Length")))
 }
 
 #[cfg(test)]

@@ -41,23 +41,9 @@ trap cleanup EXIT
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
-python3 - "$work/disk.raw" "$size_mib" <<'PY'
-import os, sys
-path, mib = sys.argv[1], int(sys.argv[2])
-with open(path, "wb") as f:
-    f.truncate(mib << 20)
-    for i in range(0, mib, 2):
-        f.seek(i << 20)
-        f.write(os.urandom(1 << 20))
-PY
-qemu-img convert -f raw -O qcow2 "$work/disk.raw" "$work/disk.qcow2"
-qemu-storage-daemon \
-    --blockdev "driver=file,node-name=file0,filename=$work/disk.qcow2" \
-    --blockdev driver=qcow2,node-name=disk0,file=file0 \
-    --chardev "socket,path=$work/qmp.sock,server=on,wait=off,id=qmp0" \
-    --monitor chardev=qmp0 &
-qsd_pid=$!
-for _ in $(seq 200); do [[ -S $work/qmp.sock ]] && break; sleep 0.05; done
+# shellcheck source=tools/lib/bench-disk.sh
+. tools/lib/bench-disk.sh
+bench_disk "$work" "$size_mib"
 
 printf '[DEFAULT]\nstate_path = %s/state\n' "$work" >"$work/ekko.conf"
 if [[ ${EKKO_BENCH_STORE:-local} == swift ]]; then

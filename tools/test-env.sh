@@ -30,6 +30,12 @@
 #     is used as EKKO_AMQP_URL.
 #   If neither way works, the script stops and says what to set.
 #
+# S3: the Swift proxy also answers S3 (Swift's own s3api middleware, path-style,
+# region us-east-1), signatures checked by Keystone through s3token against the
+# EC2 credentials of the ekko service user (created once); env.sh then has
+# EKKO_S3_ENDPOINT (= the Swift URL), EKKO_S3_REGION, EKKO_S3_ACCESS_KEY and
+# EKKO_S3_SECRET_KEY. A changed proxy-server.conf restarts the proxy.
+#
 # Everything lives under $EKKO_OS_STATE (default /var/lib/ekko-openstack):
 #   mariadb/ rabbitmq/ keystone/ (short/: the short-token one) swift/ (rings,
 #   confs, device dir) glance/ (confs, images/) log/ run/ env.sh
@@ -624,7 +630,7 @@ service_role, _ = role('service'), role('ResellerAdmin')
 service = project('service', 'service users (ekko, swift)')
 demo = project('demo', 'Ekko integration tests: main tenant')
 alt = project('alt_demo', 'Ekko integration tests: second tenant (isolation)')
-user('ekko', E['SERVICE_PASS'], service, [admin, service_role])
+ekko_uid = user('ekko', E['SERVICE_PASS'], service, [admin, service_role])
 user('swift', E['SWIFT_SERVICE_PASS'], service, [admin, service_role])
 user('demo', E['DEMO_PASS'], demo, [member])
 user('demo-reader', E['READER_PASS'], demo, [reader])
@@ -657,6 +663,15 @@ if E['GLANCE'] == '1':
             call('PATCH', '/registered_limits/' + have[k]['id'],
                  {'registered_limit': {'default_limit': v}}, token=T)
     print('GLANCE_ENDPOINT_ID=%s' % endpoint)
+# EC2 credentials of the ekko user in the service project: Ekko's S3 store
+# signs with them, s3token has Keystone check the signatures.
+ec2 = [c for c in call('GET', '/users/%s/credentials/OS-EC2' % ekko_uid, token=T)[1]['credentials']
+       if c['tenant_id'] == service]
+if not ec2:
+    ec2 = [call('POST', '/users/%s/credentials/OS-EC2' % ekko_uid, {'tenant_id': service},
+                token=T)[1]['credential']]
+print('S3_ACCESS_KEY=%s' % ec2[0]['access'])
+print('S3_SECRET_KEY=%s' % ec2[0]['secret'])
 print('SERVICE_PROJECT_ID=%s' % service)
 print('DEMO_PROJECT_ID=%s' % demo)
 print('ALT_PROJECT_ID=%s' % alt)
@@ -733,7 +748,7 @@ for kind, port in (('account', E['A']), ('container', E['C']), ('object', E['O']
 PYEOF
     log "built swift rings"
   fi
-  cat >"$SW/proxy-server.conf" <<EOF
+  cat >"$SW/proxy-server.conf.new" <<EOF
 [DEFAULT]
 bind_ip = $H
 bind_port = $SWIFT_PORT
@@ -743,7 +758,9 @@ swift_dir = $SW
 log_level = INFO
 
 [pipeline:main]
-pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats bulk tempurl authtoken keystoneauth copy container-quotas account-quotas slo dlo versioned_writes symlink proxy-logging proxy-server
+# s3api + s3token: the same proxy answers S3 (Ekko's S3 store is tested
+# against it), signatures checked by Keystone against EC2 credentials.
+pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats bulk tempurl authtoken s3api s3token keystoneauth copy container-quotas account-quotas slo dlo versioned_writes symlink proxy-logging proxy-server
 
 [app:proxy-server]
 use = egg:swift#proxy
@@ -765,6 +782,29 @@ delay_auth_decision = true
 cache = swift.cache
 include_service_catalog = false
 service_token_roles_required = true
+
+[filter:s3api]
+use = egg:swift#s3api
+# path-style addressing (no wildcard DNS here); SigV4 region us-east-1
+location = us-east-1
+
+[filter:s3token]
+use = egg:swift#s3token
+auth_uri = $KS_URL/v3
+http_timeout = 10.0
+# Keystone's POST /v3/s3tokens wants a service (or admin) token since the
+# 2025 fix against presigned-URL abuse (Debian's 22.0.2-0+deb12u1): s3token
+# authenticates as the swift user. With it, secrets are cached in memcached
+# for a minute and most requests are checked without asking Keystone.
+auth_type = password
+auth_url = $KS_URL/v3
+project_domain_id = default
+user_domain_id = default
+project_name = service
+username = swift
+password = $SWIFT_SERVICE_PASS
+region_name = RegionOne
+secret_cache_duration = 60
 
 [filter:keystoneauth]
 use = egg:swift#keystoneauth
@@ -805,6 +845,13 @@ use = egg:swift#versioned_writes
 [filter:symlink]
 use = egg:swift#symlink
 EOF
+  # A changed pipeline needs a new proxy (this runs before start_swift).
+  if cmp -s "$SW/proxy-server.conf.new" "$SW/proxy-server.conf"; then
+    rm -f "$SW/proxy-server.conf.new"
+  else
+    mv "$SW/proxy-server.conf.new" "$SW/proxy-server.conf"
+    stop_ours swift-proxy swift-proxy-server "restarting (new proxy-server.conf)"
+  fi
 }
 start_swift() {
   local kind port
@@ -1095,6 +1142,10 @@ export OS_PROJECT_NAME=admin
 export EKKO_KEYSTONE_URL=$KS_URL
 export EKKO_KEYSTONE_AUTH_URL=$KS_URL/v3
 export EKKO_SWIFT_URL=$SWIFT_URL
+export EKKO_S3_ENDPOINT=$SWIFT_URL
+export EKKO_S3_REGION=us-east-1
+export EKKO_S3_ACCESS_KEY=$S3_ACCESS_KEY
+export EKKO_S3_SECRET_KEY=$S3_SECRET_KEY
 export EKKO_KEYSTONE_SHORT_URL=$KS_SHORT_URL
 export EKKO_KEYSTONE_SHORT_AUTH_URL=$KS_SHORT_URL/v3
 export EKKO_KEYSTONE_SHORT_TOKEN_TTL=$SHORT_TOKEN_EXPIRATION

@@ -73,8 +73,13 @@ fn s(v: &str) -> String {
 }
 
 choice_option! {
+    /// How S3 requests address a bucket.
+    pub enum S3UrlStyle { Path = "path", VirtualHost = "virtual_host" }
+}
+
+choice_option! {
     /// Where segment and manifest objects are kept.
-    pub enum StorageBackend { Local = "local", Swift = "swift" }
+    pub enum StorageBackend { Local = "local", Swift = "swift", S3 = "s3" }
 }
 
 choice_option! {
@@ -223,7 +228,8 @@ option_group! {
 option_group! {
     /// `[storage]`: where backup data goes.
     pub struct StorageOptions in "storage" {
-        /// `swift` for an OpenStack object store, `local` for a directory.
+        /// `swift` for an OpenStack object store, `s3` for an S3-compatible
+        /// one (Ceph RGW, MinIO, AWS, Swift's s3api), `local` for a directory.
         pub backend: StorageBackend = StorageBackend::Local;
     }
 }
@@ -246,6 +252,43 @@ option_group! {
         pub timeout: u64 = 120;
         /// Retries (with exponential back-off) on 5xx, 429 and timeouts.
         pub max_retries: u32 = 5;
+    }
+}
+
+option_group! {
+    /// `[s3]`: an S3-compatible object store (backend = s3). Each project's
+    /// data lives in its own bucket, named as the Swift container would be
+    /// (`[swift] container_prefix` + project id), so the prefix must be lower
+    /// case and at most 31 characters (S3 bucket names: 3 to 63 of a-z, 0-9,
+    /// `-`, `.`). On a shared S3 such as AWS bucket names are global: choose a
+    /// prefix of your own.
+    pub struct S3Options in "s3" {
+        /// The S3 endpoint URL (`https://s3.example.net`, or a Swift proxy with
+        /// s3api: `http://swift:8080`).
+        pub endpoint: String = s("");
+        /// The region requests are signed for (SigV4) and buckets created in.
+        pub region: String = s("us-east-1");
+        /// `path` (`<endpoint>/<bucket>/<key>`: RGW, MinIO, s3api) or
+        /// `virtual_host` (`<bucket>.<endpoint host>/<key>`: AWS).
+        pub url_style: S3UrlStyle = S3UrlStyle::Path;
+        /// Access key id (an EC2 credential's `access` for Keystone-backed
+        /// RGW and s3api).
+        pub access_key: String = s("");
+        /// Secret access key; never logged.
+        pub secret_key: Secret = Secret::default();
+        /// Objects larger than this are written by multipart upload.
+        pub multipart_threshold: ByteSize = ByteSize::mib(64);
+        /// Part size of a multipart upload (S3: at least 5M, at most 10,000
+        /// parts per object).
+        pub multipart_part_size: ByteSize = ByteSize::mib(16);
+        /// Seconds before a request to the store times out.
+        pub timeout: u64 = 120;
+        /// Retries (with exponential back-off) on 5xx, 429, timeouts and
+        /// truncated answers.
+        pub max_retries: u32 = 5;
+        /// CA bundle to verify the endpoint's certificate with; empty: the
+        /// system's.
+        pub cafile: String = s("");
     }
 }
 
@@ -581,6 +624,7 @@ pub fn all_options() -> Vec<OptionInfo> {
     all.extend(OsloPolicyOptions::describe());
     all.extend(StorageOptions::describe());
     all.extend(SwiftOptions::describe());
+    all.extend(S3Options::describe());
     all.extend(LocalStoreOptions::describe());
     all.extend(GlanceOptions::describe());
     all.extend(ExportOptions::describe());

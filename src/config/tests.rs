@@ -166,9 +166,9 @@ fn bad_values_name_file_section_key_and_reason() {
         ("[api]\nbind_port = 99999\n", "bind_port", "integer"),
         ("[DEFAULT]\ndebug = maybe\n", "debug", "boolean"),
         (
-            "[storage]\nbackend = s3\n",
+            "[storage]\nbackend = s4\n",
             "backend",
-            "one of local, swift",
+            "one of local, swift, s3",
         ),
         ("[backup]\nchunk_size = 3K\n", "chunk_size", "power of two"),
         ("[backup]\nsegment_size = lots\n", "segment_size", "size"),

@@ -26,7 +26,9 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
 use super::{
-    check_container, check_object, ByteStream, ObjectMeta, ObjectStore, StoreError, StoreResult,
+    check_container, check_object, content_length, content_range_size, empty_range, http_date,
+    not_found, ranged_body, retry_delay, retryable, unavailable, unsatisfiable, ByteStream,
+    ObjectMeta, ObjectStore, StoreResult,
 };
 use crate::config::EkkoConfig;
 use crate::keystone::ServiceSession;
@@ -56,28 +58,11 @@ struct Listed {
     last_modified: Option<String>,
 }
 
-fn unavailable(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(what.to_string())
-}
-
-fn not_found(container: &str, name: &str) -> StoreError {
-    StoreError::NotFound {
-        container: container.to_string(),
-        name: name.to_string(),
-    }
-}
-
 /// Swift's listing timestamps have no zone and are UTC.
 fn parse_listed_time(s: Option<&str>) -> DateTime<Utc> {
     s.and_then(|s| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok())
         .map(|n| n.and_utc())
         .unwrap_or_default()
-}
-
-fn retryable(status: StatusCode) -> bool {
-    status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
 }
 
 impl SwiftStore {
@@ -153,11 +138,8 @@ impl SwiftStore {
                     attempt
                 )));
             }
-            let backoff = Duration::from_millis((100u64 << attempt.min(6)).min(5_000));
-            let jitter =
-                Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_u128() as u16) % 100);
             tracing::debug!(what, why, attempt, "retrying a Swift request");
-            tokio::time::sleep(backoff + jitter).await;
+            tokio::time::sleep(retry_delay(attempt)).await;
         }
     }
 
@@ -229,15 +211,7 @@ impl SwiftStore {
             s if s.is_success() => Ok(resp),
             StatusCode::NOT_FOUND => Err(not_found(container, name)),
             StatusCode::RANGE_NOT_SATISFIABLE => {
-                let (offset, length) = range.unwrap_or((0, 0));
-                let size = self.head(container, name).await?.size;
-                Err(StoreError::BadRange {
-                    container: container.into(),
-                    name: name.into(),
-                    offset,
-                    length,
-                    size,
-                })
+                Err(unsatisfiable(self, container, name, range.unwrap_or((0, 0))).await)
             }
             s => Err(unavailable(format!(
                 "GET {container}/{name}: Swift answered {s}"
@@ -367,41 +341,14 @@ impl ObjectStore for SwiftStore {
         offset: u64,
         length: u64,
     ) -> StoreResult<Bytes> {
-        let bad_range = |size: u64| StoreError::BadRange {
-            container: container.into(),
-            name: name.into(),
-            offset,
-            length,
-            size,
-        };
         if length == 0 {
-            let size = self.head(container, name).await?.size;
-            return if offset <= size {
-                Ok(Bytes::new())
-            } else {
-                Err(bad_range(size))
-            };
+            return empty_range(self, container, name, offset).await;
         }
         let resp = self.fetch(container, name, Some((offset, length))).await?;
         let partial = resp.status() == StatusCode::PARTIAL_CONTENT;
-        let size = resp
-            .headers()
-            .get("Content-Range")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit('/').next())
-            .and_then(|s| s.parse::<u64>().ok());
+        let size = content_range_size(resp.headers());
         let data = Self::read_body(resp, &format!("GET {container}/{name}")).await?;
-        if !partial {
-            // A whole object answered: Swift ignored the range.
-            return match data.get(offset as usize..(offset + length) as usize) {
-                Some(slice) => Ok(data.slice_ref(slice)),
-                None => Err(bad_range(data.len() as u64)),
-            };
-        }
-        if data.len() as u64 != length {
-            return Err(bad_range(size.unwrap_or(offset + data.len() as u64)));
-        }
-        Ok(data)
+        ranged_body((container, name), (offset, length), partial, size, data)
     }
 
     async fn get_stream(&self, container: &str, name: &str) -> StoreResult<ByteStream> {
@@ -426,21 +373,10 @@ impl ObjectStore for SwiftStore {
         match resp.status() {
             s if s.is_success() => {
                 let h = resp.headers();
-                let size = h
-                    .get("Content-Length")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| unavailable("HEAD: no Content-Length"))?;
-                let last_modified = h
-                    .get("Last-Modified")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
-                    .map(|t| t.with_timezone(&Utc))
-                    .unwrap_or_default();
                 Ok(ObjectMeta {
                     name: name.to_string(),
-                    size,
-                    last_modified,
+                    size: content_length(h, &format!("HEAD {container}/{name}"))?,
+                    last_modified: http_date(h, "Last-Modified"),
                 })
             }
             StatusCode::NOT_FOUND => Err(not_found(container, name)),
@@ -505,5 +441,7 @@ mod tests {
         assert!(retryable(StatusCode::SERVICE_UNAVAILABLE));
         assert!(retryable(StatusCode::TOO_MANY_REQUESTS));
         assert!(!retryable(StatusCode::NOT_FOUND));
+        assert!(retry_delay(1) >= Duration::from_millis(200));
+        assert!(retry_delay(30) < Duration::from_millis(5_100));
     }
 }

@@ -178,6 +178,48 @@ pub fn swift_config(dir: &std::path::Path, extra: &str) -> Option<ekko::config::
     )
 }
 
+/// A configuration for the S3 store of the test environment (Swift's s3api
+/// with the ekko user's EC2 credentials); `endpoint` replaces the
+/// environment's (a proxy in front of it), `extra` lines go in `[s3]`.
+pub fn s3_config(
+    dir: &std::path::Path,
+    endpoint: Option<String>,
+    extra: &str,
+) -> Option<ekko::config::EkkoConfig> {
+    let endpoint = match endpoint {
+        Some(e) => e,
+        None => service_env("EKKO_S3_ENDPOINT")?,
+    };
+    let conf = dir.join("s3.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[DEFAULT]\nstate_path = {}\n[storage]\nbackend = s3\n[s3]\nendpoint = {endpoint}\n\
+             region = {}\naccess_key = {}\nsecret_key = {}\n{extra}",
+            dir.join("state").display(),
+            std::env::var("EKKO_S3_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            service_env("EKKO_S3_ACCESS_KEY")?,
+            service_env("EKKO_S3_SECRET_KEY")?,
+        ),
+    )
+    .expect("write s3.conf");
+    Some(
+        ekko::config::EkkoConfig::load(&[conf], std::iter::empty())
+            .expect("a valid s3 configuration"),
+    )
+}
+
+/// What [`faulty_proxy_with`] does to every n-th request (0: never).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Answer `503` instead of forwarding.
+    pub fail_every: u64,
+    /// Forward, then relay only the first half of the answer and close.
+    pub truncate_every: u64,
+    /// Read the request and answer nothing for a minute (a client timeout).
+    pub stall_every: u64,
+}
+
 /// An HTTP proxy on loopback in front of `upstream` (host:port) that answers
 /// `503` to every `fail_every`-th request instead of forwarding it. Each
 /// request gets its own upstream connection (`Connection: close`), so every
@@ -189,8 +231,25 @@ pub async fn faulty_proxy(
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
+    let faults = Faults {
+        fail_every,
+        ..Faults::default()
+    };
+    faulty_proxy_with(upstream, faults).await
+}
+
+/// [`faulty_proxy`] with more kinds of fault: 503s, truncated answers and
+/// stalls, each on every n-th request.
+pub async fn faulty_proxy_with(
+    upstream: String,
+    faults: Faults,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let every = |k: u64, n: u64| k > 0 && n % k == 0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind proxy");
@@ -224,10 +283,14 @@ pub async fn faulty_proxy(
                 if client.read_exact(&mut body).await.is_err() {
                     return;
                 }
-                if n % fail_every == 0 {
+                if every(faults.fail_every, n) {
                     let _ = client
                         .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                         .await;
+                    return;
+                }
+                if every(faults.stall_every, n) {
+                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
                     return;
                 }
                 // Forward with Connection: close, then relay the answer.
@@ -246,7 +309,13 @@ pub async fn faulty_proxy(
                 {
                     return;
                 }
-                let _ = tokio::io::copy(&mut up, &mut client).await;
+                if every(faults.truncate_every, n) {
+                    let mut answer = Vec::new();
+                    let _ = up.read_to_end(&mut answer).await;
+                    let _ = client.write_all(&answer[..answer.len() / 2]).await;
+                } else {
+                    let _ = tokio::io::copy(&mut up, &mut client).await;
+                }
                 let _ = client.shutdown().await;
             });
         }
