@@ -263,8 +263,9 @@ option_group! {
     /// `-`, `.`). On a shared S3 such as AWS bucket names are global: choose a
     /// prefix of your own.
     pub struct S3Options in "s3" {
-        /// The S3 endpoint URL (`https://s3.example.net`, or a Swift proxy with
-        /// s3api: `http://swift:8080`).
+        /// The S3 service's root URL (`https://s3.example.net`, or a Swift
+        /// proxy with s3api: `http://swift:8080`); no path: a bucket's URL is
+        /// refused (Ekko names a bucket per project).
         pub endpoint: String = s("");
         /// The region requests are signed for (SigV4) and buckets created in.
         pub region: String = s("us-east-1");

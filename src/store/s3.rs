@@ -115,9 +115,17 @@ pub fn check_bucket(container: &str) -> StoreResult<()> {
     }
 }
 
-/// A transport error without its URL (a signed URL is a credential).
+/// A transport error with its causes (TLS, DNS, connection) and without
+/// its URL (a signed URL is a credential).
 fn transport(e: reqwest::Error) -> String {
-    e.without_url().to_string()
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        out = format!("{out}: {c}");
+        cause = c.source();
+    }
+    out
 }
 
 impl S3Store {
@@ -131,10 +139,16 @@ impl S3Store {
                 opts.endpoint
             )));
         }
-        // Buckets are joined to the endpoint's path: end it with a slash.
-        if !endpoint.path().ends_with('/') {
-            endpoint.set_path(&format!("{}/", endpoint.path()));
+        // The service's root, not a bucket's URL: under a bucket's path,
+        // "create bucket" would write an object into it and every project
+        // would share that one bucket.
+        if !matches!(endpoint.path(), "" | "/") || endpoint.query().is_some() {
+            return Err(bad(format!(
+                "endpoint {:?} must be the S3 service's root URL (no path: buckets are named by Ekko)",
+                opts.endpoint
+            )));
         }
+        endpoint.set_path("/");
         if opts.access_key.is_empty() || opts.secret_key.expose().is_empty() {
             return Err(bad("access_key and secret_key are required".into()));
         }
@@ -151,9 +165,19 @@ impl S3Store {
         if !opts.cafile.is_empty() {
             let pem = std::fs::read(&opts.cafile)
                 .map_err(|e| bad(format!("cannot read cafile {}: {e}", opts.cafile)))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
+            // Parsed now: a file without a certificate is an error here,
+            // not a silently ignored trust anchor.
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| bad(format!("cafile {}: {e}", opts.cafile)))?;
-            http = http.add_root_certificate(cert);
+            if certs.is_empty() {
+                return Err(bad(format!(
+                    "cafile {}: no PEM certificate in it",
+                    opts.cafile
+                )));
+            }
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
         }
         Ok(S3Store {
             http: http.build().map_err(|e| bad(format!("HTTP client: {e}")))?,
@@ -257,6 +281,26 @@ impl S3Store {
         if known {
             return Ok(());
         }
+        // Asked first: keys without CreateBucket (buckets made beforehand)
+        // work, and an existing bucket's settings are never touched.
+        let what = format!("HEAD bucket {name}");
+        let head = self
+            .call(&what, || {
+                self.http.head(
+                    bucket
+                        .head_bucket(Some(&self.credentials))
+                        .sign(SIGNATURE_TTL),
+                )
+            })
+            .await?;
+        match head.status {
+            s if s.is_success() => {
+                self.remember_bucket(name);
+                return Ok(());
+            }
+            StatusCode::NOT_FOUND => {}
+            _ => return Err(unavailable(format!("{what}: {}", head.describe()))),
+        }
         // Outside us-east-1 S3 wants the region named in the body.
         let body = if self.region == "us-east-1" || self.region.is_empty() {
             String::new()
@@ -279,11 +323,15 @@ impl S3Store {
             return Err(unavailable(format!("{what}: {}", answer.describe())));
         }
         tracing::debug!(bucket = name, "bucket ready");
+        self.remember_bucket(name);
+        Ok(())
+    }
+
+    fn remember_bucket(&self, name: &str) {
         self.buckets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string());
-        Ok(())
     }
 
     fn forget_bucket(&self, name: &str) {
@@ -569,21 +617,26 @@ mod tests {
         assert_eq!(error_code(b"not xml"), None);
 
         let mut opts = S3Options {
-            endpoint: "http://127.0.0.1:8080/s3".into(),
+            endpoint: "http://127.0.0.1:8080/mybucket".into(),
             access_key: "AK".into(),
             secret_key: crate::config::Secret("SK".into()),
             ..S3Options::default()
         };
+        // A bucket's URL is not a service's: every project would share it.
+        let refused = S3Store::new(&opts).err().expect("a path is refused");
+        assert!(refused.to_string().contains("root URL"), "{refused}");
+        opts.endpoint = "http://127.0.0.1:8080".into();
         let store = S3Store::new(&opts).unwrap();
         let url = store
             .bucket("ekko-p1")
             .unwrap()
             .object_url("segments/00/a")
             .unwrap();
-        assert_eq!(
-            url.as_str(),
-            "http://127.0.0.1:8080/s3/ekko-p1/segments/00/a"
-        );
+        assert_eq!(url.as_str(), "http://127.0.0.1:8080/ekko-p1/segments/00/a");
+        opts.cafile = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").into();
+        let refused = S3Store::new(&opts).err().expect("no certificate");
+        assert!(refused.to_string().contains("cafile"), "{refused}");
+        opts.cafile = String::new();
         opts.endpoint = "https://s3.example.net".into();
         opts.url_style = S3UrlStyle::VirtualHost;
         let store = S3Store::new(&opts).unwrap();

@@ -591,10 +591,13 @@ async fn the_api_behind_apache_at_its_path_links_there() {
         }
     };
     assert_eq!((status, body.as_str()), (200, "OK"), "{}", api.log());
-    // A client's own prefix is replaced, not believed.
+    // A client's own proxy headers are replaced or dropped, not believed.
     let v: Value = client
         .get(format!("{endpoint}/v1/"))
         .header("X-Forwarded-Prefix", "/elsewhere")
+        .header("X-Forwarded-Host", "evil.example")
+        .header("X-Forwarded-Proto", "https")
+        .header("Forwarded", "host=evil.example;proto=https")
         .send()
         .await
         .unwrap()

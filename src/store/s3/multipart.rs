@@ -132,7 +132,14 @@ impl S3Store {
                     .sign(SIGNATURE_TTL);
                 self.http.post(url).body(body.clone())
             })
-            .await?;
+            .await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                self.abort_upload(upload).await;
+                return Err(e);
+            }
+        };
         let failed = error_code(&answer.body);
         if answer.status.is_success() && failed.is_none() {
             return Ok(());
