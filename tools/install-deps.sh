@@ -18,6 +18,9 @@
 #   - lint: shellcheck
 #   - Apache httpd (apache2-bin: the binary and modules, no service) to serve
 #     the API at a path as devstack does (tests/integration/operations.rs)
+#   - the container image (tools/container-test.sh): podman and runc (crun
+#     refuses this kind of machine's hybrid cgroups), debootstrap for the
+#     base image (no image registry is reachable)
 #   - file-level restore (`ekko files`): e2fsprogs (debugfs), fuse3
 #     (fusermount3, for nbdfuse run as non-root; nbdfuse is in libnbd-bin)
 #   - Python tools (PyPI, pinned in tools/requirements/*.txt) in the venv
@@ -29,7 +32,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PKGS=(gcc pkg-config libmariadb-dev libmariadb-dev-compat libsqlite3-dev
       restic borgbackup wrk curl shellcheck python3-venv python3-pip
-      e2fsprogs fuse3 apache2-bin)
+      e2fsprogs fuse3 apache2-bin podman runc debootstrap)
 VENV=${EKKO_VENV:-/opt/ekko-venv}
 QEMU_MIN_MAJOR=10
 BACKPORTS_LIST=/etc/apt/sources.list.d/ekko-bookworm-backports.list

@@ -12,7 +12,8 @@
 #   8. tools/docs-build.sh: api-ref samples from real responses, api-ref
 #      and release notes built with Sphinx (warnings are errors), reno lint
 #   9. tools/devstack-test.sh: the devstack plugin's phases
-#  10. shellcheck on tools/, devstack/ and .ci/run
+#  10. tools/container-test.sh: the container image builds (podman) and runs
+#  11. shellcheck on tools/, devstack/ and .ci/run
 #
 # EKKO_TEST_REQUIRE_SERVICES=1 is exported, so integration tests fail instead
 # of skipping when a service is missing. Works from any directory; must run as
@@ -78,6 +79,9 @@ bash tools/docs-build.sh
 
 banner "devstack plugin phases against stand-ins (tools/devstack-test.sh)"
 bash tools/devstack-test.sh
+
+banner "container image (tools/container-test.sh)"
+bash tools/container-test.sh
 
 shopt -s nullglob
 scripts=(tools/*.sh tools/lib/*.sh devstack/*.sh devstack/settings devstack/lib/* .ci/run)

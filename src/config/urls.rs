@@ -90,9 +90,13 @@ impl DatabaseUrl {
         }
     }
 
-    /// The URL with any password hidden, for logs and errors.
+    /// The URL with any password hidden, for logs and errors (a SQLite
+    /// file's path as it is: it holds none).
     pub fn redacted(&self) -> String {
-        redact_url(&self.target)
+        match self.backend {
+            Backend::Sqlite => format!("sqlite:///{}", self.target),
+            Backend::Mysql => redact_url(&self.target),
+        }
     }
 }
 
@@ -175,6 +179,14 @@ mod tests {
         assert_eq!(
             (u.backend, u.target.as_str()),
             (Backend::Sqlite, "/var/lib/ekko/ekko.sqlite")
+        );
+        // Logged as the URL it was given (it was "<unreadable URL>").
+        assert_eq!(u.redacted(), "sqlite:////var/lib/ekko/ekko.sqlite");
+        assert_eq!(
+            DatabaseUrl::parse("mysql://ekko:pw@db/ekko")
+                .unwrap()
+                .redacted(),
+            "mysql://ekko:****@db/ekko"
         );
         let u = DatabaseUrl::parse("sqlite:///ekko.sqlite").unwrap();
         assert_eq!(u.target, "ekko.sqlite");
