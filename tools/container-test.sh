@@ -12,7 +12,8 @@
 #     with debootstrap from Debian's archive and imported as
 #     localhost/ekko-base:bookworm, kept between runs;
 #   - the image takes the package tools/build-deb.sh makes from --bin-dir
-#     (PACKAGE_FROM=package) instead of compiling again in a Rust image.
+#     (the PACKAGE build argument) instead of compiling again in a Rust
+#     image (the build stage then runs on the base image).
 # Everything after the package is the Dockerfile's own runtime stage.
 #
 # Checks: every binary in the image answers --version with Cargo.toml's
@@ -72,8 +73,9 @@ rm -rf target/container
 EKKO_DEB_COMPRESSION=none bash tools/build-deb.sh --bin-dir "$bin_dir" --out target/container >/dev/null
 
 log "building $image"
+deb=$(ls target/container/ekko_*.deb)
 podman build --network host -f etc/container/Dockerfile \
-    --build-arg BASE_IMAGE="$base" --build-arg PACKAGE_FROM=package \
+    --build-arg BASE_IMAGE="$base" --build-arg RUST_IMAGE="$base" --build-arg PACKAGE="$deb" \
     --build-arg EKKO_VERSION="$version" -t "$image" . >&2
 
 for b in ekko ekko-api ekko-backup ekko-retention ekko-manage ekko-status; do
