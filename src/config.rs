@@ -18,12 +18,16 @@
 //!   ([`EkkoConfig::ignored`]); `ekko-manage config check --strict` refuses
 //!   them too.
 
+#[macro_use]
+mod declare;
 mod foreign;
 pub mod ini;
 pub mod options;
 pub mod sample;
 pub mod types;
 pub mod urls;
+
+pub use urls::redact_url;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,8 +38,9 @@ pub use options::{
     all_options, ApiOptions, AuthStrategy, BackupOptions, DatabaseOptions, DefaultOptions,
     EncryptionMode, EncryptionOptions, ExportOptions, GlanceOptions, HealthcheckOptions,
     InstanceSource, KeystoneAuthtokenOptions, LibvirtOptions, LocalStoreOptions, MetricsOptions,
-    OptionInfo, OsloMiddlewareOptions, OsloPolicyOptions, QuotaOptions, RetentionOptions,
-    S3Options, S3UrlStyle, StorageBackend, StorageOptions, SwiftOptions,
+    OptionInfo, OsloMiddlewareOptions, OsloPolicyOptions, QuotaOptions, ReplicaBackend,
+    ReplicaLocalStoreOptions, ReplicaS3Options, ReplicationOptions, RetentionOptions, S3Options,
+    S3UrlStyle, StorageBackend, StorageOptions, SwiftOptions,
 };
 pub use types::{ByteSize, CommaList, Secret};
 
@@ -87,6 +92,9 @@ pub struct EkkoConfig {
     pub swift: SwiftOptions,
     pub s3: S3Options,
     pub local_store: LocalStoreOptions,
+    pub replication: ReplicationOptions,
+    pub replica_local_store: ReplicaLocalStoreOptions,
+    pub replica_s3: ReplicaS3Options,
     pub glance: GlanceOptions,
     pub export: ExportOptions,
     pub backup: BackupOptions,
@@ -513,6 +521,49 @@ impl EkkoConfig {
                 ));
             }
         }
+        let name = &self.replication.name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        {
+            return Err(invalid(
+                "replication",
+                "name",
+                format!("{name:?}: 1 to 64 letters, digits, '-' or '_'"),
+            ));
+        }
+        // The second copy must be another store: the default directory of
+        // `[replica_local_store]` is the first store's.
+        let same_store = match self.replication.backend {
+            ReplicaBackend::None => false,
+            ReplicaBackend::Local => {
+                self.storage.backend == StorageBackend::Local
+                    && std::path::Path::new(&self.replica_local_store.0.path)
+                        == std::path::Path::new(&self.local_store.path)
+            }
+            ReplicaBackend::S3 => {
+                if self.replica_s3.0.endpoint.trim().is_empty() {
+                    return Err(invalid(
+                        "replica_s3",
+                        "endpoint",
+                        "[replication] backend = s3 needs the second store's endpoint".into(),
+                    ));
+                }
+                self.storage.backend == StorageBackend::S3
+                    && self.replica_s3.0.endpoint.trim_end_matches('/')
+                        == self.s3.endpoint.trim_end_matches('/')
+                    && self.replica_s3.0.access_key == self.s3.access_key
+            }
+        };
+        if same_store {
+            return Err(invalid(
+                "replication",
+                "backend",
+                "the second store is the first one; give [replica_local_store] path or [replica_s3] endpoint of another store".into(),
+            ));
+        }
         urls::DatabaseUrl::parse(&self.database.connection)
             .map_err(|e| invalid("database", "connection", e.to_string()))?;
         urls::TransportUrl::parse(&self.default.transport_url)
@@ -619,48 +670,6 @@ fn substitute(
     }
     out.push_str(rest);
     Ok(out)
-}
-
-/// A connection URL with its passwords hidden, for logs and errors; also
-/// oslo.messaging's several-host form (`rabbit://u:p@h1:5672,u:p@h2:5672/`),
-/// which is no single URL. Whatever it cannot read is hidden whole.
-pub fn redact_url(raw: &str) -> String {
-    // Several hosts: `url` would read all but the last as a user name.
-    let single = url::Url::parse(raw).ok().filter(|_| !raw.contains(','));
-    if let Some(mut u) = single {
-        if u.password().is_some() {
-            let _ = u.set_password(Some("****"));
-        }
-        return u.to_string();
-    }
-    let Some((scheme, rest)) = raw.split_once("://") else {
-        return "<unreadable URL>".to_string();
-    };
-    // Hosts end at the first '/' after the last '@' (a password may hold
-    // '/' or ',').
-    let last_at = rest.rfind('@');
-    let from = last_at.unwrap_or(0);
-    let split = rest[from..].find('/').map_or(rest.len(), |p| from + p);
-    let (hosts, path) = rest.split_at(split);
-    let pieces: Vec<&str> = hosts.split(',').collect();
-    // A piece without '@' before one with it: a ',' inside a password.
-    let ambiguous = pieces
-        .iter()
-        .enumerate()
-        .any(|(i, p)| !p.contains('@') && pieces[i + 1..].iter().any(|q| q.contains('@')));
-    if ambiguous {
-        let at = last_at.unwrap_or(0);
-        return format!("{scheme}://****{}", &rest[at..]);
-    }
-    let redacted: Vec<String> = pieces
-        .iter()
-        .map(|h| match (h.rfind('@'), h.find(':')) {
-            (Some(at), Some(colon)) if colon < at => format!("{}:****{}", &h[..colon], &h[at..]),
-            (Some(at), _) => format!("****{}", &h[at..]),
-            _ => h.to_string(),
-        })
-        .collect();
-    format!("{scheme}://{}{path}", redacted.join(","))
 }
 
 fn hostname() -> String {

@@ -7,7 +7,8 @@
 //!   `ekko.status` that records what the hosts report in the catalog (as
 //!   nova-conductor does for nova-compute), fails stalled jobs and starts
 //!   scheduled backups.
-//! * ekko-retention runs retention passes on `[retention] interval`.
+//! * ekko-retention runs retention passes on `[retention] interval`, and
+//!   replication passes on `[replication] interval` ([`crate::replication`]).
 
 pub mod conductor;
 pub mod intake;
@@ -150,7 +151,9 @@ pub async fn run_backup(ekko: Ekko, shutdown: impl Future<Output = ()>) -> Resul
 }
 
 /// ekko-retention: a retention pass (rules, then garbage collection) every
-/// `[retention] interval`. Several may run: every step is conditional.
+/// `[retention] interval`, and with `[replication]` a replication pass
+/// every `[replication] interval`, each on its own. Several processes may
+/// run: every step is conditional.
 pub async fn run_retention(
     ekko: Ekko,
     shutdown: impl Future<Output = ()>,
@@ -162,28 +165,51 @@ pub async fn run_retention(
     )
     .map_err(|e| DaemonError::Config(format!("{e:#}")))?;
     crate::systemd::notify_ready();
-    let mut ticker =
-        tokio::time::interval(Duration::from_secs(ekko.config.retention.interval.max(1)));
-    tokio::pin!(shutdown);
+    let e = ekko.clone();
+    let mut passes = vec![tokio::spawn(periodic(
+        ekko.config.retention.interval,
+        "retention",
+        move || {
+            let e = e.clone();
+            async move { crate::retention::run_pass(&e, false).await.map(drop) }
+        },
+    ))];
+    if ekko.replica.is_some() {
+        let e = ekko.clone();
+        passes.push(tokio::spawn(periodic(
+            ekko.config.replication.interval,
+            "replication",
+            move || {
+                let e = e.clone();
+                async move { crate::replication::run_pass(&e).await.map(drop) }
+            },
+        )));
+    }
+    shutdown.await;
+    for p in passes {
+        p.abort();
+    }
+    metrics::stop(listener).await;
+    Ok(())
+}
+
+/// Run `pass` every `seconds`, each in its own task: a defect that panics
+/// in one pass is logged, and the next pass runs on time.
+async fn periodic<F, Fut>(seconds: u64, what: &'static str, pass: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut ticker = tokio::time::interval(Duration::from_secs(seconds.max(1)));
     loop {
-        tokio::select! {
-            _ = &mut shutdown => {
-                metrics::stop(listener).await;
-                return Ok(());
+        ticker.tick().await;
+        match tokio::spawn(pass()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(pass = what, error = %format!("{e:#}"), "pass failed; retrying next interval");
             }
-            _ = ticker.tick() => {
-                // In its own task: a defect that panics in one pass is
-                // logged, and the next pass runs on time.
-                let e = ekko.clone();
-                match tokio::spawn(async move { crate::retention::run_pass(&e, false).await }).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %format!("{e:#}"), "retention pass failed; retrying next interval");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "retention pass panicked; retrying next interval");
-                    }
-                }
+            Err(e) => {
+                tracing::error!(pass = what, error = %e, "pass panicked; retrying next interval");
             }
         }
     }

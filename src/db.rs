@@ -47,6 +47,7 @@ pub mod jobs;
 pub mod keys;
 pub mod policies;
 pub mod quotas;
+pub mod replicas;
 pub mod restores;
 pub mod schema;
 pub mod segments;

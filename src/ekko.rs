@@ -9,7 +9,7 @@ use crate::config::EkkoConfig;
 use crate::db::{Db, DbError};
 use crate::keyring::Keyring;
 use crate::queue::{MessageQueue, QueueError};
-use crate::store::{ObjectStore, StoreError};
+use crate::store::{ObjectStore, Replica, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -30,8 +30,10 @@ pub struct Ekko {
     /// The catalog (MariaDB or SQLite); `None` on compute hosts, which
     /// hold no database credentials and report over the message bus.
     db: Option<Db>,
-    /// Segments and manifests (Swift or a local directory).
+    /// Segments and manifests (Swift, S3 or a local directory).
     pub store: Arc<dyn ObjectStore>,
+    /// The second store of `[replication]`, if one is configured.
+    pub replica: Option<Replica>,
     /// Jobs and results (RabbitMQ or in-process).
     pub queue: Arc<dyn MessageQueue>,
     /// This process's keys and the projects' keys (`[encryption]`).
@@ -70,6 +72,7 @@ impl Ekko {
             Some(db)
         };
         let store = crate::store::open(&config)?;
+        let replica = crate::store::open_replica(&config)?;
         let keyring = Arc::new(Keyring::load(&config, db.clone(), store.clone())?);
         if catalog == Catalog::Required {
             // Fail early and loudly on the wrong master key.
@@ -90,9 +93,21 @@ impl Ekko {
             config: Arc::new(config),
             db,
             store,
+            replica,
             queue,
             keyring,
             glance: Default::default(),
+        })
+    }
+
+    /// This Ekko reading and writing `store` instead of its own (its keys
+    /// read from there too): a catalog rebuild from the second store.
+    pub fn reading_from(&self, store: Arc<dyn ObjectStore>) -> Result<Ekko, ConnectError> {
+        let keyring = Arc::new(Keyring::load(&self.config, self.db.clone(), store.clone())?);
+        Ok(Ekko {
+            store,
+            keyring,
+            ..self.clone()
         })
     }
 
@@ -138,11 +153,26 @@ impl Ekko {
     /// committed, so a catalog rebuild does not bring it back. Best
     /// effort: a failure is logged and the orphan sweep of ekko-retention
     /// removes it later.
+    ///
+    /// The second store's copy goes too (the sweep of that store, likewise).
     pub async fn remove_manifest(&self, project_id: &str, backup_id: &str) {
         let name = crate::manifest::object_name(backup_id);
-        match self.store.delete(&self.container(project_id), &name).await {
-            Ok(()) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => tracing::warn!(error = %e, backup = backup_id, "manifest not removed"),
+        let container = self.container(project_id);
+        let second = self.replica.as_ref().map(|r| &r.store);
+        for store in std::iter::once(&self.store).chain(second) {
+            match store.delete(&container, &name).await {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(error = %e, backup = backup_id, "manifest not removed"),
+            }
+        }
+        if let (Some(_), Ok(db)) = (&self.replica, self.db()) {
+            let (p, n) = (project_id.to_string(), name);
+            if let Err(e) = db
+                .run(move |c| crate::db::replicas::forget_everywhere(c, &p, &n))
+                .await
+            {
+                tracing::warn!(error = %e, backup = backup_id, "second copy of the manifest not forgotten");
+            }
         }
     }
 
@@ -166,6 +196,38 @@ impl Ekko {
                 .with_keys(keys)
                 .with_limits(ReadLimits::from_config(&self.config.backup)),
         )
+    }
+}
+
+impl Ekko {
+    /// A reader of a backup's copy in the second store (`[replication]`);
+    /// `None` if no second store is configured or it does not hold the
+    /// backup whole yet.
+    pub async fn second_copy_reader(
+        &self,
+        project_id: &str,
+        backup_id: &str,
+    ) -> Result<Option<crate::backup::reader::RecordReader>, ConnectError> {
+        use crate::backup::reader::{ReadLimits, RecordReader};
+        let Some(replica) = &self.replica else {
+            return Ok(None);
+        };
+        let (key, b) = (replica.key.clone(), backup_id.to_string());
+        if !self
+            .db()?
+            .run(move |c| crate::db::replicas::holds_backup(c, &key, &b))
+            .await?
+        {
+            return Ok(None);
+        }
+        let keys = self.keyring.project_keys(project_id).await?;
+        Ok(Some(
+            // The second store keeps segments under their own ids: no
+            // redirects to follow (see `replication`).
+            RecordReader::new(replica.store.clone(), &self.container(project_id))
+                .with_keys(keys)
+                .with_limits(ReadLimits::from_config(&self.config.backup)),
+        ))
     }
 }
 

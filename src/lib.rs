@@ -50,9 +50,10 @@
 //! | L3 | [`keyring`] | this process's keys and the projects' keys | |
 //! | L4 | [`ekko`] | `Ekko`, the composition root: config, catalog, store, bus, keys | |
 //! | L5 | [`execution`] | the host side of a job: wire job → engine → wire report | |
-//! | L5 | [`retention`] | expiry, garbage collection, compaction, scrub | |
-//! | L5 | [`rebuild`] | a lost catalog rebuilt from the store | |
-//! | L5 | [`service`] | the use cases the API, the CLI and the daemons call | `execution`, `retention` |
+//! | L5 | [`retention`] | expiry, garbage collection, compaction, scrub | `replication` |
+//! | L5 | [`rebuild`] | a lost catalog rebuilt from the store (or the second one) | `replication` |
+//! | L5 | [`replication`] | second copies of backups in another store | |
+//! | L5 | [`service`] | the use cases the API, the CLI and the daemons call | `execution`, `retention`, `replication` |
 //! | L6 | [`api`] | ekko-api: thin actix-web handlers over [`service`] | |
 //! | L6 | [`worker`] | ekko-backup: consume, admit, run, report, journal | |
 //! | L6 | [`daemon`] | the long-running roles (api + conductor, backup, retention) | `api`, `worker` |
@@ -91,6 +92,7 @@ pub mod policy;
 pub mod qmp;
 pub mod queue;
 pub mod rebuild;
+pub mod replication;
 pub mod retention;
 pub mod schedule;
 pub mod segment;

@@ -61,6 +61,11 @@ pub struct Metrics {
     pub retention_pass_seconds: Histogram,
     pub retention_segments: Counters,
     pub retention_bytes_reclaimed: Counter,
+    /// Replication passes, bytes copied to the second store, backups
+    /// replicated.
+    pub replication_pass_seconds: Histogram,
+    pub replication_bytes: Counter,
+    pub replication_backups: Counter,
     /// Token validations by `result` (`hit`, `miss`) of the token cache.
     pub token_cache: Counters,
 }
@@ -81,6 +86,9 @@ impl Metrics {
             retention_pass_seconds: job_buckets(),
             retention_segments: Counters::default(),
             retention_bytes_reclaimed: Counter::default(),
+            replication_pass_seconds: job_buckets(),
+            replication_bytes: Counter::default(),
+            replication_backups: Counter::default(),
             token_cache: Counters::default(),
             registry: Registry::default(),
         };
@@ -144,6 +152,21 @@ impl Metrics {
             "retention_reclaimed_bytes",
             "Bytes of segments deleted by retention",
             m.retention_bytes_reclaimed.clone(),
+        );
+        r.register(
+            "replication_pass_duration_seconds",
+            "Replication passes",
+            m.replication_pass_seconds.clone(),
+        );
+        r.register(
+            "replication_copied_bytes",
+            "Bytes copied to the second store",
+            m.replication_bytes.clone(),
+        );
+        r.register(
+            "replication_backups",
+            "Backups copied whole to the second store",
+            m.replication_backups.clone(),
         );
         r.register(
             "token_cache_lookups",

@@ -60,6 +60,20 @@ pub async fn rebuild(ekko: &Ekko) -> anyhow::Result<RebuildReport> {
     Ok(report)
 }
 
+/// Rebuild an empty catalog from the second store of `[replication]` (the
+/// first is lost too): every backup it holds whole comes back, recorded as
+/// held there, so restores read it from there (`source` `replica`, or
+/// `auto` once the first store fails them).
+pub async fn rebuild_from_replica(ekko: &Ekko) -> anyhow::Result<RebuildReport> {
+    let replica = ekko.replica.clone().ok_or_else(|| {
+        anyhow::anyhow!("no second store is configured ([replication] backend = none)")
+    })?;
+    let second = ekko.reading_from(replica.store.clone())?;
+    let report = rebuild(&second).await?;
+    crate::replication::record_rebuilt(&second, &replica).await?;
+    Ok(report)
+}
+
 /// A project's manifests whose data is complete in the store, oldest first,
 /// with each disk's references per segment.
 struct ProjectPlan {

@@ -25,6 +25,7 @@ pub mod compaction;
 pub mod rules;
 pub mod scrub;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -34,7 +35,7 @@ use crate::backup::{relocation_object, segment_object};
 use crate::db::backups::{self, BackupFilter, BackupStatus};
 use crate::db::{jobs, policies, segments, DbError};
 use crate::store::project_container as container;
-use crate::store::StoreError;
+use crate::store::{ObjectStore, StoreError};
 use crate::Ekko;
 use rules::{Candidate, Decision, Rules};
 
@@ -352,10 +353,13 @@ pub async fn collect_garbage(ekko: &Ekko, grace: Duration) -> anyhow::Result<Pas
     to_delete.extend(condemned);
     crate::failpoint::hit("gc.after-claim");
     let prefix = ekko.config.swift.container_prefix.clone();
+    // A segment leaves the second store with the first (no backup that
+    // lives there needs it either: the catalog is one).
+    let both = stores(ekko);
     for s in to_delete {
         let cont = container(&prefix, &s.project_id);
         let id = s.id as u64;
-        if !delete_objects(ekko, &cont, &[segment_object(id), relocation_object(id)]).await {
+        if !delete_objects(&both, &cont, &[segment_object(id), relocation_object(id)]).await {
             continue;
         }
         crate::failpoint::hit("gc.after-delete");
@@ -369,9 +373,20 @@ pub async fn collect_garbage(ekko: &Ekko, grace: Duration) -> anyhow::Result<Pas
     let relocated = db
         .run(move |c| segments::relocated_before(c, cutoff, BATCH))
         .await?;
+    //    The second store keeps segments under their own ids: it gets a
+    //    copy first if it lacks one (a backup that uses the segment may not
+    //    be replicated yet), and keeps it while a record names the id.
     for s in relocated {
         let cont = container(&prefix, &s.project_id);
-        if !delete_objects(ekko, &cont, &[segment_object(s.id as u64)]).await {
+        if let Some(replica) = &ekko.replica {
+            if let Err(e) =
+                crate::replication::ensure_copied(ekko, replica, &s.project_id, s.id).await
+            {
+                tracing::warn!(segment = %format!("{:016x}", s.id), error = %format!("{e:#}"), "compacted segment kept: not in the second store yet");
+                continue;
+            }
+        }
+        if !delete_objects(&both[..1], &cont, &[segment_object(s.id as u64)]).await {
             continue;
         }
         crate::failpoint::hit("gc.after-relocated-delete");
@@ -383,7 +398,15 @@ pub async fn collect_garbage(ekko: &Ekko, grace: Duration) -> anyhow::Result<Pas
     let unused = db.run(|c| segments::unused_redirects(c, BATCH)).await?;
     for s in unused {
         let cont = container(&prefix, &s.project_id);
-        if !delete_objects(ekko, &cont, &[relocation_object(s.id as u64)]).await {
+        let id = s.id as u64;
+        if !delete_objects(&both[..1], &cont, &[relocation_object(id)]).await
+            || !delete_objects(
+                &both[1..],
+                &cont,
+                &[segment_object(id), relocation_object(id)],
+            )
+            .await
+        {
             continue;
         }
         let id = s.id;
@@ -392,32 +415,69 @@ pub async fn collect_garbage(ekko: &Ekko, grace: Duration) -> anyhow::Result<Pas
     Ok(report)
 }
 
-/// Delete objects (already gone is fine); false if one could not be
-/// deleted now (the next pass retries).
-async fn delete_objects(ekko: &Ekko, container: &str, names: &[String]) -> bool {
-    for name in names {
-        match ekko.store.delete(container, name).await {
-            Ok(()) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => {
-                tracing::warn!(object = %name, error = %e, "object not deleted yet; the next pass retries");
-                return false;
+/// The first store, then the second if one is configured.
+fn stores(ekko: &Ekko) -> Vec<Arc<dyn ObjectStore>> {
+    std::iter::once(ekko.store.clone())
+        .chain(ekko.replica.as_ref().map(|r| r.store.clone()))
+        .collect()
+}
+
+/// Delete objects from each store (already gone is fine); false if one
+/// could not be deleted now (the next pass retries).
+async fn delete_objects(
+    stores: &[Arc<dyn ObjectStore>],
+    container: &str,
+    names: &[String],
+) -> bool {
+    for store in stores {
+        for name in names {
+            match store.delete(container, name).await {
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(object = %name, error = %e, "object not deleted yet; the next pass retries");
+                    return false;
+                }
             }
         }
     }
     true
 }
 
-/// Delete the objects of the store's project containers that the catalog
-/// does not know, once older than `grace` and than the oldest queued or
-/// running job (which may still commit them). Returns (objects, bytes).
+/// Delete the objects of the stores' project containers (the first
+/// store's, then the second's) that the catalog does not know, once older
+/// than `grace` and than the oldest queued or running job (which may still
+/// commit them). Returns (objects, bytes).
 pub async fn sweep_orphans(ekko: &Ekko, grace: Duration) -> anyhow::Result<(usize, i64)> {
+    let (mut deleted, mut bytes) = sweep_store(ekko, ekko.store.as_ref(), grace).await?;
+    if let Some(replica) = &ekko.replica {
+        // The second store being away must not fail the pass (the first
+        // store's work is done and counted); its sweep waits.
+        match sweep_store(ekko, replica.store.as_ref(), grace).await {
+            Ok((n, b)) => {
+                deleted += n;
+                bytes += b;
+            }
+            Err(e) => {
+                tracing::warn!(store = %replica.name, error = %format!("{e:#}"), "second store not swept this pass")
+            }
+        }
+    }
+    Ok((deleted, bytes))
+}
+
+/// [`sweep_orphans`] of one store.
+async fn sweep_store(
+    ekko: &Ekko,
+    store: &dyn ObjectStore,
+    grace: Duration,
+) -> anyhow::Result<(usize, i64)> {
     use std::collections::HashSet;
     let db = ekko.db()?.clone();
     let grace = chrono::Duration::from_std(grace)?;
     let oldest_job = db.run(jobs::oldest_active_start).await?;
     let prefix = ekko.config.swift.container_prefix.clone();
     let (mut deleted, mut bytes) = (0, 0i64);
-    for cont in ekko.store.containers(&prefix).await? {
+    for cont in store.containers(&prefix).await? {
         let project = cont[prefix.len()..].to_string();
         let p = project.clone();
         let (known_segments, live_backups): (HashSet<i64>, HashSet<String>) = db
@@ -436,7 +496,7 @@ pub async fn sweep_orphans(ekko: &Ekko, grace: Duration) -> anyhow::Result<(usiz
         // clock only) still covers every job, since gc_grace_period is at
         // least the longest a job may run (checked with the config).
         let before = Utc::now();
-        let store_now = match ekko.store.now(&cont).await {
+        let store_now = match store.now(&cont).await {
             Ok(t) => t,
             Err(e) => {
                 // This container waits for the next pass; the others go on.
@@ -449,7 +509,7 @@ pub async fn sweep_orphans(ekko: &Ekko, grace: Duration) -> anyhow::Result<(usiz
         if let Some(oldest) = oldest_job {
             cutoff = cutoff.min(oldest.and_utc() + skew - CLOCK_MARGIN);
         }
-        for obj in ekko.store.list(&cont, "").await? {
+        for obj in store.list(&cont, "").await? {
             if obj.last_modified >= cutoff {
                 continue;
             }
@@ -471,7 +531,7 @@ pub async fn sweep_orphans(ekko: &Ekko, grace: Duration) -> anyhow::Result<(usiz
             if known {
                 continue;
             }
-            match ekko.store.delete(&cont, &obj.name).await {
+            match store.delete(&cont, &obj.name).await {
                 Ok(()) => {
                     tracing::info!(container = %cont, object = %obj.name, "orphan deleted");
                     deleted += 1;

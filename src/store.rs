@@ -180,6 +180,61 @@ pub fn open(config: &EkkoConfig) -> StoreResult<Arc<dyn ObjectStore>> {
     }
 }
 
+/// The second store of `[replication]`: where each backup's second copy is
+/// kept.
+#[derive(Clone)]
+pub struct Replica {
+    /// Its name in the API (`[replication] name`).
+    pub name: String,
+    /// Its key in the catalog: the name and a digest of the store's
+    /// location, so copies recorded in one store are never believed of
+    /// another that took its name.
+    pub key: String,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("key", &self.key).finish()
+    }
+}
+
+/// Open the second store `[replication] backend` names, if any.
+pub fn open_replica(config: &EkkoConfig) -> StoreResult<Option<Replica>> {
+    use crate::config::ReplicaBackend;
+    use sha2::Digest;
+    let (store, location): (Arc<dyn ObjectStore>, String) = match config.replication.backend {
+        ReplicaBackend::None => return Ok(None),
+        ReplicaBackend::Local => {
+            let o = &config.replica_local_store.0;
+            (
+                Arc::new(local::LocalStore::new(&o.path, o.fsync)?),
+                format!("local:{}", o.path),
+            )
+        }
+        ReplicaBackend::S3 => {
+            let o = &config.replica_s3.0;
+            (
+                Arc::new(s3::S3Store::new(o)?),
+                format!("s3:{}:{}", o.endpoint.trim_end_matches('/'), o.access_key),
+            )
+        }
+    };
+    let digest = sha2::Sha256::digest(location.as_bytes());
+    let name = config.replication.name.clone();
+    Ok(Some(Replica {
+        key: format!(
+            "{name}@{}",
+            digest[..6]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+        name,
+        store,
+    }))
+}
+
 // ---- shared by the HTTP stores (Swift, S3) ----
 
 pub(crate) fn unavailable(what: impl std::fmt::Display) -> StoreError {

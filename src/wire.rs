@@ -258,6 +258,7 @@ mod golden {
             project_key: None,
             deadline: at(),
             image: None,
+            second_copy: None,
         };
         let finished = BackupFinished {
             job_id: "j-1".into(),
@@ -401,6 +402,23 @@ mod golden {
             let stored: serde_json::Value = serde_json::from_str(&text).expect("fixture JSON");
             assert_eq!(stored, value, "{kind}: wire format changed");
         }
+    }
+
+    /// A restore job of the previous release (no second copy) reads; one
+    /// naming the second copy round-trips.
+    #[test]
+    fn restore_jobs_name_the_second_copy_optionally() {
+        let samples: std::collections::HashMap<_, _> = samples().into_iter().collect();
+        let mut job: RestoreJob = serde_json::from_value(samples[RESTORE_RUN].clone()).unwrap();
+        assert_eq!(job.second_copy, None);
+        job.second_copy = Some(SecondCopy {
+            store: "offsite@0a1b2c3d4e5f".into(),
+            first: true,
+        });
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(text.contains("\"second_copy\""), "{text}");
+        let back: RestoreJob = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, job);
     }
 
     /// The libvirt fields are optional both ways: a job or an outcome

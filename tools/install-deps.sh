@@ -14,7 +14,8 @@
 #   - Glance: glance-api (bookworm's Zed, 25.1, as python3-keystone 22),
 #     after QEMU: python3-glance depends on qemu-utils, which must already be
 #     the backports one; started by tools/test-env.sh
-#   - benchmark peers and drivers: restic, borgbackup, wrk, curl
+#   - benchmark peers and drivers: restic, borgbackup, wrk, curl, rclone (the
+#     plain copy replication is compared with)
 #   - lint: shellcheck
 #   - Apache httpd (apache2-bin: the binary and modules, no service) to serve
 #     the API at a path as devstack does (tests/integration/operations.rs)
@@ -31,7 +32,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PKGS=(gcc pkg-config libmariadb-dev libmariadb-dev-compat libsqlite3-dev
-      restic borgbackup wrk curl shellcheck python3-venv python3-pip
+      restic borgbackup wrk curl rclone shellcheck python3-venv python3-pip
       e2fsprogs fuse3 apache2-bin podman runc debootstrap)
 VENV=${EKKO_VENV:-/opt/ekko-venv}
 QEMU_MIN_MAJOR=10

@@ -34,7 +34,8 @@
 # region us-east-1), signatures checked by Keystone through s3token against the
 # EC2 credentials of the ekko service user (created once); env.sh then has
 # EKKO_S3_ENDPOINT (= the Swift URL), EKKO_S3_REGION, EKKO_S3_ACCESS_KEY and
-# EKKO_S3_SECRET_KEY. A changed proxy-server.conf restarts the proxy.
+# EKKO_S3_SECRET_KEY; EKKO_S3_REPLICA_ACCESS_KEY/SECRET_KEY sign into another
+# account (project ekko_replica), the second store of replication tests. A changed proxy-server.conf restarts the proxy.
 #
 # Everything lives under $EKKO_OS_STATE (default /var/lib/ekko-openstack):
 #   mariadb/ rabbitmq/ keystone/ (short/: the short-token one) swift/ (rings,
@@ -672,6 +673,18 @@ if not ec2:
                 token=T)[1]['credential']]
 print('S3_ACCESS_KEY=%s' % ec2[0]['access'])
 print('S3_SECRET_KEY=%s' % ec2[0]['secret'])
+# A second S3 account (its own project, so its own Swift account and
+# buckets): the off-site store replication copies into, independent of the
+# first store's containers.
+replica_proj = project('ekko_replica', 'Ekko integration tests: the second store (replication)')
+replica_uid = user('ekko-replica', E['SERVICE_PASS'], replica_proj, [member])
+ec2r = [c for c in call('GET', '/users/%s/credentials/OS-EC2' % replica_uid, token=T)[1]['credentials']
+        if c['tenant_id'] == replica_proj]
+if not ec2r:
+    ec2r = [call('POST', '/users/%s/credentials/OS-EC2' % replica_uid, {'tenant_id': replica_proj},
+                 token=T)[1]['credential']]
+print('S3_REPLICA_ACCESS_KEY=%s' % ec2r[0]['access'])
+print('S3_REPLICA_SECRET_KEY=%s' % ec2r[0]['secret'])
 print('SERVICE_PROJECT_ID=%s' % service)
 print('DEMO_PROJECT_ID=%s' % demo)
 print('ALT_PROJECT_ID=%s' % alt)
@@ -1146,6 +1159,8 @@ export EKKO_S3_ENDPOINT=$SWIFT_URL
 export EKKO_S3_REGION=us-east-1
 export EKKO_S3_ACCESS_KEY=$S3_ACCESS_KEY
 export EKKO_S3_SECRET_KEY=$S3_SECRET_KEY
+export EKKO_S3_REPLICA_ACCESS_KEY=$S3_REPLICA_ACCESS_KEY
+export EKKO_S3_REPLICA_SECRET_KEY=$S3_REPLICA_SECRET_KEY
 export EKKO_KEYSTONE_SHORT_URL=$KS_SHORT_URL
 export EKKO_KEYSTONE_SHORT_AUTH_URL=$KS_SHORT_URL/v3
 export EKKO_KEYSTONE_SHORT_TOKEN_TTL=$SHORT_TOKEN_EXPIRATION

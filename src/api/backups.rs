@@ -40,6 +40,19 @@ pub struct BackupView<'a> {
     started_at: Option<String>,
     completed_at: Option<String>,
     links: [Link; 1],
+    /// Shown by `GET /v1/backups/{id}` (lists leave it out: one more query
+    /// per row).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replication: Option<ReplicationView>,
+}
+
+/// Where a backup's second copy stands.
+#[derive(Debug, Serialize)]
+struct ReplicationView {
+    store: String,
+    status: &'static str,
+    copied_at: Option<String>,
+    lag_seconds: Option<i64>,
 }
 
 pub fn view<'a>(b: &'a Backup, base: &str) -> BackupView<'a> {
@@ -79,6 +92,7 @@ pub fn view<'a>(b: &'a Backup, base: &str) -> BackupView<'a> {
             rel: "self",
             href: format!("{base}/v1/backups/{}", b.id),
         }],
+        replication: None,
     }
 }
 
@@ -135,7 +149,16 @@ pub async fn show(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let b = backups::visible(&state.ekko, &ctx.caller(&state), &id, "ekko:backup:get").await?;
-    Ok(HttpResponse::Ok().json(json!({ "backup": view(&b, &base_url(&req, &state)) })))
+    let mut shown = view(&b, &base_url(&req, &state));
+    shown.replication = backups::replication(&state.ekko, &b)
+        .await?
+        .map(|r| ReplicationView {
+            store: r.store,
+            status: r.status,
+            copied_at: r.copied_at.as_ref().map(timestamp),
+            lag_seconds: r.lag_seconds,
+        });
+    Ok(HttpResponse::Ok().json(json!({ "backup": shown })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -30,6 +30,11 @@ pub enum Command {
         #[command(subcommand)]
         action: CatalogAction,
     },
+    /// Second copies (`[replication]`).
+    Replication {
+        #[command(subcommand)]
+        action: ReplicationAction,
+    },
     /// Policy tasks.
     Policy {
         #[command(subcommand)]
@@ -78,10 +83,26 @@ pub enum DbAction {
 }
 
 #[derive(Subcommand)]
+pub enum ReplicationAction {
+    /// Where the second store of `[replication]` stands: backups it holds
+    /// and still lacks, how far behind it is, objects and bytes held.
+    Status,
+    /// Run one replication pass now (as ekko-retention does every
+    /// `[replication] interval`) and print what it copied.
+    Run,
+}
+
+#[derive(Subcommand)]
 pub enum CatalogAction {
     /// Recreate a lost catalog from the manifests and segments in the
     /// object store (into an empty, synced database).
-    Rebuild,
+    Rebuild {
+        /// Read the second store of `[replication]` instead (the first is
+        /// lost too): the catalog then records the backups it holds there,
+        /// and restores read them with `source` = `replica` or `auto`.
+        #[arg(long)]
+        from_replica: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,13 +157,17 @@ pub fn main() -> anyhow::Result<()> {
             println!("{config:#?}");
         }
         Command::Catalog {
-            action: CatalogAction::Rebuild,
+            action: CatalogAction::Rebuild { from_replica },
         } => {
             let config = super::start(&cli.config)?;
             let runtime = tokio::runtime::Runtime::new()?;
             let report = runtime.block_on(async {
                 let ekko = Ekko::connect(config, Catalog::Required).await?;
-                crate::rebuild::rebuild(&ekko).await
+                if from_replica {
+                    crate::rebuild::rebuild_from_replica(&ekko).await
+                } else {
+                    crate::rebuild::rebuild(&ekko).await
+                }
             })?;
             println!(
                 "rebuilt {} backup(s) of {} project(s): {} segment(s) referenced, {} unreferenced (left to the orphan sweep)",
@@ -151,6 +176,35 @@ pub fn main() -> anyhow::Result<()> {
             for (what, why) in &report.skipped {
                 println!("  skipped {what}: {why}");
             }
+        }
+        Command::Replication { action } => {
+            let config = super::start(&cli.config)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let ekko = Ekko::connect(config, Catalog::Required).await?;
+                match action {
+                    ReplicationAction::Status => {
+                        let Some(s) = crate::replication::store_status(&ekko).await? else {
+                            anyhow::bail!("no second store is configured ([replication] backend = none)");
+                        };
+                        println!(
+                            "{} ({}): {} backups held, {} pending, {} s behind; {} objects, {} bytes",
+                            s.name, s.key, s.backups_replicated, s.backups_pending, s.lag_seconds,
+                            s.objects, s.bytes
+                        );
+                    }
+                    ReplicationAction::Run => {
+                        anyhow::ensure!(
+                            ekko.replica.is_some(),
+                            "no second store is configured ([replication] backend = none)"
+                        );
+                        let report = crate::replication::run_pass(&ekko).await?;
+                        println!("{report}");
+                        anyhow::ensure!(report.backups_failed == 0, "some backups were not replicated (see the log)");
+                    }
+                }
+                anyhow::Ok(())
+            })?;
         }
         Command::Key {
             action: KeyAction::Generate { output },

@@ -122,6 +122,9 @@ pub enum Command {
         /// Format of the file written.
         #[arg(long, value_parser = ["raw", "qcow2"], default_value = "raw")]
         format: String,
+        /// Read the backup's copy in the second store (`[replication]`).
+        #[arg(long, conflicts_with = "image")]
+        from_replica: bool,
     },
     /// Serve one disk of a backup read-only over NBD (boot from it, copy
     /// or inspect it without restoring it) until its lifetime runs out or
@@ -352,6 +355,7 @@ pub async fn main() -> anyhow::Result<()> {
             os_token,
             disk,
             format,
+            from_replica,
         } => {
             let ekko = Ekko::connect(config, Catalog::Required).await?;
             let format = if format == "qcow2" {
@@ -389,13 +393,14 @@ pub async fn main() -> anyhow::Result<()> {
             }
             let output = output.ok_or_else(|| anyhow::anyhow!("--output or --image"))?;
             let bar = super::ProgressBar::start("restore");
-            let stats = service::local::restore_backup(
+            let stats = service::local::restore_backup_from(
                 &ekko,
                 &backup,
                 disk.as_deref(),
                 &output,
                 format,
                 Some(&bar.progress()),
+                from_replica,
             )
             .await;
             drop(bar);

@@ -19,55 +19,6 @@ pub struct OptionInfo {
     pub check: fn(&str) -> Result<(), String>,
 }
 
-/// Declare one INI section: the struct, its defaults and its descriptions.
-macro_rules! option_group {
-    (
-        $(#[doc = $gdoc:literal])*
-        pub struct $name:ident in $section:literal {
-            $(
-                $(#[doc = $doc:literal])+
-                pub $field:ident: $ty:ty = $default:expr;
-            )*
-        }
-    ) => {
-        $(#[doc = $gdoc])*
-        #[derive(Debug, Clone, serde::Deserialize)]
-        #[serde(default, deny_unknown_fields)]
-        pub struct $name {
-            $(
-                $(#[doc = $doc])+
-                #[serde(deserialize_with = "super::types::deserialize_option")]
-                pub $field: $ty,
-            )*
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                Self { $($field: $default,)* }
-            }
-        }
-
-        impl $name {
-            pub const SECTION: &'static str = $section;
-
-            pub fn describe() -> Vec<OptionInfo> {
-                let defaults = Self::default();
-                vec![$(
-                    OptionInfo {
-                        section: $section,
-                        name: stringify!($field),
-                        help: concat!($($doc, "\n"),+),
-                        kind: <$ty as OptionType>::KIND,
-                        default: OptionType::render(&defaults.$field),
-                        choices: <$ty as OptionType>::choices(),
-                        check: |raw| <$ty as OptionType>::parse_value(raw).map(|_| ()),
-                    },
-                )*]
-            }
-        }
-    };
-}
-
 fn s(v: &str) -> String {
     v.to_string()
 }
@@ -80,6 +31,11 @@ choice_option! {
 choice_option! {
     /// Where segment and manifest objects are kept.
     pub enum StorageBackend { Local = "local", Swift = "swift", S3 = "s3" }
+}
+
+choice_option! {
+    /// Where the second copy of backups is kept.
+    pub enum ReplicaBackend { None = "none", Local = "local", S3 = "s3" }
 }
 
 choice_option! {
@@ -423,6 +379,45 @@ option_group! {
 }
 
 option_group! {
+    /// `[replication]`: a second copy of every backup in another object
+    /// store (3-2-1: one copy off site). ekko-retention copies each available
+    /// backup's segments and manifest there, only the objects the second
+    /// store lacks, each read back and compared before it counts; retention
+    /// and garbage collection then delete from both stores, and an object
+    /// leaves the second store only when no backup kept there needs it.
+    /// Encrypted data is copied as it is: the second store never needs keys.
+    /// Restores read the second copy when asked to, or when the first store
+    /// fails them; `ekko-manage catalog rebuild --from-replica` rebuilds the
+    /// catalog from it alone.
+    pub struct ReplicationOptions in "replication" {
+        /// `none`, `local` (a directory: `[replica_local_store]`) or `s3`
+        /// (`[replica_s3]`). Every process that restores needs it too (the
+        /// compute hosts that may read the second copy).
+        pub backend: ReplicaBackend = ReplicaBackend::None;
+        /// The second store's name in the API. The catalog keys its copies by
+        /// this name and the store's location: pointing replication at another
+        /// store copies everything again.
+        pub name: String = s("offsite");
+        /// Seconds between replication passes of ekko-retention.
+        pub interval: u64 = 300;
+        /// Objects copied at once.
+        pub concurrency: u32 = 4;
+    }
+}
+
+option_group_alias! {
+    /// `[replica_local_store]`: the second store as a directory (`[replication]
+    /// backend = local`), options as `[local_store]`.
+    pub struct ReplicaLocalStoreOptions in "replica_local_store" as LocalStoreOptions;
+}
+
+option_group_alias! {
+    /// `[replica_s3]`: the second store on S3 (`[replication] backend = s3`),
+    /// options as `[s3]`; buckets are named as in the first store.
+    pub struct ReplicaS3Options in "replica_s3" as S3Options;
+}
+
+option_group! {
     /// `[backup]`: the backup engine and the ekko-backup worker.
     pub struct BackupOptions in "backup" {
         /// Size of the fixed, aligned chunks a disk is cut into (power of two).
@@ -627,6 +622,9 @@ pub fn all_options() -> Vec<OptionInfo> {
     all.extend(SwiftOptions::describe());
     all.extend(S3Options::describe());
     all.extend(LocalStoreOptions::describe());
+    all.extend(ReplicationOptions::describe());
+    all.extend(ReplicaLocalStoreOptions::describe());
+    all.extend(ReplicaS3Options::describe());
     all.extend(GlanceOptions::describe());
     all.extend(ExportOptions::describe());
     all.extend(BackupOptions::describe());

@@ -271,3 +271,55 @@ fn passwords_are_hidden_from_every_url_form() {
     assert!(!odd.contains("p/w"), "{odd}");
     assert_eq!(redact_url("not a url with :pw@"), "<unreadable URL>");
 }
+
+#[test]
+fn a_second_store_has_its_own_sections_and_must_be_another_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |text: &str| {
+        let p = write(dir.path(), "r.conf", text);
+        EkkoConfig::load(&[p], no_env())
+    };
+    // The `[s3]` options under `[replica_s3]`, typed and checked the same.
+    let cfg = load(
+        "[replication]\nbackend = s3\nname = dr-site\n[replica_s3]\nendpoint = http://s3.dr:8080\n\
+         access_key = AK\nsecret_key = SK\nmultipart_part_size = 8M\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.replication.backend, ReplicaBackend::S3);
+    assert_eq!(cfg.replica_s3.0.endpoint, "http://s3.dr:8080");
+    assert_eq!(cfg.replica_s3.0.multipart_part_size.bytes(), 8 << 20);
+    assert_eq!(
+        cfg.s3.endpoint, "",
+        "the first store's section is untouched"
+    );
+    let err = load("[replica_s3]\nmultipart_part_size = lots\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[replica_s3] multipart_part_size"), "{err}");
+    // The default directory of `[replica_local_store]` is the first store's.
+    let err = load("[replication]\nbackend = local\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the second store is the first one"), "{err}");
+    load("[replication]\nbackend = local\n[replica_local_store]\npath = /srv/dr\n").unwrap();
+    let err = load(
+        "[storage]\nbackend = s3\n[s3]\nendpoint = http://s3:80\naccess_key = A\n\
+         [replication]\nbackend = s3\n[replica_s3]\nendpoint = http://s3:80/\naccess_key = A\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("the second store is the first one"), "{err}");
+    let err = load("[replication]\nbackend = s3\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[replica_s3] endpoint"), "{err}");
+    for bad in ["", "two words", "a/b"] {
+        let err = load(&format!("[replication]\nname = {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[replication] name"), "{bad:?}: {err}");
+    }
+    // Listed in the sample.
+    let sample = crate::config::sample::generate();
+    assert!(sample.contains("[replica_s3]") && sample.contains("[replica_local_store]"));
+}

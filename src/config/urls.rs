@@ -4,7 +4,6 @@
 
 use std::fmt;
 
-use super::redact_url;
 
 /// A URL that cannot work, with what is wrong (passwords hidden).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,6 +157,48 @@ impl TransportUrl {
             ))),
         }
     }
+}
+
+/// A connection URL with its passwords hidden, for logs and errors; also
+/// oslo.messaging's several-host form (`rabbit://u:p@h1:5672,u:p@h2:5672/`),
+/// which is no single URL. Whatever it cannot read is hidden whole.
+pub fn redact_url(raw: &str) -> String {
+    // Several hosts: `url` would read all but the last as a user name.
+    let single = url::Url::parse(raw).ok().filter(|_| !raw.contains(','));
+    if let Some(mut u) = single {
+        if u.password().is_some() {
+            let _ = u.set_password(Some("****"));
+        }
+        return u.to_string();
+    }
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return "<unreadable URL>".to_string();
+    };
+    // Hosts end at the first '/' after the last '@' (a password may hold
+    // '/' or ',').
+    let last_at = rest.rfind('@');
+    let from = last_at.unwrap_or(0);
+    let split = rest[from..].find('/').map_or(rest.len(), |p| from + p);
+    let (hosts, path) = rest.split_at(split);
+    let pieces: Vec<&str> = hosts.split(',').collect();
+    // A piece without '@' before one with it: a ',' inside a password.
+    let ambiguous = pieces
+        .iter()
+        .enumerate()
+        .any(|(i, p)| !p.contains('@') && pieces[i + 1..].iter().any(|q| q.contains('@')));
+    if ambiguous {
+        let at = last_at.unwrap_or(0);
+        return format!("{scheme}://****{}", &rest[at..]);
+    }
+    let redacted: Vec<String> = pieces
+        .iter()
+        .map(|h| match (h.rfind('@'), h.find(':')) {
+            (Some(at), Some(colon)) if colon < at => format!("{}:****{}", &h[..colon], &h[at..]),
+            (Some(at), _) => format!("****{}", &h[at..]),
+            _ => h.to_string(),
+        })
+        .collect();
+    format!("{scheme}://{}{path}", redacted.join(","))
 }
 
 #[cfg(test)]

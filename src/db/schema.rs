@@ -272,6 +272,26 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    replica_objects (store, project_id, name) {
+        store -> Text,
+        project_id -> Text,
+        name -> Text,
+        segment_id -> Nullable<BigInt>,
+        size -> BigInt,
+        copied_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    backup_replicas (backup_id, store) {
+        backup_id -> Text,
+        store -> Text,
+        bytes_copied -> BigInt,
+        copied_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(disks -> instances (instance_id));
 diesel::joinable!(backup_disks -> backups (backup_id));
 diesel::joinable!(backup_disks -> disks (disk_id));
@@ -294,4 +314,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     pending_images,
     quotas,
     exports,
+    replica_objects,
+    backup_replicas,
 );

@@ -11,7 +11,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
-use super::schema::{bad_chunks, segment_refs, segments};
+use super::schema::{bad_chunks, replica_objects, segment_refs, segments};
 use super::{now, DbConnection, DbResult, OptionalRow};
 pub use crate::status::SegmentStatus;
 
@@ -382,20 +382,25 @@ pub fn deleting(conn: &mut DbConnection, limit: i64) -> DbResult<Vec<Segment>> {
         .load(conn)?)
 }
 
-/// Forget a deleted segment (or an unused redirect) and its dead
-/// reference intervals and damage records.
+/// Forget a deleted segment (or an unused redirect), its dead reference
+/// intervals, damage records and second copies.
 pub fn forget(conn: &mut DbConnection, id: i64) -> DbResult<()> {
     use diesel::Connection;
     conn.transaction(|conn| {
         diesel::delete(segment_refs::table.filter(segment_refs::segment_id.eq(id)))
             .execute(conn)?;
         diesel::delete(bad_chunks::table.filter(bad_chunks::segment_id.eq(id))).execute(conn)?;
-        diesel::delete(
+        let gone = diesel::delete(
             segments::table
                 .find(id)
                 .filter(segments::status.eq_any([SegmentStatus::Deleting, SegmentStatus::Moved])),
         )
         .execute(conn)?;
+        if gone > 0 {
+            // The callers deleted its objects from every store first.
+            diesel::delete(replica_objects::table.filter(replica_objects::segment_id.eq(id)))
+                .execute(conn)?;
+        }
         Ok(())
     })
 }

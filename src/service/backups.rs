@@ -377,6 +377,19 @@ pub async fn visible(
     Ok(b)
 }
 
+/// Where a backup's second copy stands (`[replication]`); `None` when
+/// this cloud keeps none.
+pub async fn replication(
+    ekko: &Ekko,
+    b: &Backup,
+) -> ServiceResult<Option<crate::replication::BackupReplication>> {
+    let (replica, b) = (ekko.replica.clone(), b.clone());
+    Ok(ekko
+        .db()?
+        .run(move |c| crate::replication::backup_status(c, replica.as_ref(), &b))
+        .await?)
+}
+
 /// Which backups a list shows.
 #[derive(Debug, Clone, Default)]
 pub struct BackupQuery {

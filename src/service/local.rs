@@ -251,13 +251,37 @@ pub async fn restore_backup(
     format: TargetFormat,
     progress: Option<&Progress>,
 ) -> anyhow::Result<RestoreStats> {
+    restore_backup_from(ekko, backup_id, device, path, format, progress, false).await
+}
+
+/// [`restore_backup`], from the backup's copy in the second store
+/// (`[replication]`) when `second_copy` is set.
+pub async fn restore_backup_from(
+    ekko: &Ekko,
+    backup_id: &str,
+    device: Option<&str>,
+    path: &Path,
+    format: TargetFormat,
+    progress: Option<&Progress>,
+    second_copy: bool,
+) -> anyhow::Result<RestoreStats> {
     let (backup, rec) = record_of(ekko, backup_id, device).await?;
     anyhow::ensure!(
         backup.status == BackupStatus::Available,
         "backup {backup_id} is {}, not available",
         backup.status
     );
-    let reader = ekko.project_reader(&backup.project_id).await?;
+    let reader = if second_copy {
+        ekko.second_copy_reader(&backup.project_id, backup_id)
+            .await?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "backup {backup_id} has no copy in a second store ([replication]) yet"
+                )
+            })?
+    } else {
+        ekko.project_reader(&backup.project_id).await?
+    };
     let record = record(&rec)?;
     Ok(restore_to_file(&reader, &record, path, format, progress).await?)
 }

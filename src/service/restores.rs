@@ -14,7 +14,7 @@ pub use crate::db::restores::Restore;
 use crate::db::restores::{self};
 use crate::db::{hosts, instances, keys, segments, DbError};
 use crate::status::{ImageFormat, JobKind, RestoreStatus};
-use crate::wire::{ImageJob, Relocation, RestoreJob, RESTORE_RUN};
+use crate::wire::{ImageJob, Relocation, RestoreJob, SecondCopy, RESTORE_RUN};
 
 use super::images::{create_image, glance_error, settle_in_background, ImageFacts};
 use crate::Ekko;
@@ -35,6 +35,34 @@ pub struct NewRestore {
     pub host: Option<String>,
     pub target: NewTarget,
     pub format: ImageFormat,
+    pub source: ReadFrom,
+}
+
+/// Which copy of a backup a restore reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// The first store; the second copy (`[replication]`) when scrub found
+    /// the first damaged, or when the first store fails a restore into a
+    /// file.
+    #[default]
+    Auto,
+    /// The first store only.
+    Primary,
+    /// The second store's copy only.
+    Replica,
+}
+
+impl ReadFrom {
+    fn parse(s: Option<&str>) -> ServiceResult<ReadFrom> {
+        match s {
+            None | Some("auto") => Ok(ReadFrom::Auto),
+            Some("primary") => Ok(ReadFrom::Primary),
+            Some("replica") => Ok(ReadFrom::Replica),
+            Some(other) => Err(ServiceError::Invalid(format!(
+                "source must be auto, primary or replica, not {other:?}"
+            ))),
+        }
+    }
 }
 
 /// Where a new restore writes.
@@ -78,6 +106,9 @@ pub struct CreateRestore {
     /// `raw` (default) or `qcow2`.
     #[serde(default)]
     pub format: Option<String>,
+    /// `auto` (default), `primary` or `replica`: which copy is read.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// Where a restore writes.
@@ -121,6 +152,7 @@ pub async fn create(
     r: CreateRestore,
     user_token: Option<&str>,
 ) -> ServiceResult<Restore> {
+    let source = ReadFrom::parse(r.source.as_deref())?;
     let (target, host, format, action) = match r.target {
         Target::File { path, host } => {
             let plain = !path.is_empty()
@@ -204,6 +236,7 @@ pub async fn create(
         host,
         target,
         format,
+        source,
     };
     submit(ekko, new).await
 }
@@ -284,6 +317,7 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
         NewTarget::File { .. } => None,
     };
     let image2 = image.clone();
+    let replica = ekko.replica.clone();
     let (restore, job, message, facts) = db
         .run(move |c| {
             c.transaction(|c| {
@@ -367,6 +401,7 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
                         .transpose()?,
                     deadline,
                     image: image2.clone(),
+                    second_copy: second_copy(c, replica.as_ref(), &b, new.source)?,
                 };
                 let planned = PlannedRestore {
                     disk_size: message.record.disk_size,
@@ -575,4 +610,37 @@ pub async fn cancel_restore(ekko: &Ekko, restore_id: &str, why: &str) -> Service
     settle_in_background(ekko, Some(restore.id.clone()));
     tracing::info!(restore = %restore.id, "restore cancelled");
     Ok(restore)
+}
+
+/// The backup's second copy for a restore's job: where it is and whether it
+/// is read first (asked for, or scrub found the first copy damaged).
+fn second_copy(
+    c: &mut crate::db::DbConnection,
+    replica: Option<&crate::store::Replica>,
+    b: &backups::Backup,
+    source: ReadFrom,
+) -> Result<Option<SecondCopy>, DbError> {
+    let replica = match (source, replica) {
+        (ReadFrom::Primary, _) | (ReadFrom::Auto, None) => return Ok(None),
+        (ReadFrom::Replica, None) => {
+            return Err(DbError::Conflict(
+                "this cloud keeps no second copies ([replication] backend = none)".into(),
+            ))
+        }
+        (_, Some(r)) => r,
+    };
+    if !crate::db::replicas::holds_backup(c, &replica.key, &b.id)? {
+        if source == ReadFrom::Replica {
+            return Err(DbError::Conflict(format!(
+                "backup {} has no copy in the second store {} yet",
+                b.id, replica.name
+            )));
+        }
+        return Ok(None);
+    }
+    let first = source == ReadFrom::Replica || crate::db::replicas::first_copy_damaged(c, &b.id)?;
+    Ok(Some(SecondCopy {
+        store: replica.key.clone(),
+        first,
+    }))
 }

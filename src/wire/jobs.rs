@@ -154,6 +154,21 @@ pub struct RestoreJob {
     /// not know this field sees an empty path and refuses the job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageJob>,
+    /// The backup's copy in the second store (`[replication]`), when it has
+    /// one: read instead of the first store, or after the first store
+    /// failed a restore into a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_copy: Option<SecondCopy>,
+}
+
+/// Where a restore finds the backup's second copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondCopy {
+    /// The second store's key in the catalog: a host reads it only through
+    /// its own `[replication]` store of the same key.
+    pub store: String,
+    /// Read it first (asked for, or the first store's copy is damaged).
+    pub first: bool,
 }
 
 /// The Glance image a restore uploads into, created by the controller.

@@ -115,18 +115,43 @@ impl Worker {
             Ok(k) => k,
             Err(e) => return self.fail(delivery, &job.job_id, e.to_string()).await,
         };
+        // The second copy, if the job names one this host's `[replication]`
+        // store holds (same key).
+        let second = job.second_copy.as_ref().and_then(|copy| {
+            let replica = self.ekko.replica.as_ref().filter(|r| r.key == copy.store)?;
+            Some((replica.store.clone(), copy))
+        });
+        if job.second_copy.as_ref().is_some_and(|c| c.first) && second.is_none() {
+            let why = format!(
+                "host {} does not reach the second store that holds this backup ([replication])",
+                self.ekko.config.default.host
+            );
+            return self.fail(delivery, &job.job_id, why).await;
+        }
         let Some((delivery, mut admitted)) =
             self.admit(delivery, &job.job_id, None, job.deadline).await
         else {
             return;
         };
-        let reader = RecordReader::new(
-            self.ekko.store.clone(),
-            &self.ekko.container(&job.project_id),
-        )
-        .with_relocations(Relocation::map(&job.relocations))
-        .with_keys(keys)
-        .with_limits(ReadLimits::from_config(&self.ekko.config.backup));
+        let container = self.ekko.container(&job.project_id);
+        let limits = ReadLimits::from_config(&self.ekko.config.backup);
+        let first = RecordReader::new(self.ekko.store.clone(), &container)
+            .with_relocations(Relocation::map(&job.relocations))
+            .with_keys(keys.clone())
+            .with_limits(limits);
+        // The second store keeps segments under their own ids: no redirects.
+        let second = second.map(|(store, copy)| {
+            let reader = RecordReader::new(store, &container)
+                .with_keys(keys)
+                .with_limits(limits);
+            (reader, copy.first)
+        });
+        // Read the second copy first, or keep it for a fallback.
+        let (reader, fallback) = match second {
+            Some((second, true)) => (second, None),
+            Some((second, false)) => (first, Some(second)),
+            None => (first, None),
+        };
         let created = match &job.image {
             Some(image) => {
                 tracing::info!(restore = %job.restore_id, backup = %job.backup_id, image = %image.image_id, "restore into an image started");
@@ -154,7 +179,22 @@ impl Worker {
         };
         let left = (job.deadline - Utc::now()).to_std().unwrap_or_default();
         let progress = admitted.progress.clone();
-        let work = restore(&reader, &record, target.clone(), Some(&progress));
+        // A file is written again whole from the second copy when the first
+        // store fails it (same map, same blocks); an image upload cannot
+        // start over.
+        let fallback = fallback.filter(|_| file.is_some());
+        let work = async {
+            match restore(&reader, &record, target.clone(), Some(&progress)).await {
+                Err(e) if fallback.is_some() && !is_target_error(&e) => {
+                    tracing::warn!(restore = %job.restore_id, error = %e, "the first store failed the restore; reading the second copy");
+                    let Some(second) = &fallback else {
+                        return Err(e);
+                    };
+                    restore(second, &record, target.clone(), Some(&progress)).await
+                }
+                other => other,
+            }
+        };
         let started = std::time::Instant::now();
         let outcome = tokio::select! {
             r = work => Ok(r),
@@ -215,4 +255,14 @@ impl Worker {
         // Settled: a redelivered copy waiting for it now finds it done.
         self.release(&job.job_id, &admitted);
     }
+}
+
+/// An error of the restore's target (the file), not of the data read.
+fn is_target_error(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Target { .. }
+            | EngineError::TargetExists { .. }
+            | EngineError::TargetLink { .. }
+    )
 }

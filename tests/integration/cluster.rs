@@ -378,6 +378,18 @@ pub async fn start_cluster_with(
     public_key: bool,
     host_extra: [&str; 2],
 ) -> Option<Cluster> {
+    start_cluster_full(dir, swift_proxy, public_key, host_extra, "").await
+}
+
+/// [`start_cluster_with`], and `extra` in every process's configuration
+/// (the controller's, the operator's and both hosts').
+pub async fn start_cluster_full(
+    dir: &Path,
+    swift_proxy: Option<String>,
+    public_key: bool,
+    host_extra: [&str; 2],
+    extra: &str,
+) -> Option<Cluster> {
     ekko::cli::install_crypto_provider();
     let amqp = service_env("EKKO_AMQP_URL")?;
     let keystone = keystone_section()?;
@@ -392,7 +404,7 @@ pub async fn start_cluster_with(
     let common = |state: &str, default: &str, swift: &str| {
         format!(
             "[DEFAULT]\ntransport_url = {amqp}\ncontrol_exchange = {exchange}\nstate_path = {}\n{default}{}\
-             [storage]\nbackend = swift\n[swift]\ncontainer_prefix = ekko-{tag}-\n{swift}{keystone}{}",
+             [storage]\nbackend = swift\n[swift]\ncontainer_prefix = ekko-{tag}-\n{swift}{keystone}{}{extra}",
             dir.join(state).display(),
             KOLLA_DEFAULT,
             KOLLA_AUTHTOKEN,

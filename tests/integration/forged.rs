@@ -530,6 +530,7 @@ async fn a_late_start_report_does_not_cancel_a_completed_restore() {
                 path: x.dir.path().join("late.raw").display().to_string(),
             },
             format: ekko::status::ImageFormat::Raw,
+            source: Default::default(),
         },
     )
     .await

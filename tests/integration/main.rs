@@ -29,6 +29,7 @@ mod libvirt_hang;
 mod operations;
 mod qmp_peer;
 mod queue;
+mod replication;
 mod restore_target;
 mod retention;
 mod scheduler;

@@ -24,6 +24,9 @@ SIZE_FIELDS = ("size", "read_bytes", "new_bytes", "stored_bytes")
 def backup_formatters():
     f = {k: common.SizeColumn for k in SIZE_FIELDS}
     f["metadata"] = format_columns.DictColumn
+    # Where the second copy stands (shown by ``backup show`` when the cloud
+    # keeps second copies).
+    f["replication"] = format_columns.DictColumn
     return f
 
 

@@ -218,29 +218,34 @@ class Client(object):
     # -- restores ---------------------------------------------------------
 
     def restore_create(self, backup_id, path, disk=None, host=None,
-                       fmt=None):
-        """Restore one disk to a file (under the host's restore dir)."""
+                       fmt=None, source=None):
+        """Restore one disk to a file (under the host's restore dir).
+        ``source``: ``auto`` (default), ``primary`` or ``replica`` (the
+        backup's second copy)."""
         target = {"type": "file", "path": path}
         if host:
             target["host"] = host
         body = {"backup_id": backup_id, "target": target}
         if fmt:
             body["format"] = fmt
-        return self._restore_post(body, disk)
+        return self._restore_post(body, disk, source)
 
     def restore_create_image(self, backup_id, name, disk=None,
-                             disk_format="raw", visibility="private"):
+                             disk_format="raw", visibility="private",
+                             source=None):
         """Restore one disk into a new Glance image of the caller's
         project (its id is the response's ``target.image_id``)."""
         target = {"type": "image", "name": name,
                   "disk_format": disk_format or "raw",
                   "visibility": visibility}
         return self._restore_post(
-            {"backup_id": backup_id, "target": target}, disk)
+            {"backup_id": backup_id, "target": target}, disk, source)
 
-    def _restore_post(self, body, disk=None):
+    def _restore_post(self, body, disk=None, source=None):
         if disk:
             body["disk"] = disk
+        if source:
+            body["source"] = source
         return self.post("/restores", {"restore": body})["restore"]
 
     def restore_list(self, **filters):

@@ -13,6 +13,7 @@ from ekkoclient.v1 import backup as backup_cmds
 # A restore, into a file or an image, ends ``completed`` or ``error``.
 RESTORE_DONE = ("completed", "error")
 DISK_FORMATS = ("raw", "qcow2")
+SOURCES = ("auto", "primary", "replica")
 
 
 def restore_formatters():
@@ -80,6 +81,12 @@ class CreateRestore(command.ShowOne):
             "--disk-format", metavar="<format>", choices=DISK_FORMATS,
             dest="disk_format",
             help="Format of the image or file: raw (default) or qcow2")
+        parser.add_argument(
+            "--source", metavar="<copy>", choices=SOURCES,
+            help="Copy to read: auto (default: the first store, the "
+                 "second copy when the first is damaged or fails), "
+                 "primary, or replica (the backup's copy in the second "
+                 "store)")
         backup_cmds.add_wait_options(parser, "restore")
         return parser
 
@@ -96,11 +103,13 @@ class CreateRestore(command.ShowOne):
         if parsed_args.image is not None:
             restore = client.restore_create_image(
                 backup["id"], parsed_args.image, disk=parsed_args.device,
-                disk_format=parsed_args.disk_format or "raw")
+                disk_format=parsed_args.disk_format or "raw",
+                source=parsed_args.source)
         else:
             restore = client.restore_create(
                 backup["id"], parsed_args.target, disk=parsed_args.device,
-                host=parsed_args.host, fmt=parsed_args.disk_format)
+                host=parsed_args.host, fmt=parsed_args.disk_format,
+                source=parsed_args.source)
         if parsed_args.wait:
             restore = wait_restore(client, restore, parsed_args.wait_interval,
                                    parsed_args.wait_timeout)

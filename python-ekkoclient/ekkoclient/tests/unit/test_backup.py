@@ -102,6 +102,16 @@ class TestShowBackup(fakes.TestCommand):
         self.assertEqual("b1", data[cols.index("id")])
         self.assertEqual(1024, data[cols.index("size")].machine_readable())
 
+    def test_show_second_copy(self):
+        cmd = backup.ShowBackup(self.app, None)
+        where = {"store": "offsite", "status": "replicated",
+                 "copied_at": "2026-01-01T00:05:00Z"}
+        self.client.find.return_value = fakes.backup(replication=where)
+        cols, data = cmd.take_action(self.check_parser(cmd, ["bk"], []))
+        shown = data[cols.index("replication")]
+        self.assertEqual(where, shown.machine_readable())
+        self.assertIn("status='replicated'", shown.human_readable())
+
 
 class TestSetBackup(fakes.TestCommand):
 

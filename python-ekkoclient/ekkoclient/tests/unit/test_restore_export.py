@@ -26,8 +26,19 @@ class TestCreateRestore(fakes.TestCommand):
              ("disk_format", "qcow2"), ("image", None)])
         cols, data = self.cmd.take_action(parsed)
         self.client.restore_create.assert_called_once_with(
-            "b1", "x.raw", disk="disk0", host="h1", fmt="qcow2")
+            "b1", "x.raw", disk="disk0", host="h1", fmt="qcow2", source=None)
         self.assertEqual("r1", data[cols.index("id")])
+
+    def test_from_the_second_copy(self):
+        self.client.restore_create.return_value = fakes.restore()
+        parsed = self.check_parser(
+            self.cmd, ["bk", "--target", "x.raw", "--source", "replica"],
+            [("source", "replica")])
+        self.cmd.take_action(parsed)
+        self.client.restore_create.assert_called_once_with(
+            "b1", "x.raw", disk=None, host=None, fmt=None, source="replica")
+        self.assertParseFails(
+            self.cmd, ["bk", "--target", "x.raw", "--source", "elsewhere"])
 
     def test_image(self):
         self.client.restore_create_image.return_value = fakes.restore(
@@ -36,7 +47,7 @@ class TestCreateRestore(fakes.TestCommand):
                                    [("image", "n")])
         cols, data = self.cmd.take_action(parsed)
         self.client.restore_create_image.assert_called_once_with(
-            "b1", "n", disk=None, disk_format="raw")
+            "b1", "n", disk=None, disk_format="raw", source=None)
         self.assertEqual("img1", data[cols.index("image_id")])
 
     def test_one_destination(self):

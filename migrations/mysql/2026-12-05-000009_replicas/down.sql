@@ -1,0 +1,2 @@
+DROP TABLE backup_replicas;
+DROP TABLE replica_objects;

@@ -1,0 +1,260 @@
+//! Second copies (`[replication]`): which objects a second store holds,
+//! and which backups it holds whole.
+//!
+//! A store is named by its key (`store::Replica::key`). A row of
+//! `replica_objects` says the store holds that object of the project's
+//! container as the first store held it; `segment_id` is set for segment
+//! objects and relocation notes. A row of `backup_replicas` says every
+//! object the backup needed was held when it was written.
+
+use std::collections::HashSet;
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text};
+
+use super::schema::{backup_replicas, replica_objects};
+use super::{now, DbConnection, DbError, DbResult};
+
+/// Names per `IN (…)` list.
+const IN_BATCH: usize = 500;
+
+/// Record that `store` holds `name` of `project_id` (again is fine).
+pub fn record_object(
+    conn: &mut DbConnection,
+    store: &str,
+    project_id: &str,
+    name: &str,
+    segment_id: Option<i64>,
+    size: i64,
+) -> DbResult<()> {
+    let inserted = diesel::insert_into(replica_objects::table)
+        .values((
+            replica_objects::store.eq(store),
+            replica_objects::project_id.eq(project_id),
+            replica_objects::name.eq(name),
+            replica_objects::segment_id.eq(segment_id),
+            replica_objects::size.eq(size),
+            replica_objects::copied_at.eq(now()),
+        ))
+        .execute(conn);
+    match inserted.map_err(DbError::from) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_unique_violation() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Which of `names` `store` holds for the project.
+pub fn held(
+    conn: &mut DbConnection,
+    store: &str,
+    project_id: &str,
+    names: &[String],
+) -> DbResult<HashSet<String>> {
+    let mut out = HashSet::new();
+    for batch in names.chunks(IN_BATCH) {
+        let found: Vec<String> = replica_objects::table
+            .filter(replica_objects::store.eq(store))
+            .filter(replica_objects::project_id.eq(project_id))
+            .filter(replica_objects::name.eq_any(batch))
+            .select(replica_objects::name)
+            .load(conn)?;
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// Forget one object of `store` (deleted from it).
+pub fn forget_object(
+    conn: &mut DbConnection,
+    store: &str,
+    project_id: &str,
+    name: &str,
+) -> DbResult<()> {
+    diesel::delete(
+        replica_objects::table
+            .filter(replica_objects::store.eq(store))
+            .filter(replica_objects::project_id.eq(project_id))
+            .filter(replica_objects::name.eq(name)),
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Forget every store's copy of a project's manifest (the backup is gone).
+pub fn forget_everywhere(conn: &mut DbConnection, project_id: &str, name: &str) -> DbResult<()> {
+    diesel::delete(
+        replica_objects::table
+            .filter(replica_objects::project_id.eq(project_id))
+            .filter(replica_objects::name.eq(name)),
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Pending {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    project_id: String,
+}
+
+/// Available backups `store` does not hold yet, oldest first: (id, project).
+pub fn pending_backups(
+    conn: &mut DbConnection,
+    store: &str,
+    limit: i64,
+) -> DbResult<Vec<(String, String)>> {
+    let rows: Vec<Pending> = diesel::sql_query(
+        "SELECT b.id AS id, b.project_id AS project_id FROM backups b \
+         WHERE b.status = 'available' AND NOT EXISTS ( \
+           SELECT 1 FROM backup_replicas r WHERE r.backup_id = b.id AND r.store = ?) \
+         ORDER BY b.created_at, b.id LIMIT ?",
+    )
+    .bind::<Text, _>(store)
+    .bind::<BigInt, _>(limit)
+    .load(conn)?;
+    Ok(rows.into_iter().map(|r| (r.id, r.project_id)).collect())
+}
+
+/// When the oldest available backup `store` does not hold yet was
+/// completed (the replication lag), if any.
+pub fn oldest_pending(conn: &mut DbConnection, store: &str) -> DbResult<Option<NaiveDateTime>> {
+    #[derive(QueryableByName)]
+    struct Oldest {
+        #[diesel(sql_type = Nullable<diesel::sql_types::Timestamp>)]
+        at: Option<NaiveDateTime>,
+    }
+    let row: Oldest = diesel::sql_query(
+        "SELECT MIN(COALESCE(b.completed_at, b.created_at)) AS at FROM backups b \
+         WHERE b.status = 'available' AND NOT EXISTS ( \
+           SELECT 1 FROM backup_replicas r WHERE r.backup_id = b.id AND r.store = ?)",
+    )
+    .bind::<Text, _>(store)
+    .get_result(conn)?;
+    Ok(row.at)
+}
+
+/// A segment a backup's records use: its id, and where compaction moved
+/// its records (if it did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, QueryableByName)]
+pub struct UsedSegment {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub relocated_to: Option<i64>,
+}
+
+/// The segments the records of `backup_id` use (every disk's record: the
+/// reference intervals covering it, and its map's root segment).
+pub fn segments_of_backup(conn: &mut DbConnection, backup_id: &str) -> DbResult<Vec<UsedSegment>> {
+    Ok(diesel::sql_query(
+        "SELECT DISTINCT s.id AS id, s.relocated_to AS relocated_to \
+         FROM backup_disks bd \
+         JOIN segment_refs r ON r.disk_id = bd.disk_id AND r.from_seq <= bd.seq \
+           AND (r.to_seq IS NULL OR r.to_seq >= bd.seq) \
+         JOIN segments s ON s.id = r.segment_id \
+         WHERE bd.backup_id = ? AND r.refs > 0 \
+         UNION \
+         SELECT s.id AS id, s.relocated_to AS relocated_to \
+         FROM backup_disks bd JOIN segments s ON s.id = bd.root_segment \
+         WHERE bd.backup_id = ?",
+    )
+    .bind::<Text, _>(backup_id)
+    .bind::<Text, _>(backup_id)
+    .load(conn)?)
+}
+
+/// Record that `store` holds every object `backup_id` needs.
+pub fn mark_backup(
+    conn: &mut DbConnection,
+    store: &str,
+    backup_id: &str,
+    bytes_copied: i64,
+) -> DbResult<()> {
+    let inserted = diesel::insert_into(backup_replicas::table)
+        .values((
+            backup_replicas::backup_id.eq(backup_id),
+            backup_replicas::store.eq(store),
+            backup_replicas::bytes_copied.eq(bytes_copied),
+            backup_replicas::copied_at.eq(now()),
+        ))
+        .execute(conn);
+    match inserted.map_err(DbError::from) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_unique_violation() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The stores that hold a backup whole: (store key, when it was copied).
+pub fn stores_of_backup(
+    conn: &mut DbConnection,
+    backup_id: &str,
+) -> DbResult<Vec<(String, NaiveDateTime)>> {
+    Ok(backup_replicas::table
+        .filter(backup_replicas::backup_id.eq(backup_id))
+        .select((backup_replicas::store, backup_replicas::copied_at))
+        .order(backup_replicas::store.asc())
+        .load(conn)?)
+}
+
+/// Objects and bytes `store` holds, for the status report.
+pub fn totals(conn: &mut DbConnection, store: &str) -> DbResult<(i64, i64)> {
+    let sizes: Vec<i64> = replica_objects::table
+        .filter(replica_objects::store.eq(store))
+        .select(replica_objects::size)
+        .load(conn)?;
+    Ok((sizes.len() as i64, sizes.iter().sum()))
+}
+
+/// Whether scrub found damage, not yet repaired, in a segment the records
+/// of `backup_id` are read from (the first store's copy).
+pub fn first_copy_damaged(conn: &mut DbConnection, backup_id: &str) -> DbResult<bool> {
+    use super::schema::bad_chunks;
+    let used = segments_of_backup(conn, backup_id)?;
+    let ids: Vec<i64> = used
+        .iter()
+        .map(|u| u.relocated_to.unwrap_or(u.id))
+        .collect();
+    for batch in ids.chunks(IN_BATCH) {
+        let n: i64 = bad_chunks::table
+            .filter(bad_chunks::segment_id.eq_any(batch))
+            .filter(bad_chunks::repaired_segment.is_null())
+            .count()
+            .get_result(conn)?;
+        if n > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `store` holds `backup_id` whole.
+pub fn holds_backup(conn: &mut DbConnection, store: &str, backup_id: &str) -> DbResult<bool> {
+    Ok(stores_of_backup(conn, backup_id)?
+        .iter()
+        .any(|(s, _)| s == store))
+}
+
+/// Available backups `store` holds, and those it does not hold yet.
+pub fn counts(conn: &mut DbConnection, store: &str) -> DbResult<(i64, i64)> {
+    #[derive(QueryableByName)]
+    struct Counts {
+        #[diesel(sql_type = BigInt)]
+        held: i64,
+        #[diesel(sql_type = BigInt)]
+        pending: i64,
+    }
+    let c: Counts = diesel::sql_query(
+        "SELECT COALESCE(SUM(CASE WHEN r.backup_id IS NULL THEN 0 ELSE 1 END), 0) AS held, \
+           COALESCE(SUM(CASE WHEN r.backup_id IS NULL THEN 1 ELSE 0 END), 0) AS pending \
+         FROM backups b LEFT JOIN backup_replicas r ON r.backup_id = b.id AND r.store = ? \
+         WHERE b.status = 'available'",
+    )
+    .bind::<Text, _>(store)
+    .get_result(conn)?;
+    Ok((c.held, c.pending))
+}
