@@ -557,6 +557,25 @@ impl EkkoConfig {
                     && self.replica_s3.0.access_key == self.s3.access_key
             }
         };
+        // Buckets are named `<container_prefix><project id>`: a prefix S3
+        // cannot hold would fail every copy (and hold back the first store's
+        // reclaim of compacted segments), so it is refused here.
+        let prefix = &self.swift.container_prefix;
+        let bucket_ok = prefix.len() <= 31
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && prefix
+                .chars()
+                .next()
+                .is_none_or(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if self.replication.backend == ReplicaBackend::S3 && !bucket_ok {
+            return Err(invalid(
+                "swift",
+                "container_prefix",
+                format!("{prefix:?} cannot begin S3 bucket names (the second store's): at most 31 of a-z, 0-9, '-', '.', starting with a letter or digit"),
+            ));
+        }
         if same_store {
             return Err(invalid(
                 "replication",

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub retention_pass_seconds: Histogram,
     pub retention_segments: Counters,
     pub retention_bytes_reclaimed: Counter,
+    /// Messages waiting, by `queue` (the API's scrapes read the broker).
+    pub queue_messages: Gauges,
     /// Replication passes, bytes copied to the second store, backups
     /// replicated.
     pub replication_pass_seconds: Histogram,
@@ -86,6 +88,7 @@ impl Metrics {
             retention_pass_seconds: job_buckets(),
             retention_segments: Counters::default(),
             retention_bytes_reclaimed: Counter::default(),
+            queue_messages: Gauges::default(),
             replication_pass_seconds: job_buckets(),
             replication_bytes: Counter::default(),
             replication_backups: Counter::default(),
@@ -152,6 +155,11 @@ impl Metrics {
             "retention_reclaimed_bytes",
             "Bytes of segments deleted by retention",
             m.retention_bytes_reclaimed.clone(),
+        );
+        r.register(
+            "queue_messages",
+            "Messages waiting in a queue (job, control, status and dead-letter queues)",
+            m.queue_messages.clone(),
         );
         r.register(
             "replication_pass_duration_seconds",

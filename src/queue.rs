@@ -105,6 +105,10 @@ pub trait MessageQueue: Send + Sync {
     async fn ping(&self) -> QueueResult<()> {
         Ok(())
     }
+
+    /// Messages waiting in `queue` (not counting unacknowledged ones), for
+    /// metrics; `None` if the queue does not exist.
+    async fn depth(&self, queue: &str) -> QueueResult<Option<u64>>;
 }
 
 #[async_trait]

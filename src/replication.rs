@@ -23,7 +23,9 @@
 //!   deletes. Encrypted data is copied as it is: no keys are needed.
 //! * A backup whose records compaction moved before replication was turned
 //!   on (the old segment's object already gone) cannot be copied as
-//!   written: it stays `pending`, and says why in the log.
+//!   written, nor can the later incrementals of its disk whose maps still
+//!   name that segment: they stay `pending` and say why in the log, until a
+//!   full backup of the disk (mode `full`) writes maps that do not.
 
 use std::collections::HashSet;
 
@@ -44,8 +46,9 @@ use crate::Ekko;
 /// Backups (and moved copies) handled per catalog query.
 const BATCH: i64 = 200;
 
-/// Rounds of copy-then-check per backup before the pass gives up on it
-/// (each round copies what a compaction meanwhile added).
+/// Rounds of copy-then-check per backup before the pass gives up on it (a
+/// committed record's segments never change: a second round only follows
+/// objects another pass or garbage collection forgot meanwhile).
 const ROUNDS: usize = 4;
 
 /// What one pass did.
@@ -102,6 +105,9 @@ pub async fn run_pass(ekko: &Ekko) -> anyhow::Result<ReplicationReport> {
         return Ok(report);
     };
     let started = std::time::Instant::now();
+    replica
+        .check_distinct(ekko.store.as_ref(), &ekko.config.swift.container_prefix)
+        .await?;
     sync_project_keys(ekko, &replica, &mut report).await?;
     let db = ekko.db()?.clone();
     let mut failed: HashSet<String> = HashSet::new();
@@ -249,7 +255,8 @@ fn wanted_of(c: &mut DbConnection, backup_id: &str, project: &str) -> DbResult<V
     Ok(wanted)
 }
 
-/// What of `wanted` the store does not hold.
+/// What of `wanted` the store does not hold; refused if scrub found one of
+/// those segments damaged (the copy would carry the damage off site).
 fn missing_of(
     c: &mut DbConnection,
     store: &str,
@@ -258,10 +265,17 @@ fn missing_of(
 ) -> DbResult<Vec<Wanted>> {
     let names: Vec<String> = wanted.iter().map(|w| w.name.clone()).collect();
     let held = replicas::held(c, store, project, &names)?;
-    Ok(wanted
+    let missing: Vec<Wanted> = wanted
         .into_iter()
         .filter(|w| !held.contains(&w.name))
-        .collect())
+        .collect();
+    let ids: Vec<i64> = missing.iter().filter_map(|w| w.segment).collect();
+    if let Some(bad) = replicas::damaged(c, &ids)?.first() {
+        return Err(DbError::Conflict(format!(
+            "segment {bad:016x} is damaged in the first store (scrub): not copied"
+        )));
+    }
+    Ok(missing)
 }
 
 /// Copy objects, `[replication] concurrency` at a time, recording each in
@@ -313,9 +327,16 @@ async fn copy_object(
     max: u64,
 ) -> anyhow::Result<u64> {
     use anyhow::Context;
-    let data: Bytes = get_capped(first, container, name, max)
-        .await
-        .with_context(|| format!("reading {container}/{name} from the first store"))?;
+    let data: Bytes = match get_capped(first, container, name, max).await {
+        Err(crate::store::StoreError::NotFound { .. }) if name.starts_with("segments/") => {
+            anyhow::bail!(
+                "{container}/{name} is gone from the first store and the second lacks it: \
+                 compacted before replication was turned on? A full backup of the disk \
+                 (mode full) writes maps that no longer name it"
+            )
+        }
+        r => r.with_context(|| format!("reading {container}/{name} from the first store"))?,
+    };
     let digest = Sha256::digest(&data);
     let size = data.len() as u64;
     second
@@ -351,6 +372,9 @@ pub async fn ensure_copied(
         .run(move |c| missing_of(c, &key, &p, wanted))
         .await?;
     if !missing.is_empty() {
+        replica
+            .check_distinct(ekko.store.as_ref(), &ekko.config.swift.container_prefix)
+            .await?;
         let mut report = ReplicationReport::default();
         let container = ekko.container(project);
         copy_all(ekko, replica, &container, project, missing, &mut report).await?;
@@ -359,31 +383,28 @@ pub async fn ensure_copied(
 }
 
 /// An encrypted project's wrapped key goes with its data (a rebuild from
-/// the second store opens it with the master key); copied again when the
-/// first store's differs (a master key rotation rewraps it).
+/// the second store opens it with the master key), written from the
+/// catalog's row (not copied from the first store, whose object a host with
+/// write access there could have replaced), again whenever it differs (a
+/// master key rotation rewraps it). One project's failure waits for the
+/// next pass; the others go on.
 async fn sync_project_keys(
     ekko: &Ekko,
     replica: &Replica,
     report: &mut ReplicationReport,
 ) -> anyhow::Result<()> {
-    let projects: Vec<String> = ekko
-        .db()?
-        .run(|c| Ok(keys::all(c)?.into_iter().map(|k| k.project_id).collect()))
-        .await?;
-    for project in projects {
+    let rows = ekko.db()?.run(keys::all).await?;
+    for row in rows {
+        let project = row.project_id.clone();
         let container = ekko.container(&project);
-        let first = match get_capped(
-            ekko.store.as_ref(),
-            &container,
-            KEY_OBJECT,
-            SMALL_OBJECT_MAX,
-        )
-        .await
-        {
-            Ok(b) => b,
-            Err(crate::store::StoreError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
+        let wrapped = match row.wrapped_key() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(%project, error = %e, "project key not copied to the second store");
+                continue;
+            }
         };
+        let body = Bytes::from(serde_json::to_vec(&wrapped)?);
         let second = get_capped(
             replica.store.as_ref(),
             &container,
@@ -392,14 +413,20 @@ async fn sync_project_keys(
         )
         .await
         .ok();
-        if second.as_ref() == Some(&first) {
+        if second.as_ref() == Some(&body) {
             continue;
         }
-        let wanted = Wanted {
-            name: KEY_OBJECT.to_string(),
-            segment: None,
-        };
-        copy_all(ekko, replica, &container, &project, vec![wanted], report).await?;
+        let size = body.len() as i64;
+        if let Err(e) = replica.store.put(&container, KEY_OBJECT, body).await {
+            tracing::warn!(%project, error = %e, "project key not copied to the second store yet");
+            continue;
+        }
+        let (key, p) = (replica.key.clone(), project.clone());
+        ekko.db()?
+            .run(move |c| replicas::record_object(c, &key, &p, KEY_OBJECT, None, size))
+            .await?;
+        report.objects_copied += 1;
+        report.bytes_copied += size as u64;
     }
     Ok(())
 }
@@ -431,7 +458,9 @@ pub fn backup_status(
         .into_iter()
         .find(|(s, _)| *s == replica.key)
         .map(|(_, at)| at);
-    if copied_at.is_none() && b.status != BackupStatus::Available {
+    // Nothing is copied of a backup that is not available, and a deleted
+    // one's copy is on its way out.
+    if b.status != BackupStatus::Available {
         return Ok(None);
     }
     let done = b.completed_at.unwrap_or(b.created_at);

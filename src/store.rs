@@ -187,10 +187,46 @@ pub struct Replica {
     /// Its name in the API (`[replication] name`).
     pub name: String,
     /// Its key in the catalog: the name and a digest of the store's
-    /// location, so copies recorded in one store are never believed of
-    /// another that took its name.
+    /// location (not of the credentials: compute hosts read it with a
+    /// read-only key of their own), so copies recorded in one store are
+    /// never believed of another that took its name.
     pub key: String,
     pub store: Arc<dyn ObjectStore>,
+    /// Checked once per process: the second store is not the first one
+    /// under another name (see [`Replica::check_distinct`]).
+    distinct: Arc<tokio::sync::OnceCell<()>>,
+}
+
+impl Replica {
+    /// Refuse a second store that is the first one seen through another
+    /// door (Swift's s3api on the first store's account, another key of
+    /// the same S3 account, a linked directory): a marker written to the
+    /// first store must not appear in the second. Copying a segment "to the
+    /// second store" and deleting it from the first would then delete the
+    /// only copy. Checked once per process, again after a failure.
+    pub async fn check_distinct(&self, first: &dyn ObjectStore, prefix: &str) -> StoreResult<()> {
+        self.distinct
+            .get_or_try_init(|| async {
+                let container = format!("{prefix}replica-probe");
+                let name = format!("probe/{}", uuid::Uuid::new_v4().simple());
+                first
+                    .put(&container, &name, Bytes::from_static(b"first store"))
+                    .await?;
+                let seen = self.store.head(&container, &name).await;
+                let _ = first.delete(&container, &name).await;
+                match seen {
+                    Err(StoreError::NotFound { .. }) => Ok(()),
+                    Ok(_) => Err(StoreError::Unavailable(format!(
+                        "the second store {} is the first store under another name (a marker \
+                         written to the first appeared in it): replication refused",
+                        self.name
+                    ))),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
 }
 
 impl std::fmt::Debug for Replica {
@@ -209,14 +245,14 @@ pub fn open_replica(config: &EkkoConfig) -> StoreResult<Option<Replica>> {
             let o = &config.replica_local_store.0;
             (
                 Arc::new(local::LocalStore::new(&o.path, o.fsync)?),
-                format!("local:{}", o.path),
+                format!("local:{}", o.path.trim_end_matches('/')),
             )
         }
         ReplicaBackend::S3 => {
             let o = &config.replica_s3.0;
             (
                 Arc::new(s3::S3Store::new(o)?),
-                format!("s3:{}:{}", o.endpoint.trim_end_matches('/'), o.access_key),
+                format!("s3:{}", o.endpoint.trim_end_matches('/')),
             )
         }
     };
@@ -232,6 +268,7 @@ pub fn open_replica(config: &EkkoConfig) -> StoreResult<Option<Replica>> {
         ),
         name,
         store,
+        distinct: Default::default(),
     }))
 }
 

@@ -414,6 +414,7 @@ mod golden {
         job.second_copy = Some(SecondCopy {
             store: "offsite@0a1b2c3d4e5f".into(),
             first: true,
+            only: false,
         });
         let text = serde_json::to_string(&job).unwrap();
         assert!(text.contains("\"second_copy\""), "{text}");

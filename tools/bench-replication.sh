@@ -46,6 +46,10 @@ export RCLONE_CONFIG_SECOND_TYPE=s3 RCLONE_CONFIG_SECOND_PROVIDER=Other \
     RCLONE_CONFIG_SECOND_ENDPOINT=$EKKO_S3_ENDPOINT RCLONE_CONFIG_SECOND_REGION=${EKKO_S3_REGION:-us-east-1} \
     RCLONE_CONFIG_SECOND_ACCESS_KEY_ID=$EKKO_S3_REPLICA_ACCESS_KEY \
     RCLONE_CONFIG_SECOND_SECRET_ACCESS_KEY=$EKKO_S3_REPLICA_SECRET_KEY
+# Loopback only: a CA bundle set for the AWS SDKs (AWS_CA_BUNDLE) makes
+# rclone's S3 client fail to start ("unsupported transport").
+unset AWS_CA_BUNDLE
+export RCLONE_CONFIG=/dev/null
 cleanup() {
     [[ -n $qsd_pid ]] && kill "$qsd_pid" 2>/dev/null && wait "$qsd_pid" 2>/dev/null
     rclone purge "first:$bucket" >/dev/null 2>&1 || true

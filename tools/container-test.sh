@@ -5,19 +5,20 @@
 #   tools/container-test.sh [--bin-dir DIR]
 #
 # --bin-dir: the binaries to package (default target/debug: the ones the test
-# suite built; a release build is what the Dockerfile's `source` stage makes).
+# suite built; a release build is what the Dockerfile's build stage makes).
 #
 # No image registry is reachable from this machine, so:
 #   - the runtime base (Debian bookworm, what debian:bookworm-slim is) is made
 #     with debootstrap from Debian's archive and imported as
 #     localhost/ekko-base:bookworm, kept between runs;
 #   - the image takes the package tools/build-deb.sh makes from --bin-dir
-#     (the PACKAGE build argument) instead of compiling again in a Rust
-#     image (the build stage then runs on the base image).
+#     (the PACKAGE build argument): nothing is compiled in the image (the
+#     build stage runs on the base image and only hands the package on).
 # Everything after the package is the Dockerfile's own runtime stage.
 #
 # Checks: every binary in the image answers --version with Cargo.toml's
-# version; the image runs as the unprivileged `ekko` user; `ekko-manage db
+# version; the image runs as the unprivileged `ekko` user (uid 42480) with
+# umask 027 and holds no copy of the package; `ekko-manage db
 # sync` then `ekko-api` from the image (single-machine default: SQLite and the
 # local store in the /var/lib/ekko volume, noauth on loopback) answer
 # /healthcheck and an API listing; the image's size is printed.
@@ -45,7 +46,11 @@ api=""
 cleanup() {
     [[ -z $api ]] || podman rm -f "$api" >/dev/null 2>&1 || true
     podman volume rm -f "$volume" >/dev/null 2>&1 || true
-    rm -rf "$work"
+    # The image and its build's layers (each run's package differs: nothing
+    # would be reused); the debootstrap base stays.
+    podman rmi -f "$image" >/dev/null 2>&1 || true
+    podman image prune -f >/dev/null 2>&1 || true
+    rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 
@@ -70,27 +75,29 @@ fi
 
 log "packaging $bin_dir"
 rm -rf target/container
-EKKO_DEB_COMPRESSION=none bash tools/build-deb.sh --bin-dir "$bin_dir" --out target/container >/dev/null
+deb=$(EKKO_DEB_COMPRESSION=none bash tools/build-deb.sh --bin-dir "$bin_dir" --out target/container)
 
 log "building $image"
-deb=$(ls target/container/ekko_*.deb)
-podman build --network host -f etc/container/Dockerfile \
+podman build --layers=false --network host -f etc/container/Dockerfile \
     --build-arg BASE_IMAGE="$base" --build-arg RUST_IMAGE="$base" --build-arg PACKAGE="$deb" \
     --build-arg EKKO_VERSION="$version" -t "$image" . >&2
 
 for b in ekko ekko-api ekko-backup ekko-retention ekko-manage ekko-status; do
-    out=$(podman run --rm "$image" "$b" --version)
+    out=$(podman run --rm --network none "$image" "$b" --version)
     [[ $out == *"$version"* ]] || die "$b --version in the image said: $out"
 done
-user=$(podman run --rm "$image" id -un)
-[[ $user == ekko ]] || die "the image runs as $user, not ekko"
+who=$(podman run --rm --network none "$image" sh -c 'echo "$(id -un) $(id -u) $(umask)"')
+[[ $who == "ekko 42480 0027" ]] || die "the image runs as (user uid umask) $who, not ekko 42480 0027"
+podman run --rm --network none "$image" sh -c '! ls /tmp/packages/*.deb' >/dev/null 2>&1 \
+    || die "the image holds a copy of the package"
 label=$(podman image inspect --format '{{index .Labels "org.opencontainers.image.version"}}' "$image")
 [[ $label == "$version" ]] || die "image version label: $label"
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 env=(-e OS_API__BIND_HOST=127.0.0.1 -e OS_API__BIND_PORT="$port" -e OS_API__AUTH_STRATEGY=noauth)
 podman volume rm -f "$volume" >/dev/null 2>&1 || true
-podman run --rm -v "$volume:/var/lib/ekko" "$image" ekko-manage --config-file /etc/ekko/ekko.conf db sync >&2
+podman run --rm --network none -v "$volume:/var/lib/ekko" "$image" \
+    ekko-manage --config-file /etc/ekko/ekko.conf db sync >&2
 api=$(podman run -d --network host -v "$volume:/var/lib/ekko" "${env[@]}" "$image")
 url=http://127.0.0.1:$port
 for _ in $(seq 100); do
@@ -104,7 +111,7 @@ health=$(curl -fsS "$url/healthcheck") || { podman logs "$api" >&2; die "no /hea
 listing=$(curl -fsS -H 'X-Project-Id: 0123456789abcdef0123456789abcdef' "$url/v1/backups")
 [[ $listing == *'"backups"'* ]] || die "GET /v1/backups said: $listing"
 # The catalog is in the volume, made by the db sync run above.
-podman run --rm -v "$volume:/var/lib/ekko" "$image" test -s /var/lib/ekko/ekko.sqlite \
+podman run --rm --network none -v "$volume:/var/lib/ekko" "$image" test -s /var/lib/ekko/ekko.sqlite \
     || die "the catalog is not in the volume"
 
 size=$(podman image inspect --format '{{.Size}}' "$image")

@@ -313,6 +313,14 @@ fn a_second_store_has_its_own_sections_and_must_be_another_store() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("[replica_s3] endpoint"), "{err}");
+    // Buckets are named after the containers: a prefix S3 cannot hold.
+    let err = load(
+        "[swift]\ncontainer_prefix = Ekko_\n[replication]\nbackend = s3\n\
+         [replica_s3]\nendpoint = http://dr:80\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("[swift] container_prefix"), "{err}");
     for bad in ["", "two words", "a/b"] {
         let err = load(&format!("[replication]\nname = {bad}\n"))
             .unwrap_err()

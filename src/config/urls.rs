@@ -4,7 +4,6 @@
 
 use std::fmt;
 
-
 /// A URL that cannot work, with what is wrong (passwords hidden).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

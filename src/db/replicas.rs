@@ -210,26 +210,41 @@ pub fn totals(conn: &mut DbConnection, store: &str) -> DbResult<(i64, i64)> {
     Ok((sizes.len() as i64, sizes.iter().sum()))
 }
 
-/// Whether scrub found damage, not yet repaired, in a segment the records
-/// of `backup_id` are read from (the first store's copy).
-pub fn first_copy_damaged(conn: &mut DbConnection, backup_id: &str) -> DbResult<bool> {
+/// Whether scrub found damage in a segment the record of `disk_id` at
+/// `seq` is read from in the first store (through compaction's redirects).
+pub fn first_copy_damaged(conn: &mut DbConnection, disk_id: &str, seq: i64) -> DbResult<bool> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let c: Count = diesel::sql_query(
+        "SELECT COUNT(*) AS n FROM segment_refs r JOIN segments s ON s.id = r.segment_id \
+         JOIN bad_chunks bc ON bc.segment_id = COALESCE(s.relocated_to, s.id) \
+         WHERE r.disk_id = ? AND r.from_seq <= ? AND (r.to_seq IS NULL OR r.to_seq >= ?) \
+           AND bc.repaired_segment IS NULL",
+    )
+    .bind::<Text, _>(disk_id)
+    .bind::<BigInt, _>(seq)
+    .bind::<BigInt, _>(seq)
+    .get_result(conn)?;
+    Ok(c.n > 0)
+}
+
+/// Which of `ids` scrub found damaged (a copy of them would copy damage).
+pub fn damaged(conn: &mut DbConnection, ids: &[i64]) -> DbResult<Vec<i64>> {
     use super::schema::bad_chunks;
-    let used = segments_of_backup(conn, backup_id)?;
-    let ids: Vec<i64> = used
-        .iter()
-        .map(|u| u.relocated_to.unwrap_or(u.id))
-        .collect();
+    let mut out = Vec::new();
     for batch in ids.chunks(IN_BATCH) {
-        let n: i64 = bad_chunks::table
+        let found: Vec<i64> = bad_chunks::table
             .filter(bad_chunks::segment_id.eq_any(batch))
             .filter(bad_chunks::repaired_segment.is_null())
-            .count()
-            .get_result(conn)?;
-        if n > 0 {
-            return Ok(true);
-        }
+            .select(bad_chunks::segment_id)
+            .distinct()
+            .load(conn)?;
+        out.extend(found);
     }
-    Ok(false)
+    Ok(out)
 }
 
 /// Whether `store` holds `backup_id` whole.

@@ -121,6 +121,13 @@ impl MessageQueue for MemoryQueue {
         }))
     }
 
+    async fn depth(&self, queue: &str) -> QueueResult<Option<u64>> {
+        Ok(lock(&self.broker)
+            .queues
+            .get(queue)
+            .map(|q| q.ready.len() as u64))
+    }
+
     async fn delete_queue(&self, queue: &str) -> QueueResult<()> {
         lock(&self.broker).queues.remove(queue);
         Ok(())

@@ -349,6 +349,40 @@ impl MessageQueue for RabbitQueue {
             .map_err(unavailable)
     }
 
+    async fn depth(&self, queue: &str) -> QueueResult<Option<u64>> {
+        self.publish_channel().await?;
+        // A channel of its own: a passive declare of a missing queue closes
+        // the channel it is sent on.
+        let channel = {
+            let link = self.inner.link.lock().await;
+            let l = link
+                .as_ref()
+                .ok_or_else(|| unavailable("no link to the broker"))?;
+            l.connection.create_channel().await.map_err(unavailable)?
+        };
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(q) => {
+                let _ = channel.close(200, "depth".into()).await;
+                Ok(Some(u64::from(q.message_count())))
+            }
+            // NOT-FOUND: no such queue (a host that never started).
+            Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404) => {
+                Ok(None)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     async fn delete_queue(&self, queue: &str) -> QueueResult<()> {
         self.inner
             .topology

@@ -110,6 +110,29 @@ pub async fn refresh_catalog_metrics(ekko: &Ekko) -> Result<(), crate::db::DbErr
         })
         .await?;
     let m = crate::metrics::metrics();
+    // Messages waiting: the conductors' queues and each live host's job
+    // and control queues (a broker that does not answer leaves them out).
+    let topology = ekko.topology();
+    let mut queues = vec![topology.status_queue(), topology.dead_letter_queue()];
+    for h in hosts.iter().take(MAX_HOST_SERIES) {
+        queues.push(topology.host_queue(&h.name));
+        queues.push(topology.control_queue(&h.name));
+    }
+    m.queue_messages.clear();
+    for q in queues {
+        match ekko.queue.depth(&q).await {
+            Ok(Some(n)) => {
+                m.queue_messages
+                    .get_or_create(&crate::metrics::labels(&[("queue", &q)]))
+                    .set(n as i64);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(queue = %q, error = %e, "queue depth not read");
+                break;
+            }
+        }
+    }
     // Statuses no longer present read 0, not their last count.
     m.backups.clear();
     m.restores.clear();

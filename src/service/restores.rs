@@ -153,6 +153,12 @@ pub async fn create(
     user_token: Option<&str>,
 ) -> ServiceResult<Restore> {
     let source = ReadFrom::parse(r.source.as_deref())?;
+    if source == ReadFrom::Replica && ekko.replica.is_none() {
+        return Err(ServiceError::Invalid(
+            "source replica: this cloud keeps no second copies ([replication] backend = none)"
+                .into(),
+        ));
+    }
     let (target, host, format, action) = match r.target {
         Target::File { path, host } => {
             let plain = !path.is_empty()
@@ -401,7 +407,7 @@ pub async fn submit(ekko: &Ekko, new: NewRestore) -> ServiceResult<Restore> {
                         .transpose()?,
                     deadline,
                     image: image2.clone(),
-                    second_copy: second_copy(c, replica.as_ref(), &b, new.source)?,
+                    second_copy: second_copy(c, replica.as_ref(), &b, record, new.source)?,
                 };
                 let planned = PlannedRestore {
                     disk_size: message.record.disk_size,
@@ -612,21 +618,18 @@ pub async fn cancel_restore(ekko: &Ekko, restore_id: &str, why: &str) -> Service
     Ok(restore)
 }
 
-/// The backup's second copy for a restore's job: where it is and whether it
-/// is read first (asked for, or scrub found the first copy damaged).
+/// The backup's second copy for a restore's job: where it is, whether it
+/// is read first (asked for, or scrub found damage where the first store
+/// keeps the disk) and whether only it may be read.
 fn second_copy(
     c: &mut crate::db::DbConnection,
     replica: Option<&crate::store::Replica>,
     b: &backups::Backup,
+    record: &backups::BackupDisk,
     source: ReadFrom,
 ) -> Result<Option<SecondCopy>, DbError> {
     let replica = match (source, replica) {
-        (ReadFrom::Primary, _) | (ReadFrom::Auto, None) => return Ok(None),
-        (ReadFrom::Replica, None) => {
-            return Err(DbError::Conflict(
-                "this cloud keeps no second copies ([replication] backend = none)".into(),
-            ))
-        }
+        (ReadFrom::Primary, _) | (_, None) => return Ok(None),
         (_, Some(r)) => r,
     };
     if !crate::db::replicas::holds_backup(c, &replica.key, &b.id)? {
@@ -638,9 +641,11 @@ fn second_copy(
         }
         return Ok(None);
     }
-    let first = source == ReadFrom::Replica || crate::db::replicas::first_copy_damaged(c, &b.id)?;
+    let only = source == ReadFrom::Replica;
+    let first = only || crate::db::replicas::first_copy_damaged(c, &record.disk_id, record.seq)?;
     Ok(Some(SecondCopy {
         store: replica.key.clone(),
         first,
+        only,
     }))
 }

@@ -169,6 +169,9 @@ pub struct SecondCopy {
     pub store: String,
     /// Read it first (asked for, or the first store's copy is damaged).
     pub first: bool,
+    /// Read only it (`source` `replica`): no fallback to the first store.
+    #[serde(default)]
+    pub only: bool,
 }
 
 /// The Glance image a restore uploads into, created by the controller.

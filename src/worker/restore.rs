@@ -121,7 +121,7 @@ impl Worker {
             let replica = self.ekko.replica.as_ref().filter(|r| r.key == copy.store)?;
             Some((replica.store.clone(), copy))
         });
-        if job.second_copy.as_ref().is_some_and(|c| c.first) && second.is_none() {
+        if job.second_copy.as_ref().is_some_and(|c| c.only) && second.is_none() {
             let why = format!(
                 "host {} does not reach the second store that holds this backup ([replication])",
                 self.ekko.config.default.host
@@ -146,11 +146,14 @@ impl Worker {
                 .with_limits(limits);
             (reader, copy.first)
         });
-        // Read the second copy first, or keep it for a fallback.
-        let (reader, fallback) = match second {
-            Some((second, true)) => (second, None),
-            Some((second, false)) => (first, Some(second)),
-            None => (first, None),
+        // Read the second copy first (only it when asked for), or keep it
+        // for a fallback; and the other way round.
+        let only = job.second_copy.as_ref().is_some_and(|c| c.only);
+        let (reader, fallback, other) = match second {
+            Some((second, true)) if only => (second, None, ""),
+            Some((second, true)) => (second, Some(first), "the first store's copy"),
+            Some((second, false)) => (first, Some(second), "the second copy"),
+            None => (first, None, ""),
         };
         let created = match &job.image {
             Some(image) => {
@@ -186,7 +189,7 @@ impl Worker {
         let work = async {
             match restore(&reader, &record, target.clone(), Some(&progress)).await {
                 Err(e) if fallback.is_some() && !is_target_error(&e) => {
-                    tracing::warn!(restore = %job.restore_id, error = %e, "the first store failed the restore; reading the second copy");
+                    tracing::warn!(restore = %job.restore_id, error = %e, "a store failed the restore; reading {other}");
                     let Some(second) = &fallback else {
                         return Err(e);
                     };

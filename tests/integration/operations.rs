@@ -431,6 +431,26 @@ async fn every_daemons_metrics_show_a_distributed_backup() {
         &format!("ekko_host_heartbeat_age_seconds{{host=\"{}\"}}", a.name),
     );
     assert!(age.is_some_and(|s| s < 30.0), "{api}");
+    // Queue depths, read from the broker: the status queue and host a's.
+    assert!(
+        series(
+            &api,
+            &format!("ekko_queue_messages{{queue=\"{}.status\"}}", c.exchange)
+        )
+        .is_some(),
+        "{api}"
+    );
+    assert_eq!(
+        series(
+            &api,
+            &format!(
+                "ekko_queue_messages{{queue=\"{}.backup.{}\"}}",
+                c.exchange, a.name
+            )
+        ),
+        Some(0.0),
+        "host a's job queue is drained: {api}"
+    );
     // Retention: a pass ran.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

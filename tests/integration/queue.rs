@@ -64,6 +64,17 @@ async fn routes_by_topic_and_acks(q: &Arc<dyn MessageQueue>) {
     q.publish(&format!("{name}.status.a.b"), &msg(2))
         .await
         .unwrap();
+    // Depth (metrics): what waits; nothing for a queue that does not exist.
+    let deadline = std::time::Instant::now() + WAIT;
+    while q.depth(&name).await.unwrap() != Some(2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            q.depth(&name).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(q.depth(&unique("never-declared")).await.unwrap(), None);
     let mut c = q.consume(&name, 10).await.unwrap();
     let mut got = Vec::new();
     for _ in 0..2 {

@@ -302,17 +302,99 @@ async fn retention_on_both_stores_with_replication_killed_at_random_loses_nothin
         )),
         "seed {seed}: compaction ran: {rows:?}"
     );
-    let known: i64 = rows.iter().map(|(_, n, _)| n).sum();
-    let second = replica(&x)
-        .store
-        .list(&x.container, "segments/")
+    // The second store holds nothing the catalog does not know: every
+    // segment there is a catalog segment, every manifest an available
+    // backup's (deleted backups' data left it with the first store's).
+    let known: HashSet<i64> =
+        x.db.run(|c| {
+            use diesel::prelude::*;
+            use ekko::db::schema::segments as s;
+            Ok(s::table.select(s::id).load::<i64>(c)?)
+        })
         .await
         .unwrap()
-        .len() as i64;
+        .into_iter()
+        .collect();
+    for o in replica(&x).store.list(&x.container, "").await.unwrap() {
+        if let Some(hex) = o.name.strip_prefix("segments/") {
+            let id = u64::from_str_radix(hex, 16).unwrap() as i64;
+            assert!(
+                known.contains(&id),
+                "seed {seed}: {} is not in the catalog",
+                o.name
+            );
+        } else if let Some(m) = o.name.strip_prefix("manifests/") {
+            let id = m.trim_end_matches(".json");
+            assert!(
+                snaps.contains_key(id),
+                "seed {seed}: {} is not an available backup's",
+                o.name
+            );
+        }
+    }
+    // Compacted segments whose object left the first store are in the
+    // second (garbage collection copied them first), as the backups that
+    // still name them need.
+    let moved: Vec<i64> =
+        x.db.run(|c| {
+            use diesel::prelude::*;
+            use ekko::db::schema::segments as s;
+            Ok(s::table
+                .filter(s::status.eq("moved"))
+                .select(s::id)
+                .load::<i64>(c)?)
+        })
+        .await
+        .unwrap();
+    for id in moved {
+        let name = ekko::backup::segment_object(id as u64);
+        assert!(
+            x.ekko.store.head(&x.container, &name).await.is_err(),
+            "seed {seed}: {name} moved"
+        );
+        assert!(
+            replica(&x).store.head(&x.container, &name).await.is_ok(),
+            "seed {seed}: {name} is in the second store"
+        );
+    }
+}
+
+/// A second store that is the first one under another name (here a link to
+/// the first store's directory; in a cloud, Swift's s3api on the first
+/// store's account) is refused before anything is copied, or deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_store_that_is_the_first_is_refused() {
+    let t = crate::helpers::sqlite_db();
+    t.db.sync().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("store");
+    std::fs::create_dir_all(&first).unwrap();
+    std::os::unix::fs::symlink(&first, dir.path().join("alias")).unwrap();
+    let conf = dir.path().join("ekko.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[DEFAULT]\nstate_path = {0}\n[database]\nconnection = {1}\n[local_store]\npath = {0}/store\n\
+             [replication]\nbackend = local\n[replica_local_store]\npath = {0}/alias\n",
+            dir.path().display(),
+            t.url
+        ),
+    )
+    .unwrap();
+    let config = ekko::config::EkkoConfig::load(&[conf], std::iter::empty()).unwrap();
+    let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required)
+        .await
+        .unwrap();
+    let err = ekko::replication::run_pass(&ekko).await.unwrap_err();
     assert!(
-        second <= known,
-        "seed {seed}: {second} segments in the second store, {known} known"
+        format!("{err:#}").contains("is the first store under another name"),
+        "{err:#}"
     );
+    let replica = ekko.replica.clone().unwrap();
+    let err = ekko::replication::ensure_copied(&ekko, &replica, "p", 7)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("another name"), "{err:#}");
 }
 
 /// Every available backup restores from the first store; every one the

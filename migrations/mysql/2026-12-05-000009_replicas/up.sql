@@ -24,5 +24,8 @@ CREATE TABLE backup_replicas (
     copied_at DATETIME(6) NOT NULL,
     PRIMARY KEY (backup_id, store)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-CREATE INDEX ix_replica_objects_segment ON replica_objects (store, segment_id);
+-- Garbage collection forgets a segment's copies in every store, and a
+-- deleted backup's manifest copies: by segment, by name.
+CREATE INDEX ix_replica_objects_segment ON replica_objects (segment_id);
+CREATE INDEX ix_replica_objects_name ON replica_objects (project_id, name);
 CREATE INDEX ix_backup_replicas_store ON backup_replicas (store, copied_at);
