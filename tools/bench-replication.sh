@@ -7,7 +7,8 @@
 # and the Ekko/rclone ratio of the best runs.
 #
 #   source /var/lib/ekko-openstack/env.sh
-#   tools/bench-replication.sh [size_mib] [rounds]   (EKKO_BIN=DIR: built binaries)
+#   tools/bench-replication.sh [size_mib] [rounds]   (EKKO_BIN=DIR: built binaries;
+#   EKKO_BENCH_CONCURRENCY: copies at once, both tools, default 4)
 #
 # Ekko reads every object back from the second store and compares its
 # SHA-256 before the catalog counts it; rclone checks the MD5 the store
@@ -18,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 size_mib=${1:-1024}
 rounds=${2:-3}
-concurrency=4
+concurrency=${EKKO_BENCH_CONCURRENCY:-4}
 for v in EKKO_KEYSTONE_AUTH_URL EKKO_SERVICE_USERNAME EKKO_SERVICE_PASSWORD EKKO_SERVICE_PROJECT \
     EKKO_S3_ENDPOINT EKKO_S3_REPLICA_ACCESS_KEY EKKO_S3_REPLICA_SECRET_KEY; do
     [[ -n ${!v:-} ]] || { echo "$v is not set: source /var/lib/ekko-openstack/env.sh" >&2; exit 1; }
