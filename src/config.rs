@@ -18,6 +18,7 @@
 //!   ([`EkkoConfig::ignored`]); `ekko-manage config check --strict` refuses
 //!   them too.
 
+mod checks;
 #[macro_use]
 mod declare;
 mod foreign;
@@ -521,68 +522,7 @@ impl EkkoConfig {
                 ));
             }
         }
-        let name = &self.replication.name;
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-        {
-            return Err(invalid(
-                "replication",
-                "name",
-                format!("{name:?}: 1 to 64 letters, digits, '-' or '_'"),
-            ));
-        }
-        // The second copy must be another store: the default directory of
-        // `[replica_local_store]` is the first store's.
-        let same_store = match self.replication.backend {
-            ReplicaBackend::None => false,
-            ReplicaBackend::Local => {
-                self.storage.backend == StorageBackend::Local
-                    && std::path::Path::new(&self.replica_local_store.0.path)
-                        == std::path::Path::new(&self.local_store.path)
-            }
-            ReplicaBackend::S3 => {
-                if self.replica_s3.0.endpoint.trim().is_empty() {
-                    return Err(invalid(
-                        "replica_s3",
-                        "endpoint",
-                        "[replication] backend = s3 needs the second store's endpoint".into(),
-                    ));
-                }
-                self.storage.backend == StorageBackend::S3
-                    && self.replica_s3.0.endpoint.trim_end_matches('/')
-                        == self.s3.endpoint.trim_end_matches('/')
-                    && self.replica_s3.0.access_key == self.s3.access_key
-            }
-        };
-        // Buckets are named `<container_prefix><project id>`: a prefix S3
-        // cannot hold would fail every copy (and hold back the first store's
-        // reclaim of compacted segments), so it is refused here.
-        let prefix = &self.swift.container_prefix;
-        let bucket_ok = prefix.len() <= 31
-            && prefix
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-            && prefix
-                .chars()
-                .next()
-                .is_none_or(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if self.replication.backend == ReplicaBackend::S3 && !bucket_ok {
-            return Err(invalid(
-                "swift",
-                "container_prefix",
-                format!("{prefix:?} cannot begin S3 bucket names (the second store's): at most 31 of a-z, 0-9, '-', '.', starting with a letter or digit"),
-            ));
-        }
-        if same_store {
-            return Err(invalid(
-                "replication",
-                "backend",
-                "the second store is the first one; give [replica_local_store] path or [replica_s3] endpoint of another store".into(),
-            ));
-        }
+        checks::replication(self)?;
         urls::DatabaseUrl::parse(&self.database.connection)
             .map_err(|e| invalid("database", "connection", e.to_string()))?;
         urls::TransportUrl::parse(&self.default.transport_url)

@@ -314,6 +314,7 @@ mod golden {
             relocations: vec![],
             project_key: None,
             expires_at: restore.deadline,
+            second_copy: None,
         };
         vec![
             (BACKUP_RUN, v(serde_json::to_value(&backup))),

@@ -149,6 +149,9 @@ pub enum Command {
         /// Decoded chunks kept in memory (K, M, G suffixes).
         #[arg(long, default_value = "256M", value_parser = parse_size)]
         cache: ByteSize,
+        /// Serve the backup's copy in the second store (`[replication]`).
+        #[arg(long)]
+        from_replica: bool,
     },
     /// List or copy files of a backup's ext2/3/4 disk, read in userspace
     /// (nbdfuse + debugfs) through an export: nothing is mounted.
@@ -158,6 +161,9 @@ pub enum Command {
         /// Which disk (needed when the backup has several).
         #[arg(long)]
         disk: Option<String>,
+        /// Read the backup's copy in the second store (`[replication]`).
+        #[arg(long)]
+        from_replica: bool,
         #[command(subcommand)]
         action: FilesAction,
     },
@@ -421,6 +427,7 @@ pub async fn main() -> anyhow::Result<()> {
             bind,
             lifetime,
             cache,
+            from_replica,
         } => {
             let endpoint = match (socket, bind) {
                 (Some(path), _) => crate::nbd::server::Endpoint::Unix(path),
@@ -444,6 +451,7 @@ pub async fn main() -> anyhow::Result<()> {
                 lifetime: lifetime.map(std::time::Duration::from_secs),
                 cache_bytes: cache.bytes(),
                 tls,
+                second_copy: from_replica,
             };
             service::local::export_backup(&ekko, &req, super::shutdown_signal(), |url| {
                 println!("exporting {backup} at {url}");
@@ -455,6 +463,7 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Files {
             backup,
             disk,
+            from_replica,
             action,
         } => {
             let ekko = Ekko::connect(config, Catalog::Required).await?;
@@ -464,7 +473,8 @@ pub async fn main() -> anyhow::Result<()> {
                     service::files::FilesCommand::Get { path, out: output }
                 }
             };
-            let printed = service::files::files(&ekko, &backup, disk.as_deref(), &cmd).await?;
+            let printed =
+                service::files::files(&ekko, &backup, disk.as_deref(), &cmd, from_replica).await?;
             match cmd {
                 service::files::FilesCommand::List(_) => print!("{printed}"),
                 service::files::FilesCommand::Get { path, out } => {

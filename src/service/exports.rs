@@ -47,6 +47,10 @@ pub struct CreateExport {
     /// Seconds until it ends by itself (`[export] default_lifetime`).
     #[serde(default)]
     pub lifetime: Option<i64>,
+    /// `auto` (default: the first store, the second copy when scrub found
+    /// the first damaged), `primary` or `replica` (`[replication]`).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 fn refused(why: impl Into<String>) -> ServiceError {
@@ -77,6 +81,9 @@ pub async fn create(
     if let Some(h) = &r.host {
         crate::ids::HostName::parse(h).map_err(|e| ServiceError::Invalid(e.to_string()))?;
     }
+    let source = super::restores::ReadFrom::parse(r.source.as_deref())?;
+    super::restores::check_source(ekko, source)?;
+    let replica = ekko.replica.clone();
     // A public-key project's backups open only where the master key is.
     let host = match r.host {
         Some(h) => Some(h),
@@ -138,6 +145,13 @@ pub async fn create(
                         .map(|row| row.wrapped_key())
                         .transpose()?,
                     expires_at: e.expires_at.and_utc(),
+                    second_copy: super::restores::second_copy(
+                        c,
+                        replica.as_ref(),
+                        &b,
+                        &record,
+                        source,
+                    )?,
                 };
                 Ok((e, message))
             })

@@ -43,6 +43,7 @@ pub async fn files(
     backup_id: &str,
     device: Option<&str>,
     cmd: &FilesCommand,
+    second_copy: bool,
 ) -> anyhow::Result<String> {
     // debugfs dumps into this process's private directory; the copy to
     // OUT is created here, exclusively (never through a link), mode 0600.
@@ -72,6 +73,7 @@ pub async fn files(
         lifetime: None,
         cache_bytes: CACHE_BYTES,
         tls: None,
+        second_copy,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready) = tokio::sync::oneshot::channel::<String>();

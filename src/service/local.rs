@@ -256,6 +256,26 @@ pub async fn restore_backup(
 
 /// [`restore_backup`], from the backup's copy in the second store
 /// (`[replication]`) when `second_copy` is set.
+/// A reader of `backup`'s records: the first store's, or its copy in the
+/// second store (`[replication]`).
+async fn reader_of(
+    ekko: &Ekko,
+    backup: &Backup,
+    second_copy: bool,
+) -> anyhow::Result<crate::backup::reader::RecordReader> {
+    if !second_copy {
+        return Ok(ekko.project_reader(&backup.project_id).await?);
+    }
+    ekko.second_copy_reader(&backup.project_id, &backup.id)
+        .await?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "backup {} has no copy in a second store ([replication]) yet",
+                backup.id
+            )
+        })
+}
+
 pub async fn restore_backup_from(
     ekko: &Ekko,
     backup_id: &str,
@@ -271,17 +291,7 @@ pub async fn restore_backup_from(
         "backup {backup_id} is {}, not available",
         backup.status
     );
-    let reader = if second_copy {
-        ekko.second_copy_reader(&backup.project_id, backup_id)
-            .await?
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "backup {backup_id} has no copy in a second store ([replication]) yet"
-                )
-            })?
-    } else {
-        ekko.project_reader(&backup.project_id).await?
-    };
+    let reader = reader_of(ekko, &backup, second_copy).await?;
     let record = record(&rec)?;
     Ok(restore_to_file(&reader, &record, path, format, progress).await?)
 }
@@ -389,6 +399,8 @@ pub struct ExportRequest {
     pub cache_bytes: u64,
     /// Clients must upgrade to TLS first.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Serve the backup's copy in the second store (`[replication]`).
+    pub second_copy: bool,
 }
 
 /// Serve one disk of a backup read-only over NBD, here, where the store
@@ -412,7 +424,7 @@ pub async fn export_backup(
         "backup {id} is {}, not available",
         backup.status
     );
-    let reader = Arc::new(ekko.project_reader(&backup.project_id).await?);
+    let reader = Arc::new(reader_of(ekko, &backup, req.second_copy).await?);
     tracing::info!(backup = %id, disk = %rec.disk_id, "loading the backup's map");
     let source = BackupExport::open(reader, &record(&rec)?, req.cache_bytes)
         .await

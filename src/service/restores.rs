@@ -53,7 +53,7 @@ pub enum ReadFrom {
 }
 
 impl ReadFrom {
-    fn parse(s: Option<&str>) -> ServiceResult<ReadFrom> {
+    pub(super) fn parse(s: Option<&str>) -> ServiceResult<ReadFrom> {
         match s {
             None | Some("auto") => Ok(ReadFrom::Auto),
             Some("primary") => Ok(ReadFrom::Primary),
@@ -153,12 +153,7 @@ pub async fn create(
     user_token: Option<&str>,
 ) -> ServiceResult<Restore> {
     let source = ReadFrom::parse(r.source.as_deref())?;
-    if source == ReadFrom::Replica && ekko.replica.is_none() {
-        return Err(ServiceError::Invalid(
-            "source replica: this cloud keeps no second copies ([replication] backend = none)"
-                .into(),
-        ));
-    }
+    check_source(ekko, source)?;
     let (target, host, format, action) = match r.target {
         Target::File { path, host } => {
             let plain = !path.is_empty()
@@ -618,10 +613,21 @@ pub async fn cancel_restore(ekko: &Ekko, restore_id: &str, why: &str) -> Service
     Ok(restore)
 }
 
+/// `replica` asks for what this cloud may not keep.
+pub(super) fn check_source(ekko: &Ekko, source: ReadFrom) -> ServiceResult<()> {
+    if source == ReadFrom::Replica && ekko.replica.is_none() {
+        return Err(ServiceError::Invalid(
+            "source replica: this cloud keeps no second copies ([replication] backend = none)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The backup's second copy for a restore's job: where it is, whether it
 /// is read first (asked for, or scrub found damage where the first store
 /// keeps the disk) and whether only it may be read.
-fn second_copy(
+pub(super) fn second_copy(
     c: &mut crate::db::DbConnection,
     replica: Option<&crate::store::Replica>,
     b: &backups::Backup,

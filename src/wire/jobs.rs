@@ -217,6 +217,11 @@ pub struct ExportJob {
     #[serde(default)]
     pub project_key: Option<crate::crypto::WrappedKey>,
     pub expires_at: DateTime<Utc>,
+    /// The backup's copy in the second store, when it has one: served
+    /// instead of the first store's when `first` (an export cannot switch
+    /// stores under its clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_copy: Option<SecondCopy>,
 }
 
 /// `export.stop` (control queue): end an export now.

@@ -173,13 +173,34 @@ impl Worker {
             .map_err(|e| e.to_string())?;
         let config = &self.ekko.config.export;
         let tls = config.server_tls()?;
-        let reader = RecordReader::new(
-            self.ekko.store.clone(),
-            &self.ekko.container(&job.project_id),
-        )
-        .with_relocations(Relocation::map(&job.relocations))
+        let container = self.ekko.container(&job.project_id);
+        let limits = ReadLimits::from_config(&self.ekko.config.backup);
+        // The second copy when the job says to read it first and this host
+        // reads that store (same key); the first store otherwise, unless
+        // only the second copy was asked for. The second store keeps
+        // segments under their own ids: no redirects.
+        let second = job.second_copy.as_ref().filter(|c| c.first).map(|copy| {
+            let store = self
+                .ekko
+                .replica
+                .as_ref()
+                .filter(|r| r.key == copy.store)
+                .map(|r| r.store.clone());
+            (store, copy.only)
+        });
+        let reader = match second {
+            Some((Some(store), _)) => RecordReader::new(store, &container),
+            Some((None, true)) => {
+                return Err(format!(
+                "host {} does not reach the second store that holds this backup ([replication])",
+                self.ekko.config.default.host
+            ))
+            }
+            _ => RecordReader::new(self.ekko.store.clone(), &container)
+                .with_relocations(Relocation::map(&job.relocations)),
+        }
         .with_keys(keys)
-        .with_limits(ReadLimits::from_config(&self.ekko.config.backup));
+        .with_limits(limits);
         let source = BackupExport::open(Arc::new(reader), &record, config.cache_size.bytes())
             .await
             .map_err(|e| format!("map of backup {}: {e}", job.backup_id))?;

@@ -54,7 +54,7 @@ cp ca-cert.pem stranger/ca-cert.pem; cp stranger-cert.pem stranger/client-cert.p
 
 /// `qemu-img compare` of the export at `url` with `reference`, as a TLS
 /// client with the credentials in `creds` (none: a plain client).
-fn compare(url: &str, creds: Option<&Path>, reference: &Path) -> (bool, String) {
+pub(crate) fn compare(url: &str, creds: Option<&Path>, reference: &Path) -> (bool, String) {
     let u = url::Url::parse(url).unwrap();
     let (host, port, name) = (
         u.host_str().unwrap().to_string(),
@@ -90,7 +90,7 @@ async fn export_of(c: &Client, id: &str) -> Value {
     v["export"].clone()
 }
 
-async fn wait_export(c: &Client, id: &str, states: &[&str], wait: Duration) -> Value {
+pub(crate) async fn wait_export(c: &Client, id: &str, states: &[&str], wait: Duration) -> Value {
     let deadline = Instant::now() + wait;
     loop {
         let e = export_of(c, id).await;

@@ -170,6 +170,42 @@ async fn replication_copies_only_missing_objects_and_a_lost_first_store_is_survi
     for (id, s) in [(&a.id, "a"), (&b.id, "b")] {
         restored_matches(&x.ekko, x.dir.path(), id, &snap(s), true).await;
     }
+    // `ekko export --from-replica` serves the second copy over NBD.
+    let socket = x.dir.path().join("second.sock");
+    let mut export = std::process::Command::new(env!("CARGO_BIN_EXE_ekko"))
+        .arg("--config-file")
+        .arg(&x.conf)
+        .args([
+            "export",
+            &b.id,
+            "--from-replica",
+            "--lifetime",
+            "120",
+            "--socket",
+        ])
+        .arg(&socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "no export socket");
+        assert!(export.try_wait().unwrap().is_none(), "ekko export ended");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let compared = std::process::Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
+        .arg(format!("nbd+unix:///?socket={}", socket.display()))
+        .arg(snap("b"))
+        .output()
+        .unwrap();
+    let _ = export.kill();
+    let _ = export.wait();
+    assert!(
+        compared.status.success(),
+        "the second copy's export differs: {compared:?}"
+    );
 
     // The catalog lost too: a rebuild from the second store alone brings
     // both backups back, held there.
@@ -569,4 +605,25 @@ async fn api_restores_read_the_second_copy_when_asked_or_when_the_first_fails() 
         a.worker.log().contains("reading the second copy"),
         "the host fell back"
     );
+
+    // An export of the second copy serves the disk as it was.
+    let (s, v) = c
+        .admin
+        .call(
+            "POST",
+            &format!("/v1/backups/{id}/exports"),
+            Some(serde_json::json!({"export": {"source": "replica", "lifetime": 300}})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let eid = v["export"]["id"].as_str().unwrap().to_string();
+    let e = crate::export_api::wait_export(&c.admin, &eid, &["active", "error"], wait).await;
+    assert_eq!(e["status"], "active", "{e}\n{}", a.worker.log());
+    let (same, out) = crate::export_api::compare(e["url"].as_str().unwrap(), None, &reference);
+    assert!(same, "the second copy's export differs: {out}");
+    let (s, _) = c
+        .admin
+        .call("DELETE", &format!("/v1/exports/{eid}"), None)
+        .await;
+    assert!(s == 202 || s == 204, "{s}");
 }

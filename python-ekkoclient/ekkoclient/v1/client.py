@@ -261,10 +261,14 @@ class Client(object):
 
     # -- exports ----------------------------------------------------------
 
-    def export_create(self, backup_id, disk=None, host=None, lifetime=None):
+    def export_create(self, backup_id, disk=None, host=None, lifetime=None,
+                      source=None):
         """Serve one disk of a backup over NBD from a host (the instance's
-        by default) for ``lifetime`` seconds (the API's default: 3600)."""
+        by default) for ``lifetime`` seconds (the API's default: 3600);
+        ``source``: ``auto``, ``primary`` or ``replica``."""
         body = {}
+        if source:
+            body["source"] = source
         if disk:
             body["disk"] = disk
         if host:

@@ -78,6 +78,12 @@ class CreateExport(command.ShowOne):
             "--lifetime", metavar="<seconds>", type=int,
             help="End the export after this many seconds (default: the "
                  "service's [export] default_lifetime, 3600)")
+        parser.add_argument(
+            "--source", metavar="<copy>",
+            choices=("auto", "primary", "replica"),
+            help="Copy to serve: auto (default: the first store, the "
+                 "second copy when the first is damaged), primary, or "
+                 "replica (the backup's copy in the second store)")
         backup_cmds.add_wait_options(parser, "export")
         # Here --wait waits for the export to serve, not to finish.
         parser._option_string_actions["--wait"].help = (
@@ -93,7 +99,7 @@ class CreateExport(command.ShowOne):
         backup = client.find("backup", parsed_args.backup)
         export = client.export_create(
             backup["id"], disk=parsed_args.disk, host=parsed_args.host,
-            lifetime=parsed_args.lifetime)
+            lifetime=parsed_args.lifetime, source=parsed_args.source)
         if parsed_args.wait:
             export = wait_export(client, export, parsed_args.wait_interval,
                                  parsed_args.wait_timeout)

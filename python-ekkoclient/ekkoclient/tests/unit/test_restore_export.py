@@ -115,10 +115,16 @@ class TestCreateExport(fakes.TestCommand):
             [("disk", "disk0"), ("lifetime", 600), ("wait", False)])
         cols, data = cmd.take_action(parsed)
         self.client.export_create.assert_called_once_with(
-            "b1", disk="disk0", host=None, lifetime=600)
+            "b1", disk="disk0", host=None, lifetime=600, source=None)
         self.assertEqual("starting", data[cols.index("status")])
         parsed = self.check_parser(cmd, ["bk", "--lifetime", "0"], [])
         self.assertRaises(osc_exc.CommandError, cmd.take_action, parsed)
+        self.client.export_create.reset_mock()
+        parsed = self.check_parser(cmd, ["bk", "--source", "replica"],
+                                   [("source", "replica")])
+        cmd.take_action(parsed)
+        self.client.export_create.assert_called_once_with(
+            "b1", disk=None, host=None, lifetime=None, source="replica")
 
 
 class TestListExport(fakes.TestCommand):
