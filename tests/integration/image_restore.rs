@@ -21,11 +21,11 @@ const WAIT: Duration = Duration::from_secs(180);
 /// cancel, stop Glance, or outlive a 20 s token.
 const SLOW_HOST: &str = "[glance]\nupload_rate_limit = 2M\n";
 
-fn glance_url() -> Option<String> {
+pub(crate) fn glance_url() -> Option<String> {
     service_env("EKKO_GLANCE_URL")
 }
 
-async fn glance(tok: &str, method: &str, path: &str) -> (u16, Value) {
+pub(crate) async fn glance(tok: &str, method: &str, path: &str) -> (u16, Value) {
     let url = glance_url().expect("EKKO_GLANCE_URL");
     let resp = reqwest::Client::new()
         .request(method.parse().unwrap(), format!("{url}{path}"))
@@ -39,7 +39,7 @@ async fn glance(tok: &str, method: &str, path: &str) -> (u16, Value) {
 }
 
 /// Download an image's data from Glance into `out`.
-async fn download(tok: &str, image: &str, out: &Path) {
+pub(crate) async fn download(tok: &str, image: &str, out: &Path) {
     let url = glance_url().expect("EKKO_GLANCE_URL");
     let resp = reqwest::Client::new()
         .get(format!("{url}/v2/images/{image}/file"))
@@ -90,7 +90,7 @@ async fn start_image_restore(
     )
 }
 
-async fn wait_restore(c: &Client, id: &str, states: &[&str]) -> Value {
+pub(crate) async fn wait_restore(c: &Client, id: &str, states: &[&str]) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let (s, v) = c.call("GET", &format!("/v1/restores/{id}"), None).await;

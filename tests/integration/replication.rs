@@ -626,4 +626,47 @@ async fn api_restores_read_the_second_copy_when_asked_or_when_the_first_fails() 
         .call("DELETE", &format!("/v1/exports/{eid}"), None)
         .await;
     assert!(s == 202 || s == 204, "{s}");
+
+    // The tenant restores the second copy into a Glance image by itself,
+    // the first store's data still gone: the image is the disk as it was.
+    if crate::image_restore::glance_url().is_some() {
+        image_from_second_copy(&c, &id, &reference, dir.path()).await;
+    }
+}
+
+/// A member's restore of `backup` into a raw Glance image from the second
+/// copy (`source: replica`), downloaded and compared with `reference`.
+async fn image_from_second_copy(
+    c: &crate::cluster::Cluster,
+    backup: &str,
+    reference: &Path,
+    dir: &Path,
+) {
+    use crate::image_restore::{download, glance, wait_restore};
+    let (s, v) = c
+        .member
+        .call(
+            "POST",
+            "/v1/restores",
+            Some(serde_json::json!({"restore": {"backup_id": backup, "source": "replica",
+                "target": {"type": "image", "name": "ekko-test-second-copy",
+                           "disk_format": "raw", "visibility": "private"}}})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let rid = v["restore"]["id"].as_str().unwrap().to_string();
+    let image = v["restore"]["target"]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = wait_restore(&c.member, &rid, &["completed", "error"]).await;
+    assert_eq!(r["status"], "completed", "{r}\n{}", c.hosts[0].worker.log());
+    let tok = crate::cluster::token("EKKO_DEMO_USERNAME", "EKKO_DEMO_PASSWORD", "demo").await;
+    let out = dir.join("second-copy-image.raw");
+    download(&tok, &image, &out).await;
+    assert!(
+        identical(&out, reference),
+        "the image restored from the second copy differs from the disk"
+    );
+    glance(&tok, "DELETE", &format!("/v2/images/{image}")).await;
 }
