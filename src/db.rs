@@ -39,6 +39,7 @@ macro_rules! keyset_page {
 }
 
 pub mod backups;
+pub mod catalog_rebuilds;
 pub mod exports;
 pub mod hosts;
 pub mod images;

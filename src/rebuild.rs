@@ -16,6 +16,7 @@ use diesel::Connection;
 use crate::backup::reader::RecordReader;
 use crate::backup::restore::map_tree;
 use crate::db::backups::{self, Backup, BackupStatus, DiskCommit};
+use crate::db::catalog_rebuilds;
 use crate::db::instances::{self, DiskReport};
 use crate::db::segments;
 use crate::manifest::Manifest;
@@ -35,7 +36,20 @@ pub struct RebuildReport {
 
 /// Rebuild an empty catalog from the store.
 pub async fn rebuild(ekko: &Ekko) -> anyhow::Result<RebuildReport> {
+    let report = rebuild_unfinished(ekko, "primary").await?;
+    ekko.db()?.run(catalog_rebuilds::finish).await?;
+    Ok(report)
+}
+
+/// [`rebuild`] from `source`, still marked unfinished in the catalog: from
+/// the first commit until [`catalog_rebuilds::finish`], retention, garbage
+/// collection, the orphan sweep and replication refuse to run (the
+/// catalog knows only part of the store: they would delete the rest).
+async fn rebuild_unfinished(ekko: &Ekko, source: &str) -> anyhow::Result<RebuildReport> {
     let db = ekko.db()?.clone();
+    if let Some((from, at)) = db.run(catalog_rebuilds::unfinished).await? {
+        anyhow::bail!("{}", catalog_rebuilds::interrupted(&from, at));
+    }
     anyhow::ensure!(
         !db.run(backups::any).await?,
         "the catalog already records backups; rebuild only into an empty catalog (run `ekko-manage db sync` on a new database)"
@@ -54,6 +68,8 @@ pub async fn rebuild(ekko: &Ekko) -> anyhow::Result<RebuildReport> {
             plans.push(plan);
         }
     }
+    let source = source.to_string();
+    db.run(move |c| catalog_rebuilds::begin(c, &source)).await?;
     for plan in plans {
         commit_project(ekko, plan, &mut report).await?;
     }
@@ -69,8 +85,9 @@ pub async fn rebuild_from_replica(ekko: &Ekko) -> anyhow::Result<RebuildReport> 
         anyhow::anyhow!("no second store is configured ([replication] backend = none)")
     })?;
     let second = ekko.reading_from(replica.store.clone())?;
-    let report = rebuild(&second).await?;
+    let report = rebuild_unfinished(&second, "replica").await?;
     crate::replication::record_rebuilt(&second, &replica).await?;
+    second.db()?.run(catalog_rebuilds::finish).await?;
     Ok(report)
 }
 
@@ -412,6 +429,7 @@ async fn commit_project(
                 }
                 known_segments = known;
                 report.backups += 1;
+                crate::failpoint::hit("rebuild.after-backup");
             }
             Err(e) => report.skipped.push((m.backup_id.clone(), e.to_string())),
         }

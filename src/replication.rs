@@ -104,6 +104,9 @@ pub async fn run_pass(ekko: &Ekko) -> anyhow::Result<ReplicationReport> {
     let Some(replica) = ekko.replica.clone() else {
         return Ok(report);
     };
+    ekko.db()?
+        .run(crate::db::catalog_rebuilds::ensure_none)
+        .await?;
     let started = std::time::Instant::now();
     replica
         .check_distinct(ekko.store.as_ref(), &ekko.config.swift.container_prefix)
@@ -136,6 +139,13 @@ pub async fn run_pass(ekko: &Ekko) -> anyhow::Result<ReplicationReport> {
                     tracing::warn!(backup = %id, store = %replica.name, error = %format!("{e:#}"), "backup not replicated yet; the next pass retries");
                     report.backups_failed += 1;
                     failed.insert(id);
+                    // A store that stopped answering fails every backup
+                    // after this one, each through its retries: the pass
+                    // ends and the next one starts over.
+                    if let Err(down) = reachable(ekko, &replica).await {
+                        count_pass(&report, started.elapsed());
+                        return Err(down.context("replication pass stopped"));
+                    }
                 }
             }
         }
@@ -146,6 +156,23 @@ pub async fn run_pass(ekko: &Ekko) -> anyhow::Result<ReplicationReport> {
     count_pass(&report, started.elapsed());
     tracing::info!(store = %replica.name, %report, "replication pass");
     Ok(report)
+}
+
+/// Whether both stores answer: a HEAD of an object that does not exist
+/// (not found is an answer).
+async fn reachable(ekko: &Ekko, replica: &Replica) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let container = format!("{}replica-probe", ekko.config.swift.container_prefix);
+    for (store, which) in [
+        (ekko.store.as_ref(), "the first store"),
+        (replica.store.as_ref(), "the second store"),
+    ] {
+        match store.head(&container, "probe/reachable").await {
+            Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e).with_context(|| format!("{which} does not answer")),
+        }
+    }
+    Ok(())
 }
 
 fn count_pass(report: &ReplicationReport, took: std::time::Duration) {

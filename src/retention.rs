@@ -218,6 +218,11 @@ pub async fn retire_gone(ekko: &Ekko) -> anyhow::Result<usize> {
 /// With `dry_run`, only counts what would expire.
 pub async fn run_pass(ekko: &Ekko, dry_run: bool) -> anyhow::Result<PassReport> {
     let started = std::time::Instant::now();
+    if !dry_run {
+        ekko.db()?
+            .run(crate::db::catalog_rebuilds::ensure_none)
+            .await?;
+    }
     let mut report = PassReport::default();
     let all = ekko.db()?.run(|c| policies::list(c, None)).await?;
     for p in all.into_iter().filter(|p| p.enabled) {
@@ -305,6 +310,9 @@ fn count_pass(report: &PassReport, took: std::time::Duration) {
 
 /// Condemn unreferenced segments; delete those condemned long enough.
 pub async fn collect_garbage(ekko: &Ekko, grace: Duration) -> anyhow::Result<PassReport> {
+    ekko.db()?
+        .run(crate::db::catalog_rebuilds::ensure_none)
+        .await?;
     let mut report = PassReport::default();
     let db = ekko.db()?.clone();
     let grace = chrono::Duration::from_std(grace)?;
@@ -448,6 +456,9 @@ async fn delete_objects(
 /// than `grace` and than the oldest queued or running job (which may still
 /// commit them). Returns (objects, bytes).
 pub async fn sweep_orphans(ekko: &Ekko, grace: Duration) -> anyhow::Result<(usize, i64)> {
+    ekko.db()?
+        .run(crate::db::catalog_rebuilds::ensure_none)
+        .await?;
     let (mut deleted, mut bytes) = sweep_store(ekko, ekko.store.as_ref(), grace).await?;
     if let Some(replica) = &ekko.replica {
         // The second store being away must not fail the pass (the first

@@ -151,9 +151,25 @@ pub async fn upgrade_check(args: &ConfigArgs) -> Vec<Outcome> {
     out.push(schema);
     out.push(keys(&config, &db).await);
     if current {
+        out.push(catalog_rebuild(&db).await);
         out.push(host_versions(&db).await);
     }
     out
+}
+
+/// A catalog rebuild that started and did not finish: nothing deletes
+/// objects until it is redone.
+async fn catalog_rebuild(db: &Db) -> Outcome {
+    const CHECK: &str = "Catalog rebuild";
+    match db.run(crate::db::catalog_rebuilds::unfinished).await {
+        Ok(None) => outcome(CHECK, Verdict::Success, None),
+        Ok(Some((source, at))) => outcome(
+            CHECK,
+            Verdict::Failure,
+            Some(crate::db::catalog_rebuilds::interrupted(&source, at)),
+        ),
+        Err(e) => outcome(CHECK, Verdict::Failure, Some(e.to_string())),
+    }
 }
 
 fn configuration(config: &EkkoConfig) -> Outcome {

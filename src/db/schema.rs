@@ -292,6 +292,13 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    catalog_rebuilds (source) {
+        source -> Text,
+        started_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(disks -> instances (instance_id));
 diesel::joinable!(backup_disks -> backups (backup_id));
 diesel::joinable!(backup_disks -> disks (disk_id));
@@ -316,4 +323,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     exports,
     replica_objects,
     backup_replicas,
+    catalog_rebuilds,
 );

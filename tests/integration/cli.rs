@@ -13,6 +13,7 @@ fn bin(name: &str) -> Command {
         "ekko-api" => env!("CARGO_BIN_EXE_ekko-api"),
         "ekko-backup" => env!("CARGO_BIN_EXE_ekko-backup"),
         "ekko-retention" => env!("CARGO_BIN_EXE_ekko-retention"),
+        "ekko-status" => env!("CARGO_BIN_EXE_ekko-status"),
         other => panic!("no binary {other}"),
     };
     let mut c = Command::new(path);
@@ -261,6 +262,50 @@ impl Operator {
 
     fn ekko(&self, args: &[&str]) -> (bool, String) {
         self.run("ekko", args, &[])
+    }
+
+    /// The database is lost and a rebuild killed after its first backup:
+    /// the catalog knows part of the store. Until it is redone nothing
+    /// deletes objects (the orphan sweep, even with no grace, would take
+    /// every other backup), a second rebuild and `ekko-status` say what to
+    /// do; the caller redoes it and finds every backup.
+    fn interrupted_rebuild_deletes_nothing(&self) {
+        std::fs::remove_file(self.dir.path().join("state/ekko.sqlite")).unwrap();
+        let (ok, msg) = self.run("ekko-manage", &["db", "sync"], &[]);
+        assert!(ok, "{msg}");
+        let killed = [("EKKO_FAILPOINT", "rebuild.after-backup")];
+        let (ok, msg) = self.run("ekko-manage", &["catalog", "rebuild"], &killed);
+        assert!(!ok, "the failpoint kills the rebuild: {msg}");
+        let (ok, msg) = self.run("ekko-manage", &["catalog", "rebuild"], &[]);
+        assert!(!ok && msg.contains("has not finished"), "{msg}");
+        let out = run(bin("ekko-status")
+            .arg("--config-file")
+            .arg(&self.conf)
+            .args(["upgrade", "check"]));
+        let report = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{report}");
+        assert!(report.contains("Check: Catalog rebuild"), "{report}");
+
+        let objects = || walkdir_count(&self.dir.path().join("state/store"));
+        let before = objects();
+        let config =
+            ekko::config::EkkoConfig::load(std::slice::from_ref(&self.conf), std::iter::empty())
+                .unwrap();
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required)
+                .await
+                .unwrap();
+            let swept = ekko::retention::sweep_orphans(&ekko, Duration::ZERO).await;
+            assert!(
+                swept.unwrap_err().to_string().contains("has not finished"),
+                "the sweep refuses"
+            );
+            let pass = ekko::retention::run_pass(&ekko, false).await;
+            assert!(pass.is_err(), "retention refuses: {pass:?}");
+            let gc = ekko::retention::collect_garbage(&ekko, Duration::ZERO).await;
+            assert!(gc.is_err(), "garbage collection refuses: {gc:?}");
+        });
+        assert_eq!(objects(), before, "nothing was deleted");
     }
 
     fn backup_args(&self) -> Vec<String> {
@@ -516,6 +561,9 @@ fn catalog_rebuilt_from_the_store_restores_bit_exact() {
     let (ok, msg) = op.ekko(&["delete", &second]);
     assert!(ok, "{msg}");
 
+    // Lose the database; a rebuild is killed after its first backup.
+    op.interrupted_rebuild_deletes_nothing();
+
     // Lose the database, create an empty one, rebuild.
     std::fs::remove_file(op.dir.path().join("state/ekko.sqlite")).unwrap();
     let (ok, msg) = op.run("ekko-manage", &["db", "sync"], &[]);
@@ -552,4 +600,19 @@ fn catalog_rebuilt_from_the_store_restores_bit_exact() {
     // A second rebuild into a non-empty catalog is refused.
     let (ok, msg) = op.run("ekko-manage", &["catalog", "rebuild"], &[]);
     assert!(!ok && msg.contains("empty catalog"), "{msg}");
+}
+
+/// Files under `dir` (a local store's objects).
+fn walkdir_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                walkdir_count(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
 }

@@ -433,6 +433,54 @@ async fn a_second_store_that_is_the_first_is_refused() {
     assert!(format!("{err:#}").contains("another name"), "{err:#}");
 }
 
+/// The second store stops answering in the middle of a pass: the pass ends
+/// at the first backup that fails (not every pending backup through its
+/// retries), and the next pass, with the store back, copies them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_ends_when_the_second_store_stops_answering() {
+    let outside = tempfile::tempdir().unwrap();
+    let second = outside.path().join("second");
+    let Some(x) = setup(
+        "proj-down",
+        16,
+        &format!(
+            "[retention]\nscrub_percentage = 0\n[replication]\nbackend = local\n\
+             [replica_local_store]\npath = {}\n",
+            second.display()
+        ),
+    )
+    .await
+    else {
+        return;
+    };
+    x.qsd.write(0, 0, &pattern(11, 2 * MIB));
+    backup_instance(&x.ekko, &x.req).await.unwrap();
+    let pass = ekko::replication::run_pass(&x.ekko).await.unwrap();
+    assert_eq!(pass.backups_replicated, 1, "{pass:?}");
+    for seed in [12, 13, 14] {
+        x.qsd.write(0, seed * MIB, &pattern(seed, MIB));
+        backup_instance(&x.ekko, &x.req).await.unwrap();
+    }
+    // The second store's directory becomes a file: every request fails.
+    std::fs::remove_dir_all(&second).unwrap();
+    std::fs::write(&second, b"not a store").unwrap();
+    let err = ekko::replication::run_pass(&x.ekko).await.unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("replication pass stopped")
+            && err.contains("the second store does not answer"),
+        "{err}"
+    );
+    std::fs::remove_file(&second).unwrap();
+    std::fs::create_dir(&second).unwrap();
+    let pass = ekko::replication::run_pass(&x.ekko).await.unwrap();
+    assert_eq!(
+        (pass.backups_replicated, pass.backups_failed),
+        (3, 0),
+        "{pass:?}"
+    );
+}
+
 /// Every available backup restores from the first store; every one the
 /// catalog says the second store holds restores from there and has every
 /// object it needs there. Returns how many the second store holds.
@@ -648,9 +696,11 @@ async fn image_from_second_copy(
         .call(
             "POST",
             "/v1/restores",
-            Some(serde_json::json!({"restore": {"backup_id": backup, "source": "replica",
+            Some(
+                serde_json::json!({"restore": {"backup_id": backup, "source": "replica",
                 "target": {"type": "image", "name": "ekko-test-second-copy",
-                           "disk_format": "raw", "visibility": "private"}}})),
+                           "disk_format": "raw", "visibility": "private"}}}),
+            ),
         )
         .await;
     assert_eq!(s, 202, "{v}");
