@@ -46,6 +46,7 @@ pub mod images;
 pub mod instances;
 pub mod jobs;
 pub mod keys;
+pub mod leases;
 pub mod policies;
 pub mod quotas;
 pub mod replicas;

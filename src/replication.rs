@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use crate::backup::segment_object;
 use crate::db::backups::{self, BackupStatus};
 use crate::db::replicas::{self, UsedSegment};
-use crate::db::{keys, DbConnection, DbError, DbResult};
+use crate::db::{keys, leases, DbConnection, DbError, DbResult};
 use crate::keyring::KEY_OBJECT;
 use crate::store::{get_capped, ObjectStore, Replica, SMALL_OBJECT_MAX};
 use crate::Ekko;
@@ -59,10 +59,15 @@ pub struct ReplicationReport {
     pub backups_failed: usize,
     pub objects_copied: usize,
     pub bytes_copied: u64,
+    /// Another process was running this store's pass: this one did nothing.
+    pub busy: bool,
 }
 
 impl std::fmt::Display for ReplicationReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.busy {
+            return write!(f, "another process is running this store's pass");
+        }
         write!(
             f,
             "{} backups replicated ({} to retry), {} objects copied ({:.1} MiB)",
@@ -98,20 +103,70 @@ fn max_object(ekko: &Ekko) -> u64 {
     (2 * ekko.config.backup.segment_size.bytes()).max(64 << 20)
 }
 
-/// One replication pass (nothing without `[replication]`).
+/// How long a pass's lease lasts unless renewed, and how often it is.
+const LEASE_TTL: chrono::Duration = chrono::Duration::minutes(5);
+const LEASE_RENEWAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One replication pass (nothing without `[replication]`), by one process
+/// at a time per second store (a lease in the catalog, renewed while the
+/// pass runs; a holder that dies loses it after [`LEASE_TTL`]).
 pub async fn run_pass(ekko: &Ekko) -> anyhow::Result<ReplicationReport> {
     let mut report = ReplicationReport::default();
     let Some(replica) = ekko.replica.clone() else {
         return Ok(report);
     };
-    ekko.db()?
-        .run(crate::db::catalog_rebuilds::ensure_none)
-        .await?;
+    let db = ekko.db()?.clone();
+    db.run(crate::db::catalog_rebuilds::ensure_none).await?;
+    let lease = format!("replication:{}", replica.key);
+    let holder = format!(
+        "{}:{}:{}",
+        ekko.config.default.host,
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let take = |db: crate::db::Db, lease: String, holder: String| async move {
+        db.run(move |c| leases::take(c, &lease, &holder, LEASE_TTL))
+            .await
+    };
+    if !take(db.clone(), lease.clone(), holder.clone()).await? {
+        tracing::info!(store = %replica.name, "another process is running this store's replication pass");
+        report.busy = true;
+        return Ok(report);
+    }
+    // Renewed in the background (one backup's copy may outlast the TTL);
+    // a lease lost to another process ends this pass.
+    let pass = copy_pending(ekko, &replica, &mut report);
+    let renewal = async {
+        loop {
+            tokio::time::sleep(LEASE_RENEWAL).await;
+            match take(db.clone(), lease.clone(), holder.clone()).await {
+                Ok(true) => {}
+                Ok(false) => return anyhow::anyhow!("another process took over the pass"),
+                Err(e) => return anyhow::Error::from(e).context("renewing the pass's lease"),
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = pass => r,
+        lost = renewal => Err(lost),
+    };
+    if let Err(e) = db.run(move |c| leases::release(c, &lease, &holder)).await {
+        tracing::warn!(error = %e, "replication lease not released: it runs out by itself");
+    }
+    outcome.map(|()| report)
+}
+
+/// The pass proper: every backup the second store does not hold yet.
+async fn copy_pending(
+    ekko: &Ekko,
+    replica: &Replica,
+    report: &mut ReplicationReport,
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     replica
         .check_distinct(ekko.store.as_ref(), &ekko.config.swift.container_prefix)
         .await?;
-    sync_project_keys(ekko, &replica, &mut report).await?;
+    sync_project_keys(ekko, replica, report).await?;
     let db = ekko.db()?.clone();
     let mut failed: HashSet<String> = HashSet::new();
     loop {
@@ -129,7 +184,7 @@ pub async fn run_pass(ekko: &Ekko) -> anyhow::Result<ReplicationReport> {
             break;
         }
         for (id, project) in todo {
-            match replicate_backup(ekko, &replica, &id, &project, &mut report).await {
+            match replicate_backup(ekko, replica, &id, &project, report).await {
                 Ok(true) => report.backups_replicated += 1,
                 // Deleted meanwhile: nothing to hold.
                 Ok(false) => {
@@ -142,8 +197,8 @@ pub async fn run_pass(ekko: &Ekko) -> anyhow::Result<ReplicationReport> {
                     // A store that stopped answering fails every backup
                     // after this one, each through its retries: the pass
                     // ends and the next one starts over.
-                    if let Err(down) = reachable(ekko, &replica).await {
-                        count_pass(&report, started.elapsed());
+                    if let Err(down) = reachable(ekko, replica).await {
+                        count_pass(report, started.elapsed());
                         return Err(down.context("replication pass stopped"));
                     }
                 }
@@ -153,9 +208,9 @@ pub async fn run_pass(ekko: &Ekko) -> anyhow::Result<ReplicationReport> {
             break;
         }
     }
-    count_pass(&report, started.elapsed());
+    count_pass(report, started.elapsed());
     tracing::info!(store = %replica.name, %report, "replication pass");
-    Ok(report)
+    Ok(())
 }
 
 /// Whether both stores answer: a HEAD of an object that does not exist

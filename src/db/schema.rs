@@ -299,6 +299,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    leases (name) {
+        name -> Text,
+        holder -> Text,
+        expires_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(disks -> instances (instance_id));
 diesel::joinable!(backup_disks -> backups (backup_id));
 diesel::joinable!(backup_disks -> disks (disk_id));
@@ -324,4 +332,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     replica_objects,
     backup_replicas,
     catalog_rebuilds,
+    leases,
 );

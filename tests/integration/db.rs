@@ -18,6 +18,7 @@ fn suite(db: &Db) {
     jobs_end_once(&mut c);
     a_host_cannot_take_an_instance_its_host_still_reports(&mut c);
     a_disk_is_not_retired_under_a_backup(&mut c);
+    a_lease_has_one_holder_until_it_runs_out(&mut c);
     drop(c);
     rows_from_before_last_seen_count_as_seen(db);
 }
@@ -554,4 +555,27 @@ fn rows_from_before_last_seen_count_as_seen(db: &Db) {
             .all(|s| s.is_some_and(|s| s > before && s < now() + chrono::Duration::seconds(5))),
         "seen at the upgrade (UTC): {seen:?}"
     );
+}
+
+fn a_lease_has_one_holder_until_it_runs_out(c: &mut DbConnection) {
+    use chrono::Duration;
+    use ekko::db::leases;
+    let name = "replication:test";
+    let minute = Duration::minutes(1);
+    assert!(leases::take(c, name, "a", minute).unwrap());
+    assert!(!leases::take(c, name, "b", minute).unwrap(), "a has it");
+    assert!(leases::take(c, name, "a", minute).unwrap(), "a renews");
+    assert_eq!(leases::holder(c, name).unwrap().as_deref(), Some("a"));
+    // b's release does not free a's lease; a's does.
+    leases::release(c, name, "b").unwrap();
+    assert!(!leases::take(c, name, "b", minute).unwrap());
+    leases::release(c, name, "a").unwrap();
+    assert_eq!(leases::holder(c, name).unwrap(), None);
+    assert!(leases::take(c, name, "b", minute).unwrap());
+    // A holder that died: its lease runs out and another takes it.
+    leases::release(c, name, "b").unwrap();
+    assert!(leases::take(c, name, "dead", -minute).unwrap());
+    assert_eq!(leases::holder(c, name).unwrap(), None, "run out");
+    assert!(leases::take(c, name, "c", minute).unwrap());
+    assert!(!leases::take(c, name, "dead", minute).unwrap());
 }

@@ -546,7 +546,19 @@ async fn noauth_api(dir: &Path, extra: &str) -> (String, Service) {
 struct Apache(std::process::Child);
 
 impl Drop for Apache {
+    /// SIGTERM: the parent stops its workers (SIGKILL of the parent would
+    /// leave them running, holding the port and the test's inherited
+    /// file descriptors); SIGKILL only if it does not stop.
     fn drop(&mut self) {
+        // SAFETY: sending a signal has no memory-safety effect.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

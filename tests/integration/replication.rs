@@ -312,6 +312,8 @@ async fn retention_on_both_stores_with_replication_killed_at_random_loses_nothin
         let ms = 300 + next() % 2500;
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         worker.kill9();
+        // Time passes for what it held (its pass's lease, its claims).
+        crate::retention::expire_claims(&x.db).await;
     }
     // Lagging or not, what is there must be whole: check now, then let a
     // last retention and replication pass finish the work and check again.
@@ -435,9 +437,10 @@ async fn a_second_store_that_is_the_first_is_refused() {
 
 /// The second store stops answering in the middle of a pass: the pass ends
 /// at the first backup that fails (not every pending backup through its
-/// retries), and the next pass, with the store back, copies them all.
+/// retries), and the next pass, with the store back, copies them all. One
+/// process at a time runs a store's pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pass_ends_when_the_second_store_stops_answering() {
+async fn a_pass_ends_when_a_store_stops_answering_and_one_process_runs_it() {
     let outside = tempfile::tempdir().unwrap();
     let second = outside.path().join("second");
     let Some(x) = setup(
@@ -479,6 +482,34 @@ async fn a_pass_ends_when_the_second_store_stops_answering() {
         (3, 0),
         "{pass:?}"
     );
+
+    // Another process is running this store's pass (its lease in the
+    // catalog): this one copies nothing, then takes over once it is given
+    // up.
+    x.qsd.write(0, 3 * MIB, &pattern(15, MIB));
+    backup_instance(&x.ekko, &x.req).await.unwrap();
+    let lease = format!("replication:{}", replica(&x).key);
+    let other = |take: bool| {
+        let lease = lease.clone();
+        x.db.run(move |c| {
+            if take {
+                ekko::db::leases::take(c, &lease, "other", chrono::Duration::minutes(5))
+            } else {
+                ekko::db::leases::release(c, &lease, "other").map(|()| true)
+            }
+        })
+    };
+    assert!(other(true).await.unwrap());
+    let pass = ekko::replication::run_pass(&x.ekko).await.unwrap();
+    assert!(pass.busy && pass.backups_replicated == 0, "{pass:?}");
+    other(false).await.unwrap();
+    let pass = ekko::replication::run_pass(&x.ekko).await.unwrap();
+    assert_eq!(pass.backups_replicated, 1, "{pass:?}");
+    let lease_left =
+        x.db.run(move |c| ekko::db::leases::holder(c, &lease))
+            .await
+            .unwrap();
+    assert_eq!(lease_left, None, "the pass gave its lease up");
 }
 
 /// Every available backup restores from the first store; every one the

@@ -35,13 +35,18 @@ pub struct Setup {
     _t: crate::helpers::TestDb,
 }
 
-/// Time passes for the claims of killed retention passes: they run out.
+/// Time passes for the claims and leases of killed retention passes: they
+/// run out.
 pub async fn expire_claims(db: &ekko::db::Db) {
     db.run(|c| {
         use diesel::prelude::*;
-        use ekko::db::schema::segments as s;
+        use ekko::db::schema::{leases as l, segments as s};
+        let past = chrono::Utc::now().naive_utc() - chrono::Duration::minutes(1);
         diesel::update(s::table.filter(s::status.eq("deleting")))
-            .set(s::claim_until.eq(chrono::Utc::now().naive_utc() - chrono::Duration::minutes(1)))
+            .set(s::claim_until.eq(past))
+            .execute(c)?;
+        diesel::update(l::table)
+            .set(l::expires_at.eq(past))
             .execute(c)?;
         Ok(())
     })
