@@ -42,38 +42,50 @@ pub async fn rebuild(ekko: &Ekko) -> anyhow::Result<RebuildReport> {
 }
 
 /// [`rebuild`] from `source`, still marked unfinished in the catalog: from
-/// the first commit until [`catalog_rebuilds::finish`], retention, garbage
-/// collection, the orphan sweep and replication refuse to run (the
+/// before the store is read until [`catalog_rebuilds::finish`], retention,
+/// garbage collection, the orphan sweep and replication refuse to run (the
 /// catalog knows only part of the store: they would delete the rest).
 async fn rebuild_unfinished(ekko: &Ekko, source: &str) -> anyhow::Result<RebuildReport> {
     let db = ekko.db()?.clone();
-    if let Some((from, at)) = db.run(catalog_rebuilds::unfinished).await? {
-        anyhow::bail!("{}", catalog_rebuilds::interrupted(&from, at));
-    }
-    anyhow::ensure!(
-        !db.run(backups::any).await?,
-        "the catalog already records backups; rebuild only into an empty catalog (run `ekko-manage db sync` on a new database)"
+    let (source, holder) = (
+        source.to_string(),
+        format!("{}:{}", ekko.config.default.host, std::process::id()),
     );
-    let prefix = &ekko.config.swift.container_prefix;
+    db.run(move |c| catalog_rebuilds::begin(c, &source, &holder))
+        .await?;
     let mut report = RebuildReport::default();
     // Read everything first: a store outage aborts the rebuild before the
     // catalog is touched, so it can simply be run again.
+    let plans = match plan_all(ekko, &mut report).await {
+        Ok(plans) => plans,
+        Err(e) => {
+            // Nothing committed: no partial catalog to guard.
+            if let Err(f) = db.run(catalog_rebuilds::finish).await {
+                tracing::warn!(error = %f, "the failed rebuild stays recorded: run it again");
+            }
+            return Err(e);
+        }
+    };
+    for plan in plans {
+        commit_project(ekko, plan, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Every project's plan, from the store alone.
+async fn plan_all(ekko: &Ekko, report: &mut RebuildReport) -> anyhow::Result<Vec<ProjectPlan>> {
+    let prefix = &ekko.config.swift.container_prefix;
     let mut plans = Vec::new();
     for container in ekko.store.containers(prefix).await? {
         let project = container[prefix.len()..].to_string();
         if project.is_empty() {
             continue;
         }
-        if let Some(plan) = plan_project(ekko, &container, &project, &mut report).await? {
+        if let Some(plan) = plan_project(ekko, &container, &project, report).await? {
             plans.push(plan);
         }
     }
-    let source = source.to_string();
-    db.run(move |c| catalog_rebuilds::begin(c, &source)).await?;
-    for plan in plans {
-        commit_project(ekko, plan, &mut report).await?;
-    }
-    Ok(report)
+    Ok(plans)
 }
 
 /// Rebuild an empty catalog from the second store of `[replication]` (the

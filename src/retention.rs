@@ -491,13 +491,29 @@ async fn sweep_store(
     for cont in store.containers(&prefix).await? {
         let project = cont[prefix.len()..].to_string();
         let p = project.clone();
-        let (known_segments, live_backups): (HashSet<i64>, HashSet<String>) = db
+        let known = db
             .run(move |c| {
+                // A rebuild may have started since the pass began.
+                crate::db::catalog_rebuilds::ensure_none(c)?;
+                if !backups::project_known(c, &p)? {
+                    return Ok(None);
+                }
                 let segs = segments::ids_of_project(c, &p)?;
                 let ids = backups::ids_that_may_count(c, &p)?;
-                Ok((segs.into_iter().collect(), ids.into_iter().collect()))
+                Ok(Some((
+                    segs.into_iter().collect(),
+                    ids.into_iter().collect(),
+                )))
             })
             .await?;
+        // A project the catalog never recorded a backup of is not Ekko's
+        // to judge: a lost catalog not rebuilt yet, or another deployment
+        // sharing the prefix. Its objects are left alone.
+        let Some((known_segments, live_backups)): Option<(HashSet<i64>, HashSet<String>)> = known
+        else {
+            tracing::info!(container = %cont, "not swept: the catalog records no backup of this project");
+            continue;
+        };
         // Objects carry the store's clock: the cutoff is taken on it. The
         // oldest job's start (the catalog's clock) is moved onto it by the
         // difference between the two clocks now.

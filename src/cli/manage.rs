@@ -199,6 +199,10 @@ pub fn main() -> anyhow::Result<()> {
                             "no second store is configured ([replication] backend = none)"
                         );
                         let report = crate::replication::run_pass(&ekko).await?;
+                        anyhow::ensure!(
+                            !report.busy,
+                            "no pass run: another process is running this store's pass (wait for it)"
+                        );
                         println!("{report}");
                         anyhow::ensure!(report.backups_failed == 0, "some backups were not replicated (see the log)");
                     }

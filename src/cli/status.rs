@@ -163,10 +163,10 @@ async fn catalog_rebuild(db: &Db) -> Outcome {
     const CHECK: &str = "Catalog rebuild";
     match db.run(crate::db::catalog_rebuilds::unfinished).await {
         Ok(None) => outcome(CHECK, Verdict::Success, None),
-        Ok(Some((source, at))) => outcome(
+        Ok(Some(r)) => outcome(
             CHECK,
             Verdict::Failure,
-            Some(crate::db::catalog_rebuilds::interrupted(&source, at)),
+            Some(crate::db::catalog_rebuilds::interrupted(&r)),
         ),
         Err(e) => outcome(CHECK, Verdict::Failure, Some(e.to_string())),
     }

@@ -248,6 +248,17 @@ fn delete_if_allowed_in(conn: &mut DbConnection, id: &str) -> DbResult<Backup> {
 }
 
 /// Whether the catalog records any backup at all.
+/// Whether the catalog has ever recorded a backup of `project_id` (rows
+/// stay when backups are deleted).
+pub fn project_known(conn: &mut DbConnection, project_id: &str) -> DbResult<bool> {
+    Ok(backups::table
+        .filter(backups::project_id.eq(project_id))
+        .select(backups::id)
+        .first::<String>(conn)
+        .optional()?
+        .is_some())
+}
+
 pub fn any(conn: &mut DbConnection) -> DbResult<bool> {
     Ok(backups::table
         .select(backups::id)

@@ -1,36 +1,72 @@
-//! A catalog rebuild in progress (`ekko-manage catalog rebuild`): from its
-//! first commit to its end the catalog knows only part of the store, and
-//! whatever deletes objects by what the catalog does not know (the orphan
-//! sweep, garbage collection, retention) would destroy committed backups.
+//! A catalog rebuild in progress (`ekko-manage catalog rebuild`): from
+//! before it reads the store until its end, the catalog knows only part of
+//! the store, and whatever deletes objects by what the catalog does not
+//! know (the orphan sweep, garbage collection, retention) would destroy
+//! committed backups.
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
 use super::schema::catalog_rebuilds;
-use super::{now, DbConnection, DbError, DbResult};
+use super::{backups, now, DbConnection, DbError, DbResult};
 
-/// Record that a rebuild from `source` (`primary` or `replica`) starts
-/// committing.
-pub fn begin(conn: &mut DbConnection, source: &str) -> DbResult<()> {
-    diesel::insert_into(catalog_rebuilds::table)
-        .values((
-            catalog_rebuilds::source.eq(source),
-            catalog_rebuilds::started_at.eq(now()),
-        ))
-        .execute(conn)?;
-    Ok(())
+/// The one row's key: one rebuild at a time.
+const ROW: i32 = 1;
+
+/// A rebuild that started and has not finished.
+#[derive(Debug, Clone, PartialEq, Queryable)]
+pub struct Rebuild {
+    pub source: String,
+    pub holder: String,
+    pub started_at: NaiveDateTime,
 }
 
-/// The rebuild is complete.
+/// Record that `holder` starts a rebuild from `source` (`primary` or
+/// `replica`) into an empty catalog, in one transaction with the check
+/// that it is empty. A row whose rebuild committed nothing (it failed or
+/// died while reading the store) is taken over; one whose rebuild
+/// committed backups means the catalog is partial: refused.
+pub fn begin(conn: &mut DbConnection, source: &str, holder: &str) -> DbResult<()> {
+    conn.transaction(|c| {
+        let committed = backups::any(c)?;
+        match unfinished(c)? {
+            Some(r) if committed => return Err(DbError::Conflict(interrupted(&r))),
+            Some(_) => finish(c)?,
+            None if committed => {
+                return Err(DbError::Conflict(
+                    "the catalog already records backups; rebuild only into an empty catalog \
+                     (run `ekko-manage db sync` on a new database)"
+                        .into(),
+                ))
+            }
+            None => {}
+        }
+        diesel::insert_into(catalog_rebuilds::table)
+            .values((
+                catalog_rebuilds::id.eq(ROW),
+                catalog_rebuilds::source.eq(source),
+                catalog_rebuilds::holder.eq(holder),
+                catalog_rebuilds::started_at.eq(now()),
+            ))
+            .execute(c)?;
+        Ok(())
+    })
+}
+
+/// The rebuild is complete (or failed before committing anything).
 pub fn finish(conn: &mut DbConnection) -> DbResult<()> {
     diesel::delete(catalog_rebuilds::table).execute(conn)?;
     Ok(())
 }
 
-/// A rebuild that started and has not finished: (source, started at).
-pub fn unfinished(conn: &mut DbConnection) -> DbResult<Option<(String, NaiveDateTime)>> {
+/// A rebuild that started and has not finished.
+pub fn unfinished(conn: &mut DbConnection) -> DbResult<Option<Rebuild>> {
     Ok(catalog_rebuilds::table
-        .select((catalog_rebuilds::source, catalog_rebuilds::started_at))
+        .select((
+            catalog_rebuilds::source,
+            catalog_rebuilds::holder,
+            catalog_rebuilds::started_at,
+        ))
         .first(conn)
         .optional()?)
 }
@@ -40,16 +76,25 @@ pub fn unfinished(conn: &mut DbConnection) -> DbResult<Option<(String, NaiveDate
 pub fn ensure_none(conn: &mut DbConnection) -> DbResult<()> {
     match unfinished(conn)? {
         None => Ok(()),
-        Some((source, at)) => Err(DbError::Conflict(interrupted(&source, at))),
+        Some(r) => Err(DbError::Conflict(interrupted(&r))),
     }
 }
 
 /// What to say of an unfinished rebuild.
-pub fn interrupted(source: &str, at: NaiveDateTime) -> String {
+pub fn interrupted(r: &Rebuild) -> String {
+    let flag = if r.source == "replica" {
+        " --from-replica"
+    } else {
+        ""
+    };
     format!(
-        "a catalog rebuild from the {source} store started at {at} has not finished: the \
-         catalog knows only part of the store, so nothing is deleted until it is redone \
-         (recreate the database: `ekko-manage db sync` on an empty one, then `ekko-manage \
-         catalog rebuild` again)"
+        "a catalog rebuild from the {} store (by {}) started at {} UTC has not finished: the \
+         catalog knows only part of the store, so nothing is deleted meanwhile. If it is still \
+         running, wait for it; if it was interrupted after committing backups, recreate the \
+         database (`ekko-manage db sync` on an empty one) and run `ekko-manage catalog \
+         rebuild{flag}` again",
+        r.source,
+        r.holder.escape_debug(),
+        r.started_at.format("%Y-%m-%d %H:%M:%S"),
     )
 }

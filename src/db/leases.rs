@@ -39,6 +39,16 @@ pub fn take(conn: &mut DbConnection, name: &str, holder: &str, ttl: Duration) ->
     }
 }
 
+/// Extend `holder`'s lease `name` by `ttl` from now: false if it has lost
+/// it (never creates one: a renewal that arrives after the release must not
+/// bring the lease back for a holder that is gone).
+pub fn renew(conn: &mut DbConnection, name: &str, holder: &str, ttl: Duration) -> DbResult<bool> {
+    let n = diesel::update(leases::table.find(name).filter(leases::holder.eq(holder)))
+        .set(leases::expires_at.eq(now() + ttl))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
 /// Give lease `name` up, if `holder` still has it.
 pub fn release(conn: &mut DbConnection, name: &str, holder: &str) -> DbResult<()> {
     diesel::delete(leases::table.find(name).filter(leases::holder.eq(holder))).execute(conn)?;

@@ -293,8 +293,10 @@ diesel::table! {
 }
 
 diesel::table! {
-    catalog_rebuilds (source) {
+    catalog_rebuilds (id) {
+        id -> Integer,
         source -> Text,
+        holder -> Text,
         started_at -> Timestamp,
     }
 }

@@ -264,15 +264,45 @@ impl Operator {
         self.run("ekko", args, &[])
     }
 
-    /// The database is lost and a rebuild killed after its first backup:
-    /// the catalog knows part of the store. Until it is redone nothing
-    /// deletes objects (the orphan sweep, even with no grace, would take
-    /// every other backup), a second rebuild and `ekko-status` say what to
-    /// do; the caller redoes it and finds every backup.
+    /// Run `f` on an [`ekko::Ekko`] of the operator's configuration.
+    fn with_ekko<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(ekko::Ekko) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let config =
+            ekko::config::EkkoConfig::load(std::slice::from_ref(&self.conf), std::iter::empty())
+                .unwrap();
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required)
+                .await
+                .unwrap();
+            f(ekko).await
+        });
+    }
+
+    /// The local store's objects.
+    fn objects(&self) -> usize {
+        walkdir_count(&self.dir.path().join("state/store"))
+    }
+
+    /// The database is lost. Before any rebuild, the orphan sweep (even
+    /// with no grace) leaves alone the projects the empty catalog never
+    /// recorded. Then a rebuild is killed after its first backup: the
+    /// catalog knows part of the store, and until it is redone nothing
+    /// deletes objects (the sweep would take every other backup), a second
+    /// rebuild and `ekko-status` say what to do; the caller redoes it.
     fn interrupted_rebuild_deletes_nothing(&self) {
         std::fs::remove_file(self.dir.path().join("state/ekko.sqlite")).unwrap();
         let (ok, msg) = self.run("ekko-manage", &["db", "sync"], &[]);
         assert!(ok, "{msg}");
+        let before = self.objects();
+        self.with_ekko(|ekko| async move {
+            let swept = ekko::retention::sweep_orphans(&ekko, Duration::ZERO).await;
+            assert_eq!(swept.unwrap(), (0, 0), "an unknown project is not swept");
+        });
+        assert_eq!(self.objects(), before, "nothing was deleted");
+
         let killed = [("EKKO_FAILPOINT", "rebuild.after-backup")];
         let (ok, msg) = self.run("ekko-manage", &["catalog", "rebuild"], &killed);
         assert!(!ok, "the failpoint kills the rebuild: {msg}");
@@ -284,17 +314,11 @@ impl Operator {
             .args(["upgrade", "check"]));
         let report = text(&out);
         assert_eq!(out.status.code(), Some(2), "{report}");
-        assert!(report.contains("Check: Catalog rebuild"), "{report}");
-
-        let objects = || walkdir_count(&self.dir.path().join("state/store"));
-        let before = objects();
-        let config =
-            ekko::config::EkkoConfig::load(std::slice::from_ref(&self.conf), std::iter::empty())
-                .unwrap();
-        tokio::runtime::Runtime::new().unwrap().block_on(async {
-            let ekko = ekko::Ekko::connect(config, ekko::ekko::Catalog::Required)
-                .await
-                .unwrap();
+        assert!(
+            report.contains("Check: Catalog rebuild") && report.contains("has not finished"),
+            "{report}"
+        );
+        self.with_ekko(|ekko| async move {
             let swept = ekko::retention::sweep_orphans(&ekko, Duration::ZERO).await;
             assert!(
                 swept.unwrap_err().to_string().contains("has not finished"),
@@ -305,7 +329,19 @@ impl Operator {
             let gc = ekko::retention::collect_garbage(&ekko, Duration::ZERO).await;
             assert!(gc.is_err(), "garbage collection refuses: {gc:?}");
         });
-        assert_eq!(objects(), before, "nothing was deleted");
+        assert_eq!(self.objects(), before, "nothing was deleted");
+    }
+
+    /// A rebuild that died while reading the store (it committed nothing)
+    /// left its mark: the next one takes over.
+    fn rebuild_died_reading(&self) {
+        self.with_ekko(|ekko| async move {
+            ekko.db()
+                .unwrap()
+                .run(|c| ekko::db::catalog_rebuilds::begin(c, "primary", "gone:1"))
+                .await
+                .unwrap();
+        });
     }
 
     fn backup_args(&self) -> Vec<String> {
@@ -568,6 +604,7 @@ fn catalog_rebuilt_from_the_store_restores_bit_exact() {
     std::fs::remove_file(op.dir.path().join("state/ekko.sqlite")).unwrap();
     let (ok, msg) = op.run("ekko-manage", &["db", "sync"], &[]);
     assert!(ok, "{msg}");
+    op.rebuild_died_reading();
     let (ok, msg) = op.run("ekko-manage", &["catalog", "rebuild"], &[]);
     assert!(
         ok && msg.contains("rebuilt 2 backup(s) of 1 project(s)"),
