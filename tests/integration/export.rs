@@ -54,6 +54,12 @@ impl Site {
 
     /// With `image` (a 64 MiB raw file) as the disk's contents.
     fn start_with(seed: u64, encrypted: bool, image: Option<&Path>) -> Site {
+        Site::start_full(seed, encrypted, image, false)
+    }
+
+    /// [`Site::start_with`], and with `second_copy` a second store
+    /// (`[replication] backend = local`, a directory of its own).
+    fn start_full(seed: u64, encrypted: bool, image: Option<&Path>, second_copy: bool) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let qdir = dir.path().join("qsd");
         std::fs::create_dir_all(&qdir).unwrap();
@@ -69,6 +75,12 @@ impl Site {
             "[DEFAULT]\nstate_path = {}\n",
             dir.path().join("state").display()
         );
+        if second_copy {
+            body.push_str(&format!(
+                "[replication]\nbackend = local\n[replica_local_store]\npath = {}\n",
+                dir.path().join("second").display()
+            ));
+        }
         if encrypted {
             let key = dir.path().join("master.key");
             std::fs::write(&key, ekko::crypto::MasterKey::generate_hex().unwrap()).unwrap();
@@ -527,7 +539,8 @@ fn a_qcow2_overlay_boots_from_the_backup_and_leaves_it_unchanged() {
 }
 
 /// File-level restore: a directory listing and a file's bytes come back
-/// from a backup of a real ext4 filesystem, nothing mounted.
+/// from a backup of a real ext4 filesystem, nothing mounted; and from its
+/// second copy once the first store's data is gone.
 #[test]
 fn files_of_an_ext4_backup_are_listed_and_copied_out() {
     let src = tempfile::tempdir().unwrap();
@@ -543,7 +556,7 @@ fn files_of_an_ext4_backup_are_listed_and_copied_out() {
         .arg(&fs)
         .arg("64M"));
     assert!(ok, "{msg}");
-    let s = Site::start_with(25, false, Some(&fs));
+    let s = Site::start_full(25, false, Some(&fs), true);
     let (id, _) = s.backup("ext4");
 
     let (ok, listing) = s.ekko(&["files", &id, "ls", "/data"]);
@@ -568,4 +581,45 @@ fn files_of_an_ext4_backup_are_listed_and_copied_out() {
     let (ok, msg) = s.ekko(&["files", &id, "get", "/hostname", out.to_str().unwrap()]);
     assert!(!ok && msg.contains("never overwritten"), "{msg}");
     assert!(std::fs::read(&out).unwrap() == blob);
+
+    // The second copy: replicated, then the first store's segments lost;
+    // `--from-replica` lists and copies out the same files.
+    let out = Command::new(env!("CARGO_BIN_EXE_ekko-manage"))
+        .arg("--config-file")
+        .arg(&s.conf)
+        .args(["replication", "run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    for segment in segments(&s.dir.path().join("state")) {
+        std::fs::remove_file(segment).unwrap();
+    }
+    let lost = s.path("lost.out");
+    let (ok, msg) = s.ekko(&[
+        "files",
+        &id,
+        "get",
+        "/data/blob.bin",
+        lost.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && !lost.exists(),
+        "the first store's data is gone: {msg}"
+    );
+    let (ok, listing) = s.ekko(&["files", &id, "--from-replica", "ls", "/data"]);
+    assert!(ok && listing.contains("blob.bin"), "{listing}");
+    let second = s.path("second.out");
+    let (ok, msg) = s.ekko(&[
+        "files",
+        &id,
+        "--from-replica",
+        "get",
+        "/data/blob.bin",
+        second.to_str().unwrap(),
+    ]);
+    assert!(ok, "{msg}");
+    assert!(
+        std::fs::read(&second).unwrap() == blob,
+        "the second copy's bytes"
+    );
 }
