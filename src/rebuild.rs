@@ -10,6 +10,8 @@
 //! skipped and reported, never half-imported.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use diesel::Connection;
 
@@ -36,22 +38,38 @@ pub struct RebuildReport {
 
 /// Rebuild an empty catalog from the store.
 pub async fn rebuild(ekko: &Ekko) -> anyhow::Result<RebuildReport> {
-    let report = rebuild_unfinished(ekko, "primary").await?;
-    ekko.db()?.run(catalog_rebuilds::finish).await?;
+    let holder = rebuild_holder(ekko);
+    let report = rebuild_unfinished(ekko, "primary", &holder).await?;
+    ekko.db()?
+        .run(move |c| catalog_rebuilds::finish(c, &holder))
+        .await?;
     Ok(report)
 }
 
-/// [`rebuild`] from `source`, still marked unfinished in the catalog: from
-/// before the store is read until [`catalog_rebuilds::finish`], retention,
-/// garbage collection, the orphan sweep and replication refuse to run (the
-/// catalog knows only part of the store: they would delete the rest).
-async fn rebuild_unfinished(ekko: &Ekko, source: &str) -> anyhow::Result<RebuildReport> {
+/// Who runs a rebuild: host, process and a nonce (a container's process
+/// is often pid 1).
+fn rebuild_holder(ekko: &Ekko) -> String {
+    format!(
+        "{}:{}:{}",
+        ekko.config.default.host,
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// [`rebuild`] from `source` by `holder`, still marked unfinished in the
+/// catalog: from before the store is read until
+/// [`catalog_rebuilds::finish`], retention, garbage collection, the orphan
+/// sweep and replication refuse to run (the catalog knows only part of the
+/// store: they would delete the rest).
+async fn rebuild_unfinished(
+    ekko: &Ekko,
+    source: &str,
+    holder: &str,
+) -> anyhow::Result<RebuildReport> {
     let db = ekko.db()?.clone();
-    let (source, holder) = (
-        source.to_string(),
-        format!("{}:{}", ekko.config.default.host, std::process::id()),
-    );
-    db.run(move |c| catalog_rebuilds::begin(c, &source, &holder))
+    let (source, h) = (source.to_string(), holder.to_string());
+    db.run(move |c| catalog_rebuilds::begin(c, &source, &h))
         .await?;
     let mut report = RebuildReport::default();
     // Read everything first: a store outage aborts the rebuild before the
@@ -60,14 +78,15 @@ async fn rebuild_unfinished(ekko: &Ekko, source: &str) -> anyhow::Result<Rebuild
         Ok(plans) => plans,
         Err(e) => {
             // Nothing committed: no partial catalog to guard.
-            if let Err(f) = db.run(catalog_rebuilds::finish).await {
+            let h = holder.to_string();
+            if let Err(f) = db.run(move |c| catalog_rebuilds::finish(c, &h)).await {
                 tracing::warn!(error = %f, "the failed rebuild stays recorded: run it again");
             }
             return Err(e);
         }
     };
     for plan in plans {
-        commit_project(ekko, plan, &mut report).await?;
+        commit_project(ekko, plan, holder, &mut report).await?;
     }
     Ok(report)
 }
@@ -97,9 +116,13 @@ pub async fn rebuild_from_replica(ekko: &Ekko) -> anyhow::Result<RebuildReport> 
         anyhow::anyhow!("no second store is configured ([replication] backend = none)")
     })?;
     let second = ekko.reading_from(replica.store.clone())?;
-    let report = rebuild_unfinished(&second, "replica").await?;
+    let holder = rebuild_holder(ekko);
+    let report = rebuild_unfinished(&second, "replica", &holder).await?;
     crate::replication::record_rebuilt(&second, &replica).await?;
-    second.db()?.run(catalog_rebuilds::finish).await?;
+    second
+        .db()?
+        .run(move |c| catalog_rebuilds::finish(c, &holder))
+        .await?;
     Ok(report)
 }
 
@@ -308,9 +331,12 @@ async fn load_relocations(
 async fn commit_project(
     ekko: &Ekko,
     plan: ProjectPlan,
+    holder: &str,
     report: &mut RebuildReport,
 ) -> anyhow::Result<()> {
     let db = ekko.db()?.clone();
+    // Set when another rebuild has taken the mark over: this one stops.
+    let taken_over = Arc::new(AtomicBool::new(false));
     let ProjectPlan {
         segment_sizes,
         relocations,
@@ -348,9 +374,16 @@ async fn commit_project(
                 (*s, (at, segment_sizes[&at] as i64, chunk_counts[&at]))
             })
             .collect();
+        let (h, lost) = (holder.to_string(), taken_over.clone());
         let committed = db
             .run(move |c| {
                 c.transaction(|c| {
+                    if !catalog_rebuilds::holds(c, &h)? {
+                        lost.store(true, Ordering::SeqCst);
+                        return Err(crate::db::DbError::Conflict(
+                            "another catalog rebuild took over".into(),
+                        ));
+                    }
                     let m = m2;
                     let name = if m.instance_name.is_empty() {
                         &m.instance_id
@@ -433,6 +466,11 @@ async fn commit_project(
                 })
             })
             .await;
+        anyhow::ensure!(
+            !taken_over.load(Ordering::SeqCst),
+            "another catalog rebuild took this one's mark over while it read the store: this \
+             one stops (the other goes on)"
+        );
         match committed {
             Ok((heads, known)) => {
                 for (disk, refs) in heads {

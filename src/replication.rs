@@ -134,15 +134,24 @@ pub async fn run_pass(ekko: &Ekko) -> anyhow::Result<ReplicationReport> {
     // a lease lost to another process ends this pass.
     let pass = copy_pending(ekko, &replica, &mut report);
     let renewal = async {
+        let mut renewed = std::time::Instant::now();
         loop {
             tokio::time::sleep(LEASE_RENEWAL).await;
             let (l, h) = (lease.clone(), holder.clone());
             match db.run(move |c| leases::renew(c, &l, &h, LEASE_TTL)).await {
-                Ok(true) => {}
+                Ok(true) => renewed = std::time::Instant::now(),
                 Ok(false) => return anyhow::anyhow!("another process took over the pass"),
-                // The lease lasts LEASE_TTL: a few failed renewals are
-                // survived, the next one tries again.
+                // A few failed renewals are survived; not past the point
+                // where the lease may run out and another pass start.
                 Err(e) => {
+                    let left = LEASE_TTL
+                        .to_std()
+                        .unwrap_or_default()
+                        .saturating_sub(2 * LEASE_RENEWAL);
+                    if renewed.elapsed() >= left {
+                        return anyhow::Error::from(e)
+                            .context("the pass's lease could not be renewed");
+                    }
                     tracing::warn!(error = %e, "replication lease not renewed yet");
                 }
             }

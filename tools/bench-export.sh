@@ -17,6 +17,7 @@
 # a local directory (source /var/lib/ekko-openstack/env.sh first): object
 # round trips, where merged ranged GETs count.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 size_mib=${1:-1024}
@@ -61,12 +62,14 @@ rm -f "$work/disk.qcow2"
 # land on whichever runs first) and the store's objects read once: restores
 # and copies alternate, RUNS of each, medians compared.
 runs=${EKKO_BENCH_RUNS:-3}
+(( runs >= 1 )) || { echo "EKKO_BENCH_RUNS must be at least 1" >&2; exit 1; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 timed_restore() {
     sync
     local t0
     t0=$(now)
-    ekko restore "$id" --output "$work/restored.raw" >/dev/null 2>&1
+    ekko restore "$id" --output "$work/restored.raw" >/dev/null 2>&1 \
+        || { echo "ekko restore failed" >&2; return 1; }
     secs "$t0" "$(now)"
     rm -f "$work/restored.raw"
 }
@@ -89,12 +92,14 @@ kill -TERM "$exp_pid"; wait "$exp_pid" || true; exp_pid=
 # restores.
 restores=() copies=()
 for _ in $(seq "$runs"); do
-    restores+=("$(timed_restore)")
+    t=$(timed_restore)
+    restores+=("$t")
     rm -f "$sock"
     "$EKKO_BIN" --config-file "$work/ekko.conf" export "$id" --socket "$sock" --cache "$cache" \
         >>"$work/export.log" 2>&1 &
     exp_pid=$!
     for _ in $(seq 200); do [[ -S $sock ]] && break; sleep 0.05; done
+    [[ -S $sock ]] || { echo "the export did not start:" >&2; cat "$work/export.log" >&2; exit 1; }
     sync
     t0=$(now)
     nbdcopy "nbd+unix:///?socket=$sock" "$work/copy.raw"

@@ -247,7 +247,6 @@ fn delete_if_allowed_in(conn: &mut DbConnection, id: &str) -> DbResult<Backup> {
     Ok(b)
 }
 
-/// Whether the catalog records any backup at all.
 /// Whether the catalog has ever recorded a backup of `project_id` (rows
 /// stay when backups are deleted).
 pub fn project_known(conn: &mut DbConnection, project_id: &str) -> DbResult<bool> {
@@ -259,6 +258,7 @@ pub fn project_known(conn: &mut DbConnection, project_id: &str) -> DbResult<bool
         .is_some())
 }
 
+/// Whether the catalog records any backup at all.
 pub fn any(conn: &mut DbConnection) -> DbResult<bool> {
     Ok(backups::table
         .select(backups::id)

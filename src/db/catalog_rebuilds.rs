@@ -31,7 +31,9 @@ pub fn begin(conn: &mut DbConnection, source: &str, holder: &str) -> DbResult<()
         let committed = backups::any(c)?;
         match unfinished(c)? {
             Some(r) if committed => return Err(DbError::Conflict(interrupted(&r))),
-            Some(_) => finish(c)?,
+            Some(_) => {
+                diesel::delete(catalog_rebuilds::table).execute(c)?;
+            }
             None if committed => {
                 return Err(DbError::Conflict(
                     "the catalog already records backups; rebuild only into an empty catalog \
@@ -41,21 +43,50 @@ pub fn begin(conn: &mut DbConnection, source: &str, holder: &str) -> DbResult<()
             }
             None => {}
         }
-        diesel::insert_into(catalog_rebuilds::table)
+        let inserted = diesel::insert_into(catalog_rebuilds::table)
             .values((
                 catalog_rebuilds::id.eq(ROW),
                 catalog_rebuilds::source.eq(source),
                 catalog_rebuilds::holder.eq(holder),
                 catalog_rebuilds::started_at.eq(now()),
             ))
-            .execute(c)?;
-        Ok(())
+            .execute(c)
+            .map_err(DbError::from);
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_unique_violation() => Err(DbError::Conflict(
+                "another catalog rebuild started meanwhile: wait for it".into(),
+            )),
+            Err(e) => Err(e),
+        }
     })
 }
 
-/// The rebuild is complete (or failed before committing anything).
-pub fn finish(conn: &mut DbConnection) -> DbResult<()> {
-    diesel::delete(catalog_rebuilds::table).execute(conn)?;
+/// Whether `holder` still has the mark: a rebuild checks it in each of its
+/// commits' transactions (the update locks the row until the commit), so
+/// one whose mark another rebuild took over (while it was still reading
+/// the store, the mark looked abandoned) stops instead of committing
+/// beside it.
+pub fn holds(conn: &mut DbConnection, holder: &str) -> DbResult<bool> {
+    let n = diesel::update(
+        catalog_rebuilds::table
+            .find(ROW)
+            .filter(catalog_rebuilds::holder.eq(holder)),
+    )
+    .set(catalog_rebuilds::holder.eq(holder))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// `holder`'s rebuild is complete (or failed before committing anything):
+/// its mark goes, never another rebuild's.
+pub fn finish(conn: &mut DbConnection, holder: &str) -> DbResult<()> {
+    diesel::delete(
+        catalog_rebuilds::table
+            .find(ROW)
+            .filter(catalog_rebuilds::holder.eq(holder)),
+    )
+    .execute(conn)?;
     Ok(())
 }
 
@@ -90,9 +121,9 @@ pub fn interrupted(r: &Rebuild) -> String {
     format!(
         "a catalog rebuild from the {} store (by {}) started at {} UTC has not finished: the \
          catalog knows only part of the store, so nothing is deleted meanwhile. If it is still \
-         running, wait for it; if it was interrupted after committing backups, recreate the \
-         database (`ekko-manage db sync` on an empty one) and run `ekko-manage catalog \
-         rebuild{flag}` again",
+         running, wait for it; if it was interrupted, run `ekko-manage catalog rebuild{flag}` \
+         again (after recreating the database with `ekko-manage db sync` on an empty one if \
+         it had committed backups)",
         r.source,
         r.holder.escape_debug(),
         r.started_at.format("%Y-%m-%d %H:%M:%S"),

@@ -10,6 +10,7 @@ use crate::helpers::{mariadb_db, sqlite_db};
 fn suite(db: &Db) {
     fresh_database_needs_sync(db);
     let mut c = db.conn().expect("connection");
+    a_rebuild_mark_has_one_holder(&mut c);
     hosts_register_on_first_heartbeat(&mut c);
     instances_keep_disk_ids_across_reports(&mut c);
     backup_state_machine(&mut c);
@@ -19,6 +20,7 @@ fn suite(db: &Db) {
     a_host_cannot_take_an_instance_its_host_still_reports(&mut c);
     a_disk_is_not_retired_under_a_backup(&mut c);
     a_lease_has_one_holder_until_it_runs_out(&mut c);
+    a_rebuild_needs_an_empty_catalog(&mut c);
     drop(c);
     rows_from_before_last_seen_count_as_seen(db);
 }
@@ -578,4 +580,35 @@ fn a_lease_has_one_holder_until_it_runs_out(c: &mut DbConnection) {
     assert_eq!(leases::holder(c, name).unwrap(), None, "run out");
     assert!(leases::take(c, name, "c", minute).unwrap());
     assert!(!leases::take(c, name, "dead", minute).unwrap());
+}
+
+/// A catalog rebuild's mark (empty catalog): a second rebuild takes over a
+/// mark whose rebuild committed nothing, and the first then no longer
+/// holds it (its commits stop) nor can clear it.
+fn a_rebuild_mark_has_one_holder(c: &mut DbConnection) {
+    use ekko::db::catalog_rebuilds as rebuilds;
+    rebuilds::begin(c, "primary", "a").unwrap();
+    assert!(rebuilds::holds(c, "a").unwrap());
+    assert!(rebuilds::ensure_none(c).is_err());
+    rebuilds::begin(c, "replica", "b").unwrap();
+    assert!(!rebuilds::holds(c, "a").unwrap(), "taken over");
+    assert!(rebuilds::holds(c, "b").unwrap());
+    rebuilds::finish(c, "a").unwrap();
+    let left = rebuilds::unfinished(c).unwrap().unwrap();
+    assert_eq!(
+        (left.source.as_str(), left.holder.as_str()),
+        ("replica", "b")
+    );
+    assert!(rebuilds::interrupted(&left).contains("--from-replica"));
+    rebuilds::finish(c, "b").unwrap();
+    assert!(rebuilds::unfinished(c).unwrap().is_none());
+    rebuilds::ensure_none(c).unwrap();
+}
+
+/// Once the catalog records backups, no rebuild starts.
+fn a_rebuild_needs_an_empty_catalog(c: &mut DbConnection) {
+    use ekko::db::catalog_rebuilds as rebuilds;
+    let err = rebuilds::begin(c, "primary", "late").unwrap_err();
+    assert!(err.to_string().contains("already records backups"), "{err}");
+    assert!(rebuilds::unfinished(c).unwrap().is_none());
 }
