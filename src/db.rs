@@ -123,6 +123,16 @@ impl DbError {
 
 pub type DbResult<T> = Result<T, DbError>;
 
+/// An insert that may lose a race to an equal key: true if it inserted,
+/// false if the row was there already.
+pub fn inserted_once(inserted: diesel::QueryResult<usize>) -> DbResult<bool> {
+    match inserted.map_err(DbError::from) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_unique_violation() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// r2d2 manager that opens the right backend and prepares each connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionManager {

@@ -50,15 +50,13 @@ pub fn begin(conn: &mut DbConnection, source: &str, holder: &str) -> DbResult<()
                 catalog_rebuilds::holder.eq(holder),
                 catalog_rebuilds::started_at.eq(now()),
             ))
-            .execute(c)
-            .map_err(DbError::from);
-        match inserted {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_unique_violation() => Err(DbError::Conflict(
+            .execute(c);
+        if !super::inserted_once(inserted)? {
+            return Err(DbError::Conflict(
                 "another catalog rebuild started meanwhile: wait for it".into(),
-            )),
-            Err(e) => Err(e),
+            ));
         }
+        Ok(())
     })
 }
 

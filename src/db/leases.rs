@@ -29,14 +29,9 @@ pub fn take(conn: &mut DbConnection, name: &str, holder: &str, ttl: Duration) ->
             leases::holder.eq(holder),
             leases::expires_at.eq(until),
         ))
-        .execute(conn)
-        .map_err(super::DbError::from);
-    match inserted {
-        Ok(_) => Ok(true),
-        // Another holder has it (and it has not run out).
-        Err(e) if e.is_unique_violation() => Ok(false),
-        Err(e) => Err(e),
-    }
+        .execute(conn);
+    // Not inserted: another holder has it (and it has not run out).
+    super::inserted_once(inserted)
 }
 
 /// Extend `holder`'s lease `name` by `ttl` from now: false if it has lost

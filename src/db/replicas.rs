@@ -14,7 +14,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::schema::{backup_replicas, replica_objects};
-use super::{now, DbConnection, DbError, DbResult};
+use super::{now, DbConnection, DbResult};
 
 /// Names per `IN (…)` list.
 const IN_BATCH: usize = 500;
@@ -38,11 +38,8 @@ pub fn record_object(
             replica_objects::copied_at.eq(now()),
         ))
         .execute(conn);
-    match inserted.map_err(DbError::from) {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_unique_violation() => Ok(()),
-        Err(e) => Err(e),
-    }
+    // Already recorded (a pass before, or another process): the same fact.
+    super::inserted_once(inserted).map(drop)
 }
 
 /// Which of `names` `store` holds for the project.
@@ -182,11 +179,8 @@ pub fn mark_backup(
             backup_replicas::copied_at.eq(now()),
         ))
         .execute(conn);
-    match inserted.map_err(DbError::from) {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_unique_violation() => Ok(()),
-        Err(e) => Err(e),
-    }
+    // Already recorded (a pass before, or another process): the same fact.
+    super::inserted_once(inserted).map(drop)
 }
 
 /// The stores that hold a backup whole: (store key, when it was copied).

@@ -216,6 +216,17 @@ impl RabbitQueue {
         Ok(channel)
     }
 
+    /// A new channel on the link (connecting if it is down), for a caller
+    /// that closes it: nothing it does can close the publishing channel.
+    async fn own_channel(&self) -> QueueResult<Channel> {
+        self.publish_channel().await?;
+        let link = self.inner.link.lock().await;
+        let l = link
+            .as_ref()
+            .ok_or_else(|| unavailable("no link to the broker"))?;
+        l.connection.create_channel().await.map_err(unavailable)
+    }
+
     async fn publish_once(
         &self,
         routing_key: &str,
@@ -333,16 +344,9 @@ impl MessageQueue for RabbitQueue {
     }
 
     async fn ping(&self) -> QueueResult<()> {
-        self.publish_channel().await?;
         // Opening and closing a channel is a broker round trip that no
         // permission guards (a compute host may publish `status.*` only).
-        let channel = {
-            let link = self.inner.link.lock().await;
-            let l = link
-                .as_ref()
-                .ok_or_else(|| unavailable("no link to the broker"))?;
-            l.connection.create_channel().await.map_err(unavailable)?
-        };
+        let channel = self.own_channel().await?;
         channel
             .close(200, "health check".into())
             .await
@@ -350,16 +354,9 @@ impl MessageQueue for RabbitQueue {
     }
 
     async fn depth(&self, queue: &str) -> QueueResult<Option<u64>> {
-        self.publish_channel().await?;
         // A channel of its own: a passive declare of a missing queue closes
         // the channel it is sent on.
-        let channel = {
-            let link = self.inner.link.lock().await;
-            let l = link
-                .as_ref()
-                .ok_or_else(|| unavailable("no link to the broker"))?;
-            l.connection.create_channel().await.map_err(unavailable)?
-        };
+        let channel = self.own_channel().await?;
         let declared = channel
             .queue_declare(
                 queue.into(),

@@ -254,8 +254,6 @@ pub async fn restore_backup(
     restore_backup_from(ekko, backup_id, device, path, format, progress, false).await
 }
 
-/// [`restore_backup`], from the backup's copy in the second store
-/// (`[replication]`) when `second_copy` is set.
 /// A reader of `backup`'s records: the first store's, or its copy in the
 /// second store (`[replication]`).
 async fn reader_of(
@@ -276,6 +274,8 @@ async fn reader_of(
         })
 }
 
+/// [`restore_backup`], from the backup's copy in the second store
+/// (`[replication]`) when `second_copy` is set.
 pub async fn restore_backup_from(
     ekko: &Ekko,
     backup_id: &str,

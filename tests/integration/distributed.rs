@@ -129,7 +129,7 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     std::os::unix::fs::symlink(outside.join("x.raw"), restores.join("x.raw")).unwrap();
     std::os::unix::fs::symlink(&outside, restores.join("d")).unwrap();
     for path in ["x.raw", "d/y.raw", "d/sub/z.qcow2"] {
-        let v = api_restore(&c, &last[0], path, wait).await;
+        let v = api_restore(&c, &last[0], path, None, wait).await;
         assert_eq!(v["status"], "error", "{path}: {v}");
     }
     let escaped: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
@@ -138,8 +138,8 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
         "written outside restore_dir: {escaped:?}"
     );
     let (first, second) = tokio::join!(
-        api_restore(&c, &last[0], "both.raw", wait),
-        api_restore(&c, &last[1], "both.raw", wait)
+        api_restore(&c, &last[0], "both.raw", None, wait),
+        api_restore(&c, &last[1], "both.raw", None, wait)
     );
     let done = [&first, &second];
     let won: Vec<usize> = (0..2)
@@ -494,22 +494,33 @@ async fn api_jobs_reach_the_right_host_and_survive_worker_crashes() {
     c.assert_restores(bh, &id, "after-sigterm-b");
 }
 
-/// Ask for a restore of `backup` to `path` on the restore side (host a)
-/// and wait for it to end.
-async fn api_restore(
+/// Ask for a restore of `backup` to `path` on the restore side (host a),
+/// reading `source` (the API's default when `None`): the API's answer.
+pub(crate) async fn request_restore(
     c: &crate::cluster::Cluster,
     backup: &str,
     path: &str,
+    source: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut restore = json!({"backup_id": backup,
+        "target": {"type": "file", "path": path, "host": c.hosts[0].name}});
+    if let Some(source) = source {
+        restore["source"] = json!(source);
+    }
+    c.admin
+        .call("POST", "/v1/restores", Some(json!({ "restore": restore })))
+        .await
+}
+
+/// [`request_restore`], accepted, and waited for until it ends.
+pub(crate) async fn api_restore(
+    c: &crate::cluster::Cluster,
+    backup: &str,
+    path: &str,
+    source: Option<&str>,
     wait: Duration,
 ) -> serde_json::Value {
-    let (s, v) = c
-        .admin
-        .call(
-            "POST",
-            "/v1/restores",
-            Some(json!({"restore": {"backup_id": backup, "target": {"type": "file", "path": path, "host": c.hosts[0].name}}})),
-        )
-        .await;
+    let (s, v) = request_restore(c, backup, path, source).await;
     assert_eq!(s, 202, "{v}");
     let id = v["restore"]["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + wait;

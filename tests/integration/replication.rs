@@ -13,6 +13,7 @@ use ekko::db::segments;
 use ekko::service::local::{backup_instance, restore_backup, restore_backup_from};
 
 use crate::cluster::Service;
+use crate::distributed::{api_restore, request_restore};
 use crate::helpers::{mariadb_db, service_env};
 use crate::qsd::identical;
 use crate::retention::{setup, Setup};
@@ -549,41 +550,6 @@ async fn check_both_stores(x: &Setup, snaps: &HashMap<String, PathBuf>, seed: u6
     held
 }
 
-/// A restore of `backup` through the API to `path` on host a, reading
-/// `source`; waits for its end.
-async fn api_restore_from(
-    c: &crate::cluster::Cluster,
-    backup: &str,
-    path: &str,
-    source: &str,
-) -> serde_json::Value {
-    let (s, v) = c
-        .admin
-        .call(
-            "POST",
-            "/v1/restores",
-            Some(
-                serde_json::json!({"restore": {"backup_id": backup, "source": source,
-                "target": {"type": "file", "path": path, "host": c.hosts[0].name}}}),
-            ),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let id = v["restore"]["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let (_, v) = c
-            .admin
-            .call("GET", &format!("/v1/restores/{id}"), None)
-            .await;
-        if v["restore"]["status"] == "error" || v["restore"]["status"] == "completed" {
-            return v["restore"].clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "{v}");
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-}
-
 /// The API shows where a backup's second copy stands, restores read it when
 /// asked to, and a restore that finds the first store's data gone is
 /// written again from the second copy by the compute host.
@@ -617,29 +583,9 @@ async fn api_restores_read_the_second_copy_when_asked_or_when_the_first_fails() 
     assert_eq!(shown(v.clone())["status"], "pending", "{v}");
     assert_eq!(shown(v.clone())["store"], "offsite", "{v}");
     // Asked for the second copy before it exists: refused, nothing queued.
-    let (s, v) = c
-        .admin
-        .call(
-            "POST",
-            "/v1/restores",
-            Some(
-                serde_json::json!({"restore": {"backup_id": id, "source": "replica",
-                "target": {"type": "file", "path": "early.raw", "host": a.name}}}),
-            ),
-        )
-        .await;
+    let (s, v) = request_restore(&c, &id, "early.raw", Some("replica")).await;
     assert_eq!(s, 409, "{v}");
-    let (s, v) = c
-        .admin
-        .call(
-            "POST",
-            "/v1/restores",
-            Some(
-                serde_json::json!({"restore": {"backup_id": id, "source": "elsewhere",
-                "target": {"type": "file", "path": "bad.raw", "host": a.name}}}),
-            ),
-        )
-        .await;
+    let (s, v) = request_restore(&c, &id, "bad.raw", Some("elsewhere")).await;
     assert_eq!(s, 400, "{v}");
 
     // ekko-retention's pass (here the operator's), then the API says so.
@@ -664,7 +610,7 @@ async fn api_restores_read_the_second_copy_when_asked_or_when_the_first_fails() 
     );
 
     let written = |p: &str| dir.path().join(format!("state-a/restores/{p}"));
-    let done = api_restore_from(&c, &id, "second.raw", "replica").await;
+    let done = api_restore(&c, &id, "second.raw", Some("replica"), wait).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert!(identical(&written("second.raw"), &reference));
 
@@ -675,9 +621,9 @@ async fn api_restores_read_the_second_copy_when_asked_or_when_the_first_fails() 
     for o in operator.store.list(&container, "segments/").await.unwrap() {
         operator.store.delete(&container, &o.name).await.unwrap();
     }
-    let failed = api_restore_from(&c, &id, "first.raw", "primary").await;
+    let failed = api_restore(&c, &id, "first.raw", Some("primary"), wait).await;
     assert_eq!(failed["status"], "error", "{failed}");
-    let done = api_restore_from(&c, &id, "auto.raw", "auto").await;
+    let done = api_restore(&c, &id, "auto.raw", Some("auto"), wait).await;
     assert_eq!(done["status"], "completed", "{done}\n{}", a.worker.log());
     assert!(identical(&written("auto.raw"), &reference));
     assert!(
